@@ -1,1 +1,653 @@
-//! Wire format (in progress).
+//! Wire format: zero-copy views over frames and owned `Repr`s to build them.
+//!
+//! Every frame starts with one byte: the protocol version in the high nibble
+//! and the [`Kind`] in the low nibble. Data-plane frames (everything but the
+//! hop handshake kinds) then carry the fixed 32-byte *hop header*, read and
+//! rewritten in place by every relay:
+//!
+//! ```text
+//!  0  u8      version (4 bits) | kind (4 bits)
+//!  1  u8      ttl: each relay decrements; 0 -> drop
+//!  2  u16     length of the end-to-end part that follows the header
+//!  4  u32     hop receiver index (selects the hop session at the receiver)
+//!  8  u64     hop counter (nonce of the hop tag, input to the replay window)
+//! 16  u32     user id (source)
+//! 20  u32     service id (destination)
+//! 24  [u8;8]  hop tag over bytes 0..24
+//! 32  ...     end-to-end part (opaque to relays)
+//! ```
+//!
+//! For [`Kind::DataUp`] and [`Kind::DataDown`] the end-to-end part is an
+//! [`E2eRecord`]: receiver index (u32), counter (u64), ciphertext, 16-byte
+//! AEAD tag. Hop handshake frames ([`Kind::HandshakeInit`],
+//! [`Kind::HandshakeResponse`], [`Kind::CookieReply`]) have their own layout,
+//! owned by [`crate::handshake`]. `docs/wire.md` is the full specification.
+//!
+//! All integers are big-endian. Views follow smoltcp: `new_unchecked` wraps
+//! any buffer, `new_checked` validates once, and from then on getters and
+//! setters index the buffer without failing ("parse, don't validate").
+//!
+//! # No panics
+//! No function here panics on any input when the view was made with
+//! `new_checked`; `new_unchecked` views panic on out-of-bounds access only if
+//! the caller skipped [`Frame::check_len`], as in smoltcp.
+
+use crate::ids::{ReceiverIndex, ServiceId, UserId};
+
+/// The protocol version this crate speaks, in the high nibble of byte 0.
+pub const VERSION: u8 = 1;
+/// Length of the fixed hop header.
+pub const HEADER_LEN: usize = 32;
+/// Bytes of the hop header covered by the hop tag.
+pub const TAGGED_LEN: usize = 24;
+/// Length of the hop tag.
+pub const HOP_TAG_LEN: usize = 8;
+/// Length of the end-to-end record header (receiver index + counter).
+pub const E2E_HEADER_LEN: usize = 12;
+/// Length of the end-to-end AEAD tag.
+pub const E2E_TAG_LEN: usize = 16;
+/// Bytes a data frame adds around its payload: hop header, end-to-end
+/// header and end-to-end tag.
+pub const DATA_OVERHEAD: usize = HEADER_LEN + E2E_HEADER_LEN + E2E_TAG_LEN;
+/// The largest end-to-end part the 16-bit length field can describe and a
+/// UDP/IPv4 datagram can carry.
+pub const MAX_BODY_LEN: usize = 65_507 - HEADER_LEN;
+/// Default initial ttl: bounds any path through the mesh.
+pub const DEFAULT_TTL: u8 = 16;
+
+mod field {
+    use core::ops::Range;
+
+    pub const VERSION_KIND: usize = 0;
+    pub const TTL: usize = 1;
+    pub const LENGTH: Range<usize> = 2..4;
+    pub const RECEIVER: Range<usize> = 4..8;
+    pub const COUNTER: Range<usize> = 8..16;
+    pub const USER: Range<usize> = 16..20;
+    pub const SERVICE: Range<usize> = 20..24;
+    pub const TAG: Range<usize> = 24..32;
+
+    pub const E2E_RECEIVER: Range<usize> = 0..4;
+    pub const E2E_COUNTER: Range<usize> = 4..12;
+}
+
+/// Why a buffer is not a valid frame. Small and `Copy`: dropping a bad
+/// frame must cost nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The buffer is shorter than the layout of its kind requires.
+    #[error("frame truncated: shorter than its header")]
+    Truncated,
+    /// The version nibble is not [`VERSION`].
+    #[error("unsupported protocol version")]
+    BadVersion,
+    /// The kind nibble names no known kind, or a kind not valid here.
+    #[error("unknown or unexpected frame kind")]
+    BadKind,
+    /// The length field disagrees with the datagram's length.
+    #[error("length field does not match the datagram length")]
+    BadLength,
+}
+
+/// Direction of a routed frame through the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From a user's agent towards the connector of a service: routed by
+    /// service id.
+    ToService,
+    /// From a connector back to a user's agent: routed by user id.
+    ToUser,
+}
+
+/// What a frame is, from the low nibble of byte 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// End-to-end encrypted data, user -> service.
+    DataUp = 1,
+    /// End-to-end encrypted data, service -> user.
+    DataDown = 2,
+    /// An end-to-end Noise handshake message, user -> service.
+    E2eHandshakeUp = 3,
+    /// An end-to-end Noise handshake message, service -> user.
+    E2eHandshakeDown = 4,
+    /// Hop keepalive: a hop header with an empty body.
+    Keepalive = 5,
+    /// Hop-authenticated control message for the receiving node itself.
+    Control = 6,
+    /// Hop handshake, first message (own layout, see [`crate::handshake`]).
+    HandshakeInit = 8,
+    /// Hop handshake, second message.
+    HandshakeResponse = 9,
+    /// Answer to a handshake sent while the receiver is under load.
+    CookieReply = 10,
+}
+
+impl Kind {
+    /// Decodes the kind nibble.
+    #[inline]
+    pub const fn from_nibble(v: u8) -> Option<Kind> {
+        Some(match v {
+            1 => Kind::DataUp,
+            2 => Kind::DataDown,
+            3 => Kind::E2eHandshakeUp,
+            4 => Kind::E2eHandshakeDown,
+            5 => Kind::Keepalive,
+            6 => Kind::Control,
+            8 => Kind::HandshakeInit,
+            9 => Kind::HandshakeResponse,
+            10 => Kind::CookieReply,
+            _ => return None,
+        })
+    }
+
+    /// Byte 0 of a frame of this kind.
+    #[inline]
+    pub const fn byte0(self) -> u8 {
+        (VERSION << 4) | self as u8
+    }
+
+    /// Whether frames of this kind start with the 32-byte hop header.
+    #[inline]
+    pub const fn has_hop_header(self) -> bool {
+        !matches!(
+            self,
+            Kind::HandshakeInit | Kind::HandshakeResponse | Kind::CookieReply
+        )
+    }
+
+    /// Direction for kinds that relays forward; `None` for kinds that end
+    /// at the receiving node.
+    #[inline]
+    pub const fn direction(self) -> Option<Direction> {
+        match self {
+            Kind::DataUp | Kind::E2eHandshakeUp => Some(Direction::ToService),
+            Kind::DataDown | Kind::E2eHandshakeDown => Some(Direction::ToUser),
+            _ => None,
+        }
+    }
+
+    /// The kind with the same meaning in the opposite direction.
+    #[inline]
+    pub const fn reversed(self) -> Kind {
+        match self {
+            Kind::DataUp => Kind::DataDown,
+            Kind::DataDown => Kind::DataUp,
+            Kind::E2eHandshakeUp => Kind::E2eHandshakeDown,
+            Kind::E2eHandshakeDown => Kind::E2eHandshakeUp,
+            other => other,
+        }
+    }
+}
+
+/// Reads the version and kind of any frame from its first byte.
+#[inline]
+pub fn classify(buf: &[u8]) -> Result<Kind, WireError> {
+    let b = *buf.first().ok_or(WireError::Truncated)?;
+    if b >> 4 != VERSION {
+        return Err(WireError::BadVersion);
+    }
+    Kind::from_nibble(b & 0x0f).ok_or(WireError::BadKind)
+}
+
+#[inline]
+fn be_u16(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
+}
+
+#[inline]
+fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+#[inline]
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+/// A zero-copy view of a data-plane frame: the hop header and the body
+/// after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Frame<T> {
+    /// Wraps a buffer without checking it. Call [`Frame::check_len`] before
+    /// using any accessor, or use [`Frame::new_checked`].
+    #[inline]
+    pub const fn new_unchecked(buffer: T) -> Frame<T> {
+        Frame { buffer }
+    }
+
+    /// Wraps a buffer and checks that it is a well-formed data-plane frame:
+    /// long enough, right version, a kind that has a hop header, and a
+    /// length field equal to the body's real length.
+    #[inline]
+    pub fn new_checked(buffer: T) -> Result<Frame<T>, WireError> {
+        let frame = Self::new_unchecked(buffer);
+        frame.check_len()?;
+        Ok(frame)
+    }
+
+    /// Validates the buffer as described in [`Frame::new_checked`].
+    #[inline]
+    pub fn check_len(&self) -> Result<(), WireError> {
+        let buf = self.buffer.as_ref();
+        if buf.len() < HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        let kind = classify(buf)?;
+        if !kind.has_hop_header() {
+            return Err(WireError::BadKind);
+        }
+        if usize::from(be_u16(&buf[field::LENGTH])) != buf.len() - HEADER_LEN {
+            return Err(WireError::BadLength);
+        }
+        let min_body = match kind {
+            Kind::DataUp | Kind::DataDown => E2E_HEADER_LEN + E2E_TAG_LEN,
+            _ => 0,
+        };
+        if buf.len() - HEADER_LEN < min_body {
+            return Err(WireError::Truncated);
+        }
+        Ok(())
+    }
+
+    /// Gives the buffer back.
+    #[inline]
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
+    /// The whole frame as bytes.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buffer.as_ref()
+    }
+
+    /// The frame kind. A checked view always holds a valid kind; an
+    /// unchecked view with an unknown nibble reads as [`Kind::Control`]
+    /// (use [`classify`] to tell the two apart).
+    #[inline]
+    pub fn kind(&self) -> Kind {
+        let nibble = self.buffer.as_ref()[field::VERSION_KIND] & 0x0f;
+        Kind::from_nibble(nibble).unwrap_or(Kind::Control)
+    }
+
+    /// Remaining hops this frame may take.
+    #[inline]
+    pub fn ttl(&self) -> u8 {
+        self.buffer.as_ref()[field::TTL]
+    }
+
+    /// Length of the end-to-end part, from the length field.
+    #[inline]
+    pub fn body_len(&self) -> u16 {
+        be_u16(&self.buffer.as_ref()[field::LENGTH])
+    }
+
+    /// Hop receiver index: selects the hop session at the receiving node.
+    #[inline]
+    pub fn receiver(&self) -> ReceiverIndex {
+        ReceiverIndex(be_u32(&self.buffer.as_ref()[field::RECEIVER]))
+    }
+
+    /// Hop counter: nonce of the hop tag and input to the replay window.
+    #[inline]
+    pub fn counter(&self) -> u64 {
+        be_u64(&self.buffer.as_ref()[field::COUNTER])
+    }
+
+    /// Source user.
+    #[inline]
+    pub fn user(&self) -> UserId {
+        UserId(be_u32(&self.buffer.as_ref()[field::USER]))
+    }
+
+    /// Destination service.
+    #[inline]
+    pub fn service(&self) -> ServiceId {
+        ServiceId(be_u32(&self.buffer.as_ref()[field::SERVICE]))
+    }
+
+    /// The header bytes the hop tag covers.
+    #[inline]
+    pub fn tagged(&self) -> &[u8; TAGGED_LEN] {
+        self.buffer.as_ref()[..TAGGED_LEN]
+            .try_into()
+            .expect("checked frame is at least HEADER_LEN long")
+    }
+
+    /// The hop tag.
+    #[inline]
+    pub fn tag(&self) -> &[u8; HOP_TAG_LEN] {
+        self.buffer.as_ref()[field::TAG]
+            .try_into()
+            .expect("checked frame is at least HEADER_LEN long")
+    }
+
+    /// The end-to-end part after the hop header.
+    #[inline]
+    pub fn body(&self) -> &[u8] {
+        &self.buffer.as_ref()[HEADER_LEN..]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
+    /// Sets version and kind.
+    #[inline]
+    pub fn set_kind(&mut self, kind: Kind) {
+        self.buffer.as_mut()[field::VERSION_KIND] = kind.byte0();
+    }
+
+    /// Sets the ttl.
+    #[inline]
+    pub fn set_ttl(&mut self, ttl: u8) {
+        self.buffer.as_mut()[field::TTL] = ttl;
+    }
+
+    /// Sets the length field.
+    #[inline]
+    pub fn set_body_len(&mut self, len: u16) {
+        self.buffer.as_mut()[field::LENGTH].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// Sets the hop receiver index.
+    #[inline]
+    pub fn set_receiver(&mut self, r: ReceiverIndex) {
+        self.buffer.as_mut()[field::RECEIVER].copy_from_slice(&r.0.to_be_bytes());
+    }
+
+    /// Sets the hop counter.
+    #[inline]
+    pub fn set_counter(&mut self, c: u64) {
+        self.buffer.as_mut()[field::COUNTER].copy_from_slice(&c.to_be_bytes());
+    }
+
+    /// Sets the source user.
+    #[inline]
+    pub fn set_user(&mut self, u: UserId) {
+        self.buffer.as_mut()[field::USER].copy_from_slice(&u.0.to_be_bytes());
+    }
+
+    /// Sets the destination service.
+    #[inline]
+    pub fn set_service(&mut self, s: ServiceId) {
+        self.buffer.as_mut()[field::SERVICE].copy_from_slice(&s.0.to_be_bytes());
+    }
+
+    /// Sets the hop tag.
+    #[inline]
+    pub fn set_tag(&mut self, tag: &[u8; HOP_TAG_LEN]) {
+        self.buffer.as_mut()[field::TAG].copy_from_slice(tag);
+    }
+
+    /// Rewrites the header for the next hop in place: new receiver index and
+    /// counter, ttl decremented by one. The caller then computes and sets the
+    /// tag with the next hop's key. Returns `false` (and leaves the frame
+    /// alone) when the ttl is already zero or one, i.e. the frame may not
+    /// take another hop.
+    #[inline]
+    pub fn rewrite_for_next_hop(&mut self, receiver: ReceiverIndex, counter: u64) -> bool {
+        let ttl = self.ttl();
+        if ttl <= 1 {
+            return false;
+        }
+        let buf = self.buffer.as_mut();
+        buf[field::TTL] = ttl - 1;
+        buf[field::RECEIVER].copy_from_slice(&receiver.0.to_be_bytes());
+        buf[field::COUNTER].copy_from_slice(&counter.to_be_bytes());
+        true
+    }
+
+    /// The end-to-end part, mutable (agents seal and open in place).
+    #[inline]
+    pub fn body_mut(&mut self) -> &mut [u8] {
+        &mut self.buffer.as_mut()[HEADER_LEN..]
+    }
+}
+
+/// An owned, parsed hop header: what to emit into a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderRepr {
+    /// Frame kind; must have a hop header.
+    pub kind: Kind,
+    /// Remaining hops.
+    pub ttl: u8,
+    /// Hop receiver index.
+    pub receiver: ReceiverIndex,
+    /// Hop counter.
+    pub counter: u64,
+    /// Source user.
+    pub user: UserId,
+    /// Destination service.
+    pub service: ServiceId,
+    /// Length of the end-to-end part.
+    pub body_len: u16,
+}
+
+impl HeaderRepr {
+    /// Reads the header of a checked frame.
+    pub fn parse<T: AsRef<[u8]>>(frame: &Frame<T>) -> HeaderRepr {
+        HeaderRepr {
+            kind: frame.kind(),
+            ttl: frame.ttl(),
+            receiver: frame.receiver(),
+            counter: frame.counter(),
+            user: frame.user(),
+            service: frame.service(),
+            body_len: frame.body_len(),
+        }
+    }
+
+    /// Total frame length this header describes.
+    pub const fn frame_len(&self) -> usize {
+        HEADER_LEN + self.body_len as usize
+    }
+
+    /// Writes the header (tag zeroed) into the first [`HEADER_LEN`] bytes of
+    /// `buf`. Fails with [`WireError::Truncated`] when `buf` is too short.
+    pub fn emit(&self, buf: &mut [u8]) -> Result<(), WireError> {
+        let header = buf.get_mut(..HEADER_LEN).ok_or(WireError::Truncated)?;
+        let mut frame = Frame::new_unchecked(header);
+        frame.set_kind(self.kind);
+        frame.set_ttl(self.ttl);
+        frame.set_body_len(self.body_len);
+        frame.set_receiver(self.receiver);
+        frame.set_counter(self.counter);
+        frame.set_user(self.user);
+        frame.set_service(self.service);
+        frame.set_tag(&[0; HOP_TAG_LEN]);
+        Ok(())
+    }
+}
+
+/// A zero-copy view of the end-to-end record inside a data frame's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct E2eRecord<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> E2eRecord<T> {
+    /// Wraps and checks a body: at least the record header and the tag.
+    pub fn new_checked(buffer: T) -> Result<E2eRecord<T>, WireError> {
+        if buffer.as_ref().len() < E2E_HEADER_LEN + E2E_TAG_LEN {
+            return Err(WireError::Truncated);
+        }
+        Ok(E2eRecord { buffer })
+    }
+
+    /// Receiver index of the end-to-end session at the far endpoint.
+    #[inline]
+    pub fn receiver(&self) -> ReceiverIndex {
+        ReceiverIndex(be_u32(&self.buffer.as_ref()[field::E2E_RECEIVER]))
+    }
+
+    /// End-to-end counter: the AEAD nonce.
+    #[inline]
+    pub fn counter(&self) -> u64 {
+        be_u64(&self.buffer.as_ref()[field::E2E_COUNTER])
+    }
+
+    /// Length of the sealed payload.
+    #[inline]
+    pub fn payload_len(&self) -> usize {
+        self.buffer.as_ref().len() - E2E_HEADER_LEN - E2E_TAG_LEN
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> E2eRecord<T> {
+    /// Writes the record header.
+    #[inline]
+    pub fn set_header(&mut self, receiver: ReceiverIndex, counter: u64) {
+        let b = self.buffer.as_mut();
+        b[field::E2E_RECEIVER].copy_from_slice(&receiver.0.to_be_bytes());
+        b[field::E2E_COUNTER].copy_from_slice(&counter.to_be_bytes());
+    }
+
+    /// Splits into (payload, tag) for sealing or opening in place.
+    #[inline]
+    pub fn payload_and_tag_mut(&mut self) -> (&mut [u8], &mut [u8; E2E_TAG_LEN]) {
+        let b = &mut self.buffer.as_mut()[E2E_HEADER_LEN..];
+        let split = b.len() - E2E_TAG_LEN;
+        let (payload, tag) = b.split_at_mut(split);
+        (
+            payload,
+            tag.try_into().expect("split leaves exactly E2E_TAG_LEN"),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A DataUp frame: ttl 16, receiver 0x01020304, counter 5, user 7,
+    // service 9, tag 0xaa.., e2e receiver 0x11, counter 1, 2 payload bytes,
+    // 16-byte e2e tag.
+    #[rustfmt::skip]
+    const DATA: [u8; 62] = [
+        0x11, 0x10, 0x00, 0x1e,
+        0x01, 0x02, 0x03, 0x04,
+        0, 0, 0, 0, 0, 0, 0, 5,
+        0, 0, 0, 7,
+        0, 0, 0, 9,
+        0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa, 0xaa,
+        0, 0, 0, 0x11,
+        0, 0, 0, 0, 0, 0, 0, 1,
+        0xde, 0xad,
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+    ];
+
+    #[test]
+    fn parses_data_frame() {
+        let f = Frame::new_checked(&DATA[..]).unwrap();
+        assert_eq!(f.kind(), Kind::DataUp);
+        assert_eq!(f.ttl(), 16);
+        assert_eq!(f.body_len(), 30);
+        assert_eq!(f.receiver(), ReceiverIndex(0x0102_0304));
+        assert_eq!(f.counter(), 5);
+        assert_eq!(f.user(), UserId(7));
+        assert_eq!(f.service(), ServiceId(9));
+        assert_eq!(f.tag(), &[0xaa; 8]);
+        let rec = E2eRecord::new_checked(f.body()).unwrap();
+        assert_eq!(rec.receiver(), ReceiverIndex(0x11));
+        assert_eq!(rec.counter(), 1);
+        assert_eq!(rec.payload_len(), 2);
+    }
+
+    #[test]
+    fn emit_then_parse_round_trips() {
+        let repr = HeaderRepr::parse(&Frame::new_checked(&DATA[..]).unwrap());
+        let mut out = [0u8; 62];
+        repr.emit(&mut out).unwrap();
+        out[32..].copy_from_slice(&DATA[32..]);
+        out[24..32].copy_from_slice(&[0xaa; 8]);
+        assert_eq!(out, DATA);
+        assert_eq!(repr.frame_len(), DATA.len());
+    }
+
+    #[test]
+    fn rejects_truncated_and_bad_fields() {
+        for len in 0..DATA.len() {
+            assert!(Frame::new_checked(&DATA[..len]).is_err(), "len {len}");
+        }
+        let mut bad = DATA;
+        bad[0] = 0x21;
+        assert_eq!(Frame::new_checked(&bad[..]), Err(WireError::BadVersion));
+        bad[0] = 0x17;
+        assert_eq!(Frame::new_checked(&bad[..]), Err(WireError::BadKind));
+        bad[0] = 0x18; // handshake kinds have no hop header
+        assert_eq!(Frame::new_checked(&bad[..]), Err(WireError::BadKind));
+        let mut bad = DATA;
+        bad[3] = 0x1f;
+        assert_eq!(Frame::new_checked(&bad[..]), Err(WireError::BadLength));
+    }
+
+    #[test]
+    fn keepalive_may_have_empty_body() {
+        let mut buf = [0u8; HEADER_LEN];
+        HeaderRepr {
+            kind: Kind::Keepalive,
+            ttl: 1,
+            receiver: ReceiverIndex(1),
+            counter: 0,
+            user: UserId(0),
+            service: ServiceId(0),
+            body_len: 0,
+        }
+        .emit(&mut buf)
+        .unwrap();
+        assert_eq!(
+            Frame::new_checked(&buf[..]).unwrap().kind(),
+            Kind::Keepalive
+        );
+    }
+
+    #[test]
+    fn rewrite_decrements_ttl_and_stops_at_one() {
+        let mut buf = DATA;
+        let mut f = Frame::new_checked(&mut buf[..]).unwrap();
+        assert!(f.rewrite_for_next_hop(ReceiverIndex(42), 99));
+        assert_eq!(
+            (f.ttl(), f.receiver(), f.counter()),
+            (15, ReceiverIndex(42), 99)
+        );
+        f.set_ttl(1);
+        assert!(!f.rewrite_for_next_hop(ReceiverIndex(43), 100));
+        assert_eq!(f.receiver(), ReceiverIndex(42));
+    }
+
+    #[test]
+    fn kinds_round_trip_through_the_nibble() {
+        for v in 0..16u8 {
+            if let Some(k) = Kind::from_nibble(v) {
+                assert_eq!(k as u8, v);
+                assert_eq!(classify(&[k.byte0()]), Ok(k));
+                assert_eq!(k.reversed().reversed(), k);
+            }
+        }
+        assert_eq!(classify(&[]), Err(WireError::Truncated));
+    }
+
+    #[test]
+    fn overhead_fits_the_budget() {
+        assert!(DATA_OVERHEAD <= 64);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn checked_views_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128)) {
+            if let Ok(f) = Frame::new_checked(&bytes[..]) {
+                let _ = HeaderRepr::parse(&f);
+                let _ = (f.tagged(), f.tag(), f.body());
+                if let Ok(r) = E2eRecord::new_checked(f.body()) {
+                    let _ = (r.receiver(), r.counter(), r.payload_len());
+                }
+            }
+        }
+    }
+}
