@@ -52,6 +52,9 @@ pub const DATA_OVERHEAD: usize = HEADER_LEN + E2E_HEADER_LEN + E2E_TAG_LEN;
 /// The largest end-to-end part the 16-bit length field can describe and a
 /// UDP/IPv4 datagram can carry.
 pub const MAX_BODY_LEN: usize = 65_507 - HEADER_LEN;
+// The framing budget: header + end-to-end part around the payload.
+const _: () = assert!(DATA_OVERHEAD <= 64);
+
 /// Default initial ttl: bounds any path through the mesh.
 pub const DEFAULT_TTL: u8 = 16;
 
@@ -631,11 +634,6 @@ mod tests {
             }
         }
         assert_eq!(classify(&[]), Err(WireError::Truncated));
-    }
-
-    #[test]
-    fn overhead_fits_the_budget() {
-        assert!(DATA_OVERHEAD <= 64);
     }
 
     proptest::proptest! {
