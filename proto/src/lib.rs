@@ -12,6 +12,7 @@
 //! * [`hoptag`]: the per-hop MAC over the fixed header.
 //! * [`replay`]: the anti-replay bitmap window.
 //! * [`session`]: hop sessions (keys, counters, replay state) and their table.
+//! * [`route`]: the routing snapshot: next hop by service or by user.
 //! * [`policy`]: the access-policy model and its compiled O(1) lookup table.
 //! * [`datapath`]: the batch function a relay worker calls per received batch.
 //! * [`aead`]: end-to-end AES-256-GCM between agent and connector.
@@ -28,5 +29,7 @@ pub mod identity;
 pub mod ids;
 pub mod policy;
 pub mod replay;
+pub mod route;
 pub mod session;
+pub mod testkit;
 pub mod wire;

@@ -1,0 +1,168 @@
+//! A relay's datapath state in memory, with users and a connector attached,
+//! for tests, benches and fuzzing. Keys are fixed, not secret.
+//!
+//! The relay has one hop session per user (peer `User(u)`) and one for the
+//! connector (peer `Connector(1)`), which serves every service. Frames built
+//! by [`Fixture::upstream`] are what the user's agent would send.
+
+use std::sync::Arc;
+
+use crate::datapath::{Counters, Datapath, Mode};
+use crate::hoptag::HopKey;
+use crate::ids::{ReceiverIndex, ServiceId, UserId};
+use crate::policy::CompiledPolicy;
+use crate::route::RouteTable;
+use crate::session::{HopId, Peer, RxSession, SessionTable, TxCounters, TxHop};
+use crate::wire::{Frame, HeaderRepr, Kind, DATA_OVERHEAD, DEFAULT_TTL, HEADER_LEN};
+
+/// Hop id of the connector in the fixture's route table.
+pub const CONNECTOR_HOP: HopId = HopId(0);
+
+/// The relay-side state and the agents' keys.
+#[derive(Debug)]
+pub struct Fixture {
+    /// Policy snapshot.
+    pub policy: CompiledPolicy,
+    /// Routing snapshot.
+    pub routes: RouteTable,
+    /// The worker's sessions.
+    pub sessions: SessionTable,
+    /// The worker's counter reservations.
+    pub tx: TxCounters,
+    /// The worker's counters.
+    pub counters: Counters,
+    users: u32,
+    next_counter: Vec<u64>,
+}
+
+/// The key the agent of user `u` tags its frames with (and the relay
+/// verifies with).
+pub fn user_key(u: u32) -> [u8; 32] {
+    let mut k = [0x55u8; 32];
+    k[..4].copy_from_slice(&u.to_be_bytes());
+    k
+}
+
+/// The receiver index the relay gave user `u`'s hop session.
+pub fn user_index(u: u32) -> ReceiverIndex {
+    ReceiverIndex(u + 1)
+}
+
+impl Fixture {
+    /// `users` users (ids `0..users`), each allowed every service in
+    /// `0..services` whose id is not a multiple of 4 (so some pairs are
+    /// denied), routed to one connector.
+    pub fn new(users: u32, services: u32) -> Fixture {
+        let mut routes = RouteTable::new();
+        let connector = Arc::new(TxHop::new(
+            "127.0.0.1:9".parse().expect("literal address"),
+            ReceiverIndex(0xc0),
+            &[0xcc; 32],
+            0,
+        ));
+        routes.set_hop(CONNECTOR_HOP, connector);
+        let mut sessions = SessionTable::new();
+        sessions.install(
+            ReceiverIndex(0xc0c0),
+            RxSession::new(&[0xcd; 32], Peer::Connector(1), CONNECTOR_HOP),
+        );
+        let mut policy = CompiledPolicy::default();
+        for s in 0..services {
+            routes.set_service(ServiceId(s), vec![CONNECTOR_HOP]);
+        }
+        for u in 0..users {
+            let hop = HopId(u + 1);
+            routes.set_hop(
+                hop,
+                Arc::new(TxHop::new(
+                    "127.0.0.1:10".parse().expect("literal address"),
+                    ReceiverIndex(0x1000 + u),
+                    &user_key(u),
+                    u64::from(u) + 1,
+                )),
+            );
+            routes.set_user(UserId(u), hop);
+            sessions.install(
+                user_index(u),
+                RxSession::new(&user_key(u), Peer::User(UserId(u)), hop),
+            );
+            for s in (0..services).filter(|s| s % 4 != 0) {
+                policy.pairs.insert((u, s));
+            }
+        }
+        let tx = TxCounters::with_capacity(routes.hop_slots());
+        Fixture {
+            policy,
+            routes,
+            sessions,
+            tx,
+            counters: Counters::default(),
+            users,
+            next_counter: vec![0; users as usize],
+        }
+    }
+
+    /// The datapath over this state.
+    pub fn datapath(&mut self, mode: Mode) -> Datapath<'_> {
+        Datapath {
+            mode,
+            policy: &self.policy,
+            routes: &self.routes,
+            sessions: &mut self.sessions,
+            tx: &mut self.tx,
+            counters: &mut self.counters,
+        }
+    }
+
+    /// Number of users.
+    pub fn users(&self) -> u32 {
+        self.users
+    }
+
+    /// Writes into `buf` a data frame of `frame_len` bytes (at least
+    /// [`DATA_OVERHEAD`]) from user `u` to `service`, with the next counter
+    /// of that user's hop and a valid tag. The payload is left as it is in
+    /// `buf` (relays never read it). Returns the frame's length.
+    pub fn upstream(&mut self, u: u32, service: u32, buf: &mut [u8], frame_len: usize) -> usize {
+        let counter = self.next_counter[u as usize];
+        self.next_counter[u as usize] += 1;
+        write_frame(
+            &mut buf[..frame_len.max(DATA_OVERHEAD)],
+            Kind::DataUp,
+            user_index(u),
+            counter,
+            UserId(u),
+            ServiceId(service),
+            &HopKey::new(&user_key(u)),
+        )
+    }
+}
+
+/// Writes the hop header of a frame filling all of `buf` and tags it with
+/// `key`. Returns `buf.len()`.
+pub fn write_frame(
+    buf: &mut [u8],
+    kind: Kind,
+    receiver: ReceiverIndex,
+    counter: u64,
+    user: UserId,
+    service: ServiceId,
+    key: &HopKey,
+) -> usize {
+    let body_len = u16::try_from(buf.len() - HEADER_LEN).expect("frame fits a datagram");
+    HeaderRepr {
+        kind,
+        ttl: DEFAULT_TTL,
+        receiver,
+        counter,
+        user,
+        service,
+        body_len,
+    }
+    .emit(buf)
+    .expect("buffer holds a header");
+    let mut frame = Frame::new_unchecked(&mut *buf);
+    let tag = key.tag(frame.tagged());
+    frame.set_tag(&tag);
+    buf.len()
+}
