@@ -1,0 +1,226 @@
+//! The relay's configuration file (TOML) and its defaults.
+//!
+//! ```toml
+//! listen = "0.0.0.0:51820"
+//! workers = 0                # 0: one per core
+//! io = "uring"               # or "mmsg"
+//! mode = "ztna"              # or "vpn", "forward" (for measurement only)
+//! policy = "/etc/ztna/policy.toml"
+//! ca = "/etc/ztna/ca.pub"
+//! certificate = "/etc/ztna/relay.cert"
+//! key = "/etc/ztna/relay.key"
+//! metrics = "127.0.0.1:9100" # optional Prometheus endpoint
+//! ```
+//!
+//! Command-line flags override the file (see `relay run --help`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use proto::datapath::Mode;
+use serde::Deserialize;
+
+use crate::io::Backend;
+
+/// Default UDP port of the relay.
+pub const DEFAULT_PORT: u16 = 51820;
+
+/// Everything a relay needs to start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the workers' sockets bind (all of them, with `SO_REUSEPORT`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Worker threads; 0 means one per available core.
+    #[serde(default)]
+    pub workers: usize,
+    /// Pin worker `k` to core `first_core + k`.
+    #[serde(default)]
+    pub first_core: usize,
+    /// Whether to pin workers to cores at all.
+    #[serde(default = "yes")]
+    pub pin: bool,
+    /// I/O backend; `uring` falls back to `mmsg` when io_uring cannot start.
+    #[serde(default = "default_io", with = "serde_str")]
+    pub io: Backend,
+    /// What the datapath checks per frame.
+    #[serde(default = "default_mode", with = "serde_str")]
+    pub mode: Mode,
+    /// The access policy file (TOML); reloaded on SIGHUP and when it changes.
+    pub policy: PathBuf,
+    /// The CA's public key file: certificates of peers must chain to it.
+    pub ca: PathBuf,
+    /// This relay's certificate.
+    pub certificate: PathBuf,
+    /// This relay's static X25519 private key.
+    pub key: PathBuf,
+    /// Optional address for the Prometheus text endpoint.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
+    /// Provided receive buffers per worker (io_uring) and their size.
+    #[serde(default = "default_buffers")]
+    pub buffers: usize,
+    /// Size of each receive buffer; 65536 holds a full GRO run.
+    #[serde(default = "default_buffer_size")]
+    pub buffer_size: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))
+}
+fn default_io() -> Backend {
+    Backend::Uring
+}
+fn default_mode() -> Mode {
+    Mode::Ztna
+}
+fn default_buffers() -> usize {
+    64
+}
+fn default_buffer_size() -> usize {
+    65536
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or names unknown settings.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative paths inside it are
+    /// taken relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        if let Some(dir) = path.parent() {
+            for p in [
+                &mut config.policy,
+                &mut config.ca,
+                &mut config.certificate,
+                &mut config.key,
+            ] {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges; fills `workers` when it is 0.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.workers == 0 {
+            self.workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        }
+        if self.workers > 256 {
+            return Err(ConfigError::Invalid(format!(
+                "workers = {} is more than 256; use one per core",
+                self.workers
+            )));
+        }
+        if !(2..=4096).contains(&self.buffers) {
+            return Err(ConfigError::Invalid(format!(
+                "buffers = {} must be between 2 and 4096",
+                self.buffers
+            )));
+        }
+        if !(2048..=65536).contains(&self.buffer_size) {
+            return Err(ConfigError::Invalid(format!(
+                "buffer_size = {} must be between 2048 and 65536",
+                self.buffer_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// (De)serializes a `FromStr + Display` value as a string.
+mod serde_str {
+    use core::fmt::Display;
+    use core::str::FromStr;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: FromStr,
+        T::Err: Display,
+    {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_file_gets_defaults_and_relative_paths() {
+        let dir = std::env::temp_dir().join(format!("relay-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.toml");
+        std::fs::write(
+            &path,
+            "policy = \"p.toml\"\nca = \"ca.pub\"\ncertificate = \"r.cert\"\nkey = \"/abs/r.key\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.listen.port(), DEFAULT_PORT);
+        assert_eq!(c.mode, Mode::Ztna);
+        assert!(c.workers >= 1);
+        assert_eq!(c.policy, dir.join("p.toml"));
+        assert_eq!(c.key, PathBuf::from("/abs/r.key"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_named() {
+        let dir = std::env::temp_dir().join(format!("relay-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.toml");
+        std::fs::write(&path, "polcy = \"p\"\n").unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("polcy"), "{e}");
+        std::fs::write(
+            &path,
+            "policy = \"p\"\nca = \"c\"\ncertificate = \"r\"\nkey = \"k\"\nmode = \"fast\"\n",
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("unknown mode `fast`"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,57 @@
+//! State shared between the control thread and the workers: the immutable
+//! snapshots (swapped whole, read once per batch), the stop flag, and each
+//! worker's published statistics.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+use proto::policy::CompiledPolicy;
+use proto::route::RouteTable;
+
+use crate::worker::WorkerStats;
+
+/// What the control thread publishes and the workers read.
+#[derive(Debug)]
+pub struct Shared {
+    /// The live policy. Replaced whole on reload.
+    pub policy: ArcSwap<CompiledPolicy>,
+    /// The live routing table. Replaced whole when sessions come and go.
+    pub routes: ArcSwap<RouteTable>,
+    /// Set to ask every thread to finish.
+    pub stop: AtomicBool,
+    stats: Vec<Mutex<WorkerStats>>,
+}
+
+impl Shared {
+    /// Shared state for `workers` workers.
+    pub fn new(policy: CompiledPolicy, workers: usize) -> Shared {
+        Shared {
+            policy: ArcSwap::from_pointee(policy),
+            routes: ArcSwap::from_pointee(RouteTable::new()),
+            stop: AtomicBool::new(false),
+            stats: (0..workers).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// Replaces the policy; the next batch of every worker uses it.
+    pub fn swap_policy(&self, policy: CompiledPolicy) {
+        self.policy.store(Arc::new(policy));
+    }
+
+    /// Worker `id` publishes its statistics (between batches, not per
+    /// frame).
+    pub fn publish(&self, id: usize, stats: WorkerStats) {
+        if let Some(slot) = self.stats.get(id) {
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = stats;
+        }
+    }
+
+    /// The latest statistics of every worker.
+    pub fn worker_stats(&self) -> Vec<WorkerStats> {
+        self.stats
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).clone())
+            .collect()
+    }
+}

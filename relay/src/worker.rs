@@ -1,0 +1,183 @@
+//! One worker: one core, one socket, one I/O backend, its own sessions.
+//!
+//! The loop: take control messages (new sessions, replies to send), wait
+//! for a batch, judge every frame with `proto`'s datapath against the
+//! snapshots loaded once for that batch, and let the backend send the
+//! forwarded frames grouped by next hop. Hop handshakes are copied to the
+//! control thread; that is the only per-frame copy, and it is off the data
+//! path.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use proto::datapath::{Counters, Datapath, Mode, Verdict};
+use proto::ids::ReceiverIndex;
+use proto::session::{RxSession, SessionTable, TxCounters};
+
+use crate::io::{Action, Io, IoStats};
+use crate::shared::Shared;
+
+/// How long a poll waits for frames before the worker looks at its control
+/// channel and the stop flag again.
+pub const POLL_TIMEOUT: Duration = Duration::from_millis(20);
+/// How often a worker publishes its counters.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+/// What the control thread tells a worker. Applied between batches.
+#[derive(Debug)]
+pub enum ToWorker {
+    /// Install a receive session under an index the control thread chose.
+    Install {
+        /// The index peers put in their frames.
+        index: ReceiverIndex,
+        /// The session.
+        session: Box<RxSession>,
+    },
+    /// Remove the session under `index`.
+    Remove {
+        /// The index.
+        index: ReceiverIndex,
+    },
+    /// Send these bytes from this worker's socket (handshake replies).
+    Send {
+        /// Destination.
+        to: SocketAddr,
+        /// The datagram.
+        bytes: Vec<u8>,
+    },
+}
+
+/// What a worker tells the control thread.
+#[derive(Debug)]
+pub enum FromWorker {
+    /// A hop handshake frame arrived.
+    Handshake {
+        /// The worker it arrived at (the one that owns the peer's flow).
+        worker: usize,
+        /// Its source address.
+        from: SocketAddr,
+        /// The frame.
+        bytes: Vec<u8>,
+    },
+}
+
+/// A worker's published statistics.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerStats {
+    /// Datapath verdict counters.
+    pub datapath: Counters,
+    /// I/O backend counters.
+    pub io: IoStats,
+    /// Hop handshakes dropped because the control thread's queue was full.
+    pub handshakes_shed: u64,
+    /// Installed receive sessions.
+    pub sessions: usize,
+    /// CPU time the worker thread has used, where the OS tells.
+    pub cpu: Option<Duration>,
+}
+
+/// Runs worker `id` until `shared.stop` is set. Returns its final stats.
+pub fn run(
+    id: usize,
+    mut io: Io,
+    mode: Mode,
+    shared: Arc<Shared>,
+    inbox: Receiver<ToWorker>,
+    control: Sender<FromWorker>,
+) -> WorkerStats {
+    let mut sessions = SessionTable::new();
+    let mut tx = TxCounters::default();
+    let mut counters = Counters::default();
+    let mut shed = 0u64;
+    let mut last_publish = Instant::now();
+
+    while !shared.stop.load(Ordering::Relaxed) {
+        for msg in inbox.try_iter() {
+            match msg {
+                ToWorker::Install { index, session } => sessions.install(index, *session),
+                ToWorker::Remove { index } => {
+                    sessions.remove(index);
+                }
+                ToWorker::Send { to, bytes } => {
+                    if let Err(e) = io.send_to(to, &bytes) {
+                        tracing::debug!(worker = id, %to, error = %e, "control reply not sent");
+                    }
+                }
+            }
+        }
+
+        // The snapshots are loaded when the first frame of a batch is
+        // judged, i.e. after the wait: a policy swapped while this worker
+        // slept already applies to the next batch.
+        let mut snapshot = None;
+        let result = io.poll(POLL_TIMEOUT, &mut |from, frame| {
+            let (policy, routes) =
+                snapshot.get_or_insert_with(|| (shared.policy.load(), shared.routes.load()));
+            tx.ensure(routes.hop_slots());
+            let verdict = Datapath {
+                mode,
+                policy,
+                routes,
+                sessions: &mut sessions,
+                tx: &mut tx,
+                counters: &mut counters,
+            }
+            .process(frame);
+            match verdict {
+                Verdict::Forward(hop) => match routes.hop(hop) {
+                    Some(h) => Action::Forward(h.endpoint()),
+                    None => Action::Consume,
+                },
+                Verdict::Handshake => {
+                    let msg = FromWorker::Handshake {
+                        worker: id,
+                        from,
+                        bytes: frame.to_vec(),
+                    };
+                    if let Err(TrySendError::Full(_)) = control.try_send(msg) {
+                        shed += 1;
+                    }
+                    Action::Consume
+                }
+                Verdict::Local | Verdict::Drop(_) => Action::Consume,
+            }
+        });
+        if let Err(e) = result {
+            tracing::error!(worker = id, error = %e, "I/O failed; worker stops");
+            break;
+        }
+        if last_publish.elapsed() >= PUBLISH_EVERY {
+            last_publish = Instant::now();
+            shared.publish(id, stats(&counters, &io, shed, &sessions));
+        }
+    }
+    let _ = io.flush();
+    let last = stats(&counters, &io, shed, &sessions);
+    shared.publish(id, last.clone());
+    last
+}
+
+fn stats(counters: &Counters, io: &Io, shed: u64, sessions: &SessionTable) -> WorkerStats {
+    WorkerStats {
+        datapath: counters.clone(),
+        io: io.stats().clone(),
+        handshakes_shed: shed,
+        sessions: sessions.len(),
+        cpu: thread_cpu_time(),
+    }
+}
+
+/// CPU time of the calling thread.
+pub fn thread_cpu_time() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a
+    // constant the kernel knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
