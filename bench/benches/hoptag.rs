@@ -3,7 +3,7 @@
 //! Ids are `hoptag/<candidate>/{tag,verify}`; `hoptag/chosen/...` is
 //! `proto::hoptag::HopKey`, whatever candidate it wraps.
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use proto::hoptag::candidates::{Blake3Keyed, GmacAesGcm, HopMac, SipHash24};
+use proto::hoptag::candidates::{Blake3Keyed, GmacAesGcm, HopMac, SipHash24, SipHash24Fixed};
 use proto::hoptag::{HopKey, TAGGED_LEN};
 
 const KEY: [u8; 32] = [0x5c; 32];
@@ -47,6 +47,7 @@ fn chosen(c: &mut Criterion) {
 
 fn all(c: &mut Criterion) {
     candidate::<SipHash24>(c);
+    candidate::<SipHash24Fixed>(c);
     candidate::<GmacAesGcm>(c);
     #[cfg(feature = "ring")]
     candidate::<proto::hoptag::candidates::GmacRing>(c);
