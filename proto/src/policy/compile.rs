@@ -483,3 +483,480 @@ fn build_by_group(
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::error::{EntryKind, Location};
+    use crate::policy::model::{Connector, Group, Rule, Service, User};
+    use crate::policy::synth::{self, SplitMix64, SynthParams};
+    use proptest::prelude::*;
+
+    const EXAMPLE: &str = include_str!("../../../examples/policy.toml");
+
+    fn example() -> PolicyFile {
+        PolicyFile::from_toml_str(EXAMPLE).unwrap()
+    }
+
+    fn err(file: &PolicyFile) -> PolicyError {
+        compile(file).unwrap_err()
+    }
+
+    #[test]
+    fn example_file_compiles_and_decides() {
+        let t = compile(&example()).unwrap();
+        let (alice, bob, carol, dave) = (UserId(1001), UserId(1002), UserId(1003), UserId(1004));
+        let (pg, git, dns, ledger) = (ServiceId(10), ServiceId(11), ServiceId(12), ServiceId(13));
+        // sre has "*".
+        for s in [pg, git, dns, ledger] {
+            assert!(t.allowed(alice, s), "alice {s}");
+        }
+        assert!(t.allowed(bob, git) && t.allowed(bob, dns));
+        assert!(!t.allowed(bob, pg) && !t.allowed(bob, ledger));
+        assert!(t.allowed(carol, ledger) && t.allowed(carol, dns));
+        assert!(!t.allowed(carol, git));
+        assert!(t.allowed(dave, git) && !t.allowed(dave, dns));
+
+        let info = t.service(pg).unwrap();
+        assert_eq!(info.name, "postgres-prod");
+        assert_eq!(info.protocol, Protocol::Tcp);
+        assert_eq!(info.port, 5432);
+        assert_eq!(info.connectors, [501, 502]);
+        assert_eq!(t.service(ledger).unwrap().target, "[fd00:10::20]:8443");
+        assert!(t.service(ServiceId(99)).is_none());
+
+        assert_eq!(t.user_name(carol), Some("carol"));
+        assert_eq!(t.user_name(UserId(1)), None);
+        assert_eq!(t.group_id("sre"), Some(GroupId(7)));
+        assert_eq!(t.group_id("engineering"), Some(GroupId(0)));
+        assert_eq!(t.group_id("nobody"), None);
+
+        let stats = t.stats();
+        assert_eq!((stats.users, stats.services, stats.groups), (4, 4, 3));
+        // Every user here has a distinct set of reachable services.
+        assert_eq!(stats.classes, 4);
+        assert_eq!(stats.layout, Layout::Flat);
+        assert!(stats.dense_user_ids);
+        assert!(stats.heap_bytes >= stats.lookup_bytes && stats.lookup_bytes > 0);
+    }
+
+    #[test]
+    fn unknown_user_or_service_is_denied() {
+        for layout in [Layout::Flat, Layout::ByGroup] {
+            let t = CompiledPolicy::compile_with_layout(&example(), layout).unwrap();
+            assert!(!t.allowed(UserId(0), ServiceId(10)));
+            assert!(!t.allowed(UserId(u32::MAX), ServiceId(10)));
+            assert!(!t.allowed(UserId(1001), ServiceId(0)));
+            assert!(!t.allowed(UserId(1001), ServiceId(u32::MAX)));
+        }
+        let empty = compile(&PolicyFile::default()).unwrap();
+        assert!(!empty.allowed(UserId(0), ServiceId(0)));
+        assert_eq!(empty.stats().users, 0);
+    }
+
+    #[test]
+    fn compiled_policy_is_shareable() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<CompiledPolicy>();
+    }
+
+    #[test]
+    fn duplicate_ids_name_both_entries() {
+        let mut f = example();
+        f.users[2].id = UserId(1001);
+        let e = err(&f);
+        assert_eq!(
+            e,
+            PolicyError::DuplicateId {
+                kind: EntryKind::User,
+                id: 1001,
+                first: "alice".into(),
+                second: "carol".into()
+            }
+        );
+        assert!(e.to_string().contains("\"alice\" and \"carol\""), "{e}");
+
+        let mut f = example();
+        f.services[3].id = ServiceId(11);
+        assert!(matches!(
+            err(&f),
+            PolicyError::DuplicateId { kind: EntryKind::Service, id: 11, ref first, ref second }
+                if first == "git" && second == "ledger"
+        ));
+
+        let mut f = example();
+        f.connectors[1].id = 501;
+        assert!(matches!(
+            err(&f),
+            PolicyError::DuplicateId {
+                kind: EntryKind::Connector,
+                id: 501,
+                ..
+            }
+        ));
+
+        let mut f = example();
+        f.groups[0].id = Some(GroupId(7));
+        assert!(matches!(
+            err(&f),
+            PolicyError::DuplicateId {
+                kind: EntryKind::Group,
+                id: 7,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn duplicate_names_name_both_entries() {
+        let mut f = example();
+        f.users[1].name = "alice".into();
+        let e = err(&f);
+        assert!(matches!(
+            &e,
+            PolicyError::DuplicateName { kind: EntryKind::User, name, .. } if name == "alice"
+        ));
+        let msg = e.to_string();
+        assert!(msg.contains("id 1001") && msg.contains("id 1002"), "{msg}");
+
+        let mut f = example();
+        f.groups[2].name = "sre".into();
+        let msg = err(&f).to_string();
+        assert!(
+            msg.contains("entry #2") && msg.contains("entry #3"),
+            "{msg}"
+        );
+
+        let mut f = example();
+        f.services[0].name = "dns".into();
+        assert!(matches!(
+            err(&f),
+            PolicyError::DuplicateName {
+                kind: EntryKind::Service,
+                ..
+            }
+        ));
+
+        let mut f = example();
+        f.connectors[2].name = "dc1-connector-a".into();
+        assert!(matches!(
+            err(&f),
+            PolicyError::DuplicateName {
+                kind: EntryKind::Connector,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn unknown_references_name_the_rule_and_the_name() {
+        let rule2 = Location::Rule {
+            number: 2,
+            name: Some("engineers-git".into()),
+        };
+        let mut f = example();
+        f.rules[1].groups = vec!["engneering".into()];
+        let e = err(&f);
+        assert_eq!(
+            e,
+            PolicyError::Unknown {
+                at: rule2.clone(),
+                kind: EntryKind::Group,
+                name: "engneering".into()
+            }
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("rule #2") && msg.contains("\"engneering\""),
+            "{msg}"
+        );
+
+        let mut f = example();
+        f.rules[1].users = vec!["mallory".into()];
+        assert!(matches!(
+            err(&f),
+            PolicyError::Unknown { kind: EntryKind::User, ref name, ref at } if name == "mallory" && *at == rule2
+        ));
+
+        let mut f = example();
+        f.rules[1].services = vec!["gti".into()];
+        assert!(matches!(
+            err(&f),
+            PolicyError::Unknown { kind: EntryKind::Service, ref name, .. } if name == "gti"
+        ));
+
+        // A nameless rule is named by position alone.
+        let mut f = example();
+        f.rules[4].name = None;
+        f.rules[4].users = vec!["eve".into()];
+        assert!(err(&f)
+            .to_string()
+            .contains("rule #5 refers to user \"eve\""));
+
+        let mut f = example();
+        f.users[1].groups.push("devops".into());
+        assert!(matches!(
+            err(&f),
+            PolicyError::Unknown { at: Location::User(ref u), kind: EntryKind::Group, ref name }
+                if u == "bob" && name == "devops"
+        ));
+
+        let mut f = example();
+        f.services[1].connectors = vec!["dc2".into()];
+        assert!(matches!(
+            err(&f),
+            PolicyError::Unknown { at: Location::Service(ref s), kind: EntryKind::Connector, ref name }
+                if s == "git" && name == "dc2"
+        ));
+    }
+
+    #[test]
+    fn service_problems() {
+        let mut f = example();
+        f.services[2].connectors.clear();
+        let e = err(&f);
+        assert_eq!(
+            e,
+            PolicyError::NoConnectors {
+                service: "dns".into()
+            }
+        );
+        assert!(e.to_string().contains("\"dns\""));
+
+        let mut f = example();
+        f.services[0].target = "postgres.internal".into();
+        let e = err(&f);
+        assert!(matches!(&e, PolicyError::BadTarget { service, .. } if service == "postgres-prod"));
+        assert!(e.to_string().contains("postgres.internal"), "{e}");
+
+        let mut f = example();
+        f.services[0].name = "*".into();
+        assert!(matches!(
+            err(&f),
+            PolicyError::BadName {
+                kind: EntryKind::Service,
+                number: 1,
+                ..
+            }
+        ));
+
+        let mut f = example();
+        f.users[0].name.clear();
+        assert!(matches!(
+            err(&f),
+            PolicyError::BadName {
+                kind: EntryKind::User,
+                number: 1,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn empty_rules_are_rejected() {
+        let mut f = example();
+        f.rules[0].groups.clear();
+        let e = err(&f);
+        assert!(matches!(&e, PolicyError::EmptyRule { reason, .. } if reason.contains("subjects")));
+        assert!(e.to_string().contains("rule #1 (\"everyone-dns\")"), "{e}");
+
+        let mut f = example();
+        f.rules[3].services.clear();
+        assert!(matches!(
+            err(&f),
+            PolicyError::EmptyRule { at: Location::Rule { number: 4, .. }, reason } if reason.contains("services")
+        ));
+    }
+
+    #[test]
+    fn syntax_errors_keep_line_and_column() {
+        let text = EXAMPLE.replace("name = \"bob\"", "name = bob");
+        let e = PolicyFile::from_toml_str(&text).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, PolicyError::Syntax(_)));
+        let line = 1 + EXAMPLE
+            .lines()
+            .position(|l| l.contains("name = \"bob\""))
+            .unwrap();
+        assert!(msg.contains(&format!("line {line}")), "{msg}");
+        assert!(msg.contains("column"), "{msg}");
+    }
+
+    #[test]
+    fn sparse_user_ids_use_the_hashed_map() {
+        let mut f = example();
+        for (i, u) in f.users.iter_mut().enumerate() {
+            u.id = UserId(0xF000_0000 + (i as u32) * 0x0100_0000);
+        }
+        let t = compile(&f).unwrap();
+        assert!(!t.stats().dense_user_ids);
+        for u in &f.users {
+            for s in &f.services {
+                assert_eq!(t.allowed(u.id, s.id), f.evaluate(u.id, s.id));
+            }
+            assert_eq!(t.user_name(u.id), Some(u.name.as_str()));
+        }
+        assert!(!t.allowed(UserId(0xF100_0001), ServiceId(10)));
+    }
+
+    #[test]
+    fn unique_group_sets_switch_to_by_group_layout() {
+        let p = SynthParams {
+            users: 30_000,
+            services: 5_000,
+            groups: 1_000,
+            groups_per_user: 3,
+            services_per_group: 10,
+            profiles: 0,
+            direct_grants: 100,
+            connectors: 2,
+            seed: 3,
+        };
+        let file = synth::generate(&p);
+        let auto = compile(&file).unwrap();
+        let flat = CompiledPolicy::compile_with_layout(&file, Layout::Flat).unwrap();
+        let stats = auto.stats();
+        assert_eq!(stats.layout, Layout::ByGroup, "{stats:?}");
+        assert!(stats.lookup_bytes * 4 < flat.stats().lookup_bytes);
+        for (u, s) in synth::sample_pairs(&file, 2_000, 5) {
+            assert_eq!(auto.allowed(u, s), flat.allowed(u, s));
+        }
+    }
+
+    /// Full-size compile: minutes in a debug build, so opt-in
+    /// (`cargo test --release -- --ignored`); the `policy` bench covers it.
+    #[test]
+    #[ignore]
+    fn large_policy_compiles() {
+        let file = synth::generate(&SynthParams::large());
+        let t = compile(&file).unwrap();
+        let stats = t.stats();
+        assert_eq!(stats.users, 1_000_000);
+        assert_eq!(stats.layout, Layout::Flat);
+        for (u, s) in synth::sample_pairs(&file, 200, 1) {
+            assert_eq!(t.allowed(u, s), file.evaluate(u, s));
+        }
+    }
+
+    /// A random small policy that always validates.
+    fn random_policy(
+        seed: u64,
+        users: u32,
+        groups: u32,
+        services: u32,
+        sparse: bool,
+    ) -> PolicyFile {
+        let mut rng = SplitMix64::new(seed);
+        let id = |i: u32, rng: &mut SplitMix64| {
+            if sparse {
+                // Spread over the whole range; the index keeps ids distinct.
+                (rng.below(1 << 16) << 16) | i
+            } else {
+                100 + i
+            }
+        };
+        let coin = |rng: &mut SplitMix64| rng.below(2) == 0;
+        let users_v: Vec<User> = (0..users)
+            .map(|i| User {
+                id: UserId(id(i, &mut rng)),
+                name: format!("u{i}"),
+                groups: (0..groups)
+                    .filter(|_| coin(&mut rng))
+                    .map(|g| format!("g{g}"))
+                    .collect(),
+            })
+            .collect();
+        let services_v: Vec<Service> = (0..services)
+            .map(|i| Service {
+                id: ServiceId(id(i, &mut rng)),
+                name: format!("s{i}"),
+                protocol: Protocol::Udp,
+                target: "h:1".into(),
+                connectors: vec!["c".into()],
+            })
+            .collect();
+        let mut rules = Vec::new();
+        if services > 0 && (users > 0 || groups > 0) {
+            for _ in 0..rng.below(6) {
+                let mut rule = Rule {
+                    groups: (0..groups)
+                        .filter(|_| rng.below(3) == 0)
+                        .map(|g| format!("g{g}"))
+                        .collect(),
+                    users: (0..users)
+                        .filter(|_| rng.below(4) == 0)
+                        .map(|u| format!("u{u}"))
+                        .collect(),
+                    services: if rng.below(8) == 0 {
+                        vec!["*".into()]
+                    } else {
+                        (0..services)
+                            .filter(|_| coin(&mut rng))
+                            .map(|s| format!("s{s}"))
+                            .collect()
+                    },
+                    ..Rule::default()
+                };
+                if rule.groups.is_empty() && rule.users.is_empty() {
+                    rule.users = (0..users.min(1)).map(|u| format!("u{u}")).collect();
+                    rule.groups = (0..groups.min(1)).map(|g| format!("g{g}")).collect();
+                }
+                if rule.services.is_empty() {
+                    rule.services.push("s0".into());
+                }
+                rules.push(rule);
+            }
+        }
+        PolicyFile {
+            users: users_v,
+            groups: (0..groups)
+                .map(|g| Group {
+                    name: format!("g{g}"),
+                    id: None,
+                })
+                .collect(),
+            connectors: vec![Connector {
+                id: 1,
+                name: "c".into(),
+            }],
+            services: services_v,
+            rules,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn allowed_agrees_with_reference(
+            seed in any::<u64>(),
+            users in 0u32..10,
+            groups in 0u32..5,
+            services in 0u32..8,
+            sparse in any::<bool>(),
+            probes in proptest::collection::vec((any::<u32>(), any::<u32>()), 8),
+        ) {
+            let file = random_policy(seed, users, groups, services, sparse);
+            let auto = compile(&file).unwrap();
+            let flat = CompiledPolicy::compile_with_layout(&file, Layout::Flat).unwrap();
+            let by_group = CompiledPolicy::compile_with_layout(&file, Layout::ByGroup).unwrap();
+            let mut pairs: Vec<(UserId, ServiceId)> = probes
+                .iter()
+                .map(|&(u, s)| (UserId(u), ServiceId(s)))
+                .collect();
+            for u in &file.users {
+                for s in &file.services {
+                    pairs.push((u.id, s.id));
+                }
+                pairs.push((u.id, ServiceId(u32::MAX)));
+            }
+            for (u, s) in pairs {
+                let want = file.evaluate(u, s);
+                prop_assert_eq!(auto.allowed(u, s), want, "auto {} {}", u, s);
+                prop_assert_eq!(flat.allowed(u, s), want, "flat {} {}", u, s);
+                prop_assert_eq!(by_group.allowed(u, s), want, "by-group {} {}", u, s);
+            }
+            // A round trip through TOML changes nothing.
+            let again = PolicyFile::from_toml_str(&file.to_toml_string()).unwrap();
+            prop_assert_eq!(again, file);
+        }
+    }
+}

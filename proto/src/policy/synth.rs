@@ -204,14 +204,20 @@ pub fn sample_pairs(file: &PolicyFile, count: usize, seed: u64) -> Vec<(UserId, 
     if n_users == 0 || n_services == 0 {
         return Vec::new();
     }
-    let by_name: HashMap<&str, ServiceId> =
-        file.services.iter().map(|s| (s.name.as_str(), s.id)).collect();
+    let by_name: HashMap<&str, ServiceId> = file
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s.id))
+        .collect();
     let all: Vec<ServiceId> = file.services.iter().map(|s| s.id).collect();
     let ids = |names: &[String]| -> Vec<ServiceId> {
         if names.iter().any(|n| n == ALL_SERVICES) {
             return all.clone();
         }
-        names.iter().filter_map(|n| by_name.get(n.as_str()).copied()).collect()
+        names
+            .iter()
+            .filter_map(|n| by_name.get(n.as_str()).copied())
+            .collect()
     };
     let mut by_group: HashMap<&str, Vec<ServiceId>> = HashMap::new();
     let mut by_user: HashMap<&str, Vec<ServiceId>> = HashMap::new();
