@@ -363,7 +363,7 @@ impl Classes {
         Classes { of_user, members }
     }
 
-    fn direct<'r>(r: &'r Resolved, user: Option<u32>) -> &'r [u32] {
+    fn direct(r: &Resolved, user: Option<u32>) -> &[u32] {
         user.and_then(|u| r.user_services.get(u as usize))
             .map_or(&[], |d| d.as_slice())
     }

@@ -153,7 +153,7 @@ impl PolicyFile {
             return false;
         };
         self.rules.iter().any(|rule| {
-            let subject = rule.users.iter().any(|n| *n == u.name)
+            let subject = rule.users.contains(&u.name)
                 || rule.groups.iter().any(|g| u.groups.contains(g));
             let object = rule
                 .services

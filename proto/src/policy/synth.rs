@@ -94,7 +94,7 @@ impl SplitMix64 {
 
     /// Uniform in `0..n` (0 when `n` is 0), by multiply-shift.
     pub fn below(&mut self, n: u32) -> u32 {
-        ((self.next_u64() >> 32) * u64::from(n) >> 32) as u32
+        (((self.next_u64() >> 32) * u64::from(n)) >> 32) as u32
     }
 
     /// `k` distinct values from `0..n` (all of them if `k >= n`), sorted.
