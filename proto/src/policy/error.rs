@@ -145,6 +145,14 @@ pub enum PolicyError {
         reason: &'static str,
     },
 
+    /// The compiled table indexes its arrays with `u32`; this policy needs
+    /// more entries than that.
+    #[error("the policy is too large to compile: {what} exceed 2^32 - 2 entries; reduce group memberships per user or split the policy")]
+    TooLarge {
+        /// Which table overflowed.
+        what: &'static str,
+    },
+
     /// A name that cannot be used as a label.
     #[error("{kind} entry #{number} has name {name:?}, which is not allowed: {reason}")]
     BadName {

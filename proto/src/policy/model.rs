@@ -153,8 +153,8 @@ impl PolicyFile {
             return false;
         };
         self.rules.iter().any(|rule| {
-            let subject = rule.users.contains(&u.name)
-                || rule.groups.iter().any(|g| u.groups.contains(g));
+            let subject =
+                rule.users.contains(&u.name) || rule.groups.iter().any(|g| u.groups.contains(g));
             let object = rule
                 .services
                 .iter()
