@@ -1,7 +1,7 @@
 //! The policy as written: the serde model of the TOML file.
 //!
 //! This is the operator's view (names, lists, references by name). It is
-//! checked by [`super::validate`] and turned into the lookup table by
+//! checked and turned into the lookup table by
 //! [`super::compile`]; nothing on the packet path reads it.
 
 use serde::{Deserialize, Serialize};
