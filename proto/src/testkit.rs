@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::datapath::{Counters, Datapath, Mode};
 use crate::hoptag::HopKey;
 use crate::ids::{ReceiverIndex, ServiceId, UserId};
-use crate::policy::CompiledPolicy;
+use crate::policy::{CompiledPolicy, Connector, Group, PolicyFile, Protocol, Rule, Service, User};
 use crate::route::RouteTable;
 use crate::session::{HopId, Peer, RxSession, SessionTable, TxCounters, TxHop};
 use crate::wire::{Frame, HeaderRepr, Kind, DATA_OVERHEAD, DEFAULT_TTL, HEADER_LEN};
@@ -66,7 +66,6 @@ impl Fixture {
             ReceiverIndex(0xc0c0),
             RxSession::new(&[0xcd; 32], Peer::Connector(1), CONNECTOR_HOP),
         );
-        let mut policy = CompiledPolicy::default();
         for s in 0..services {
             routes.set_service(ServiceId(s), vec![CONNECTOR_HOP]);
         }
@@ -86,10 +85,9 @@ impl Fixture {
                 user_index(u),
                 RxSession::new(&user_key(u), Peer::User(UserId(u)), hop),
             );
-            for s in (0..services).filter(|s| s % 4 != 0) {
-                policy.pairs.insert((u, s));
-            }
         }
+        let policy = CompiledPolicy::compile(&policy_file(users, services))
+            .expect("the fixture's policy is valid");
         let tx = TxCounters::with_capacity(routes.hop_slots());
         Fixture {
             policy,
@@ -135,6 +133,47 @@ impl Fixture {
             ServiceId(service),
             &HopKey::new(&user_key(u)),
         )
+    }
+}
+
+/// The fixture's policy: users `0..users` in group `everyone`, services
+/// `0..services` behind connector 1, and one rule granting `everyone` every
+/// service whose id is not a multiple of 4.
+pub fn policy_file(users: u32, services: u32) -> PolicyFile {
+    PolicyFile {
+        users: (0..users)
+            .map(|u| User {
+                id: UserId(u),
+                name: format!("user{u}"),
+                groups: vec!["everyone".into()],
+            })
+            .collect(),
+        groups: vec![Group {
+            name: "everyone".into(),
+            id: None,
+        }],
+        connectors: vec![Connector {
+            id: 1,
+            name: "connector1".into(),
+        }],
+        services: (0..services)
+            .map(|s| Service {
+                id: ServiceId(s),
+                name: format!("service{s}"),
+                protocol: Protocol::Udp,
+                target: format!("127.0.0.1:{}", 10_000 + s % 50_000),
+                connectors: vec!["connector1".into()],
+            })
+            .collect(),
+        rules: vec![Rule {
+            name: Some("everyone-but-every-fourth".into()),
+            groups: vec!["everyone".into()],
+            users: Vec::new(),
+            services: (0..services)
+                .filter(|s| s % 4 != 0)
+                .map(|s| format!("service{s}"))
+                .collect(),
+        }],
     }
 }
 

@@ -1,0 +1,985 @@
+//! The compiled policy: an immutable table answering "may user U reach
+//! service S?" in a few nanoseconds.
+//!
+//! # Design
+//!
+//! Users whose grants come from the same groups and the same direct rules
+//! are indistinguishable to the policy, so they share an *access class*.
+//! A lookup is then two steps:
+//!
+//! 1. user id → class: a dense `u32` array indexed by `id - min_id` when ids
+//!    are dense (4 bytes per user, one load), else an open-addressing table
+//!    of packed `(id, class)` u64 slots.
+//! 2. class × service: one of two layouts, chosen at compile time from the
+//!    sizes involved ([`Layout`]):
+//!    * [`Layout::Flat`]: every class's reachable services expanded into one
+//!      open-addressing set of `class << 32 | service` keys (classes with
+//!      equal service sets merged). One probe: a lookup touches about two
+//!      cache lines in all. Its size is the sum over classes of the number
+//!      of services each reaches.
+//!    * [`Layout::ByGroup`]: each class keeps a record of its grant *units*
+//!      (its groups, plus one unit for its direct grants), and the set holds
+//!      `unit << 32 | service` keys. The user map stores the record's offset
+//!      directly, so a lookup is: user map, record (same line as its unit
+//!      list), then one probe per unit; the probes are independent, so the
+//!      CPU overlaps their misses. Its size is the number of grants as
+//!      written.
+//!
+//! Flat is chosen unless it would be large (over [`FLAT_ALWAYS_ENTRIES`])
+//! *and* more than twice the by-group size. Real directories have few
+//! distinct group combinations (roles), so Flat is the usual result.
+//!
+//! The worst case is every user in a unique combination of groups. Flat
+//! would then need one entry per (user, reachable service): 1 M users × 30
+//! services is 30 M keys, 512 MiB, far past the cache. By-group stays at
+//! `4 B × users` (user map) `+ 4–64 B × classes` (records: `1 + units`
+//! words rounded up to a power of two) `+ 8 B × 1.6–3.2 × grants` (the set):
+//! about 26 MiB for 1 M users with 3 groups each and 100 k grants. A lookup
+//! then costs two dependent cache misses plus one probe per group of the
+//! user, so users in hundreds of groups make by-group lookups slow (still
+//! correct); Flat has no such dependence.
+
+use std::collections::HashMap;
+
+use super::error::PolicyError;
+use super::model::{PolicyFile, Protocol};
+use super::table::{IdMap, PairSet};
+use super::validate::{resolve, Resolved};
+use crate::ids::{GroupId, ServiceId, UserId};
+
+/// Below this many (class, service) entries (≤ 8 MiB of set) the flat
+/// layout is used whatever the alternative costs: it is the fastest and
+/// still cache-resident.
+pub const FLAT_ALWAYS_ENTRIES: usize = 1 << 19;
+
+/// How the class × service half of the table is laid out. See the module
+/// documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Layout {
+    /// One probe per lookup in a set of `(class, service)` pairs.
+    Flat,
+    /// One probe per grant unit of the user's class in a set of
+    /// `(unit, service)` pairs.
+    ByGroup,
+}
+
+/// What the relay needs to know about a service to forward to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Its id.
+    pub id: ServiceId,
+    /// Its name, for logs.
+    pub name: String,
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// `"host:port"` as written in the policy.
+    pub target: String,
+    /// The port of `target`, already parsed.
+    pub port: u16,
+    /// Certificate ids of the connectors that serve it, in policy order.
+    pub connectors: Vec<u32>,
+}
+
+/// Sizes of a compiled policy, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyStats {
+    /// `[[users]]` entries.
+    pub users: usize,
+    /// `[[services]]` entries.
+    pub services: usize,
+    /// `[[groups]]` entries.
+    pub groups: usize,
+    /// Distinct access classes (see the module documentation).
+    pub classes: usize,
+    /// Entries in the grant set: (class, service) pairs for
+    /// [`Layout::Flat`], (unit, service) pairs for [`Layout::ByGroup`].
+    pub grant_entries: usize,
+    /// The layout chosen.
+    pub layout: Layout,
+    /// Whether user ids were dense enough for a direct array.
+    pub dense_user_ids: bool,
+    /// Heap bytes of the structures [`CompiledPolicy::allowed`] reads.
+    pub lookup_bytes: usize,
+    /// Heap bytes of everything, names and service details included
+    /// (approximate: string and vector capacities, not allocator overhead).
+    pub heap_bytes: usize,
+}
+
+/// The class × service half of the table.
+#[derive(Debug, Clone)]
+enum Grants {
+    Flat(PairSet),
+    ByGroup {
+        /// One record per class, at the offset the user map gives as the
+        /// user's class: `[n, unit_1, .., unit_n]`. Putting the offset in
+        /// the user map (instead of a class number and a separate offsets
+        /// array) saves a dependent cache miss; records are padded to a
+        /// power of two of up to 16 words and aligned to their size, so a
+        /// record of up to 15 units sits in one cache line.
+        records: Vec<u32>,
+        set: PairSet,
+    },
+}
+
+/// An immutable, compiled policy. Built once per (re)load by the control
+/// thread; workers share it read-only (it is `Send + Sync`) behind an
+/// atomically swapped pointer.
+#[derive(Debug, Clone)]
+pub struct CompiledPolicy {
+    user_class: IdMap,
+    grants: Grants,
+    classes: usize,
+    service_index: IdMap,
+    services: Vec<ServiceInfo>,
+    /// User ids ascending, and `names[name_starts[i]..name_starts[i + 1]]`
+    /// is the name of `user_ids[i]`: one string instead of a million.
+    user_ids: Vec<u32>,
+    name_starts: Vec<usize>,
+    names: String,
+    group_ids: Vec<(String, GroupId)>,
+}
+
+/// Validates and compiles `file`, choosing the layout automatically.
+pub fn compile(file: &PolicyFile) -> Result<CompiledPolicy, PolicyError> {
+    CompiledPolicy::compile(file)
+}
+
+impl CompiledPolicy {
+    /// Validates and compiles `file`, choosing the layout automatically.
+    pub fn compile(file: &PolicyFile) -> Result<CompiledPolicy, PolicyError> {
+        Self::build(file, None)
+    }
+
+    /// Validates and compiles `file` with the given layout, for tests and
+    /// benchmarks that compare the two.
+    pub fn compile_with_layout(
+        file: &PolicyFile,
+        layout: Layout,
+    ) -> Result<CompiledPolicy, PolicyError> {
+        Self::build(file, Some(layout))
+    }
+
+    fn build(file: &PolicyFile, layout: Option<Layout>) -> Result<CompiledPolicy, PolicyError> {
+        let resolved = resolve(file)?;
+        let service_ids: Vec<u32> = file.services.iter().map(|s| s.id.0).collect();
+        let classes = Classes::of(&resolved);
+
+        let flat_estimate = classes.flat_estimate(&resolved);
+        let by_group_size = classes.by_group_size(&resolved);
+        let layout = layout.unwrap_or(
+            if flat_estimate <= FLAT_ALWAYS_ENTRIES || flat_estimate <= 2 * by_group_size {
+                Layout::Flat
+            } else {
+                Layout::ByGroup
+            },
+        );
+
+        let (class_of_user, class_count, grants) = match layout {
+            Layout::Flat => build_flat(&classes, &resolved, &service_ids),
+            Layout::ByGroup => build_by_group(&classes, &resolved, &service_ids)?,
+        };
+
+        let user_entries: Vec<(u32, u32)> = file
+            .users
+            .iter()
+            .zip(&class_of_user)
+            .map(|(u, &c)| (u.id.0, c))
+            .collect();
+        let user_class = IdMap::build(&user_entries);
+
+        let mut order: Vec<usize> = (0..file.users.len()).collect();
+        order.sort_unstable_by_key(|&i| file.users[i].id);
+        let mut user_ids = Vec::with_capacity(order.len());
+        let mut name_starts = Vec::with_capacity(order.len() + 1);
+        let mut names = String::new();
+        for i in order {
+            let u = &file.users[i];
+            user_ids.push(u.id.0);
+            name_starts.push(names.len());
+            names.push_str(&u.name);
+        }
+        name_starts.push(names.len());
+
+        let services: Vec<ServiceInfo> = file
+            .services
+            .iter()
+            .zip(resolved.service_connectors)
+            .zip(resolved.service_ports)
+            .map(|((s, connectors), port)| ServiceInfo {
+                id: s.id,
+                name: s.name.clone(),
+                protocol: s.protocol,
+                target: s.target.clone(),
+                port,
+                connectors,
+            })
+            .collect();
+        let service_entries: Vec<(u32, u32)> = services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.0, i as u32))
+            .collect();
+
+        Ok(CompiledPolicy {
+            user_class,
+            grants,
+            classes: class_count,
+            service_index: IdMap::build(&service_entries),
+            services,
+            user_ids,
+            name_starts,
+            names,
+            group_ids: file
+                .groups
+                .iter()
+                .zip(resolved.group_ids)
+                .map(|(g, id)| (g.name.clone(), id))
+                .collect(),
+        })
+    }
+
+    /// Whether `user` may reach `service`. Unknown users and services are
+    /// denied. O(1): no allocation, no hashing beyond one multiply, about
+    /// two cache lines touched with [`Layout::Flat`].
+    #[inline]
+    pub fn allowed(&self, user: UserId, service: ServiceId) -> bool {
+        let Some(class) = self.user_class.get(user.0) else {
+            return false;
+        };
+        match &self.grants {
+            Grants::Flat(set) => set.contains(class, service.0),
+            Grants::ByGroup { records, set } => {
+                let start = class as usize;
+                let Some(&n) = records.get(start) else {
+                    return false;
+                };
+                records
+                    .get(start + 1..start + 1 + n as usize)
+                    .is_some_and(|us| us.iter().any(|&u| set.contains(u, service.0)))
+            }
+        }
+    }
+
+    /// Forwarding details of `id`, if the policy defines it.
+    #[inline]
+    pub fn service(&self, id: ServiceId) -> Option<&ServiceInfo> {
+        let i = self.service_index.get(id.0)?;
+        self.services.get(i as usize)
+    }
+
+    /// The name of user `id`, for audit logs. A binary search: not for the
+    /// per-packet path.
+    pub fn user_name(&self, id: UserId) -> Option<&str> {
+        let i = self.user_ids.binary_search(&id.0).ok()?;
+        let start = *self.name_starts.get(i)?;
+        let end = *self.name_starts.get(i + 1)?;
+        self.names.get(start..end)
+    }
+
+    /// The id of the group named `name` (given in the file or assigned).
+    pub fn group_id(&self, name: &str) -> Option<GroupId> {
+        self.group_ids
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, id)| id)
+    }
+
+    /// Sizes and memory of the table.
+    pub fn stats(&self) -> PolicyStats {
+        let (layout, grant_entries, grants_bytes) = match &self.grants {
+            Grants::Flat(set) => (Layout::Flat, set.len(), set.heap_bytes()),
+            Grants::ByGroup { records, set } => (
+                Layout::ByGroup,
+                set.len(),
+                set.heap_bytes() + records.capacity() * 4,
+            ),
+        };
+        let lookup_bytes = self.user_class.heap_bytes() + grants_bytes;
+        let services_bytes: usize = self
+            .services
+            .iter()
+            .map(|s| {
+                core::mem::size_of::<ServiceInfo>()
+                    + s.name.capacity()
+                    + s.target.capacity()
+                    + s.connectors.capacity() * 4
+            })
+            .sum();
+        let heap_bytes = lookup_bytes
+            + self.service_index.heap_bytes()
+            + services_bytes
+            + self.user_ids.capacity() * 4
+            + self.name_starts.capacity() * core::mem::size_of::<usize>()
+            + self.names.capacity()
+            + self
+                .group_ids
+                .iter()
+                .map(|(n, _)| n.capacity() + core::mem::size_of::<(String, GroupId)>())
+                .sum::<usize>();
+        PolicyStats {
+            users: self.user_ids.len(),
+            services: self.services.len(),
+            groups: self.group_ids.len(),
+            classes: self.classes,
+            grant_entries,
+            layout,
+            dense_user_ids: self.user_class.is_dense(),
+            lookup_bytes,
+            heap_bytes,
+        }
+    }
+}
+
+/// Users grouped by identical grant sources.
+struct Classes {
+    /// Per user: its class.
+    of_user: Vec<u32>,
+    /// Per class: the groups that grant anything (sorted), then the user
+    /// index whose direct grants it shares (`None` when it has none).
+    members: Vec<(Vec<u32>, Option<u32>)>,
+}
+
+impl Classes {
+    fn of(r: &Resolved) -> Classes {
+        let mut index: HashMap<(Vec<u32>, &[u32]), u32> = HashMap::new();
+        let mut members = Vec::new();
+        let mut of_user = Vec::with_capacity(r.user_groups.len());
+        for (u, groups) in r.user_groups.iter().enumerate() {
+            // Groups that grant nothing cannot change a decision; leaving
+            // them out lets more users share a class.
+            let granting: Vec<u32> = groups
+                .iter()
+                .copied()
+                .filter(|&g| {
+                    r.group_services
+                        .get(g as usize)
+                        .is_some_and(|s| !s.is_empty())
+                })
+                .collect();
+            let direct: &[u32] = r.user_services.get(u).map_or(&[], |d| d.as_slice());
+            let next = members.len() as u32;
+            let class = *index.entry((granting.clone(), direct)).or_insert_with(|| {
+                members.push((granting, (!direct.is_empty()).then_some(u as u32)));
+                next
+            });
+            of_user.push(class);
+        }
+        Classes { of_user, members }
+    }
+
+    fn direct(r: &Resolved, user: Option<u32>) -> &[u32] {
+        user.and_then(|u| r.user_services.get(u as usize))
+            .map_or(&[], |d| d.as_slice())
+    }
+
+    /// Upper bound on the flat set's size (overlaps counted twice).
+    fn flat_estimate(&self, r: &Resolved) -> usize {
+        self.members
+            .iter()
+            .map(|(groups, user)| {
+                groups
+                    .iter()
+                    .map(|&g| r.group_services.get(g as usize).map_or(0, Vec::len))
+                    .sum::<usize>()
+                    + Self::direct(r, *user).len()
+            })
+            .sum()
+    }
+
+    /// Size of the by-group layout in set-entry equivalents (a unit
+    /// reference costs half an entry).
+    fn by_group_size(&self, r: &Resolved) -> usize {
+        let grants: usize = r.group_services.iter().map(Vec::len).sum();
+        let (direct, refs) = self.members.iter().fold((0, 0), |(d, n), (groups, user)| {
+            let own = Self::direct(r, *user).len();
+            (d + own, n + groups.len() + usize::from(own > 0))
+        });
+        grants + direct + refs / 2
+    }
+}
+
+/// Expands each class to its service set, merges classes with equal sets
+/// and builds the (class, service) set. Returns the class of each user.
+fn build_flat(classes: &Classes, r: &Resolved, service_ids: &[u32]) -> (Vec<u32>, usize, Grants) {
+    let mut by_set: HashMap<Vec<u32>, u32> = HashMap::new();
+    let mut sets: Vec<Vec<u32>> = Vec::new();
+    let mut remap = Vec::with_capacity(classes.members.len());
+    let mut scratch = Vec::new();
+    for (groups, user) in &classes.members {
+        scratch.clear();
+        for &g in groups {
+            if let Some(s) = r.group_services.get(g as usize) {
+                scratch.extend_from_slice(s);
+            }
+        }
+        scratch.extend_from_slice(Classes::direct(r, *user));
+        scratch.sort_unstable();
+        scratch.dedup();
+        let next = sets.len() as u32;
+        let id = *by_set.entry(scratch.clone()).or_insert_with(|| {
+            sets.push(scratch.clone());
+            next
+        });
+        remap.push(id);
+    }
+    let entries: usize = sets.iter().map(Vec::len).sum();
+    let pairs = sets.iter().enumerate().flat_map(|(c, services)| {
+        services
+            .iter()
+            .filter_map(move |&s| service_ids.get(s as usize).map(|&id| (c as u32, id)))
+    });
+    let set = PairSet::build(entries, pairs);
+    let of_user = classes
+        .of_user
+        .iter()
+        .map(|&c| remap.get(c as usize).copied().unwrap_or(u32::MAX))
+        .collect();
+    (of_user, sets.len(), Grants::Flat(set))
+}
+
+/// Keeps grants per unit (group, or a class's direct grants) and a unit list
+/// per class.
+fn build_by_group(
+    classes: &Classes,
+    r: &Resolved,
+    service_ids: &[u32],
+) -> Result<(Vec<u32>, usize, Grants), PolicyError> {
+    let too_large = |what| PolicyError::TooLarge { what };
+    let n_groups = r.group_services.len() as u32;
+    let mut starts = Vec::with_capacity(classes.members.len());
+    let mut records: Vec<u32> = Vec::new();
+    // Direct-grant units, deduplicated by their service set.
+    let mut direct_units: HashMap<&[u32], u32> = HashMap::new();
+    let mut direct_sets: Vec<&[u32]> = Vec::new();
+    let mut units = Vec::new();
+    for (groups, user) in &classes.members {
+        units.clear();
+        units.extend_from_slice(groups);
+        let direct = Classes::direct(r, *user);
+        if !direct.is_empty() {
+            let next = n_groups
+                .checked_add(direct_sets.len() as u32)
+                .filter(|&u| u != u32::MAX)
+                .ok_or(too_large("grant units"))?;
+            let unit = *direct_units.entry(direct).or_insert_with(|| {
+                direct_sets.push(direct);
+                next
+            });
+            units.push(unit);
+        }
+        let len = units.len() + 1;
+        let align = len.next_power_of_two().min(16);
+        let start = records.len().next_multiple_of(align);
+        records.resize(start, u32::MAX);
+        let count = u32::try_from(units.len()).map_err(|_| too_large("groups of one user"))?;
+        records.push(count);
+        records.extend_from_slice(&units);
+        starts.push(
+            u32::try_from(start)
+                .ok()
+                .filter(|&s| s != u32::MAX)
+                .ok_or(too_large("group memberships"))?,
+        );
+    }
+    let entries = r.group_services.iter().map(Vec::len).sum::<usize>()
+        + direct_sets.iter().map(|d| d.len()).sum::<usize>();
+    let per_unit = r
+        .group_services
+        .iter()
+        .map(Vec::as_slice)
+        .chain(direct_sets.iter().copied());
+    let pairs = per_unit.enumerate().flat_map(|(unit, services)| {
+        services
+            .iter()
+            .filter_map(move |&s| service_ids.get(s as usize).map(|&id| (unit as u32, id)))
+    });
+    let set = PairSet::build(entries, pairs);
+    let of_user = classes
+        .of_user
+        .iter()
+        .map(|&c| starts.get(c as usize).copied().unwrap_or(u32::MAX))
+        .collect();
+    Ok((
+        of_user,
+        classes.members.len(),
+        Grants::ByGroup { records, set },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::error::{EntryKind, Location};
+    use crate::policy::model::{Connector, Group, Rule, Service, User};
+    use crate::policy::synth::{self, SplitMix64, SynthParams};
+    use proptest::prelude::*;
+
+    const EXAMPLE: &str = include_str!("../../../examples/policy.toml");
+
+    fn example() -> PolicyFile {
+        PolicyFile::from_toml_str(EXAMPLE).unwrap()
+    }
+
+    fn err(file: &PolicyFile) -> PolicyError {
+        compile(file).unwrap_err()
+    }
+
+    #[test]
+    fn example_file_compiles_and_decides() {
+        let t = compile(&example()).unwrap();
+        let (alice, bob, carol, dave) = (UserId(1001), UserId(1002), UserId(1003), UserId(1004));
+        let (pg, git, dns, ledger) = (ServiceId(10), ServiceId(11), ServiceId(12), ServiceId(13));
+        // sre has "*".
+        for s in [pg, git, dns, ledger] {
+            assert!(t.allowed(alice, s), "alice {s}");
+        }
+        assert!(t.allowed(bob, git) && t.allowed(bob, dns));
+        assert!(!t.allowed(bob, pg) && !t.allowed(bob, ledger));
+        assert!(t.allowed(carol, ledger) && t.allowed(carol, dns));
+        assert!(!t.allowed(carol, git));
+        assert!(t.allowed(dave, git) && !t.allowed(dave, dns));
+
+        let info = t.service(pg).unwrap();
+        assert_eq!(info.name, "postgres-prod");
+        assert_eq!(info.protocol, Protocol::Tcp);
+        assert_eq!(info.port, 5432);
+        assert_eq!(info.connectors, [501, 502]);
+        assert_eq!(t.service(ledger).unwrap().target, "[fd00:10::20]:8443");
+        assert!(t.service(ServiceId(99)).is_none());
+
+        assert_eq!(t.user_name(carol), Some("carol"));
+        assert_eq!(t.user_name(UserId(1)), None);
+        assert_eq!(t.group_id("sre"), Some(GroupId(7)));
+        assert_eq!(t.group_id("engineering"), Some(GroupId(0)));
+        assert_eq!(t.group_id("nobody"), None);
+
+        let stats = t.stats();
+        assert_eq!((stats.users, stats.services, stats.groups), (4, 4, 3));
+        // Every user here has a distinct set of reachable services.
+        assert_eq!(stats.classes, 4);
+        assert_eq!(stats.layout, Layout::Flat);
+        assert!(stats.dense_user_ids);
+        assert!(stats.heap_bytes >= stats.lookup_bytes && stats.lookup_bytes > 0);
+    }
+
+    #[test]
+    fn unknown_user_or_service_is_denied() {
+        for layout in [Layout::Flat, Layout::ByGroup] {
+            let t = CompiledPolicy::compile_with_layout(&example(), layout).unwrap();
+            assert!(!t.allowed(UserId(0), ServiceId(10)));
+            assert!(!t.allowed(UserId(u32::MAX), ServiceId(10)));
+            assert!(!t.allowed(UserId(1001), ServiceId(0)));
+            assert!(!t.allowed(UserId(1001), ServiceId(u32::MAX)));
+        }
+        let empty = compile(&PolicyFile::default()).unwrap();
+        assert!(!empty.allowed(UserId(0), ServiceId(0)));
+        assert_eq!(empty.stats().users, 0);
+    }
+
+    #[test]
+    fn compiled_policy_is_shareable() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<CompiledPolicy>();
+    }
+
+    #[test]
+    fn duplicate_ids_name_both_entries() {
+        let mut f = example();
+        f.users[2].id = UserId(1001);
+        let e = err(&f);
+        assert_eq!(
+            e,
+            PolicyError::DuplicateId {
+                kind: EntryKind::User,
+                id: 1001,
+                first: "alice".into(),
+                second: "carol".into()
+            }
+        );
+        assert!(e.to_string().contains("\"alice\" and \"carol\""), "{e}");
+
+        let mut f = example();
+        f.services[3].id = ServiceId(11);
+        assert!(matches!(
+            err(&f),
+            PolicyError::DuplicateId { kind: EntryKind::Service, id: 11, ref first, ref second }
+                if first == "git" && second == "ledger"
+        ));
+
+        let mut f = example();
+        f.connectors[1].id = 501;
+        assert!(matches!(
+            err(&f),
+            PolicyError::DuplicateId {
+                kind: EntryKind::Connector,
+                id: 501,
+                ..
+            }
+        ));
+
+        let mut f = example();
+        f.groups[0].id = Some(GroupId(7));
+        assert!(matches!(
+            err(&f),
+            PolicyError::DuplicateId {
+                kind: EntryKind::Group,
+                id: 7,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn duplicate_names_name_both_entries() {
+        let mut f = example();
+        f.users[1].name = "alice".into();
+        let e = err(&f);
+        assert!(matches!(
+            &e,
+            PolicyError::DuplicateName { kind: EntryKind::User, name, .. } if name == "alice"
+        ));
+        let msg = e.to_string();
+        assert!(msg.contains("id 1001") && msg.contains("id 1002"), "{msg}");
+
+        let mut f = example();
+        f.groups[2].name = "sre".into();
+        let msg = err(&f).to_string();
+        assert!(
+            msg.contains("entry #2") && msg.contains("entry #3"),
+            "{msg}"
+        );
+
+        let mut f = example();
+        f.services[0].name = "dns".into();
+        assert!(matches!(
+            err(&f),
+            PolicyError::DuplicateName {
+                kind: EntryKind::Service,
+                ..
+            }
+        ));
+
+        let mut f = example();
+        f.connectors[2].name = "dc1-connector-a".into();
+        assert!(matches!(
+            err(&f),
+            PolicyError::DuplicateName {
+                kind: EntryKind::Connector,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn unknown_references_name_the_rule_and_the_name() {
+        let rule2 = Location::Rule {
+            number: 2,
+            name: Some("engineers-git".into()),
+        };
+        let mut f = example();
+        f.rules[1].groups = vec!["engneering".into()];
+        let e = err(&f);
+        assert_eq!(
+            e,
+            PolicyError::Unknown {
+                at: rule2.clone(),
+                kind: EntryKind::Group,
+                name: "engneering".into()
+            }
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("rule #2") && msg.contains("\"engneering\""),
+            "{msg}"
+        );
+
+        let mut f = example();
+        f.rules[1].users = vec!["mallory".into()];
+        assert!(matches!(
+            err(&f),
+            PolicyError::Unknown { kind: EntryKind::User, ref name, ref at } if name == "mallory" && *at == rule2
+        ));
+
+        let mut f = example();
+        f.rules[1].services = vec!["gti".into()];
+        assert!(matches!(
+            err(&f),
+            PolicyError::Unknown { kind: EntryKind::Service, ref name, .. } if name == "gti"
+        ));
+
+        // A nameless rule is named by position alone.
+        let mut f = example();
+        f.rules[4].name = None;
+        f.rules[4].users = vec!["eve".into()];
+        assert!(err(&f)
+            .to_string()
+            .contains("rule #5 refers to user \"eve\""));
+
+        let mut f = example();
+        f.users[1].groups.push("devops".into());
+        assert!(matches!(
+            err(&f),
+            PolicyError::Unknown { at: Location::User(ref u), kind: EntryKind::Group, ref name }
+                if u == "bob" && name == "devops"
+        ));
+
+        let mut f = example();
+        f.services[1].connectors = vec!["dc2".into()];
+        assert!(matches!(
+            err(&f),
+            PolicyError::Unknown { at: Location::Service(ref s), kind: EntryKind::Connector, ref name }
+                if s == "git" && name == "dc2"
+        ));
+    }
+
+    #[test]
+    fn service_problems() {
+        let mut f = example();
+        f.services[2].connectors.clear();
+        let e = err(&f);
+        assert_eq!(
+            e,
+            PolicyError::NoConnectors {
+                service: "dns".into()
+            }
+        );
+        assert!(e.to_string().contains("\"dns\""));
+
+        let mut f = example();
+        f.services[0].target = "postgres.internal".into();
+        let e = err(&f);
+        assert!(matches!(&e, PolicyError::BadTarget { service, .. } if service == "postgres-prod"));
+        assert!(e.to_string().contains("postgres.internal"), "{e}");
+
+        let mut f = example();
+        f.services[0].name = "*".into();
+        assert!(matches!(
+            err(&f),
+            PolicyError::BadName {
+                kind: EntryKind::Service,
+                number: 1,
+                ..
+            }
+        ));
+
+        let mut f = example();
+        f.users[0].name.clear();
+        assert!(matches!(
+            err(&f),
+            PolicyError::BadName {
+                kind: EntryKind::User,
+                number: 1,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn empty_rules_are_rejected() {
+        let mut f = example();
+        f.rules[0].groups.clear();
+        let e = err(&f);
+        assert!(matches!(&e, PolicyError::EmptyRule { reason, .. } if reason.contains("subjects")));
+        assert!(e.to_string().contains("rule #1 (\"everyone-dns\")"), "{e}");
+
+        let mut f = example();
+        f.rules[3].services.clear();
+        assert!(matches!(
+            err(&f),
+            PolicyError::EmptyRule { at: Location::Rule { number: 4, .. }, reason } if reason.contains("services")
+        ));
+    }
+
+    #[test]
+    fn syntax_errors_keep_line_and_column() {
+        let text = EXAMPLE.replace("name = \"bob\"", "name = bob");
+        let e = PolicyFile::from_toml_str(&text).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, PolicyError::Syntax(_)));
+        let line = 1 + EXAMPLE
+            .lines()
+            .position(|l| l.contains("name = \"bob\""))
+            .unwrap();
+        assert!(msg.contains(&format!("line {line}")), "{msg}");
+        assert!(msg.contains("column"), "{msg}");
+    }
+
+    #[test]
+    fn sparse_user_ids_use_the_hashed_map() {
+        let mut f = example();
+        for (i, u) in f.users.iter_mut().enumerate() {
+            u.id = UserId(0xF000_0000 + (i as u32) * 0x0100_0000);
+        }
+        let t = compile(&f).unwrap();
+        assert!(!t.stats().dense_user_ids);
+        for u in &f.users {
+            for s in &f.services {
+                assert_eq!(t.allowed(u.id, s.id), f.evaluate(u.id, s.id));
+            }
+            assert_eq!(t.user_name(u.id), Some(u.name.as_str()));
+        }
+        assert!(!t.allowed(UserId(0xF100_0001), ServiceId(10)));
+    }
+
+    #[test]
+    fn unique_group_sets_switch_to_by_group_layout() {
+        let p = SynthParams {
+            users: 30_000,
+            services: 5_000,
+            groups: 1_000,
+            groups_per_user: 3,
+            services_per_group: 10,
+            profiles: 0,
+            direct_grants: 100,
+            connectors: 2,
+            seed: 3,
+        };
+        let file = synth::generate(&p);
+        let auto = compile(&file).unwrap();
+        let flat = CompiledPolicy::compile_with_layout(&file, Layout::Flat).unwrap();
+        let stats = auto.stats();
+        assert_eq!(stats.layout, Layout::ByGroup, "{stats:?}");
+        assert!(stats.lookup_bytes * 4 < flat.stats().lookup_bytes);
+        for (u, s) in synth::sample_pairs(&file, 2_000, 5) {
+            assert_eq!(auto.allowed(u, s), flat.allowed(u, s));
+        }
+    }
+
+    /// Full-size compile: minutes in a debug build, so opt-in
+    /// (`cargo test --release -- --ignored`); the `policy` bench covers it.
+    #[test]
+    #[ignore]
+    fn large_policy_compiles() {
+        let file = synth::generate(&SynthParams::large());
+        let t = compile(&file).unwrap();
+        let stats = t.stats();
+        assert_eq!(stats.users, 1_000_000);
+        assert_eq!(stats.layout, Layout::Flat);
+        for (u, s) in synth::sample_pairs(&file, 200, 1) {
+            assert_eq!(t.allowed(u, s), file.evaluate(u, s));
+        }
+    }
+
+    /// A random small policy that always validates.
+    fn random_policy(
+        seed: u64,
+        users: u32,
+        groups: u32,
+        services: u32,
+        sparse: bool,
+    ) -> PolicyFile {
+        let mut rng = SplitMix64::new(seed);
+        let id = |i: u32, rng: &mut SplitMix64| {
+            if sparse {
+                // Spread over the whole range; the index keeps ids distinct.
+                (rng.below(1 << 16) << 16) | i
+            } else {
+                100 + i
+            }
+        };
+        let coin = |rng: &mut SplitMix64| rng.below(2) == 0;
+        let users_v: Vec<User> = (0..users)
+            .map(|i| User {
+                id: UserId(id(i, &mut rng)),
+                name: format!("u{i}"),
+                groups: (0..groups)
+                    .filter(|_| coin(&mut rng))
+                    .map(|g| format!("g{g}"))
+                    .collect(),
+            })
+            .collect();
+        let services_v: Vec<Service> = (0..services)
+            .map(|i| Service {
+                id: ServiceId(id(i, &mut rng)),
+                name: format!("s{i}"),
+                protocol: Protocol::Udp,
+                target: "h:1".into(),
+                connectors: vec!["c".into()],
+            })
+            .collect();
+        let mut rules = Vec::new();
+        if services > 0 && (users > 0 || groups > 0) {
+            for _ in 0..rng.below(6) {
+                let mut rule = Rule {
+                    groups: (0..groups)
+                        .filter(|_| rng.below(3) == 0)
+                        .map(|g| format!("g{g}"))
+                        .collect(),
+                    users: (0..users)
+                        .filter(|_| rng.below(4) == 0)
+                        .map(|u| format!("u{u}"))
+                        .collect(),
+                    services: if rng.below(8) == 0 {
+                        vec!["*".into()]
+                    } else {
+                        (0..services)
+                            .filter(|_| coin(&mut rng))
+                            .map(|s| format!("s{s}"))
+                            .collect()
+                    },
+                    ..Rule::default()
+                };
+                if rule.groups.is_empty() && rule.users.is_empty() {
+                    rule.users = (0..users.min(1)).map(|u| format!("u{u}")).collect();
+                    rule.groups = (0..groups.min(1)).map(|g| format!("g{g}")).collect();
+                }
+                if rule.services.is_empty() {
+                    rule.services.push("s0".into());
+                }
+                rules.push(rule);
+            }
+        }
+        PolicyFile {
+            users: users_v,
+            groups: (0..groups)
+                .map(|g| Group {
+                    name: format!("g{g}"),
+                    id: None,
+                })
+                .collect(),
+            connectors: vec![Connector {
+                id: 1,
+                name: "c".into(),
+            }],
+            services: services_v,
+            rules,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn allowed_agrees_with_reference(
+            seed in any::<u64>(),
+            users in 0u32..10,
+            groups in 0u32..5,
+            services in 0u32..8,
+            sparse in any::<bool>(),
+            probes in proptest::collection::vec((any::<u32>(), any::<u32>()), 8),
+        ) {
+            let file = random_policy(seed, users, groups, services, sparse);
+            let auto = compile(&file).unwrap();
+            let flat = CompiledPolicy::compile_with_layout(&file, Layout::Flat).unwrap();
+            let by_group = CompiledPolicy::compile_with_layout(&file, Layout::ByGroup).unwrap();
+            let mut pairs: Vec<(UserId, ServiceId)> = probes
+                .iter()
+                .map(|&(u, s)| (UserId(u), ServiceId(s)))
+                .collect();
+            for u in &file.users {
+                for s in &file.services {
+                    pairs.push((u.id, s.id));
+                }
+                pairs.push((u.id, ServiceId(u32::MAX)));
+            }
+            for (u, s) in pairs {
+                let want = file.evaluate(u, s);
+                prop_assert_eq!(auto.allowed(u, s), want, "auto {} {}", u, s);
+                prop_assert_eq!(flat.allowed(u, s), want, "flat {} {}", u, s);
+                prop_assert_eq!(by_group.allowed(u, s), want, "by-group {} {}", u, s);
+            }
+            // A round trip through TOML changes nothing.
+            let again = PolicyFile::from_toml_str(&file.to_toml_string()).unwrap();
+            prop_assert_eq!(again, file);
+        }
+    }
+}
