@@ -324,7 +324,7 @@ mod tests {
         assert_eq!(groups.iter().map(|g| g.count).sum::<usize>(), 101);
         assert!(groups.iter().all(|g| g.len <= MAX_UDP_PAYLOAD));
         assert_eq!(groups[0].count, 46);
-        assert_eq!(groups.last().unwrap().len, 1400 * 9 + 300);
+        assert_eq!(groups.last().unwrap().len, 1400 * 8 + 300);
 
         let mut singles = Vec::new();
         train_groups(dst(), &buf[..3000], 1400, false, |g| singles.push(g));

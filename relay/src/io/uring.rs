@@ -402,29 +402,32 @@ impl UringIo {
     fn on_send(&mut self, slot: u32, res: i32) {
         let g = self.slots[slot as usize].group;
         self.in_flight -= 1;
-        if res >= 0 {
-            self.stats.datagrams_out += g.count as u64;
-            self.stats.bytes_out += res as u64;
-        } else if matches!(-res, libc::EIO | libc::EINVAL) && g.is_gso() {
-            self.stats.send_errors.count(-res);
-            self.stats.gso_fallbacks += 1;
-            tracing::warn!(
-                errno = -res,
-                "the kernel refused a UDP GSO send; sending one datagram per call from now on"
-            );
-            self.grouper.disable_gso();
-            self.staging.disable_gso();
-            // SAFETY: the group's buffer still holds our reference (dropped
-            // just below), so its bytes are intact and not in the ring.
-            let out = unsafe {
-                self.tx
-                    .send(self.fd, &[g], false, Backpressure::FORWARD, &mut self.stats)
-            };
-            self.stats.send_calls += out.send_calls as u64;
-            self.stats.syscalls += out.syscalls as u64;
-        } else {
-            self.stats.send_errors.count(-res);
-            self.stats.send_dropped += g.count as u64;
+        if res < 0 {
+            let errno = -res;
+            // Counted as sent when submitted; take it back.
+            self.stats.datagrams_out -= g.count as u64;
+            self.stats.bytes_out -= g.len as u64;
+            self.stats.send_errors.count(errno);
+            if matches!(errno, libc::EIO | libc::EINVAL) && g.is_gso() {
+                self.stats.gso_fallbacks += 1;
+                tracing::warn!(
+                    errno,
+                    "the kernel refused a UDP GSO send; sending one datagram per call from now on"
+                );
+                self.grouper.disable_gso();
+                self.staging.disable_gso();
+                // SAFETY: the group's buffer still holds our reference
+                // (dropped just below), so its bytes are intact and not in
+                // the ring.
+                let out = unsafe {
+                    self.tx
+                        .send(self.fd, &[g], false, Backpressure::FORWARD, &mut self.stats)
+                };
+                self.stats.send_calls += out.send_calls as u64;
+                self.stats.syscalls += out.syscalls as u64;
+            } else {
+                self.stats.send_dropped += g.count as u64;
+            }
         }
         self.free.push(slot);
         self.release(g.buf);
@@ -476,6 +479,10 @@ impl UringIo {
             self.refs[g.buf as usize] += 1;
             self.in_flight += 1;
             ps.send_calls += 1;
+            // Counted when handed over, so the counters are current when the
+            // poll returns; a failed completion takes them back.
+            self.stats.datagrams_out += g.count as u64;
+            self.stats.bytes_out += g.len as u64;
         }
         self.grouper.clear();
         Ok(())
