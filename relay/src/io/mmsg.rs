@@ -224,6 +224,8 @@ impl MmsgIo {
         let h = &self.hdrs[i];
         let len = (h.msg_len as usize).min(self.buffer_size);
         let namelen = (h.msg_hdr.msg_namelen as usize).min(NAME_LEN);
+        // `msg_controllen` is `size_t` on glibc, `socklen_t` on musl.
+        #[allow(clippy::unnecessary_cast)]
         let controllen = (h.msg_hdr.msg_controllen as usize).min(CONTROL_LEN);
         if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
             self.stats.recv_truncated += 1;

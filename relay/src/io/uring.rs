@@ -795,9 +795,12 @@ fn publish_tail(ring: &Region, tail: u16) {
     t.store(tail, Ordering::Release);
 }
 
+/// Sets some ring setup flags on a builder.
+type SetFlags = fn(&mut io_uring::Builder);
+
 /// Builds the ring with the best flags the kernel accepts.
 fn make_ring(cq_entries: u32) -> Result<(IoUring, &'static str), IoError> {
-    let attempts: [(&'static str, fn(&mut io_uring::Builder)); 3] = [
+    let attempts: [(&'static str, SetFlags); 3] = [
         ("SINGLE_ISSUER|DEFER_TASKRUN", |b| {
             b.setup_single_issuer().setup_defer_taskrun();
         }),
