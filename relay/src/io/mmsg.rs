@@ -1,0 +1,316 @@
+//! The `mmsg` backend: `recvmmsg` into a few large buffers with `UDP_GRO`,
+//! `sendmmsg` with one message per forward group (`UDP_SEGMENT`).
+//!
+//! For hosts where io_uring is blocked. Each `recvmmsg` fills up to
+//! `buffers` buffers, each with one datagram or one coalesced run; the
+//! groups built from them are sent before the buffers are received into
+//! again, so every buffer is free at the next call.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use super::cmsg::{self, CmsgBuf, CONTROL_LEN};
+use super::group::Grouper;
+use super::region::Region;
+use super::sockaddr::{self, RawAddr, NAME_LEN};
+use super::staging::Staging;
+use super::stats::IoStats;
+use super::tx::{Backpressure, SyncTx, TxOutcome};
+use super::{
+    dispatch_run, errno_of, remaining, Action, IoConfig, IoError, PollStats, MAX_GSO_SEGMENTS,
+};
+
+/// Most buffers one `recvmmsg` fills (`UIO_MAXIOV`).
+const MAX_VLEN: usize = 1024;
+
+/// The `recvmmsg`/`sendmmsg` backend of one worker.
+pub(crate) struct MmsgIo {
+    socket: UdpSocket,
+    fd: RawFd,
+    batch: usize,
+    buffer_size: usize,
+    stride: usize,
+    mem: Region,
+    hdrs: Box<[libc::mmsghdr]>,
+    iovs: Box<[libc::iovec]>,
+    names: Box<[RawAddr]>,
+    cmsgs: Box<[CmsgBuf]>,
+    grouper: Grouper,
+    tx: SyncTx,
+    staging: Staging,
+    stats: IoStats,
+}
+
+impl std::fmt::Debug for MmsgIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmsgIo")
+            .field("fd", &self.fd)
+            .field("buffers", &self.hdrs.len())
+            .field("buffer_size", &self.buffer_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MmsgIo {
+    /// Allocates everything the backend will ever use.
+    pub(crate) fn new(socket: UdpSocket, cfg: IoConfig) -> Result<Self, IoError> {
+        socket
+            .set_nonblocking(true)
+            .map_err(|source| IoError::SocketOption {
+                option: "O_NONBLOCK",
+                source,
+            })?;
+        let n = cfg.buffers.min(MAX_VLEN);
+        let stride = cfg.buffer_size.next_multiple_of(64);
+        let bytes = stride
+            .checked_mul(n)
+            .ok_or(IoError::Alloc { bytes: usize::MAX })?;
+        let mem = Region::new(bytes)?;
+        // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
+        let zero_hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        let zero_iov = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        // Groups per receive: at most one per datagram.
+        let max_groups = if cfg.gro { n * MAX_GSO_SEGMENTS } else { n };
+        Ok(Self {
+            fd: socket.as_raw_fd(),
+            socket,
+            batch: cfg.batch,
+            buffer_size: cfg.buffer_size,
+            stride,
+            mem,
+            hdrs: vec![zero_hdr; n].into_boxed_slice(),
+            iovs: vec![zero_iov; n].into_boxed_slice(),
+            names: vec![RawAddr::new(); n].into_boxed_slice(),
+            cmsgs: vec![CmsgBuf::new(); n].into_boxed_slice(),
+            grouper: Grouper::new(max_groups, cfg.gso),
+            tx: SyncTx::new(max_groups.min(1024)),
+            staging: Staging::new(cfg.gso)?,
+            stats: IoStats::default(),
+        })
+    }
+
+    /// The socket.
+    pub(crate) fn socket(&self) -> &UdpSocket {
+        &self.socket
+    }
+
+    /// Counters since construction.
+    pub(crate) fn stats(&self) -> &IoStats {
+        &self.stats
+    }
+
+    /// See [`super::Io::poll`].
+    pub(crate) fn poll<F>(
+        &mut self,
+        timeout: Duration,
+        handle: &mut F,
+    ) -> Result<PollStats, IoError>
+    where
+        F: FnMut(SocketAddr, &mut [u8]) -> Action,
+    {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut ps = PollStats::default();
+        let result = self.receive_loop(deadline, handle, &mut ps);
+        let out = self.staging.flush(&mut self.tx, self.fd, &mut self.stats);
+        self.account(&mut ps, out);
+        self.stats += &ps;
+        self.stats.record_poll(ps.received);
+        result.map(|()| ps)
+    }
+
+    fn receive_loop<F>(
+        &mut self,
+        deadline: Option<Instant>,
+        handle: &mut F,
+        ps: &mut PollStats,
+    ) -> Result<(), IoError>
+    where
+        F: FnMut(SocketAddr, &mut [u8]) -> Action,
+    {
+        let vlen = self.hdrs.len();
+        loop {
+            self.arm();
+            // SAFETY: every header points at an iovec, name and control
+            // buffer owned by `self` and at a `buffer_size` range of `mem`
+            // that no slice refers to during the call.
+            let n = unsafe {
+                libc::recvmmsg(
+                    self.fd,
+                    self.hdrs.as_mut_ptr(),
+                    vlen as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            ps.syscalls += 1;
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                match errno_of(&err) {
+                    libc::EINTR => continue,
+                    libc::EAGAIN => {
+                        let left = remaining(deadline);
+                        if ps.received > 0 || left.is_zero() {
+                            return Ok(());
+                        }
+                        ps.syscalls += 1;
+                        if !wait_readable(self.fd, left)? {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    _ => {
+                        return Err(IoError::Sys {
+                            op: "recvmmsg",
+                            source: err,
+                        })
+                    }
+                }
+            }
+            let n = n as usize;
+            for i in 0..n {
+                self.dispatch(i, handle, ps);
+            }
+            // SAFETY: groups point into buffers received above; no slice of
+            // them is alive and they are not received into until this
+            // synchronous send returns.
+            let out = unsafe {
+                self.tx.send(
+                    self.fd,
+                    self.grouper.groups(),
+                    self.grouper.gso_enabled(),
+                    Backpressure::FORWARD,
+                    &mut self.stats,
+                )
+            };
+            self.grouper.clear();
+            self.account(ps, out);
+            if ps.received >= self.batch || n < vlen {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Points every header at its buffer, name and control space again (the
+    /// kernel overwrote the lengths).
+    fn arm(&mut self) {
+        let base = self.mem.base();
+        for (i, h) in self.hdrs.iter_mut().enumerate() {
+            self.iovs[i] = libc::iovec {
+                // In bounds: i < buffers and the region is buffers * stride.
+                iov_base: base.wrapping_add(i * self.stride).cast(),
+                iov_len: self.buffer_size,
+            };
+            let m = &mut h.msg_hdr;
+            m.msg_name = self.names[i].as_mut_ptr();
+            m.msg_namelen = NAME_LEN as libc::socklen_t;
+            m.msg_iov = &mut self.iovs[i];
+            m.msg_iovlen = 1;
+            m.msg_control = self.cmsgs[i].0.as_mut_ptr().cast();
+            m.msg_controllen = CONTROL_LEN as _;
+            m.msg_flags = 0;
+            h.msg_len = 0;
+        }
+    }
+
+    /// Hands the datagrams received into buffer `i` to `handle`.
+    fn dispatch<F>(&mut self, i: usize, handle: &mut F, ps: &mut PollStats)
+    where
+        F: FnMut(SocketAddr, &mut [u8]) -> Action,
+    {
+        let h = &self.hdrs[i];
+        let len = (h.msg_len as usize).min(self.buffer_size);
+        let namelen = (h.msg_hdr.msg_namelen as usize).min(NAME_LEN);
+        // `msg_controllen` is `size_t` on glibc, `socklen_t` on musl.
+        #[allow(clippy::unnecessary_cast)]
+        let controllen = (h.msg_hdr.msg_controllen as usize).min(CONTROL_LEN);
+        if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            self.stats.recv_truncated += 1;
+            return;
+        }
+        let Some(src) = sockaddr::decode(&self.names[i].bytes()[..namelen]) else {
+            self.stats.recv_errors += 1;
+            return;
+        };
+        let segment = cmsg::gro_segment_size(&self.cmsgs[i].0[..controllen]);
+        // SAFETY: the kernel finished writing buffer `i` when recvmmsg
+        // returned; it is not received into again before the groups made
+        // from it are sent, and this is the only slice of it.
+        let run = unsafe { self.mem.slice_mut(i * self.stride, len) };
+        dispatch_run(run, i as u32, src, segment, handle, &mut self.grouper, ps);
+    }
+
+    fn account(&mut self, ps: &mut PollStats, out: TxOutcome) {
+        ps.send_calls += out.send_calls;
+        ps.syscalls += out.syscalls;
+        if out.gso_refused {
+            self.grouper.disable_gso();
+            self.staging.disable_gso();
+        }
+    }
+
+    /// See [`super::Io::send_to`].
+    pub(crate) fn send_to(&mut self, dst: SocketAddr, bytes: &[u8]) -> Result<(), IoError> {
+        let out = self
+            .staging
+            .push(dst, bytes, &mut self.tx, self.fd, &mut self.stats)?;
+        self.account_outside_poll(out);
+        Ok(())
+    }
+
+    /// See [`super::Io::send_gso`].
+    pub(crate) fn send_gso(
+        &mut self,
+        dst: SocketAddr,
+        buf: &[u8],
+        seg: usize,
+    ) -> Result<usize, IoError> {
+        let gso = self.grouper.gso_enabled();
+        let out = self
+            .tx
+            .send_train(self.fd, dst, buf, seg, gso, &mut self.stats)?;
+        self.account_outside_poll(out);
+        Ok(out.datagrams)
+    }
+
+    /// See [`super::Io::flush`].
+    pub(crate) fn flush(&mut self) -> Result<(), IoError> {
+        let out = self.staging.flush(&mut self.tx, self.fd, &mut self.stats);
+        self.account_outside_poll(out);
+        Ok(())
+    }
+
+    fn account_outside_poll(&mut self, out: TxOutcome) {
+        let mut ps = PollStats::default();
+        self.account(&mut ps, out);
+        self.stats.send_calls += ps.send_calls as u64;
+        self.stats.syscalls += ps.syscalls as u64;
+    }
+}
+
+/// Waits until `fd` is readable or `wait` passes; `false` on timeout.
+pub(crate) fn wait_readable(fd: RawFd, wait: Duration) -> Result<bool, IoError> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // Round up so a sub-millisecond wait still waits.
+    let ms = wait.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: one valid pollfd, for the duration of the call.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if rc < 0 {
+        let err = std::io::Error::last_os_error();
+        if errno_of(&err) == libc::EINTR {
+            return Ok(true);
+        }
+        return Err(IoError::Sys {
+            op: "poll",
+            source: err,
+        });
+    }
+    Ok(rc > 0)
+}

@@ -1,0 +1,159 @@
+//! Counters of one worker's I/O, for the metrics endpoint and for tests.
+
+use std::ops::AddAssign;
+
+/// Buckets of the batch-size histogram: bucket `i` counts polls that
+/// received `2^i ..= 2^(i+1) - 1` datagrams; the last also takes larger ones.
+pub const BATCH_BUCKETS: usize = 16;
+
+/// What one [`super::Io::poll`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PollStats {
+    /// Datagrams handed to the callback (GRO segments one by one).
+    pub received: usize,
+    /// Bytes of those datagrams.
+    pub received_bytes: usize,
+    /// Datagrams the callback forwarded, now handed to the kernel.
+    pub forwarded: usize,
+    /// Sends issued for them (a GSO group counts once).
+    pub send_calls: usize,
+    /// Receive buffers that held a coalesced run of more than one datagram.
+    pub gro_runs: usize,
+    /// Datagrams that arrived inside such runs.
+    pub gro_segments: usize,
+    /// System calls made (`io_uring_enter`, `recvmmsg`, `sendmmsg`, `poll`).
+    pub syscalls: usize,
+}
+
+/// Send errors, by `errno`. Counted, never fatal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErrnoCounts {
+    /// `ENOBUFS`: the kernel had no memory for the datagram.
+    pub enobufs: u64,
+    /// `EAGAIN`: the socket send buffer stayed full.
+    pub eagain: u64,
+    /// `ECONNREFUSED`: an ICMP port unreachable came back.
+    pub econnrefused: u64,
+    /// `EIO`/`EINVAL` on a GSO send: the device or kernel refused GSO.
+    pub gso_refused: u64,
+    /// Anything else.
+    pub other: u64,
+    /// The last `errno` counted under `other`.
+    pub last_other: i32,
+}
+
+impl ErrnoCounts {
+    /// Counts one failure with `errno`.
+    pub(crate) fn count(&mut self, errno: i32) {
+        match errno {
+            libc::ENOBUFS => self.enobufs += 1,
+            libc::EAGAIN => self.eagain += 1,
+            libc::ECONNREFUSED => self.econnrefused += 1,
+            libc::EIO | libc::EINVAL => self.gso_refused += 1,
+            e => {
+                self.other += 1;
+                self.last_other = e;
+            }
+        }
+    }
+
+    /// All failures.
+    pub fn total(&self) -> u64 {
+        self.enobufs + self.eagain + self.econnrefused + self.gso_refused + self.other
+    }
+}
+
+/// Counters since the [`super::Io`] was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoStats {
+    /// Datagrams received (GRO segments one by one).
+    pub datagrams_in: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Datagrams the kernel accepted for sending.
+    pub datagrams_out: u64,
+    /// Bytes the kernel accepted for sending.
+    pub bytes_out: u64,
+    /// Sends issued (one per group, GSO or not).
+    pub send_calls: u64,
+    /// System calls made.
+    pub syscalls: u64,
+    /// Receive buffers holding a coalesced run of more than one datagram.
+    pub gro_runs: u64,
+    /// Datagrams that arrived inside such runs.
+    pub gro_segments: u64,
+    /// Polls by datagrams received, in power-of-two buckets.
+    pub batch_hist: [u64; BATCH_BUCKETS],
+    /// Polls that received nothing.
+    pub empty_polls: u64,
+    /// Datagrams lost to failed sends.
+    pub send_dropped: u64,
+    /// Failed sends by `errno`.
+    pub send_errors: ErrnoCounts,
+    /// Times GSO was refused and groups were resent one datagram per call;
+    /// after the first, GSO stays off for this `Io`.
+    pub gso_fallbacks: u64,
+    /// The receive side ran out of buffers (`ENOBUFS` on the multishot
+    /// receive): the handler is too slow for the traffic; frames were dropped
+    /// by the kernel.
+    pub recv_no_buffers: u64,
+    /// Received datagrams cut short by a too-small buffer (dropped).
+    pub recv_truncated: u64,
+    /// Receive completions that failed otherwise (or had no usable source).
+    pub recv_errors: u64,
+}
+
+impl IoStats {
+    /// Records one poll's batch size.
+    pub(crate) fn record_poll(&mut self, received: usize) {
+        if received == 0 {
+            self.empty_polls += 1;
+        } else {
+            let bucket = (usize::BITS - 1 - received.leading_zeros()) as usize;
+            self.batch_hist[bucket.min(BATCH_BUCKETS - 1)] += 1;
+        }
+    }
+}
+
+impl AddAssign<&PollStats> for IoStats {
+    fn add_assign(&mut self, p: &PollStats) {
+        self.datagrams_in += p.received as u64;
+        self.bytes_in += p.received_bytes as u64;
+        self.send_calls += p.send_calls as u64;
+        self.syscalls += p.syscalls as u64;
+        self.gro_runs += p.gro_runs as u64;
+        self.gro_segments += p.gro_segments as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_powers_of_two() {
+        let mut s = IoStats::default();
+        for n in [0, 1, 2, 3, 4, 7, 8, 1024, usize::MAX] {
+            s.record_poll(n);
+        }
+        assert_eq!(s.empty_polls, 1);
+        assert_eq!(s.batch_hist[0], 1);
+        assert_eq!(s.batch_hist[1], 2);
+        assert_eq!(s.batch_hist[2], 2);
+        assert_eq!(s.batch_hist[3], 1);
+        assert_eq!(s.batch_hist[10], 1);
+        assert_eq!(s.batch_hist[BATCH_BUCKETS - 1], 1);
+    }
+
+    #[test]
+    fn errno_counts_by_kind() {
+        let mut e = ErrnoCounts::default();
+        e.count(libc::ENOBUFS);
+        e.count(libc::EAGAIN);
+        e.count(libc::EIO);
+        e.count(libc::EPERM);
+        assert_eq!((e.enobufs, e.eagain, e.gso_refused, e.other), (1, 1, 1, 1));
+        assert_eq!(e.last_other, libc::EPERM);
+        assert_eq!(e.total(), 4);
+    }
+}
