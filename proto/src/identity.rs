@@ -708,16 +708,16 @@ mod tests {
     fn tampering_any_field_fails() {
         let ca = ca();
         let cert = ca.issue(body()).unwrap();
-        let mutations: Vec<Box<dyn Fn(&mut Certificate)>> = vec![
-            Box::new(|c| c.id += 1),
-            Box::new(|c| c.name.push('x')),
-            Box::new(|c| c.role = Role::Relay),
-            Box::new(|c| c.groups.push("admin".into())),
-            Box::new(|c| c.groups.swap(0, 1)),
-            Box::new(|c| c.static_key[31] ^= 1),
-            Box::new(|c| c.not_before -= 1),
-            Box::new(|c| c.not_after += 1),
-            Box::new(|c| c.signature[0] ^= 1),
+        let mutations: [fn(&mut Certificate); 9] = [
+            |c| c.id += 1,
+            |c| c.name.push('x'),
+            |c| c.role = Role::Relay,
+            |c| c.groups.push("admin".into()),
+            |c| c.groups.swap(0, 1),
+            |c| c.static_key[31] ^= 1,
+            |c| c.not_before -= 1,
+            |c| c.not_after += 1,
+            |c| c.signature[0] ^= 1,
         ];
         for (i, m) in mutations.iter().enumerate() {
             let mut c = cert.clone();
