@@ -340,7 +340,9 @@ mod tests {
     fn siphash24_fixed_reference_vector() {
         let key: [u8; 16] = core::array::from_fn(|i| i as u8);
         let msg: [u8; TAGGED_LEN] = core::array::from_fn(|i| i as u8);
-        let out = SipHash24Fixed::with_sip_key(&key).hash24(&msg).to_le_bytes();
+        let out = SipHash24Fixed::with_sip_key(&key)
+            .hash24(&msg)
+            .to_le_bytes();
         assert_eq!(hex::encode(out), "94af49f6c650adb8");
         assert_eq!(SipHash24::with_sip_key(&key).hash(&msg).to_le_bytes(), out);
     }
