@@ -16,7 +16,7 @@
 //! BLAKE3 `derive_key`, computed by [`candidates::SipHash24Fixed`] (SipHash
 //! specialised to the 24-byte input, checked equal to the `siphasher` crate).
 //! On the project's machine (2-core AMD EPYC VM, AES-NI/VAES) it tags a
-//! header in ≈18 ns, against ≈20 ns for the general `siphasher` code and
+//! header in ≈17 ns, against ≈18 ns for the general `siphasher` code and
 //! 80–90 ns for AES-GMAC (via `aes-gcm` or `ring`: their per-call set-up
 //! dominates a 24-byte input) and keyed BLAKE3; figures in
 //! `docs/perf-sections/crypto.md`. SipHash is also the most forgiving: it is
