@@ -12,13 +12,17 @@
 //! Several constructions are kept in [`candidates`] behind the
 //! [`candidates::HopMac`] trait so that `cargo bench -p bench --bench hoptag`
 //! can compare them on the machine at hand. [`HopKey`] is the one chosen:
-//! **SipHash-2-4** with a 128-bit key derived from the 32-byte hop key. On the
-//! project's machine (2-core AMD EPYC VM, AES-NI/VAES) it tags a header in
-//! ≈10 ns against ≈20 ns for AES-GMAC via `ring`, ≈50 ns via `aes-gcm` and
-//! ≈55 ns for keyed BLAKE3 (see `docs/perf-sections/crypto.md`). It is also
-//! the most forgiving: SipHash is a PRF, so its security does not depend on
-//! the counter never repeating, whereas a repeated nonce under GMAC reveals
-//! the hash key and lets anyone forge tags.
+//! **SipHash-2-4** with a 128-bit key derived from the 32-byte hop key by
+//! BLAKE3 `derive_key`, computed by [`candidates::SipHash24Fixed`] (SipHash
+//! specialised to the 24-byte input, checked equal to the `siphasher` crate).
+//! On the project's machine (2-core AMD EPYC VM, AES-NI/VAES) it tags a
+//! header in ≈17 ns, against ≈18 ns for the general `siphasher` code and
+//! 80–90 ns for AES-GMAC (via `aes-gcm` or `ring`: their per-call set-up
+//! dominates a 24-byte input) and keyed BLAKE3; figures in
+//! `docs/perf-sections/crypto.md`. SipHash is also the most forgiving: it is
+//! a PRF, so its security does not depend on the counter never repeating,
+//! whereas a repeated nonce under GMAC reveals the hash key and lets anyone
+//! forge tags.
 //!
 //! The hop counter inside the tagged bytes makes every tagged header unique,
 //! and the replay window ([`crate::replay`]) rejects a header seen before, so a
@@ -36,7 +40,7 @@ pub const TAG_LEN: usize = 8;
 pub const TAGGED_LEN: usize = 24;
 
 /// The MAC used for hop tags; see the module documentation for why.
-type Chosen = candidates::SipHash24;
+type Chosen = candidates::SipHash24Fixed;
 
 /// Key of one direction of a hop session: tags and verifies frame headers.
 ///

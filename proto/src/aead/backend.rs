@@ -17,6 +17,9 @@ pub trait Aes256GcmBackend: Clone + Send + Sync + fmt::Debug {
     /// Short name, used in bench ids and `Debug` output.
     const NAME: &'static str;
 
+    /// Name of the hop-tag candidate that uses this backend as GMAC.
+    const GMAC_NAME: &'static str;
+
     /// Expands the 32-byte key (AES round keys and the GHASH key).
     fn new(key: &[u8; 32]) -> Self;
 
@@ -51,6 +54,7 @@ pub struct RustCrypto {
 
 impl Aes256GcmBackend for RustCrypto {
     const NAME: &'static str = "aes-gcm";
+    const GMAC_NAME: &'static str = "gmac-aesgcm";
 
     fn new(key: &[u8; 32]) -> Self {
         Self {
@@ -96,6 +100,7 @@ pub struct Ring {
 #[cfg(feature = "ring")]
 impl Aes256GcmBackend for Ring {
     const NAME: &'static str = "ring";
+    const GMAC_NAME: &'static str = "gmac-ring";
 
     fn new(key: &[u8; 32]) -> Self {
         let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key)

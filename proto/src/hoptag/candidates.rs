@@ -6,7 +6,7 @@
 //! hop key from the Noise split and derives what it needs at construction.
 
 use super::{TAGGED_LEN, TAG_LEN};
-use aes_gcm::aead::{AeadInOut, KeyInit};
+use crate::aead::backend::{self, Aes256GcmBackend};
 use core::fmt;
 
 /// Domain-separation context for deriving a 128-bit SipHash key from the
@@ -58,76 +58,38 @@ fn truncate(full: &[u8]) -> [u8; TAG_LEN] {
 
 /// AES-256-GMAC via RustCrypto `aes-gcm`: GCM with the header as associated
 /// data and an empty plaintext, the hop counter as nonce, tag truncated to
-/// 64 bits.
+/// 64 bits. Uses the end-to-end AEAD backend of the same crate.
 ///
 /// Sound only while the sender never reuses a counter under one key: a
 /// repeated GCM nonce reveals the GHASH key.
-#[derive(Clone)]
-pub struct GmacAesGcm {
-    cipher: aes_gcm::Aes256Gcm,
-}
-
-impl HopMac for GmacAesGcm {
-    const NAME: &'static str = "gmac-aesgcm";
-
-    fn new(key: &[u8; 32]) -> Self {
-        Self {
-            cipher: aes_gcm::Aes256Gcm::new(key.into()),
-        }
-    }
-
-    #[inline]
-    fn tag(&self, header: &[u8; TAGGED_LEN]) -> [u8; TAG_LEN] {
-        let nonce = gmac_nonce(header);
-        let full = self
-            .cipher
-            .encrypt_inout_detached(&nonce.into(), header, (&mut [][..]).into())
-            // Only fails for inputs over 2^36 bytes; ours are 24 and 0.
-            .expect("GMAC over a 24-byte header cannot exceed GCM limits");
-        truncate(&full)
-    }
-}
-
-impl fmt::Debug for GmacAesGcm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(Self::NAME)
-    }
-}
+pub type GmacAesGcm = Gmac<backend::RustCrypto>;
 
 /// AES-256-GMAC via `ring`: same construction and nonce rule as
 /// [`GmacAesGcm`], with ring's assembly AES-GCM.
 #[cfg(feature = "ring")]
+pub type GmacRing = Gmac<backend::Ring>;
+
+/// AES-256-GMAC over the header with any AES-256-GCM backend.
 #[derive(Clone)]
-pub struct GmacRing {
-    key: ring::aead::LessSafeKey,
+pub struct Gmac<B> {
+    gcm: B,
 }
 
-#[cfg(feature = "ring")]
-impl HopMac for GmacRing {
-    const NAME: &'static str = "gmac-ring";
+impl<B: Aes256GcmBackend> HopMac for Gmac<B> {
+    const NAME: &'static str = B::GMAC_NAME;
 
     fn new(key: &[u8; 32]) -> Self {
-        let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key)
-            .expect("a 32-byte key is the AES-256-GCM key length");
-        Self {
-            key: ring::aead::LessSafeKey::new(unbound),
-        }
+        Self { gcm: B::new(key) }
     }
 
     #[inline]
     fn tag(&self, header: &[u8; TAGGED_LEN]) -> [u8; TAG_LEN] {
-        let nonce = ring::aead::Nonce::assume_unique_for_key(gmac_nonce(header));
-        let full = self
-            .key
-            .seal_in_place_separate_tag(nonce, ring::aead::Aad::from(header), &mut [])
-            // Only fails for inputs over ring's ~64 GiB limit; ours are empty.
-            .expect("GMAC over a 24-byte header cannot exceed GCM limits");
-        truncate(full.as_ref())
+        let full = self.gcm.seal_raw(&gmac_nonce(header), header, &mut []);
+        truncate(&full)
     }
 }
 
-#[cfg(feature = "ring")]
-impl fmt::Debug for GmacRing {
+impl<B: Aes256GcmBackend> fmt::Debug for Gmac<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(Self::NAME)
     }
@@ -367,6 +329,7 @@ mod tests {
         let a = GmacAesGcm::new(&key).tag(&header);
         #[cfg(feature = "ring")]
         assert_eq!(a, GmacRing::new(&key).tag(&header));
+        use aes_gcm::aead::{AeadInOut, KeyInit};
         let cipher = aes_gcm::Aes256Gcm::new((&key).into());
         let full = cipher
             .encrypt_inout_detached(&gmac_nonce(&header).into(), &header, (&mut [][..]).into())
