@@ -1,6 +1,328 @@
 //! The relay: thread-per-core workers forwarding frames between hop
 //! sessions, checking each against the policy, and a control thread for
-//! handshakes and policy reloads. The per-frame logic is `proto`'s; this
-//! crate moves bytes.
+//! handshakes, routes and policy reloads. The per-frame logic is `proto`'s;
+//! this crate moves bytes and owns threads.
+//!
+//! ```text
+//!             +-------------------- control thread --------------------+
+//!             | hop handshakes, sessions, routes, policy reload, signals |
+//!             +---------------------------------------------------------+
+//!                 ^ handshake frames        | Install/Remove/Send
+//!                 |                         v          (crossbeam channels)
+//!  socket 0 -> [worker 0: io backend -> proto::datapath -> GSO send]  core 0
+//!  socket 1 -> [worker 1: ...]                                         core 1
+//!        (SO_REUSEPORT on one port; policy and routes read through ArcSwap
+//!         snapshots loaded once per batch)
+//! ```
 
+pub mod config;
+pub mod control;
 pub mod io;
+pub mod keys;
+pub mod policy_source;
+pub mod shared;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use proto::datapath::{Counters, Mode};
+use proto::handshake::{HopResponder, LocalIdentity, Trust};
+use proto::identity::{CaPublicKey, Role};
+
+use crate::control::{Control, ControlStats};
+use crate::io::{Backend, Io, IoConfig};
+use crate::policy_source::{PolicyLoadError, PolicySource};
+use crate::shared::Shared;
+use crate::worker::WorkerStats;
+
+/// Queue depth between the workers and the control thread, in handshake
+/// frames. Beyond it workers shed handshakes (counted).
+pub const CONTROL_QUEUE: usize = 4096;
+
+/// Everything needed to start a relay, resolved (keys loaded, paths
+/// checked).
+#[derive(Debug)]
+pub struct RelayOptions {
+    /// Address to bind; port 0 picks a free port (shared by all workers).
+    pub listen: SocketAddr,
+    /// Worker threads (at least 1).
+    pub workers: usize,
+    /// Pin worker `k` to core `first_core + k` when `pin` is set.
+    pub first_core: usize,
+    /// Whether to pin.
+    pub pin: bool,
+    /// Preferred I/O backend.
+    pub io: Backend,
+    /// Buffer sizes and GRO/GSO switches.
+    pub io_config: IoConfig,
+    /// What the datapath checks.
+    pub mode: Mode,
+    /// This relay's key and certificate.
+    pub identity: LocalIdentity,
+    /// The CA peers' certificates must chain to.
+    pub ca: CaPublicKey,
+    /// The policy file.
+    pub policy: PathBuf,
+}
+
+/// Why a relay could not start. Each message says what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The policy file could not be loaded.
+    #[error(transparent)]
+    Policy(#[from] PolicyLoadError),
+    /// A worker's socket or I/O backend could not start.
+    #[error("worker {worker} could not start: {source}")]
+    Io {
+        /// Which worker.
+        worker: usize,
+        /// Why.
+        source: crate::io::IoError,
+    },
+    /// A thread could not be spawned.
+    #[error("cannot spawn thread: {0}")]
+    Spawn(std::io::Error),
+    /// The options are inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A running relay.
+#[derive(Debug)]
+pub struct Relay {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<WorkerStats>>,
+    control: Option<JoinHandle<ControlStats>>,
+    local_addr: SocketAddr,
+    backend: Backend,
+    public_key: [u8; 32],
+    started: Instant,
+}
+
+/// What a relay did, from start to stop.
+#[derive(Debug, Clone, Default)]
+pub struct RelayReport {
+    /// Per-worker statistics.
+    pub workers: Vec<WorkerStats>,
+    /// The control thread's counters.
+    pub control: ControlStats,
+    /// All workers' datapath counters added up.
+    pub total: Counters,
+}
+
+impl Relay {
+    /// Loads the policy, binds one socket per worker, starts the workers
+    /// (each pinned, each creating its own I/O backend on its own thread)
+    /// and the control thread. Returns once every worker is serving.
+    pub fn start(opts: RelayOptions) -> Result<Relay, StartError> {
+        if opts.workers == 0 {
+            return Err(StartError::Invalid("workers must be at least 1".into()));
+        }
+        let mut source = PolicySource::new(&opts.policy);
+        let loaded = source.load()?;
+        tracing::info!(
+            path = %opts.policy.display(),
+            users = loaded.policy.stats().users,
+            services = loaded.policy.stats().services,
+            took_ms = loaded.took.as_millis() as u64,
+            "policy loaded"
+        );
+        let shared = Arc::new(Shared::new(loaded.policy, opts.workers));
+        let (to_control, control_inbox) = crossbeam_channel::bounded(CONTROL_QUEUE);
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+
+        let mut workers = Vec::with_capacity(opts.workers);
+        let mut inboxes = Vec::with_capacity(opts.workers);
+        let mut local_addr = opts.listen;
+        let mut backend = opts.io;
+        for k in 0..opts.workers {
+            let socket = crate::io::bind_socket(local_addr, &opts.io_config)
+                .map_err(|source| StartError::Io { worker: k, source })?;
+            if k == 0 {
+                local_addr = socket.local_addr().map_err(|source| StartError::Io {
+                    worker: k,
+                    source: crate::io::IoError::Sys {
+                        op: "getsockname",
+                        source,
+                    },
+                })?;
+            }
+            let (tx, rx) = crossbeam_channel::unbounded();
+            inboxes.push(tx);
+            let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+            let core = opts
+                .pin
+                .then(|| {
+                    cores
+                        .get((opts.first_core + k) % cores.len().max(1))
+                        .copied()
+                })
+                .flatten();
+            let (worker_shared, control, io_config, mode, want) = (
+                Arc::clone(&shared),
+                to_control.clone(),
+                opts.io_config,
+                opts.mode,
+                opts.io,
+            );
+            let handle = std::thread::Builder::new()
+                .name(format!("relay-worker-{k}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        if !core_affinity::set_for_current(core) {
+                            tracing::warn!(
+                                worker = k,
+                                core = core.id,
+                                "could not pin worker to its core"
+                            );
+                        }
+                    }
+                    // The ring is created on the thread that submits to it
+                    // (IORING_SETUP_SINGLE_ISSUER).
+                    match Io::start(want, socket, io_config) {
+                        Ok(io) => {
+                            let _ = ready_tx.send(Ok(io.backend()));
+                            worker::run(k, io, mode, worker_shared, rx, control)
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            WorkerStats::default()
+                        }
+                    }
+                })
+                .map_err(StartError::Spawn)?;
+            match ready_rx.recv() {
+                Ok(Ok(b)) => backend = b,
+                Ok(Err(source)) => {
+                    shared.request_stop();
+                    return Err(StartError::Io { worker: k, source });
+                }
+                Err(_) => {
+                    shared.request_stop();
+                    return Err(StartError::Invalid(format!(
+                        "worker {k} exited during start"
+                    )));
+                }
+            }
+            workers.push(handle);
+        }
+
+        let public_key = *opts.identity.public_key();
+        let mut secret = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+        let responder = HopResponder::new(
+            opts.identity,
+            Trust::new(opts.ca, &[Role::User, Role::Connector, Role::Relay]),
+            secret,
+            Instant::now(),
+        );
+        let control = Control::new(
+            Arc::clone(&shared),
+            responder,
+            control_inbox,
+            inboxes,
+            source,
+        );
+        let control = std::thread::Builder::new()
+            .name("relay-control".into())
+            .spawn(move || control.run())
+            .map_err(StartError::Spawn)?;
+        tracing::info!(%local_addr, workers = opts.workers, io = %backend, mode = opts.mode.name(), "relay serving");
+        Ok(Relay {
+            shared,
+            workers,
+            control: Some(control),
+            local_addr,
+            backend,
+            public_key,
+            started: Instant::now(),
+        })
+    }
+
+    /// The address the workers listen on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The I/O backend the workers actually use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// This relay's Noise static public key (what agents are configured
+    /// with).
+    pub fn public_key(&self) -> &[u8; 32] {
+        &self.public_key
+    }
+
+    /// The state shared with the threads (for signal handlers and
+    /// metrics).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Latest published statistics of every worker.
+    pub fn stats(&self) -> Vec<WorkerStats> {
+        self.shared.worker_stats()
+    }
+
+    /// Asks the control thread to reload the policy file now.
+    pub fn reload_policy(&self) {
+        self.shared
+            .reload
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long the relay has been running.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Whether a stop was requested (by [`Relay::stop`] or a signal).
+    pub fn stopping(&self) -> bool {
+        self.shared.stop.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops every thread (workers finish their batch and flush) and
+    /// returns what they did.
+    pub fn stop(mut self) -> RelayReport {
+        self.shared.request_stop();
+        self.join()
+    }
+
+    fn join(&mut self) -> RelayReport {
+        let workers: Vec<WorkerStats> = self
+            .workers
+            .drain(..)
+            .map(|h| h.join().unwrap_or_default())
+            .collect();
+        let control = self
+            .control
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        let mut total = Counters::default();
+        for w in &workers {
+            total.add(&w.datapath);
+        }
+        RelayReport {
+            workers,
+            control,
+            total,
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if !self.workers.is_empty() || self.control.is_some() {
+            self.shared.request_stop();
+            self.join();
+        }
+    }
+}

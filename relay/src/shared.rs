@@ -2,7 +2,7 @@
 //! snapshots (swapped whole, read once per batch), the stop flag, and each
 //! worker's published statistics.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -18,8 +18,10 @@ pub struct Shared {
     pub policy: ArcSwap<CompiledPolicy>,
     /// The live routing table. Replaced whole when sessions come and go.
     pub routes: ArcSwap<RouteTable>,
-    /// Set to ask every thread to finish.
-    pub stop: AtomicBool,
+    /// Set to ask every thread to finish (also by SIGINT/SIGTERM handlers).
+    pub stop: Arc<AtomicBool>,
+    /// Set to ask the control thread to reload the policy (also by SIGHUP).
+    pub reload: Arc<AtomicBool>,
     stats: Vec<Mutex<WorkerStats>>,
 }
 
@@ -29,7 +31,8 @@ impl Shared {
         Shared {
             policy: ArcSwap::from_pointee(policy),
             routes: ArcSwap::from_pointee(RouteTable::new()),
-            stop: AtomicBool::new(false),
+            stop: Arc::new(AtomicBool::new(false)),
+            reload: Arc::new(AtomicBool::new(false)),
             stats: (0..workers).map(|_| Mutex::default()).collect(),
         }
     }
@@ -37,6 +40,11 @@ impl Shared {
     /// Replaces the policy; the next batch of every worker uses it.
     pub fn swap_policy(&self, policy: CompiledPolicy) {
         self.policy.store(Arc::new(policy));
+    }
+
+    /// Asks every thread to finish.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 
     /// Worker `id` publishes its statistics (between batches, not per

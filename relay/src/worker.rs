@@ -163,7 +163,7 @@ pub fn run(
 fn stats(counters: &Counters, io: &Io, shed: u64, sessions: &SessionTable) -> WorkerStats {
     WorkerStats {
         datapath: counters.clone(),
-        io: io.stats().clone(),
+        io: *io.stats(),
         handshakes_shed: shed,
         sessions: sessions.len(),
         cpu: thread_cpu_time(),

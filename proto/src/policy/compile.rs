@@ -261,6 +261,11 @@ impl CompiledPolicy {
         }
     }
 
+    /// Every service, in file order.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceInfo> {
+        self.services.iter()
+    }
+
     /// Forwarding details of `id`, if the policy defines it.
     #[inline]
     pub fn service(&self, id: ServiceId) -> Option<&ServiceInfo> {

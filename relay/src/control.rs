@@ -1,0 +1,357 @@
+//! The control thread: hop handshakes, session lifetimes, routes, policy
+//! reloads, signals.
+//!
+//! Workers hand it every hop handshake frame with the worker's id and the
+//! source address. It answers through the same worker (so the reply leaves
+//! from the socket the peer's flow hashes to), installs the receive half of
+//! a new session into that worker *before* the reply is sent, and publishes
+//! a new routing snapshot when sessions come or go. It reloads the policy on
+//! SIGHUP, on [`Shared::reload`], and when the file's modification time
+//! changes; a bad file is logged and the last good policy stays.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use proto::handshake::timers::REJECT_AFTER_TIME;
+use proto::handshake::{HopResponder, HopSessionKeys, InitOutcome};
+use proto::identity::Role;
+use proto::ids::{ReceiverIndex, ServiceId, UserId};
+use proto::policy::CompiledPolicy;
+use proto::route::RouteTable;
+use proto::session::{HopId, IndexAllocator, Peer, RxSession, TxHop};
+
+use crate::policy_source::PolicySource;
+use crate::shared::Shared;
+use crate::worker::{FromWorker, ToWorker};
+
+/// Handshakes waiting in the queue above which the relay counts itself
+/// under load and asks initiators for a cookie round trip first.
+pub const UNDER_LOAD_QUEUE: usize = 64;
+/// How often the policy file's modification time is checked.
+pub const POLICY_POLL: Duration = Duration::from_secs(1);
+
+/// One live hop session as the control thread tracks it.
+#[derive(Debug)]
+struct SessionEntry {
+    peer: Peer,
+    name: String,
+    worker: usize,
+    index: ReceiverIndex,
+    hop: Arc<TxHop>,
+    established: Instant,
+}
+
+/// Control-thread counters, for logs and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ControlStats {
+    /// Hop sessions established.
+    pub handshakes_ok: u64,
+    /// Handshake frames rejected (bad mac1, bad certificate, replays...).
+    pub handshakes_failed: u64,
+    /// Cookie replies sent while under load.
+    pub cookie_replies: u64,
+    /// Sessions removed after `REJECT_AFTER_TIME`.
+    pub sessions_expired: u64,
+    /// Successful policy loads (the first included).
+    pub policy_epoch: u64,
+    /// Rejected policy reloads.
+    pub policy_rejected: u64,
+}
+
+/// The control thread's state.
+#[derive(Debug)]
+pub struct Control {
+    shared: Arc<Shared>,
+    responder: HopResponder,
+    inbox: Receiver<FromWorker>,
+    workers: Vec<Sender<ToWorker>>,
+    allocators: Vec<IndexAllocator>,
+    /// Slab of sessions; the slot number is the session's [`HopId`].
+    sessions: Vec<Option<SessionEntry>>,
+    free_hops: Vec<u32>,
+    next_serial: u64,
+    policy_source: PolicySource,
+    /// Connector id -> the services it serves, from the live policy.
+    connector_services: HashMap<u32, Vec<ServiceId>>,
+    rng: rand::rngs::StdRng,
+    stats: ControlStats,
+    routes_dirty: bool,
+}
+
+impl Control {
+    /// A control thread over `shared`, answering handshakes with
+    /// `responder`, talking to the workers through `workers`.
+    pub fn new(
+        shared: Arc<Shared>,
+        responder: HopResponder,
+        inbox: Receiver<FromWorker>,
+        workers: Vec<Sender<ToWorker>>,
+        policy_source: PolicySource,
+    ) -> Control {
+        use rand::SeedableRng;
+        let connector_services = connector_services(&shared.policy.load());
+        Control {
+            allocators: workers.iter().map(|_| IndexAllocator::new()).collect(),
+            shared,
+            responder,
+            inbox,
+            workers,
+            sessions: Vec::new(),
+            free_hops: Vec::new(),
+            next_serial: 1,
+            policy_source,
+            connector_services,
+            rng: rand::rngs::StdRng::from_entropy(),
+            stats: ControlStats {
+                policy_epoch: 1,
+                ..ControlStats::default()
+            },
+            routes_dirty: false,
+        }
+    }
+
+    /// Runs until [`Shared::stop`] is set; returns the counters.
+    pub fn run(mut self) -> ControlStats {
+        let mut last_policy_check = Instant::now();
+        let mut last_expiry = Instant::now();
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            match self.inbox.recv_timeout(Duration::from_millis(50)) {
+                Ok(msg) => {
+                    self.handle(msg);
+                    // Drain what else is queued before publishing routes,
+                    // so a burst of handshakes costs one route rebuild.
+                    while let Ok(msg) = self.inbox.try_recv() {
+                        self.handle(msg);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let now = Instant::now();
+            if self.shared.reload.swap(false, Ordering::Relaxed)
+                || (now.duration_since(last_policy_check) >= POLICY_POLL
+                    && self.policy_source.changed())
+            {
+                self.reload_policy();
+            }
+            if now.duration_since(last_policy_check) >= POLICY_POLL {
+                last_policy_check = now;
+            }
+            if now.duration_since(last_expiry) >= Duration::from_secs(1) {
+                last_expiry = now;
+                self.expire(now);
+            }
+            if self.routes_dirty {
+                self.publish_routes();
+            }
+        }
+        self.stats
+    }
+
+    fn handle(&mut self, msg: FromWorker) {
+        match msg {
+            FromWorker::Handshake {
+                worker,
+                from,
+                bytes,
+            } => self.handshake(worker, from, &bytes),
+        }
+    }
+
+    fn handshake(&mut self, worker: usize, from: SocketAddr, frame: &[u8]) {
+        let Some(index) = self
+            .allocators
+            .get_mut(worker)
+            .and_then(IndexAllocator::allocate)
+        else {
+            tracing::warn!(worker, %from, "no free receiver index; handshake dropped");
+            self.stats.handshakes_failed += 1;
+            return;
+        };
+        let under_load = self.inbox.len() > UNDER_LOAD_QUEUE;
+        let now = Instant::now();
+        let outcome = self.responder.handle_init(
+            frame,
+            from,
+            under_load,
+            index,
+            now,
+            unix_nanos(),
+            &mut self.rng,
+        );
+        match outcome {
+            Ok(InitOutcome::Established { response, keys }) => {
+                self.establish(worker, from, keys, now);
+                self.send(worker, from, response);
+            }
+            Ok(InitOutcome::CookieReply(reply)) => {
+                self.allocators[worker].release(index);
+                self.stats.cookie_replies += 1;
+                self.send(worker, from, reply.to_vec());
+            }
+            Err(e) => {
+                self.allocators[worker].release(index);
+                self.stats.handshakes_failed += 1;
+                tracing::debug!(worker, %from, error = %e, "hop handshake rejected");
+            }
+        }
+    }
+
+    fn establish(&mut self, worker: usize, from: SocketAddr, keys: HopSessionKeys, now: Instant) {
+        let peer = match keys.peer.role {
+            Role::User => Peer::User(UserId(keys.peer.id)),
+            Role::Connector => Peer::Connector(keys.peer.id),
+            Role::Relay => Peer::Relay(keys.peer.id),
+        };
+        let hop = Arc::new(TxHop::new(
+            from,
+            keys.remote_index,
+            &keys.send_key,
+            self.next_serial,
+        ));
+        self.next_serial += 1;
+        let slot = match self.free_hops.pop() {
+            Some(s) => s,
+            None => {
+                self.sessions.push(None);
+                (self.sessions.len() - 1) as u32
+            }
+        };
+        let hop_id = HopId(slot);
+        let session = RxSession::new(&keys.recv_key, peer, hop_id);
+        // Install before the reply leaves: the peer's first data frame can
+        // only follow the reply, and the worker applies its inbox in order.
+        let _ = self.workers[worker].send(ToWorker::Install {
+            index: keys.local_index,
+            session: Box::new(session),
+        });
+        tracing::info!(
+            peer = %keys.peer.name,
+            role = %keys.peer.role,
+            id = keys.peer.id,
+            %from,
+            worker,
+            index = %keys.local_index,
+            "hop session established"
+        );
+        self.sessions[slot as usize] = Some(SessionEntry {
+            peer,
+            name: keys.peer.name,
+            worker,
+            index: keys.local_index,
+            hop,
+            established: now,
+        });
+        self.stats.handshakes_ok += 1;
+        self.routes_dirty = true;
+    }
+
+    fn send(&self, worker: usize, to: SocketAddr, bytes: Vec<u8>) {
+        let _ = self.workers[worker].send(ToWorker::Send { to, bytes });
+    }
+
+    /// Removes sessions older than `REJECT_AFTER_TIME`: their keys may no
+    /// longer be used, and the peer has rekeyed by now if it is alive.
+    fn expire(&mut self, now: Instant) {
+        for slot in 0..self.sessions.len() {
+            let expired = self.sessions[slot]
+                .as_ref()
+                .is_some_and(|s| now.duration_since(s.established) >= REJECT_AFTER_TIME);
+            if expired {
+                if let Some(s) = self.sessions[slot].take() {
+                    tracing::info!(peer = %s.name, index = %s.index, "hop session expired");
+                    let _ = self.workers[s.worker].send(ToWorker::Remove { index: s.index });
+                    self.allocators[s.worker].release(s.index);
+                    self.free_hops.push(slot as u32);
+                    self.stats.sessions_expired += 1;
+                    self.routes_dirty = true;
+                }
+            }
+        }
+    }
+
+    fn reload_policy(&mut self) {
+        match self.policy_source.load() {
+            Ok(loaded) => {
+                let stats = loaded.policy.stats();
+                self.connector_services = connector_services(&loaded.policy);
+                self.shared.swap_policy(loaded.policy);
+                self.stats.policy_epoch += 1;
+                self.routes_dirty = true;
+                tracing::info!(
+                    path = %self.policy_source.path().display(),
+                    epoch = self.stats.policy_epoch,
+                    users = stats.users,
+                    services = stats.services,
+                    took_ms = loaded.took.as_millis() as u64,
+                    "policy reloaded"
+                );
+            }
+            Err(e) => {
+                self.policy_source.mark_seen();
+                self.stats.policy_rejected += 1;
+                tracing::error!(error = %e, "policy reload rejected; the previous policy stays in force");
+            }
+        }
+    }
+
+    /// Builds and publishes the routing snapshot: users to their newest
+    /// session, services to the newest session of each connector serving
+    /// them.
+    fn publish_routes(&mut self) {
+        let mut routes = RouteTable::new();
+        let mut newest_user: HashMap<UserId, (Instant, HopId)> = HashMap::new();
+        let mut newest_connector: HashMap<u32, (Instant, HopId)> = HashMap::new();
+        for (slot, entry) in self.sessions.iter().enumerate() {
+            let Some(e) = entry else { continue };
+            let id = HopId(slot as u32);
+            routes.set_hop(id, Arc::clone(&e.hop));
+            let newer = |cur: Option<&(Instant, HopId)>| cur.is_none_or(|c| c.0 <= e.established);
+            match e.peer {
+                Peer::User(u) if newer(newest_user.get(&u)) => {
+                    newest_user.insert(u, (e.established, id));
+                }
+                Peer::Connector(c) if newer(newest_connector.get(&c)) => {
+                    newest_connector.insert(c, (e.established, id));
+                }
+                _ => {}
+            }
+        }
+        for (u, (_, hop)) in newest_user {
+            routes.set_user(u, hop);
+        }
+        let mut by_service: HashMap<ServiceId, Vec<HopId>> = HashMap::new();
+        for (c, (_, hop)) in newest_connector {
+            for s in self.connector_services.get(&c).into_iter().flatten() {
+                by_service.entry(*s).or_default().push(hop);
+            }
+        }
+        for (s, mut hops) in by_service {
+            hops.sort_unstable();
+            routes.set_service(s, hops);
+        }
+        self.shared.routes.store(Arc::new(routes));
+        self.routes_dirty = false;
+    }
+}
+
+fn connector_services(policy: &CompiledPolicy) -> HashMap<u32, Vec<ServiceId>> {
+    let mut map: HashMap<u32, Vec<ServiceId>> = HashMap::new();
+    for service in policy.services() {
+        for c in &service.connectors {
+            map.entry(*c).or_default().push(service.id);
+        }
+    }
+    map
+}
+
+/// Wall-clock time for certificate validity and handshake timestamps.
+pub fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
