@@ -126,6 +126,11 @@ impl LocalIdentity {
     pub fn public_key(&self) -> &[u8; 32] {
         &self.certificate.static_key
     }
+
+    /// This node's static private key (to write it to a key file).
+    pub fn private_key(&self) -> &[u8; 32] {
+        &self.private_key
+    }
 }
 
 /// What a node accepts from peers: certificates signed by `ca` with one of

@@ -1,0 +1,3 @@
+fn main() {
+    println!("loadgen: in progress");
+}

@@ -1,0 +1,159 @@
+//! Integration tests live in `tests/`; this library holds their shared
+//! plumbing: a user and a connector attached to a relay world, and bounded
+//! receive helpers (no sleeps: every wait is a socket timeout with a
+//! deadline).
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use loadgen::link::HopLink;
+use loadgen::world::{World, WorldConfig};
+use proto::ids::{ServiceId, UserId};
+use proto::wire::{Frame, Kind, DATA_OVERHEAD};
+use relay::io::Backend;
+
+/// The backends every test runs on. `ZTNA_SKIP_URING=1` leaves io_uring out
+/// (for hosts whose seccomp profile blocks it); otherwise a relay that
+/// cannot start io_uring fails the uring case rather than skipping it.
+pub fn backends() -> Vec<Backend> {
+    if std::env::var_os("ZTNA_SKIP_URING").is_some_and(|v| v == "1") {
+        eprintln!("ZTNA_SKIP_URING=1: the uring backend is NOT tested");
+        vec![Backend::Mmsg]
+    } else {
+        vec![Backend::Uring, Backend::Mmsg]
+    }
+}
+
+/// A relay with one user (user 1) and the connector attached.
+#[derive(Debug)]
+pub struct Rig {
+    /// The relay and its policy.
+    pub world: World,
+    /// The user's socket.
+    pub user_socket: UdpSocket,
+    /// The user's hop link.
+    pub user: HopLink,
+    /// The connector's socket.
+    pub connector_socket: UdpSocket,
+    /// The connector's hop link.
+    pub connector: HopLink,
+}
+
+/// The user attached by [`Rig::start`].
+pub const USER: UserId = UserId(1);
+/// A service the policy allows `USER` to reach.
+pub const ALLOWED: ServiceId = ServiceId(1);
+/// A service the policy denies (ids divisible by 4 are denied).
+pub const DENIED: ServiceId = ServiceId(4);
+
+impl Rig {
+    /// Starts a relay on `io` and attaches user 1 and the connector.
+    pub fn start(io: Backend) -> anyhow::Result<Rig> {
+        let world = World::start(&WorldConfig {
+            io,
+            ..WorldConfig::default()
+        })?;
+        assert_eq!(world.relay.backend(), io, "relay fell back from {io}");
+        let user_socket = UdpSocket::bind("127.0.0.1:0")?;
+        let connector_socket = UdpSocket::bind("127.0.0.1:0")?;
+        let user = world.connect(&user_socket, &world.user_identity(USER.0)?)?;
+        let connector = world.connect(&connector_socket, &world.connector_identity()?)?;
+        world.await_routes(ALLOWED, &[USER])?;
+        for s in [&user_socket, &connector_socket] {
+            s.set_read_timeout(Some(Duration::from_millis(50)))?;
+        }
+        Ok(Rig {
+            world,
+            user_socket,
+            user,
+            connector_socket,
+            connector,
+        })
+    }
+
+    /// A data frame from the user to `service` with `payload` as its
+    /// end-to-end part (opaque to the relay), tagged with the next counter.
+    pub fn user_frame(&mut self, service: ServiceId, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; proto::wire::HEADER_LEN + payload.len()];
+        f[proto::wire::HEADER_LEN..].copy_from_slice(payload);
+        self.user.write_header(&mut f, Kind::DataUp, USER, service);
+        f
+    }
+
+    /// Sends a frame from the user's socket to the relay.
+    pub fn send_from_user(&self, frame: &[u8]) {
+        self.user_socket
+            .send_to(frame, self.world.relay_addr())
+            .expect("loopback send");
+    }
+
+    /// Receives frames at the connector until `want` arrived or `within`
+    /// passed; each is checked by the connector's hop link.
+    pub fn connector_receive(&mut self, want: usize, within: Duration) -> Vec<Vec<u8>> {
+        receive(&self.connector_socket, &mut self.connector, want, within)
+    }
+
+    /// The same at the user.
+    pub fn user_receive(&mut self, want: usize, within: Duration) -> Vec<Vec<u8>> {
+        receive(&self.user_socket, &mut self.user, want, within)
+    }
+
+    /// The relay's datapath counters (summed over workers), as last
+    /// published (workers publish every 100 ms).
+    pub fn counters(&self) -> proto::datapath::Counters {
+        let mut total = proto::datapath::Counters::default();
+        for w in self.world.relay.stats() {
+            total.add(&w.datapath);
+        }
+        total
+    }
+
+    /// Waits (bounded) until `pred` holds for the published counters.
+    pub fn await_counters(
+        &self,
+        what: &str,
+        pred: impl Fn(&proto::datapath::Counters) -> bool,
+    ) -> proto::datapath::Counters {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let c = self.counters();
+            if pred(&c) {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {c:?}"
+            );
+            std::thread::yield_now();
+        }
+    }
+}
+
+fn receive(socket: &UdpSocket, link: &mut HopLink, want: usize, within: Duration) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while got.len() < want && Instant::now() < deadline {
+        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+            let frame = buf[..n].to_vec();
+            link.accept(&frame)
+                .expect("relay output carries a valid hop tag");
+            got.push(frame);
+        }
+    }
+    got
+}
+
+/// A payload of `len` bytes (at least the e2e overhead) with a recognisable
+/// pattern.
+pub fn payload(len: usize, seed: u8) -> Vec<u8> {
+    (0..len.max(DATA_OVERHEAD - proto::wire::HEADER_LEN))
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// The ids of a frame.
+pub fn ids(frame: &[u8]) -> (UserId, ServiceId) {
+    let f = Frame::new_checked(frame).expect("well-formed frame");
+    (f.user(), f.service())
+}
