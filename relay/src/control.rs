@@ -281,6 +281,9 @@ impl Control {
                 self.connector_services = connector_services(&loaded.policy);
                 self.shared.swap_policy(loaded.policy);
                 self.stats.policy_epoch += 1;
+                self.shared
+                    .policy_epoch
+                    .store(self.stats.policy_epoch, Ordering::Relaxed);
                 self.routes_dirty = true;
                 tracing::info!(
                     path = %self.policy_source.path().display(),
@@ -294,6 +297,9 @@ impl Control {
             Err(e) => {
                 self.policy_source.mark_seen();
                 self.stats.policy_rejected += 1;
+                self.shared
+                    .policy_rejected
+                    .store(self.stats.policy_rejected, Ordering::Relaxed);
                 tracing::error!(error = %e, "policy reload rejected; the previous policy stays in force");
             }
         }

@@ -2,7 +2,7 @@
 //! snapshots (swapped whole, read once per batch), the stop flag, and each
 //! worker's published statistics.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -22,6 +22,10 @@ pub struct Shared {
     pub stop: Arc<AtomicBool>,
     /// Set to ask the control thread to reload the policy (also by SIGHUP).
     pub reload: Arc<AtomicBool>,
+    /// Policies loaded so far (1 after start), for metrics and tests.
+    pub policy_epoch: AtomicU64,
+    /// Policy reloads rejected so far.
+    pub policy_rejected: AtomicU64,
     stats: Vec<Mutex<WorkerStats>>,
 }
 
@@ -33,6 +37,8 @@ impl Shared {
             routes: ArcSwap::from_pointee(RouteTable::new()),
             stop: Arc::new(AtomicBool::new(false)),
             reload: Arc::new(AtomicBool::new(false)),
+            policy_epoch: AtomicU64::new(1),
+            policy_rejected: AtomicU64::new(0),
             stats: (0..workers).map(|_| Mutex::default()).collect(),
         }
     }

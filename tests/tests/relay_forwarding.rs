@@ -60,3 +60,163 @@ fn denied_pairs_are_dropped_and_counted() {
         assert_eq!(c.forwarded, 1, "{io}: {c:?}");
     }
 }
+
+#[test]
+fn bad_frames_are_dropped_by_reason_and_the_relay_keeps_serving() {
+    for io in backends() {
+        let mut rig = Rig::start(io).unwrap();
+        let good = rig.user_frame(ALLOWED, &payload(200, 3));
+        rig.send_from_user(&good);
+        assert_eq!(
+            rig.connector_receive(1, Duration::from_secs(5)).len(),
+            1,
+            "{io}"
+        );
+
+        // Replayed: the same bytes again.
+        rig.send_from_user(&good);
+        // Forged: one bit of the tag flipped.
+        let mut forged = rig.user_frame(ALLOWED, &payload(200, 4));
+        forged[30] ^= 0x01;
+        rig.send_from_user(&forged);
+        // Unknown session: a receiver index the relay never handed out.
+        let mut unknown = rig.user_frame(ALLOWED, &payload(200, 5));
+        unknown[4..8].copy_from_slice(&0x0fff_fff0u32.to_be_bytes());
+        rig.send_from_user(&unknown);
+        // ttl expired: ttl 1, correctly tagged.
+        let mut dying = vec![0u8; HEADER_LEN + 64];
+        rig.user
+            .write_header(&mut dying, Kind::DataUp, USER, ALLOWED);
+        dying[1] = 1;
+        rig.user.retag(&mut dying);
+        rig.send_from_user(&dying);
+        // Truncated and random bytes.
+        rig.send_from_user(&good[..20]);
+        rig.send_from_user(&[0x11; 100]);
+        rig.send_from_user(&[0xff; 7]);
+
+        let marker = rig.user_frame(ALLOWED, &payload(64, 6));
+        rig.send_from_user(&marker);
+        let got = rig.connector_receive(1, Duration::from_secs(5));
+        assert_eq!(got.len(), 1, "{io}: relay stopped serving");
+        assert_eq!(
+            &got[0][HEADER_LEN..],
+            &payload(64, 6)[..],
+            "{io}: a bad frame got through"
+        );
+
+        let c = rig.await_counters("all drops", |c| c.dropped_total() == 7);
+        for (reason, n) in [
+            (DropReason::Replay, 1),
+            (DropReason::BadTag, 1),
+            (DropReason::UnknownSession, 1),
+            (DropReason::TtlExpired, 1),
+            (DropReason::Malformed, 3),
+        ] {
+            assert_eq!(c.dropped(reason), n, "{io}: {reason:?} in {c:?}");
+        }
+        assert_eq!(c.forwarded, 2, "{io}: {c:?}");
+    }
+}
+
+#[test]
+fn revocation_stops_the_flow_within_one_batch() {
+    for io in backends() {
+        let mut rig = Rig::start(io).unwrap();
+        let f = rig.user_frame(ALLOWED, &payload(100, 1));
+        rig.send_from_user(&f);
+        assert_eq!(rig.connector_receive(1, Duration::from_secs(5)).len(), 1);
+
+        // Revoke: a policy in which USER has no grant at all.
+        let mut revoked = rig.world.policy.clone();
+        revoked.rules.clear();
+        rig.world.write_policy(&revoked.to_toml_string()).unwrap();
+        rig.world.relay.reload_policy();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while rig
+            .world
+            .relay
+            .shared()
+            .policy
+            .load()
+            .allowed(USER, ALLOWED)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{io}: policy was not swapped"
+            );
+            std::thread::yield_now();
+        }
+
+        // Frames sent after the swap: at most the batch in flight may still
+        // see the old policy; then every frame is denied.
+        // Two handshakes and the first data frame were judged before.
+        let before = rig
+            .await_counters("the first frame", |c| c.frames >= 3)
+            .dropped(DropReason::Denied);
+        let mut sent = 0;
+        loop {
+            let f = rig.user_frame(ALLOWED, &payload(100, 2));
+            rig.send_from_user(&f);
+            sent += 1;
+            let c = rig.await_counters("a verdict", |c| c.frames >= 3 + sent as u64);
+            if c.dropped(DropReason::Denied) > before {
+                break;
+            }
+            assert!(
+                sent < relay::io::IoConfig::default().batch,
+                "{io}: flow not stopped within one batch"
+            );
+        }
+        let leaked = rig.connector_receive(sent, Duration::from_millis(200));
+        assert!(leaked.len() < sent, "{io}");
+        for _ in 0..50 {
+            let f = rig.user_frame(ALLOWED, &payload(100, 3));
+            rig.send_from_user(&f);
+        }
+        let c = rig.await_counters("50 more denials", |c| {
+            c.dropped(DropReason::Denied) >= before + 51
+        });
+        assert_eq!(c.dropped(DropReason::Denied), before + 51, "{io}: {c:?}");
+        assert!(
+            rig.connector_receive(1, Duration::from_millis(200))
+                .is_empty(),
+            "{io}: revoked flow still delivered"
+        );
+    }
+}
+
+#[test]
+fn a_bad_policy_file_is_rejected_and_the_old_policy_stays() {
+    for io in backends() {
+        let mut rig = Rig::start(io).unwrap();
+        let shared = std::sync::Arc::clone(rig.world.relay.shared());
+        let before = std::sync::Arc::as_ptr(&shared.policy.load_full());
+        // A rule naming a group that does not exist.
+        let mut broken = rig.world.policy.clone();
+        broken.rules[0].groups = vec!["nobody".into()];
+        rig.world.write_policy(&broken.to_toml_string()).unwrap();
+        rig.world.relay.reload_policy();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while shared
+            .policy_rejected
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{io}: reload never ran"
+            );
+            std::thread::yield_now();
+        }
+        let after = std::sync::Arc::as_ptr(&shared.policy.load_full());
+        assert_eq!(before, after, "{io}: a bad policy replaced the good one");
+        let f = rig.user_frame(ALLOWED, &payload(100, 1));
+        rig.send_from_user(&f);
+        assert_eq!(
+            rig.connector_receive(1, Duration::from_secs(5)).len(),
+            1,
+            "{io}: traffic stopped after a bad reload"
+        );
+    }
+}
