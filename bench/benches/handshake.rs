@@ -74,6 +74,37 @@ fn handshake(c: &mut Criterion) {
         })
     });
 
+    // The same IK exchange through snow alone (no certificates, framing,
+    // macs or replay table): what the protocol around Noise costs.
+    let params: snow::params::NoiseParams = proto::handshake::NOISE_PARAMS
+        .parse()
+        .expect("valid params");
+    let (a_kp, r_kp) = (
+        StaticKeypair::generate().expect("key"),
+        StaticKeypair::generate().expect("key"),
+    );
+    c.bench_function("handshake/ik_bare_snow", |b| {
+        let mut m1 = [0u8; 256];
+        let mut m2 = [0u8; 256];
+        let mut p = [0u8; 256];
+        b.iter(|| {
+            let mut i = snow::Builder::new(params.clone())
+                .local_private_key(&a_kp.private)
+                .and_then(|b| b.remote_public_key(&r_kp.public))
+                .and_then(|b| b.build_initiator())
+                .expect("initiator");
+            let mut r = snow::Builder::new(params.clone())
+                .local_private_key(&r_kp.private)
+                .and_then(|b| b.build_responder())
+                .expect("responder");
+            let n1 = i.write_message(&[], &mut m1).expect("m1");
+            r.read_message(&m1[..n1], &mut p).expect("read m1");
+            let n2 = r.write_message(&[], &mut m2).expect("m2");
+            i.read_message(&m2[..n2], &mut p).expect("read m2");
+            black_box((i.is_handshake_finished(), r.is_handshake_finished()))
+        })
+    });
+
     let (_, frame) = HopInitiator::new(
         &agent,
         relay.public_key(),
