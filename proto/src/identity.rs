@@ -470,6 +470,18 @@ fn check_fields(name: &str, groups: &[String]) -> Result<(), CertError> {
             why: "must be 1 to 64 bytes",
         });
     }
+    // Names end up in logs and error messages: no control characters, so a
+    // certificate cannot forge log lines.
+    if name
+        .chars()
+        .chain(groups.iter().flat_map(|g| g.chars()))
+        .any(char::is_control)
+    {
+        return Err(CertError::BadField {
+            field: "name",
+            why: "names and groups must not contain control characters",
+        });
+    }
     if groups.len() > MAX_GROUPS {
         return Err(CertError::BadField {
             field: "groups",
@@ -578,12 +590,17 @@ impl Reader<'_> {
             });
         }
         let bytes = self.take(len)?;
-        core::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| CertError::BadField {
+        let s = core::str::from_utf8(bytes).map_err(|_| CertError::BadField {
+            field,
+            why: "not valid UTF-8",
+        })?;
+        if s.chars().any(char::is_control) {
+            return Err(CertError::BadField {
                 field,
-                why: "not valid UTF-8",
-            })
+                why: "contains control characters",
+            });
+        }
+        Ok(s.to_owned())
     }
 }
 
@@ -782,6 +799,9 @@ mod tests {
         assert!(matches!(ca.issue(b), Err(CertError::BadField { .. })));
         let mut b = body();
         b.groups = vec!["g".repeat(MAX_GROUP_LEN + 1)];
+        assert!(matches!(ca.issue(b), Err(CertError::BadField { .. })));
+        let mut b = body();
+        b.name = "alice\nFAKE LOG LINE".into();
         assert!(matches!(ca.issue(b), Err(CertError::BadField { .. })));
         // The largest legal certificate is exactly MAX_CERT_LEN long.
         let mut b = body();

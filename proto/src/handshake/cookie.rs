@@ -153,7 +153,8 @@ impl CookieChecker {
         let epoch = now.saturating_duration_since(self.epoch_start).as_secs()
             / COOKIE_REFRESH_TIME.as_secs();
         let secret = blake3::keyed_hash(&self.master, &epoch.to_be_bytes());
-        mac(secret.as_bytes(), &address_bytes(source))
+        let (addr, len) = address_bytes(source);
+        mac(secret.as_bytes(), &addr[..len])
     }
 
     /// A cookie reply to an initiation from `source` that used index
@@ -229,14 +230,22 @@ impl CookieJar {
     }
 }
 
-/// Source address bytes the cookie is bound to: IP octets then port.
-fn address_bytes(source: SocketAddr) -> Vec<u8> {
-    let mut v = match source.ip() {
-        std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
-        std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
+/// Source address bytes the cookie is bound to: IP octets then port
+/// (6 bytes for IPv4, 18 for IPv6), in a stack buffer.
+fn address_bytes(source: SocketAddr) -> ([u8; 18], usize) {
+    let mut buf = [0u8; 18];
+    let ip_len = match source.ip() {
+        std::net::IpAddr::V4(ip) => {
+            buf[..4].copy_from_slice(&ip.octets());
+            4
+        }
+        std::net::IpAddr::V6(ip) => {
+            buf[..16].copy_from_slice(&ip.octets());
+            16
+        }
     };
-    v.extend_from_slice(&source.port().to_be_bytes());
-    v
+    buf[ip_len..ip_len + 2].copy_from_slice(&source.port().to_be_bytes());
+    (buf, ip_len + 2)
 }
 
 /// The AES-256-GCM instance and GCM nonce for an extended 24-byte nonce.

@@ -45,8 +45,15 @@ pub const COOKIE_TAG_LEN: usize = 16;
 /// Exact length of a cookie reply.
 pub const COOKIE_REPLY_LEN: usize = 8 + COOKIE_NONCE_LEN + COOKIE_LEN + COOKIE_TAG_LEN;
 
+/// Longest initiation: the IK payload is a timestamp (8), the sender index
+/// (4) and the largest certificate.
+pub const INIT_MAX_LEN: usize = INIT_MIN_LEN + 8 + 4 + crate::identity::MAX_CERT_LEN;
+
 // A cookie reply answers an initiation and must never amplify it.
 const _: () = assert!(COOKIE_REPLY_LEN <= INIT_MIN_LEN);
+// The largest initiation fits one datagram at the IPv6 minimum MTU
+// (1280 - 40 IPv6 - 8 UDP), so handshakes never rely on fragmentation.
+const _: () = assert!(INIT_MAX_LEN <= 1232);
 
 /// A checked view of a `HandshakeInit` frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -701,6 +701,28 @@ mod tests {
     }
 
     #[test]
+    fn largest_certificate_fits_init_max_len() {
+        use crate::identity::{CertificateBody, MAX_GROUPS, MAX_GROUP_LEN, MAX_NAME_LEN};
+        let mut p = pair();
+        let kp = StaticKeypair::generate().unwrap();
+        let cert = ca()
+            .issue(CertificateBody {
+                id: 42,
+                name: "n".repeat(MAX_NAME_LEN),
+                role: Role::User,
+                groups: vec!["g".repeat(MAX_GROUP_LEN); MAX_GROUPS],
+                static_key: kp.public,
+                not_before: NOW_UNIX - 1,
+                not_after: NOW_UNIX + 1,
+            })
+            .unwrap();
+        p.agent = LocalIdentity::new(kp.private, cert);
+        let (_, frame, _) = p.start(NOW_NS);
+        assert_eq!(frame.len(), crate::handshake::frames::INIT_MAX_LEN);
+        assert!(p.respond(&frame, false).is_ok());
+    }
+
+    #[test]
     fn relay_to_relay_hop() {
         let ca = ca();
         let r1 = node(&ca, 1, "relay-1", Role::Relay);

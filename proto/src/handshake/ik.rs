@@ -160,7 +160,7 @@ impl Trust {
         remote_static: Option<&[u8]>,
         unix_nanos: u64,
     ) -> Result<(), HandshakeError> {
-        cert.verify(&self.ca, unix_nanos / 1_000_000_000)?;
+        // Cheap comparisons first; the signature check is the costly part.
         if !self.allowed_roles.contains(&cert.role) {
             return Err(HandshakeError::RoleNotAllowed {
                 name: cert.name.clone(),
@@ -173,6 +173,7 @@ impl Trust {
                 name: cert.name.clone(),
             });
         }
+        cert.verify(&self.ca, unix_nanos / 1_000_000_000)?;
         Ok(())
     }
 }
