@@ -1,0 +1,408 @@
+//! The `relay` binary: run a relay, and the offline tooling around it
+//! (keys, the CA, policy checks).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use proto::datapath::{DropReason, Mode};
+use proto::handshake::StaticKeypair;
+use proto::identity::{CaKeypair, CertificateBody, Role};
+use relay::config::Config;
+use relay::io::{Backend, IoConfig};
+use relay::{keys, Relay, RelayOptions, RelayReport};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// ZTNA relay: forwards end-to-end encrypted frames between users and the
+/// connectors of services, checking every frame's (user, service) pair
+/// against the access policy.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay (until SIGINT/SIGTERM; SIGHUP reloads the policy).
+    Run(RunArgs),
+    /// Generate a node's X25519 static key; prints the public key (hex),
+    /// which goes into the node's certificate.
+    Keygen {
+        /// Where to write the private key (created with mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The offline certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Parse, validate and compile a policy file; print its size.
+    CheckPolicy {
+        /// The policy file (TOML).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create a CA: writes DIR/ca.key (secret, keep offline) and DIR/ca.pub
+    /// (give to every node).
+    Init {
+        /// Directory for the two files.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a certificate for a node's static key.
+    Issue {
+        /// The CA's secret key file (from `ca init`).
+        #[arg(long)]
+        ca_key: PathBuf,
+        /// The node's private key file (from `keygen`); its public key is
+        /// what gets certified.
+        #[arg(long)]
+        key: PathBuf,
+        /// user, connector or relay.
+        #[arg(long)]
+        role: String,
+        /// Node id: the user id for users (must match the policy), else the
+        /// connector or relay id.
+        #[arg(long)]
+        id: u32,
+        /// Name used in logs.
+        #[arg(long)]
+        name: String,
+        /// Policy groups (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Validity in days from now.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        /// Where to write the certificate.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print a certificate's fields and check it against a CA.
+    Show {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The CA's public key file to verify against.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Config file (TOML); flags below override it. Without it, --policy,
+    /// --ca, --cert and --key are required.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:51820.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Worker threads, one per core (0: all cores).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// I/O backend: uring (falls back to mmsg if io_uring cannot start) or
+    /// mmsg.
+    #[arg(long)]
+    io: Option<Backend>,
+    /// What each frame is checked for: ztna (tag, replay, identity, policy),
+    /// vpn (tag, replay) or forward (nothing; for measurement only).
+    #[arg(long)]
+    mode: Option<Mode>,
+    /// The access policy file.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// The CA's public key file.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// This relay's certificate file.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// This relay's private key file.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Do not pin workers to cores.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Run(args) => run(args),
+        Command::Keygen { out } => keygen(&out),
+        Command::Ca(cmd) => ca(cmd),
+        Command::CheckPolicy { file } => check_policy(&file),
+    }
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config {
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], relay::config::DEFAULT_PORT)),
+            workers: 0,
+            first_core: 0,
+            pin: true,
+            io: Backend::Uring,
+            mode: Mode::Ztna,
+            policy: args
+                .policy
+                .clone()
+                .context("--policy is required without --config")?,
+            ca: args
+                .ca
+                .clone()
+                .context("--ca is required without --config")?,
+            certificate: args
+                .cert
+                .clone()
+                .context("--cert is required without --config")?,
+            key: args
+                .key
+                .clone()
+                .context("--key is required without --config")?,
+            metrics: None,
+            buffers: 64,
+            buffer_size: 65536,
+        },
+    };
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.workers {
+        config.workers = v;
+    }
+    if let Some(v) = args.io {
+        config.io = v;
+    }
+    if let Some(v) = args.mode {
+        config.mode = v;
+    }
+    for (flag, field) in [
+        (&args.policy, &mut config.policy),
+        (&args.ca, &mut config.ca),
+        (&args.cert, &mut config.certificate),
+        (&args.key, &mut config.key),
+    ] {
+        if let Some(v) = flag {
+            *field = v.clone();
+        }
+    }
+    if args.no_pin {
+        config.pin = false;
+    }
+    config.validate()?;
+
+    let ca = keys::load_ca(&config.ca)?;
+    let identity = keys::load_identity(&config.key, &config.certificate, &ca, unix_secs())?;
+    if identity.certificate().role != Role::Relay {
+        bail!(
+            "{} is a {} certificate; a relay needs one issued with --role relay",
+            config.certificate.display(),
+            identity.certificate().role
+        );
+    }
+    let relay = Relay::start(RelayOptions {
+        listen: config.listen,
+        workers: config.workers,
+        first_core: config.first_core,
+        pin: config.pin,
+        io: config.io,
+        io_config: IoConfig {
+            buffers: config.buffers,
+            buffer_size: config.buffer_size,
+            ..IoConfig::default()
+        },
+        mode: config.mode,
+        identity,
+        ca,
+        policy: config.policy.clone(),
+    })?;
+    println!(
+        "relay listening on {} ({} workers, io {}, mode {}), public key {}",
+        relay.local_addr(),
+        config.workers,
+        relay.backend(),
+        config.mode.name(),
+        hex(relay.public_key())
+    );
+    let shared = Arc::clone(relay.shared());
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&shared.stop))
+            .context("cannot install the SIGINT/SIGTERM handler")?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&shared.reload))
+        .context("cannot install the SIGHUP handler")?;
+    while !relay.stopping() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tracing::info!("stopping: draining workers");
+    let report = relay.stop();
+    print_report(&report);
+    Ok(())
+}
+
+fn print_report(report: &RelayReport) {
+    println!(
+        "{:>6} {:>12} {:>12} {:>12} {:>10}  drops",
+        "worker", "frames", "forwarded", "bytes out", "handshakes"
+    );
+    for (i, w) in report.workers.iter().enumerate() {
+        let d = &w.datapath;
+        let drops: Vec<String> = DropReason::ALL
+            .iter()
+            .filter(|r| d.dropped(**r) > 0)
+            .map(|r| format!("{}={}", r.name(), d.dropped(*r)))
+            .collect();
+        println!(
+            "{:>6} {:>12} {:>12} {:>12} {:>10}  {}",
+            i,
+            d.frames,
+            d.forwarded,
+            d.forwarded_bytes,
+            d.handshakes,
+            if drops.is_empty() {
+                "none".into()
+            } else {
+                drops.join(" ")
+            }
+        );
+    }
+    let c = &report.control;
+    println!(
+        "control: {} hop sessions established, {} handshakes rejected, {} cookie replies, policy epoch {} ({} reloads rejected)",
+        c.handshakes_ok, c.handshakes_failed, c.cookie_replies, c.policy_epoch, c.policy_rejected
+    );
+}
+
+fn keygen(out: &Path) -> Result<()> {
+    let kp = StaticKeypair::generate()?;
+    write_secret(out, &keys::static_key_to_text(&kp.private))?;
+    println!("{}", hex(&kp.public));
+    Ok(())
+}
+
+fn ca(cmd: CaCommand) -> Result<()> {
+    match cmd {
+        CaCommand::Init { dir } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let ca = CaKeypair::generate(&mut rand::rngs::OsRng);
+            write_secret(&dir.join("ca.key"), &ca.to_text())?;
+            std::fs::write(dir.join("ca.pub"), ca.public().to_text())
+                .with_context(|| format!("cannot write {}", dir.join("ca.pub").display()))?;
+            println!(
+                "wrote {} (keep offline) and {}",
+                dir.join("ca.key").display(),
+                dir.join("ca.pub").display()
+            );
+            Ok(())
+        }
+        CaCommand::Issue {
+            ca_key,
+            key,
+            role,
+            id,
+            name,
+            groups,
+            days,
+            out,
+        } => {
+            let text = std::fs::read_to_string(&ca_key)
+                .with_context(|| format!("cannot read {}", ca_key.display()))?;
+            let ca = CaKeypair::from_text(&text)
+                .with_context(|| format!("{} is not a CA secret key", ca_key.display()))?;
+            let role = match role.as_str() {
+                "user" => Role::User,
+                "connector" => Role::Connector,
+                "relay" => Role::Relay,
+                other => bail!("unknown role `{other}`: use user, connector or relay"),
+            };
+            let private = keys::load_static_key(&key)?;
+            let now = unix_secs();
+            let cert = ca.issue(CertificateBody {
+                id,
+                name,
+                role,
+                groups,
+                static_key: keys::public_key(&private),
+                not_before: now.saturating_sub(300),
+                not_after: now + days.saturating_mul(86_400),
+            })?;
+            std::fs::write(&out, cert.to_text())
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        CaCommand::Show { cert, ca } => {
+            let c = keys::load_certificate(&cert)?;
+            println!("id:         {}", c.id);
+            println!("name:       {}", c.name);
+            println!("role:       {}", c.role);
+            println!("groups:     {}", c.groups.join(", "));
+            println!("static key: {}", hex(&c.static_key));
+            println!(
+                "valid:      {} .. {} (unix seconds)",
+                c.not_before, c.not_after
+            );
+            if let Some(ca) = ca {
+                let ca = keys::load_ca(&ca)?;
+                c.verify(&ca, unix_secs())?;
+                println!("verified:   yes");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn check_policy(file: &Path) -> Result<()> {
+    let mut source = relay::policy_source::PolicySource::new(file);
+    let loaded = source.load()?;
+    let s = loaded.policy.stats();
+    println!(
+        "ok: {} users, {} groups, {} services, {} access classes, {} grant entries, {:.1} MiB of lookup tables, compiled in {} ms",
+        s.users,
+        s.groups,
+        s.services,
+        s.classes,
+        s.grant_entries,
+        s.lookup_bytes as f64 / (1024.0 * 1024.0),
+        loaded.took.as_millis()
+    );
+    Ok(())
+}
+
+fn write_secret(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn unix_secs() -> u64 {
+    relay::control::unix_nanos() / 1_000_000_000
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
