@@ -21,6 +21,16 @@ const MARK: u8 = 0xAA;
 /// Header: marker, flow, sequence number (u32 BE).
 const HDR: usize = 6;
 
+/// Multiplier for every timeout here, from `ZTNA_TEST_TIME_SCALE` (e.g. 20
+/// under valgrind, which runs the threads one at a time, ~50x slower).
+fn time_scale() -> u32 {
+    std::env::var("ZTNA_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
 fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
@@ -63,8 +73,16 @@ fn fill(d: &mut [u8], flow: u8, seq: u32, drop: bool) {
 
 /// The forwarder's per-frame logic: drop marked frames, mark and flip the
 /// last byte of the others (an in-place rewrite the receiver checks).
-fn forward_to(dst: SocketAddr) -> impl FnMut(SocketAddr, &mut [u8]) -> Action {
+/// `work` is spent busy per datagram, to make the forwarder slower than the
+/// sender.
+fn forward_to(dst: SocketAddr, work: Duration) -> impl FnMut(SocketAddr, &mut [u8]) -> Action {
     move |_src, d: &mut [u8]| {
+        if !work.is_zero() {
+            let t = Instant::now();
+            while t.elapsed() < work {
+                std::hint::spin_loop();
+            }
+        }
         if d.first() == Some(&DROP) {
             return Action::Consume;
         }
@@ -82,14 +100,15 @@ fn spawn_forwarder(
     cfg: IoConfig,
     dst: SocketAddr,
     expected: u64,
+    work: Duration,
 ) -> (SocketAddr, thread::JoinHandle<(Backend, IoStats)>) {
     let sock = bind_socket(localhost(), &cfg).unwrap();
     let addr = sock.local_addr().unwrap();
     let handle = thread::spawn(move || {
         let mut io = make_io(backend, sock, cfg).expect("checked available");
-        let mut handler = forward_to(dst);
+        let mut handler = forward_to(dst, work);
         let mut idle = 0;
-        while io.stats().datagrams_in < expected && idle < 100 {
+        while io.stats().datagrams_in < expected && idle < 100 * time_scale() {
             let ps = io.poll(Duration::from_millis(50), &mut handler).unwrap();
             idle = if ps.received == 0 { idle + 1 } else { 0 };
         }
@@ -107,7 +126,8 @@ fn receiver() -> UdpSocket {
     };
     let rx = bind_socket(localhost(), &cfg).unwrap();
     rx.set_nonblocking(false).unwrap();
-    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(5) * time_scale()))
+        .unwrap();
     rx
 }
 
@@ -249,7 +269,7 @@ fn receive_and_check(rx: &UdpSocket, expect: &[Vec<(u32, usize)>]) {
     }
 }
 
-fn forward_scenario(backend: Backend, cfg: IoConfig) -> IoStats {
+fn forward_scenario(backend: Backend, cfg: IoConfig, work: Duration) -> IoStats {
     let rx = receiver();
     let rx_addr = rx.local_addr().unwrap();
     let flows = 3;
@@ -263,7 +283,7 @@ fn forward_scenario(backend: Backend, cfg: IoConfig) -> IoStats {
         })
         .sum();
     let expected_in = (per_round * rounds * flows) as u64;
-    let (fwd_addr, fwd) = spawn_forwarder(backend, cfg, rx_addr, expected_in);
+    let (fwd_addr, fwd) = spawn_forwarder(backend, cfg, rx_addr, expected_in, work);
     let mut senders: Vec<Io> = (0..flows)
         .map(|_| {
             let s = bind_socket(localhost(), &IoConfig::default()).unwrap();
@@ -304,7 +324,7 @@ fn forwards_singles_and_gso_trains_in_order_with_gro() {
         if !backend_available(backend) {
             continue;
         }
-        let stats = forward_scenario(backend, IoConfig::default());
+        let stats = forward_scenario(backend, IoConfig::default(), Duration::ZERO);
         assert!(
             stats.gro_runs > 0 && stats.gro_segments >= 20,
             "{backend}: GRO must coalesce GSO trains: {stats:?}"
@@ -342,12 +362,31 @@ fn forwards_without_gro_gso_and_with_tiny_buffer_ring() {
         if !backend_available(backend) {
             continue;
         }
-        let stats = forward_scenario(backend, cfg);
+        let stats = forward_scenario(backend, cfg, Duration::ZERO);
         assert_eq!(stats.gro_runs, 0, "{backend}: GRO was off");
         assert_eq!(
             stats.send_calls, stats.datagrams_out,
             "{backend}: GSO was off"
         );
+    }
+}
+
+#[test]
+fn slow_handler_with_two_buffers_loses_nothing() {
+    // The sender outruns the forwarder: the provided-buffer ring runs dry
+    // (ENOBUFS ends the multishot receive), data waits in the socket, and the
+    // receive is re-armed once buffers come back.
+    let cfg = IoConfig {
+        buffers: 2,
+        batch: 8,
+        ..IoConfig::default()
+    };
+    for backend in BACKENDS {
+        if !backend_available(backend) {
+            continue;
+        }
+        let stats = forward_scenario(backend, cfg, Duration::from_micros(20));
+        eprintln!("{backend}: out of buffers {} times", stats.recv_no_buffers);
     }
 }
 
