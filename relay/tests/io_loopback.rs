@@ -50,8 +50,15 @@ fn make_io(backend: Backend, socket: UdpSocket, cfg: IoConfig) -> Option<Io> {
     }
 }
 
-/// Whether the uring backend is usable (or skipped by the environment).
+/// Whether `backend` is to be tested: not filtered out by
+/// `ZTNA_TEST_BACKENDS` (e.g. `mmsg`), and able to start (or skipped by the
+/// environment).
 fn backend_available(backend: Backend) -> bool {
+    if let Ok(only) = std::env::var("ZTNA_TEST_BACKENDS") {
+        if !only.split(',').any(|b| b.trim() == backend.name()) {
+            return false;
+        }
+    }
     let sock = bind_socket(localhost(), &IoConfig::default()).unwrap();
     make_io(backend, sock, IoConfig::default()).is_some()
 }
@@ -530,6 +537,35 @@ fn start_prefers_uring() {
     assert_eq!(io.backend(), Backend::Mmsg);
 }
 
+/// CPU time this thread has used (user + system), from
+/// `/proc/thread-self/stat` (clock ticks, assumed 100 Hz).
+fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let field = |i: usize| -> u64 {
+        rest.split_whitespace()
+            .nth(i)
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0)
+    };
+    let ticks = field(11) + field(12);
+    Duration::from_millis(ticks * 10)
+}
+
+/// The forwarder's configuration for `forward_rate_1400`: the default, with
+/// `ZTNA_BENCH_BATCH` / `ZTNA_BENCH_BUFFERS` overriding batch and buffers.
+fn bench_config() -> IoConfig {
+    let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok());
+    let d = IoConfig::default();
+    IoConfig {
+        batch: var("ZTNA_BENCH_BATCH").unwrap_or(d.batch),
+        buffers: var("ZTNA_BENCH_BUFFERS").unwrap_or(d.buffers),
+        ..d
+    }
+}
+
 /// Rough forwarding rate of one `Io` on 1400-byte GSO trains, ~3 s per
 /// backend. `cargo test -p relay --release --test io_loopback -- --ignored --nocapture`
 #[test]
@@ -563,26 +599,31 @@ fn forward_rate_1400() {
             }
             io.stats().datagrams_in
         });
-        let forwarder = thread::spawn(move || {
-            pin(1);
-            let mut io = Io::new(backend, fwd_sock, IoConfig::default()).unwrap();
-            let mut handler = move |_: SocketAddr, d: &mut [u8]| {
-                d[0] ^= 1;
-                Action::Forward(rx_addr)
-            };
-            // Warm up until traffic flows, then measure.
-            while io.stats().datagrams_in == 0 {
-                io.poll(Duration::from_millis(100), &mut handler).unwrap();
-            }
-            let before = *io.stats();
-            let start = Instant::now();
-            while start.elapsed() < RUN {
-                io.poll(Duration::from_millis(20), &mut handler).unwrap();
-            }
-            let secs = start.elapsed().as_secs_f64();
-            let after = *io.stats();
-            (before, after, secs)
-        });
+        let forwarder = thread::Builder::new()
+            .name("fwd".into())
+            .spawn(move || {
+                pin(1);
+                let mut io = Io::new(backend, fwd_sock, bench_config()).unwrap();
+                let mut handler = move |_: SocketAddr, d: &mut [u8]| {
+                    d[0] ^= 1;
+                    Action::Forward(rx_addr)
+                };
+                // Warm up until traffic flows, then measure.
+                while io.stats().datagrams_in == 0 {
+                    io.poll(Duration::from_millis(100), &mut handler).unwrap();
+                }
+                let before = *io.stats();
+                let cpu0 = thread_cpu();
+                let start = Instant::now();
+                while start.elapsed() < RUN {
+                    io.poll(Duration::from_millis(20), &mut handler).unwrap();
+                }
+                let secs = start.elapsed().as_secs_f64();
+                let cpu = (thread_cpu() - cpu0).as_secs_f64();
+                let after = *io.stats();
+                (before, after, secs, cpu)
+            })
+            .unwrap();
         let sender = thread::spawn(move || {
             pin(0);
             let s = bind_socket(localhost(), &IoConfig::default()).unwrap();
@@ -596,16 +637,19 @@ fn forward_rate_1400() {
             sent
         });
         let sent = sender.join().unwrap();
-        let (before, after, secs) = forwarder.join().unwrap();
+        let (before, after, secs, cpu) = forwarder.join().unwrap();
         let got = receiver.join().unwrap();
         let fin = after.datagrams_in - before.datagrams_in;
         let fout = after.datagrams_out - before.datagrams_out;
         let polls = after.batch_hist.iter().sum::<u64>() - before.batch_hist.iter().sum::<u64>();
         eprintln!(
-            "{backend}: forwarder {:.2} Mpps in, {:.2} Mpps out ({:.1} Gb/s) over {secs:.1} s; {} sends, {} syscalls, {} polls, no-buffer {}, send errors {:?}; sender {sent}, receiver {got}",
+            "{backend} {:?}: forwarder {:.2} Mpps in, {:.2} Mpps out ({:.1} Gb/s) over {secs:.1} s, on {:.0} % of a core = {:.2} Mpps per CPU-second; {} sends, {} syscalls, {} polls, no-buffer {}, send errors {:?}; sender {sent}, receiver {got}",
+            (bench_config().batch, bench_config().buffers),
             fin as f64 / secs / 1e6,
             fout as f64 / secs / 1e6,
             fout as f64 * 1400.0 * 8.0 / secs / 1e9,
+            cpu / secs * 100.0,
+            fout as f64 / cpu.max(1e-9) / 1e6,
             after.send_calls - before.send_calls,
             after.syscalls - before.syscalls,
             polls,
