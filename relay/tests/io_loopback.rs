@@ -21,6 +21,16 @@ const MARK: u8 = 0xAA;
 /// Header: marker, flow, sequence number (u32 BE).
 const HDR: usize = 6;
 
+/// Multiplier for every timeout here, from `ZTNA_TEST_TIME_SCALE` (e.g. 20
+/// under valgrind, which runs the threads one at a time, ~50x slower).
+fn time_scale() -> u32 {
+    std::env::var("ZTNA_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
 fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
@@ -40,8 +50,15 @@ fn make_io(backend: Backend, socket: UdpSocket, cfg: IoConfig) -> Option<Io> {
     }
 }
 
-/// Whether the uring backend is usable (or skipped by the environment).
+/// Whether `backend` is to be tested: not filtered out by
+/// `ZTNA_TEST_BACKENDS` (e.g. `mmsg`), and able to start (or skipped by the
+/// environment).
 fn backend_available(backend: Backend) -> bool {
+    if let Ok(only) = std::env::var("ZTNA_TEST_BACKENDS") {
+        if !only.split(',').any(|b| b.trim() == backend.name()) {
+            return false;
+        }
+    }
     let sock = bind_socket(localhost(), &IoConfig::default()).unwrap();
     make_io(backend, sock, IoConfig::default()).is_some()
 }
@@ -63,8 +80,16 @@ fn fill(d: &mut [u8], flow: u8, seq: u32, drop: bool) {
 
 /// The forwarder's per-frame logic: drop marked frames, mark and flip the
 /// last byte of the others (an in-place rewrite the receiver checks).
-fn forward_to(dst: SocketAddr) -> impl FnMut(SocketAddr, &mut [u8]) -> Action {
+/// `work` is spent busy per datagram, to make the forwarder slower than the
+/// sender.
+fn forward_to(dst: SocketAddr, work: Duration) -> impl FnMut(SocketAddr, &mut [u8]) -> Action {
     move |_src, d: &mut [u8]| {
+        if !work.is_zero() {
+            let t = Instant::now();
+            while t.elapsed() < work {
+                std::hint::spin_loop();
+            }
+        }
         if d.first() == Some(&DROP) {
             return Action::Consume;
         }
@@ -82,14 +107,15 @@ fn spawn_forwarder(
     cfg: IoConfig,
     dst: SocketAddr,
     expected: u64,
+    work: Duration,
 ) -> (SocketAddr, thread::JoinHandle<(Backend, IoStats)>) {
     let sock = bind_socket(localhost(), &cfg).unwrap();
     let addr = sock.local_addr().unwrap();
     let handle = thread::spawn(move || {
         let mut io = make_io(backend, sock, cfg).expect("checked available");
-        let mut handler = forward_to(dst);
+        let mut handler = forward_to(dst, work);
         let mut idle = 0;
-        while io.stats().datagrams_in < expected && idle < 100 {
+        while io.stats().datagrams_in < expected && idle < 100 * time_scale() {
             let ps = io.poll(Duration::from_millis(50), &mut handler).unwrap();
             idle = if ps.received == 0 { idle + 1 } else { 0 };
         }
@@ -107,7 +133,8 @@ fn receiver() -> UdpSocket {
     };
     let rx = bind_socket(localhost(), &cfg).unwrap();
     rx.set_nonblocking(false).unwrap();
-    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(5) * time_scale()))
+        .unwrap();
     rx
 }
 
@@ -249,7 +276,7 @@ fn receive_and_check(rx: &UdpSocket, expect: &[Vec<(u32, usize)>]) {
     }
 }
 
-fn forward_scenario(backend: Backend, cfg: IoConfig) -> IoStats {
+fn forward_scenario(backend: Backend, cfg: IoConfig, work: Duration) -> IoStats {
     let rx = receiver();
     let rx_addr = rx.local_addr().unwrap();
     let flows = 3;
@@ -263,7 +290,7 @@ fn forward_scenario(backend: Backend, cfg: IoConfig) -> IoStats {
         })
         .sum();
     let expected_in = (per_round * rounds * flows) as u64;
-    let (fwd_addr, fwd) = spawn_forwarder(backend, cfg, rx_addr, expected_in);
+    let (fwd_addr, fwd) = spawn_forwarder(backend, cfg, rx_addr, expected_in, work);
     let mut senders: Vec<Io> = (0..flows)
         .map(|_| {
             let s = bind_socket(localhost(), &IoConfig::default()).unwrap();
@@ -304,7 +331,7 @@ fn forwards_singles_and_gso_trains_in_order_with_gro() {
         if !backend_available(backend) {
             continue;
         }
-        let stats = forward_scenario(backend, IoConfig::default());
+        let stats = forward_scenario(backend, IoConfig::default(), Duration::ZERO);
         assert!(
             stats.gro_runs > 0 && stats.gro_segments >= 20,
             "{backend}: GRO must coalesce GSO trains: {stats:?}"
@@ -342,12 +369,31 @@ fn forwards_without_gro_gso_and_with_tiny_buffer_ring() {
         if !backend_available(backend) {
             continue;
         }
-        let stats = forward_scenario(backend, cfg);
+        let stats = forward_scenario(backend, cfg, Duration::ZERO);
         assert_eq!(stats.gro_runs, 0, "{backend}: GRO was off");
         assert_eq!(
             stats.send_calls, stats.datagrams_out,
             "{backend}: GSO was off"
         );
+    }
+}
+
+#[test]
+fn slow_handler_with_two_buffers_loses_nothing() {
+    // The sender outruns the forwarder: the provided-buffer ring runs dry
+    // (ENOBUFS ends the multishot receive), data waits in the socket, and the
+    // receive is re-armed once buffers come back.
+    let cfg = IoConfig {
+        buffers: 2,
+        batch: 8,
+        ..IoConfig::default()
+    };
+    for backend in BACKENDS {
+        if !backend_available(backend) {
+            continue;
+        }
+        let stats = forward_scenario(backend, cfg, Duration::from_micros(20));
+        eprintln!("{backend}: out of buffers {} times", stats.recv_no_buffers);
     }
 }
 
@@ -491,6 +537,35 @@ fn start_prefers_uring() {
     assert_eq!(io.backend(), Backend::Mmsg);
 }
 
+/// CPU time this thread has used (user + system), from
+/// `/proc/thread-self/stat` (clock ticks, assumed 100 Hz).
+fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let field = |i: usize| -> u64 {
+        rest.split_whitespace()
+            .nth(i)
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0)
+    };
+    let ticks = field(11) + field(12);
+    Duration::from_millis(ticks * 10)
+}
+
+/// The forwarder's configuration for `forward_rate_1400`: the default, with
+/// `ZTNA_BENCH_BATCH` / `ZTNA_BENCH_BUFFERS` overriding batch and buffers.
+fn bench_config() -> IoConfig {
+    let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok());
+    let d = IoConfig::default();
+    IoConfig {
+        batch: var("ZTNA_BENCH_BATCH").unwrap_or(d.batch),
+        buffers: var("ZTNA_BENCH_BUFFERS").unwrap_or(d.buffers),
+        ..d
+    }
+}
+
 /// Rough forwarding rate of one `Io` on 1400-byte GSO trains, ~3 s per
 /// backend. `cargo test -p relay --release --test io_loopback -- --ignored --nocapture`
 #[test]
@@ -524,26 +599,31 @@ fn forward_rate_1400() {
             }
             io.stats().datagrams_in
         });
-        let forwarder = thread::spawn(move || {
-            pin(1);
-            let mut io = Io::new(backend, fwd_sock, IoConfig::default()).unwrap();
-            let mut handler = move |_: SocketAddr, d: &mut [u8]| {
-                d[0] ^= 1;
-                Action::Forward(rx_addr)
-            };
-            // Warm up until traffic flows, then measure.
-            while io.stats().datagrams_in == 0 {
-                io.poll(Duration::from_millis(100), &mut handler).unwrap();
-            }
-            let before = *io.stats();
-            let start = Instant::now();
-            while start.elapsed() < RUN {
-                io.poll(Duration::from_millis(20), &mut handler).unwrap();
-            }
-            let secs = start.elapsed().as_secs_f64();
-            let after = *io.stats();
-            (before, after, secs)
-        });
+        let forwarder = thread::Builder::new()
+            .name("fwd".into())
+            .spawn(move || {
+                pin(1);
+                let mut io = Io::new(backend, fwd_sock, bench_config()).unwrap();
+                let mut handler = move |_: SocketAddr, d: &mut [u8]| {
+                    d[0] ^= 1;
+                    Action::Forward(rx_addr)
+                };
+                // Warm up until traffic flows, then measure.
+                while io.stats().datagrams_in == 0 {
+                    io.poll(Duration::from_millis(100), &mut handler).unwrap();
+                }
+                let before = *io.stats();
+                let cpu0 = thread_cpu();
+                let start = Instant::now();
+                while start.elapsed() < RUN {
+                    io.poll(Duration::from_millis(20), &mut handler).unwrap();
+                }
+                let secs = start.elapsed().as_secs_f64();
+                let cpu = (thread_cpu() - cpu0).as_secs_f64();
+                let after = *io.stats();
+                (before, after, secs, cpu)
+            })
+            .unwrap();
         let sender = thread::spawn(move || {
             pin(0);
             let s = bind_socket(localhost(), &IoConfig::default()).unwrap();
@@ -557,16 +637,19 @@ fn forward_rate_1400() {
             sent
         });
         let sent = sender.join().unwrap();
-        let (before, after, secs) = forwarder.join().unwrap();
+        let (before, after, secs, cpu) = forwarder.join().unwrap();
         let got = receiver.join().unwrap();
         let fin = after.datagrams_in - before.datagrams_in;
         let fout = after.datagrams_out - before.datagrams_out;
         let polls = after.batch_hist.iter().sum::<u64>() - before.batch_hist.iter().sum::<u64>();
         eprintln!(
-            "{backend}: forwarder {:.2} Mpps in, {:.2} Mpps out ({:.1} Gb/s) over {secs:.1} s; {} sends, {} syscalls, {} polls, no-buffer {}, send errors {:?}; sender {sent}, receiver {got}",
+            "{backend} {:?}: forwarder {:.2} Mpps in, {:.2} Mpps out ({:.1} Gb/s) over {secs:.1} s, on {:.0} % of a core = {:.2} Mpps per CPU-second; {} sends, {} syscalls, {} polls, no-buffer {}, send errors {:?}; sender {sent}, receiver {got}",
+            (bench_config().batch, bench_config().buffers),
             fin as f64 / secs / 1e6,
             fout as f64 / secs / 1e6,
             fout as f64 * 1400.0 * 8.0 / secs / 1e9,
+            cpu / secs * 100.0,
+            fout as f64 / cpu.max(1e-9) / 1e6,
             after.send_calls - before.send_calls,
             after.syscalls - before.syscalls,
             polls,

@@ -104,6 +104,8 @@ pub(crate) struct UringIo {
     ring_mask: u16,
     /// Our tail: entries before it are the kernel's.
     ring_tail: u16,
+    /// Buffers in the ring (given to the kernel, not yet completed into).
+    in_ring: usize,
     /// Per buffer: sends in flight from it, plus one while it is handled.
     refs: Box<[u32]>,
     /// Buffers handled in this poll (their handling reference is dropped
@@ -270,7 +272,10 @@ impl UringIo {
         let deadline = Instant::now().checked_add(timeout);
         let mut ps = PollStats::default();
         loop {
-            if !self.armed {
+            // Re-arm only with a buffer in the ring: armed without one, the
+            // receive fails with ENOBUFS at once and this loop would spin
+            // until a send completion frees a buffer.
+            if !self.armed && self.in_ring > 0 {
                 self.arm()?;
             }
             let mut timed_out = false;
@@ -294,6 +299,8 @@ impl UringIo {
                 }
             }
             self.reap(handle, &mut ps);
+            // Buffers freed by send completions go back before re-arming.
+            self.publish();
             if ps.received > 0 || timed_out || remaining(deadline).is_zero() {
                 break;
             }
@@ -371,6 +378,7 @@ impl UringIo {
             self.stats.recv_errors += 1;
             return;
         }
+        self.in_ring -= 1;
         self.refs[bid] = 1;
         self.handled.push(bid as u32);
         let len = (res as usize).min(self.stride);
@@ -514,6 +522,7 @@ impl UringIo {
                 stride,
             );
             self.ring_tail = self.ring_tail.wrapping_add(1);
+            self.in_ring += 1;
         }
     }
 
@@ -742,6 +751,7 @@ impl Parts {
             ring_mem: ManuallyDrop::new(ring_mem),
             ring_mask,
             ring_tail: nbufs as u16,
+            in_ring: nbufs,
             refs: vec![0; nbufs].into_boxed_slice(),
             handled: Vec::with_capacity(nbufs),
             recv_hdr,
