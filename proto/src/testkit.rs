@@ -33,6 +33,7 @@ pub struct Fixture {
     pub counters: Counters,
     users: u32,
     next_counter: Vec<u64>,
+    user_keys: Vec<HopKey>,
 }
 
 /// The key the agent of user `u` tags its frames with (and the relay
@@ -97,6 +98,7 @@ impl Fixture {
             counters: Counters::default(),
             users,
             next_counter: vec![0; users as usize],
+            user_keys: (0..users).map(|u| HopKey::new(&user_key(u))).collect(),
         }
     }
 
@@ -131,7 +133,7 @@ impl Fixture {
             counter,
             UserId(u),
             ServiceId(service),
-            &HopKey::new(&user_key(u)),
+            &self.user_keys[u as usize],
         )
     }
 }
