@@ -19,6 +19,7 @@ pub mod config;
 pub mod control;
 pub mod io;
 pub mod keys;
+pub mod metrics;
 pub mod policy_source;
 pub mod shared;
 pub mod worker;
@@ -269,6 +270,12 @@ impl Relay {
     /// Latest published statistics of every worker.
     pub fn stats(&self) -> Vec<WorkerStats> {
         self.shared.worker_stats()
+    }
+
+    /// Serves Prometheus metrics on `addr` (`GET /metrics`) until the relay
+    /// stops. Returns the bound address.
+    pub fn serve_metrics(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        metrics::serve(addr, Arc::clone(&self.shared))
     }
 
     /// Asks the control thread to reload the policy file now.

@@ -128,6 +128,9 @@ struct RunArgs {
     /// This relay's private key file.
     #[arg(long)]
     key: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
     /// Do not pin workers to cores.
     #[arg(long)]
     no_pin: bool,
@@ -202,6 +205,9 @@ fn run(args: RunArgs) -> Result<()> {
             *field = v.clone();
         }
     }
+    if args.metrics.is_some() {
+        config.metrics = args.metrics;
+    }
     if args.no_pin {
         config.pin = false;
     }
@@ -240,6 +246,11 @@ fn run(args: RunArgs) -> Result<()> {
         config.mode.name(),
         hex(relay.public_key())
     );
+    if let Some(addr) = config.metrics {
+        relay
+            .serve_metrics(addr)
+            .with_context(|| format!("cannot serve metrics on {addr}: is the port free?"))?;
+    }
     let shared = Arc::clone(relay.shared());
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&shared.stop))

@@ -220,3 +220,36 @@ fn a_bad_policy_file_is_rejected_and_the_old_policy_stays() {
         );
     }
 }
+
+#[test]
+fn metrics_endpoint_exports_counters_by_reason() {
+    use std::io::{Read, Write};
+    let mut rig = Rig::start(relay::io::Backend::Mmsg).unwrap();
+    let addr = rig
+        .world
+        .relay
+        .serve_metrics("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let f = rig.user_frame(ALLOWED, &payload(100, 1));
+    rig.send_from_user(&f);
+    rig.send_from_user(&f);
+    rig.await_counters("one forward, one replay", |c| {
+        c.forwarded == 1 && c.dropped(DropReason::Replay) == 1
+    });
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(
+        body.contains("ztna_forwarded_frames_total{worker=\"0\"} 1\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("ztna_dropped_frames_total{worker=\"0\",reason=\"replay\"} 1\n"),
+        "{body}"
+    );
+    assert!(body.contains("ztna_policy_epoch 1\n"), "{body}");
+}

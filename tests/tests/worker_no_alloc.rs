@@ -72,7 +72,12 @@ fn worker_steady_state_does_not_allocate() {
     for io in backends() {
         let mut rig = Rig::start(io).unwrap();
         let mut frames: Vec<Vec<u8>> = (0..WINDOW)
-            .map(|i| rig.user_frame(ALLOWED, &payload(if i % 2 == 0 { 1400 } else { 64 }, i as u8)))
+            .map(|i| {
+                rig.user_frame(
+                    ALLOWED,
+                    &payload(if i % 2 == 0 { 1400 } else { 64 }, i as u8),
+                )
+            })
             .collect();
         let mut rx = vec![0u8; 65536];
         // Warm-up: first batches grow per-worker tables, publish stats...
@@ -86,6 +91,9 @@ fn worker_steady_state_does_not_allocate() {
 
         let allocations = ALLOCATIONS.load(Ordering::Relaxed);
         assert!(delivered > FRAMES / 2, "{io}: only {delivered} delivered");
-        assert_eq!(allocations, 0, "{io}: {allocations} allocations for {delivered} frames");
+        assert_eq!(
+            allocations, 0,
+            "{io}: {allocations} allocations for {delivered} frames"
+        );
     }
 }
