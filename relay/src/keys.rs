@@ -18,20 +18,20 @@ const STATIC_KEY_LABEL: &str = "ZTNA STATIC KEY";
 #[non_exhaustive]
 pub enum KeyFileError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file's content is not what it should be.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Cert {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        source: CertError,
+        error: CertError,
     },
     /// The static key file is malformed.
     #[error("{path}: not a static key file: expected `-----BEGIN {STATIC_KEY_LABEL}-----`, 64 hex characters, `-----END {STATIC_KEY_LABEL}-----` (make one with `relay keygen`)")]
@@ -50,25 +50,25 @@ pub enum KeyFileError {
 }
 
 fn read(path: &Path) -> Result<String, KeyFileError> {
-    std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
+    std::fs::read_to_string(path).map_err(|error| KeyFileError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 
 /// Reads a CA public key file.
 pub fn load_ca(path: &Path) -> Result<CaPublicKey, KeyFileError> {
-    CaPublicKey::from_text(&read(path)?).map_err(|source| KeyFileError::Cert {
+    CaPublicKey::from_text(&read(path)?).map_err(|error| KeyFileError::Cert {
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 
 /// Reads a certificate file.
 pub fn load_certificate(path: &Path) -> Result<Certificate, KeyFileError> {
-    Certificate::from_text(&read(path)?).map_err(|source| KeyFileError::Cert {
+    Certificate::from_text(&read(path)?).map_err(|error| KeyFileError::Cert {
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 
@@ -91,9 +91,9 @@ pub fn load_identity(
     let certificate = load_certificate(cert)?;
     certificate
         .verify(ca, now_unix)
-        .map_err(|source| KeyFileError::Cert {
+        .map_err(|error| KeyFileError::Cert {
             path: cert.to_owned(),
-            source,
+            error,
         })?;
     if certificate.static_key != public_key(&private) {
         return Err(KeyFileError::KeyMismatch {

@@ -78,12 +78,12 @@ pub enum StartError {
     #[error(transparent)]
     Policy(#[from] PolicyLoadError),
     /// A worker's socket or I/O backend could not start.
-    #[error("worker {worker} could not start: {source}")]
+    #[error("worker {worker} could not start: {error}")]
     Io {
         /// Which worker.
         worker: usize,
         /// Why.
-        source: crate::io::IoError,
+        error: crate::io::IoError,
     },
     /// A thread could not be spawned.
     #[error("cannot spawn thread: {0}")]
@@ -143,11 +143,11 @@ impl Relay {
         let mut backend = opts.io;
         for k in 0..opts.workers {
             let socket = crate::io::bind_socket(local_addr, &opts.io_config)
-                .map_err(|source| StartError::Io { worker: k, source })?;
+                .map_err(|error| StartError::Io { worker: k, error })?;
             if k == 0 {
                 local_addr = socket.local_addr().map_err(|source| StartError::Io {
                     worker: k,
-                    source: crate::io::IoError::Sys {
+                    error: crate::io::IoError::Sys {
                         op: "getsockname",
                         source,
                     },
@@ -199,9 +199,9 @@ impl Relay {
                 .map_err(StartError::Spawn)?;
             match ready_rx.recv() {
                 Ok(Ok(b)) => backend = b,
-                Ok(Err(source)) => {
+                Ok(Err(error)) => {
                     shared.request_stop();
-                    return Err(StartError::Io { worker: k, source });
+                    return Err(StartError::Io { worker: k, error });
                 }
                 Err(_) => {
                     shared.request_stop();

@@ -13,20 +13,20 @@ use proto::policy::{CompiledPolicy, PolicyFile};
 #[non_exhaustive]
 pub enum PolicyLoadError {
     /// The file could not be read.
-    #[error("cannot read policy file {path}: {source}")]
+    #[error("cannot read policy file {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not a valid policy.
-    #[error("policy file {path} rejected: {source}")]
+    #[error("policy file {path} rejected: {error}")]
     Invalid {
         /// The file.
         path: PathBuf,
         /// What is wrong, naming the entry.
-        source: proto::policy::PolicyError,
+        error: proto::policy::PolicyError,
     },
 }
 
@@ -68,13 +68,13 @@ impl PolicySource {
     pub fn load(&mut self) -> Result<Loaded, PolicyLoadError> {
         let start = Instant::now();
         let mtime = self.mtime();
-        let text = std::fs::read_to_string(&self.path).map_err(|source| PolicyLoadError::Read {
+        let text = std::fs::read_to_string(&self.path).map_err(|error| PolicyLoadError::Read {
             path: self.path.clone(),
-            source,
+            error,
         })?;
-        let invalid = |source| PolicyLoadError::Invalid {
+        let invalid = |error| PolicyLoadError::Invalid {
             path: self.path.clone(),
-            source,
+            error,
         };
         let file = PolicyFile::from_toml_str(&text).map_err(invalid)?;
         let policy = CompiledPolicy::compile(&file).map_err(invalid)?;
