@@ -26,6 +26,10 @@ use crate::replay::ReplayWindow;
 /// without looking like replays.
 pub const COUNTER_BLOCK: u64 = 256;
 
+/// How far the shared counter may run ahead of a worker's reserved block
+/// before the block is thrown away: half the receiver's replay window.
+pub const STALE_AFTER: u64 = crate::replay::WINDOW_SIZE / 2;
+
 /// Bits of a receiver index that select the slot in a [`SessionTable`]; the
 /// bits above are a generation that makes a stale index miss.
 pub const SLOT_BITS: u32 = 20;
@@ -162,7 +166,12 @@ impl TxCounters {
             let c = hop.reserve(1).start;
             return (c < HopKey::USAGE_LIMIT).then_some(c);
         };
-        if r.serial != hop.serial || r.next >= r.end {
+        // A block reserved long ago may lag the shared counter by more than
+        // the receiver's replay window if other workers kept sending: then
+        // its counters would be dropped as too old. One relaxed load of a
+        // line that is written once per COUNTER_BLOCK frames is cheap.
+        let stale = || hop.counters_used().saturating_sub(r.next) > STALE_AFTER;
+        if r.serial != hop.serial || r.next >= r.end || stale() {
             let block = hop.reserve(COUNTER_BLOCK);
             *r = Reservation {
                 serial: hop.serial,
@@ -326,6 +335,7 @@ impl SessionTable {
 #[derive(Debug, Default)]
 pub struct IndexAllocator {
     generations: Vec<u32>,
+    in_use: Vec<bool>,
     free: Vec<u32>,
 }
 
@@ -346,19 +356,24 @@ impl IndexAllocator {
                     return None;
                 }
                 self.generations.push(0);
+                self.in_use.push(false);
                 s
             }
         };
+        self.in_use[slot as usize] = true;
         let generation = &mut self.generations[slot as usize];
         *generation = (*generation + 1) & (u32::MAX >> SLOT_BITS);
         Some(ReceiverIndex((*generation << SLOT_BITS) | slot))
     }
 
-    /// Returns an index for reuse.
+    /// Returns an index for reuse (O(1); releasing a free slot is a no-op).
     pub fn release(&mut self, index: ReceiverIndex) {
         let slot = index.0 & SLOT_MASK;
-        if (slot as usize) < self.generations.len() && !self.free.contains(&slot) {
-            self.free.push(slot);
+        if let Some(used) = self.in_use.get_mut(slot as usize) {
+            if *used {
+                *used = false;
+                self.free.push(slot);
+            }
         }
     }
 }
@@ -394,6 +409,22 @@ mod tests {
         let mut c = TxCounters::with_capacity(1);
         assert_eq!(c.next(HopId(0), &hop(1)), Some(0));
         assert_eq!(c.next(HopId(0), &hop(2)), Some(0));
+    }
+
+    #[test]
+    fn a_block_left_far_behind_is_replaced() {
+        let h = hop(1);
+        let mut slow = TxCounters::with_capacity(1);
+        let mut busy = TxCounters::with_capacity(1);
+        assert_eq!(slow.next(HopId(0), &h), Some(0));
+        for _ in 0..STALE_AFTER + COUNTER_BLOCK {
+            busy.next(HopId(0), &h).unwrap();
+        }
+        let c = slow.next(HopId(0), &h).unwrap();
+        assert!(
+            h.counters_used() - c <= COUNTER_BLOCK,
+            "stale counter {c} reused"
+        );
     }
 
     #[test]

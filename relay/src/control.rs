@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use proto::handshake::timers::REJECT_AFTER_TIME;
-use proto::handshake::{HopResponder, HopSessionKeys, InitOutcome};
+use proto::handshake::{frames, HandshakeFrame, HopResponder, HopSessionKeys, InitOutcome};
 use proto::identity::Role;
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
 use proto::policy::CompiledPolicy;
@@ -33,6 +33,10 @@ use crate::worker::{FromWorker, ToWorker};
 pub const UNDER_LOAD_QUEUE: usize = 64;
 /// How often the policy file's modification time is checked.
 pub const POLICY_POLL: Duration = Duration::from_secs(1);
+/// Hop sessions one identity may hold at once (the current one and those
+/// being replaced by rekeys); a new one beyond this evicts the oldest, so
+/// one certificate cannot exhaust a worker's receiver indices.
+pub const MAX_SESSIONS_PER_PEER: usize = 3;
 
 /// One live hop session as the control thread tracks it.
 #[derive(Debug)]
@@ -163,6 +167,11 @@ impl Control {
     }
 
     fn handshake(&mut self, worker: usize, from: SocketAddr, frame: &[u8]) {
+        // Junk costs a parse, not a receiver index.
+        if !matches!(frames::parse(frame), Ok(HandshakeFrame::Init(_))) {
+            self.stats.handshakes_failed += 1;
+            return;
+        }
         let Some(index) = self
             .allocators
             .get_mut(worker)
@@ -214,6 +223,7 @@ impl Control {
             self.next_serial,
         ));
         self.next_serial += 1;
+        self.evict_beyond_limit(peer);
         let slot = match self.free_hops.pop() {
             Some(s) => s,
             None => {
@@ -262,15 +272,43 @@ impl Control {
                 .as_ref()
                 .is_some_and(|s| now.duration_since(s.established) >= REJECT_AFTER_TIME);
             if expired {
-                if let Some(s) = self.sessions[slot].take() {
-                    tracing::info!(peer = %s.name, index = %s.index, "hop session expired");
-                    let _ = self.workers[s.worker].send(ToWorker::Remove { index: s.index });
-                    self.allocators[s.worker].release(s.index);
-                    self.free_hops.push(slot as u32);
-                    self.stats.sessions_expired += 1;
-                    self.routes_dirty = true;
-                }
+                self.remove(slot, "expired");
+                self.stats.sessions_expired += 1;
             }
+        }
+    }
+
+    /// Makes room for one more session of `peer`: evicts its oldest while it
+    /// holds [`MAX_SESSIONS_PER_PEER`] or more.
+    fn evict_beyond_limit(&mut self, peer: Peer) {
+        loop {
+            let mine = self.sessions.iter().enumerate().filter_map(|(i, e)| {
+                e.as_ref()
+                    .filter(|e| e.peer == peer)
+                    .map(|e| (e.established, i))
+            });
+            let (count, oldest) = mine.fold(
+                (0, None),
+                |(n, old): (usize, Option<(Instant, usize)>), cur| {
+                    (n + 1, Some(old.map_or(cur, |o| o.min(cur))))
+                },
+            );
+            match oldest {
+                Some((_, slot)) if count >= MAX_SESSIONS_PER_PEER => self.remove(slot, "replaced"),
+                _ => return,
+            }
+        }
+    }
+
+    /// Removes the session in `slot` from its worker, the allocator and the
+    /// routes.
+    fn remove(&mut self, slot: usize, why: &str) {
+        if let Some(s) = self.sessions[slot].take() {
+            tracing::info!(peer = %s.name, index = %s.index, why, "hop session removed");
+            let _ = self.workers[s.worker].send(ToWorker::Remove { index: s.index });
+            self.allocators[s.worker].release(s.index);
+            self.free_hops.push(slot as u32);
+            self.routes_dirty = true;
         }
     }
 

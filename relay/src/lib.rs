@@ -218,7 +218,10 @@ impl Relay {
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
         let responder = HopResponder::new(
             opts.identity,
-            Trust::new(opts.ca, &[Role::User, Role::Connector, Role::Relay]),
+            // Relay peers are refused until mesh links exist: their frames
+            // skip the id-binding check, so a leaked relay certificate must
+            // not be usable on the public port (docs/security.md).
+            Trust::new(opts.ca, &[Role::User, Role::Connector]),
             secret,
             Instant::now(),
         );

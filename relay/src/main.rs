@@ -79,8 +79,10 @@ enum CaCommand {
         /// Policy groups (repeatable).
         #[arg(long = "group")]
         groups: Vec<String>,
-        /// Validity in days from now.
-        #[arg(long, default_value_t = 365)]
+        /// Validity in days from now. Short by default: there is no
+        /// revocation list yet, so expiry (and removal from the policy) is
+        /// how access ends.
+        #[arg(long, default_value_t = 30)]
         days: u64,
         /// Where to write the certificate.
         #[arg(long)]
@@ -213,6 +215,12 @@ fn run(args: RunArgs) -> Result<()> {
     }
     config.validate()?;
 
+    if config.mode != Mode::Ztna {
+        tracing::warn!(
+            mode = config.mode.name(),
+            "this mode does NOT check user->service policy or the ids' owner: for measurement only, never in production"
+        );
+    }
     let ca = keys::load_ca(&config.ca)?;
     let identity = keys::load_identity(&config.key, &config.certificate, &ca, unix_secs())?;
     if identity.certificate().role != Role::Relay {

@@ -46,7 +46,9 @@ pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAdd
 fn answer(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut reader = BufReader::new(stream);
+    // A scrape is a few hundred bytes; never buffer more than 8 KiB of
+    // whatever a client sends.
+    let mut reader = BufReader::new(std::io::Read::take(stream, 8192));
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     // Skip the headers (bounded: a scrape sends a handful).
@@ -57,7 +59,7 @@ fn answer(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             break;
         }
     }
-    let mut stream = reader.into_inner();
+    let mut stream = reader.into_inner().into_inner();
     let (status, body) = if request_line.starts_with("GET /metrics") {
         ("200 OK", render(shared))
     } else {

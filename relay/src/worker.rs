@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use proto::datapath::{Counters, Datapath, Mode, Verdict};
 use proto::ids::ReceiverIndex;
 use proto::session::{RxSession, SessionTable, TxCounters};
+use proto::wire::Kind;
 
 use crate::io::{Action, Io, IoStats};
 use crate::shared::Shared;
@@ -131,6 +132,11 @@ pub fn run(
                     Some(h) => Action::Forward(h.endpoint()),
                     None => Action::Consume,
                 },
+                // Only initiations are for a relay (it never initiates);
+                // anything else of the handshake kinds is dropped here.
+                Verdict::Handshake if frame.first() != Some(&Kind::HandshakeInit.byte0()) => {
+                    Action::Consume
+                }
                 Verdict::Handshake => {
                     let msg = FromWorker::Handshake {
                         worker: id,

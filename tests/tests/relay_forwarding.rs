@@ -253,3 +253,34 @@ fn metrics_endpoint_exports_counters_by_reason() {
     );
     assert!(body.contains("ztna_policy_epoch 1\n"), "{body}");
 }
+
+#[test]
+fn one_identity_cannot_pile_up_sessions() {
+    let rig = Rig::start(relay::io::Backend::Mmsg).unwrap();
+    let me = rig.world.user_identity(USER.0).unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut last = None;
+    for _ in 0..6 {
+        last = Some(rig.world.connect(&socket, &me).unwrap());
+    }
+    let limit = relay::control::MAX_SESSIONS_PER_PEER;
+    // The connector's session plus at most `limit` of the user's.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let sessions: usize = rig.world.relay.stats().iter().map(|w| w.sessions).sum();
+        if sessions == 1 + limit {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sessions} sessions installed"
+        );
+        std::thread::yield_now();
+    }
+    // The newest session works.
+    let mut link = last.unwrap();
+    let mut f = vec![0u8; HEADER_LEN + 40];
+    link.write_header(&mut f, Kind::DataUp, USER, ALLOWED);
+    socket.send_to(&f, rig.world.relay_addr()).unwrap();
+    rig.await_counters("the newest session's frame", |c| c.forwarded == 1);
+}

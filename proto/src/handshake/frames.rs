@@ -3,7 +3,7 @@
 //!
 //! These frames have no hop header (there is no hop session yet). Byte 0 is
 //! [`Kind::byte0`], bytes 1..4 are reserved and must be zero, integers are
-//! big-endian. `docs/wire-sections/handshake.md` is the full table.
+//! big-endian. `docs/wire.md` ("Handshakes") is the full table.
 //!
 //! ```text
 //! HandshakeInit      0 byte0 | 1 [0;3] | 4 sender u32 | 8 len u16 | 10 noise[len] | mac1[16] | mac2[16]
