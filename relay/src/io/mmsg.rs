@@ -11,12 +11,11 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::cmsg::{self, CmsgBuf, CONTROL_LEN};
-use super::group::Grouper;
+use super::outbound::Outbound;
 use super::region::Region;
 use super::sockaddr::{self, RawAddr, NAME_LEN};
-use super::staging::Staging;
 use super::stats::IoStats;
-use super::tx::{Backpressure, SyncTx, TxOutcome};
+use super::tx::Backpressure;
 use super::{
     dispatch_run, errno_of, remaining, Action, IoConfig, IoError, PollStats, MAX_GSO_SEGMENTS,
 };
@@ -36,9 +35,7 @@ pub(crate) struct MmsgIo {
     iovs: Box<[libc::iovec]>,
     names: Box<[RawAddr]>,
     cmsgs: Box<[CmsgBuf]>,
-    grouper: Grouper,
-    tx: SyncTx,
-    staging: Staging,
+    outbound: Outbound,
     stats: IoStats,
 }
 
@@ -86,9 +83,7 @@ impl MmsgIo {
             iovs: vec![zero_iov; n].into_boxed_slice(),
             names: vec![RawAddr::new(); n].into_boxed_slice(),
             cmsgs: vec![CmsgBuf::new(); n].into_boxed_slice(),
-            grouper: Grouper::new(max_groups, cfg.gso),
-            tx: SyncTx::new(max_groups.min(1024)),
-            staging: Staging::new(cfg.gso)?,
+            outbound: Outbound::new(max_groups, max_groups.min(1024), cfg.gso)?,
             stats: IoStats::default(),
         })
     }
@@ -115,8 +110,8 @@ impl MmsgIo {
         let deadline = Instant::now().checked_add(timeout);
         let mut ps = PollStats::default();
         let result = self.receive_loop(deadline, handle, &mut ps);
-        let out = self.staging.flush(&mut self.tx, self.fd, &mut self.stats);
-        self.account(&mut ps, out);
+        let out = self.outbound.flush_staged(self.fd, &mut self.stats);
+        self.outbound.account(&mut ps, out);
         self.stats += &ps;
         self.stats.record_poll(ps.received);
         result.map(|()| ps)
@@ -178,16 +173,16 @@ impl MmsgIo {
             // them is alive and they are not received into until this
             // synchronous send returns.
             let out = unsafe {
-                self.tx.send(
+                self.outbound.tx.send(
                     self.fd,
-                    self.grouper.groups(),
-                    self.grouper.gso_enabled(),
+                    self.outbound.grouper.groups(),
+                    self.outbound.grouper.gso_enabled(),
                     Backpressure::FORWARD,
                     &mut self.stats,
                 )
             };
-            self.grouper.clear();
-            self.account(ps, out);
+            self.outbound.grouper.clear();
+            self.outbound.account(ps, out);
             if ps.received >= self.batch || n < vlen {
                 return Ok(());
             }
@@ -240,25 +235,20 @@ impl MmsgIo {
         // returned; it is not received into again before the groups made
         // from it are sent, and this is the only slice of it.
         let run = unsafe { self.mem.slice_mut(i * self.stride, len) };
-        dispatch_run(run, i as u32, src, segment, handle, &mut self.grouper, ps);
-    }
-
-    fn account(&mut self, ps: &mut PollStats, out: TxOutcome) {
-        ps.send_calls += out.send_calls;
-        ps.syscalls += out.syscalls;
-        if out.gso_refused {
-            self.grouper.disable_gso();
-            self.staging.disable_gso();
-        }
+        dispatch_run(
+            run,
+            i as u32,
+            src,
+            segment,
+            handle,
+            &mut self.outbound.grouper,
+            ps,
+        );
     }
 
     /// See [`super::Io::send_to`].
     pub(crate) fn send_to(&mut self, dst: SocketAddr, bytes: &[u8]) -> Result<(), IoError> {
-        let out = self
-            .staging
-            .push(dst, bytes, &mut self.tx, self.fd, &mut self.stats)?;
-        self.account_outside_poll(out);
-        Ok(())
+        self.outbound.send_to(self.fd, &mut self.stats, dst, bytes)
     }
 
     /// See [`super::Io::send_gso`].
@@ -268,26 +258,14 @@ impl MmsgIo {
         buf: &[u8],
         seg: usize,
     ) -> Result<usize, IoError> {
-        let gso = self.grouper.gso_enabled();
-        let out = self
-            .tx
-            .send_train(self.fd, dst, buf, seg, gso, &mut self.stats)?;
-        self.account_outside_poll(out);
-        Ok(out.datagrams)
+        self.outbound
+            .send_gso(self.fd, &mut self.stats, dst, buf, seg)
     }
 
     /// See [`super::Io::flush`].
     pub(crate) fn flush(&mut self) -> Result<(), IoError> {
-        let out = self.staging.flush(&mut self.tx, self.fd, &mut self.stats);
-        self.account_outside_poll(out);
+        self.outbound.flush(self.fd, &mut self.stats);
         Ok(())
-    }
-
-    fn account_outside_poll(&mut self, out: TxOutcome) {
-        let mut ps = PollStats::default();
-        self.account(&mut ps, out);
-        self.stats.send_calls += ps.send_calls as u64;
-        self.stats.syscalls += ps.syscalls as u64;
     }
 }
 

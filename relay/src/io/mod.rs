@@ -24,6 +24,7 @@
 mod cmsg;
 mod group;
 mod mmsg;
+mod outbound;
 mod region;
 mod sockaddr;
 mod socket;

@@ -29,12 +29,12 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::cmsg::{self, CmsgBuf, CONTROL_LEN};
-use super::group::{Group, Grouper};
+use super::group::Group;
+use super::outbound::Outbound;
 use super::region::Region;
 use super::sockaddr::{self, RawAddr, NAME_LEN};
-use super::staging::Staging;
 use super::stats::IoStats;
-use super::tx::{Backpressure, SyncTx, TxOutcome};
+use super::tx::Backpressure;
 use super::{
     dispatch_run, errno_of, remaining, Action, IoConfig, IoError, PollStats, MAX_GSO_SEGMENTS,
 };
@@ -120,9 +120,7 @@ pub(crate) struct UringIo {
     slots: Box<[SendSlot]>,
     free: Vec<u32>,
     in_flight: usize,
-    grouper: Grouper,
-    tx: SyncTx,
-    staging: Staging,
+    outbound: Outbound,
     stats: IoStats,
     /// Ring setup flags that the kernel accepted, for the log.
     flags: &'static str,
@@ -196,7 +194,7 @@ impl UringIo {
             nslots,
             flags,
             recv_hdr,
-            staging: Staging::new(cfg.gso)?,
+            outbound: Outbound::new(cfg.batch + MAX_GSO_SEGMENTS, 64, cfg.gso)?,
             pending: None,
         };
         let mut tail = 0u16;
@@ -315,8 +313,8 @@ impl UringIo {
                 source,
             })?;
         }
-        let out = self.staging.flush(&mut self.tx, self.fd, &mut self.stats);
-        self.account(&mut ps, out);
+        let out = self.outbound.flush_staged(self.fd, &mut self.stats);
+        self.outbound.account(&mut ps, out);
         self.stats += &ps;
         self.stats.record_poll(ps.received);
         Ok(ps)
@@ -403,7 +401,15 @@ impl UringIo {
             return;
         };
         let run = &mut buf[start..end];
-        dispatch_run(run, bid as u32, src, segment, handle, &mut self.grouper, ps);
+        dispatch_run(
+            run,
+            bid as u32,
+            src,
+            segment,
+            handle,
+            &mut self.outbound.grouper,
+            ps,
+        );
     }
 
     /// One send completed (or failed).
@@ -422,14 +428,19 @@ impl UringIo {
                     errno,
                     "the kernel refused a UDP GSO send; sending one datagram per call from now on"
                 );
-                self.grouper.disable_gso();
-                self.staging.disable_gso();
+                self.outbound.grouper.disable_gso();
+                self.outbound.staging.disable_gso();
                 // SAFETY: the group's buffer still holds our reference
                 // (dropped just below), so its bytes are intact and not in
                 // the ring.
                 let out = unsafe {
-                    self.tx
-                        .send(self.fd, &[g], false, Backpressure::FORWARD, &mut self.stats)
+                    self.outbound.tx.send(
+                        self.fd,
+                        &[g],
+                        false,
+                        Backpressure::FORWARD,
+                        &mut self.stats,
+                    )
                 };
                 self.stats.send_calls += out.send_calls as u64;
                 self.stats.syscalls += out.syscalls as u64;
@@ -443,23 +454,23 @@ impl UringIo {
 
     /// Turns this poll's groups into `SendMsg` submissions.
     fn queue_sends(&mut self, ps: &mut PollStats) -> Result<(), IoError> {
-        for k in 0..self.grouper.groups().len() {
-            let g = self.grouper.groups()[k];
+        for k in 0..self.outbound.grouper.groups().len() {
+            let g = self.outbound.grouper.groups()[k];
             let Some(slot) = self.free.pop() else {
                 // Every slot in flight (more groups than the sizing allows
                 // for): send this one synchronously rather than wait.
                 // SAFETY: the buffer holds its handling reference until
                 // `release_handled`, after this synchronous call.
                 let out = unsafe {
-                    self.tx.send(
+                    self.outbound.tx.send(
                         self.fd,
                         &[g],
-                        self.grouper.gso_enabled(),
+                        self.outbound.grouper.gso_enabled(),
                         Backpressure::FORWARD,
                         &mut self.stats,
                     )
                 };
-                self.account(ps, out);
+                self.outbound.account(ps, out);
                 continue;
             };
             let s = &mut self.slots[slot as usize];
@@ -492,7 +503,7 @@ impl UringIo {
             self.stats.datagrams_out += g.count as u64;
             self.stats.bytes_out += g.len as u64;
         }
-        self.grouper.clear();
+        self.outbound.grouper.clear();
         Ok(())
     }
 
@@ -531,22 +542,9 @@ impl UringIo {
         publish_tail(&self.ring_mem, self.ring_tail);
     }
 
-    fn account(&mut self, ps: &mut PollStats, out: TxOutcome) {
-        ps.send_calls += out.send_calls;
-        ps.syscalls += out.syscalls;
-        if out.gso_refused {
-            self.grouper.disable_gso();
-            self.staging.disable_gso();
-        }
-    }
-
     /// See [`super::Io::send_to`].
     pub(crate) fn send_to(&mut self, dst: SocketAddr, bytes: &[u8]) -> Result<(), IoError> {
-        let out = self
-            .staging
-            .push(dst, bytes, &mut self.tx, self.fd, &mut self.stats)?;
-        self.account_outside_poll(out);
-        Ok(())
+        self.outbound.send_to(self.fd, &mut self.stats, dst, bytes)
     }
 
     /// See [`super::Io::send_gso`].
@@ -556,18 +554,13 @@ impl UringIo {
         buf: &[u8],
         seg: usize,
     ) -> Result<usize, IoError> {
-        let gso = self.grouper.gso_enabled();
-        let out = self
-            .tx
-            .send_train(self.fd, dst, buf, seg, gso, &mut self.stats)?;
-        self.account_outside_poll(out);
-        Ok(out.datagrams)
+        self.outbound
+            .send_gso(self.fd, &mut self.stats, dst, buf, seg)
     }
 
     /// See [`super::Io::flush`].
     pub(crate) fn flush(&mut self) -> Result<(), IoError> {
-        let out = self.staging.flush(&mut self.tx, self.fd, &mut self.stats);
-        self.account_outside_poll(out);
+        self.outbound.flush(self.fd, &mut self.stats);
         if !self.ring.submission().is_empty() {
             self.stats.syscalls += 1;
             self.ring.submit().map_err(|source| IoError::Sys {
@@ -576,13 +569,6 @@ impl UringIo {
             })?;
         }
         Ok(())
-    }
-
-    fn account_outside_poll(&mut self, out: TxOutcome) {
-        let mut ps = PollStats::default();
-        self.account(&mut ps, out);
-        self.stats.send_calls += ps.send_calls as u64;
-        self.stats.syscalls += ps.syscalls as u64;
     }
 }
 
@@ -638,7 +624,7 @@ struct Parts {
     nslots: usize,
     flags: &'static str,
     recv_hdr: Box<libc::msghdr>,
-    staging: Staging,
+    outbound: Outbound,
     /// A completion seen while probing the receive, to handle first.
     pending: Option<cqueue::Entry>,
 }
@@ -710,7 +696,7 @@ impl Parts {
             nslots,
             flags,
             recv_hdr,
-            staging,
+            outbound,
             pending,
         } = self;
         let slots = (0..nslots)
@@ -761,9 +747,7 @@ impl Parts {
             slots,
             free: (0..nslots as u32).rev().collect(),
             in_flight: 0,
-            grouper: Grouper::new(cfg.batch + MAX_GSO_SEGMENTS, cfg.gso),
-            tx: SyncTx::new(64),
-            staging,
+            outbound,
             stats: IoStats::default(),
             flags,
         }

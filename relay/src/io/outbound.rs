@@ -1,0 +1,91 @@
+//! The synchronous send side both backends share: the grouper that turns
+//! forwarded datagrams into GSO groups, the `sendmmsg` sender, and the
+//! staging area for `send_to` copies. Each backend owns one and hands it its
+//! socket and counters.
+
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+use super::group::Grouper;
+use super::staging::Staging;
+use super::tx::{SyncTx, TxOutcome};
+use super::{IoError, IoStats, PollStats};
+
+/// Grouper, sender and staging of one backend.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    pub(crate) grouper: Grouper,
+    pub(crate) tx: SyncTx,
+    pub(crate) staging: Staging,
+}
+
+impl Outbound {
+    /// A send side grouping up to `max_groups` groups per poll, with a
+    /// `sendmmsg` vector of `tx_capacity`.
+    pub(crate) fn new(max_groups: usize, tx_capacity: usize, gso: bool) -> Result<Self, IoError> {
+        Ok(Outbound {
+            grouper: Grouper::new(max_groups, gso),
+            tx: SyncTx::new(tx_capacity),
+            staging: Staging::new(gso)?,
+        })
+    }
+
+    /// Adds a send's outcome to the poll's counters; turns GSO off for good
+    /// when the kernel refused it.
+    pub(crate) fn account(&mut self, ps: &mut PollStats, out: TxOutcome) {
+        ps.send_calls += out.send_calls;
+        ps.syscalls += out.syscalls;
+        if out.gso_refused {
+            self.grouper.disable_gso();
+            self.staging.disable_gso();
+        }
+    }
+
+    /// The same for a send made outside `poll`: straight into `stats`.
+    pub(crate) fn account_outside_poll(&mut self, stats: &mut IoStats, out: TxOutcome) {
+        let mut ps = PollStats::default();
+        self.account(&mut ps, out);
+        stats.send_calls += ps.send_calls as u64;
+        stats.syscalls += ps.syscalls as u64;
+    }
+
+    /// Sends what `send_to` staged; returns the outcome for the caller to
+    /// account.
+    pub(crate) fn flush_staged(&mut self, fd: RawFd, stats: &mut IoStats) -> TxOutcome {
+        self.staging.flush(&mut self.tx, fd, stats)
+    }
+
+    /// See [`super::Io::send_to`].
+    pub(crate) fn send_to(
+        &mut self,
+        fd: RawFd,
+        stats: &mut IoStats,
+        dst: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), IoError> {
+        let out = self.staging.push(dst, bytes, &mut self.tx, fd, stats)?;
+        self.account_outside_poll(stats, out);
+        Ok(())
+    }
+
+    /// See [`super::Io::send_gso`].
+    pub(crate) fn send_gso(
+        &mut self,
+        fd: RawFd,
+        stats: &mut IoStats,
+        dst: SocketAddr,
+        buf: &[u8],
+        seg: usize,
+    ) -> Result<usize, IoError> {
+        let gso = self.grouper.gso_enabled();
+        let out = self.tx.send_train(fd, dst, buf, seg, gso, stats)?;
+        self.account_outside_poll(stats, out);
+        Ok(out.datagrams)
+    }
+
+    /// See [`super::Io::flush`]: sends what is staged.
+    pub(crate) fn flush(&mut self, fd: RawFd, stats: &mut IoStats) {
+        let out = self.flush_staged(fd, stats);
+        self.account_outside_poll(stats, out);
+    }
+}
