@@ -314,10 +314,8 @@ impl Io {
     /// Consecutive equal-size datagrams to one destination go out as one GSO
     /// send.
     pub fn send_to(&mut self, dst: SocketAddr, bytes: &[u8]) -> Result<(), IoError> {
-        match &mut self.inner {
-            Inner::Uring(u) => u.send_to(dst, bytes),
-            Inner::Mmsg(m) => m.send_to(dst, bytes),
-        }
+        let (outbound, fd, stats) = self.outbound();
+        outbound.send_to(fd, stats, dst, bytes)
     }
 
     /// Sends the equal-size datagrams laid out back to back in `buf`
@@ -325,10 +323,8 @@ impl Io {
     /// `UDP_SEGMENT` calls as the kernel's limits allow, now. Waits for
     /// socket space when the send buffer is full. Returns the datagrams sent.
     pub fn send_gso(&mut self, dst: SocketAddr, buf: &[u8], seg: usize) -> Result<usize, IoError> {
-        match &mut self.inner {
-            Inner::Uring(u) => u.send_gso(dst, buf, seg),
-            Inner::Mmsg(m) => m.send_gso(dst, buf, seg),
-        }
+        let (outbound, fd, stats) = self.outbound();
+        outbound.send_gso(fd, stats, dst, buf, seg)
     }
 
     /// Sends everything queued by [`Io::send_to`] and pushes pending
@@ -337,6 +333,13 @@ impl Io {
         match &mut self.inner {
             Inner::Uring(u) => u.flush(),
             Inner::Mmsg(m) => m.flush(),
+        }
+    }
+
+    fn outbound(&mut self) -> (&mut outbound::Outbound, std::os::fd::RawFd, &mut IoStats) {
+        match &mut self.inner {
+            Inner::Uring(u) => u.outbound(),
+            Inner::Mmsg(m) => m.outbound(),
         }
     }
 

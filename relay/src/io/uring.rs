@@ -542,20 +542,10 @@ impl UringIo {
         publish_tail(&self.ring_mem, self.ring_tail);
     }
 
-    /// See [`super::Io::send_to`].
-    pub(crate) fn send_to(&mut self, dst: SocketAddr, bytes: &[u8]) -> Result<(), IoError> {
-        self.outbound.send_to(self.fd, &mut self.stats, dst, bytes)
-    }
-
-    /// See [`super::Io::send_gso`].
-    pub(crate) fn send_gso(
-        &mut self,
-        dst: SocketAddr,
-        buf: &[u8],
-        seg: usize,
-    ) -> Result<usize, IoError> {
-        self.outbound
-            .send_gso(self.fd, &mut self.stats, dst, buf, seg)
+    /// The send side with what it needs: used by [`super::Io::send_to`]
+    /// and [`super::Io::send_gso`].
+    pub(crate) fn outbound(&mut self) -> (&mut Outbound, RawFd, &mut IoStats) {
+        (&mut self.outbound, self.fd, &mut self.stats)
     }
 
     /// See [`super::Io::flush`].
