@@ -14,6 +14,13 @@ use proto::identity::{CaKeypair, CertificateBody, Role};
 use proto::ids::ReceiverIndex;
 use rand::SeedableRng;
 
+// `--features mimalloc` runs the same benches on the allocator the binaries
+// use, to check it is no worse than the system's where the relay does
+// allocate (handshakes, the control plane).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const NOW_UNIX: u64 = 1_800_000_000;
 const NOW_NS: u64 = NOW_UNIX * 1_000_000_000;
 
