@@ -8,7 +8,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use proto::handshake::{CookieJar, HopInitiator, LocalIdentity, Trust};
+use proto::handshake::{CookieJar, HopInitiator, HopSessionKeys, LocalIdentity, Trust};
 use proto::hoptag::HopKey;
 use proto::identity::{CaPublicKey, Certificate, Role};
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
@@ -94,15 +94,7 @@ impl HopLink {
                             Instant::now(),
                             relay::control::unix_nanos(),
                         )?;
-                        return Ok(HopLink {
-                            local_index: keys.local_index,
-                            remote_index: keys.remote_index,
-                            send: HopKey::new(&keys.send_key),
-                            next_counter: 0,
-                            recv: HopKey::new(&keys.recv_key),
-                            window: ReplayWindow::default(),
-                            peer: keys.peer,
-                        });
+                        return Ok(HopLink::from_keys(keys));
                     }
                     Ok(Kind::CookieReply) => {
                         initiator.handle_cookie_reply(&buf[..n], &mut jar, Instant::now())?;
@@ -119,9 +111,27 @@ impl HopLink {
         )
     }
 
+    /// The link a completed handshake gives.
+    pub fn from_keys(keys: HopSessionKeys) -> HopLink {
+        HopLink {
+            local_index: keys.local_index,
+            remote_index: keys.remote_index,
+            send: HopKey::new(&keys.send_key),
+            next_counter: 0,
+            recv: HopKey::new(&keys.recv_key),
+            window: ReplayWindow::default(),
+            peer: keys.peer,
+        }
+    }
+
     /// The index the relay puts in frames to us.
     pub fn local_index(&self) -> ReceiverIndex {
         self.local_index
+    }
+
+    /// The index we put in frames to the relay.
+    pub fn remote_index(&self) -> ReceiverIndex {
+        self.remote_index
     }
 
     /// The relay's certificate.

@@ -1,3 +1,347 @@
-fn main() {
-    println!("loadgen: in progress");
+//! `loadgen`: measures the relay mode against mode on loopback.
+//!
+//! With no arguments it is the project's embedded default: an in-process
+//! relay (one worker, pinned), synthetic users and a connector with real
+//! certificates, hop and end-to-end sessions, and the three modes side by
+//! side at 1400 and 64 bytes, plus the no-relay ceiling.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use loadgen::report::{self, Report, RunResult};
+use loadgen::scenario::Scenario;
+use loadgen::suite::{run_suite, Observer, SuiteConfig};
+use proto::datapath::Mode;
+use relay::io::Backend;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Exit status when a baseline comparison finds a regression.
+const EXIT_REGRESSION: u8 = 2;
+/// Exit status when frames arrived corrupted or denied frames got through.
+const EXIT_INTEGRITY: u8 = 3;
+
+/// Load generator for the ZTNA relay: starts a relay on loopback with
+/// synthetic users and a connector (real certificates, real hop and
+/// end-to-end handshakes, real hop tags and ciphertext) and measures
+/// delivered packets/s, Gb/s, loss and latency in each forwarding mode.
+///
+/// With no arguments: modes ztna, vpn and forward on the uring backend,
+/// scenarios bulk (1400 B) and small (64 B), 2 s each at full rate, then
+/// paced runs at 10/50/90 % of that rate for latency, and one run without
+/// the relay as the machine's ceiling.
+///
+/// Exit status: 0 done; 1 could not run; 2 a ratio regressed against
+/// --baseline; 3 frames arrived corrupted or denied frames got through.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Relay modes to compare (comma separated): ztna, vpn, forward.
+    #[arg(long, value_delimiter = ',', default_value = "ztna,vpn,forward")]
+    modes: Vec<Mode>,
+
+    /// Relay I/O backend: uring, mmsg, or both.
+    #[arg(long, default_value = "uring")]
+    io: IoChoice,
+
+    /// Scenarios (comma separated): bulk (1400 B, few flows), small (64 B),
+    /// imix (64/576/1400 B, 7:4:1), many-flows (10 000 users x 1 000
+    /// services, 64 B), deny-mix (bulk with --deny-share of frames denied).
+    #[arg(long = "scenario", value_delimiter = ',', default_value = "bulk,small")]
+    scenarios: Vec<Scenario>,
+
+    /// Frame size in bytes for every scenario but imix (60..=1472).
+    #[arg(long)]
+    size: Option<usize>,
+
+    /// Seconds measured per full-rate run.
+    #[arg(long, default_value_t = 2.0)]
+    secs: f64,
+
+    /// Seconds measured per paced (latency) run.
+    #[arg(long, default_value_t = 1.0)]
+    latency_secs: f64,
+
+    /// Seconds sent before measuring each run.
+    #[arg(long, default_value_t = 0.3)]
+    warmup: f64,
+
+    /// Paced runs, in percent of the full rate just measured (comma
+    /// separated; "none" for no paced runs).
+    #[arg(long, default_value = "10,50,90")]
+    loads: String,
+
+    /// Repeat the whole matrix this many times (results report the median
+    /// and spread).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+
+    /// Skip the run without a relay.
+    #[arg(long)]
+    no_direct: bool,
+
+    /// Share of frames to denied services in deny-mix (0..0.95).
+    #[arg(long, default_value_t = 0.1)]
+    deny_share: f64,
+
+    /// Open one in N resent payloads end to end at the receiver, besides
+    /// the timestamped sample leading every train (0: samples only).
+    #[arg(long, default_value_t = 64)]
+    verify_every: u64,
+
+    /// Frames per GSO train at full rate (1..=64, fewer for large frames).
+    #[arg(long, default_value_t = 64)]
+    train: usize,
+
+    /// Core to pin the relay's worker to; the load generator pins itself
+    /// to another core. "none" leaves both to the scheduler.
+    #[arg(long, default_value = "0")]
+    relay_core: String,
+
+    /// Write every result as JSON: {"results": [...], "direct": [...]}.
+    #[arg(long)]
+    json: Option<PathBuf>,
+
+    /// Compare ratios (not absolute rates) with this earlier --json file.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+
+    /// With --baseline: fail when a ratio fell by more than this percent.
+    #[arg(long, default_value_t = 5.0)]
+    max_regression: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum IoChoice {
+    One(Backend),
+    Both,
+}
+
+impl std::str::FromStr for IoChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "both" => Ok(IoChoice::Both),
+            other => other
+                .parse::<Backend>()
+                .map(IoChoice::One)
+                .map_err(|_| format!("unknown backend {other:?}: use uring, mmsg or both")),
+        }
+    }
+}
+
+fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
+    anyhow::ensure!(
+        v.is_finite() && (0.0..=600.0).contains(&v),
+        "--{name} must be between 0 and 600 seconds, not {v}"
+    );
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn parse_loads(s: &str) -> anyhow::Result<Vec<f64>> {
+    if s.trim() == "none" || s.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|p| {
+            let pct: f64 = p
+                .trim()
+                .parse()
+                .with_context(|| format!("--loads: {p:?} is not a percentage"))?;
+            anyhow::ensure!(
+                pct > 0.0 && pct <= 100.0,
+                "--loads: {pct} is not in (0, 100]"
+            );
+            Ok(pct / 100.0)
+        })
+        .collect()
+}
+
+impl Cli {
+    fn suite(&self) -> anyhow::Result<SuiteConfig> {
+        anyhow::ensure!(!self.modes.is_empty(), "--modes names no mode");
+        anyhow::ensure!(!self.scenarios.is_empty(), "--scenario names no scenario");
+        anyhow::ensure!(self.repeat >= 1, "--repeat must be at least 1");
+        anyhow::ensure!(
+            (1..=64).contains(&self.train),
+            "--train must be between 1 and 64"
+        );
+        if let Some(size) = self.size {
+            anyhow::ensure!(
+                (loadgen::scenario::MIN_FRAME..=loadgen::scenario::MAX_FRAME).contains(&size),
+                "--size must be between {} and {} bytes",
+                loadgen::scenario::MIN_FRAME,
+                loadgen::scenario::MAX_FRAME
+            );
+        }
+        let relay_core = match self.relay_core.as_str() {
+            "none" => None,
+            n => Some(n.parse::<usize>().with_context(|| {
+                format!("--relay-core: {n:?} is not a core number or \"none\"")
+            })?),
+        };
+        Ok(SuiteConfig {
+            modes: self.modes.clone(),
+            backends: match self.io {
+                IoChoice::One(b) => vec![b],
+                IoChoice::Both => vec![Backend::Uring, Backend::Mmsg],
+            },
+            scenarios: self.scenarios.clone(),
+            size: self.size,
+            secs: seconds("secs", self.secs)?,
+            latency_secs: seconds("latency-secs", self.latency_secs)?,
+            warmup: seconds("warmup", self.warmup)?,
+            loads: parse_loads(&self.loads)?,
+            repeat: self.repeat,
+            direct: !self.no_direct,
+            deny_share: self.deny_share,
+            verify_every: self.verify_every,
+            train: self.train,
+            relay_core,
+        })
+    }
+}
+
+/// Progress on stderr: a bar per run where stderr is a terminal, a line per
+/// finished run always.
+struct Console {
+    bar: Option<ProgressBar>,
+    done: usize,
+    total: usize,
+}
+
+impl Observer for Console {
+    fn start(&mut self, what: &str) {
+        let bar = ProgressBar::new(1000);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} {wide_bar} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(format!("[{}/{}]", self.done + 1, self.total));
+        bar.set_message(what.to_owned());
+        self.bar = Some(bar);
+    }
+
+    fn progress(&mut self, done: f64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position((done.clamp(0.0, 1.0) * 1000.0) as u64);
+        }
+    }
+
+    fn finish(&mut self, r: &RunResult) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        self.done += 1;
+        eprintln!(
+            "[{}/{}] {}: {:.3} Mpps delivered, {:.2} Gb/s, loss {:.2} %, p99 {:.1} us{}",
+            self.done,
+            self.total,
+            r.key(),
+            r.recv_pps / 1e6,
+            r.gbps,
+            r.loss * 100.0,
+            r.lat_us.p99,
+            r.relay_busy
+                .map_or_else(String::new, |b| format!(", relay busy {:.0} %", b * 100.0)),
+        );
+    }
+
+    fn note(&mut self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+}
+
+/// Pins this thread to a core other than the relay's, when there is one.
+fn pin_self(relay_core: Option<usize>) -> Option<usize> {
+    // Before pinning: the relays started later pin their workers from the
+    // process's full set of cores, which this call records.
+    let cores = relay::allowed_cores();
+    let relay = cores.get(relay_core? % cores.len().max(1))?;
+    let mine = cores.iter().rev().find(|c| c.id != relay.id)?;
+    core_affinity::set_for_current(*mine).then_some(mine.id)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("loadgen: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let cfg = cli.suite()?;
+    // Read the baseline first: a typo should not cost a whole run.
+    let baseline: Option<Report> = match &cli.baseline {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read baseline {}", path.display()))?;
+            Some(serde_json::from_str(&text).with_context(|| {
+                format!("baseline {} is not a loadgen --json file", path.display())
+            })?)
+        }
+        None => None,
+    };
+    match pin_self(cfg.relay_core) {
+        Some(core) => eprintln!(
+            "relay worker on core {}, load generator on core {core}",
+            cfg.relay_core.unwrap_or(0)
+        ),
+        None => eprintln!("not pinned: relay and load generator may share cores"),
+    }
+    let mut console = Console {
+        bar: None,
+        done: 0,
+        total: cfg.runs(),
+    };
+    let report = run_suite(&cfg, &mut console)?;
+    println!("{}", report::table(&report));
+    if let Some(path) = &cli.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("results written to {}", path.display());
+    }
+    let failures = report.integrity_failures();
+    if !failures.is_empty() {
+        eprintln!("loadgen: integrity check FAILED:");
+        for f in failures {
+            eprintln!("  {f}");
+        }
+        return Ok(ExitCode::from(EXIT_INTEGRITY));
+    }
+    if let Some(base) = baseline {
+        let (diff, regressed) = report::compare(&base, &report, cli.max_regression);
+        println!(
+            "against the baseline (max regression {} %):\n{diff}",
+            cli.max_regression
+        );
+        if regressed {
+            eprintln!(
+                "loadgen: a ratio regressed by more than {} %",
+                cli.max_regression
+            );
+            return Ok(ExitCode::from(EXIT_REGRESSION));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

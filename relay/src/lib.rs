@@ -44,6 +44,16 @@ use crate::worker::WorkerStats;
 /// frames. Beyond it workers shed handshakes (counted).
 pub const CONTROL_QUEUE: usize = 4096;
 
+/// The cores this process may run on, as they were the first time anyone
+/// asked. Workers are pinned to entries of this list, so a caller that
+/// later pins its own thread (the load generator, keeping off the relay's
+/// cores) must call this first: the affinity of a pinned thread would
+/// otherwise hide the other cores from a relay it starts.
+pub fn allowed_cores() -> &'static [core_affinity::CoreId] {
+    static CORES: std::sync::OnceLock<Vec<core_affinity::CoreId>> = std::sync::OnceLock::new();
+    CORES.get_or_init(|| core_affinity::get_core_ids().unwrap_or_default())
+}
+
 /// Everything needed to start a relay, resolved (keys loaded, paths
 /// checked).
 #[derive(Debug)]
@@ -135,7 +145,7 @@ impl Relay {
         );
         let shared = Arc::new(Shared::new(loaded.policy, opts.workers));
         let (to_control, control_inbox) = crossbeam_channel::bounded(CONTROL_QUEUE);
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let cores = allowed_cores();
 
         let mut workers = Vec::with_capacity(opts.workers);
         let mut inboxes = Vec::with_capacity(opts.workers);

@@ -324,7 +324,22 @@ impl Io {
     /// socket space when the send buffer is full. Returns the datagrams sent.
     pub fn send_gso(&mut self, dst: SocketAddr, buf: &[u8], seg: usize) -> Result<usize, IoError> {
         let (outbound, fd, stats) = self.outbound();
-        outbound.send_gso(fd, stats, dst, buf, seg)
+        outbound.send_gso(fd, stats, dst, buf, seg, tx::Backpressure::BLOCKING)
+    }
+
+    /// Like [`Io::send_gso`], but never waits: stops at the first
+    /// `UDP_SEGMENT` group the socket has no room for and returns the
+    /// datagrams sent until then (whole groups, in order), so the caller
+    /// can do other work (drain its own receive side) and send the rest
+    /// later.
+    pub fn try_send_gso(
+        &mut self,
+        dst: SocketAddr,
+        buf: &[u8],
+        seg: usize,
+    ) -> Result<usize, IoError> {
+        let (outbound, fd, stats) = self.outbound();
+        outbound.send_gso(fd, stats, dst, buf, seg, tx::Backpressure::NONBLOCKING)
     }
 
     /// Sends everything queued by [`Io::send_to`] and pushes pending

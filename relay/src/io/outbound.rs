@@ -8,7 +8,7 @@ use std::os::fd::RawFd;
 
 use super::group::Grouper;
 use super::staging::Staging;
-use super::tx::{SyncTx, TxOutcome};
+use super::tx::{Backpressure, SyncTx, TxOutcome};
 use super::{IoError, IoStats, PollStats};
 
 /// Grouper, sender and staging of one backend.
@@ -76,9 +76,12 @@ impl Outbound {
         dst: SocketAddr,
         buf: &[u8],
         seg: usize,
+        policy: Backpressure,
     ) -> Result<usize, IoError> {
         let gso = self.grouper.gso_enabled();
-        let out = self.tx.send_train(fd, dst, buf, seg, gso, stats)?;
+        let out = self
+            .tx
+            .send_train(fd, (dst, buf, seg), gso, policy, stats)?;
         self.account_outside_poll(stats, out);
         Ok(out.datagrams)
     }

@@ -26,6 +26,9 @@ pub(crate) struct Backpressure {
     pub(crate) wait: Duration,
     /// Give up on a group after this many waits.
     pub(crate) attempts: u32,
+    /// When the waits are used up: `true` returns what was sent so far
+    /// (the caller keeps the rest), `false` drops the group and goes on.
+    pub(crate) stop_when_full: bool,
 }
 
 impl Backpressure {
@@ -33,11 +36,20 @@ impl Backpressure {
     pub(crate) const FORWARD: Self = Self {
         wait: Duration::from_millis(1),
         attempts: 2,
+        stop_when_full: false,
     };
     /// For a sender that wants everything out (load generator, control).
     pub(crate) const BLOCKING: Self = Self {
         wait: Duration::from_millis(100),
         attempts: 50,
+        stop_when_full: false,
+    };
+    /// For a sender with other work to do meanwhile: never wait, stop at
+    /// the first group the socket has no room for.
+    pub(crate) const NONBLOCKING: Self = Self {
+        wait: Duration::ZERO,
+        attempts: 0,
+        stop_when_full: true,
     };
 }
 
@@ -173,6 +185,7 @@ impl SyncTx {
                     wait_writable(fd, policy.wait);
                     continue;
                 }
+                libc::EAGAIN if policy.stop_when_full => break,
                 libc::EIO | libc::EINVAL if g.is_gso() => {
                     stats.send_errors.count(errno);
                     stats.gso_fallbacks += 1;
@@ -196,14 +209,14 @@ impl SyncTx {
     }
 
     /// Sends `buf`, datagrams of `segment` bytes back to back (the last may
-    /// be shorter), to `dst` now, waiting for socket space as needed.
+    /// be shorter), to `dst` now, as `policy` says to when the socket is
+    /// full.
     pub(crate) fn send_train(
         &mut self,
         fd: RawFd,
-        dst: SocketAddr,
-        buf: &[u8],
-        segment: usize,
+        (dst, buf, segment): (SocketAddr, &[u8], usize),
         gso: bool,
+        policy: Backpressure,
         stats: &mut IoStats,
     ) -> Result<TxOutcome, IoError> {
         if segment == 0 || segment > MAX_UDP_PAYLOAD {
@@ -216,7 +229,7 @@ impl SyncTx {
         train_groups(dst, buf, segment, gso, |g| scratch.push(g));
         // SAFETY: every group points into `buf`, borrowed (so unwritten) for
         // the whole call.
-        let out = unsafe { self.send(fd, &scratch, gso, Backpressure::BLOCKING, stats) };
+        let out = unsafe { self.send(fd, &scratch, gso, policy, stats) };
         self.scratch = scratch;
         Ok(out)
     }

@@ -1,0 +1,228 @@
+//! One measurement: send trains for a bounded time (as fast as possible, or
+//! paced to a rate), receive and check what arrives, and report counts,
+//! latency and the relay's own CPU time.
+//!
+//! Sending and receiving share one thread, alternating a train and a
+//! non-blocking drain of the connector's socket: on a machine with one core
+//! to spare for the load generator this keeps the two from competing for
+//! it, and the receiver can never fall behind by more than one train.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use proto::datapath::Counters;
+use relay::io::{Action, Io};
+use relay::Relay;
+
+use crate::fleet::Fleet;
+use crate::sink::{Sink, SinkCounts};
+
+/// How one run sends.
+#[derive(Debug, Clone, Copy)]
+pub struct RunSpec {
+    /// Measured time.
+    pub secs: Duration,
+    /// Time sent before measuring (sessions warm, queues in steady state).
+    pub warmup: Duration,
+    /// Frames per second to offer; `None`: as fast as the sender can.
+    pub rate: Option<f64>,
+    /// Frames per train at full rate (paced runs use smaller trains).
+    pub train: usize,
+}
+
+/// Trains per second a paced run aims for at most: small trains keep the
+/// latency of the sample at the head of a train close to a frame's.
+const PACED_TRAINS_PER_SEC: f64 = 50_000.0;
+/// When the send buffer is full, wait this long for the connector's
+/// socket before trying again.
+const FULL_WAIT: Duration = Duration::from_micros(50);
+/// After the send window, wait this long at most for frames in flight...
+const DRAIN_MAX: Duration = Duration::from_millis(300);
+/// ...and stop early once nothing arrived for this long.
+const DRAIN_QUIET: Duration = Duration::from_millis(30);
+
+/// The relay's view of a run, from its published worker statistics (they
+/// are refreshed every 100 ms, which bounds their precision).
+#[derive(Debug, Clone, Default)]
+pub struct RelaySide {
+    /// Datapath counters accumulated during the run.
+    pub counters: Counters,
+    /// Worker CPU time during the run, where the OS reports it.
+    pub cpu: Option<Duration>,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    /// Length of the measured window.
+    pub secs: f64,
+    /// Frames sent in the window.
+    pub sent: u64,
+    /// Of those, frames the policy allows.
+    pub sent_allowed: u64,
+    /// Frames received in the window.
+    pub received: u64,
+    /// The sink's counts over the window and the drain after it.
+    pub sink: SinkCounts,
+    /// Latency of the samples, ns.
+    pub latency: Histogram<u64>,
+    /// The relay's side, when there was a relay.
+    pub relay: Option<RelaySide>,
+}
+
+fn relay_snapshot(relay: &Relay) -> RelaySide {
+    let mut side = RelaySide::default();
+    for w in relay.stats() {
+        side.counters.add(&w.datapath);
+        side.cpu = match (side.cpu, w.cpu) {
+            (Some(a), Some(b)) => Some(a + b),
+            (None, b) => b,
+            (a, None) => a,
+        };
+    }
+    side
+}
+
+fn relay_delta(before: &RelaySide, after: &RelaySide) -> RelaySide {
+    let (a, b) = (&after.counters, &before.counters);
+    let mut counters = Counters {
+        frames: a.frames - b.frames,
+        bytes: a.bytes - b.bytes,
+        forwarded: a.forwarded - b.forwarded,
+        forwarded_bytes: a.forwarded_bytes - b.forwarded_bytes,
+        local: a.local - b.local,
+        handshakes: a.handshakes - b.handshakes,
+        ..Counters::default()
+    };
+    for (d, (x, y)) in counters.drops.iter_mut().zip(a.drops.iter().zip(&b.drops)) {
+        *d = x - y;
+    }
+    RelaySide {
+        counters,
+        cpu: after.cpu.zip(before.cpu).map(|(a, b)| a.saturating_sub(b)),
+    }
+}
+
+/// Drains whatever the connector's socket holds right now (`wait`: how
+/// long to wait for the first datagram). Returns datagrams received.
+fn drain(receiver: &mut Io, sink: &mut Sink, wait: Duration) -> anyhow::Result<u64> {
+    let ps = receiver.poll(wait, &mut |_, frame| {
+        sink.on_frame(frame);
+        Action::Consume
+    })?;
+    Ok(ps.received as u64)
+}
+
+/// Runs `spec` from `fleet` to `target` (the relay, or the fleet's own
+/// receiver for a run without relay), calling `progress` with the share of
+/// the run done now and then.
+pub fn run(
+    fleet: &mut Fleet,
+    target: SocketAddr,
+    spec: &RunSpec,
+    relay: Option<&Relay>,
+    progress: &mut dyn FnMut(f64),
+) -> anyhow::Result<Measurement> {
+    let train = match spec.rate {
+        Some(rate) => ((rate / PACED_TRAINS_PER_SEC).ceil() as usize).clamp(1, spec.train),
+        None => spec.train,
+    };
+    let start = Instant::now();
+    let measure_from = start + spec.warmup;
+    let end = measure_from + spec.secs;
+    let total = (end - start).as_secs_f64();
+    let mut measuring = false;
+    let mut before = RelaySide::default();
+    let (mut sent, mut sent_allowed) = (0u64, 0u64);
+    let mut next_due = start;
+    let mut last_progress = start;
+    let mut window_start = measure_from;
+    fleet.sink.reset();
+    loop {
+        let now = Instant::now();
+        if !measuring && now >= measure_from {
+            measuring = true;
+            window_start = now;
+            fleet.sink.reset();
+            sent = 0;
+            sent_allowed = 0;
+            before = relay.map(relay_snapshot).unwrap_or_default();
+        }
+        if now >= end {
+            break;
+        }
+        if now.duration_since(last_progress) >= Duration::from_millis(100) {
+            last_progress = now;
+            progress(now.duration_since(start).as_secs_f64() / total);
+        }
+        if let Some(rate) = spec.rate {
+            if now < next_due {
+                drain(
+                    &mut fleet.receiver,
+                    &mut fleet.sink,
+                    (next_due - now).min(Duration::from_millis(1)),
+                )?;
+                continue;
+            }
+            next_due += Duration::from_secs_f64(train as f64 / rate.max(1.0));
+            // After a stall, do not burst to catch up.
+            if next_due + Duration::from_millis(10) < now {
+                next_due = now;
+            }
+        }
+        let Fleet {
+            sender,
+            receiver,
+            traffic,
+            sink,
+            ..
+        } = &mut *fleet;
+        let ready = traffic.next_train(train);
+        // Never block on a full send buffer: the relay may be waiting for
+        // this same thread to drain the connector's socket.
+        let mut offset = 0;
+        while offset < ready.bytes.len() && Instant::now() < end {
+            let n = sender.try_send_gso(target, &ready.bytes[offset..], ready.size)?;
+            offset += n * ready.size;
+            if offset < ready.bytes.len() {
+                drain(receiver, sink, FULL_WAIT)?;
+            }
+        }
+        let done = (offset.min(ready.bytes.len()) / ready.size) as u64;
+        sent += done;
+        sent_allowed += if done == ready.segments as u64 {
+            ready.allowed as u64
+        } else {
+            done.min(ready.allowed as u64)
+        };
+        drain(receiver, sink, Duration::ZERO)?;
+    }
+    let window = window_start.elapsed();
+    let received = fleet.sink.counts().frames;
+    let latency = fleet.sink.latency().clone();
+    // Frames still in flight arrive now; they count toward loss, not rate.
+    let drain_end = Instant::now() + DRAIN_MAX;
+    let mut quiet_since = Instant::now();
+    while Instant::now() < drain_end && quiet_since.elapsed() < DRAIN_QUIET {
+        if drain(
+            &mut fleet.receiver,
+            &mut fleet.sink,
+            Duration::from_millis(5),
+        )? > 0
+        {
+            quiet_since = Instant::now();
+        }
+    }
+    let after = relay.map(relay_snapshot);
+    progress(1.0);
+    Ok(Measurement {
+        secs: window.as_secs_f64(),
+        sent,
+        sent_allowed,
+        received,
+        sink: fleet.sink.counts(),
+        latency,
+        relay: after.map(|a| relay_delta(&before, &a)),
+    })
+}

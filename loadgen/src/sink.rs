@@ -1,0 +1,236 @@
+//! The receiving side: the connector's checks on every frame the relay
+//! delivers, and the latency of the timestamped samples.
+//!
+//! Every frame's hop tag and counter are verified (when the sink has a hop
+//! session: runs without a relay have none); every sample and one in
+//! `verify_every` pool records is opened end to end and its plaintext
+//! compared byte for byte.
+
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use proto::wire::{E2eRecord, Frame};
+
+use crate::link::HopLink;
+use crate::payload::{FlowKey, SAMPLE_BIT};
+use crate::scenario::allowed;
+
+/// What a sink counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SinkCounts {
+    /// Datagrams handed to the sink.
+    pub frames: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Frames whose hop tag, counter or header did not verify.
+    pub bad_hop: u64,
+    /// Frames opened end to end with the right plaintext.
+    pub verified: u64,
+    /// Frames that failed to open or opened to the wrong plaintext, or
+    /// arrived with ids that do not match their end-to-end session.
+    pub corrupt: u64,
+    /// Frames for pairs the policy denies that were delivered anyway.
+    pub denied_delivered: u64,
+    /// Latency samples recorded.
+    pub samples: u64,
+}
+
+/// The connector's end of a run.
+#[derive(Debug)]
+pub struct Sink {
+    link: Option<HopLink>,
+    check_hop: bool,
+    flows: Vec<Option<FlowKey>>,
+    verify_every: u64,
+    pool_seen: u64,
+    epoch: Instant,
+    counts: SinkCounts,
+    latency: Histogram<u64>,
+}
+
+/// Highest latency the histogram tracks (60 s, in ns); larger saturate.
+const MAX_LATENCY_NS: u64 = 60_000_000_000;
+
+impl Sink {
+    /// A sink that checks hop frames with `link` (`None`: frames come
+    /// straight from the sender), knows the connector-side keys `flows`
+    /// (by their receiver index), opens one in `verify_every` pool records
+    /// (0: samples only) and reads sample stamps against `epoch`.
+    pub fn new(
+        link: Option<HopLink>,
+        flows: Vec<FlowKey>,
+        verify_every: u64,
+        epoch: Instant,
+    ) -> Sink {
+        let len = flows
+            .iter()
+            .map(|f| f.receiver.0 as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut by_index = vec![None; len];
+        for f in flows {
+            let i = f.receiver.0 as usize;
+            by_index[i] = Some(f);
+        }
+        Sink {
+            link,
+            check_hop: true,
+            flows: by_index,
+            verify_every,
+            pool_seen: 0,
+            epoch,
+            counts: SinkCounts::default(),
+            latency: Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3)
+                .expect("constant histogram bounds are valid"),
+        }
+    }
+
+    /// Counts so far.
+    pub fn counts(&self) -> SinkCounts {
+        self.counts
+    }
+
+    /// Latency of the samples so far, in nanoseconds.
+    pub fn latency(&self) -> &Histogram<u64> {
+        &self.latency
+    }
+
+    /// Whether frames carry the relay's hop tag (off for runs that send
+    /// straight to the sink).
+    pub fn set_hop_check(&mut self, on: bool) {
+        self.check_hop = on;
+    }
+
+    /// Starts a new measurement window: counts and latency from zero.
+    pub fn reset(&mut self) {
+        self.counts = SinkCounts::default();
+        self.latency.reset();
+    }
+
+    /// Checks one delivered frame (it may be decrypted in place).
+    #[inline]
+    pub fn on_frame(&mut self, frame: &mut [u8]) {
+        self.counts.frames += 1;
+        self.counts.bytes += frame.len() as u64;
+        if let Some(link) = self.link.as_mut().filter(|_| self.check_hop) {
+            if link.accept(frame).is_err() {
+                self.counts.bad_hop += 1;
+                return;
+            }
+        }
+        let Ok(mut f) = Frame::new_checked(&mut *frame) else {
+            self.counts.bad_hop += 1;
+            return;
+        };
+        let (user, service) = (f.user(), f.service());
+        let Ok(record) = E2eRecord::new_checked(f.body_mut()) else {
+            self.counts.corrupt += 1;
+            return;
+        };
+        let (index, counter) = (record.receiver(), record.counter());
+        let Some(Some(flow)) = self.flows.get(index.0 as usize) else {
+            if allowed(service) {
+                self.counts.corrupt += 1;
+            } else {
+                self.counts.denied_delivered += 1;
+            }
+            return;
+        };
+        if (flow.user, flow.service) != (user, service) {
+            self.counts.corrupt += 1;
+            return;
+        }
+        let sample = counter & SAMPLE_BIT != 0;
+        if !sample {
+            self.pool_seen += 1;
+            if self.verify_every == 0 || self.pool_seen % self.verify_every != 0 {
+                return;
+            }
+        }
+        if !flow.open_and_check(f.body_mut()) {
+            self.counts.corrupt += 1;
+            return;
+        }
+        self.counts.verified += 1;
+        if sample {
+            let sent = counter & !SAMPLE_BIT;
+            let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let _ = self
+                .latency
+                .record(now.saturating_sub(sent).clamp(1, MAX_LATENCY_NS));
+            self.counts.samples += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::POOL_COUNTER;
+    use proto::aead::E2eKey;
+    use proto::ids::{ReceiverIndex, ServiceId, UserId};
+    use proto::wire::{HeaderRepr, Kind, DEFAULT_TTL, HEADER_LEN};
+
+    fn key() -> FlowKey {
+        FlowKey {
+            flow: 0,
+            user: UserId(1),
+            service: ServiceId(1),
+            receiver: ReceiverIndex(3),
+            key: E2eKey::new(&[1; 32]),
+        }
+    }
+
+    fn frame(k: &FlowKey, service: ServiceId, counter: u64) -> Vec<u8> {
+        let mut buf = vec![0u8; 200];
+        HeaderRepr {
+            kind: Kind::DataUp,
+            ttl: DEFAULT_TTL,
+            receiver: ReceiverIndex(1),
+            counter: 0,
+            user: k.user,
+            service,
+            body_len: 200 - HEADER_LEN as u16,
+        }
+        .emit(&mut buf)
+        .unwrap();
+        assert!(k.seal(&mut buf[HEADER_LEN..], counter));
+        buf
+    }
+
+    #[test]
+    fn samples_are_opened_and_timed_pool_records_are_sampled() {
+        let epoch = Instant::now();
+        let mut sink = Sink::new(None, vec![key()], 2, epoch);
+        for _ in 0..4 {
+            sink.on_frame(&mut frame(&key(), ServiceId(1), POOL_COUNTER));
+        }
+        sink.on_frame(&mut frame(&key(), ServiceId(1), SAMPLE_BIT | 1));
+        let c = sink.counts();
+        assert_eq!((c.frames, c.verified, c.samples, c.corrupt), (5, 3, 1, 0));
+        assert_eq!(sink.latency().len(), 1);
+    }
+
+    #[test]
+    fn tampering_and_wrong_ids_count_as_corrupt() {
+        let mut sink = Sink::new(None, vec![key()], 1, Instant::now());
+        let mut f = frame(&key(), ServiceId(1), POOL_COUNTER);
+        f[150] ^= 1;
+        sink.on_frame(&mut f);
+        // Right session, but the header names another (allowed) service.
+        sink.on_frame(&mut frame(&key(), ServiceId(2), POOL_COUNTER));
+        assert_eq!(sink.counts().corrupt, 2);
+        assert_eq!(sink.counts().verified, 0);
+    }
+
+    #[test]
+    fn denied_pairs_that_arrive_are_counted_apart() {
+        let mut sink = Sink::new(None, vec![key()], 1, Instant::now());
+        let mut stranger = key();
+        stranger.receiver = ReceiverIndex(77);
+        sink.on_frame(&mut frame(&stranger, ServiceId(4), POOL_COUNTER));
+        assert_eq!(sink.counts().denied_delivered, 1);
+        sink.reset();
+        assert_eq!(sink.counts(), SinkCounts::default());
+    }
+}

@@ -1,0 +1,201 @@
+//! The `loadgen` binary end to end, kept short: a real relay, real
+//! handshakes and real traffic on loopback for a fraction of a second per
+//! run, then the JSON it writes and its exit status.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use loadgen::report::Report;
+use loadgen::world::ScratchDir;
+
+fn loadgen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("loadgen runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `both`, unless the environment opts out of io_uring (and says so).
+fn io_arg() -> &'static str {
+    if std::env::var_os("ZTNA_SKIP_URING").is_some_and(|v| v == "1") {
+        eprintln!("ZTNA_SKIP_URING=1: the uring backend is NOT tested");
+        "mmsg"
+    } else {
+        "both"
+    }
+}
+
+fn short_run(json: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--secs",
+        "0.2",
+        "--latency-secs",
+        "0.1",
+        "--warmup",
+        "0.05",
+        "--json",
+        json.to_str().expect("utf-8 temp path"),
+    ];
+    args.extend_from_slice(extra);
+    loadgen(&args)
+}
+
+fn read_report(path: &PathBuf) -> Report {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("json written"))
+        .expect("json parses as a report")
+}
+
+#[test]
+fn a_short_run_delivers_intact_frames_in_every_mode_and_backend() {
+    let dir = ScratchDir::new("loadgen-cli").unwrap();
+    let json = dir.path().join("out.json");
+    let io = io_arg();
+    let out = short_run(
+        &json,
+        &[
+            "--io",
+            io,
+            "--scenario",
+            "bulk,small,deny-mix",
+            "--loads",
+            "50",
+            "--verify-every",
+            "4",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ratios of median delivered rates"),
+        "{stdout}"
+    );
+
+    let report = read_report(&json);
+    let backends: &[&str] = if io == "both" {
+        &["uring", "mmsg"]
+    } else {
+        &["mmsg"]
+    };
+    for backend in backends {
+        for mode in ["ztna", "vpn", "forward"] {
+            for (scenario, size) in [("bulk", 1400), ("small", 64), ("deny-mix", 1400)] {
+                let runs: Vec<_> = report
+                    .results
+                    .iter()
+                    .filter(|r| {
+                        r.mode == mode
+                            && r.backend == *backend
+                            && r.scenario == scenario
+                            && r.size == size
+                    })
+                    .collect();
+                assert_eq!(
+                    runs.len(),
+                    2,
+                    "{mode} {backend} {scenario}: one full-rate and one paced run\n{}",
+                    text(&out)
+                );
+                for r in runs {
+                    assert!(r.recv_pps > 0.0, "{r:?}");
+                    assert!(r.verified > 0, "nothing opened end to end: {r:?}");
+                    assert_eq!(r.corrupt, 0, "{r:?}");
+                    assert!(r.lat_us.p50 > 0.0 && r.lat_us.max >= r.lat_us.p99, "{r:?}");
+                    if scenario == "deny-mix" && mode == "ztna" {
+                        assert!(r.relay_denied > 0, "policy dropped nothing: {r:?}");
+                        assert_eq!(r.denied_delivered, 0, "{r:?}");
+                    }
+                    if scenario == "deny-mix" && mode != "ztna" {
+                        assert!(
+                            r.denied_delivered > 0,
+                            "{mode} does not check policy: {r:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(report.direct.len(), 3, "one no-relay run per scenario");
+    assert!(report
+        .direct
+        .iter()
+        .all(|r| r.recv_pps > 0.0 && r.corrupt == 0));
+}
+
+#[test]
+fn a_worse_ratio_than_the_baseline_fails_with_a_diff() {
+    let dir = ScratchDir::new("loadgen-baseline").unwrap();
+    let first = dir.path().join("first.json");
+    let args = [
+        "--io",
+        "mmsg",
+        "--scenario",
+        "bulk",
+        "--modes",
+        "ztna,vpn",
+        "--loads",
+        "none",
+    ];
+    let out = short_run(&first, &args);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A baseline in which ztna was ten times faster relative to vpn.
+    let mut base = read_report(&first);
+    for r in base.results.iter_mut().filter(|r| r.mode == "ztna") {
+        r.recv_pps *= 10.0;
+    }
+    let base_path = dir.path().join("baseline.json");
+    std::fs::write(&base_path, serde_json::to_string(&base).unwrap()).unwrap();
+
+    let second = dir.path().join("second.json");
+    let mut with_baseline = args.to_vec();
+    with_baseline.extend([
+        "--baseline",
+        base_path.to_str().unwrap(),
+        "--max-regression",
+        "20",
+    ]);
+    let out = short_run(&second, &with_baseline);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("REGRESSED"), "{stdout}");
+    assert!(
+        stdout.contains("ztna mmsg bulk 1400B max / vpn"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bad_arguments_say_what_to_fix_before_running() {
+    let out = loadgen(&["--scenario", "nope"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("many-flows"), "{}", text(&out));
+
+    let out = loadgen(&["--baseline", "/nonexistent/base.json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("cannot read baseline"),
+        "{}",
+        text(&out)
+    );
+
+    let out = loadgen(&["--loads", "150"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("--loads"), "{}", text(&out));
+
+    let out = loadgen(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["--json", "--baseline", "--io", "deny-mix", "Exit status"] {
+        assert!(help.contains(word), "--help lacks {word}:\n{help}");
+    }
+}
