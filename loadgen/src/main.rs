@@ -98,6 +98,12 @@ struct Cli {
     #[arg(long, default_value_t = 64)]
     train: usize,
 
+    /// Full-rate runs keep at most this many frames in flight, so the
+    /// relay is saturated but not flooded (0: open loop, send as fast as
+    /// the sender can and let the relay's socket drop the excess).
+    #[arg(long, default_value_t = 2048)]
+    window: u64,
+
     /// Core to pin the relay's worker to; the load generator pins itself
     /// to another core. "none" leaves both to the scheduler.
     #[arg(long, default_value = "0")]
@@ -202,6 +208,7 @@ impl Cli {
             deny_share: self.deny_share,
             verify_every: self.verify_every,
             train: self.train,
+            window: (self.window > 0).then_some(self.window),
             relay_core,
         })
     }

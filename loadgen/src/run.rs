@@ -29,6 +29,14 @@ pub struct RunSpec {
     pub rate: Option<f64>,
     /// Frames per train at full rate (paced runs use smaller trains).
     pub train: usize,
+    /// Full-rate runs: the most frames in flight (sent, due to arrive, not
+    /// yet received). Keeps the relay saturated without flooding its
+    /// socket, so the rate measured is what it forwards, not what the
+    /// kernel drops in front of it. `None`: open loop.
+    pub window: Option<u64>,
+    /// Whether frames to denied pairs are due to arrive (`false` for a
+    /// relay enforcing policy).
+    pub denied_arrive: bool,
 }
 
 /// Trains per second a paced run aims for at most: small trains keep the
@@ -37,6 +45,10 @@ const PACED_TRAINS_PER_SEC: f64 = 50_000.0;
 /// When the send buffer is full, wait this long for the connector's
 /// socket before trying again.
 const FULL_WAIT: Duration = Duration::from_micros(50);
+/// With the in-flight window full, wait this long for arrivals...
+const WINDOW_WAIT: Duration = Duration::from_micros(100);
+/// ...and write the window off as lost after this long without any.
+const WINDOW_STALL: Duration = Duration::from_millis(2);
 /// After the send window, wait this long at most for frames in flight...
 const DRAIN_MAX: Duration = Duration::from_millis(300);
 /// ...and stop early once nothing arrived for this long.
@@ -138,6 +150,11 @@ pub fn run(
     let mut next_due = start;
     let mut last_progress = start;
     let mut window_start = measure_from;
+    // In-flight accounting over the whole run (never reset).
+    let mut due_total = 0u64;
+    let arrived_before = fleet.sink.lifetime_frames();
+    let mut written_off = 0u64;
+    let mut stalled_since: Option<Instant> = None;
     fleet.sink.reset();
     loop {
         let now = Instant::now();
@@ -171,6 +188,21 @@ pub fn run(
                 next_due = now;
             }
         }
+        if let (Some(window), None) = (spec.window, spec.rate) {
+            let arrived = fleet.sink.lifetime_frames() - arrived_before + written_off;
+            let in_flight = due_total.saturating_sub(arrived);
+            if in_flight >= window {
+                if drain(&mut fleet.receiver, &mut fleet.sink, WINDOW_WAIT)? > 0 {
+                    stalled_since = None;
+                } else if now.duration_since(*stalled_since.get_or_insert(now)) >= WINDOW_STALL {
+                    // Nothing arrives: what is in flight was lost.
+                    written_off += in_flight;
+                    stalled_since = None;
+                }
+                continue;
+            }
+            stalled_since = None;
+        }
         let Fleet {
             sender,
             receiver,
@@ -190,12 +222,14 @@ pub fn run(
             }
         }
         let done = (offset.min(ready.bytes.len()) / ready.size) as u64;
-        sent += done;
-        sent_allowed += if done == ready.segments as u64 {
+        let allowed = if done == ready.segments as u64 {
             ready.allowed as u64
         } else {
             done.min(ready.allowed as u64)
         };
+        sent += done;
+        sent_allowed += allowed;
+        due_total += if spec.denied_arrive { done } else { allowed };
         drain(receiver, sink, Duration::ZERO)?;
     }
     let window = window_start.elapsed();

@@ -45,6 +45,7 @@ pub struct Sink {
     pool_seen: u64,
     epoch: Instant,
     counts: SinkCounts,
+    lifetime: u64,
     latency: Histogram<u64>,
 }
 
@@ -80,6 +81,7 @@ impl Sink {
             pool_seen: 0,
             epoch,
             counts: SinkCounts::default(),
+            lifetime: 0,
             latency: Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3)
                 .expect("constant histogram bounds are valid"),
         }
@@ -93,6 +95,11 @@ impl Sink {
     /// Latency of the samples so far, in nanoseconds.
     pub fn latency(&self) -> &Histogram<u64> {
         &self.latency
+    }
+
+    /// Frames handed to the sink since it was made (not reset).
+    pub fn lifetime_frames(&self) -> u64 {
+        self.lifetime
     }
 
     /// Whether frames carry the relay's hop tag (off for runs that send
@@ -111,6 +118,7 @@ impl Sink {
     #[inline]
     pub fn on_frame(&mut self, frame: &mut [u8]) {
         self.counts.frames += 1;
+        self.lifetime += 1;
         self.counts.bytes += frame.len() as u64;
         if let Some(link) = self.link.as_mut().filter(|_| self.check_hop) {
             if link.accept(frame).is_err() {

@@ -42,6 +42,8 @@ pub struct SuiteConfig {
     pub verify_every: u64,
     /// Frames per GSO train at full rate.
     pub train: usize,
+    /// Most frames in flight in full-rate runs (`None`: open loop).
+    pub window: Option<u64>,
     /// Core of the relay's worker (the load generator keeps off it).
     pub relay_core: Option<usize>,
 }
@@ -112,6 +114,8 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                         warmup: cfg.warmup,
                         rate: None,
                         train: cfg.train,
+                        window: cfg.window,
+                        denied_arrive: mode != Mode::Ztna,
                     };
                     if !direct_done {
                         direct_done = true;
@@ -126,7 +130,12 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                         };
                         fleet.sink.set_hop_check(false);
                         let target = fleet.receiver_addr;
-                        let m = measure(obs, &labels, |p| run(&mut fleet, target, &full, None, p))?;
+                        // Without a relay every frame arrives.
+                        let spec = RunSpec {
+                            denied_arrive: true,
+                            ..full
+                        };
+                        let m = measure(obs, &labels, |p| run(&mut fleet, target, &spec, None, p))?;
                         fleet.sink.set_hop_check(true);
                         let r = RunResult::new(labels, &m);
                         obs.finish(&r);
@@ -164,6 +173,8 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                             warmup: cfg.warmup,
                             rate: Some((max_pps * load).max(1000.0)),
                             train: cfg.train,
+                            window: None,
+                            denied_arrive: mode != Mode::Ztna,
                         };
                         let labels = Labels {
                             load: Some(load),
@@ -178,7 +189,21 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                     }
                     drop(fleet);
                     let relay_report = world.relay.stop();
-                    tracing::debug!(?relay_report.total, "relay stopped");
+                    for (k, w) in relay_report.workers.iter().enumerate() {
+                        let io = &w.io;
+                        tracing::debug!(
+                            worker = k,
+                            datagrams_in = io.datagrams_in,
+                            gro_runs = io.gro_runs,
+                            datagrams_out = io.datagrams_out,
+                            send_calls = io.send_calls,
+                            syscalls = io.syscalls,
+                            empty_polls = io.empty_polls,
+                            recv_no_buffers = io.recv_no_buffers,
+                            send_dropped = io.send_dropped,
+                            "relay worker I/O"
+                        );
+                    }
                 }
             }
         }
