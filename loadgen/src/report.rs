@@ -276,14 +276,6 @@ impl Report {
         map
     }
 
-    /// Median delivered rate of the run with this key.
-    pub fn median_pps(&self, key: &RunKey) -> Option<f64> {
-        self.grouped()
-            .get(key)
-            .and_then(|rs| Spread::of(rs.iter().map(|r| r.recv_pps)))
-            .map(|s| s.median)
-    }
-
     /// Ratios that describe a report independently of the machine's speed
     /// that day: every relay run's median rate over the median rate of a
     /// reference run of the same invocation. References: the `direct` run

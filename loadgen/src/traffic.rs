@@ -176,11 +176,6 @@ impl Traffic {
         train.segments = segments;
         train.allowed = count_allowed(flows, start, segments);
     }
-
-    /// Every hop link's next counter summed: frames tagged so far.
-    pub fn tagged(&self) -> u64 {
-        self.links.iter().map(HopLink::next_counter).sum()
-    }
 }
 
 fn count_allowed(flows: &[SendFlow], start: usize, segments: usize) -> usize {
