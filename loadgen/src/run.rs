@@ -97,21 +97,8 @@ fn relay_snapshot(relay: &Relay) -> RelaySide {
 }
 
 fn relay_delta(before: &RelaySide, after: &RelaySide) -> RelaySide {
-    let (a, b) = (&after.counters, &before.counters);
-    let mut counters = Counters {
-        frames: a.frames - b.frames,
-        bytes: a.bytes - b.bytes,
-        forwarded: a.forwarded - b.forwarded,
-        forwarded_bytes: a.forwarded_bytes - b.forwarded_bytes,
-        local: a.local - b.local,
-        handshakes: a.handshakes - b.handshakes,
-        ..Counters::default()
-    };
-    for (d, (x, y)) in counters.drops.iter_mut().zip(a.drops.iter().zip(&b.drops)) {
-        *d = x - y;
-    }
     RelaySide {
-        counters,
+        counters: after.counters.since(&before.counters),
         cpu: after.cpu.zip(before.cpu).map(|(a, b)| a.saturating_sub(b)),
     }
 }

@@ -177,6 +177,24 @@ impl Counters {
         }
     }
 
+    /// What was counted since `earlier`, a snapshot of the same counters
+    /// (saturating: a counter never goes back, so zero means none).
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let mut drops = [0; DropReason::COUNT];
+        for (d, (now, then)) in drops.iter_mut().zip(self.drops.iter().zip(&earlier.drops)) {
+            *d = now.saturating_sub(*then);
+        }
+        Counters {
+            frames: self.frames.saturating_sub(earlier.frames),
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+            forwarded: self.forwarded.saturating_sub(earlier.forwarded),
+            forwarded_bytes: self.forwarded_bytes.saturating_sub(earlier.forwarded_bytes),
+            local: self.local.saturating_sub(earlier.local),
+            handshakes: self.handshakes.saturating_sub(earlier.handshakes),
+            drops,
+        }
+    }
+
     #[inline]
     fn record(&mut self, len: usize, verdict: Verdict) {
         self.frames += 1;
@@ -331,6 +349,32 @@ mod tests {
         let mut buf = vec![0xab; 200];
         fx.upstream(user, service, &mut buf, 200);
         buf
+    }
+
+    #[test]
+    fn since_undoes_add() {
+        let mut drops = [0; DropReason::COUNT];
+        drops[DropReason::Denied as usize] = 2;
+        let earlier = Counters {
+            frames: 5,
+            drops,
+            ..Counters::default()
+        };
+        drops[DropReason::Denied as usize] = 1;
+        let step = Counters {
+            frames: 3,
+            forwarded_bytes: 700,
+            drops,
+            ..Counters::default()
+        };
+        let mut now = earlier.clone();
+        now.add(&step);
+        assert_eq!(now.since(&earlier), step);
+        assert_eq!(
+            earlier.since(&now),
+            Counters::default(),
+            "saturates, never wraps"
+        );
     }
 
     #[test]
