@@ -110,10 +110,7 @@ impl MmsgIo {
         let deadline = Instant::now().checked_add(timeout);
         let mut ps = PollStats::default();
         let result = self.receive_loop(deadline, handle, &mut ps);
-        let out = self.outbound.flush_staged(self.fd, &mut self.stats);
-        self.outbound.account(&mut ps, out);
-        self.stats += &ps;
-        self.stats.record_poll(ps.received);
+        self.outbound.finish_poll(self.fd, &mut self.stats, &mut ps);
         result.map(|()| ps)
     }
 

@@ -55,6 +55,15 @@ impl Outbound {
         self.staging.flush(&mut self.tx, fd, stats)
     }
 
+    /// Ends a backend's `poll`: sends what was staged during it, then adds
+    /// the poll's counters (and its batch size) to `stats`.
+    pub(crate) fn finish_poll(&mut self, fd: RawFd, stats: &mut IoStats, ps: &mut PollStats) {
+        let out = self.flush_staged(fd, stats);
+        self.account(ps, out);
+        *stats += &*ps;
+        stats.record_poll(ps.received);
+    }
+
     /// See [`super::Io::send_to`].
     pub(crate) fn send_to(
         &mut self,

@@ -313,10 +313,7 @@ impl UringIo {
                 source,
             })?;
         }
-        let out = self.outbound.flush_staged(self.fd, &mut self.stats);
-        self.outbound.account(&mut ps, out);
-        self.stats += &ps;
-        self.stats.record_poll(ps.received);
+        self.outbound.finish_poll(self.fd, &mut self.stats, &mut ps);
         Ok(ps)
     }
 
