@@ -52,12 +52,7 @@ impl std::fmt::Debug for MmsgIo {
 impl MmsgIo {
     /// Allocates everything the backend will ever use.
     pub(crate) fn new(socket: UdpSocket, cfg: IoConfig) -> Result<Self, IoError> {
-        socket
-            .set_nonblocking(true)
-            .map_err(|source| IoError::SocketOption {
-                option: "O_NONBLOCK",
-                source,
-            })?;
+        super::socket::set_nonblocking(&socket)?;
         let n = cfg.buffers.min(MAX_VLEN);
         let stride = cfg.buffer_size.next_multiple_of(64);
         let bytes = stride

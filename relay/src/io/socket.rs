@@ -1,7 +1,7 @@
 //! Creating a worker's UDP socket.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -54,12 +54,7 @@ pub fn bind_socket(addr: SocketAddr, cfg: &IoConfig) -> Result<UdpSocket, IoErro
             source,
         })?;
     }
-    socket
-        .set_nonblocking(true)
-        .map_err(|source| IoError::SocketOption {
-            option: "O_NONBLOCK",
-            source,
-        })?;
+    set_nonblocking(&socket)?;
     socket.bind(&addr.into()).map_err(bind_err)?;
     let rcvbuf = socket.recv_buffer_size().unwrap_or(0);
     let sndbuf = socket.send_buffer_size().unwrap_or(0);
@@ -75,6 +70,18 @@ pub fn bind_socket(addr: SocketAddr, cfg: &IoConfig) -> Result<UdpSocket, IoErro
 }
 
 /// `setsockopt` with an `int` value.
+/// Puts a socket in non-blocking mode: every backend polls, none may block
+/// in a receive or send.
+pub(crate) fn set_nonblocking(socket: &impl AsFd) -> Result<(), IoError> {
+    let socket = socket2::SockRef::from(socket);
+    socket
+        .set_nonblocking(true)
+        .map_err(|source| IoError::SocketOption {
+            option: "O_NONBLOCK",
+            source,
+        })
+}
+
 fn set_int(
     fd: RawFd,
     level: libc::c_int,

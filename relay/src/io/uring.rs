@@ -148,12 +148,7 @@ impl UringIo {
     }
 
     fn build(socket: &UdpSocket, cfg: IoConfig) -> Result<Parts, IoError> {
-        socket
-            .set_nonblocking(true)
-            .map_err(|source| IoError::SocketOption {
-                option: "O_NONBLOCK",
-                source,
-            })?;
+        super::socket::set_nonblocking(socket)?;
         let nbufs = cfg.buffers;
         let stride = (cfg.buffer_size + RECV_HEADROOM).next_multiple_of(64);
         let stride_u32 =
