@@ -185,13 +185,13 @@ impl RunResult {
 
     /// The key runs are matched by across repeats and against a baseline.
     pub fn key(&self) -> RunKey {
-        RunKey {
-            mode: self.mode.clone(),
-            backend: self.backend.clone(),
-            scenario: self.scenario.clone(),
-            size: self.size,
-            load_pct: self.load.map(|l| (l * 100.0).round() as u32),
-        }
+        RunKey::new(
+            &self.mode,
+            &self.backend,
+            &self.scenario,
+            self.size,
+            self.load,
+        )
     }
 }
 
@@ -208,6 +208,32 @@ pub struct RunKey {
     pub size: usize,
     /// Load in percent, for paced runs.
     pub load_pct: Option<u32>,
+}
+
+impl RunKey {
+    /// The key of a run; `load` as a share (0.5 is 50 %).
+    pub fn new(
+        mode: &str,
+        backend: &str,
+        scenario: &str,
+        size: usize,
+        load: Option<f64>,
+    ) -> RunKey {
+        RunKey {
+            mode: mode.to_owned(),
+            backend: backend.to_owned(),
+            scenario: scenario.to_owned(),
+            size,
+            load_pct: load.map(|l| (l * 100.0).round() as u32),
+        }
+    }
+}
+
+impl Labels<'_> {
+    /// The key the run will be reported under.
+    pub fn key(&self) -> RunKey {
+        RunKey::new(self.mode, self.backend, self.scenario, self.size, self.load)
+    }
 }
 
 impl std::fmt::Display for RunKey {

@@ -216,12 +216,6 @@ fn measure(
     labels: &Labels<'_>,
     f: impl FnOnce(&mut dyn FnMut(f64)) -> anyhow::Result<Measurement>,
 ) -> anyhow::Result<Measurement> {
-    let load = labels
-        .load
-        .map_or_else(|| "max".to_owned(), |l| format!("{:.0}%", l * 100.0));
-    obs.start(&format!(
-        "{} {} {} {}B {}",
-        labels.mode, labels.backend, labels.scenario, labels.size, load
-    ));
+    obs.start(&labels.key().to_string());
     f(&mut |p| obs.progress(p))
 }
