@@ -17,11 +17,12 @@ use proto::handshake::{
 };
 use proto::identity::{CaPublicKey, Role};
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
+use proto::link::HopLink;
 use proto::wire::{Frame, Kind, HEADER_LEN};
 use relay::control::unix_nanos;
 use relay::io::{Action, Io};
 
-use crate::link::{HopLink, HANDSHAKE_TIMEOUT};
+use crate::link::HANDSHAKE_TIMEOUT;
 
 /// Attempts in flight at once.
 pub const WINDOW: usize = 32;

@@ -9,9 +9,9 @@
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
+use proto::link::HopLink;
 use proto::wire::{E2eRecord, Frame};
 
-use crate::link::HopLink;
 use crate::payload::{FlowKey, SAMPLE_BIT};
 use crate::scenario::allowed;
 

@@ -10,10 +10,10 @@
 use std::time::Instant;
 
 use proto::ids::ServiceId;
+use proto::link::HopLink;
 use proto::wire::{HeaderRepr, Kind, DEFAULT_TTL, HEADER_LEN};
 use relay::io::{MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD};
 
-use crate::link::HopLink;
 use crate::payload::{FlowKey, POOL_COUNTER, SAMPLE_BIT};
 use crate::scenario::Plan;
 

@@ -15,11 +15,11 @@ use proto::datapath::Mode;
 use proto::handshake::LocalIdentity;
 use proto::identity::Role;
 use proto::ids::ReceiverIndex;
+use proto::link::HopLink;
 use proto::policy::PolicyFile;
 use relay::io::{Backend, IoConfig};
 use relay::{Relay, RelayOptions};
 
-use crate::link::HopLink;
 use crate::pki::Pki;
 
 /// The connector id every synthetic service is served by.
@@ -130,7 +130,7 @@ impl World {
     /// Runs a hop handshake for `me` from `socket`.
     pub fn connect(&self, socket: &UdpSocket, me: &LocalIdentity) -> anyhow::Result<HopLink> {
         let index = ReceiverIndex(self.next_index.fetch_add(1, Ordering::Relaxed));
-        HopLink::handshake(
+        crate::link::handshake(
             socket,
             self.relay_addr(),
             self.relay.public_key(),

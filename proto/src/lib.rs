@@ -19,6 +19,8 @@
 //! * [`identity`]: the offline Ed25519 CA and node certificates.
 //! * [`handshake`]: Noise IK state machines for hop and end-to-end sessions,
 //!   cookies and timers.
+//! * [`link`]: the agent side of a hop session: tag what it sends, check
+//!   what it receives.
 #![forbid(unsafe_code)]
 
 pub mod aead;
@@ -27,6 +29,7 @@ pub mod handshake;
 pub mod hoptag;
 pub mod identity;
 pub mod ids;
+pub mod link;
 pub mod policy;
 pub mod replay;
 pub mod route;

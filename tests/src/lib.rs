@@ -6,9 +6,9 @@
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use loadgen::link::HopLink;
 use loadgen::world::{World, WorldConfig};
 use proto::ids::{ServiceId, UserId};
+use proto::link::HopLink;
 use proto::wire::{Frame, Kind, DATA_OVERHEAD};
 use relay::io::Backend;
 
