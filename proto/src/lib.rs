@@ -19,11 +19,14 @@
 //! * [`identity`]: the offline Ed25519 CA and node certificates.
 //! * [`handshake`]: Noise IK state machines for hop and end-to-end sessions,
 //!   cookies and timers.
+//! * [`control`]: control messages on a hop session: the relay's directory
+//!   of reachable services and the user's connection mode.
 //! * [`link`]: the agent side of a hop session: tag what it sends, check
 //!   what it receives.
 #![forbid(unsafe_code)]
 
 pub mod aead;
+pub mod control;
 pub mod datapath;
 pub mod handshake;
 pub mod hoptag;
