@@ -1,0 +1,802 @@
+//! The client role: a user's applications reach services through it.
+//!
+//! The relay tells the client, after the hop handshake, which services it
+//! may reach, the static key of the connector serving each, and the
+//! connection mode of the user's groups (its *directory*, see
+//! `proto::control`). Per service the client keeps a [`ServiceTunnel`]: the
+//! end-to-end sessions with that service's connector and a user-space
+//! TCP/IP stack whose packets are the tunnel's payload.
+//!
+//! In `proxy` mode each `[[client.listen]]` entry is a local listener: a
+//! TCP connection accepted there becomes a smoltcp connection to the
+//! service's virtual address, a UDP datagram becomes a smoltcp datagram.
+//! (`tun` mode, where the kernel makes the packets, is in
+//! [`crate::tun_client`].)
+//!
+//! Connection modes: `off` refuses every connection; `on-demand` opens a
+//! service's session at first use and closes it after `idle_close_s`
+//! without connections; `always-on` and `lockdown` keep a session to
+//! every service of the directory up.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, UdpSocket};
+use mio::{Interest, Token};
+use proto::control::{ConnectionMode, ControlMessage, Directory, DirectoryAssembler, ServiceEntry};
+use proto::handshake::{E2eInitiator, LocalIdentity, Trust};
+use proto::identity::{CaPublicKey, Role};
+use proto::ids::{ReceiverIndex, ServiceId, UserId};
+use proto::wire::{Frame, Kind};
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::{tcp, udp};
+use smoltcp::wire::{IpAddress, IpEndpoint};
+
+use crate::config::{ClientMode, ListenConfig, Transport, TunnelConfig};
+use crate::e2e::{record_receiver, E2eSession};
+use crate::flow::{FlowStatus, TcpFlow};
+use crate::netstack::{service_addr, smol_now, Stack};
+use crate::pool::Packet;
+use crate::runtime::{header, unix_nanos, Ctx, Role as RuntimeRole};
+use crate::status::{ErrorLog, ServiceStatus, Status, StatusBoard};
+
+/// Unanswered end-to-end initiation: a new one after this long.
+pub const E2E_RETRY: Duration = Duration::from_millis(1000);
+/// Packets held for a service while its session is being set up.
+pub const WAITING_MAX: usize = 256;
+/// A UDP flow through a listener without traffic this long is closed.
+pub const UDP_IDLE: Duration = Duration::from_secs(60);
+const UDP_PACKETS: usize = 256;
+
+/// The end-to-end sessions of one service, initiator side.
+#[derive(Debug, Default)]
+pub struct ClientSessions {
+    pending: Option<(E2eInitiator, Instant)>,
+    /// The session frames are sealed on.
+    pub current: Option<E2eSession>,
+    previous: Option<E2eSession>,
+}
+
+impl ClientSessions {
+    /// The session owning receiver `index`.
+    pub fn session_for(&mut self, index: ReceiverIndex) -> Option<&mut E2eSession> {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|s| s.local_index() == index)
+        {
+            return self.current.as_mut();
+        }
+        self.previous.as_mut().filter(|s| s.local_index() == index)
+    }
+
+    /// Starts, retries or renews the handshake as the timers say; expired
+    /// sessions are dropped. `index` hands out receiver indices.
+    #[allow(clippy::too_many_arguments)]
+    pub fn maintain(
+        &mut self,
+        ctx: &mut Ctx,
+        identity: &LocalIdentity,
+        ca: CaPublicKey,
+        user: UserId,
+        entry: &ServiceEntry,
+        next_index: &mut u32,
+        by_index: &mut HashMap<ReceiverIndex, ServiceId>,
+        now: Instant,
+    ) {
+        if self.current.as_ref().is_some_and(|s| s.expired(now)) {
+            if let Some(s) = self.current.take() {
+                by_index.remove(&s.local_index());
+            }
+        }
+        if self.previous.as_ref().is_some_and(|s| s.expired(now)) {
+            if let Some(s) = self.previous.take() {
+                by_index.remove(&s.local_index());
+            }
+        }
+        let wanted = self.current.as_ref().is_none_or(|s| s.should_rekey(now));
+        let due = self
+            .pending
+            .as_ref()
+            .is_none_or(|(_, sent)| now.duration_since(*sent) >= E2E_RETRY);
+        if !wanted || !due || !ctx.hop.is_up() {
+            return;
+        }
+        *next_index = next_index.wrapping_add(2) | 1;
+        let index = ReceiverIndex(*next_index);
+        match E2eInitiator::new(
+            identity,
+            &entry.connector_key,
+            Trust::new(ca, &[Role::Connector]),
+            user,
+            entry.id,
+            index,
+            unix_nanos(),
+        ) {
+            Ok((initiator, body)) => {
+                ctx.send_body(Kind::E2eHandshakeUp, user, entry.id, &body);
+                self.pending = Some((initiator, now));
+            }
+            Err(e) => {
+                tracing::error!(service = entry.id.0, error = %e, "cannot start an end-to-end handshake")
+            }
+        }
+    }
+
+    /// Handles an `E2eHandshakeDown`; true when a new session is up.
+    pub fn on_response(
+        &mut self,
+        frame: &[u8],
+        by_index: &mut HashMap<ReceiverIndex, ServiceId>,
+        now: Instant,
+    ) -> Result<bool, proto::handshake::HandshakeError> {
+        let (_, user, service) = header(frame);
+        let Some((initiator, _)) = self.pending.as_mut() else {
+            return Ok(false);
+        };
+        let body = &frame[proto::wire::HEADER_LEN..];
+        let keys = initiator.handle_response(body, user, service, unix_nanos())?;
+        self.pending = None;
+        by_index.insert(keys.local_index, service);
+        if let Some(old) = self.previous.take() {
+            by_index.remove(&old.local_index());
+        }
+        self.previous = self.current.replace(E2eSession::new(keys, now));
+        Ok(true)
+    }
+
+    /// Forgets every session.
+    pub fn clear(&mut self, by_index: &mut HashMap<ReceiverIndex, ServiceId>) {
+        for s in [self.current.take(), self.previous.take()]
+            .into_iter()
+            .flatten()
+        {
+            by_index.remove(&s.local_index());
+        }
+        self.pending = None;
+    }
+}
+
+/// A UDP flow: one application address on one listener.
+#[derive(Debug)]
+struct UdpApp {
+    listener: Token,
+    app: SocketAddr,
+    handle: SocketHandle,
+    last_used: Instant,
+}
+
+/// One service in use.
+struct ServiceTunnel {
+    entry: ServiceEntry,
+    sessions: ClientSessions,
+    stack: Stack,
+    tcp: HashMap<Token, TcpFlow>,
+    udp: Vec<UdpApp>,
+    closing: Vec<SocketHandle>,
+    waiting: VecDeque<Packet>,
+    last_used: Instant,
+    next_port: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl ServiceTunnel {
+    fn flows(&self) -> usize {
+        self.tcp.len() + self.udp.len()
+    }
+
+    fn port(&mut self) -> u16 {
+        self.next_port = if self.next_port >= 65_000 {
+            20_000
+        } else {
+            self.next_port + 1
+        };
+        self.next_port
+    }
+}
+
+/// A local listener.
+struct Listener {
+    service: String,
+    addr: SocketAddr,
+    tcp: Option<TcpListener>,
+    udp: Option<UdpSocket>,
+}
+
+/// The client.
+pub struct Client {
+    identity: LocalIdentity,
+    ca: CaPublicKey,
+    user: UserId,
+    name: String,
+    mode: ClientMode,
+    tunnel_cfg: TunnelConfig,
+    conn_mode: ConnectionMode,
+    directory: Option<Directory>,
+    assembler: DirectoryAssembler,
+    listeners: HashMap<Token, Listener>,
+    tunnels: HashMap<ServiceId, ServiceTunnel>,
+    by_index: HashMap<ReceiverIndex, ServiceId>,
+    by_token: HashMap<Token, ServiceId>,
+    next_index: u32,
+    errors: ErrorLog,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("user", &self.user)
+            .field("tunnels", &self.tunnels.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A proxy-mode client with listeners bound from `listen`.
+    pub fn new(
+        identity: LocalIdentity,
+        ca: CaPublicKey,
+        listen: &[ListenConfig],
+        tunnel_cfg: TunnelConfig,
+        ctx: &mut Ctx,
+    ) -> anyhow::Result<Client> {
+        use anyhow::Context;
+        let cert = identity.certificate().clone();
+        let mut listeners = HashMap::new();
+        for l in listen {
+            let token = ctx.token();
+            let transport = l.protocol.unwrap_or(Transport::Tcp);
+            let mut listener = Listener {
+                service: l.service.clone(),
+                addr: l.listen,
+                tcp: None,
+                udp: None,
+            };
+            match transport {
+                Transport::Tcp => {
+                    let mut s = TcpListener::bind(l.listen).with_context(|| {
+                        format!("cannot listen on {} for service '{}' (port taken? change [[client.listen]] listen)", l.listen, l.service)
+                    })?;
+                    ctx.registry.register(&mut s, token, Interest::READABLE)?;
+                    listener.tcp = Some(s);
+                }
+                Transport::Udp => {
+                    let mut s = UdpSocket::bind(l.listen).with_context(|| {
+                        format!("cannot bind UDP {} for service '{}' (port taken? change [[client.listen]] listen)", l.listen, l.service)
+                    })?;
+                    ctx.registry.register(&mut s, token, Interest::READABLE)?;
+                    listener.udp = Some(s);
+                }
+            }
+            tracing::info!(service = %l.service, listen = %l.listen, ?transport, "listening");
+            listeners.insert(token, listener);
+        }
+        Ok(Client {
+            user: UserId(cert.id),
+            name: cert.name.clone(),
+            identity,
+            ca,
+            mode: ClientMode::Proxy,
+            tunnel_cfg,
+            conn_mode: ConnectionMode::default(),
+            directory: None,
+            assembler: DirectoryAssembler::default(),
+            listeners,
+            tunnels: HashMap::new(),
+            by_index: HashMap::new(),
+            by_token: HashMap::new(),
+            next_index: rand::random::<u32>() | 1,
+            errors: ErrorLog::default(),
+        })
+    }
+
+    fn entry(&self, name: &str) -> Result<ServiceEntry, String> {
+        let Some(dir) = &self.directory else {
+            return Err(format!(
+                "service '{name}': no directory from the relay yet (is the relay reachable?)"
+            ));
+        };
+        dir.services
+            .iter()
+            .find(|e| e.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                format!("service '{name}' is not available to {}: the policy does not allow it, the name is wrong, or no connector serving it is online", self.name)
+            })
+    }
+
+    fn tunnel(&mut self, entry: &ServiceEntry, ctx: &Ctx, now: Instant) -> &mut ServiceTunnel {
+        let mtu = usize::from(self.tunnel_cfg.mtu);
+        self.tunnels
+            .entry(entry.id)
+            .or_insert_with(|| ServiceTunnel {
+                entry: entry.clone(),
+                sessions: ClientSessions::default(),
+                stack: Stack::client(ctx.pool.clone(), mtu, smol_now(ctx.epoch, now)),
+                tcp: HashMap::new(),
+                udp: Vec::new(),
+                closing: Vec::new(),
+                waiting: VecDeque::new(),
+                last_used: now,
+                next_port: 20_000 + rand::random::<u16>() % 40_000,
+                bytes_in: 0,
+                bytes_out: 0,
+            })
+    }
+
+    fn refuse(&mut self, why: String) -> bool {
+        if self.conn_mode == ConnectionMode::Off {
+            self.errors.push(format!(
+                "connection refused: the connection mode of {}'s groups is 'off'",
+                self.name
+            ));
+            return true;
+        }
+        self.errors.push(format!("connection refused: {why}"));
+        true
+    }
+
+    fn accept_tcp(&mut self, ctx: &mut Ctx, token: Token, now: Instant) {
+        loop {
+            let Some(listener) = self.listeners.get(&token) else {
+                return;
+            };
+            let Some(l) = listener.tcp.as_ref() else {
+                return;
+            };
+            let (stream, peer) = match l.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    return;
+                }
+            };
+            let service = listener.service.clone();
+            let entry = match (self.conn_mode, self.entry(&service)) {
+                (ConnectionMode::Off, _) => Err(String::new()),
+                (_, r) => r,
+            };
+            let entry = match entry {
+                Ok(e) => e,
+                Err(why) => {
+                    self.refuse(why);
+                    let mut flow_stream = stream;
+                    let _ = socket2::SockRef::from(&flow_stream).set_linger(Some(Duration::ZERO));
+                    let _ = flow_stream.flush_reset();
+                    continue;
+                }
+            };
+            let mut stream = stream;
+            let _ = stream.set_nodelay(true);
+            let flow_token = ctx.token();
+            if ctx
+                .registry
+                .register(
+                    &mut stream,
+                    flow_token,
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            let buffer = self.tunnel_cfg.tcp_buffer_kib * 1024;
+            let tunnel = self.tunnel(&entry, ctx, now);
+            let mut sock = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; buffer]),
+                tcp::SocketBuffer::new(vec![0; buffer]),
+            );
+            sock.set_nagle_enabled(false);
+            sock.set_ack_delay(None);
+            let remote = IpEndpoint::new(IpAddress::Ipv4(service_addr(entry.id.0)), entry.port);
+            let local_port = tunnel.port();
+            if let Err(e) = sock.connect(tunnel.stack.iface.context(), remote, local_port) {
+                tracing::warn!(error = %e, "cannot open a tunnel connection");
+                continue;
+            }
+            let handle = tunnel.stack.sockets.add(sock);
+            tunnel
+                .tcp
+                .insert(flow_token, TcpFlow::new(stream, handle, false));
+            tunnel.last_used = now;
+            self.by_token.insert(flow_token, entry.id);
+            tracing::debug!(service = %service, %peer, "connection accepted");
+        }
+    }
+
+    fn recv_udp(&mut self, ctx: &mut Ctx, token: Token, now: Instant) {
+        let mut buf = [0u8; 65_536];
+        loop {
+            let Some(listener) = self.listeners.get(&token) else {
+                return;
+            };
+            let Some(sock) = listener.udp.as_ref() else {
+                return;
+            };
+            let (n, app) = match sock.recv_from(&mut buf) {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+            let service = listener.service.clone();
+            let entry = match (self.conn_mode, self.entry(&service)) {
+                (ConnectionMode::Off, _) => Err(String::new()),
+                (_, r) => r,
+            };
+            let entry = match entry {
+                Ok(e) => e,
+                Err(why) => {
+                    self.refuse(why);
+                    continue;
+                }
+            };
+            let tunnel = self.tunnel(&entry, ctx, now);
+            tunnel.last_used = now;
+            let pos = tunnel
+                .udp
+                .iter()
+                .position(|u| u.listener == token && u.app == app);
+            let handle = match pos {
+                Some(i) => {
+                    tunnel.udp[i].last_used = now;
+                    tunnel.udp[i].handle
+                }
+                None => {
+                    let meta = || vec![udp::PacketMetadata::EMPTY; UDP_PACKETS];
+                    let mut s = udp::Socket::new(
+                        udp::PacketBuffer::new(meta(), vec![0; 256 * 1024]),
+                        udp::PacketBuffer::new(meta(), vec![0; 256 * 1024]),
+                    );
+                    let port = tunnel.port();
+                    if s.bind(port).is_err() {
+                        continue;
+                    }
+                    let handle = tunnel.stack.sockets.add(s);
+                    tunnel.udp.push(UdpApp {
+                        listener: token,
+                        app,
+                        handle,
+                        last_used: now,
+                    });
+                    handle
+                }
+            };
+            let remote = IpEndpoint::new(IpAddress::Ipv4(service_addr(entry.id.0)), entry.port);
+            let s = tunnel.stack.sockets.get_mut::<udp::Socket<'_>>(handle);
+            if s.send_slice(&buf[..n], remote).is_ok() {
+                tunnel.bytes_in += n as u64;
+            }
+        }
+    }
+
+    fn on_directory(&mut self, ctx: &mut Ctx, dir: Directory) {
+        tracing::info!(services = dir.services.len(), mode = %dir.mode, digest = dir.digest, "directory from the relay");
+        ctx.hop.digest = dir.digest;
+        self.conn_mode = dir.mode;
+        let gone: Vec<ServiceId> = self
+            .tunnels
+            .iter()
+            .filter(|(id, t)| {
+                dir.mode == ConnectionMode::Off
+                    || !dir
+                        .services
+                        .iter()
+                        .any(|e| e.id == **id && e.connector_key == t.entry.connector_key)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(t) = self.tunnels.remove(&id) {
+                self.errors.push(format!(
+                    "service '{}' is no longer reachable (access revoked or its connector changed); {} connection(s) closed",
+                    t.entry.name,
+                    t.flows()
+                ));
+                self.close_tunnel(ctx, t);
+            }
+        }
+        self.directory = Some(dir);
+    }
+
+    fn close_tunnel(&mut self, ctx: &mut Ctx, mut t: ServiceTunnel) {
+        t.sessions.clear(&mut self.by_index);
+        for (token, mut flow) in t.tcp.drain() {
+            flow.reset_stream();
+            let _ = ctx.registry.deregister(&mut flow.stream);
+            self.by_token.remove(&token);
+        }
+        for p in t.waiting.drain(..) {
+            ctx.pool.put(p.buf);
+        }
+    }
+
+    fn data(
+        &mut self,
+        ctx: &mut Ctx,
+        mut buf: Vec<u8>,
+        len: usize,
+        now: Instant,
+    ) -> Option<Vec<u8>> {
+        let (_, _, service) = header(&buf[..len]);
+        let Some(index) = record_receiver(&buf[..len]) else {
+            ctx.stats.open_dropped += 1;
+            return Some(buf);
+        };
+        if self.by_index.get(&index) != Some(&service) {
+            ctx.stats.open_dropped += 1;
+            return Some(buf);
+        }
+        let Some(tunnel) = self.tunnels.get_mut(&service) else {
+            ctx.stats.open_dropped += 1;
+            return Some(buf);
+        };
+        let Some(session) = tunnel.sessions.session_for(index) else {
+            ctx.stats.open_dropped += 1;
+            return Some(buf);
+        };
+        match session.open(&mut buf[..len], now) {
+            Ok(range) => {
+                tunnel.stack.dev.push_rx(Packet {
+                    buf,
+                    start: range.start,
+                    end: range.end,
+                });
+                None
+            }
+            Err(_) => {
+                ctx.stats.open_dropped += 1;
+                Some(buf)
+            }
+        }
+    }
+
+    fn wanted_always(&self) -> bool {
+        matches!(
+            self.conn_mode,
+            ConnectionMode::AlwaysOn | ConnectionMode::Lockdown
+        )
+    }
+}
+
+trait FlushReset {
+    fn flush_reset(&mut self) -> std::io::Result<()>;
+}
+
+impl FlushReset for mio::net::TcpStream {
+    /// Closes now; with `SO_LINGER` 0 set, the peer sees a reset.
+    fn flush_reset(&mut self) -> std::io::Result<()> {
+        self.shutdown(std::net::Shutdown::Both)
+    }
+}
+
+impl RuntimeRole for Client {
+    fn on_frame(
+        &mut self,
+        ctx: &mut Ctx,
+        buf: Vec<u8>,
+        len: usize,
+        now: Instant,
+    ) -> Option<Vec<u8>> {
+        match Frame::new_unchecked(&buf[..len]).kind() {
+            Kind::DataDown => self.data(ctx, buf, len, now),
+            Kind::E2eHandshakeDown => {
+                let (_, _, service) = header(&buf[..len]);
+                if let Some(t) = self.tunnels.get_mut(&service) {
+                    match t.sessions.on_response(&buf[..len], &mut self.by_index, now) {
+                        Ok(true) => {
+                            tracing::info!(service = %t.entry.name, "end-to-end session established");
+                            // Send what waited for the session.
+                            while let Some(p) = t.waiting.pop_front() {
+                                if let Some(s) = t.sessions.current.as_mut() {
+                                    ctx.send_packet(s, Kind::DataUp, self.user, service, p);
+                                }
+                            }
+                        }
+                        Ok(false) => {}
+                        Err(e) => self.errors.push(format!(
+                            "end-to-end handshake with the connector of '{}' failed: {e}",
+                            t.entry.name
+                        )),
+                    }
+                }
+                Some(buf)
+            }
+            Kind::Control => {
+                let body = &Frame::new_unchecked(&buf[..len]).body().to_vec();
+                match ControlMessage::parse(body) {
+                    Ok(ControlMessage::DirectoryPart {
+                        digest,
+                        part,
+                        parts,
+                        mode,
+                        services,
+                    }) => {
+                        if let Some(dir) = self.assembler.push(digest, part, parts, mode, services)
+                        {
+                            self.on_directory(ctx, dir);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "malformed control message from the relay")
+                    }
+                }
+                Some(buf)
+            }
+            _ => Some(buf),
+        }
+    }
+
+    fn on_event(&mut self, ctx: &mut Ctx, event: &mio::event::Event, now: Instant) {
+        let token = event.token();
+        if let Some(l) = self.listeners.get(&token) {
+            if l.tcp.is_some() {
+                self.accept_tcp(ctx, token, now);
+            } else {
+                self.recv_udp(ctx, token, now);
+            }
+        } else if let Some(id) = self.by_token.get(&token) {
+            if let Some(t) = self.tunnels.get_mut(id) {
+                t.last_used = now;
+            }
+        }
+    }
+
+    fn on_hop_established(&mut self, _ctx: &mut Ctx, _now: Instant) {}
+
+    fn poll(&mut self, ctx: &mut Ctx, now: Instant) -> Option<Instant> {
+        let smol = smol_now(ctx.epoch, now);
+        if self.wanted_always() {
+            if let Some(dir) = self.directory.clone() {
+                for e in &dir.services {
+                    self.tunnel(e, ctx, now);
+                }
+            }
+        }
+        let mut next: Option<Instant> = None;
+        let ids: Vec<ServiceId> = self.tunnels.keys().copied().collect();
+        let idle_close = self.tunnel_cfg.idle_close();
+        let always = self.wanted_always();
+        for id in ids {
+            let Some(t) = self.tunnels.get_mut(&id) else {
+                continue;
+            };
+            let in_use = t.flows() > 0 || !t.waiting.is_empty();
+            if !always && !in_use && now.duration_since(t.last_used) >= idle_close {
+                if let Some(t) = self.tunnels.remove(&id) {
+                    tracing::info!(service = %t.entry.name, "idle: closing the end-to-end session");
+                    self.close_tunnel(ctx, t);
+                }
+                continue;
+            }
+            if in_use || always {
+                let entry = t.entry.clone();
+                t.sessions.maintain(
+                    ctx,
+                    &self.identity,
+                    self.ca,
+                    self.user,
+                    &entry,
+                    &mut self.next_index,
+                    &mut self.by_index,
+                    now,
+                );
+            }
+            t.stack.poll(smol);
+            let closing = std::mem::take(&mut t.closing);
+            pump_tcp(ctx, t, &mut self.by_token);
+            pump_udp(t, &self.listeners, now);
+            t.stack.poll(smol);
+            for h in closing {
+                t.stack.sockets.remove(h);
+            }
+            while let Some(p) = t.stack.dev.tx.pop_front() {
+                match t.sessions.current.as_mut() {
+                    Some(s) => ctx.send_packet(s, Kind::DataUp, self.user, id, p),
+                    None if t.waiting.len() < WAITING_MAX => t.waiting.push_back(p),
+                    None => {
+                        ctx.stats.send_dropped += 1;
+                        ctx.pool.put(p.buf);
+                    }
+                }
+            }
+            if let Some(at) = t.stack.poll_at(smol) {
+                let d = Duration::from_micros((at - smol).total_micros());
+                next = Some(next.map_or(now + d, |n| n.min(now + d)));
+            }
+        }
+        if !self.tunnels.is_empty() {
+            next = Some(next.map_or(now + E2E_RETRY, |n| n.min(now + E2E_RETRY)));
+        }
+        next
+    }
+
+    fn publish(&self, ctx: &Ctx, board: &StatusBoard) {
+        let mut services: Vec<ServiceStatus> = Vec::new();
+        if let Some(dir) = &self.directory {
+            for e in &dir.services {
+                let t = self.tunnels.get(&e.id);
+                let listen: Vec<String> = self
+                    .listeners
+                    .values()
+                    .filter(|l| l.service == e.name)
+                    .map(|l| l.addr.to_string())
+                    .collect();
+                services.push(ServiceStatus {
+                    id: e.id.0,
+                    name: e.name.clone(),
+                    detail: listen.join(", "),
+                    session: t.is_some_and(|t| t.sessions.current.is_some()),
+                    flows: t.map_or(0, ServiceTunnel::flows),
+                    bytes_in: t.map_or(0, |t| {
+                        t.bytes_in + t.tcp.values().map(|f| f.bytes_in).sum::<u64>()
+                    }),
+                    bytes_out: t.map_or(0, |t| {
+                        t.bytes_out + t.tcp.values().map(|f| f.bytes_out).sum::<u64>()
+                    }),
+                });
+            }
+        }
+        board.publish(Status {
+            role: "client".into(),
+            name: self.name.clone(),
+            id: self.user.0,
+            client_mode: match self.mode {
+                ClientMode::Proxy => "proxy".into(),
+                ClientMode::Tun => "tun".into(),
+            },
+            connection_mode: self.conn_mode.to_string(),
+            relay: ctx.hop.relay().to_string(),
+            hop_up: ctx.hop.is_up(),
+            last_handshake_unix: ctx.hop.stats.last_handshake_unix,
+            handshakes: ctx.hop.stats.handshakes,
+            hop_lost: ctx.hop.stats.lost,
+            frames_out: ctx.stats.frames_out,
+            frames_in: ctx.stats.frames_in,
+            bytes_out: ctx.stats.bytes_out,
+            bytes_in: ctx.stats.bytes_in,
+            send_dropped: ctx.stats.send_dropped,
+            open_dropped: ctx.stats.open_dropped,
+            services,
+            errors: self.errors.to_vec(),
+        });
+    }
+}
+
+fn pump_tcp(ctx: &mut Ctx, t: &mut ServiceTunnel, by_token: &mut HashMap<Token, ServiceId>) {
+    let mut done = Vec::new();
+    for (token, flow) in t.tcp.iter_mut() {
+        let sock = t.stack.sockets.get_mut::<tcp::Socket<'_>>(flow.handle);
+        if flow.pump(sock) == FlowStatus::Done {
+            done.push(*token);
+        }
+    }
+    for token in done {
+        if let Some(mut flow) = t.tcp.remove(&token) {
+            let _ = ctx.registry.deregister(&mut flow.stream);
+            t.bytes_in += flow.bytes_in;
+            t.bytes_out += flow.bytes_out;
+            by_token.remove(&token);
+            t.closing.push(flow.handle);
+        }
+    }
+}
+
+fn pump_udp(t: &mut ServiceTunnel, listeners: &HashMap<Token, Listener>, now: Instant) {
+    let mut buf = [0u8; 65_536];
+    t.udp.retain(|u| now.duration_since(u.last_used) < UDP_IDLE);
+    for u in &mut t.udp {
+        let Some(sock) = listeners.get(&u.listener).and_then(|l| l.udp.as_ref()) else {
+            continue;
+        };
+        let s = t.stack.sockets.get_mut::<udp::Socket<'_>>(u.handle);
+        while let Ok((n, _)) = s.recv_slice(&mut buf) {
+            if sock.send_to(&buf[..n], u.app).is_ok() {
+                t.bytes_out += n as u64;
+            }
+            u.last_used = now;
+        }
+    }
+}

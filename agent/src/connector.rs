@@ -1,0 +1,679 @@
+//! The connector role: terminates users' tunnels in user space and reaches
+//! each service's target with ordinary sockets.
+//!
+//! One [`Pair`] per (user, service): its own smoltcp stack (AnyIP, so the
+//! inner destination address does not matter), its end-to-end sessions,
+//! and its connections. Whatever destination an inner packet claims, the
+//! only place its bytes can go is the target of the service the frame's
+//! header names: the connector dials `service.target` from its own copy of
+//! the policy and nothing else.
+//!
+//! Defence in depth: every end-to-end handshake is checked here against
+//! the user's certificate (by the Noise handshake) and the connector's own
+//! policy (the user may reach the service, and this connector serves it),
+//! whatever the relay decided. When the policy file changes, pairs no
+//! longer allowed are closed at once, their connections reset.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpStream, UdpSocket};
+use mio::{Interest, Token};
+use proto::handshake::{E2eResponder, LocalIdentity, Trust};
+use proto::identity::Role;
+use proto::ids::{ReceiverIndex, ServiceId, UserId};
+use proto::wire::{Frame, Kind};
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::{tcp, udp};
+use smoltcp::wire::IpEndpoint;
+
+use crate::e2e::{record_receiver, E2eSession};
+use crate::flow::{FlowStatus, TcpFlow};
+use crate::inner::{classify, Inner};
+use crate::netstack::{smol_now, Stack};
+use crate::policy_watch::PolicyWatch;
+use crate::pool::Packet;
+use crate::runtime::{header, unix_nanos, Ctx, Role as RuntimeRole};
+use crate::status::{ErrorLog, ServiceStatus, Status, StatusBoard};
+
+/// How often the policy file is checked for new content.
+pub const POLICY_CHECK: Duration = Duration::from_millis(250);
+/// TCP connections and UDP flows per pair at most.
+pub const MAX_FLOWS_PER_PAIR: usize = 256;
+/// A UDP flow without traffic this long is closed.
+pub const UDP_IDLE: Duration = Duration::from_secs(60);
+/// A pair with no flows and no traffic this long is removed.
+pub const PAIR_IDLE: Duration = Duration::from_secs(300);
+/// UDP buffer per socket in the user-space stack (datagrams).
+const UDP_PACKETS: usize = 256;
+
+/// A UDP flow: one client endpoint to the target.
+#[derive(Debug)]
+struct UdpFlow {
+    socket: UdpSocket,
+    token: Token,
+    client: IpEndpoint,
+    stack_socket: SocketHandle,
+    last_used: Instant,
+}
+
+/// One (user, service) pair.
+struct Pair {
+    user: UserId,
+    service: ServiceId,
+    target: String,
+    stack: Stack,
+    current: Option<E2eSession>,
+    previous: Option<E2eSession>,
+    /// Listening TCP sockets, by port.
+    listening: Vec<SocketHandle>,
+    /// Sockets of finished connections, removed after the next poll has
+    /// sent what they still had to say (a FIN's ACK, a RST).
+    closing: Vec<SocketHandle>,
+    tcp: HashMap<Token, TcpFlow>,
+    /// Bound UDP sockets in the stack, by port.
+    udp_ports: HashMap<u16, SocketHandle>,
+    udp: HashMap<Token, UdpFlow>,
+    last_active: Instant,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl Pair {
+    fn flows(&self) -> usize {
+        self.tcp.len() + self.udp.len()
+    }
+
+    fn session_for(&mut self, index: ReceiverIndex) -> Option<&mut E2eSession> {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|s| s.local_index() == index)
+        {
+            return self.current.as_mut();
+        }
+        self.previous.as_mut().filter(|s| s.local_index() == index)
+    }
+}
+
+/// The connector.
+pub struct Connector {
+    id: u32,
+    name: String,
+    responder: E2eResponder,
+    policy: PolicyWatch,
+    pairs: HashMap<(UserId, ServiceId), Pair>,
+    by_index: HashMap<ReceiverIndex, (UserId, ServiceId)>,
+    by_token: HashMap<Token, (UserId, ServiceId)>,
+    next_index: u32,
+    mtu: usize,
+    tcp_buffer: usize,
+    last_policy_check: Instant,
+    errors: ErrorLog,
+    denied: u64,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("id", &self.id)
+            .field("pairs", &self.pairs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    /// A connector for `identity` (role connector), checking sessions
+    /// against `policy`.
+    pub fn new(
+        identity: LocalIdentity,
+        ca: proto::identity::CaPublicKey,
+        policy: PolicyWatch,
+        mtu: usize,
+        tcp_buffer: usize,
+        now: Instant,
+    ) -> Connector {
+        let cert = identity.certificate().clone();
+        Connector {
+            id: cert.id,
+            name: cert.name.clone(),
+            responder: E2eResponder::new(identity, Trust::new(ca, &[Role::User])),
+            policy,
+            pairs: HashMap::new(),
+            by_index: HashMap::new(),
+            by_token: HashMap::new(),
+            next_index: rand::random::<u32>() | 1,
+            mtu,
+            tcp_buffer,
+            last_policy_check: now,
+            errors: ErrorLog::default(),
+            denied: 0,
+        }
+    }
+
+    /// Whether the live policy lets `user` reach `service` through us.
+    fn permits(&self, user: UserId, service: ServiceId) -> Result<String, String> {
+        let policy = self.policy.policy();
+        let Some(info) = policy.service(service) else {
+            return Err(format!(
+                "service {} is not in the connector's policy",
+                service.0
+            ));
+        };
+        if !info.connectors.contains(&self.id) {
+            return Err(format!(
+                "service '{}' is not served by this connector ({}) in its policy",
+                info.name, self.name
+            ));
+        }
+        if !policy.allowed(user, service) {
+            let who = policy
+                .user_name(user)
+                .map_or_else(|| format!("user {}", user.0), str::to_owned);
+            return Err(format!(
+                "{who} may not reach '{}' by the connector's policy",
+                info.name
+            ));
+        }
+        Ok(info.target.clone())
+    }
+
+    fn handshake(&mut self, ctx: &mut Ctx, frame: &[u8], now: Instant) {
+        let (_, user, service) = header(frame);
+        let target = match self.permits(user, service) {
+            Ok(t) => t,
+            Err(why) => {
+                self.denied += 1;
+                self.errors
+                    .push(format!("end-to-end session refused: {why}"));
+                return;
+            }
+        };
+        self.next_index = self.next_index.wrapping_add(2) | 1;
+        let index = ReceiverIndex(self.next_index);
+        let body = &frame[proto::wire::HEADER_LEN..];
+        let (reply, keys) =
+            match self
+                .responder
+                .handle_init(body, user, service, index, unix_nanos())
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    self.errors.push(format!(
+                        "end-to-end handshake from user {} for service {} rejected: {e}",
+                        user.0, service.0
+                    ));
+                    return;
+                }
+            };
+        tracing::info!(user = user.0, peer = %keys.peer.name, service = service.0, %target, "end-to-end session established");
+        let session = E2eSession::new(keys, now);
+        self.by_index.insert(index, (user, service));
+        let (mtu, pool) = (self.mtu, ctx.pool.clone());
+        let pair = self.pairs.entry((user, service)).or_insert_with(|| Pair {
+            user,
+            service,
+            target,
+            stack: Stack::connector(pool, mtu, smol_now(ctx.epoch, now)),
+            current: None,
+            previous: None,
+            listening: Vec::new(),
+            closing: Vec::new(),
+            tcp: HashMap::new(),
+            udp_ports: HashMap::new(),
+            udp: HashMap::new(),
+            last_active: now,
+            bytes_in: 0,
+            bytes_out: 0,
+        });
+        if let Some(old) = pair.previous.take() {
+            self.by_index.remove(&old.local_index());
+        }
+        pair.previous = pair.current.replace(session);
+        pair.last_active = now;
+        ctx.send_body(Kind::E2eHandshakeDown, user, service, &reply);
+    }
+
+    fn data(
+        &mut self,
+        ctx: &mut Ctx,
+        mut buf: Vec<u8>,
+        len: usize,
+        now: Instant,
+    ) -> Option<Vec<u8>> {
+        let (_, user, service) = header(&buf[..len]);
+        let Some(index) = record_receiver(&buf[..len]) else {
+            ctx.stats.open_dropped += 1;
+            return Some(buf);
+        };
+        let Some(key) = self.by_index.get(&index).copied() else {
+            ctx.stats.open_dropped += 1;
+            return Some(buf);
+        };
+        if key != (user, service) {
+            // A record of one pair under another pair's header.
+            ctx.stats.open_dropped += 1;
+            return Some(buf);
+        }
+        let Some(pair) = self.pairs.get_mut(&key) else {
+            ctx.stats.open_dropped += 1;
+            return Some(buf);
+        };
+        let Some(session) = pair.session_for(index) else {
+            ctx.stats.open_dropped += 1;
+            return Some(buf);
+        };
+        let range = match session.open(&mut buf[..len], now) {
+            Ok(r) => r,
+            Err(_) => {
+                ctx.stats.open_dropped += 1;
+                return Some(buf);
+            }
+        };
+        pair.last_active = now;
+        match classify(&buf[range.clone()]) {
+            Inner::Tcp { port, syn: true } => ensure_listener(pair, port, self.tcp_buffer),
+            Inner::Udp { port } => ensure_udp_port(pair, port),
+            _ => {}
+        }
+        pair.stack.dev.push_rx(Packet {
+            buf,
+            start: range.start,
+            end: range.end,
+        });
+        None
+    }
+
+    fn check_policy(&mut self, now: Instant) {
+        if now.duration_since(self.last_policy_check) < POLICY_CHECK {
+            return;
+        }
+        self.last_policy_check = now;
+        match self.policy.refresh() {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!("connector policy reloaded");
+                let revoked: Vec<_> = self
+                    .pairs
+                    .keys()
+                    .copied()
+                    .filter(|(u, s)| self.permits(*u, *s).is_err())
+                    .collect();
+                for key in revoked {
+                    if let Some(pair) = self.pairs.remove(&key) {
+                        tracing::warn!(
+                            user = key.0 .0,
+                            service = key.1 .0,
+                            flows = pair.flows(),
+                            "access revoked: closing the pair's connections"
+                        );
+                        self.close_pair(pair);
+                    }
+                }
+            }
+            Err(e) => self
+                .errors
+                .push(format!("{e}; the previous policy stays in force")),
+        }
+    }
+
+    fn close_pair(&mut self, mut pair: Pair) {
+        for s in [pair.current.take(), pair.previous.take()]
+            .into_iter()
+            .flatten()
+        {
+            self.by_index.remove(&s.local_index());
+        }
+        for (token, mut flow) in pair.tcp.drain() {
+            flow.reset_stream();
+            self.by_token.remove(&token);
+        }
+        for (token, _) in pair.udp.drain() {
+            self.by_token.remove(&token);
+        }
+    }
+
+    /// Dials targets for connections smoltcp just accepted.
+    fn accept_new(&mut self, ctx: &mut Ctx, key: (UserId, ServiceId)) {
+        let Some(pair) = self.pairs.get_mut(&key) else {
+            return;
+        };
+        let mut still = Vec::with_capacity(pair.listening.len());
+        for handle in std::mem::take(&mut pair.listening) {
+            let state = pair.stack.sockets.get::<tcp::Socket<'_>>(handle).state();
+            if state == tcp::State::Listen {
+                still.push(handle);
+                continue;
+            }
+            match dial(&pair.target) {
+                Ok(mut stream) => {
+                    let token = ctx.token();
+                    if ctx
+                        .registry
+                        .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                        .is_err()
+                    {
+                        pair.stack
+                            .sockets
+                            .get_mut::<tcp::Socket<'_>>(handle)
+                            .abort();
+                        continue;
+                    }
+                    tracing::debug!(user = key.0 .0, service = key.1 .0, target = %pair.target, "connection accepted, dialing target");
+                    pair.tcp.insert(token, TcpFlow::new(stream, handle, true));
+                    self.by_token.insert(token, key);
+                }
+                Err(e) => {
+                    self.errors.push(format!(
+                        "cannot reach target {} of service {}: {e}",
+                        pair.target, key.1 .0
+                    ));
+                    pair.stack
+                        .sockets
+                        .get_mut::<tcp::Socket<'_>>(handle)
+                        .abort();
+                }
+            }
+        }
+        pair.listening = still;
+    }
+}
+
+fn dial(target: &str) -> std::io::Result<TcpStream> {
+    let addr = resolve(target)?;
+    let stream = TcpStream::connect(addr)?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Resolves `host:port` (blocking: names are looked up with the system
+/// resolver when a connection opens).
+fn resolve(target: &str) -> std::io::Result<SocketAddr> {
+    target.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{target} has no address"),
+        )
+    })
+}
+
+fn ensure_listener(pair: &mut Pair, port: u16, buffer: usize) {
+    if pair.flows() + pair.listening.len() >= MAX_FLOWS_PER_PAIR {
+        return;
+    }
+    // One idle listener per SYN: a second SYN in the same batch needs its own.
+    let mut sock = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; buffer]),
+        tcp::SocketBuffer::new(vec![0; buffer]),
+    );
+    sock.set_nagle_enabled(false);
+    sock.set_ack_delay(None);
+    if sock.listen(port).is_ok() {
+        let handle = pair.stack.sockets.add(sock);
+        pair.listening.push(handle);
+    }
+}
+
+fn ensure_udp_port(pair: &mut Pair, port: u16) {
+    if pair.udp_ports.contains_key(&port) || pair.udp_ports.len() >= MAX_FLOWS_PER_PAIR {
+        return;
+    }
+    let meta = || vec![udp::PacketMetadata::EMPTY; UDP_PACKETS];
+    let mut sock = udp::Socket::new(
+        udp::PacketBuffer::new(meta(), vec![0; 256 * 1024]),
+        udp::PacketBuffer::new(meta(), vec![0; 256 * 1024]),
+    );
+    if sock.bind(port).is_ok() {
+        let handle = pair.stack.sockets.add(sock);
+        pair.udp_ports.insert(port, handle);
+    }
+}
+
+impl RuntimeRole for Connector {
+    fn on_frame(
+        &mut self,
+        ctx: &mut Ctx,
+        buf: Vec<u8>,
+        len: usize,
+        now: Instant,
+    ) -> Option<Vec<u8>> {
+        match Frame::new_unchecked(&buf[..len]).kind() {
+            Kind::E2eHandshakeUp => {
+                self.handshake(ctx, &buf[..len], now);
+                Some(buf)
+            }
+            Kind::DataUp => self.data(ctx, buf, len, now),
+            // Pongs and directories: a connector needs nothing from them
+            // beyond the liveness the hop already noted.
+            _ => Some(buf),
+        }
+    }
+
+    fn on_event(&mut self, _ctx: &mut Ctx, event: &mio::event::Event, now: Instant) {
+        // Readiness is acted on in `poll`, which pumps every flow; mark
+        // the pair active so idle cleanup leaves it alone.
+        if let Some(key) = self.by_token.get(&event.token()) {
+            if let Some(pair) = self.pairs.get_mut(key) {
+                pair.last_active = now;
+            }
+        }
+    }
+
+    fn poll(&mut self, ctx: &mut Ctx, now: Instant) -> Option<Instant> {
+        self.check_policy(now);
+        let smol = smol_now(ctx.epoch, now);
+        let keys: Vec<_> = self.pairs.keys().copied().collect();
+        let mut next: Option<Instant> = Some(now + POLICY_CHECK);
+        for key in keys {
+            if let Some(pair) = self.pairs.get_mut(&key) {
+                pair.stack.poll(smol);
+            }
+            self.accept_new(ctx, key);
+            let Some(pair) = self.pairs.get_mut(&key) else {
+                continue;
+            };
+            let closing = std::mem::take(&mut pair.closing);
+            pump_pair(ctx, pair, &mut self.by_token, now);
+            pair.stack.poll(smol);
+            for handle in closing {
+                pair.stack.sockets.remove(handle);
+            }
+            flush_tx(ctx, pair);
+            if let Some(at) = pair.stack.poll_at(smol) {
+                let delay = Duration::from_micros((at - smol).total_micros());
+                next = Some(next.map_or(now + delay, |n| n.min(now + delay)));
+            }
+            let expired = pair.current.as_ref().is_none_or(|s| s.expired(now));
+            if expired && pair.flows() == 0 && now.duration_since(pair.last_active) >= PAIR_IDLE {
+                if let Some(pair) = self.pairs.remove(&key) {
+                    self.close_pair(pair);
+                }
+            }
+        }
+        next
+    }
+
+    fn publish(&self, ctx: &Ctx, board: &StatusBoard) {
+        let policy = self.policy.policy();
+        let mut services: Vec<ServiceStatus> = self
+            .pairs
+            .values()
+            .map(|p| ServiceStatus {
+                id: p.service.0,
+                name: policy
+                    .service(p.service)
+                    .map_or_else(String::new, |s| s.name.clone()),
+                detail: policy
+                    .user_name(p.user)
+                    .map_or_else(|| format!("user {}", p.user.0), |n| format!("user {n}")),
+                session: p.current.is_some(),
+                flows: p.flows(),
+                bytes_in: p.bytes_in + p.tcp.values().map(|f| f.bytes_in).sum::<u64>(),
+                bytes_out: p.bytes_out + p.tcp.values().map(|f| f.bytes_out).sum::<u64>(),
+            })
+            .collect();
+        services.sort_by_key(|s| (s.id, s.detail.clone()));
+        board.publish(Status {
+            role: "connector".into(),
+            name: self.name.clone(),
+            id: self.id,
+            relay: ctx.hop.relay().to_string(),
+            hop_up: ctx.hop.is_up(),
+            last_handshake_unix: ctx.hop.stats.last_handshake_unix,
+            handshakes: ctx.hop.stats.handshakes,
+            hop_lost: ctx.hop.stats.lost,
+            frames_out: ctx.stats.frames_out,
+            frames_in: ctx.stats.frames_in,
+            bytes_out: ctx.stats.bytes_out,
+            bytes_in: ctx.stats.bytes_in,
+            send_dropped: ctx.stats.send_dropped,
+            open_dropped: ctx.stats.open_dropped,
+            services,
+            errors: self.errors.to_vec(),
+            ..Status::default()
+        });
+    }
+}
+
+/// Pumps every connection of a pair; removes finished ones.
+fn pump_pair(
+    ctx: &mut Ctx,
+    pair: &mut Pair,
+    by_token: &mut HashMap<Token, (UserId, ServiceId)>,
+    now: Instant,
+) {
+    let mut done = Vec::new();
+    for (token, flow) in pair.tcp.iter_mut() {
+        let sock = pair.stack.sockets.get_mut::<tcp::Socket<'_>>(flow.handle);
+        if flow.pump(sock) == FlowStatus::Done {
+            done.push(*token);
+        }
+    }
+    for token in done {
+        if let Some(mut flow) = pair.tcp.remove(&token) {
+            let _ = ctx.registry.deregister(&mut flow.stream);
+            pair.bytes_in += flow.bytes_in;
+            pair.bytes_out += flow.bytes_out;
+            by_token.remove(&token);
+            pair.closing.push(flow.handle);
+        }
+    }
+    pump_udp(ctx, pair, by_token, now);
+}
+
+fn pump_udp(
+    ctx: &mut Ctx,
+    pair: &mut Pair,
+    by_token: &mut HashMap<Token, (UserId, ServiceId)>,
+    now: Instant,
+) {
+    let mut buf = [0u8; 65_536];
+    // Tunnel -> target.
+    let ports: Vec<(u16, SocketHandle)> = pair.udp_ports.iter().map(|(p, h)| (*p, *h)).collect();
+    for (_, handle) in ports {
+        loop {
+            let sock = pair.stack.sockets.get_mut::<udp::Socket<'_>>(handle);
+            let Ok((n, meta)) = sock.recv_slice(&mut buf) else {
+                break;
+            };
+            let client = meta.endpoint;
+            let existing = pair
+                .udp
+                .iter_mut()
+                .find(|(_, f)| f.client == client && f.stack_socket == handle)
+                .map(|(t, _)| *t);
+            let token = match existing {
+                Some(t) => t,
+                None => {
+                    if pair.flows() >= MAX_FLOWS_PER_PAIR {
+                        continue;
+                    }
+                    let Ok(target) = resolve(&pair.target) else {
+                        continue;
+                    };
+                    let bind: SocketAddr = if target.is_ipv4() {
+                        "0.0.0.0:0".parse().unwrap_or(target)
+                    } else {
+                        "[::]:0".parse().unwrap_or(target)
+                    };
+                    let Ok(mut socket) = UdpSocket::bind(bind) else {
+                        continue;
+                    };
+                    if socket.connect(target).is_err() {
+                        continue;
+                    }
+                    let token = ctx.token();
+                    if ctx
+                        .registry
+                        .register(&mut socket, token, Interest::READABLE)
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    pair.udp.insert(
+                        token,
+                        UdpFlow {
+                            socket,
+                            token,
+                            client,
+                            stack_socket: handle,
+                            last_used: now,
+                        },
+                    );
+                    by_token.insert(token, (pair.user, pair.service));
+                    token
+                }
+            };
+            if let Some(flow) = pair.udp.get_mut(&token) {
+                if flow.socket.send(&buf[..n]).is_ok() {
+                    pair.bytes_in += n as u64;
+                }
+                flow.last_used = now;
+            }
+        }
+    }
+    // Target -> tunnel, and idle flows.
+    let mut idle = Vec::new();
+    for (token, flow) in pair.udp.iter_mut() {
+        let sock = pair
+            .stack
+            .sockets
+            .get_mut::<udp::Socket<'_>>(flow.stack_socket);
+        while sock.can_send() {
+            match flow.socket.recv(&mut buf) {
+                Ok(n) => {
+                    if sock.send_slice(&buf[..n], flow.client).is_ok() {
+                        pair.bytes_out += n as u64;
+                    }
+                    flow.last_used = now;
+                }
+                Err(_) => break,
+            }
+        }
+        if now.duration_since(flow.last_used) >= UDP_IDLE {
+            idle.push(*token);
+        }
+    }
+    for token in idle {
+        if let Some(mut flow) = pair.udp.remove(&token) {
+            let _ = ctx.registry.deregister(&mut flow.socket);
+            by_token.remove(&flow.token);
+        }
+    }
+}
+
+/// Seals and sends what a pair's stack emitted.
+fn flush_tx(ctx: &mut Ctx, pair: &mut Pair) {
+    while let Some(packet) = pair.stack.dev.tx.pop_front() {
+        match pair.current.as_mut() {
+            Some(session) => {
+                ctx.send_packet(session, Kind::DataDown, pair.user, pair.service, packet)
+            }
+            None => {
+                ctx.stats.send_dropped += 1;
+                ctx.pool.put(packet.buf);
+            }
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! `agent status`: the running agent publishes a snapshot of its state a
+//! few times a second; a small HTTP endpoint on loopback serves it as
+//! JSON (`GET /status`), and `agent status` fetches and prints it.
+//!
+//! The endpoint runs on its own thread and reads only the snapshot, so a
+//! slow or hostile client cannot stall the packet path. It answers one
+//! request per connection, with a read timeout and a size cap.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest request read.
+const MAX_REQUEST: usize = 4096;
+
+/// One service as the agent sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ServiceStatus {
+    /// Service id.
+    pub id: u32,
+    /// Name from the policy.
+    pub name: String,
+    /// For a client: the local listener(s); for a connector: the user.
+    pub detail: String,
+    /// An end-to-end session is up.
+    pub session: bool,
+    /// Open connections and UDP flows.
+    pub flows: usize,
+    /// Bytes from applications into the tunnel.
+    pub bytes_in: u64,
+    /// Bytes from the tunnel to applications.
+    pub bytes_out: u64,
+}
+
+/// The whole snapshot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// `client` or `connector`.
+    pub role: String,
+    /// Certificate name.
+    pub name: String,
+    /// Certificate id.
+    pub id: u32,
+    /// Client mode (`proxy`, `tun`) or empty.
+    pub client_mode: String,
+    /// Connection mode from the policy (`off`, `on-demand`, ...).
+    pub connection_mode: String,
+    /// The relay.
+    pub relay: String,
+    /// A hop session is up.
+    pub hop_up: bool,
+    /// Last completed hop handshake, unix seconds.
+    pub last_handshake_unix: Option<u64>,
+    /// Hop handshakes completed.
+    pub handshakes: u64,
+    /// Hop sessions lost to silence.
+    pub hop_lost: u64,
+    /// Frames sent and received.
+    pub frames_out: u64,
+    /// Frames received.
+    pub frames_in: u64,
+    /// Bytes sent to the relay.
+    pub bytes_out: u64,
+    /// Bytes received from the relay.
+    pub bytes_in: u64,
+    /// Frames that could not be sent.
+    pub send_dropped: u64,
+    /// Frames that failed end-to-end checks.
+    pub open_dropped: u64,
+    /// Services (client) or open pairs (connector).
+    pub services: Vec<ServiceStatus>,
+    /// Recent errors, newest last.
+    pub errors: Vec<String>,
+}
+
+/// Where the loop publishes and the endpoint reads.
+#[derive(Debug, Clone, Default)]
+pub struct StatusBoard(Arc<Mutex<Status>>);
+
+impl StatusBoard {
+    /// An empty board.
+    pub fn new() -> StatusBoard {
+        StatusBoard::default()
+    }
+
+    /// Replaces the snapshot.
+    pub fn publish(&self, status: Status) {
+        if let Ok(mut s) = self.0.lock() {
+            *s = status;
+        }
+    }
+
+    /// A copy of the snapshot.
+    pub fn snapshot(&self) -> Status {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// A bounded list of recent error messages.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorLog(std::collections::VecDeque<String>);
+
+impl ErrorLog {
+    /// Entries kept.
+    pub const KEEP: usize = 16;
+
+    /// Records (and logs) an error, unless it repeats the newest.
+    pub fn push(&mut self, msg: String) {
+        if self.0.back() == Some(&msg) {
+            return;
+        }
+        tracing::warn!("{msg}");
+        if self.0.len() == Self::KEEP {
+            self.0.pop_front();
+        }
+        self.0.push_back(msg);
+    }
+
+    /// The entries, oldest first.
+    pub fn to_vec(&self) -> Vec<String> {
+        self.0.iter().cloned().collect()
+    }
+}
+
+/// Serves `board` on `addr` until `stop` is set. Binds before returning,
+/// so a taken port is reported to the caller.
+pub fn serve(
+    addr: SocketAddr,
+    board: StatusBoard,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let handle = std::thread::Builder::new()
+        .name("status".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => answer(stream, &board),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::park_timeout(Duration::from_millis(50));
+                    }
+                    Err(e) => tracing::debug!(error = %e, "status accept failed"),
+                }
+            }
+        })?;
+    Ok(handle)
+}
+
+fn answer(mut stream: TcpStream, board: &StatusBoard) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut req = Vec::new();
+    let mut buf = [0u8; 512];
+    while req.len() < MAX_REQUEST && !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = req.split(|b| *b == b'\r').next().unwrap_or_default();
+    let (code, body) = if line.starts_with(b"GET /status ") || line.starts_with(b"GET / ") {
+        (
+            "200 OK",
+            serde_json::to_string_pretty(&board.snapshot()).unwrap_or_default(),
+        )
+    } else {
+        ("404 Not Found", "{\"error\":\"GET /status\"}".to_owned())
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// Fetches the snapshot from a running agent.
+pub fn fetch(addr: SocketAddr) -> anyhow::Result<Status> {
+    use anyhow::Context;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| {
+        format!("no agent answers on {addr}; is it running, and is [status] listen the same in its config?")
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    stream.read_to_string(&mut resp)?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .context("malformed status answer")?;
+    serde_json::from_str(body).context("malformed status JSON")
+}
+
+/// Human-readable rendering for `agent status`.
+pub fn render(s: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "{} '{}' (id {})", s.role, s.name, s.id);
+    if !s.client_mode.is_empty() {
+        let _ = writeln!(
+            out,
+            "  mode:        {} (connection mode {})",
+            s.client_mode, s.connection_mode
+        );
+    }
+    let last = s
+        .last_handshake_unix
+        .map_or_else(|| "never".to_owned(), |t| format!("unix {t}"));
+    let _ = writeln!(
+        out,
+        "  relay:       {} ({}; last handshake {last}; {} handshakes, {} lost)",
+        s.relay,
+        if s.hop_up { "up" } else { "DOWN" },
+        s.handshakes,
+        s.hop_lost
+    );
+    let _ = writeln!(
+        out,
+        "  frames:      {} out / {} in ({} B / {} B); dropped: {} send, {} open",
+        s.frames_out, s.frames_in, s.bytes_out, s.bytes_in, s.send_dropped, s.open_dropped
+    );
+    let _ = writeln!(out, "  services:");
+    if s.services.is_empty() {
+        let _ = writeln!(out, "    (none)");
+    }
+    for v in &s.services {
+        let _ = writeln!(
+            out,
+            "    {:<20} id {:<6} {:<8} {} flows  {} B in / {} B out  {}",
+            v.name,
+            v.id,
+            if v.session { "session" } else { "-" },
+            v.flows,
+            v.bytes_in,
+            v.bytes_out,
+            v.detail
+        );
+    }
+    if !s.errors.is_empty() {
+        let _ = writeln!(out, "  recent errors:");
+        for e in &s.errors {
+            let _ = writeln!(out, "    {e}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serves_the_published_snapshot() {
+        let board = StatusBoard::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        // Bind to a free port first to learn it.
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        let t = serve(addr, board.clone(), stop.clone()).unwrap();
+        board.publish(Status {
+            role: "client".into(),
+            hop_up: true,
+            frames_in: 42,
+            ..Status::default()
+        });
+        let got = fetch(addr).unwrap();
+        assert_eq!(got.frames_in, 42);
+        assert!(got.hop_up);
+        // Anything else is a 404, and the server survives garbage.
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"\x00\xffjunk\r\n\r\n").unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        assert!(r.starts_with("HTTP/1.1 404"));
+        assert_eq!(fetch(addr).unwrap().frames_in, 42);
+        stop.store(true, Ordering::Relaxed);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn error_log_is_bounded_and_skips_repeats() {
+        let mut log = ErrorLog::default();
+        log.push("a".into());
+        log.push("a".into());
+        assert_eq!(log.to_vec(), vec!["a".to_string()]);
+        for i in 0..40 {
+            log.push(i.to_string());
+        }
+        assert_eq!(log.to_vec().len(), ErrorLog::KEEP);
+        assert_eq!(log.to_vec().last().unwrap(), "39");
+    }
+}

@@ -1,0 +1,401 @@
+//! A world for agent tests: a throwaway CA, a policy file, an in-process
+//! relay on loopback, real `agent` processes (client and connector) with
+//! config files, and real target services (threads with kernel sockets).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent::status::Status;
+use loadgen::pki::Pki;
+use loadgen::world::ScratchDir;
+use proto::datapath::Mode;
+use proto::handshake::LocalIdentity;
+use proto::identity::Role;
+use relay::io::{Backend, IoConfig};
+use relay::{Relay, RelayOptions};
+
+pub const ALICE: u32 = 1001;
+pub const BOB: u32 = 1002;
+pub const CONNECTOR: u32 = 501;
+
+/// The test world.
+pub struct World {
+    pub dir: ScratchDir,
+    pub pki: Pki,
+    pub relay: Option<Relay>,
+    pub relay_addr: SocketAddr,
+    relay_identity: LocalIdentity,
+    pub mode: Mode,
+}
+
+/// Targets the policy's services point at.
+pub struct Targets {
+    pub echo: SocketAddr,
+    pub sink: SocketAddr,
+    pub udp_echo: SocketAddr,
+    pub http: Option<SocketAddr>,
+}
+
+impl World {
+    pub fn start(mode: Mode) -> World {
+        let dir = ScratchDir::new("agent-test").unwrap();
+        let pki = Pki::new(relay::control::unix_nanos() / 1_000_000_000);
+        let relay_identity = pki.node(1, "relay-1", Role::Relay, &[]).unwrap();
+        let w = World {
+            dir,
+            pki,
+            relay: None,
+            relay_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            relay_identity,
+            mode,
+        };
+        std::fs::write(w.dir.path().join("ca.pub"), w.pki.ca().to_text()).unwrap();
+        w
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes the policy: alice (group eng) may reach every service; bob
+    /// is in no group and has no grant.
+    pub fn write_policy(&self, t: &Targets, alice_allowed: bool) {
+        let rules = if alice_allowed {
+            "[[rules]]\nname = \"eng-all\"\ngroups = [\"eng\"]\nservices = [\"*\"]\n"
+        } else {
+            "[[rules]]\nname = \"nobody\"\nusers = [\"bob\"]\nservices = [\"unused\"]\n"
+        };
+        let http = t
+            .http
+            .map(|a| format!("[[services]]\nid = 13\nname = \"web\"\nprotocol = \"tcp\"\ntarget = \"{a}\"\nconnectors = [\"conn-a\"]\n"))
+            .unwrap_or_default();
+        let text = format!(
+            "[[groups]]\nname = \"eng\"\n\n\
+             [[users]]\nid = {ALICE}\nname = \"alice\"\ngroups = [\"eng\"]\n\n\
+             [[users]]\nid = {BOB}\nname = \"bob\"\n\n\
+             [[connectors]]\nid = {CONNECTOR}\nname = \"conn-a\"\n\n\
+             [[services]]\nid = 10\nname = \"echo\"\nprotocol = \"tcp\"\ntarget = \"{}\"\nconnectors = [\"conn-a\"]\n\n\
+             [[services]]\nid = 11\nname = \"bulk\"\nprotocol = \"tcp\"\ntarget = \"{}\"\nconnectors = [\"conn-a\"]\n\n\
+             [[services]]\nid = 12\nname = \"uecho\"\nprotocol = \"udp\"\ntarget = \"{}\"\nconnectors = [\"conn-a\"]\n\n\
+             [[services]]\nid = 14\nname = \"unused\"\nprotocol = \"tcp\"\ntarget = \"127.0.0.1:9\"\nconnectors = [\"conn-a\"]\n\n\
+             {http}\n{rules}",
+            t.echo, t.sink, t.udp_echo
+        );
+        // Write then rename, so a reader never sees half a file.
+        let tmp = self.path("policy.toml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.path("policy.toml")).unwrap();
+    }
+
+    /// Starts (or restarts) the relay on `relay_addr` (port 0 the first
+    /// time).
+    pub fn start_relay(&mut self) {
+        let relay = Relay::start(RelayOptions {
+            listen: self.relay_addr,
+            workers: 1,
+            first_core: 0,
+            pin: false,
+            io: Backend::Mmsg,
+            io_config: IoConfig::default(),
+            mode: self.mode,
+            identity: self.relay_identity.clone(),
+            ca: self.pki.ca(),
+            policy: self.path("policy.toml"),
+        })
+        .expect("relay starts");
+        self.relay_addr = relay.local_addr();
+        self.relay = Some(relay);
+    }
+
+    pub fn stop_relay(&mut self) {
+        if let Some(r) = self.relay.take() {
+            r.stop();
+        }
+    }
+
+    pub fn reload_relay_policy(&self) {
+        if let Some(r) = &self.relay {
+            r.reload_policy();
+        }
+    }
+
+    fn relay_key_hex(&self) -> String {
+        self.relay_identity
+            .public_key()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Writes identity files and a config for an agent; returns the
+    /// config path and the status address.
+    pub fn agent_config(
+        &self,
+        name: &str,
+        id: u32,
+        role: Role,
+        groups: &[&str],
+        body: &str,
+    ) -> (PathBuf, SocketAddr) {
+        let node = self.pki.node(id, name, role, groups).unwrap();
+        self.pki.write_node(self.dir.path(), name, &node).unwrap();
+        let status = free_tcp_port();
+        let text = format!(
+            "[relay]\naddress = \"{}\"\npublic_key = \"{}\"\n\n\
+             [identity]\nca = \"ca.pub\"\ncert = \"{name}.cert\"\nkey = \"{name}.key\"\n\n\
+             [status]\nlisten = \"{status}\"\n\n\
+             [tunnel]\nping_after_ms = 300\ndead_after_ms = 1500\n\n{body}",
+            self.relay_addr,
+            self.relay_key_hex()
+        );
+        let path = self.path(&format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        (path, status)
+    }
+
+    pub fn connector(&self) -> AgentProcess {
+        let (cfg, status) = self.agent_config(
+            "conn-a",
+            CONNECTOR,
+            Role::Connector,
+            &[],
+            "[connector]\npolicy = \"policy.toml\"\n",
+        );
+        AgentProcess::spawn(&cfg, status, self.dir.path(), "conn-a")
+    }
+
+    /// A proxy-mode client for user `id` with listeners `(service, addr,
+    /// proto)`.
+    pub fn client(
+        &self,
+        name: &str,
+        id: u32,
+        groups: &[&str],
+        listen: &[(&str, SocketAddr, &str)],
+    ) -> AgentProcess {
+        let mut body = String::from("[client]\nmode = \"proxy\"\n");
+        for (svc, addr, proto) in listen {
+            body.push_str(&format!(
+                "[[client.listen]]\nservice = \"{svc}\"\nlisten = \"{addr}\"\nprotocol = \"{proto}\"\n"
+            ));
+        }
+        let (cfg, status) = self.agent_config(name, id, Role::User, groups, &body);
+        AgentProcess::spawn(&cfg, status, self.dir.path(), name)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop_relay();
+    }
+}
+
+/// A running `agent` process, killed on drop; its log is kept in a file
+/// and printed when a test fails.
+pub struct AgentProcess {
+    pub child: Child,
+    pub status: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl AgentProcess {
+    pub fn spawn(config: &Path, status: SocketAddr, dir: &Path, name: &str) -> AgentProcess {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,agent=debug")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("agent binary runs");
+        AgentProcess { child, status, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> Option<Status> {
+        agent::status::fetch(self.status).ok()
+    }
+
+    /// Polls the status endpoint until `pred` holds (bounded).
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Status) -> bool,
+    ) -> Status {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status() {
+                if pred(&s) {
+                    return s;
+                }
+                if Instant::now() > deadline {
+                    panic!(
+                        "timed out waiting for {what}; last status: {s:#?}\nlog:\n{}",
+                        self.log_text()
+                    );
+                }
+            } else if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}: no status\nlog:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- {} ----\n{}", self.log.display(), self.log_text());
+        }
+    }
+}
+
+pub fn free_tcp_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+pub fn free_udp_port() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
+/// A TCP echo server; runs until the process ends.
+pub fn tcp_echo() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 65536];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A TCP sink: reads each connection to EOF and answers with the
+/// BLAKE3 hash of what it read (32 bytes) and its length (u64 BE).
+pub fn tcp_hash_sink() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut h = blake3::Hasher::new();
+                let mut n = 0u64;
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(k) => {
+                            h.update(&buf[..k]);
+                            n += k as u64;
+                        }
+                        Err(_) => return,
+                    }
+                }
+                let _ = s.write_all(h.finalize().as_bytes());
+                let _ = s.write_all(&n.to_be_bytes());
+            });
+        }
+    });
+    addr
+}
+
+/// A UDP echo server.
+pub fn udp_echo() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = s.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    });
+    addr
+}
+
+/// Deterministic pseudo-random bytes (xorshift), for bulk transfers.
+pub fn fill(buf: &mut [u8], state: &mut u64) {
+    for chunk in buf.chunks_mut(8) {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        let b = state.to_le_bytes();
+        chunk.copy_from_slice(&b[..chunk.len()]);
+    }
+}
+
+/// Sends `total` bytes through `addr` to the hash sink; returns (sent
+/// hash, received hash, received length).
+pub fn bulk_transfer(
+    addr: SocketAddr,
+    total: u64,
+    seed: u64,
+    abort: Option<Arc<AtomicBool>>,
+) -> std::io::Result<([u8; 32], [u8; 32], u64)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut h = blake3::Hasher::new();
+    let mut state = seed | 1;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut left = total;
+    while left > 0 {
+        if abort.as_ref().is_some_and(|a| a.load(Ordering::Relaxed)) {
+            break;
+        }
+        let k = left.min(buf.len() as u64) as usize;
+        fill(&mut buf[..k], &mut state);
+        s.write_all(&buf[..k])?;
+        h.update(&buf[..k]);
+        left -= k as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = [0u8; 40];
+    s.read_exact(&mut answer)?;
+    let mut got = [0u8; 32];
+    got.copy_from_slice(&answer[..32]);
+    let n = u64::from_be_bytes(answer[32..].try_into().unwrap());
+    Ok((*h.finalize().as_bytes(), got, n))
+}
+
+/// Connects and retries while the listener refuses or resets early (the
+/// agent's session may still be coming up), bounded.
+pub fn echo_roundtrip(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(msg)?;
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got)?;
+    Ok(got)
+}
