@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the tests need beyond the Rust toolchain, if missing:
+# iperf3 and curl (unmodified clients through the agent), python3 (an HTTP
+# server behind the connector), iproute2 (network namespaces for tun mode).
+# Debian/Ubuntu only; needs root (or sudo) for apt-get. Idempotent.
+set -euo pipefail
+
+need=()
+command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+
+if [ ${#need[@]} -eq 0 ]; then
+    exit 0
+fi
+echo "setup: installing ${need[*]}" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
