@@ -10,5 +10,6 @@
 //! Both carry IP packets end to end, sealed with the end-to-end AEAD in
 //! `DataUp`/`DataDown` frames through the relay.
 
+pub mod dns;
 #[cfg(target_os = "linux")]
 pub mod tun;
