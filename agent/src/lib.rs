@@ -17,11 +17,14 @@
 //! * [`netstack`]: the smoltcp stacks behind the tunnel.
 //! * [`flow`]: pumping bytes between kernel sockets and smoltcp sockets.
 //! * [`client`] and [`connector`]: the two roles.
+//! * [`tun`] and [`dns`]: the TUN device and the service-name responder
+//!   of `tun` mode.
 //! * [`config`], [`status`], [`policy_watch`], [`pool`], [`inner`].
 
 pub mod client;
 pub mod config;
 pub mod connector;
+pub mod dns;
 pub mod e2e;
 pub mod flow;
 pub mod hop;
@@ -32,3 +35,5 @@ pub mod pool;
 pub mod runtime;
 pub mod start;
 pub mod status;
+#[cfg(target_os = "linux")]
+pub mod tun;
