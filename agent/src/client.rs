@@ -36,7 +36,7 @@ use smoltcp::wire::{IpAddress, IpEndpoint};
 use crate::config::{ClientMode, ListenConfig, Transport, TunnelConfig};
 use crate::e2e::{record_receiver, E2eSession};
 use crate::flow::{FlowStatus, TcpFlow};
-use crate::netstack::{service_addr, smol_now, Stack};
+use crate::netstack::{smol_now, Stack};
 use crate::pool::Packet;
 use crate::runtime::{header, unix_nanos, Ctx, Role as RuntimeRole};
 use crate::status::{ErrorLog, ServiceStatus, Status, StatusBoard};
@@ -171,7 +171,9 @@ struct UdpApp {
 struct ServiceTunnel {
     entry: ServiceEntry,
     sessions: ClientSessions,
-    stack: Stack,
+    /// The user-space stack (proxy mode); `None` in tun mode, where the
+    /// kernel's stack makes the packets.
+    stack: Option<Stack>,
     tcp: HashMap<Token, TcpFlow>,
     udp: Vec<UdpApp>,
     closing: Vec<SocketHandle>,
@@ -205,6 +207,23 @@ struct Listener {
     udp: Option<UdpSocket>,
 }
 
+/// tun mode: the device, the DNS responder's address, and which virtual
+/// address is which service.
+#[derive(Debug)]
+pub struct TunPath {
+    dev: crate::tun::TunDevice,
+    batch: crate::tun::PacketBatch,
+    dns: std::net::SocketAddrV4,
+    by_ip: HashMap<std::net::Ipv4Addr, ServiceId>,
+    /// Packets to addresses that are no service (or while `off`).
+    pub unroutable: u64,
+    /// Packets dropped in lockdown while the tunnel was down.
+    pub blackholed: u64,
+    /// Failed writes into the device.
+    pub write_errors: u64,
+    dns_out: Vec<u8>,
+}
+
 /// The client.
 pub struct Client {
     identity: LocalIdentity,
@@ -217,11 +236,15 @@ pub struct Client {
     directory: Option<Directory>,
     assembler: DirectoryAssembler,
     listeners: HashMap<Token, Listener>,
+    tun_token: Option<Token>,
     tunnels: HashMap<ServiceId, ServiceTunnel>,
     by_index: HashMap<ReceiverIndex, ServiceId>,
     by_token: HashMap<Token, ServiceId>,
     next_index: u32,
     errors: ErrorLog,
+    /// Virtual address of each service in the directory.
+    ips: HashMap<ServiceId, std::net::Ipv4Addr>,
+    tun: Option<TunPath>,
 }
 
 impl std::fmt::Debug for Client {
@@ -284,12 +307,136 @@ impl Client {
             directory: None,
             assembler: DirectoryAssembler::default(),
             listeners,
+            tun_token: None,
             tunnels: HashMap::new(),
             by_index: HashMap::new(),
             by_token: HashMap::new(),
             next_index: rand::random::<u32>() | 1,
             errors: ErrorLog::default(),
+            ips: HashMap::new(),
+            tun: None,
         })
+    }
+
+    /// A tun-mode client over an opened device; the DNS responder answers
+    /// on `dns` (an address inside the device's prefix).
+    pub fn new_tun(
+        identity: LocalIdentity,
+        ca: CaPublicKey,
+        dev: crate::tun::TunDevice,
+        dns: std::net::SocketAddrV4,
+        tunnel_cfg: TunnelConfig,
+        ctx: &mut Ctx,
+    ) -> anyhow::Result<Client> {
+        use std::os::fd::AsRawFd;
+        let mut client = Client::new(identity, ca, &[], tunnel_cfg, ctx)?;
+        let token = ctx.token();
+        let fd = dev.as_raw_fd();
+        ctx.registry
+            .register(&mut mio::unix::SourceFd(&fd), token, Interest::READABLE)?;
+        client.tun_token = Some(token);
+        client.mode = ClientMode::Tun;
+        client.tun = Some(TunPath {
+            batch: dev.batch(256),
+            dev,
+            dns,
+            by_ip: HashMap::new(),
+            unroutable: 0,
+            blackholed: 0,
+            write_errors: 0,
+            dns_out: Vec::new(),
+        });
+        Ok(client)
+    }
+
+    /// The virtual address of a service.
+    fn service_ip(&self, id: ServiceId) -> std::net::Ipv4Addr {
+        self.ips
+            .get(&id)
+            .copied()
+            .unwrap_or_else(|| crate::dns::service_address(id.0))
+    }
+
+    /// Reads what the TUN device has and sends each packet to its
+    /// service's connector; answers DNS queries for service names.
+    fn read_tun(&mut self, ctx: &mut Ctx, now: Instant) {
+        loop {
+            let Some(tun) = self.tun.as_mut() else { return };
+            tun.batch.clear();
+            match tun.dev.read_packets(&mut tun.batch) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    self.errors
+                        .push(format!("reading the TUN device failed: {e}"));
+                    return;
+                }
+            }
+            let mut batch = std::mem::replace(&mut tun.batch, crate::tun::PacketBatch::new(0, 0));
+            for packet in batch.iter() {
+                self.tun_packet(ctx, packet, now);
+            }
+            batch.clear();
+            if let Some(tun) = self.tun.as_mut() {
+                tun.batch = batch;
+            }
+        }
+    }
+
+    fn tun_packet(&mut self, ctx: &mut Ctx, packet: &[u8], now: Instant) {
+        let Some(dst) = crate::inner::ipv4_destination(packet) else {
+            if let Some(t) = self.tun.as_mut() {
+                t.unroutable += 1;
+            }
+            return;
+        };
+        let Some(tun) = self.tun.as_mut() else { return };
+        if dst == *tun.dns.ip() {
+            answer_dns(tun, packet, &self.ips, self.directory.as_ref());
+            return;
+        }
+        let Some(id) = tun.by_ip.get(&dst).copied() else {
+            tun.unroutable += 1;
+            return;
+        };
+        if self.conn_mode == ConnectionMode::Off {
+            tun.unroutable += 1;
+            return;
+        }
+        if self.conn_mode == ConnectionMode::Lockdown && !ctx.hop.is_up() {
+            // Lockdown: with the tunnel down, service traffic is dropped
+            // here, never sent any other way (the route stays on the device).
+            tun.blackholed += 1;
+            return;
+        }
+        let Some(entry) = self.directory.as_ref().and_then(|d| d.service(id)).cloned() else {
+            return;
+        };
+        let user = self.user;
+        let t = self.tunnel(&entry, ctx, now);
+        t.last_used = now;
+        t.bytes_in += packet.len() as u64;
+        let mut buf = ctx.pool.get();
+        let end = crate::pool::HEADROOM + packet.len();
+        if end + crate::pool::TAILROOM > buf.len() {
+            ctx.pool.put(buf);
+            return;
+        }
+        buf[crate::pool::HEADROOM..end].copy_from_slice(packet);
+        let p = Packet {
+            buf,
+            start: crate::pool::HEADROOM,
+            end,
+        };
+        match t.sessions.current.as_mut() {
+            Some(s) if t.waiting.is_empty() => ctx.send_packet(s, Kind::DataUp, user, id, p),
+            _ if t.waiting.len() < WAITING_MAX => t.waiting.push_back(p),
+            _ => {
+                ctx.stats.send_dropped += 1;
+                ctx.pool.put(p.buf);
+            }
+        }
     }
 
     fn entry(&self, name: &str) -> Result<ServiceEntry, String> {
@@ -309,12 +456,14 @@ impl Client {
 
     fn tunnel(&mut self, entry: &ServiceEntry, ctx: &Ctx, now: Instant) -> &mut ServiceTunnel {
         let mtu = usize::from(self.tunnel_cfg.mtu);
+        let tun = self.tun.is_some();
         self.tunnels
             .entry(entry.id)
             .or_insert_with(|| ServiceTunnel {
                 entry: entry.clone(),
                 sessions: ClientSessions::default(),
-                stack: Stack::client(ctx.pool.clone(), mtu, smol_now(ctx.epoch, now)),
+                stack: (!tun)
+                    .then(|| Stack::client(ctx.pool.clone(), mtu, smol_now(ctx.epoch, now))),
                 tcp: HashMap::new(),
                 udp: Vec::new(),
                 closing: Vec::new(),
@@ -383,6 +532,7 @@ impl Client {
             {
                 continue;
             }
+            let remote = IpEndpoint::new(IpAddress::Ipv4(self.service_ip(entry.id)), entry.port);
             let buffer = self.tunnel_cfg.tcp_buffer_kib * 1024;
             let tunnel = self.tunnel(&entry, ctx, now);
             let mut sock = tcp::Socket::new(
@@ -391,13 +541,15 @@ impl Client {
             );
             sock.set_nagle_enabled(false);
             sock.set_ack_delay(None);
-            let remote = IpEndpoint::new(IpAddress::Ipv4(service_addr(entry.id.0)), entry.port);
             let local_port = tunnel.port();
-            if let Err(e) = sock.connect(tunnel.stack.iface.context(), remote, local_port) {
+            let Some(stack) = tunnel.stack.as_mut() else {
+                continue;
+            };
+            if let Err(e) = sock.connect(stack.iface.context(), remote, local_port) {
                 tracing::warn!(error = %e, "cannot open a tunnel connection");
                 continue;
             }
-            let handle = tunnel.stack.sockets.add(sock);
+            let handle = stack.sockets.add(sock);
             tunnel
                 .tcp
                 .insert(flow_token, TcpFlow::new(stream, handle, false));
@@ -432,8 +584,13 @@ impl Client {
                     continue;
                 }
             };
+            let remote = IpEndpoint::new(IpAddress::Ipv4(self.service_ip(entry.id)), entry.port);
             let tunnel = self.tunnel(&entry, ctx, now);
             tunnel.last_used = now;
+            let port = tunnel.port();
+            let Some(stack) = tunnel.stack.as_mut() else {
+                continue;
+            };
             let pos = tunnel
                 .udp
                 .iter()
@@ -449,11 +606,10 @@ impl Client {
                         udp::PacketBuffer::new(meta(), vec![0; 256 * 1024]),
                         udp::PacketBuffer::new(meta(), vec![0; 256 * 1024]),
                     );
-                    let port = tunnel.port();
                     if s.bind(port).is_err() {
                         continue;
                     }
-                    let handle = tunnel.stack.sockets.add(s);
+                    let handle = stack.sockets.add(s);
                     tunnel.udp.push(UdpApp {
                         listener: token,
                         app,
@@ -463,8 +619,7 @@ impl Client {
                     handle
                 }
             };
-            let remote = IpEndpoint::new(IpAddress::Ipv4(service_addr(entry.id.0)), entry.port);
-            let s = tunnel.stack.sockets.get_mut::<udp::Socket<'_>>(handle);
+            let s = stack.sockets.get_mut::<udp::Socket<'_>>(handle);
             if s.send_slice(&buf[..n], remote).is_ok() {
                 tunnel.bytes_in += n as u64;
             }
@@ -475,6 +630,14 @@ impl Client {
         tracing::info!(services = dir.services.len(), mode = %dir.mode, digest = dir.digest, "directory from the relay");
         ctx.hop.digest = dir.digest;
         self.conn_mode = dir.mode;
+        let ids: Vec<u32> = dir.services.iter().map(|e| e.id.0).collect();
+        self.ips = crate::dns::service_addresses(&ids)
+            .into_iter()
+            .map(|(id, ip)| (ServiceId(id), ip))
+            .collect();
+        if let Some(tun) = self.tun.as_mut() {
+            tun.by_ip = self.ips.iter().map(|(id, ip)| (*ip, *id)).collect();
+        }
         let gone: Vec<ServiceId> = self
             .tunnels
             .iter()
@@ -537,14 +700,24 @@ impl Client {
             return Some(buf);
         };
         match session.open(&mut buf[..len], now) {
-            Ok(range) => {
-                tunnel.stack.dev.push_rx(Packet {
-                    buf,
-                    start: range.start,
-                    end: range.end,
-                });
-                None
-            }
+            Ok(range) => match (tunnel.stack.as_mut(), self.tun.as_mut()) {
+                (Some(stack), _) => {
+                    stack.dev.push_rx(Packet {
+                        buf,
+                        start: range.start,
+                        end: range.end,
+                    });
+                    None
+                }
+                (None, Some(tun)) => {
+                    tunnel.bytes_out += range.len() as u64;
+                    if tun.dev.write_packet(&buf[range]).is_err() {
+                        tun.write_errors += 1;
+                    }
+                    Some(buf)
+                }
+                (None, None) => Some(buf),
+            },
             Err(_) => {
                 ctx.stats.open_dropped += 1;
                 Some(buf)
@@ -631,7 +804,9 @@ impl RuntimeRole for Client {
 
     fn on_event(&mut self, ctx: &mut Ctx, event: &mio::event::Event, now: Instant) {
         let token = event.token();
-        if let Some(l) = self.listeners.get(&token) {
+        if Some(token) == self.tun_token {
+            self.read_tun(ctx, now);
+        } else if let Some(l) = self.listeners.get(&token) {
             if l.tcp.is_some() {
                 self.accept_tcp(ctx, token, now);
             } else {
@@ -684,15 +859,25 @@ impl RuntimeRole for Client {
                     now,
                 );
             }
-            t.stack.poll(smol);
+            if t.stack.is_none() {
+                // tun mode: packets go out as they are read.
+                flush_waiting(ctx, t, self.user);
+                continue;
+            }
             let closing = std::mem::take(&mut t.closing);
+            if let Some(stack) = t.stack.as_mut() {
+                stack.poll(smol);
+            }
             pump_tcp(ctx, t, &mut self.by_token);
             pump_udp(t, &self.listeners, now);
-            t.stack.poll(smol);
+            let Some(stack) = t.stack.as_mut() else {
+                continue;
+            };
+            stack.poll(smol);
             for h in closing {
-                t.stack.sockets.remove(h);
+                stack.sockets.remove(h);
             }
-            while let Some(p) = t.stack.dev.tx.pop_front() {
+            while let Some(p) = stack.dev.tx.pop_front() {
                 match t.sessions.current.as_mut() {
                     Some(s) => ctx.send_packet(s, Kind::DataUp, self.user, id, p),
                     None if t.waiting.len() < WAITING_MAX => t.waiting.push_back(p),
@@ -702,7 +887,7 @@ impl RuntimeRole for Client {
                     }
                 }
             }
-            if let Some(at) = t.stack.poll_at(smol) {
+            if let Some(at) = stack.poll_at(smol) {
                 let d = Duration::from_micros((at - smol).total_micros());
                 next = Some(next.map_or(now + d, |n| n.min(now + d)));
             }
@@ -766,9 +951,12 @@ impl RuntimeRole for Client {
 }
 
 fn pump_tcp(ctx: &mut Ctx, t: &mut ServiceTunnel, by_token: &mut HashMap<Token, ServiceId>) {
+    let Some(stack) = t.stack.as_mut() else {
+        return;
+    };
     let mut done = Vec::new();
     for (token, flow) in t.tcp.iter_mut() {
-        let sock = t.stack.sockets.get_mut::<tcp::Socket<'_>>(flow.handle);
+        let sock = stack.sockets.get_mut::<tcp::Socket<'_>>(flow.handle);
         if flow.pump(sock) == FlowStatus::Done {
             done.push(*token);
         }
@@ -785,18 +973,101 @@ fn pump_tcp(ctx: &mut Ctx, t: &mut ServiceTunnel, by_token: &mut HashMap<Token, 
 }
 
 fn pump_udp(t: &mut ServiceTunnel, listeners: &HashMap<Token, Listener>, now: Instant) {
+    let Some(stack) = t.stack.as_mut() else {
+        return;
+    };
     let mut buf = [0u8; 65_536];
-    t.udp.retain(|u| now.duration_since(u.last_used) < UDP_IDLE);
+    let closing = &mut t.closing;
+    t.udp.retain(|u| {
+        let keep = now.duration_since(u.last_used) < UDP_IDLE;
+        if !keep {
+            closing.push(u.handle);
+        }
+        keep
+    });
     for u in &mut t.udp {
         let Some(sock) = listeners.get(&u.listener).and_then(|l| l.udp.as_ref()) else {
             continue;
         };
-        let s = t.stack.sockets.get_mut::<udp::Socket<'_>>(u.handle);
+        let s = stack.sockets.get_mut::<udp::Socket<'_>>(u.handle);
         while let Ok((n, _)) = s.recv_slice(&mut buf) {
             if sock.send_to(&buf[..n], u.app).is_ok() {
                 t.bytes_out += n as u64;
             }
             u.last_used = now;
         }
+    }
+}
+
+/// Sends the packets that waited for a session (tun mode).
+fn flush_waiting(ctx: &mut Ctx, t: &mut ServiceTunnel, user: UserId) {
+    let id = t.entry.id;
+    while let Some(s) = t.sessions.current.as_mut() {
+        let Some(p) = t.waiting.pop_front() else {
+            break;
+        };
+        ctx.send_packet(s, Kind::DataUp, user, id, p);
+    }
+}
+
+/// Answers a DNS query that arrived on the TUN device: service names (and
+/// `NAME.ztna`) resolve to their virtual addresses.
+fn answer_dns(
+    tun: &mut TunPath,
+    packet: &[u8],
+    ips: &HashMap<ServiceId, std::net::Ipv4Addr>,
+    dir: Option<&Directory>,
+) {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr};
+    let Ok(ip) = Ipv4Packet::new_checked(packet) else {
+        return;
+    };
+    if ip.next_header() != IpProtocol::Udp {
+        return;
+    }
+    let Ok(udp) = UdpPacket::new_checked(ip.payload()) else {
+        return;
+    };
+    if udp.dst_port() != tun.dns.port() {
+        return;
+    }
+    let lookup = |name: &str| {
+        let name = name.strip_suffix(".ztna").unwrap_or(name);
+        let dir = dir?;
+        let e = dir
+            .services
+            .iter()
+            .find(|e| e.name.eq_ignore_ascii_case(name))?;
+        ips.get(&e.id).copied()
+    };
+    if crate::dns::answer(udp.payload(), lookup, &mut tun.dns_out).is_err() {
+        return;
+    }
+    let payload = &tun.dns_out;
+    let udp_repr = UdpRepr {
+        src_port: udp.dst_port(),
+        dst_port: udp.src_port(),
+    };
+    let ip_repr = Ipv4Repr {
+        src_addr: ip.dst_addr(),
+        dst_addr: ip.src_addr(),
+        next_header: IpProtocol::Udp,
+        payload_len: 8 + payload.len(),
+        hop_limit: 64,
+    };
+    let mut out = vec![0u8; 20 + 8 + payload.len()];
+    let caps = ChecksumCapabilities::default();
+    ip_repr.emit(&mut Ipv4Packet::new_unchecked(&mut out[..]), &caps);
+    udp_repr.emit(
+        &mut UdpPacket::new_unchecked(&mut out[20..]),
+        &ip_repr.src_addr.into(),
+        &ip_repr.dst_addr.into(),
+        payload.len(),
+        |b| b.copy_from_slice(payload),
+        &caps,
+    );
+    if tun.dev.write_packet(&out).is_err() {
+        tun.write_errors += 1;
     }
 }

@@ -19,6 +19,13 @@ use crate::policy_watch::PolicyWatch;
 use crate::runtime::{self, Role as RuntimeRole};
 use crate::status::{self, StatusBoard};
 
+/// The TUN device's own address in tun mode (the inner source address of
+/// every client).
+pub const TUN_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(100, 80, 0, 1);
+/// Where the DNS responder for service names answers in tun mode.
+pub const DEFAULT_DNS: std::net::SocketAddrV4 =
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(100, 80, 0, 2), 53);
+
 /// Resolves the relay's `host:port`.
 pub fn resolve_relay(address: &str) -> Result<SocketAddr> {
     address
