@@ -3,6 +3,8 @@
 //! config files, and real target services (threads with kernel sockets).
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -32,6 +34,8 @@ pub struct World {
     pub relay_addr: SocketAddr,
     relay_identity: LocalIdentity,
     pub mode: Mode,
+    /// Agents run inside this namespace (`ip netns exec`) when set.
+    pub netns: Option<String>,
 }
 
 /// Targets the policy's services point at.
@@ -54,6 +58,7 @@ impl World {
             relay_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             relay_identity,
             mode,
+            netns: None,
         };
         std::fs::write(w.dir.path().join("ca.pub"), w.pki.ca().to_text()).unwrap();
         w
@@ -167,7 +172,20 @@ impl World {
             &[],
             "[connector]\npolicy = \"policy.toml\"\n",
         );
-        AgentProcess::spawn(&cfg, status, self.dir.path(), "conn-a")
+        self.spawn(&cfg, status, "conn-a")
+    }
+
+    fn spawn(&self, cfg: &Path, status: SocketAddr, name: &str) -> AgentProcess {
+        AgentProcess::spawn(cfg, status, self.dir.path(), name, self.netns.as_deref())
+    }
+
+    /// A tun-mode client (run it in a namespace).
+    pub fn tun_client(&self, name: &str, id: u32, groups: &[&str], offload: bool) -> AgentProcess {
+        let body = format!(
+            "[client]\nmode = \"tun\"\n[client.tun]\nname = \"ztna0\"\noffload = {offload}\n"
+        );
+        let (cfg, status) = self.agent_config(name, id, Role::User, groups, &body);
+        self.spawn(&cfg, status, name)
     }
 
     /// A proxy-mode client for user `id` with listeners `(service, addr,
@@ -186,7 +204,7 @@ impl World {
             ));
         }
         let (cfg, status) = self.agent_config(name, id, Role::User, groups, &body);
-        AgentProcess::spawn(&cfg, status, self.dir.path(), name)
+        self.spawn(&cfg, status, name)
     }
 }
 
@@ -205,10 +223,18 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    pub fn spawn(config: &Path, status: SocketAddr, dir: &Path, name: &str) -> AgentProcess {
+    pub fn spawn(config: &Path, status: SocketAddr, dir: &Path, name: &str, netns: Option<&str>) -> AgentProcess {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_agent"))
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_agent")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_agent")),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info,agent=debug")
