@@ -15,12 +15,7 @@ use proto::datapath::Mode;
 
 fn world() -> (World, Targets) {
     let mut w = World::start(Mode::Ztna);
-    let t = Targets {
-        echo: tcp_echo(),
-        sink: tcp_hash_sink(),
-        udp_echo: udp_echo(),
-        http: None,
-    };
+    let t = Targets::basic();
     w.write_policy(&t, true);
     w.start_relay();
     (w, t)

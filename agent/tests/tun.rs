@@ -6,38 +6,12 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use common::netns::Netns;
 use common::*;
 use proto::datapath::Mode;
-
-/// Asks the agent's DNS responder for `name`'s A record.
-fn resolve(name: &str) -> Option<Ipv4Addr> {
-    let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in name.split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    for _ in 0..10 {
-        s.send_to(&q, "100.80.0.2:53").unwrap();
-        let mut buf = [0u8; 512];
-        if let Ok((n, _)) = s.recv_from(&mut buf) {
-            let r = &buf[..n];
-            let answers = u16::from_be_bytes([r[6], r[7]]);
-            if answers == 0 {
-                return None;
-            }
-            let a = &r[n - 4..];
-            return Some(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
-        }
-    }
-    None
-}
 
 fn tun_end_to_end(offload: bool) {
     let Some(ns) = Netns::for_test(if offload { "tun-e2e-gso" } else { "tun-e2e" }) else {
@@ -47,12 +21,7 @@ fn tun_end_to_end(offload: bool) {
     ns.run(move || {
         let mut w = World::start(Mode::Ztna);
         w.netns = Some(name);
-        let t = Targets {
-            echo: tcp_echo(),
-            sink: tcp_hash_sink(),
-            udp_echo: udp_echo(),
-            http: None,
-        };
+        let t = Targets::basic();
         w.write_policy(&t, true);
         w.start_relay();
         let connector = w.connector();

@@ -43,7 +43,20 @@ pub struct Targets {
     pub echo: SocketAddr,
     pub sink: SocketAddr,
     pub udp_echo: SocketAddr,
-    pub http: Option<SocketAddr>,
+    /// More TCP/UDP services: (name, target), ids 20, 21, ...
+    pub extra: Vec<(&'static str, SocketAddr)>,
+}
+
+impl Targets {
+    /// Echo, hash sink and UDP echo servers.
+    pub fn basic() -> Targets {
+        Targets {
+            echo: tcp_echo(),
+            sink: tcp_hash_sink(),
+            udp_echo: udp_echo(),
+            extra: Vec::new(),
+        }
+    }
 }
 
 impl World {
@@ -76,10 +89,12 @@ impl World {
         } else {
             "[[rules]]\nname = \"nobody\"\nusers = [\"bob\"]\nservices = [\"unused\"]\n"
         };
-        let http = t
-            .http
-            .map(|a| format!("[[services]]\nid = 13\nname = \"web\"\nprotocol = \"tcp\"\ntarget = \"{a}\"\nconnectors = [\"conn-a\"]\n"))
-            .unwrap_or_default();
+        let http: String = t
+            .extra
+            .iter()
+            .enumerate()
+            .map(|(i, (name, a))| format!("[[services]]\nid = {}\nname = \"{name}\"\nprotocol = \"tcp\"\ntarget = \"{a}\"\nconnectors = [\"conn-a\"]\n\n", 20 + i))
+            .collect();
         let text = format!(
             "[[groups]]\nname = \"eng\"\n\n\
              [[users]]\nid = {ALICE}\nname = \"alice\"\ngroups = [\"eng\"]\n\n\
@@ -425,3 +440,123 @@ pub fn echo_roundtrip(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> 
     s.read_exact(&mut got)?;
     Ok(got)
 }
+
+/// A child process killed on drop (servers such as iperf3 or python's
+/// http.server).
+pub struct Server(pub Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether `tool` is installed; if not, the test fails with how to get it
+/// (scripts/setup.sh installs it), unless `ZTNA_SKIP_TOOLS=1`.
+pub fn require_tool(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return true;
+    }
+    if std::env::var("ZTNA_SKIP_TOOLS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: {tool} is not installed (ZTNA_SKIP_TOOLS=1)");
+        return false;
+    }
+    panic!("{tool} is not installed; run scripts/setup.sh (or set ZTNA_SKIP_TOOLS=1 to skip)");
+}
+
+/// Waits until something accepts TCP connections on `addr` (bounded).
+pub fn wait_listening(addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "{what} does not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An iperf3 server on `addr`.
+pub fn iperf3_server(addr: SocketAddr) -> Server {
+    let child = Command::new("iperf3")
+        .args(["-s", "-B", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 runs");
+    let s = Server(child);
+    wait_listening(addr, "iperf3 -s");
+    s
+}
+
+/// Runs an iperf3 client; returns its JSON report.
+pub fn iperf3_client(host: &str, port: u16, args: &[&str]) -> serde_json::Value {
+    let out = Command::new("iperf3")
+        .args(["-c", host, "-p", &port.to_string(), "-J"])
+        .args(args)
+        .output()
+        .expect("iperf3 runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("iperf3 JSON: {e}: {text}"));
+    assert!(
+        out.status.success() && v.get("error").is_none(),
+        "iperf3 {args:?} failed: {}",
+        v.get("error").map(|e| e.to_string()).unwrap_or_default()
+    );
+    v
+}
+
+/// `python3 -m http.server` on `addr` serving `dir`.
+pub fn http_server(addr: SocketAddr, dir: &Path) -> Server {
+    let child = Command::new("python3")
+        .args(["-m", "http.server", &addr.port().to_string(), "--bind", &addr.ip().to_string(), "--directory"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 runs");
+    let s = Server(child);
+    wait_listening(addr, "python3 -m http.server");
+    s
+}
+
+/// `curl -s URL` → body.
+pub fn curl(url: &str) -> Vec<u8> {
+    let out = Command::new("curl")
+        .args(["-s", "-f", "--max-time", "20", url])
+        .output()
+        .expect("curl runs");
+    assert!(out.status.success(), "curl {url} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// Asks the agent's DNS responder for `name`'s A record.
+pub fn resolve(name: &str) -> Option<std::net::Ipv4Addr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    for _ in 0..10 {
+        s.send_to(&q, "100.80.0.2:53").unwrap();
+        let mut buf = [0u8; 512];
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            let r = &buf[..n];
+            let answers = u16::from_be_bytes([r[6], r[7]]);
+            if answers == 0 {
+                return None;
+            }
+            let a = &r[n - 4..];
+            return Some(std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]));
+        }
+    }
+    None
+}
+
