@@ -1,7 +1,7 @@
 //! Arbitrary text through the whole policy load path: TOML parse,
 //! validation, compilation, then queries. Nothing may panic, and a policy
-//! that compiles must decide every pair as the slow reference evaluation
-//! does, in both table layouts.
+//! that compiles must decide every pair (and every user's connection mode)
+//! as the slow reference evaluation does, in both table layouts.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
     // Bounded so one input stays fast.
     for u in file.users.iter().take(16) {
         let _ = auto.user_name(u.id);
+        assert_eq!(auto.connection_mode(u.id), file.evaluate_mode(u.id));
         for s in file.services.iter().take(16) {
             let want = file.evaluate(u.id, s.id);
             assert_eq!(auto.allowed(u.id, s.id), want);

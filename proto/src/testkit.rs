@@ -153,6 +153,7 @@ pub fn policy_file(users: u32, services: u32) -> PolicyFile {
         groups: vec![Group {
             name: "everyone".into(),
             id: None,
+            mode: None,
         }],
         connectors: vec![Connector {
             id: 1,

@@ -1,5 +1,5 @@
 //! The control thread: hop handshakes, session lifetimes, routes, policy
-//! reloads, signals.
+//! reloads, signals, control messages.
 //!
 //! Workers hand it every hop handshake frame with the worker's id and the
 //! source address. It answers through the same worker (so the reply leaves
@@ -8,6 +8,18 @@
 //! a new routing snapshot when sessions come or go. It reloads the policy on
 //! SIGHUP, on [`Shared::reload`], and when the file's modification time
 //! changes; a bad file is logged and the last good policy stays.
+//!
+//! Workers also hand it every authenticated control frame
+//! ([`proto::control`]). A user's `Ping` is answered with a `Pong` when the
+//! digest it carries is that of the user's current directory, else with the
+//! directory: every service the live policy allows the user that has a
+//! route now, each with the connector the routing table picks for this user
+//! and that connector's static key (from its certificate), and the user's
+//! connection mode. A connector's `Ping` gets `Pong { digest: 0 }`. When
+//! the policy is reloaded or a connector comes or goes, every user whose
+//! newest session has pinged gets its new directory pushed, if it changed.
+//! Nothing is sent on a session before a ping arrived on it (key
+//! confirmation).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,13 +28,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use proto::control::{
+    ControlMessage, Directory, ServiceEntry, DEFAULT_MAX_BODY, MAX_PARTS, MAX_SERVICES,
+};
 use proto::handshake::timers::REJECT_AFTER_TIME;
 use proto::handshake::{frames, HandshakeFrame, HopResponder, HopSessionKeys, InitOutcome};
+use proto::hoptag::HopKey;
 use proto::identity::Role;
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
 use proto::policy::CompiledPolicy;
 use proto::route::RouteTable;
 use proto::session::{HopId, IndexAllocator, Peer, RxSession, TxHop};
+use proto::wire::{Frame, HeaderRepr, Kind, DEFAULT_TTL, HEADER_LEN};
 
 use crate::policy_source::PolicySource;
 use crate::shared::Shared;
@@ -47,6 +64,14 @@ struct SessionEntry {
     index: ReceiverIndex,
     hop: Arc<TxHop>,
     established: Instant,
+    /// The peer's X25519 static key, from its certificate (what agents
+    /// need of a connector for the end-to-end handshake).
+    static_key: [u8; 32],
+    /// Whether a ping arrived on this session: until then nothing is sent
+    /// on it (key confirmation).
+    pinged: bool,
+    /// Digest of the last directory sent on this session (0: none).
+    sent_digest: u64,
 }
 
 /// Control-thread counters, for logs and metrics.
@@ -64,6 +89,20 @@ pub struct ControlStats {
     pub policy_epoch: u64,
     /// Rejected policy reloads.
     pub policy_rejected: u64,
+    /// Control messages received (authenticated by the datapath).
+    pub control_received: u64,
+    /// Control messages that did not parse, came on a session that is gone,
+    /// or are not for a relay (a `Pong` or a directory part).
+    pub control_rejected: u64,
+    /// `Pong`s sent.
+    pub pongs_sent: u64,
+    /// Directories sent, in answer to a ping or pushed.
+    pub directories_sent: u64,
+    /// Of those, directories pushed unprompted after a policy or connector
+    /// change.
+    pub directories_pushed: u64,
+    /// `DirectoryPart` messages sent.
+    pub directory_parts_sent: u64,
 }
 
 /// The control thread's state.
@@ -76,6 +115,8 @@ pub struct Control {
     allocators: Vec<IndexAllocator>,
     /// Slab of sessions; the slot number is the session's [`HopId`].
     sessions: Vec<Option<SessionEntry>>,
+    /// (worker, receiver index) -> slot, for control frames.
+    by_index: HashMap<(usize, ReceiverIndex), usize>,
     free_hops: Vec<u32>,
     next_serial: u64,
     policy_source: PolicySource,
@@ -84,6 +125,9 @@ pub struct Control {
     rng: rand::rngs::StdRng,
     stats: ControlStats,
     routes_dirty: bool,
+    /// Set when users' directories may have changed (policy reloaded, a
+    /// connector came or went); the next route publication pushes them.
+    directories_dirty: bool,
 }
 
 impl Control {
@@ -105,6 +149,7 @@ impl Control {
             inbox,
             workers,
             sessions: Vec::new(),
+            by_index: HashMap::new(),
             free_hops: Vec::new(),
             next_serial: 1,
             policy_source,
@@ -115,6 +160,7 @@ impl Control {
                 ..ControlStats::default()
             },
             routes_dirty: false,
+            directories_dirty: false,
         }
     }
 
@@ -163,6 +209,11 @@ impl Control {
                 from,
                 bytes,
             } => self.handshake(worker, from, &bytes),
+            FromWorker::Control {
+                worker,
+                index,
+                bytes,
+            } => self.control(worker, index, &bytes),
         }
     }
 
@@ -239,6 +290,8 @@ impl Control {
             index: keys.local_index,
             session: Box::new(session),
         });
+        self.by_index
+            .insert((worker, keys.local_index), slot as usize);
         tracing::info!(
             peer = %keys.peer.name,
             role = %keys.peer.role,
@@ -255,9 +308,15 @@ impl Control {
             index: keys.local_index,
             hop,
             established: now,
+            static_key: keys.peer.static_key,
+            pinged: false,
+            sent_digest: 0,
         });
         self.stats.handshakes_ok += 1;
         self.routes_dirty = true;
+        if matches!(peer, Peer::Connector(_)) {
+            self.directories_dirty = true;
+        }
     }
 
     fn send(&self, worker: usize, to: SocketAddr, bytes: Vec<u8>) {
@@ -307,8 +366,12 @@ impl Control {
             tracing::info!(peer = %s.name, index = %s.index, why, "hop session removed");
             let _ = self.workers[s.worker].send(ToWorker::Remove { index: s.index });
             self.allocators[s.worker].release(s.index);
+            self.by_index.remove(&(s.worker, s.index));
             self.free_hops.push(slot as u32);
             self.routes_dirty = true;
+            if matches!(s.peer, Peer::Connector(_)) {
+                self.directories_dirty = true;
+            }
         }
     }
 
@@ -323,6 +386,7 @@ impl Control {
                     .policy_epoch
                     .store(self.stats.policy_epoch, Ordering::Relaxed);
                 self.routes_dirty = true;
+                self.directories_dirty = true;
                 tracing::info!(
                     path = %self.policy_source.path().display(),
                     epoch = self.stats.policy_epoch,
@@ -380,6 +444,184 @@ impl Control {
         }
         self.shared.routes.store(Arc::new(routes));
         self.routes_dirty = false;
+        if self.directories_dirty {
+            self.directories_dirty = false;
+            self.push_directories();
+        }
+    }
+
+    /// A control message from the session `index` of `worker`, already
+    /// authenticated by the worker's datapath.
+    fn control(&mut self, worker: usize, index: ReceiverIndex, body: &[u8]) {
+        self.stats.control_received += 1;
+        let Some(&slot) = self.by_index.get(&(worker, index)) else {
+            // Removed (expired, replaced) while the frame was queued.
+            self.stats.control_rejected += 1;
+            return;
+        };
+        let digest = match ControlMessage::parse(body) {
+            Ok(ControlMessage::Ping { digest }) => digest,
+            Ok(other) => {
+                self.stats.control_rejected += 1;
+                tracing::debug!(worker, %index, message = ?other, "control message not for a relay; dropped");
+                return;
+            }
+            Err(e) => {
+                self.stats.control_rejected += 1;
+                tracing::debug!(worker, %index, error = %e, "malformed control message dropped");
+                return;
+            }
+        };
+        // The directory is computed from the routing snapshot: bring it up
+        // to date with the sessions first (this may push to other users).
+        if self.routes_dirty {
+            self.publish_routes();
+        }
+        let Some(entry) = self.sessions.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        entry.pinged = true;
+        match entry.peer {
+            Peer::User(user) => {
+                let directory = self.directory(user);
+                if directory.digest == digest {
+                    if let Some(e) = self.sessions[slot].as_mut() {
+                        e.sent_digest = digest;
+                    }
+                    self.send_control(slot, &ControlMessage::Pong { digest });
+                } else {
+                    self.send_directory(slot, &directory);
+                }
+            }
+            Peer::Connector(_) => self.send_control(slot, &ControlMessage::Pong { digest: 0 }),
+            // No control protocol between relays yet.
+            Peer::Relay(_) => {}
+        }
+    }
+
+    /// What `user` may reach now: every service the live policy allows it
+    /// that has a route, with the connector the routing table picks for
+    /// this user, and the user's connection mode.
+    fn directory(&self, user: UserId) -> Directory {
+        let policy = self.shared.policy.load();
+        let routes = self.shared.routes.load();
+        let services = policy
+            .services()
+            .filter(|s| policy.allowed(user, s.id))
+            .filter_map(|s| {
+                let hop = routes.to_service(s.id, user)?;
+                let connector = self.sessions.get(hop.0 as usize)?.as_ref()?;
+                let Peer::Connector(id) = connector.peer else {
+                    return None;
+                };
+                Some(ServiceEntry {
+                    id: s.id,
+                    name: s.name.clone(),
+                    protocol: s.protocol,
+                    port: s.port,
+                    connector: id,
+                    connector_key: connector.static_key,
+                })
+            })
+            .collect();
+        Directory::new(policy.connection_mode(user), services)
+    }
+
+    /// Sends every user whose newest session has pinged its directory, if
+    /// it differs from the last one sent on that session.
+    fn push_directories(&mut self) {
+        let mut newest: HashMap<UserId, (Instant, usize)> = HashMap::new();
+        for (slot, entry) in self.sessions.iter().enumerate() {
+            let Some(e) = entry else { continue };
+            if let Peer::User(u) = e.peer {
+                if newest.get(&u).is_none_or(|n| n.0 <= e.established) {
+                    newest.insert(u, (e.established, slot));
+                }
+            }
+        }
+        for (user, (_, slot)) in newest {
+            let Some(e) = self.sessions[slot].as_ref().filter(|e| e.pinged) else {
+                continue;
+            };
+            let sent = e.sent_digest;
+            let directory = self.directory(user);
+            if directory.digest != sent {
+                self.stats.directories_pushed += 1;
+                self.send_directory(slot, &directory);
+            }
+        }
+    }
+
+    /// Sends `directory` in parts on the session in `slot` and remembers
+    /// its digest there.
+    fn send_directory(&mut self, slot: usize, directory: &Directory) {
+        let parts = directory.parts(DEFAULT_MAX_BODY);
+        if directory.services.len() > MAX_SERVICES || parts.len() > usize::from(MAX_PARTS) {
+            tracing::error!(
+                services = directory.services.len(),
+                parts = parts.len(),
+                "directory too large for an agent to accept ({MAX_SERVICES} services, {MAX_PARTS} parts); not sent: grant the user fewer services"
+            );
+            return;
+        }
+        let Some(e) = self.sessions.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        e.sent_digest = directory.digest;
+        tracing::debug!(peer = %e.name, digest = directory.digest, services = directory.services.len(), mode = %directory.mode, "directory sent");
+        self.stats.directories_sent += 1;
+        for part in &parts {
+            self.send_control(slot, part);
+            self.stats.directory_parts_sent += 1;
+        }
+    }
+
+    /// Sends one control message on the session in `slot`: a `Control`
+    /// frame with the peer's id as user id, service 0, the next counter of
+    /// the session's transmit hop, tagged with its key, from the worker
+    /// that holds the session.
+    fn send_control(&mut self, slot: usize, msg: &ControlMessage) {
+        let Some(e) = self.sessions.get(slot).and_then(Option::as_ref) else {
+            return;
+        };
+        let user = match e.peer {
+            Peer::User(u) => u,
+            Peer::Connector(id) | Peer::Relay(id) => UserId(id),
+        };
+        let mut frame = vec![0u8; HEADER_LEN];
+        msg.emit(&mut frame);
+        let Ok(body_len) = u16::try_from(frame.len() - HEADER_LEN) else {
+            tracing::error!(
+                len = frame.len(),
+                "control message too long for a frame; not sent"
+            );
+            return;
+        };
+        let counter = e.hop.reserve(1).start;
+        if counter >= HopKey::USAGE_LIMIT {
+            // The peer must rekey; it will ping again on the new session.
+            return;
+        }
+        let header = HeaderRepr {
+            kind: Kind::Control,
+            ttl: DEFAULT_TTL,
+            receiver: e.hop.remote_index(),
+            counter,
+            user,
+            service: ServiceId(0),
+            body_len,
+        };
+        if header.emit(&mut frame).is_err() {
+            return;
+        }
+        let mut f = Frame::new_unchecked(&mut frame[..]);
+        let tag = e.hop.key().tag(f.tagged());
+        f.set_tag(&tag);
+        if matches!(msg, ControlMessage::Pong { .. }) {
+            self.stats.pongs_sent += 1;
+        }
+        let (worker, to) = (e.worker, e.hop.endpoint());
+        self.send(worker, to, frame);
     }
 }
 

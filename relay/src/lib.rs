@@ -1,13 +1,16 @@
 //! The relay: thread-per-core workers forwarding frames between hop
 //! sessions, checking each against the policy, and a control thread for
-//! handshakes, routes and policy reloads. The per-frame logic is `proto`'s;
-//! this crate moves bytes and owns threads.
+//! handshakes, routes, policy reloads and control messages (each user's
+//! directory of reachable services, [`proto::control`]). The per-frame
+//! logic is `proto`'s; this crate moves bytes and owns threads.
 //!
 //! ```text
 //!             +-------------------- control thread --------------------+
 //!             | hop handshakes, sessions, routes, policy reload, signals |
+//!             | control messages: users' directories, pushed on change   |
 //!             +---------------------------------------------------------+
-//!                 ^ handshake frames        | Install/Remove/Send
+//!                 ^ handshake and control   | Install/Remove/Send
+//!                 | frames                  |
 //!                 |                         v          (crossbeam channels)
 //!  socket 0 -> [worker 0: io backend -> proto::datapath -> GSO send]  core 0
 //!  socket 1 -> [worker 1: ...]                                         core 1
@@ -41,7 +44,7 @@ use crate::shared::Shared;
 use crate::worker::WorkerStats;
 
 /// Queue depth between the workers and the control thread, in handshake
-/// frames. Beyond it workers shed handshakes (counted).
+/// and control frames. Beyond it workers shed them (counted).
 pub const CONTROL_QUEUE: usize = 4096;
 
 /// The cores this process may run on, as they were the first time anyone

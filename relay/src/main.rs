@@ -306,6 +306,15 @@ fn print_report(report: &RelayReport) {
         "control: {} hop sessions established, {} handshakes rejected, {} cookie replies, policy epoch {} ({} reloads rejected)",
         c.handshakes_ok, c.handshakes_failed, c.cookie_replies, c.policy_epoch, c.policy_rejected
     );
+    println!(
+        "control messages: {} received ({} rejected), {} pongs, {} directories sent ({} pushed, {} parts)",
+        c.control_received,
+        c.control_rejected,
+        c.pongs_sent,
+        c.directories_sent,
+        c.directories_pushed,
+        c.directory_parts_sent
+    );
 }
 
 fn keygen(out: &Path) -> Result<()> {

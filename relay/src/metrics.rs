@@ -142,6 +142,15 @@ pub fn render(shared: &Shared) -> String {
     );
     counter(
         &mut out,
+        "control_shed_total",
+        "Authenticated control frames shed because the control queue was full.",
+        &mut workers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (w(i), s.control_shed)),
+    );
+    counter(
+        &mut out,
         "dropped_frames_total",
         "Frames dropped, by reason.",
         &mut workers.iter().enumerate().flat_map(|(i, s)| {

@@ -3,9 +3,9 @@
 //! The loop: take control messages (new sessions, replies to send), wait
 //! for a batch, judge every frame with `proto`'s datapath against the
 //! snapshots loaded once for that batch, and let the backend send the
-//! forwarded frames grouped by next hop. Hop handshakes are copied to the
-//! control thread; that is the only per-frame copy, and it is off the data
-//! path.
+//! forwarded frames grouped by next hop. Hop handshakes and authenticated
+//! control frames are copied to the control thread; those are the only
+//! per-frame copies, and they are off the data path.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use proto::datapath::{Counters, Datapath, Mode, Verdict};
 use proto::ids::ReceiverIndex;
 use proto::session::{RxSession, SessionTable, TxCounters};
-use proto::wire::Kind;
+use proto::wire::{Frame, Kind, HEADER_LEN};
 
 use crate::io::{Action, Io, IoStats};
 use crate::shared::Shared;
@@ -42,7 +42,8 @@ pub enum ToWorker {
         /// The index.
         index: ReceiverIndex,
     },
-    /// Send these bytes from this worker's socket (handshake replies).
+    /// Send these bytes from this worker's socket (handshake replies,
+    /// control messages).
     Send {
         /// Destination.
         to: SocketAddr,
@@ -63,6 +64,16 @@ pub enum FromWorker {
         /// The frame.
         bytes: Vec<u8>,
     },
+    /// A control frame arrived on a hop session and authenticated (tag and
+    /// replay window checked by the datapath).
+    Control {
+        /// The worker it arrived at (the one holding the session).
+        worker: usize,
+        /// The session's receiver index on that worker.
+        index: ReceiverIndex,
+        /// The frame's body: the control message.
+        bytes: Vec<u8>,
+    },
 }
 
 /// A worker's published statistics.
@@ -74,6 +85,8 @@ pub struct WorkerStats {
     pub io: IoStats,
     /// Hop handshakes dropped because the control thread's queue was full.
     pub handshakes_shed: u64,
+    /// Control frames dropped because the control thread's queue was full.
+    pub control_shed: u64,
     /// Installed receive sessions.
     pub sessions: usize,
     /// CPU time the worker thread has used, where the OS tells.
@@ -92,7 +105,7 @@ pub fn run(
     let mut sessions = SessionTable::new();
     let mut tx = TxCounters::default();
     let mut counters = Counters::default();
-    let mut shed = 0u64;
+    let mut shed = Shed::default();
     let mut last_publish = Instant::now();
 
     while !shared.stop.load(Ordering::Relaxed) {
@@ -144,7 +157,22 @@ pub fn run(
                         bytes: frame.to_vec(),
                     };
                     if let Err(TrySendError::Full(_)) = control.try_send(msg) {
-                        shed += 1;
+                        shed.handshakes += 1;
+                    }
+                    Action::Consume
+                }
+                // In forward mode nothing was authenticated: the control
+                // thread only ever hears frames whose tag verified.
+                Verdict::Local
+                    if mode != Mode::Forward && frame.first() == Some(&Kind::Control.byte0()) =>
+                {
+                    let msg = FromWorker::Control {
+                        worker: id,
+                        index: Frame::new_unchecked(&*frame).receiver(),
+                        bytes: frame.get(HEADER_LEN..).unwrap_or_default().to_vec(),
+                    };
+                    if let Err(TrySendError::Full(_)) = control.try_send(msg) {
+                        shed.control += 1;
                     }
                     Action::Consume
                 }
@@ -166,11 +194,19 @@ pub fn run(
     last
 }
 
-fn stats(counters: &Counters, io: &Io, shed: u64, sessions: &SessionTable) -> WorkerStats {
+/// Frames for the control thread dropped because its queue was full.
+#[derive(Debug, Clone, Copy, Default)]
+struct Shed {
+    handshakes: u64,
+    control: u64,
+}
+
+fn stats(counters: &Counters, io: &Io, shed: Shed, sessions: &SessionTable) -> WorkerStats {
     WorkerStats {
         datapath: counters.clone(),
         io: *io.stats(),
-        handshakes_shed: shed,
+        handshakes_shed: shed.handshakes,
+        control_shed: shed.control,
         sessions: sessions.len(),
         cpu: thread_cpu_time(),
     }

@@ -3,13 +3,14 @@
 //! receive helpers (no sleeps: every wait is a socket timeout with a
 //! deadline).
 
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use loadgen::world::{World, WorldConfig};
+use proto::control::{ControlMessage, Directory, DirectoryAssembler};
 use proto::ids::{ServiceId, UserId};
 use proto::link::HopLink;
-use proto::wire::{Frame, Kind, DATA_OVERHEAD};
+use proto::wire::{Frame, Kind, DATA_OVERHEAD, HEADER_LEN};
 use relay::io::Backend;
 
 /// The backends every test runs on. `ZTNA_SKIP_URING=1` leaves io_uring out
@@ -37,6 +38,8 @@ pub struct Rig {
     pub connector_socket: UdpSocket,
     /// The connector's hop link.
     pub connector: HopLink,
+    /// The connector's X25519 static key (in its certificate).
+    pub connector_key: [u8; 32],
 }
 
 /// The user attached by [`Rig::start`].
@@ -57,7 +60,8 @@ impl Rig {
         let user_socket = UdpSocket::bind("127.0.0.1:0")?;
         let connector_socket = UdpSocket::bind("127.0.0.1:0")?;
         let user = world.connect(&user_socket, &world.user_identity(USER.0)?)?;
-        let connector = world.connect(&connector_socket, &world.connector_identity()?)?;
+        let connector_identity = world.connector_identity()?;
+        let connector = world.connect(&connector_socket, &connector_identity)?;
         world.await_routes(ALLOWED, &[USER])?;
         for s in [&user_socket, &connector_socket] {
             s.set_read_timeout(Some(Duration::from_millis(50)))?;
@@ -68,6 +72,7 @@ impl Rig {
             user,
             connector_socket,
             connector,
+            connector_key: *connector_identity.public_key(),
         })
     }
 
@@ -142,6 +147,70 @@ fn receive(socket: &UdpSocket, link: &mut HopLink, want: usize, within: Duration
         }
     }
     got
+}
+
+/// Sends `msg` in a `Control` frame on `link` from `socket` to the relay at
+/// `relay`, with `id` (the user's id, or the connector's) as user id.
+pub fn send_control(
+    socket: &UdpSocket,
+    link: &mut HopLink,
+    relay: SocketAddr,
+    id: u32,
+    msg: &ControlMessage,
+) {
+    let mut frame = vec![0u8; HEADER_LEN];
+    msg.emit(&mut frame);
+    link.write_header(&mut frame, Kind::Control, UserId(id), ServiceId(0));
+    socket.send_to(&frame, relay).expect("loopback send");
+}
+
+/// Receives frames on `link` until `want` control messages arrived or
+/// `within` passed; every frame must carry a valid hop tag, be a `Control`
+/// frame and parse.
+pub fn receive_control(
+    socket: &UdpSocket,
+    link: &mut HopLink,
+    want: usize,
+    within: Duration,
+) -> Vec<ControlMessage> {
+    receive(socket, link, want, within)
+        .iter()
+        .map(|f| {
+            let frame = Frame::new_checked(&f[..]).expect("well-formed frame");
+            assert_eq!(frame.kind(), Kind::Control, "not a control frame");
+            assert_eq!(frame.service(), ServiceId(0));
+            ControlMessage::parse(frame.body()).expect("relay sends valid control messages")
+        })
+        .collect()
+}
+
+/// Receives control messages on `link` until a whole directory arrived
+/// (`None` when `within` passed first). Anything but directory parts fails.
+pub fn receive_directory(
+    socket: &UdpSocket,
+    link: &mut HopLink,
+    within: Duration,
+) -> Option<Directory> {
+    let deadline = Instant::now() + within;
+    let mut assembler = DirectoryAssembler::new();
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        for msg in receive_control(socket, link, 1, left) {
+            let ControlMessage::DirectoryPart {
+                digest,
+                part,
+                parts,
+                mode,
+                services,
+            } = msg
+            else {
+                panic!("expected a directory part, got {msg:?}");
+            };
+            if let Some(d) = assembler.push(digest, part, parts, mode, services) {
+                return Some(d);
+            }
+        }
+    }
 }
 
 /// A payload of `len` bytes (at least the e2e overhead) with a recognisable

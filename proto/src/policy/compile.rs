@@ -45,6 +45,7 @@ use super::error::PolicyError;
 use super::model::{PolicyFile, Protocol};
 use super::table::{IdMap, PairSet};
 use super::validate::{resolve, Resolved};
+use crate::control::ConnectionMode;
 use crate::ids::{GroupId, ServiceId, UserId};
 
 /// Below this many (class, service) entries (≤ 8 MiB of set) the flat
@@ -137,6 +138,8 @@ pub struct CompiledPolicy {
     user_ids: Vec<u32>,
     name_starts: Vec<usize>,
     names: String,
+    /// `user_modes[i]` is the connection mode of `user_ids[i]`.
+    user_modes: Vec<ConnectionMode>,
     group_ids: Vec<(String, GroupId)>,
 }
 
@@ -193,11 +196,20 @@ impl CompiledPolicy {
         let mut user_ids = Vec::with_capacity(order.len());
         let mut name_starts = Vec::with_capacity(order.len() + 1);
         let mut names = String::new();
+        let mut user_modes = Vec::with_capacity(order.len());
         for i in order {
             let u = &file.users[i];
             user_ids.push(u.id.0);
             name_starts.push(names.len());
             names.push_str(&u.name);
+            // The strictest mode any of the user's groups sets.
+            let mode = resolved.user_groups.get(i).and_then(|groups| {
+                groups
+                    .iter()
+                    .filter_map(|&g| file.groups.get(g as usize).and_then(|g| g.mode))
+                    .max()
+            });
+            user_modes.push(mode.unwrap_or_default());
         }
         name_starts.push(names.len());
 
@@ -230,6 +242,7 @@ impl CompiledPolicy {
             user_ids,
             name_starts,
             names,
+            user_modes,
             group_ids: file
                 .groups
                 .iter()
@@ -282,6 +295,19 @@ impl CompiledPolicy {
         self.names.get(start..end)
     }
 
+    /// How `user`'s agent runs: the strictest mode its groups set
+    /// (`lockdown` > `always-on` > `on-demand` > `off`),
+    /// [`ConnectionMode::OnDemand`] when none sets one or the policy does
+    /// not list the user. A binary search: for the control thread, not the
+    /// per-packet path.
+    pub fn connection_mode(&self, user: UserId) -> ConnectionMode {
+        self.user_ids
+            .binary_search(&user.0)
+            .ok()
+            .and_then(|i| self.user_modes.get(i).copied())
+            .unwrap_or_default()
+    }
+
     /// The id of the group named `name` (given in the file or assigned).
     pub fn group_id(&self, name: &str) -> Option<GroupId> {
         self.group_ids
@@ -315,6 +341,7 @@ impl CompiledPolicy {
             + self.service_index.heap_bytes()
             + services_bytes
             + self.user_ids.capacity() * 4
+            + self.user_modes.capacity() * core::mem::size_of::<ConnectionMode>()
             + self.name_starts.capacity() * core::mem::size_of::<usize>()
             + self.names.capacity()
             + self
@@ -544,6 +571,21 @@ mod tests {
         assert!(t.allowed(carol, ledger) && t.allowed(carol, dns));
         assert!(!t.allowed(carol, git));
         assert!(t.allowed(dave, git) && !t.allowed(dave, dns));
+
+        // engineering is on-demand, sre always-on, finance lockdown.
+        assert_eq!(t.connection_mode(alice), ConnectionMode::AlwaysOn);
+        assert_eq!(t.connection_mode(bob), ConnectionMode::OnDemand);
+        assert_eq!(t.connection_mode(carol), ConnectionMode::Lockdown);
+        assert_eq!(
+            t.connection_mode(dave),
+            ConnectionMode::OnDemand,
+            "no groups"
+        );
+        assert_eq!(
+            t.connection_mode(UserId(1)),
+            ConnectionMode::OnDemand,
+            "unknown"
+        );
 
         let info = t.service(pg).unwrap();
         assert_eq!(info.name, "postgres-prod");
@@ -941,6 +983,10 @@ mod tests {
                 .map(|g| Group {
                     name: format!("g{g}"),
                     id: None,
+                    mode: match rng.below(6) {
+                        0 | 1 => None,
+                        k => ConnectionMode::from_byte(k as u8 - 2),
+                    },
                 })
                 .collect(),
             connectors: vec![Connector {
@@ -981,6 +1027,9 @@ mod tests {
                 prop_assert_eq!(auto.allowed(u, s), want, "auto {} {}", u, s);
                 prop_assert_eq!(flat.allowed(u, s), want, "flat {} {}", u, s);
                 prop_assert_eq!(by_group.allowed(u, s), want, "by-group {} {}", u, s);
+            }
+            for u in file.users.iter().map(|u| u.id).chain(probes.iter().map(|&(u, _)| UserId(u))) {
+                prop_assert_eq!(auto.connection_mode(u), file.evaluate_mode(u), "mode of {}", u);
             }
             // A round trip through TOML changes nothing.
             let again = PolicyFile::from_toml_str(&file.to_toml_string()).unwrap();

@@ -4,7 +4,9 @@
 //! * [`model`]: the TOML file as written ([`PolicyFile`]).
 //! * [`compile()`]: validation (errors in [`PolicyError`] name the entry and
 //!   the fix) and compilation into a [`CompiledPolicy`], the immutable table
-//!   the datapath asks [`CompiledPolicy::allowed`] per packet.
+//!   the datapath asks [`CompiledPolicy::allowed`] per packet, and the
+//!   relay's control thread asks [`CompiledPolicy::connection_mode`] for
+//!   each user's directory ([`crate::control`]).
 //! * [`synth`]: deterministic synthetic policies for tests, benches and the
 //!   load generator.
 //!

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::error::PolicyError;
+use crate::control::ConnectionMode;
 use crate::ids::{GroupId, ServiceId, UserId};
 
 /// Longest name accepted for any entry, in bytes. Names end up in logs and
@@ -64,6 +65,12 @@ pub struct Group {
     /// time when absent (the smallest ids no other group uses, in file order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<GroupId>,
+    /// How the agents of its members run: `"off"`, `"on-demand"`,
+    /// `"always-on"` or `"lockdown"`. A user in several groups gets the
+    /// strictest its groups set, `"on-demand"` when none sets one
+    /// ([`super::CompiledPolicy::connection_mode`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ConnectionMode>,
 }
 
 /// An agent in the connector role.
@@ -138,6 +145,22 @@ impl PolicyFile {
         // all of which TOML can express, so serialization cannot fail; an
         // empty string is returned rather than panicking should that change.
         toml::to_string(self).unwrap_or_default()
+    }
+
+    /// Slow reference evaluation of a user's connection mode: the strictest
+    /// mode the user's groups set, [`ConnectionMode::OnDemand`] when none
+    /// does or the user is unknown. For tests; relays use
+    /// [`super::CompiledPolicy::connection_mode`].
+    pub fn evaluate_mode(&self, user: UserId) -> ConnectionMode {
+        let Some(u) = self.users.iter().find(|u| u.id == user) else {
+            return ConnectionMode::default();
+        };
+        self.groups
+            .iter()
+            .filter(|g| u.groups.contains(&g.name))
+            .filter_map(|g| g.mode)
+            .max()
+            .unwrap_or_default()
     }
 
     /// Slow reference evaluation straight from the file: walks every rule.
@@ -224,6 +247,34 @@ mod tests {
             PolicyFile::from_toml_str(&text),
             Err(PolicyError::Syntax(_))
         ));
+    }
+
+    #[test]
+    fn group_modes_parse_and_a_misspelt_one_is_an_error_with_position() {
+        let text = SMALL.replace(
+            "name = \"eng\"\n",
+            "name = \"eng\"\n        mode = \"always-on\"\n",
+        );
+        let file = PolicyFile::from_toml_str(&text).unwrap();
+        assert_eq!(file.groups[0].mode, Some(ConnectionMode::AlwaysOn));
+        assert_eq!(
+            PolicyFile::from_toml_str(&file.to_toml_string()).unwrap(),
+            file
+        );
+        assert_eq!(
+            PolicyFile::from_toml_str(SMALL).unwrap().groups[0].mode,
+            None
+        );
+
+        let err = PolicyFile::from_toml_str(&text.replace("always-on", "always_on")).unwrap_err();
+        let PolicyError::Syntax(msg) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            msg.contains("always_on") && msg.contains("lockdown"),
+            "{msg}"
+        );
+        assert!(msg.contains("line"), "{msg}");
     }
 
     #[test]

@@ -140,6 +140,7 @@ pub fn generate(p: &SynthParams) -> PolicyFile {
         .map(|i| Group {
             name: format!("grp-{i}"),
             id: None,
+            mode: None,
         })
         .collect();
     let profiles: Vec<Vec<u32>> = (0..p.profiles)
