@@ -148,18 +148,20 @@ fn revoking_the_grant_cuts_an_open_connection_within_a_second() {
     w.write_policy(&t, false);
     let revoked_at = Instant::now();
     w.reload_relay_policy();
-    // The connection must end (EOF or reset) within 1 s.
-    s.set_read_timeout(Some(Duration::from_millis(1500)))
-        .unwrap();
+    // The connection must end (EOF or reset) within 1 s; echoes of what
+    // was in flight before the cut may still arrive.
+    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
     let _ = s.write_all(b"more");
-    let ended = match s.read(&mut buf) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-    };
+    let mut ended = false;
+    while revoked_at.elapsed() < Duration::from_millis(1500) {
+        match s.read(&mut buf) {
+            Ok(0) => ended = true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(_) => ended = true,
+        }
+        break;
+    }
     let took = revoked_at.elapsed();
     assert!(ended, "connection still open {took:?} after revocation");
     assert!(took < Duration::from_secs(1), "took {took:?}");

@@ -164,7 +164,14 @@ impl World {
         body: &str,
     ) -> (PathBuf, SocketAddr) {
         let node = self.pki.node(id, name, role, groups).unwrap();
-        self.pki.write_node(self.dir.path(), name, &node).unwrap();
+        // Not `Pki::write_node`: it rewrites ca.pub, which a running agent
+        // may be reading.
+        std::fs::write(self.path(&format!("{name}.cert")), node.certificate().to_text()).unwrap();
+        std::fs::write(
+            self.path(&format!("{name}.key")),
+            relay::keys::static_key_to_text(node.private_key()),
+        )
+        .unwrap();
         let status = free_tcp_port();
         let text = format!(
             "[relay]\naddress = \"{}\"\npublic_key = \"{}\"\n\n\
