@@ -306,7 +306,7 @@ impl TunDevice {
 
     /// Writes the packets of `batch` in order. With offload on, runs of
     /// consecutive TCP segments of one flow go as one super-packet per
-    /// write (GRO, see [`gro`](super::gro)); other packets one write each.
+    /// write (GRO, see [`gro`]); other packets one write each.
     ///
     /// Returns how many of the batch's packets were taken: all, unless a
     /// write fails (then those before it; the error itself if none). A
