@@ -15,7 +15,7 @@ use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
@@ -586,5 +586,222 @@ fn tcp_throughput() {
             512 << 20,
             if offload { "bench-gso" } else { "bench" },
         );
+    }
+}
+
+/// What a TCP transfer written into the device saw.
+struct Upload {
+    bytes: usize,
+    elapsed: Duration,
+    writes: u64,
+    super_writes: u64,
+}
+
+/// Sends `bytes` bytes from the device's side (PEER:80) to a listener on
+/// LOCAL:8080 in the namespace: the handshake by hand, then data segments
+/// of MSS bytes within the receiver's window, `batch` at a time, with
+/// `write_packets` (`coalesce`) or one `write_packet` each. Checks that the
+/// socket reads exactly the bytes sent.
+fn tcp_upload(dev: &mut TunDevice, bytes: usize, coalesce: bool) -> Upload {
+    let mut reader = Reader::new(dev);
+    let mut listener =
+        mio::net::TcpListener::bind(SocketAddr::from((LOCAL, 8080))).expect("listen on 8080");
+    reader
+        .poll
+        .registry()
+        .register(&mut listener, STREAM, Interest::READABLE)
+        .expect("register the listener");
+
+    let isn = 5_000_000u32;
+    let mss = usize::from(MTU) - 40;
+    let m = (mss as u16).to_be_bytes();
+    let syn_opts = [2, 4, m[0], m[1], 1, 3, 3, 7];
+    dev.write_packet(&tcp_from_peer(8080, isn, 0, SYN, &syn_opts))
+        .expect("write SYN");
+    let (their_isn, their_window, mut wscale) = reader.find(dev, |p| {
+        let ip = parse_ipv4(p)?;
+        (ip.proto == 6 && be16(ip.body, 0) == 8080).then(|| {
+            assert_eq!(ip.body[13], SYN | ACK, "a SYN-ACK");
+            assert_eq!(be32(ip.body, 8), isn + 1);
+            assert!(l4_checksum_ok(&ip), "SYN-ACK checksum");
+            let doff = usize::from(ip.body[12] >> 4) * 4;
+            let mut shift = 0;
+            let opts = &ip.body[20..doff];
+            let mut i = 0;
+            while i < opts.len() {
+                match opts[i] {
+                    0 => break,
+                    1 => i += 1,
+                    kind => {
+                        let len = usize::from(*opts.get(i + 1).unwrap_or(&2)).max(2);
+                        if kind == 3 {
+                            shift = opts[i + 2];
+                        }
+                        i += len;
+                    }
+                }
+            }
+            (be32(ip.body, 4), usize::from(be16(ip.body, 14)), shift)
+        })
+    });
+    let ack = their_isn.wrapping_add(1);
+    dev.write_packet(&tcp_from_peer(8080, isn + 1, ack, ACK, &[]))
+        .expect("write ACK");
+    let mut stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                reader
+                    .poll
+                    .poll(&mut reader.events, Some(PATIENCE))
+                    .expect("poll");
+                assert!(!reader.events.is_empty(), "no connection in {PATIENCE:?}");
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    reader
+        .poll
+        .registry()
+        .register(&mut stream, STREAM, Interest::READABLE)
+        .expect("register the stream");
+    wscale = wscale.min(14);
+
+    let pattern = |i: usize| (i % 253) as u8;
+    let payload: Vec<u8> = (0..mss + 253).map(pattern).collect();
+    let mut out = PacketBatch::new(64, usize::from(MTU));
+    let (mut sent, mut acked, mut window) = (0usize, 0usize, their_window);
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    let stats0 = dev.stats();
+    let start = Instant::now();
+    while received < bytes {
+        // Fill the receiver's window, a batch at a time.
+        out.clear();
+        while !out.is_full() && sent < bytes && sent + mss.min(bytes - sent) <= acked + window {
+            let len = mss.min(bytes - sent);
+            let data = &payload[sent % 253..sent % 253 + len];
+            let seq = (isn + 1).wrapping_add(sent as u32);
+            let p = tcp_from_peer(8080, seq, ack, ACK, &[]);
+            let mut ip = p.clone();
+            ip.extend_from_slice(data);
+            // Fix the lengths and checksums for the payload.
+            let total = ip.len() as u16;
+            ip[2..4].copy_from_slice(&total.to_be_bytes());
+            ip[10..12].fill(0);
+            let sum = !ones_sum(&[&ip[..20]]);
+            ip[10..12].copy_from_slice(&sum.to_be_bytes());
+            seal_l4(PEER, LOCAL, 6, &mut ip[20..], 16);
+            out.push(&ip).expect("room");
+            sent += len;
+        }
+        if !out.is_empty() {
+            if coalesce {
+                assert_eq!(dev.write_packets(&out).expect("write_packets"), out.len());
+            } else {
+                for p in &out {
+                    dev.write_packet(p).expect("write_packet");
+                }
+            }
+        }
+        // What arrived.
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => panic!("the connection closed at {received} bytes"),
+                Ok(n) => {
+                    for (i, &b) in buf[..n].iter().enumerate() {
+                        assert_eq!(b, pattern(received + i), "byte {}", received + i);
+                    }
+                    received += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        // The receiver's ACKs and window.
+        let mut progressed = false;
+        loop {
+            reader.batch.clear();
+            match dev.read_packets(&mut reader.batch) {
+                Ok(_) => {
+                    for p in &reader.batch {
+                        let Some(ip) = parse_ipv4(p) else { continue };
+                        if ip.proto != 6 || be16(ip.body, 0) != 8080 {
+                            continue;
+                        }
+                        assert_eq!(ip.body[13] & RST, 0, "the stack reset the connection");
+                        let a = be32(ip.body, 8).wrapping_sub(isn + 1) as usize;
+                        if a <= sent && a >= acked {
+                            acked = a;
+                            window = usize::from(be16(ip.body, 14)) << wscale;
+                            progressed = true;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("read_packets: {e}"),
+            }
+        }
+        let can_send = sent < bytes && sent + mss.min(bytes - sent) <= acked + window;
+        if received < bytes && !progressed && !can_send {
+            reader
+                .poll
+                .poll(&mut reader.events, Some(PATIENCE))
+                .expect("poll");
+            assert!(
+                !reader.events.is_empty(),
+                "upload stalled: sent {sent}, acked {acked}, window {window}, received {received}"
+            );
+        }
+    }
+    let stats = dev.stats();
+    assert_eq!(stats.write_errors, stats0.write_errors, "refused writes");
+    Upload {
+        bytes: received,
+        elapsed: start.elapsed(),
+        writes: stats.writes - stats0.writes,
+        super_writes: stats.super_writes - stats0.super_writes,
+    }
+}
+
+fn tcp_upload_in_netns(offload: bool, coalesce: bool, bytes: usize, tag: &str) {
+    let Some(ns) = netns(tag) else { return };
+    ns.run(|| {
+        let Some(mut dev) = open(offload) else { return };
+        let u = tcp_upload(&mut dev, bytes, coalesce);
+        if dev.offload_enabled() && coalesce {
+            assert!(u.super_writes > 0, "no segments were merged");
+        }
+        eprintln!(
+            "upload, offload {} coalesce {coalesce}: {} bytes in {:?} ({:.0} MB/s), {} writes ({} merged)",
+            dev.offload_enabled(),
+            u.bytes,
+            u.elapsed,
+            u.bytes as f64 / u.elapsed.as_secs_f64() / 1e6,
+            u.writes,
+            u.super_writes,
+        );
+    });
+}
+
+#[test]
+fn tcp_segments_written_are_coalesced_offload() {
+    tcp_upload_in_netns(true, true, 4 << 20, "up-gro");
+}
+
+#[test]
+fn tcp_segments_written_one_by_one_plain() {
+    tcp_upload_in_netns(false, true, 1 << 20, "up");
+}
+
+/// Not a check: prints upload throughput for plain, offload without GRO
+/// and offload with GRO.
+#[test]
+#[ignore = "measurement"]
+fn tcp_upload_throughput() {
+    for (offload, coalesce) in [(false, false), (true, false), (true, true)] {
+        for _ in 0..2 {
+            tcp_upload_in_netns(offload, coalesce, 256 << 20, "bench-up");
+        }
     }
 }

@@ -2,10 +2,12 @@
 //! ioctls, read and written without blocking.
 
 use super::batch::PacketBatch;
+use super::gro::{self, Coalescer};
 use super::offload::{self, DropReason, Plan, Segmenter};
 use super::sys;
 use super::vnet::{self, VirtioNetHdr};
 use super::{TunConfig, TunError};
+use std::fmt;
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -34,6 +36,10 @@ pub struct TunStats {
     pub dropped: u64,
     /// Write system calls that succeeded.
     pub writes: u64,
+    /// Of those, writes of a super-packet merged from several segments.
+    pub super_writes: u64,
+    /// Packets given to `write_packets` that the kernel refused (skipped).
+    pub write_errors: u64,
 }
 
 /// A TUN interface (`IFF_TUN | IFF_NO_PI`, optionally `IFF_VNET_HDR`),
@@ -43,7 +49,6 @@ pub struct TunStats {
 /// Register [`as_raw_fd`](AsRawFd::as_raw_fd) with `mio` as a
 /// `mio::unix::SourceFd` and call [`read_packets`](Self::read_packets)
 /// until it returns `WouldBlock`.
-#[derive(Debug)]
 pub struct TunDevice {
     file: File,
     name: String,
@@ -54,6 +59,9 @@ pub struct TunDevice {
     /// A super-packet in `scratch[..len]` whose segments did not all fit
     /// in the caller's batch.
     pending: Option<(Segmenter, usize)>,
+    /// Where `write_packets` merges segments: `gro::MAX_SUPER_PACKET`
+    /// bytes with offload on, empty without.
+    gro_buf: Box<[u8]>,
     stats: TunStats,
 }
 
@@ -123,6 +131,7 @@ impl TunDevice {
             offload,
             scratch: vec![0; SCRATCH_LEN].into_boxed_slice(),
             pending: None,
+            gro_buf: vec![0; if offload { gro::MAX_SUPER_PACKET } else { 0 }].into_boxed_slice(),
             stats: TunStats::default(),
         })
     }
@@ -287,25 +296,83 @@ impl TunDevice {
     /// as if received). With offload on, a zero `virtio_net_hdr` (no GSO,
     /// checksum complete) goes first.
     pub fn write_packet(&mut self, packet: &[u8]) -> io::Result<()> {
-        let n = if self.offload {
+        if self.offload {
             let hdr = [0u8; VirtioNetHdr::LEN];
-            let iov = [IoSlice::new(&hdr), IoSlice::new(packet)];
-            write_retrying(&self.file, &iov)?.saturating_sub(VirtioNetHdr::LEN)
+            self.write_iov(&[IoSlice::new(&hdr), IoSlice::new(packet)])
         } else {
-            write_retrying(&self.file, &[IoSlice::new(packet)])?
-        };
-        if n != packet.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!(
-                    "the TUN device took {n} of {} bytes of a packet",
-                    packet.len()
-                ),
-            ));
+            self.write_iov(&[IoSlice::new(packet)])
         }
+    }
+
+    /// Writes the packets of `batch` in order. With offload on, runs of
+    /// consecutive TCP segments of one flow go as one super-packet per
+    /// write (GRO, see [`gro`]); other packets one write each.
+    ///
+    /// Returns how many of the batch's packets were taken: all, unless a
+    /// write fails (then those before it; the error itself if none). A
+    /// packet the kernel refuses as malformed (`EINVAL`) is skipped and
+    /// counted in [`TunStats::write_errors`].
+    pub fn write_packets(&mut self, batch: &PacketBatch) -> io::Result<usize> {
+        let mut done = 0;
+        while let Some(first) = batch.get(done) {
+            let mut taken = 1;
+            let run = if self.offload {
+                Coalescer::start(first, &mut self.gro_buf)
+            } else {
+                None
+            };
+            let result = match run {
+                Some(mut run) => {
+                    while let Some(next) = batch.get(done + taken) {
+                        if !run.push(next, &mut self.gro_buf) {
+                            break;
+                        }
+                        taken += 1;
+                    }
+                    let (hdr, len) = run.finish(&mut self.gro_buf);
+                    let hdr = hdr.emit();
+                    let packet = self.gro_buf.get(..len).unwrap_or_default();
+                    let result = write_all(&self.file, &[IoSlice::new(&hdr), IoSlice::new(packet)]);
+                    if result.is_ok() {
+                        self.stats.writes += 1;
+                        self.stats.super_writes += u64::from(taken > 1);
+                    }
+                    result
+                }
+                None => self.write_packet(first),
+            };
+            match result {
+                Ok(()) => {}
+                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                    self.stats.write_errors += taken as u64;
+                    tracing::debug!(%err, device = %self.name, "the TUN device refused a packet");
+                }
+                Err(err) if done == 0 => return Err(err),
+                Err(_) => return Ok(done),
+            }
+            done += taken;
+        }
+        Ok(done)
+    }
+
+    fn write_iov(&mut self, iov: &[IoSlice<'_>]) -> io::Result<()> {
+        write_all(&self.file, iov)?;
         self.stats.writes += 1;
         Ok(())
     }
+}
+
+/// One `writev` of every byte of `iov` (a TUN write is all or nothing).
+fn write_all(file: &File, iov: &[IoSlice<'_>]) -> io::Result<()> {
+    let want: usize = iov.iter().map(|b| b.len()).sum();
+    let n = write_retrying(file, iov)?;
+    if n != want {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("the TUN device took {n} of {want} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 /// Writes segments of `seg` (cut from `packet`, `len` bytes) into `out`
@@ -359,6 +426,19 @@ fn write_retrying(mut file: &File, iov: &[IoSlice<'_>]) -> io::Result<usize> {
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             other => return other,
         }
+    }
+}
+
+impl fmt::Debug for TunDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TunDevice")
+            .field("name", &self.name)
+            .field("fd", &self.file.as_raw_fd())
+            .field("mtu", &self.mtu)
+            .field("offload", &self.offload)
+            .field("pending_segments", &self.pending.is_some())
+            .field("stats", &self.stats)
+            .finish()
     }
 }
 

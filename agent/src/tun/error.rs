@@ -102,3 +102,34 @@ impl TunError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(code: i32) -> io::Error {
+        io::Error::from_raw_os_error(code)
+    }
+
+    #[test]
+    fn errors_say_what_to_do() {
+        let denied = TunError::from_open(os(libc::EACCES)).to_string();
+        assert!(
+            denied.contains("CAP_NET_ADMIN") && denied.contains("proxy mode"),
+            "{denied}"
+        );
+        let missing = TunError::from_open(os(libc::ENOENT)).to_string();
+        assert!(missing.contains("modprobe tun"), "{missing}");
+        assert!(matches!(
+            TunError::from_create("ztna0", os(libc::EPERM)),
+            TunError::PermissionDenied
+        ));
+        let busy = TunError::from_create("ztna0", os(libc::EBUSY)).to_string();
+        assert!(
+            busy.contains("\"ztna0\"") && busy.contains("pick another name"),
+            "{busy}"
+        );
+        let step = TunError::from_configure("ztna0", "set the MTU", os(libc::EINVAL)).to_string();
+        assert!(step.starts_with("cannot set the MTU on ztna0"), "{step}");
+    }
+}

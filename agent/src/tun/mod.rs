@@ -18,8 +18,11 @@ pub mod checksum;
 mod config;
 mod device;
 mod error;
+pub mod gro;
 pub mod offload;
 mod sys;
+#[cfg(test)]
+mod test_packets;
 pub mod vnet;
 
 pub use batch::{Iter, PacketBatch, PushError};
