@@ -74,19 +74,30 @@ pub fn run(cfg: AgentConfig, stop: Arc<AtomicBool>) -> Result<()> {
         Role::User => {
             let client = cfg.client.clone().unwrap_or_default();
             if client.mode == ClientMode::Tun {
-                bail!("tun mode is not available in this build yet; use mode = \"proxy\"");
+                let tun_cfg = crate::tun::TunConfig {
+                    name: client.tun.name.clone(),
+                    mtu: cfg.tunnel.mtu,
+                    address: TUN_ADDRESS,
+                    prefix_len: 16,
+                    offload: client.tun.offload,
+                };
+                let dev = crate::tun::TunDevice::open(&tun_cfg)?;
+                let dns = match client.tun.dns {
+                    Some(SocketAddr::V4(a)) => a,
+                    Some(SocketAddr::V6(_)) => {
+                        bail!("[client.tun] dns must be an IPv4 address inside 100.80.0.0/16")
+                    }
+                    None => DEFAULT_DNS,
+                };
+                tracing::info!(user = %cert.name, id = cert.id, relay = %relay_addr, mode = "tun", device = dev.name(), offload = dev.offload_enabled(), %dns, "client starting");
+                Box::new(Client::new_tun(identity, ca, dev, dns, cfg.tunnel.clone(), &mut ctx)?)
+            } else {
+                if client.listen.is_empty() {
+                    tracing::warn!("no [[client.listen]] entries: nothing to proxy");
+                }
+                tracing::info!(user = %cert.name, id = cert.id, relay = %relay_addr, mode = "proxy", "client starting");
+                Box::new(Client::new(identity, ca, &client.listen, cfg.tunnel.clone(), &mut ctx)?)
             }
-            if client.listen.is_empty() {
-                tracing::warn!("no [[client.listen]] entries: nothing to proxy");
-            }
-            tracing::info!(user = %cert.name, id = cert.id, relay = %relay_addr, mode = "proxy", "client starting");
-            Box::new(Client::new(
-                identity,
-                ca,
-                &client.listen,
-                cfg.tunnel.clone(),
-                &mut ctx,
-            )?)
         }
         Role::Connector => {
             let Some(c) = &cfg.connector else {
