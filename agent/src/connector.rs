@@ -54,6 +54,9 @@ struct UdpFlow {
     socket: UdpSocket,
     token: Token,
     client: IpEndpoint,
+    /// The address the client sent to: replies must come from it (a
+    /// connected UDP socket at the client drops anything else).
+    local: Option<smoltcp::wire::IpAddress>,
     stack_socket: SocketHandle,
     last_used: Instant,
 }
@@ -578,6 +581,7 @@ fn pump_udp(
                 break;
             };
             let client = meta.endpoint;
+            let local = meta.local_address;
             let existing = pair
                 .udp
                 .iter_mut()
@@ -617,6 +621,7 @@ fn pump_udp(
                             socket,
                             token,
                             client,
+                            local,
                             stack_socket: handle,
                             last_used: now,
                         },
@@ -643,7 +648,12 @@ fn pump_udp(
         while sock.can_send() {
             match flow.socket.recv(&mut buf) {
                 Ok(n) => {
-                    if sock.send_slice(&buf[..n], flow.client).is_ok() {
+                    let to = udp::UdpMetadata {
+                        endpoint: flow.client,
+                        local_address: flow.local,
+                        meta: Default::default(),
+                    };
+                    if sock.send_slice(&buf[..n], to).is_ok() {
                         pair.bytes_out += n as u64;
                     }
                     flow.last_used = now;

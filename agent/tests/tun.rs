@@ -51,15 +51,17 @@ fn tun_end_to_end(offload: bool) {
         }
         drop(s);
 
-        // UDP echo.
+        // UDP echo on a connected socket: replies must come from the
+        // service's address and port, or the kernel drops them.
         let u = UdpSocket::bind("0.0.0.0:0").unwrap();
+        u.connect((uecho_ip, 7)).unwrap();
         u.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
         let mut ok = 0;
         for i in 0..10 {
             let msg = format!("tun datagram {i}");
-            u.send_to(msg.as_bytes(), (uecho_ip, 7)).unwrap();
+            u.send(msg.as_bytes()).unwrap();
             let mut buf = [0u8; 1500];
-            if let Ok((n, _)) = u.recv_from(&mut buf) {
+            if let Ok(n) = u.recv(&mut buf) {
                 assert_eq!(&buf[..n], msg.as_bytes());
                 ok += 1;
             }

@@ -511,8 +511,9 @@ pub fn iperf3_client(host: &str, port: u16, args: &[&str]) -> serde_json::Value 
         .unwrap_or_else(|e| panic!("iperf3 JSON: {e}: {text}"));
     assert!(
         out.status.success() && v.get("error").is_none(),
-        "iperf3 {args:?} failed: {}",
-        v.get("error").map(|e| e.to_string()).unwrap_or_default()
+        "iperf3 {args:?} failed: {}\nstderr: {}",
+        v.get("error").map(|e| e.to_string()).unwrap_or_default(),
+        String::from_utf8_lossy(&out.stderr)
     );
     v
 }
