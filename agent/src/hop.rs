@@ -353,3 +353,382 @@ impl Hop {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The hop's timers against an in-memory relay (`HopResponder`), with
+    //! a hand-advanced clock: no sockets, no sleeps.
+
+    use super::*;
+    use proto::handshake::{HopResponder, InitOutcome, StaticKeypair};
+    use proto::identity::{CaKeypair, CertificateBody};
+
+    /// Unix time the fixtures' certificates are valid around.
+    const T0_UNIX: u64 = 1_800_000_000;
+    const PING_AFTER: Duration = Duration::from_secs(2);
+    const DEAD_AFTER: Duration = Duration::from_secs(6);
+    const MS: Duration = Duration::from_millis(1);
+
+    fn ca() -> CaKeypair {
+        CaKeypair::from_seed(&[0x11; 32])
+    }
+
+    fn node(ca: &CaKeypair, id: u32, name: &str, role: Role, not_after: u64) -> LocalIdentity {
+        let kp = StaticKeypair::generate().unwrap();
+        let cert = ca
+            .issue(CertificateBody {
+                id,
+                name: name.into(),
+                role,
+                groups: vec!["eng".into()],
+                static_key: kp.public,
+                not_before: T0_UNIX - 3600,
+                not_after,
+            })
+            .unwrap();
+        LocalIdentity::new(kp.private, cert)
+    }
+
+    /// An agent's hop and the relay it talks to, on one hand-driven clock.
+    struct Sim {
+        hop: Hop,
+        relay: HopResponder,
+        under_load: bool,
+        /// The relay's side of each session it completed, oldest first.
+        relay_links: Vec<HopLink>,
+        now: Instant,
+        unix_nanos: u64,
+        next_index: u32,
+    }
+
+    impl Sim {
+        fn new() -> Sim {
+            Sim::with(&ca(), T0_UNIX + 30 * 86_400)
+        }
+
+        /// The relay's certificate comes from `relay_ca`; the agent's,
+        /// valid until `agent_not_after`, from the test CA.
+        fn with(relay_ca: &CaKeypair, agent_not_after: u64) -> Sim {
+            let ca = ca();
+            let agent = node(&ca, 1001, "alice", Role::User, agent_not_after);
+            let relay = node(relay_ca, 1, "relay-1", Role::Relay, T0_UNIX + 86_400);
+            let now = Instant::now();
+            let responder = HopResponder::new(
+                relay.clone(),
+                Trust::new(ca.public(), &[Role::User, Role::Connector]),
+                [0x77; 32],
+                now,
+            );
+            let hop = Hop::new(
+                "192.0.2.1:51820".parse().unwrap(),
+                *relay.public_key(),
+                agent,
+                ca.public(),
+                PING_AFTER,
+                DEAD_AFTER,
+                now,
+            );
+            Sim {
+                hop,
+                relay: responder,
+                under_load: false,
+                relay_links: Vec::new(),
+                now,
+                unix_nanos: T0_UNIX * 1_000_000_000,
+                next_index: 0x100,
+            }
+        }
+
+        fn advance(&mut self, d: Duration) {
+            self.now += d;
+            self.unix_nanos += u64::try_from(d.as_nanos()).unwrap();
+        }
+
+        fn advance_to(&mut self, at: Instant) {
+            self.advance(at - self.now);
+        }
+
+        fn poll(&mut self) -> Vec<Vec<u8>> {
+            let mut out = Vec::new();
+            self.hop.poll(self.now, self.unix_nanos, &mut out);
+            out
+        }
+
+        /// The relay handles `init` and the hop its answer (a response, or
+        /// a cookie reply under load); returns the hop's event and what it
+        /// queued.
+        fn answer(&mut self, init: &[u8]) -> (HopEvent, Vec<Vec<u8>>) {
+            self.next_index += 1;
+            let outcome = self
+                .relay
+                .handle_init(
+                    init,
+                    "198.51.100.7:40000".parse().unwrap(),
+                    self.under_load,
+                    ReceiverIndex(self.next_index),
+                    self.now,
+                    self.unix_nanos,
+                    &mut rand::rngs::OsRng,
+                )
+                .expect("the relay accepts the initiation");
+            let reply = match outcome {
+                InitOutcome::Established { response, keys } => {
+                    self.relay_links.push(HopLink::from_keys(keys));
+                    response
+                }
+                InitOutcome::CookieReply(reply) => reply.to_vec(),
+            };
+            let mut out = Vec::new();
+            let ev = self
+                .hop
+                .on_handshake(&reply, self.now, self.unix_nanos, &mut out);
+            (ev, out)
+        }
+
+        /// Polls once, expects exactly one initiation and answers it.
+        fn establish(&mut self) {
+            let out = self.poll();
+            let init = only(&out, Kind::HandshakeInit);
+            let (ev, _) = self.answer(&init);
+            assert_eq!(ev, HopEvent::Established);
+        }
+
+        /// A control frame from the relay on its `i`-th session.
+        fn frame_from_relay(&mut self, i: usize) -> Vec<u8> {
+            let mut f = vec![0u8; HEADER_LEN + 4];
+            self.relay_links[i].write_header(&mut f, Kind::Control, UserId(1001), ServiceId(0));
+            f
+        }
+
+        /// The relay's side of session `i` accepts `frame`: addressed to
+        /// it and tagged with that session's key.
+        fn relay_accepts(&mut self, i: usize, frame: &[u8]) -> bool {
+            self.relay_links[i].accept(frame).is_ok()
+        }
+    }
+
+    fn kinds(out: &[Vec<u8>]) -> Vec<Kind> {
+        out.iter()
+            .map(|f| proto::wire::classify(f).unwrap())
+            .collect()
+    }
+
+    fn only(out: &[Vec<u8>], kind: Kind) -> Vec<u8> {
+        assert_eq!(kinds(out), vec![kind], "expected exactly one {kind:?}");
+        out[0].clone()
+    }
+
+    #[test]
+    fn first_poll_initiates_and_retries_after_retry_after_only() {
+        let mut s = Sim::new();
+        let first = only(&s.poll(), Kind::HandshakeInit);
+        assert_eq!(s.hop.stats.initiations, 1);
+        assert!(!s.hop.is_up());
+        s.advance(RETRY_AFTER - MS);
+        assert!(s.poll().is_empty(), "no retry before RETRY_AFTER");
+        s.advance(MS);
+        let second = only(&s.poll(), Kind::HandshakeInit);
+        assert_ne!(first, second, "a retry is a fresh initiation");
+        assert_eq!(s.hop.stats.initiations, 2);
+        // The fresh one is answerable; the stale one is a replay to the
+        // relay (older timestamp), so only the newest matters.
+        let (ev, _) = s.answer(&second);
+        assert_eq!(ev, HopEvent::Established);
+    }
+
+    #[test]
+    fn response_establishes_and_queues_a_ping() {
+        let mut s = Sim::new();
+        let init = only(&s.poll(), Kind::HandshakeInit);
+        s.advance(Duration::from_millis(30));
+        let (ev, out) = s.answer(&init);
+        assert_eq!(ev, HopEvent::Established);
+        assert!(s.hop.is_up());
+        let ping = only(&out, Kind::Control);
+        assert!(s.relay_accepts(0, &ping));
+        assert_eq!(s.hop.stats.handshakes, 1);
+        assert_eq!(s.hop.stats.pings, 1);
+        assert_eq!(s.hop.stats.last_handshake_unix, Some(T0_UNIX));
+        // Nothing more to send right away, and no second initiation.
+        assert!(s.poll().is_empty());
+        // A frame the relay tags on the session is accepted.
+        let f = s.frame_from_relay(0);
+        assert_eq!(s.hop.accept(&f, s.now), Ok(()));
+    }
+
+    #[test]
+    fn silence_brings_a_ping_after_ping_after() {
+        let mut s = Sim::new();
+        s.establish();
+        // The relay answered the first ping; then silence.
+        let f = s.frame_from_relay(0);
+        s.hop.accept(&f, s.now).unwrap();
+        s.advance(PING_AFTER - MS);
+        assert!(s.poll().is_empty(), "no ping before ping_after");
+        s.advance(MS);
+        let ping = only(&s.poll(), Kind::Control);
+        assert!(s.relay_accepts(0, &ping));
+        assert_eq!(s.hop.stats.pings, 2);
+        // A frame from the relay resets the silence.
+        s.advance(Duration::from_millis(500));
+        let f = s.frame_from_relay(0);
+        s.hop.accept(&f, s.now).unwrap();
+        s.advance(PING_AFTER - MS);
+        assert!(s.poll().is_empty());
+        assert!(s.hop.is_up());
+    }
+
+    #[test]
+    fn silence_after_a_ping_for_dead_after_drops_the_session_and_reinitiates() {
+        let mut s = Sim::new();
+        s.establish();
+        // Pings go out every ping_after while the relay stays silent...
+        let mut t = Duration::ZERO;
+        while t + PING_AFTER < DEAD_AFTER {
+            s.advance(PING_AFTER);
+            t += PING_AFTER;
+            only(&s.poll(), Kind::Control);
+        }
+        s.advance(DEAD_AFTER - t - MS);
+        assert!(s.poll().is_empty());
+        assert!(s.hop.is_up(), "not dead before dead_after");
+        assert_eq!(s.hop.stats.lost, 0);
+        // ...and at dead_after the session is given up, a new initiation
+        // leaves in the same poll.
+        s.advance(MS);
+        let out = s.poll();
+        only(&out, Kind::HandshakeInit);
+        assert!(!s.hop.is_up());
+        assert_eq!(s.hop.stats.lost, 1);
+        // Frames on the lost session are refused.
+        let f = s.frame_from_relay(0);
+        assert_eq!(s.hop.accept(&f, s.now), Err(LinkDrop::WrongReceiver));
+        // The relay (restarted, say) answers and the hop is back.
+        let (ev, _) = s.answer(&out[0]);
+        assert_eq!(ev, HopEvent::Established);
+        assert_eq!(s.hop.stats.handshakes, 2);
+    }
+
+    #[test]
+    fn rekey_after_rekey_after_time_keeps_the_old_link_until_reject_after_time() {
+        let mut s = Sim::new();
+        s.establish();
+        let t0 = s.now;
+        // Keep the session alive with a frame from the relay every second.
+        let step = Duration::from_secs(1);
+        while s.now + step < t0 + REKEY_AFTER_TIME {
+            s.advance(step);
+            let f = s.frame_from_relay(0);
+            s.hop.accept(&f, s.now).unwrap();
+            assert!(
+                !kinds(&s.poll()).contains(&Kind::HandshakeInit),
+                "no rekey before REKEY_AFTER_TIME"
+            );
+        }
+        s.advance_to(t0 + REKEY_AFTER_TIME - MS);
+        assert!(!kinds(&s.poll()).contains(&Kind::HandshakeInit));
+        s.advance(MS);
+        let init = only(&s.poll(), Kind::HandshakeInit);
+        // While the new handshake runs, the old link still sends.
+        assert!(s.hop.is_up());
+        let mut frame = vec![0u8; HEADER_LEN + 8];
+        assert!(s
+            .hop
+            .seal_header(&mut frame, Kind::Control, UserId(1001), ServiceId(0)));
+        assert!(s.relay_accepts(0, &frame));
+        // The new session takes over for sending...
+        let (ev, out) = s.answer(&init);
+        assert_eq!(ev, HopEvent::Established);
+        assert!(s.relay_accepts(1, &only(&out, Kind::Control)));
+        assert!(s
+            .hop
+            .seal_header(&mut frame, Kind::Control, UserId(1001), ServiceId(0)));
+        assert!(s.relay_accepts(1, &frame));
+        // ...while frames tagged on the previous one are still accepted
+        // until REJECT_AFTER_TIME from its start.
+        s.advance_to(t0 + REJECT_AFTER_TIME - MS);
+        let f = s.frame_from_relay(1);
+        s.hop.accept(&f, s.now).unwrap();
+        s.poll();
+        let f = s.frame_from_relay(0);
+        assert_eq!(s.hop.accept(&f, s.now), Ok(()));
+        s.advance(MS);
+        s.poll();
+        let f = s.frame_from_relay(0);
+        assert_eq!(s.hop.accept(&f, s.now), Err(LinkDrop::WrongReceiver));
+        let f = s.frame_from_relay(1);
+        assert_eq!(s.hop.accept(&f, s.now), Ok(()));
+        assert!(s.hop.is_up());
+        assert_eq!(s.hop.stats.lost, 0);
+    }
+
+    #[test]
+    fn a_session_lost_while_rekeying_initiates_at_once() {
+        let mut s = Sim::new();
+        s.establish();
+        let t0 = s.now;
+        let step = Duration::from_secs(1);
+        while s.now + step <= t0 + Duration::from_secs(118) {
+            s.advance(step);
+            let f = s.frame_from_relay(0);
+            s.hop.accept(&f, s.now).unwrap();
+            s.poll();
+        }
+        // The relay's last word, half a second off the retry grid.
+        s.advance(Duration::from_millis(500));
+        let f = s.frame_from_relay(0);
+        s.hop.accept(&f, s.now).unwrap();
+        let dead_at = s.now + DEAD_AFTER;
+        let half = Duration::from_millis(500);
+        while s.now + half < dead_at {
+            s.advance(half);
+            s.poll();
+            assert!(s.hop.is_up());
+        }
+        assert!(s.hop.stats.initiations > 1, "rekey attempts went out");
+        // Dead halfway between two rekey retries: the next initiation
+        // does not wait for the retry timer.
+        s.advance(half);
+        let out = s.poll();
+        assert!(!s.hop.is_up());
+        assert_eq!(s.hop.stats.lost, 1);
+        only(&out, Kind::HandshakeInit);
+    }
+
+    #[test]
+    fn cookie_reply_under_load_resends_with_mac2_and_completes() {
+        let mut s = Sim::new();
+        s.under_load = true;
+        let t0 = s.now;
+        let init = only(&s.poll(), Kind::HandshakeInit);
+        s.advance(Duration::from_millis(300));
+        let (ev, out) = s.answer(&init);
+        assert_eq!(ev, HopEvent::None);
+        let resent = only(&out, Kind::HandshakeInit);
+        assert_ne!(resent, init, "the resend carries the cookie's mac2");
+        assert_eq!(s.hop.stats.initiations, 1, "a resend is not a new attempt");
+        // The resend restarts the retry timer.
+        s.advance_to(t0 + RETRY_AFTER);
+        assert!(s.poll().is_empty());
+        let (ev, _) = s.answer(&resent);
+        assert_eq!(ev, HopEvent::Established);
+        assert!(s.hop.is_up());
+    }
+
+    #[test]
+    fn junk_and_stale_handshake_frames_change_nothing() {
+        let mut s = Sim::new();
+        let init = only(&s.poll(), Kind::HandshakeInit);
+        let mut out = Vec::new();
+        for junk in [&[][..], &[0x19, 0, 0], &init[..]] {
+            assert_eq!(
+                s.hop.on_handshake(junk, s.now, s.unix_nanos, &mut out),
+                HopEvent::None
+            );
+        }
+        assert!(out.is_empty());
+        assert_eq!(s.hop.accept(&[1, 2, 3], s.now), Err(LinkDrop::Malformed));
+        let (ev, _) = s.answer(&init);
+        assert_eq!(ev, HopEvent::Established);
+    }
+}
