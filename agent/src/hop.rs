@@ -17,20 +17,86 @@
 //!
 //! The first frame sent on a new session is a `Ping`: it confirms the key
 //! to the relay, and the relay answers with our directory.
+//!
+//! What the user has to fix is reported once, as a [`HopProblem`], in the
+//! log and in [`Hop::problems`] (which `agent status` shows): a relay that
+//! has not answered [`UNREACHABLE_AFTER`] initiations, a relay whose answer
+//! fails our checks, and this agent's certificate nearing or past its end.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use proto::control::ControlMessage;
 use proto::handshake::timers::{REJECT_AFTER_TIME, REKEY_AFTER_TIME};
-use proto::handshake::{CookieJar, HopInitiator, LocalIdentity, Trust};
+use proto::handshake::{CookieJar, HandshakeError, HopInitiator, LocalIdentity, Trust};
 use proto::identity::{CaPublicKey, Role};
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
 use proto::link::{HopLink, LinkDrop};
 use proto::wire::{Frame, Kind, HEADER_LEN};
 
+use crate::status::{span, utc, ErrorLog};
+
 /// Unanswered initiation: try again after this long.
 pub const RETRY_AFTER: Duration = Duration::from_millis(1000);
+/// Initiations in a row without an answer after which the relay is
+/// reported unreachable (the hop keeps trying).
+pub const UNREACHABLE_AFTER: u32 = 3;
+/// How long before this agent's certificate ends it is reported; a quarter
+/// of the certificate's lifetime instead when that is shorter, so that
+/// short-lived certificates are not reported from the day they are issued.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(24 * 3600);
+
+/// Something about the hop that needs a person: the messages say what to
+/// check or do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HopProblem {
+    /// Initiations go unanswered. A relay stays silent to initiations it
+    /// cannot or will not take, so this is also how a wrong relay key or a
+    /// certificate the relay refuses looks from here.
+    #[error("no answer from relay {relay} after {attempts} attempts; is it running, is [relay] address right, and is public_key the relay's? (a relay also stays silent to a certificate it refuses, e.g. one from another CA: see the relay's log)")]
+    NoAnswer {
+        /// The relay's address.
+        relay: SocketAddr,
+        /// Initiations sent without an answer.
+        attempts: u32,
+    },
+    /// The relay answered, but its answer failed our checks: its
+    /// certificate, its key or its role.
+    #[error("relay {relay} answered, but its handshake failed this agent's checks: {reason}; check that [identity] ca is the CA that issued the relay's certificate and that [relay] public_key is this relay's key (printed by `relay keygen`)")]
+    BadRelay {
+        /// The relay's address.
+        relay: SocketAddr,
+        /// What failed.
+        reason: String,
+    },
+    /// This agent's certificate ends soon.
+    #[error("certificate '{name}' expires at {at} (in {left}); issue a new one and restart the agent before then, or the relay will refuse it", at = utc(*not_after), left = span(*left))]
+    CertificateExpiring {
+        /// Certificate name.
+        name: String,
+        /// End of validity, unix seconds.
+        not_after: u64,
+        /// Seconds left when this was noticed.
+        left: u64,
+    },
+    /// This agent's certificate has ended.
+    #[error("certificate '{name}' expired at {at}: the relay refuses new hop sessions from it; issue a new one and restart the agent", at = utc(*not_after))]
+    CertificateExpired {
+        /// Certificate name.
+        name: String,
+        /// End of validity, unix seconds.
+        not_after: u64,
+    },
+}
+
+/// How far the certificate's end has been reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum CertNotice {
+    None,
+    Expiring,
+    Expired,
+}
 
 /// What happened to the hop on a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +128,8 @@ struct Pending {
     initiator: HopInitiator,
     frame: Vec<u8>,
     sent: Instant,
+    /// The relay answered it (a response or a cookie reply).
+    answered: bool,
 }
 
 struct Current {
@@ -84,6 +152,10 @@ pub struct Hop {
     ping_after: Duration,
     dead_after: Duration,
     next_index: u32,
+    /// Initiations in a row the relay has not answered.
+    unanswered: u32,
+    cert_notice: CertNotice,
+    problems: ErrorLog,
     /// The id this agent writes as `user` in control frames.
     self_id: u32,
     /// Directory digest to put in pings.
@@ -128,6 +200,9 @@ impl Hop {
             ping_after,
             dead_after,
             next_index: rand::random::<u32>() | 1,
+            unanswered: 0,
+            cert_notice: CertNotice::None,
+            problems: ErrorLog::default(),
             self_id,
             digest: 0,
             stats: HopStats::default(),
@@ -144,6 +219,12 @@ impl Hop {
         self.current.is_some()
     }
 
+    /// What the user has to fix, oldest first (each logged once when it
+    /// was noticed).
+    pub fn problems(&self) -> Vec<String> {
+        self.problems.to_vec()
+    }
+
     /// The session to send on.
     pub fn link(&mut self) -> Option<&mut HopLink> {
         self.current.as_mut().map(|c| &mut c.link)
@@ -152,6 +233,7 @@ impl Hop {
     /// Timers: starts, retries or gives up handshakes, sends pings. Frames
     /// to send are appended to `out`. Returns when to call again.
     pub fn poll(&mut self, now: Instant, unix_nanos: u64, out: &mut Vec<Vec<u8>>) -> Instant {
+        self.check_certificate(unix_nanos / 1_000_000_000);
         if let Some(prev) = &self.previous {
             if now.duration_since(prev.established) >= REJECT_AFTER_TIME {
                 self.previous = None;
@@ -212,7 +294,55 @@ impl Hop {
         at.max(now + Duration::from_millis(1))
     }
 
+    /// Reports this agent's certificate once when its end nears and once
+    /// when it has passed.
+    fn check_certificate(&mut self, now_unix: u64) {
+        let cert = self.identity.certificate();
+        let lifetime = cert.not_after.saturating_sub(cert.not_before);
+        let warn_before = EXPIRY_WARNING.as_secs().min(lifetime / 4);
+        let (notice, problem) = if now_unix > cert.not_after {
+            (
+                CertNotice::Expired,
+                HopProblem::CertificateExpired {
+                    name: cert.name.clone(),
+                    not_after: cert.not_after,
+                },
+            )
+        } else if cert.not_after - now_unix <= warn_before {
+            (
+                CertNotice::Expiring,
+                HopProblem::CertificateExpiring {
+                    name: cert.name.clone(),
+                    not_after: cert.not_after,
+                    left: cert.not_after - now_unix,
+                },
+            )
+        } else {
+            return;
+        };
+        if notice > self.cert_notice {
+            self.cert_notice = notice;
+            self.problems.push(problem.to_string());
+        }
+    }
+
     fn initiate(&mut self, now: Instant, unix_nanos: u64, out: &mut Vec<Vec<u8>>) {
+        if let Some(p) = &self.pending {
+            if p.answered {
+                self.unanswered = 0;
+            } else {
+                self.unanswered = self.unanswered.saturating_add(1);
+                if self.unanswered == UNREACHABLE_AFTER {
+                    self.problems.push(
+                        HopProblem::NoAnswer {
+                            relay: self.relay,
+                            attempts: self.unanswered,
+                        }
+                        .to_string(),
+                    );
+                }
+            }
+        }
         self.next_index = self.next_index.wrapping_add(2) | 1;
         match HopInitiator::new(
             &self.identity,
@@ -230,9 +360,12 @@ impl Hop {
                     initiator,
                     frame,
                     sent: now,
+                    answered: false,
                 });
             }
-            Err(e) => tracing::error!(error = %e, "cannot start a hop handshake"),
+            Err(e) => self
+                .problems
+                .push(format!("cannot start a hop handshake: {e}")),
         }
     }
 
@@ -252,6 +385,10 @@ impl Hop {
                 match p.initiator.handle_response(frame, now, unix_nanos) {
                     Ok(keys) => {
                         tracing::info!(relay = %self.relay, peer = %keys.peer.name, index = %keys.local_index, "hop session established");
+                        if self.unanswered >= UNREACHABLE_AFTER {
+                            tracing::info!(relay = %self.relay, "the relay answers again");
+                        }
+                        self.unanswered = 0;
                         let link = HopLink::from_keys(keys);
                         self.previous = self.current.take();
                         self.current = Some(Current {
@@ -269,8 +406,19 @@ impl Hop {
                         }
                         HopEvent::Established
                     }
+                    Err(e) if not_an_answer(&e) => {
+                        tracing::debug!(relay = %self.relay, error = %e, "stray handshake response dropped");
+                        HopEvent::None
+                    }
                     Err(e) => {
-                        tracing::warn!(relay = %self.relay, error = %e, "hop handshake response rejected");
+                        p.answered = true;
+                        self.problems.push(
+                            HopProblem::BadRelay {
+                                relay: self.relay,
+                                reason: e.to_string(),
+                            }
+                            .to_string(),
+                        );
                         HopEvent::None
                     }
                 }
@@ -281,6 +429,7 @@ impl Hop {
                         // The relay is under load: resend with the cookie.
                         p.frame = p.initiator.init_frame(&self.jar, now);
                         p.sent = now;
+                        p.answered = true;
                         out.push(p.frame.clone());
                     }
                     Err(e) => tracing::debug!(error = %e, "cookie reply rejected"),
@@ -354,6 +503,20 @@ impl Hop {
     }
 }
 
+/// Whether a failed response is not the relay's answer to our current
+/// initiation at all (junk, another attempt's, not for our key), as
+/// opposed to an answer that failed our checks.
+fn not_an_answer(e: &HandshakeError) -> bool {
+    matches!(
+        e,
+        HandshakeError::Malformed(_)
+            | HandshakeError::UnexpectedKind
+            | HandshakeError::WrongReceiver { .. }
+            | HandshakeError::BadMac1
+            | HandshakeError::Finished
+    )
+}
+
 #[cfg(test)]
 mod tests {
     //! The hop's timers against an in-memory relay (`HopResponder`), with
@@ -373,7 +536,7 @@ mod tests {
         CaKeypair::from_seed(&[0x11; 32])
     }
 
-    fn node(ca: &CaKeypair, id: u32, name: &str, role: Role, not_after: u64) -> LocalIdentity {
+    fn node(ca: &CaKeypair, id: u32, name: &str, role: Role, valid: (u64, u64)) -> LocalIdentity {
         let kp = StaticKeypair::generate().unwrap();
         let cert = ca
             .issue(CertificateBody {
@@ -382,8 +545,8 @@ mod tests {
                 role,
                 groups: vec!["eng".into()],
                 static_key: kp.public,
-                not_before: T0_UNIX - 3600,
-                not_after,
+                not_before: valid.0,
+                not_after: valid.1,
             })
             .unwrap();
         LocalIdentity::new(kp.private, cert)
@@ -403,15 +566,16 @@ mod tests {
 
     impl Sim {
         fn new() -> Sim {
-            Sim::with(&ca(), T0_UNIX + 30 * 86_400)
+            Sim::with(&ca(), (T0_UNIX - 86_400, T0_UNIX + 30 * 86_400))
         }
 
         /// The relay's certificate comes from `relay_ca`; the agent's,
-        /// valid until `agent_not_after`, from the test CA.
-        fn with(relay_ca: &CaKeypair, agent_not_after: u64) -> Sim {
+        /// valid over `agent_valid`, from the test CA.
+        fn with(relay_ca: &CaKeypair, agent_valid: (u64, u64)) -> Sim {
             let ca = ca();
-            let agent = node(&ca, 1001, "alice", Role::User, agent_not_after);
-            let relay = node(relay_ca, 1, "relay-1", Role::Relay, T0_UNIX + 86_400);
+            let agent = node(&ca, 1001, "alice", Role::User, agent_valid);
+            let relay_valid = (T0_UNIX - 3600, T0_UNIX + 86_400);
+            let relay = node(relay_ca, 1, "relay-1", Role::Relay, relay_valid);
             let now = Instant::now();
             let responder = HopResponder::new(
                 relay.clone(),
@@ -730,5 +894,145 @@ mod tests {
         assert_eq!(s.hop.accept(&[1, 2, 3], s.now), Err(LinkDrop::Malformed));
         let (ev, _) = s.answer(&init);
         assert_eq!(ev, HopEvent::Established);
+    }
+
+    fn count(problems: &[String], needle: &str) -> usize {
+        problems.iter().filter(|p| p.contains(needle)).count()
+    }
+
+    #[test]
+    fn an_unanswered_relay_is_reported_once_and_retried_forever() {
+        let mut s = Sim::new();
+        s.poll();
+        for _ in 1..UNREACHABLE_AFTER {
+            s.advance(RETRY_AFTER);
+            only(&s.poll(), Kind::HandshakeInit);
+        }
+        assert!(
+            s.hop.problems().is_empty(),
+            "the last attempt may still be answered"
+        );
+        s.advance(RETRY_AFTER);
+        only(&s.poll(), Kind::HandshakeInit);
+        let problems = s.hop.problems();
+        assert_eq!(
+            problems,
+            vec![format!(
+                "no answer from relay 192.0.2.1:51820 after {UNREACHABLE_AFTER} attempts; is it running, is [relay] address right, and is public_key the relay's? (a relay also stays silent to a certificate it refuses, e.g. one from another CA: see the relay's log)"
+            )]
+        );
+        for _ in 0..20 {
+            s.advance(RETRY_AFTER);
+            only(&s.poll(), Kind::HandshakeInit);
+        }
+        assert_eq!(s.hop.problems(), problems, "reported once");
+        assert_eq!(
+            s.hop.stats.initiations,
+            u64::from(UNREACHABLE_AFTER) + 21,
+            "still trying"
+        );
+        // The relay comes up and answers the newest initiation.
+        s.advance(RETRY_AFTER);
+        let init = only(&s.poll(), Kind::HandshakeInit);
+        assert_eq!(s.answer(&init).0, HopEvent::Established);
+    }
+
+    #[test]
+    fn a_relay_key_other_than_the_configured_one_looks_unreachable() {
+        let mut s = Sim::new();
+        // The relay at that address holds another key than the one the
+        // agent was given: it drops the initiation before any DH.
+        let ca = ca();
+        let other = node(
+            &ca,
+            2,
+            "relay-2",
+            Role::Relay,
+            (T0_UNIX - 60, T0_UNIX + 3600),
+        );
+        s.relay = HopResponder::new(
+            other,
+            Trust::new(ca.public(), &[Role::User]),
+            [1; 32],
+            s.now,
+        );
+        let init = only(&s.poll(), Kind::HandshakeInit);
+        let r = s.relay.handle_init(
+            &init,
+            "198.51.100.7:40000".parse().unwrap(),
+            false,
+            ReceiverIndex(9),
+            s.now,
+            s.unix_nanos,
+            &mut rand::rngs::OsRng,
+        );
+        assert_eq!(r, Err(HandshakeError::BadMac1));
+        for _ in 0..UNREACHABLE_AFTER {
+            s.advance(RETRY_AFTER);
+            s.poll();
+        }
+        assert_eq!(count(&s.hop.problems(), "is public_key the relay's?"), 1);
+    }
+
+    #[test]
+    fn a_relay_certificate_from_another_ca_is_reported_not_unreachable() {
+        let rogue = CaKeypair::from_seed(&[0x99; 32]);
+        let mut s = Sim::with(&rogue, (T0_UNIX - 86_400, T0_UNIX + 30 * 86_400));
+        for _ in 0..2 * UNREACHABLE_AFTER {
+            let init = only(&s.poll(), Kind::HandshakeInit);
+            let (ev, out) = s.answer(&init);
+            assert_eq!(ev, HopEvent::None);
+            assert!(out.is_empty());
+            assert!(!s.hop.is_up());
+            s.advance(RETRY_AFTER);
+        }
+        let problems = s.hop.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("relay 192.0.2.1:51820 answered, but its handshake failed this agent's checks: peer certificate rejected: certificate for `relay-1` was not signed by this CA"), "{}", problems[0]);
+        assert!(problems[0].contains("[identity] ca"));
+    }
+
+    #[test]
+    fn the_certificate_end_is_reported_a_day_ahead_and_when_it_passes() {
+        let not_after = T0_UNIX + 25 * 3600;
+        let mut s = Sim::with(&ca(), (T0_UNIX - 30 * 86_400, not_after));
+        s.establish();
+        s.poll();
+        assert!(s.hop.problems().is_empty());
+        s.advance(Duration::from_secs(3600 + 60));
+        s.poll();
+        s.advance(Duration::from_secs(60));
+        s.poll();
+        let expiring = format!(
+            "certificate 'alice' expires at {} (in 23 h 59 min); issue a new one and restart the agent before then, or the relay will refuse it",
+            utc(not_after)
+        );
+        assert_eq!(count(&s.hop.problems(), "expires at"), 1);
+        assert_eq!(s.hop.problems()[0], expiring);
+        s.advance(Duration::from_secs(24 * 3600));
+        s.poll();
+        s.advance(Duration::from_secs(60));
+        s.poll();
+        assert_eq!(count(&s.hop.problems(), "expired at"), 1);
+        assert!(s.hop.problems().contains(&format!(
+            "certificate 'alice' expired at {}: the relay refuses new hop sessions from it; issue a new one and restart the agent",
+            utc(not_after)
+        )));
+    }
+
+    #[test]
+    fn a_short_lived_certificate_is_reported_in_its_last_quarter() {
+        // Valid for 8 h, 4 h of it left: a day's warning would fire from
+        // the moment it was issued.
+        let mut s = Sim::with(&ca(), (T0_UNIX - 4 * 3600, T0_UNIX + 4 * 3600));
+        s.establish();
+        s.poll();
+        assert!(s.hop.problems().is_empty());
+        s.advance(Duration::from_secs(2 * 3600 - 1));
+        s.poll();
+        assert!(s.hop.problems().is_empty());
+        s.advance(Duration::from_secs(1));
+        s.poll();
+        assert_eq!(count(&s.hop.problems(), "expires at"), 1);
     }
 }
