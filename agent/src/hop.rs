@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use proto::control::ControlMessage;
 use proto::handshake::timers::{REJECT_AFTER_TIME, REKEY_AFTER_TIME};
 use proto::handshake::{CookieJar, HandshakeError, HopInitiator, LocalIdentity, Trust};
-use proto::identity::{CaPublicKey, Role};
+use proto::identity::{CaPublicKey, Certificate, Role};
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
 use proto::link::{HopLink, LinkDrop};
 use proto::wire::{Frame, Kind, HEADER_LEN};
@@ -297,28 +297,12 @@ impl Hop {
     /// Reports this agent's certificate once when its end nears and once
     /// when it has passed.
     fn check_certificate(&mut self, now_unix: u64) {
-        let cert = self.identity.certificate();
-        let lifetime = cert.not_after.saturating_sub(cert.not_before);
-        let warn_before = EXPIRY_WARNING.as_secs().min(lifetime / 4);
-        let (notice, problem) = if now_unix > cert.not_after {
-            (
-                CertNotice::Expired,
-                HopProblem::CertificateExpired {
-                    name: cert.name.clone(),
-                    not_after: cert.not_after,
-                },
-            )
-        } else if cert.not_after - now_unix <= warn_before {
-            (
-                CertNotice::Expiring,
-                HopProblem::CertificateExpiring {
-                    name: cert.name.clone(),
-                    not_after: cert.not_after,
-                    left: cert.not_after - now_unix,
-                },
-            )
-        } else {
+        let Some(problem) = certificate_problem(self.identity.certificate(), now_unix) else {
             return;
+        };
+        let notice = match problem {
+            HopProblem::CertificateExpired { .. } => CertNotice::Expired,
+            _ => CertNotice::Expiring,
         };
         if notice > self.cert_notice {
             self.cert_notice = notice;
@@ -500,6 +484,28 @@ impl Hop {
             out.push(f);
             self.last_ping = Some(now);
         }
+    }
+}
+
+/// What to tell the user about `cert` at `now_unix`: that it has expired,
+/// that it expires within [`EXPIRY_WARNING`] (or the last quarter of its
+/// lifetime, if shorter), or nothing.
+pub fn certificate_problem(cert: &Certificate, now_unix: u64) -> Option<HopProblem> {
+    let lifetime = cert.not_after.saturating_sub(cert.not_before);
+    let warn_before = EXPIRY_WARNING.as_secs().min(lifetime / 4);
+    if now_unix > cert.not_after {
+        Some(HopProblem::CertificateExpired {
+            name: cert.name.clone(),
+            not_after: cert.not_after,
+        })
+    } else if cert.not_after - now_unix <= warn_before {
+        Some(HopProblem::CertificateExpiring {
+            name: cert.name.clone(),
+            not_after: cert.not_after,
+            left: cert.not_after - now_unix,
+        })
+    } else {
+        None
     }
 }
 

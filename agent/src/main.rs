@@ -1,14 +1,14 @@
 //! The `agent` binary: run a client or a connector, ask a running one for
 //! its status, check a config.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use agent::config::{AgentConfig, DEFAULT_STATUS};
+use agent::config::{AgentConfig, ClientMode, DEFAULT_STATUS};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -98,7 +98,7 @@ fn real_main() -> Result<()> {
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 signal_hook::flag::register(sig, stop.clone())?;
             }
-            agent::start::run(cfg, stop)
+            agent::start::run(cfg, stop).with_context(|| format!("config {}", config.display()))
         }
         Command::Status { config, addr, json } => {
             let addr = match config {
@@ -113,22 +113,41 @@ fn real_main() -> Result<()> {
             }
             Ok(())
         }
-        Command::CheckConfig { config } => {
-            let cfg = AgentConfig::load(&config)?;
-            let now = agent::runtime::unix_nanos() / 1_000_000_000;
-            let ca = relay::keys::load_ca(&cfg.identity.ca)?;
-            let id = relay::keys::load_identity(&cfg.identity.key, &cfg.identity.cert, &ca, now)?;
-            let cert = id.certificate();
-            agent::start::resolve_relay(&cfg.relay.address)?;
-            println!(
-                "ok: {} '{}' (id {}), certificate valid for {} more days, relay {}",
-                cert.role,
-                cert.name,
-                cert.id,
-                cert.not_after.saturating_sub(now) / 86_400,
-                cfg.relay.address
-            );
-            Ok(())
-        }
+        Command::CheckConfig { config } => check_config(&config),
     }
+}
+
+/// `agent check-config`: the checks `agent run` does before it opens a
+/// socket, and a summary of what the agent would be.
+fn check_config(config: &Path) -> Result<()> {
+    let cfg = AgentConfig::load(config)?;
+    let now = agent::runtime::unix_nanos() / 1_000_000_000;
+    let checked =
+        agent::start::check(&cfg, now).with_context(|| format!("config {}", config.display()))?;
+    let cert = checked.identity.certificate();
+    let what = match (&cfg.client, &checked.policy) {
+        (_, Some(_)) => "a connector".to_owned(),
+        (Some(c), None) if c.mode == ClientMode::Tun => {
+            format!("a client in tun mode (device {})", c.tun.name)
+        }
+        (c, None) => format!(
+            "a client in proxy mode with {} listener(s)",
+            c.as_ref().map_or(0, |c| c.listen.len())
+        ),
+    };
+    println!(
+        "ok: {} '{}' (id {}) runs as {what}; certificate valid until {} ({} left); relay {} ({}); status on {}",
+        cert.role,
+        cert.name,
+        cert.id,
+        agent::status::utc(cert.not_after),
+        agent::status::span(cert.not_after.saturating_sub(now)),
+        cfg.relay.address,
+        checked.relay,
+        cfg.status.listen,
+    );
+    if let Some(problem) = agent::hop::certificate_problem(cert, now) {
+        eprintln!("warning: {problem}");
+    }
+    Ok(())
 }
