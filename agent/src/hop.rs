@@ -63,7 +63,7 @@ pub enum HopProblem {
     },
     /// The relay answered, but its answer failed our checks: its
     /// certificate, its key or its role.
-    #[error("relay {relay} answered, but its handshake failed this agent's checks: {reason}; check that [identity] ca is the CA that issued the relay's certificate and that [relay] public_key is this relay's key (printed by `relay keygen`)")]
+    #[error("relay {relay} answered, but its handshake failed this agent's checks: {reason} ([identity] ca must be the CA that issued the relay's certificate, [relay] public_key the key `relay keygen` printed for it)")]
     BadRelay {
         /// The relay's address.
         relay: SocketAddr,
