@@ -1,4 +1,4 @@
-//! The `agent` binary as a user meets it: `check-config` on good
+//! The `agent` binary as a user meets it: its help, `check-config` on good
 //! and bad configs, `run` refusing what it cannot start, and `status`
 //! against a running agent whose relay is unreachable or untrusted, and
 //! with no agent at all.
@@ -40,6 +40,75 @@ const PROXY_BODY: &str =
 
 fn path_arg(p: &Path) -> &str {
     p.to_str().expect("scratch paths are UTF-8")
+}
+
+#[test]
+fn help_teaches_the_roles_the_modes_and_every_config_key() {
+    let top = agent_cli(&["--help"]);
+    assert!(top.status.success());
+    let top = stdout(&top);
+    for word in [
+        "client",
+        "connector",
+        "proxy",
+        "tun",
+        "relay keygen",
+        "run",
+        "status",
+        "check-config",
+    ] {
+        assert!(top.contains(word), "agent --help lacks {word:?}:\n{top}");
+    }
+    let run = stdout(&agent_cli(&["run", "--help"]));
+    for word in [
+        "[relay]",
+        "address",
+        "public_key",
+        "relay keygen",
+        "[identity]",
+        "ca =",
+        "cert =",
+        "key =",
+        "[client]",
+        "mode = \"proxy\"",
+        "mode = \"tun\"",
+        "[[client.listen]]",
+        "service =",
+        "listen =",
+        "protocol",
+        "[client.tun]",
+        "dns",
+        "offload",
+        "[connector]",
+        "policy =",
+        "[status]",
+        "[tunnel]",
+        "mtu",
+        "ping_after_ms",
+        "dead_after_ms",
+        "idle_close_s",
+        "tcp_buffer_kib",
+        "CAP_NET_ADMIN",
+    ] {
+        assert!(
+            run.contains(word),
+            "agent run --help lacks {word:?}:\n{run}"
+        );
+    }
+    let status = stdout(&agent_cli(&["status", "--help"]));
+    for word in ["DOWN", "errors", "--json", "--config", "[status] listen"] {
+        assert!(
+            status.contains(word),
+            "agent status --help lacks {word:?}:\n{status}"
+        );
+    }
+    let check = stdout(&agent_cli(&["check-config", "--help"]));
+    for word in ["certificate", "exit", "relay"] {
+        assert!(
+            check.contains(word),
+            "agent check-config --help lacks {word:?}:\n{check}"
+        );
+    }
 }
 
 #[test]
