@@ -43,6 +43,16 @@ pub const MIN_MTU: u16 = 1280;
 pub const MAX_MTU: u16 = 65_000;
 /// Default address of the status endpoint.
 pub const DEFAULT_STATUS: &str = "127.0.0.1:7070";
+/// The address of the DNS responder in tun mode (the first two hosts of
+/// 100.80.0.0/16 are the device and the responder; services get the rest).
+pub const DNS_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(100, 80, 0, 2);
+/// Largest `tunnel.ping_after_ms`: the relay's sessions must hear from the
+/// agent well within their lifetime.
+pub const MAX_PING_AFTER_MS: u64 = 60_000;
+/// Largest `tunnel.dead_after_ms`.
+pub const MAX_DEAD_AFTER_MS: u64 = 600_000;
+/// Largest `tunnel.idle_close_s`: a week.
+pub const MAX_IDLE_CLOSE_S: u64 = 7 * 86_400;
 
 /// Why a configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +66,15 @@ pub enum ConfigError {
         /// Why.
         error: std::io::Error,
     },
-    /// The file is not valid TOML or has unknown or mistyped keys.
-    #[error("config {path}: {message}")]
+    /// The file is not valid TOML or has unknown, missing or mistyped
+    /// keys.
+    #[error("config {path}: {}{message}", where_.as_deref().map(|w| format!("{w}: ")).unwrap_or_default())]
     Parse {
         /// The file.
         path: PathBuf,
-        /// The parser's message (names line, column and key).
+        /// Where: `line N, key`, when the parser knows.
+        where_: Option<String>,
+        /// The parser's message.
         message: String,
     },
     /// A value is out of range or inconsistent.
@@ -333,7 +346,8 @@ impl AgentConfig {
     pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
         let cfg: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            where_: e.span().map(|span| locate(text, span.start)),
+            message: e.message().to_owned(),
         })?;
         cfg.check(path)?;
         Ok(cfg)
@@ -351,8 +365,21 @@ impl AgentConfig {
                 "expected 64 hex characters (the relay's static public key, printed by `relay keygen`)".into(),
             ));
         }
-        if self.relay.address.trim().is_empty() {
-            return Err(invalid("relay.address", "expected \"host:port\"".into()));
+        let port = self
+            .relay
+            .address
+            .trim()
+            .rsplit_once(':')
+            .filter(|(host, _)| !host.is_empty())
+            .and_then(|(_, port)| port.parse::<u16>().ok());
+        if port.is_none_or(|p| p == 0) {
+            return Err(invalid(
+                "relay.address",
+                format!(
+                    "'{}' is not host:port; write e.g. \"relay.example.net:51820\" or \"[2001:db8::1]:51820\"",
+                    self.relay.address
+                ),
+            ));
         }
         let t = &self.tunnel;
         if !(MIN_MTU..=MAX_MTU).contains(&t.mtu) {
@@ -361,12 +388,30 @@ impl AgentConfig {
                 format!("{} is out of range {MIN_MTU}..={MAX_MTU}", t.mtu),
             ));
         }
-        if t.ping_after_ms == 0 || t.dead_after_ms <= t.ping_after_ms {
+        if !(1..=MAX_PING_AFTER_MS).contains(&t.ping_after_ms) {
+            return Err(invalid(
+                "tunnel.ping_after_ms",
+                format!(
+                    "{} is out of range 1..={MAX_PING_AFTER_MS}",
+                    t.ping_after_ms
+                ),
+            ));
+        }
+        if t.dead_after_ms <= t.ping_after_ms || t.dead_after_ms > MAX_DEAD_AFTER_MS {
             return Err(invalid(
                 "tunnel.dead_after_ms",
                 format!(
-                    "must be greater than tunnel.ping_after_ms ({}), which must be > 0",
-                    t.ping_after_ms
+                    "{} must be greater than tunnel.ping_after_ms ({}) and at most {MAX_DEAD_AFTER_MS}",
+                    t.dead_after_ms, t.ping_after_ms
+                ),
+            ));
+        }
+        if !(1..=MAX_IDLE_CLOSE_S).contains(&t.idle_close_s) {
+            return Err(invalid(
+                "tunnel.idle_close_s",
+                format!(
+                    "{} is out of range 1..={MAX_IDLE_CLOSE_S} (a week)",
+                    t.idle_close_s
                 ),
             ));
         }
@@ -391,9 +436,33 @@ impl AgentConfig {
                 ),
             ));
         }
+        if self.status.listen.port() == 0 {
+            return Err(invalid(
+                "status.listen",
+                format!("port 0 picks a random port `agent status` cannot find; use a fixed one such as {DEFAULT_STATUS}"),
+            ));
+        }
         if let Some(c) = &self.client {
+            if c.mode == ClientMode::Tun && !c.listen.is_empty() {
+                return Err(invalid(
+                    "client.listen",
+                    "[[client.listen]] is for mode = \"proxy\"; in tun mode applications reach every service by its name through the TUN device: remove the listeners or set mode = \"proxy\"".into(),
+                ));
+            }
             let mut seen = std::collections::HashSet::new();
             for (i, l) in c.listen.iter().enumerate() {
+                if l.service.trim().is_empty() {
+                    return Err(invalid(
+                        &format!("client.listen[{i}].service"),
+                        "is empty; write the service's name from the policy".into(),
+                    ));
+                }
+                if l.listen.port() == 0 {
+                    return Err(invalid(
+                        &format!("client.listen[{i}].listen"),
+                        format!("{}: port 0 picks a random port applications cannot know; use a fixed one", l.listen),
+                    ));
+                }
                 if !seen.insert((l.listen, l.protocol)) {
                     return Err(invalid(
                         &format!("client.listen[{i}].listen"),
@@ -401,10 +470,26 @@ impl AgentConfig {
                     ));
                 }
             }
-            if c.mode == ClientMode::Tun && c.tun.name.len() >= 16 {
+            if let Some(dns) = c.tun.dns {
+                let ok =
+                    matches!(dns, SocketAddr::V4(a) if *a.ip() == DNS_ADDRESS && a.port() != 0);
+                if !ok {
+                    return Err(invalid(
+                        "client.tun.dns",
+                        format!("{dns}: the DNS responder answers on {DNS_ADDRESS} (the rest of 100.80.0.0/16 belongs to services); only its port may change, e.g. \"{DNS_ADDRESS}:5353\""),
+                    ));
+                }
+            }
+            let name = &c.tun.name;
+            if c.mode == ClientMode::Tun
+                && (name.is_empty()
+                    || name.len() >= 16
+                    || name.contains(['/', '\0'])
+                    || name.chars().any(char::is_whitespace))
+            {
                 return Err(invalid(
                     "client.tun.name",
-                    "device names are at most 15 bytes".into(),
+                    format!("'{name}' is not a device name: 1 to 15 bytes, no '/', spaces or NUL"),
                 ));
             }
         }
@@ -414,6 +499,35 @@ impl AgentConfig {
     /// The relay's static public key (checked at parse time).
     pub fn relay_key(&self) -> [u8; 32] {
         parse_public_key(&self.relay.public_key).unwrap_or([0; 32])
+    }
+}
+
+/// Where a parse error's byte offset `at` falls in `text`: `line N, KEY`
+/// with the key's dotted path (`tunnel.mtu`), or the table's when the
+/// error is about a table header.
+fn locate(text: &str, at: usize) -> String {
+    let line_no = text.bytes().take(at).filter(|b| *b == b'\n').count() + 1;
+    let mut table = String::new();
+    let mut key = String::new();
+    for line in text.lines().take(line_no) {
+        let t = line.trim();
+        key.clear();
+        if t.starts_with('[') {
+            let name = t.trim_start_matches('[').split(']').next().unwrap_or("");
+            table = name.trim().to_owned();
+        } else if let Some((k, _)) = t.split_once('=') {
+            key = k.trim().to_owned();
+        }
+    }
+    let path = match (table.is_empty(), key.is_empty()) {
+        (_, true) => table,
+        (true, false) => key,
+        (false, false) => format!("{table}.{key}"),
+    };
+    if path.is_empty() {
+        format!("line {line_no}")
+    } else {
+        format!("line {line_no}, {path}")
     }
 }
 
@@ -491,11 +605,104 @@ mod tests {
     }
 
     #[test]
+    fn parse_errors_name_the_line_and_the_key() {
+        assert_eq!(
+            err(&base("[client]\nmoed = \"tun\"\n")),
+            "config agent.toml: line 9, client.moed: unknown field `moed`, expected one of `mode`, `listen`, `tun`"
+        );
+        assert_eq!(
+            err(&base("[tunnel]\nmtu = \"big\"\n")),
+            "config agent.toml: line 9, tunnel.mtu: invalid type: string \"big\", expected u16"
+        );
+        let missing = base("").replace(&format!("public_key = \"{KEY}\"\n"), "");
+        assert_eq!(
+            err(&missing),
+            "config agent.toml: line 1, relay: missing field `public_key`"
+        );
+        assert!(err(&base("[relays]\n"))
+            .starts_with("config agent.toml: line 8, relays: unknown field `relays`"));
+        assert!(err("[relay\n").starts_with("config agent.toml: line 1, "));
+        assert!(
+            err(&base("[[client.listen]]\nlisten = \"nope\"\n")).starts_with(
+                "config agent.toml: line 9, client.listen.listen: invalid socket address"
+            )
+        );
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused() {
+        for (extra, key) in [
+            ("[tunnel]\nping_after_ms = 0\n", "tunnel.ping_after_ms"),
+            ("[tunnel]\nping_after_ms = 18446744073709551615\n", "tunnel.ping_after_ms"),
+            ("[tunnel]\nping_after_ms = 9223372036854775807\n", "tunnel.ping_after_ms"),
+            ("[tunnel]\ndead_after_ms = 9223372036854775807\n", "tunnel.dead_after_ms"),
+            ("[tunnel]\ndead_after_ms = 18446744073709551615\n", "tunnel.dead_after_ms"),
+            ("[tunnel]\nidle_close_s = 0\n", "tunnel.idle_close_s"),
+            ("[status]\nlisten = \"127.0.0.1:0\"\n", "status.listen"),
+            ("[client]\nmode = \"tun\"\n[client.tun]\nname = \"\"\n", "client.tun.name"),
+            ("[client]\nmode = \"tun\"\n[client.tun]\nname = \"a/b\"\n", "client.tun.name"),
+            ("[client.tun]\ndns = \"100.80.0.9:53\"\n", "client.tun.dns"),
+            ("[client.tun]\ndns = \"[::1]:53\"\n", "client.tun.dns"),
+            ("[client]\nmode = \"tun\"\n[[client.listen]]\nservice = \"db\"\nlisten = \"127.0.0.1:1\"\n", "client.listen"),
+            ("[[client.listen]]\nservice = \"\"\nlisten = \"127.0.0.1:1\"\n", "client.listen[0].service"),
+            ("[[client.listen]]\nservice = \"db\"\nlisten = \"127.0.0.1:0\"\n", "client.listen[0].listen"),
+        ] {
+            let e = err(&base(extra));
+            assert!(e.contains(&format!(" {key}: ")), "{extra}: {e}");
+        }
+        for address in [
+            "relay.example.net",
+            "",
+            ":51820",
+            "host:0",
+            "host:99999",
+            "[::1]",
+        ] {
+            let text = base("").replace("127.0.0.1:51820", address);
+            assert!(err(&text).contains("relay.address: "), "{address}");
+        }
+        for address in [
+            "relay.example.net:51820",
+            "[2001:db8::1]:51820",
+            "10.0.0.1:1",
+        ] {
+            let text = base("").replace("127.0.0.1:51820", address);
+            assert!(
+                AgentConfig::parse(&text, Path::new("a.toml")).is_ok(),
+                "{address}"
+            );
+        }
+        let dns = base("[client]\nmode = \"tun\"\n[client.tun]\ndns = \"100.80.0.2:5353\"\n");
+        assert!(AgentConfig::parse(&dns, Path::new("a.toml")).is_ok());
+    }
+
+    #[test]
     fn public_key_parser() {
         assert_eq!(parse_public_key(KEY).unwrap()[31], 0xff);
         assert!(parse_public_key(&KEY[1..]).is_none());
         assert!(parse_public_key(&format!("{}g", &KEY[1..])).is_none());
         // Multi-byte characters must not panic the chunking.
         assert!(parse_public_key(&"é".repeat(32)).is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_parsed_or_refused_without_panic(text in "(?s).{0,300}") {
+            let _ = AgentConfig::parse(&text, Path::new("a.toml"));
+        }
+
+        #[test]
+        fn mutated_configs_are_parsed_or_refused_without_panic(
+            pos in 0usize..1000,
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let mut text = base(
+                "[client]\nmode = \"tun\"\n[client.tun]\ndns = \"100.80.0.2:53\"\n[tunnel]\nmtu = 1400\n",
+            )
+            .into_bytes();
+            let pos = pos % text.len();
+            text[pos] = byte;
+            let _ = AgentConfig::parse(&String::from_utf8_lossy(&text), Path::new("a.toml"));
+        }
     }
 }

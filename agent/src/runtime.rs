@@ -207,7 +207,7 @@ pub fn run(
             wake = wake.min(at);
         }
         if now.duration_since(last_publish) >= Duration::from_millis(200) {
-            role.publish(&ctx, board);
+            publish(role, &ctx, board);
             last_publish = now;
         }
         let timeout = wake.saturating_duration_since(Instant::now());
@@ -225,8 +225,14 @@ pub fn run(
             }
         }
     }
-    role.publish(&ctx, board);
+    publish(role, &ctx, board);
     Ok(())
+}
+
+/// The role's snapshot, with the hop's problems the role does not see.
+fn publish(role: &dyn Role, ctx: &Ctx, board: &StatusBoard) {
+    role.publish(ctx, board);
+    board.add_errors(ctx.hop.problems());
 }
 
 /// Takes datagrams from the relay socket until it would block (at most

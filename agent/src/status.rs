@@ -98,6 +98,18 @@ impl StatusBoard {
     pub fn snapshot(&self) -> Status {
         self.0.lock().map(|s| s.clone()).unwrap_or_default()
     }
+
+    /// Puts `errors` (the hop's, which the role does not see) before the
+    /// role's own in the published snapshot.
+    pub fn add_errors(&self, errors: Vec<String>) {
+        if errors.is_empty() {
+            return;
+        }
+        if let Ok(mut s) = self.0.lock() {
+            let role = std::mem::replace(&mut s.errors, errors);
+            s.errors.extend(role);
+        }
+    }
 }
 
 /// A bounded list of recent error messages.
@@ -212,7 +224,7 @@ pub fn render(s: &Status) -> String {
     }
     let last = s
         .last_handshake_unix
-        .map_or_else(|| "never".to_owned(), |t| format!("unix {t}"));
+        .map_or_else(|| "never".to_owned(), utc);
     let _ = writeln!(
         out,
         "  relay:       {} ({}; last handshake {last}; {} handshakes, {} lost)",
@@ -252,6 +264,43 @@ pub fn render(s: &Status) -> String {
     out
 }
 
+/// `unix` seconds as a UTC date and time, `2026-01-31 23:59:59 UTC`.
+pub fn utc(unix: u64) -> String {
+    let days = unix / 86_400;
+    let secs = unix % 86_400;
+    // Howard Hinnant's civil_from_days, in unsigned arithmetic (days
+    // since 1970 are never negative here).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// A span of seconds for people: `3 d 4 h`, `5 h 12 min`, `40 s`.
+pub fn span(secs: u64) -> String {
+    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+    if d > 0 {
+        format!("{d} d {h} h")
+    } else if h > 0 {
+        format!("{h} h {m} min")
+    } else if m > 0 {
+        format!("{m} min")
+    } else {
+        format!("{secs} s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +332,30 @@ mod tests {
         assert_eq!(fetch(addr).unwrap().frames_in, 42);
         stop.store(true, Ordering::Relaxed);
         t.join().unwrap();
+    }
+
+    #[test]
+    fn dates_and_spans_read_right() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
+        assert_eq!(utc(4_107_542_399), "2100-02-28 23:59:59 UTC");
+        assert!(utc(u64::MAX).ends_with("UTC"), "no overflow");
+        assert_eq!(span(40), "40 s");
+        assert_eq!(span(3 * 60 + 5), "3 min");
+        assert_eq!(span(5 * 3600 + 12 * 60), "5 h 12 min");
+        assert_eq!(span(3 * 86_400 + 4 * 3600 + 59), "3 d 4 h");
+    }
+
+    #[test]
+    fn hop_errors_come_before_the_roles() {
+        let board = StatusBoard::new();
+        board.publish(Status {
+            errors: vec!["role".into()],
+            ..Status::default()
+        });
+        board.add_errors(vec!["hop".into()]);
+        assert_eq!(board.snapshot().errors, vec!["hop", "role"]);
     }
 
     #[test]

@@ -32,7 +32,9 @@ pub struct World {
     pub pki: Pki,
     pub relay: Option<Relay>,
     pub relay_addr: SocketAddr,
-    relay_identity: LocalIdentity,
+    /// The relay's key and certificate (replace it before `start_relay`
+    /// to test a relay the agents must refuse).
+    pub relay_identity: LocalIdentity,
     pub mode: Mode,
     /// Agents run inside this namespace (`ip netns exec`) when set.
     pub netns: Option<String>,
@@ -164,6 +166,45 @@ impl World {
         body: &str,
     ) -> (PathBuf, SocketAddr) {
         let node = self.pki.node(id, name, role, groups).unwrap();
+        self.write_agent_config(name, &node, body)
+    }
+
+    /// A node under the world's CA, valid from `not_before` to `not_after`
+    /// (unix seconds).
+    pub fn node_valid(
+        &self,
+        id: u32,
+        name: &str,
+        role: Role,
+        not_before: u64,
+        not_after: u64,
+    ) -> LocalIdentity {
+        let kp = proto::handshake::StaticKeypair::generate().unwrap();
+        let cert = self
+            .pki
+            .ca_keypair()
+            .issue(proto::identity::CertificateBody {
+                id,
+                name: name.to_owned(),
+                role,
+                groups: vec!["eng".to_owned()],
+                static_key: kp.public,
+                not_before,
+                not_after,
+            })
+            .unwrap();
+        LocalIdentity::new(kp.private, cert)
+    }
+
+    /// Writes `node`'s key and certificate files and a config for it
+    /// (`body` after the common tables); returns the config path and the
+    /// status address.
+    pub fn write_agent_config(
+        &self,
+        name: &str,
+        node: &LocalIdentity,
+        body: &str,
+    ) -> (PathBuf, SocketAddr) {
         // Not `Pki::write_node`: it rewrites ca.pub, which a running agent
         // may be reading.
         std::fs::write(self.path(&format!("{name}.cert")), node.certificate().to_text()).unwrap();
@@ -313,6 +354,32 @@ impl Drop for AgentProcess {
             eprintln!("---- {} ----\n{}", self.log.display(), self.log_text());
         }
     }
+}
+
+/// Runs the `agent` binary with `args` to completion (bounded: a run
+/// that does not end within 20 s is killed and fails the test).
+pub fn agent_cli(args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agent"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("agent binary runs");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "agent {args:?} did not end within 20 s\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
 
 pub fn free_tcp_port() -> SocketAddr {
