@@ -19,6 +19,7 @@
 //! every service of the directory up.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -39,7 +40,7 @@ use crate::flow::{FlowStatus, TcpFlow};
 use crate::netstack::{smol_now, Stack};
 use crate::pool::Packet;
 use crate::runtime::{header, unix_nanos, Ctx, Role as RuntimeRole};
-use crate::status::{ErrorLog, ServiceStatus, Status, StatusBoard};
+use crate::status::{set_text, ErrorLog, ServiceStatus, Status, StatusBoard};
 
 /// Unanswered end-to-end initiation: a new one after this long.
 pub const E2E_RETRY: Duration = Duration::from_millis(1000);
@@ -941,53 +942,73 @@ impl RuntimeRole for Client {
     }
 
     fn publish(&self, ctx: &Ctx, board: &StatusBoard) {
-        let mut services: Vec<ServiceStatus> = Vec::new();
-        if let Some(dir) = &self.directory {
-            for e in &dir.services {
+        // In place: every field is overwritten (the destructuring names
+        // them all), reusing the last snapshot's strings.
+        board.update(|st| {
+            let Status {
+                role,
+                name,
+                id,
+                client_mode,
+                connection_mode,
+                relay,
+                hop_up,
+                last_handshake_unix,
+                handshakes,
+                hop_lost,
+                frames_out,
+                frames_in,
+                bytes_out,
+                bytes_in,
+                send_dropped,
+                open_dropped,
+                services,
+                errors,
+            } = st;
+            set_text(role, "client");
+            set_text(name, &self.name);
+            *id = self.user.0;
+            set_text(
+                client_mode,
+                match self.mode {
+                    ClientMode::Proxy => "proxy",
+                    ClientMode::Tun => "tun",
+                },
+            );
+            set_text(connection_mode, self.conn_mode);
+            set_text(relay, ctx.hop.relay());
+            *hop_up = ctx.hop.is_up();
+            *last_handshake_unix = ctx.hop.stats.last_handshake_unix;
+            *handshakes = ctx.hop.stats.handshakes;
+            *hop_lost = ctx.hop.stats.lost;
+            *frames_out = ctx.stats.frames_out;
+            *frames_in = ctx.stats.frames_in;
+            *bytes_out = ctx.stats.bytes_out;
+            *bytes_in = ctx.stats.bytes_in;
+            *send_dropped = ctx.stats.send_dropped;
+            *open_dropped = ctx.stats.open_dropped;
+            let entries = self.directory.as_ref().map_or(&[][..], |d| &d.services);
+            services.resize_with(entries.len(), ServiceStatus::default);
+            for (e, v) in entries.iter().zip(services.iter_mut()) {
                 let t = self.tunnels.get(&e.id);
-                let listen: Vec<String> = self
-                    .listeners
-                    .values()
-                    .filter(|l| l.service == e.name)
-                    .map(|l| l.addr.to_string())
-                    .collect();
-                services.push(ServiceStatus {
-                    id: e.id.0,
-                    name: e.name.clone(),
-                    detail: listen.join(", "),
-                    session: t.is_some_and(|t| t.sessions.current.is_some()),
-                    flows: t.map_or(0, ServiceTunnel::flows),
-                    bytes_in: t.map_or(0, |t| {
-                        t.bytes_in + t.tcp.values().map(|f| f.bytes_in).sum::<u64>()
-                    }),
-                    bytes_out: t.map_or(0, |t| {
-                        t.bytes_out + t.tcp.values().map(|f| f.bytes_out).sum::<u64>()
-                    }),
+                v.id = e.id.0;
+                set_text(&mut v.name, &e.name);
+                // The service's listeners, ", "-separated.
+                v.detail.clear();
+                for l in self.listeners.values().filter(|l| l.service == e.name) {
+                    let sep = if v.detail.is_empty() { "" } else { ", " };
+                    let _ = write!(v.detail, "{sep}{}", l.addr);
+                }
+                v.session = t.is_some_and(|t| t.sessions.current.is_some());
+                v.flows = t.map_or(0, ServiceTunnel::flows);
+                v.bytes_in = t.map_or(0, |t| {
+                    t.bytes_in + t.tcp.values().map(|f| f.bytes_in).sum::<u64>()
+                });
+                v.bytes_out = t.map_or(0, |t| {
+                    t.bytes_out + t.tcp.values().map(|f| f.bytes_out).sum::<u64>()
                 });
             }
-        }
-        board.publish(Status {
-            role: "client".into(),
-            name: self.name.clone(),
-            id: self.user.0,
-            client_mode: match self.mode {
-                ClientMode::Proxy => "proxy".into(),
-                ClientMode::Tun => "tun".into(),
-            },
-            connection_mode: self.conn_mode.to_string(),
-            relay: ctx.hop.relay().to_string(),
-            hop_up: ctx.hop.is_up(),
-            last_handshake_unix: ctx.hop.stats.last_handshake_unix,
-            handshakes: ctx.hop.stats.handshakes,
-            hop_lost: ctx.hop.stats.lost,
-            frames_out: ctx.stats.frames_out,
-            frames_in: ctx.stats.frames_in,
-            bytes_out: ctx.stats.bytes_out,
-            bytes_in: ctx.stats.bytes_in,
-            send_dropped: ctx.stats.send_dropped,
-            open_dropped: ctx.stats.open_dropped,
-            services,
-            errors: self.errors.to_vec(),
+            self.errors.copy_into(errors);
         });
     }
 }

@@ -35,7 +35,7 @@ use crate::netstack::{smol_now, Stack};
 use crate::policy_watch::PolicyWatch;
 use crate::pool::Packet;
 use crate::runtime::{header, unix_nanos, Ctx, Role as RuntimeRole};
-use crate::status::{ErrorLog, ServiceStatus, Status, StatusBoard};
+use crate::status::{set_text, ErrorLog, ServiceStatus, Status, StatusBoard};
 
 /// How often the policy file is checked for new content.
 pub const POLICY_CHECK: Duration = Duration::from_millis(250);
@@ -525,42 +525,64 @@ impl RuntimeRole for Connector {
 
     fn publish(&self, ctx: &Ctx, board: &StatusBoard) {
         let policy = self.policy.policy();
-        let mut services: Vec<ServiceStatus> = self
-            .pairs
-            .values()
-            .map(|p| ServiceStatus {
-                id: p.service.0,
-                name: policy
-                    .service(p.service)
-                    .map_or_else(String::new, |s| s.name.clone()),
-                detail: policy
-                    .user_name(p.user)
-                    .map_or_else(|| format!("user {}", p.user.0), |n| format!("user {n}")),
-                session: p.current.is_some(),
-                flows: p.flows(),
-                bytes_in: p.bytes_in + p.tcp.values().map(|f| f.bytes_in).sum::<u64>(),
-                bytes_out: p.bytes_out + p.tcp.values().map(|f| f.bytes_out).sum::<u64>(),
-            })
-            .collect();
-        services.sort_by_key(|s| (s.id, s.detail.clone()));
-        board.publish(Status {
-            role: "connector".into(),
-            name: self.name.clone(),
-            id: self.id,
-            relay: ctx.hop.relay().to_string(),
-            hop_up: ctx.hop.is_up(),
-            last_handshake_unix: ctx.hop.stats.last_handshake_unix,
-            handshakes: ctx.hop.stats.handshakes,
-            hop_lost: ctx.hop.stats.lost,
-            frames_out: ctx.stats.frames_out,
-            frames_in: ctx.stats.frames_in,
-            bytes_out: ctx.stats.bytes_out,
-            bytes_in: ctx.stats.bytes_in,
-            send_dropped: ctx.stats.send_dropped,
-            open_dropped: ctx.stats.open_dropped,
-            services,
-            errors: self.errors.to_vec(),
-            ..Status::default()
+        // In place: every field is overwritten (the destructuring names
+        // them all), reusing the last snapshot's strings.
+        board.update(|st| {
+            let Status {
+                role,
+                name,
+                id,
+                client_mode,
+                connection_mode,
+                relay,
+                hop_up,
+                last_handshake_unix,
+                handshakes,
+                hop_lost,
+                frames_out,
+                frames_in,
+                bytes_out,
+                bytes_in,
+                send_dropped,
+                open_dropped,
+                services,
+                errors,
+            } = st;
+            set_text(role, "connector");
+            set_text(name, &self.name);
+            *id = self.id;
+            client_mode.clear();
+            connection_mode.clear();
+            set_text(relay, ctx.hop.relay());
+            *hop_up = ctx.hop.is_up();
+            *last_handshake_unix = ctx.hop.stats.last_handshake_unix;
+            *handshakes = ctx.hop.stats.handshakes;
+            *hop_lost = ctx.hop.stats.lost;
+            *frames_out = ctx.stats.frames_out;
+            *frames_in = ctx.stats.frames_in;
+            *bytes_out = ctx.stats.bytes_out;
+            *bytes_in = ctx.stats.bytes_in;
+            *send_dropped = ctx.stats.send_dropped;
+            *open_dropped = ctx.stats.open_dropped;
+            services.resize_with(self.pairs.len(), ServiceStatus::default);
+            for (p, v) in self.pairs.values().zip(services.iter_mut()) {
+                v.id = p.service.0;
+                set_text(
+                    &mut v.name,
+                    policy.service(p.service).map_or("", |s| &s.name),
+                );
+                match policy.user_name(p.user) {
+                    Some(n) => set_text(&mut v.detail, format_args!("user {n}")),
+                    None => set_text(&mut v.detail, format_args!("user {}", p.user.0)),
+                }
+                v.session = p.current.is_some();
+                v.flows = p.flows();
+                v.bytes_in = p.bytes_in + p.tcp.values().map(|f| f.bytes_in).sum::<u64>();
+                v.bytes_out = p.bytes_out + p.tcp.values().map(|f| f.bytes_out).sum::<u64>();
+            }
+            // Unstable: a stable sort allocates; (id, detail) names a pair.
+            services.sort_unstable_by(|a, b| (a.id, &a.detail).cmp(&(b.id, &b.detail)));
+            self.errors.copy_into(errors);
         });
     }
 }
