@@ -233,9 +233,7 @@ impl ServiceTunnel {
                 }
             }
         }
-        stack
-            .poll_at(smol)
-            .map(|at| Duration::from_micros((at - smol).total_micros()))
+        stack.poll_delay(smol)
     }
 
     fn port(&mut self) -> u16 {

@@ -369,9 +369,7 @@ impl Pair {
             self.stack.sockets.remove(handle);
         }
         flush_tx(ctx, self);
-        self.stack
-            .poll_at(smol)
-            .map(|at| Duration::from_micros((at - smol).total_micros()))
+        self.stack.poll_delay(smol)
     }
 
     /// Dials targets for connections smoltcp just accepted.
