@@ -44,12 +44,15 @@ pub struct QueueDevice {
 }
 
 impl QueueDevice {
-    /// A device for inner packets of at most `mtu` bytes.
+    /// A device for inner packets of at most `mtu` bytes. The queues
+    /// start at their working size, so they do not grow (allocate) on the
+    /// packet path: `rx` never holds more than [`RX_QUEUE`] packets, and
+    /// `tx`, emptied after every poll, rarely does.
     pub fn new(pool: Pool, mtu: usize) -> QueueDevice {
         QueueDevice {
             pool,
-            rx: VecDeque::new(),
-            tx: VecDeque::new(),
+            rx: VecDeque::with_capacity(RX_QUEUE),
+            tx: VecDeque::with_capacity(RX_QUEUE),
             mtu,
             rx_dropped: 0,
         }
