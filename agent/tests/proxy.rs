@@ -93,9 +93,14 @@ fn tcp_echo_udp_echo_and_bulk_arrive_byte_exact() {
     assert_eq!(n, total);
     assert_eq!(sent, got, "bulk transfer corrupted");
 
-    let st = client.status().unwrap();
-    let bulk_status = st.services.iter().find(|s| s.name == "bulk").unwrap();
-    assert!(bulk_status.bytes_in >= total, "{bulk_status:?}");
+    // The status is a snapshot published every 200 ms: it may not have
+    // caught up with the last bytes yet.
+    let caught_up = |s: &agent::status::Status| {
+        s.services
+            .iter()
+            .any(|v| v.name == "bulk" && v.bytes_in >= total)
+    };
+    client.wait_for("all bulk bytes counted", Duration::from_secs(5), caught_up);
 }
 
 #[test]
