@@ -19,6 +19,7 @@
 //! every service of the directory up.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -39,7 +40,7 @@ use crate::flow::{FlowStatus, TcpFlow};
 use crate::netstack::{smol_now, Stack};
 use crate::pool::Packet;
 use crate::runtime::{header, unix_nanos, Ctx, Role as RuntimeRole};
-use crate::status::{ErrorLog, ServiceStatus, Status, StatusBoard};
+use crate::status::{set_text, ErrorLog, ServiceStatus, Status, StatusBoard};
 
 /// Unanswered end-to-end initiation: a new one after this long.
 pub const E2E_RETRY: Duration = Duration::from_millis(1000);
@@ -187,6 +188,52 @@ struct ServiceTunnel {
 impl ServiceTunnel {
     fn flows(&self) -> usize {
         self.tcp.len() + self.udp.len()
+    }
+
+    /// One turn of the loop for this service: runs the stack, pumps every
+    /// flow, sends what the stack emitted (or holds it for the session).
+    /// Returns how soon the stack wants another turn. Nothing here
+    /// allocates per packet: the loop runs it for every service on every
+    /// turn.
+    fn poll(
+        &mut self,
+        ctx: &mut Ctx,
+        user: UserId,
+        listeners: &HashMap<Token, Listener>,
+        by_token: &mut HashMap<Token, ServiceId>,
+        now: Instant,
+    ) -> Option<Duration> {
+        if self.stack.is_none() {
+            // tun mode: packets go out as they are read.
+            flush_waiting(ctx, self, user);
+            return None;
+        }
+        let smol = smol_now(ctx.epoch, now);
+        // Sockets that finished before this turn; those finishing now
+        // stay until the next one.
+        let closing = self.closing.len();
+        if let Some(stack) = self.stack.as_mut() {
+            stack.poll(smol);
+        }
+        pump_tcp(ctx, self, by_token);
+        pump_udp(self, listeners, now);
+        let stack = self.stack.as_mut()?;
+        stack.poll(smol);
+        for h in self.closing.drain(..closing) {
+            stack.sockets.remove(h);
+        }
+        let id = self.entry.id;
+        while let Some(p) = stack.dev.tx.pop_front() {
+            match self.sessions.current.as_mut() {
+                Some(s) => ctx.send_packet(s, Kind::DataUp, user, id, p),
+                None if self.waiting.len() < WAITING_MAX => self.waiting.push_back(p),
+                None => {
+                    ctx.stats.send_dropped += 1;
+                    ctx.pool.put(p.buf);
+                }
+            }
+        }
+        stack.poll_delay(smol)
     }
 
     fn port(&mut self) -> u16 {
@@ -373,7 +420,9 @@ impl Client {
                     return;
                 }
             }
-            let mut batch = std::mem::replace(&mut tun.batch, crate::tun::PacketBatch::new(0, 0));
+            // Lent out while its packets are handled (which needs `self`);
+            // the stand-in allocates nothing.
+            let mut batch = std::mem::replace(&mut tun.batch, crate::tun::PacketBatch::empty());
             for packet in batch.iter() {
                 self.tun_packet(ctx, packet, now);
             }
@@ -410,11 +459,10 @@ impl Client {
             tun.blackholed += 1;
             return;
         }
-        let Some(entry) = self.directory.as_ref().and_then(|d| d.service(id)).cloned() else {
+        let user = self.user;
+        let Some(t) = self.tunnel_by_id(id, ctx, now) else {
             return;
         };
-        let user = self.user;
-        let t = self.tunnel(&entry, ctx, now);
         t.last_used = now;
         t.bytes_in += packet.len() as u64;
         let mut buf = ctx.pool.get();
@@ -473,6 +521,41 @@ impl Client {
                 bytes_in: 0,
                 bytes_out: 0,
             })
+    }
+
+    /// The tunnel to service `id` of the directory, opened at first use;
+    /// `None` when the directory has no such service. Looks the entry up
+    /// without copying it unless the tunnel is new (the packet path calls
+    /// this per packet).
+    fn tunnel_by_id(
+        &mut self,
+        id: ServiceId,
+        ctx: &Ctx,
+        now: Instant,
+    ) -> Option<&mut ServiceTunnel> {
+        let entry = self.directory.as_ref()?.service(id)?;
+        if !self.tunnels.contains_key(&id) {
+            let entry = entry.clone();
+            self.tunnel(&entry, ctx, now);
+        }
+        self.tunnels.get_mut(&id)
+    }
+
+    /// The id and port of the directory's service named `name`, or why it
+    /// cannot be reached (the first of `entry`'s answers, without copying
+    /// the entry: the packet path calls this per datagram).
+    fn service_named(&self, name: &str) -> Result<(ServiceId, u16), String> {
+        if self.conn_mode == ConnectionMode::Off {
+            return Err(String::new());
+        }
+        let found = self
+            .directory
+            .as_ref()
+            .and_then(|d| d.services.iter().find(|e| e.name == name));
+        match found {
+            Some(e) => Ok((e.id, e.port)),
+            None => self.entry(name).map(|e| (e.id, e.port)),
+        }
     }
 
     fn refuse(&mut self, why: String) -> bool {
@@ -572,20 +655,17 @@ impl Client {
                 Ok(r) => r,
                 Err(_) => return,
             };
-            let service = listener.service.clone();
-            let entry = match (self.conn_mode, self.entry(&service)) {
-                (ConnectionMode::Off, _) => Err(String::new()),
-                (_, r) => r,
-            };
-            let entry = match entry {
-                Ok(e) => e,
+            let (id, port) = match self.service_named(&listener.service) {
+                Ok(found) => found,
                 Err(why) => {
                     self.refuse(why);
                     continue;
                 }
             };
-            let remote = IpEndpoint::new(IpAddress::Ipv4(self.service_ip(entry.id)), entry.port);
-            let tunnel = self.tunnel(&entry, ctx, now);
+            let remote = IpEndpoint::new(IpAddress::Ipv4(self.service_ip(id)), port);
+            let Some(tunnel) = self.tunnel_by_id(id, ctx, now) else {
+                continue;
+            };
             tunnel.last_used = now;
             let port = tunnel.port();
             let Some(stack) = tunnel.stack.as_mut() else {
@@ -651,28 +731,16 @@ impl Client {
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
-            if let Some(t) = self.tunnels.remove(&id) {
+            if let Some(mut t) = self.tunnels.remove(&id) {
                 self.errors.push(format!(
                     "service '{}' is no longer reachable (access revoked or its connector changed); {} connection(s) closed",
                     t.entry.name,
                     t.flows()
                 ));
-                self.close_tunnel(ctx, t);
+                close_tunnel(ctx, &mut t, &mut self.by_index, &mut self.by_token);
             }
         }
         self.directory = Some(dir);
-    }
-
-    fn close_tunnel(&mut self, ctx: &mut Ctx, mut t: ServiceTunnel) {
-        t.sessions.clear(&mut self.by_index);
-        for (token, mut flow) in t.tcp.drain() {
-            flow.reset_stream();
-            let _ = ctx.registry.deregister(&mut flow.stream);
-            self.by_token.remove(&token);
-        }
-        for p in t.waiting.drain(..) {
-            ctx.pool.put(p.buf);
-        }
     }
 
     fn data(
@@ -822,76 +890,49 @@ impl RuntimeRole for Client {
     fn on_hop_established(&mut self, _ctx: &mut Ctx, _now: Instant) {}
 
     fn poll(&mut self, ctx: &mut Ctx, now: Instant) -> Option<Instant> {
-        let smol = smol_now(ctx.epoch, now);
         if self.wanted_always() {
-            if let Some(dir) = self.directory.clone() {
+            // Taken out and put back rather than cloned: `tunnel` does not
+            // read the directory.
+            if let Some(dir) = self.directory.take() {
                 for e in &dir.services {
                     self.tunnel(e, ctx, now);
                 }
+                self.directory = Some(dir);
             }
         }
         let mut next: Option<Instant> = None;
-        let ids: Vec<ServiceId> = self.tunnels.keys().copied().collect();
         let idle_close = self.tunnel_cfg.idle_close();
         let always = self.wanted_always();
-        for id in ids {
-            let Some(t) = self.tunnels.get_mut(&id) else {
-                continue;
-            };
+        let Client {
+            identity,
+            ca,
+            user,
+            tunnels,
+            listeners,
+            by_index,
+            by_token,
+            next_index,
+            ..
+        } = self;
+        // `retain` visits every tunnel and drops idle ones without
+        // collecting ids first.
+        tunnels.retain(|_, t| {
             let in_use = t.flows() > 0 || !t.waiting.is_empty();
             if !always && !in_use && now.duration_since(t.last_used) >= idle_close {
-                if let Some(t) = self.tunnels.remove(&id) {
-                    tracing::info!(service = %t.entry.name, "idle: closing the end-to-end session");
-                    self.close_tunnel(ctx, t);
-                }
-                continue;
+                tracing::info!(service = %t.entry.name, "idle: closing the end-to-end session");
+                close_tunnel(ctx, t, by_index, by_token);
+                return false;
             }
             if in_use || always {
-                let entry = t.entry.clone();
                 t.sessions.maintain(
-                    ctx,
-                    &self.identity,
-                    self.ca,
-                    self.user,
-                    &entry,
-                    &mut self.next_index,
-                    &mut self.by_index,
-                    now,
+                    ctx, identity, *ca, *user, &t.entry, next_index, by_index, now,
                 );
             }
-            if t.stack.is_none() {
-                // tun mode: packets go out as they are read.
-                flush_waiting(ctx, t, self.user);
-                continue;
-            }
-            let closing = std::mem::take(&mut t.closing);
-            if let Some(stack) = t.stack.as_mut() {
-                stack.poll(smol);
-            }
-            pump_tcp(ctx, t, &mut self.by_token);
-            pump_udp(t, &self.listeners, now);
-            let Some(stack) = t.stack.as_mut() else {
-                continue;
-            };
-            stack.poll(smol);
-            for h in closing {
-                stack.sockets.remove(h);
-            }
-            while let Some(p) = stack.dev.tx.pop_front() {
-                match t.sessions.current.as_mut() {
-                    Some(s) => ctx.send_packet(s, Kind::DataUp, self.user, id, p),
-                    None if t.waiting.len() < WAITING_MAX => t.waiting.push_back(p),
-                    None => {
-                        ctx.stats.send_dropped += 1;
-                        ctx.pool.put(p.buf);
-                    }
-                }
-            }
-            if let Some(at) = stack.poll_at(smol) {
-                let d = Duration::from_micros((at - smol).total_micros());
+            if let Some(d) = t.poll(ctx, *user, listeners, by_token, now) {
                 next = Some(next.map_or(now + d, |n| n.min(now + d)));
             }
-        }
+            true
+        });
         if !self.tunnels.is_empty() {
             next = Some(next.map_or(now + E2E_RETRY, |n| n.min(now + E2E_RETRY)));
         }
@@ -899,53 +940,73 @@ impl RuntimeRole for Client {
     }
 
     fn publish(&self, ctx: &Ctx, board: &StatusBoard) {
-        let mut services: Vec<ServiceStatus> = Vec::new();
-        if let Some(dir) = &self.directory {
-            for e in &dir.services {
+        // In place: every field is overwritten (the destructuring names
+        // them all), reusing the last snapshot's strings.
+        board.update(|st| {
+            let Status {
+                role,
+                name,
+                id,
+                client_mode,
+                connection_mode,
+                relay,
+                hop_up,
+                last_handshake_unix,
+                handshakes,
+                hop_lost,
+                frames_out,
+                frames_in,
+                bytes_out,
+                bytes_in,
+                send_dropped,
+                open_dropped,
+                services,
+                errors,
+            } = st;
+            set_text(role, "client");
+            set_text(name, &self.name);
+            *id = self.user.0;
+            set_text(
+                client_mode,
+                match self.mode {
+                    ClientMode::Proxy => "proxy",
+                    ClientMode::Tun => "tun",
+                },
+            );
+            set_text(connection_mode, self.conn_mode);
+            set_text(relay, ctx.hop.relay());
+            *hop_up = ctx.hop.is_up();
+            *last_handshake_unix = ctx.hop.stats.last_handshake_unix;
+            *handshakes = ctx.hop.stats.handshakes;
+            *hop_lost = ctx.hop.stats.lost;
+            *frames_out = ctx.stats.frames_out;
+            *frames_in = ctx.stats.frames_in;
+            *bytes_out = ctx.stats.bytes_out;
+            *bytes_in = ctx.stats.bytes_in;
+            *send_dropped = ctx.stats.send_dropped;
+            *open_dropped = ctx.stats.open_dropped;
+            let entries = self.directory.as_ref().map_or(&[][..], |d| &d.services);
+            services.resize_with(entries.len(), ServiceStatus::default);
+            for (e, v) in entries.iter().zip(services.iter_mut()) {
                 let t = self.tunnels.get(&e.id);
-                let listen: Vec<String> = self
-                    .listeners
-                    .values()
-                    .filter(|l| l.service == e.name)
-                    .map(|l| l.addr.to_string())
-                    .collect();
-                services.push(ServiceStatus {
-                    id: e.id.0,
-                    name: e.name.clone(),
-                    detail: listen.join(", "),
-                    session: t.is_some_and(|t| t.sessions.current.is_some()),
-                    flows: t.map_or(0, ServiceTunnel::flows),
-                    bytes_in: t.map_or(0, |t| {
-                        t.bytes_in + t.tcp.values().map(|f| f.bytes_in).sum::<u64>()
-                    }),
-                    bytes_out: t.map_or(0, |t| {
-                        t.bytes_out + t.tcp.values().map(|f| f.bytes_out).sum::<u64>()
-                    }),
+                v.id = e.id.0;
+                set_text(&mut v.name, &e.name);
+                // The service's listeners, ", "-separated.
+                v.detail.clear();
+                for l in self.listeners.values().filter(|l| l.service == e.name) {
+                    let sep = if v.detail.is_empty() { "" } else { ", " };
+                    let _ = write!(v.detail, "{sep}{}", l.addr);
+                }
+                v.session = t.is_some_and(|t| t.sessions.current.is_some());
+                v.flows = t.map_or(0, ServiceTunnel::flows);
+                v.bytes_in = t.map_or(0, |t| {
+                    t.bytes_in + t.tcp.values().map(|f| f.bytes_in).sum::<u64>()
+                });
+                v.bytes_out = t.map_or(0, |t| {
+                    t.bytes_out + t.tcp.values().map(|f| f.bytes_out).sum::<u64>()
                 });
             }
-        }
-        board.publish(Status {
-            role: "client".into(),
-            name: self.name.clone(),
-            id: self.user.0,
-            client_mode: match self.mode {
-                ClientMode::Proxy => "proxy".into(),
-                ClientMode::Tun => "tun".into(),
-            },
-            connection_mode: self.conn_mode.to_string(),
-            relay: ctx.hop.relay().to_string(),
-            hop_up: ctx.hop.is_up(),
-            last_handshake_unix: ctx.hop.stats.last_handshake_unix,
-            handshakes: ctx.hop.stats.handshakes,
-            hop_lost: ctx.hop.stats.lost,
-            frames_out: ctx.stats.frames_out,
-            frames_in: ctx.stats.frames_in,
-            bytes_out: ctx.stats.bytes_out,
-            bytes_in: ctx.stats.bytes_in,
-            send_dropped: ctx.stats.send_dropped,
-            open_dropped: ctx.stats.open_dropped,
-            services,
-            errors: self.errors.to_vec(),
+            self.errors.copy_into(errors);
         });
     }
 }
@@ -996,6 +1057,25 @@ fn pump_udp(t: &mut ServiceTunnel, listeners: &HashMap<Token, Listener>, now: In
             }
             u.last_used = now;
         }
+    }
+}
+
+/// Forgets a tunnel that is going away: its sessions' indices, its
+/// connections (reset), the packets that waited for it.
+fn close_tunnel(
+    ctx: &mut Ctx,
+    t: &mut ServiceTunnel,
+    by_index: &mut HashMap<ReceiverIndex, ServiceId>,
+    by_token: &mut HashMap<Token, ServiceId>,
+) {
+    t.sessions.clear(by_index);
+    for (token, mut flow) in t.tcp.drain() {
+        flow.reset_stream();
+        let _ = ctx.registry.deregister(&mut flow.stream);
+        by_token.remove(&token);
+    }
+    for p in t.waiting.drain(..) {
+        ctx.pool.put(p.buf);
     }
 }
 

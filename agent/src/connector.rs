@@ -35,7 +35,7 @@ use crate::netstack::{smol_now, Stack};
 use crate::policy_watch::PolicyWatch;
 use crate::pool::Packet;
 use crate::runtime::{header, unix_nanos, Ctx, Role as RuntimeRole};
-use crate::status::{ErrorLog, ServiceStatus, Status, StatusBoard};
+use crate::status::{set_text, ErrorLog, ServiceStatus, Status, StatusBoard};
 
 /// How often the policy file is checked for new content.
 pub const POLICY_CHECK: Duration = Duration::from_millis(250);
@@ -304,14 +304,14 @@ impl Connector {
                     .filter(|(u, s)| self.permits(*u, *s).is_err())
                     .collect();
                 for key in revoked {
-                    if let Some(pair) = self.pairs.remove(&key) {
+                    if let Some(mut pair) = self.pairs.remove(&key) {
                         tracing::warn!(
                             user = key.0 .0,
                             service = key.1 .0,
                             flows = pair.flows(),
                             "access revoked: closing the pair's connections"
                         );
-                        self.close_pair(pair);
+                        close_pair(&mut pair, &mut self.by_index, &mut self.by_token);
                     }
                 }
             }
@@ -320,36 +320,73 @@ impl Connector {
                 .push(format!("{e}; the previous policy stays in force")),
         }
     }
+}
 
-    fn close_pair(&mut self, mut pair: Pair) {
-        for s in [pair.current.take(), pair.previous.take()]
-            .into_iter()
-            .flatten()
-        {
-            self.by_index.remove(&s.local_index());
+/// Forgets a pair that is going away: its sessions' indices, its flows'
+/// tokens; its target connections are reset.
+fn close_pair(
+    pair: &mut Pair,
+    by_index: &mut HashMap<ReceiverIndex, (UserId, ServiceId)>,
+    by_token: &mut HashMap<Token, (UserId, ServiceId)>,
+) {
+    for s in [pair.current.take(), pair.previous.take()]
+        .into_iter()
+        .flatten()
+    {
+        by_index.remove(&s.local_index());
+    }
+    for (token, mut flow) in pair.tcp.drain() {
+        flow.reset_stream();
+        by_token.remove(&token);
+    }
+    for (token, _) in pair.udp.drain() {
+        by_token.remove(&token);
+    }
+}
+
+impl Pair {
+    /// One turn of the loop for this pair: runs the stack, dials targets
+    /// for new connections, pumps every flow, sends what the stack
+    /// emitted. Returns how soon the stack wants another turn. Nothing here
+    /// allocates per packet: the loop runs it for every pair on every
+    /// turn.
+    fn poll(
+        &mut self,
+        ctx: &mut Ctx,
+        by_token: &mut HashMap<Token, (UserId, ServiceId)>,
+        errors: &mut ErrorLog,
+        now: Instant,
+    ) -> Option<Duration> {
+        let smol = smol_now(ctx.epoch, now);
+        self.stack.poll(smol);
+        self.accept_new(ctx, by_token, errors);
+        // Sockets that finished before this turn; those finishing now
+        // stay until the next one.
+        let closing = self.closing.len();
+        pump_pair(ctx, self, by_token, now);
+        self.stack.poll(smol);
+        for handle in self.closing.drain(..closing) {
+            self.stack.sockets.remove(handle);
         }
-        for (token, mut flow) in pair.tcp.drain() {
-            flow.reset_stream();
-            self.by_token.remove(&token);
-        }
-        for (token, _) in pair.udp.drain() {
-            self.by_token.remove(&token);
-        }
+        flush_tx(ctx, self);
+        self.stack.poll_delay(smol)
     }
 
     /// Dials targets for connections smoltcp just accepted.
-    fn accept_new(&mut self, ctx: &mut Ctx, key: (UserId, ServiceId)) {
-        let Some(pair) = self.pairs.get_mut(&key) else {
-            return;
-        };
-        let mut still = Vec::with_capacity(pair.listening.len());
-        for handle in std::mem::take(&mut pair.listening) {
-            let state = pair.stack.sockets.get::<tcp::Socket<'_>>(handle).state();
+    fn accept_new(
+        &mut self,
+        ctx: &mut Ctx,
+        by_token: &mut HashMap<Token, (UserId, ServiceId)>,
+        errors: &mut ErrorLog,
+    ) {
+        let key = (self.user, self.service);
+        let (stack, tcp, target) = (&mut self.stack, &mut self.tcp, &self.target);
+        self.listening.retain(|&handle| {
+            let state = stack.sockets.get::<tcp::Socket<'_>>(handle).state();
             if state == tcp::State::Listen {
-                still.push(handle);
-                continue;
+                return true;
             }
-            match dial(&pair.target) {
+            match dial(target) {
                 Ok(mut stream) => {
                     let token = ctx.token();
                     if ctx
@@ -357,29 +394,23 @@ impl Connector {
                         .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
                         .is_err()
                     {
-                        pair.stack
-                            .sockets
-                            .get_mut::<tcp::Socket<'_>>(handle)
-                            .abort();
-                        continue;
+                        stack.sockets.get_mut::<tcp::Socket<'_>>(handle).abort();
+                        return false;
                     }
-                    tracing::debug!(user = key.0 .0, service = key.1 .0, target = %pair.target, "connection accepted, dialing target");
-                    pair.tcp.insert(token, TcpFlow::new(stream, handle, true));
-                    self.by_token.insert(token, key);
+                    tracing::debug!(user = key.0 .0, service = key.1 .0, %target, "connection accepted, dialing target");
+                    tcp.insert(token, TcpFlow::new(stream, handle, true));
+                    by_token.insert(token, key);
                 }
                 Err(e) => {
-                    self.errors.push(format!(
-                        "cannot reach target {} of service {}: {e}",
-                        pair.target, key.1 .0
+                    errors.push(format!(
+                        "cannot reach target {target} of service {}: {e}",
+                        key.1 .0
                     ));
-                    pair.stack
-                        .sockets
-                        .get_mut::<tcp::Socket<'_>>(handle)
-                        .abort();
+                    stack.sockets.get_mut::<tcp::Socket<'_>>(handle).abort();
                 }
             }
-        }
-        pair.listening = still;
+            false
+        });
     }
 }
 
@@ -465,76 +496,91 @@ impl RuntimeRole for Connector {
 
     fn poll(&mut self, ctx: &mut Ctx, now: Instant) -> Option<Instant> {
         self.check_policy(now);
-        let smol = smol_now(ctx.epoch, now);
-        let keys: Vec<_> = self.pairs.keys().copied().collect();
-        let mut next: Option<Instant> = Some(now + POLICY_CHECK);
-        for key in keys {
-            if let Some(pair) = self.pairs.get_mut(&key) {
-                pair.stack.poll(smol);
-            }
-            self.accept_new(ctx, key);
-            let Some(pair) = self.pairs.get_mut(&key) else {
-                continue;
-            };
-            let closing = std::mem::take(&mut pair.closing);
-            pump_pair(ctx, pair, &mut self.by_token, now);
-            pair.stack.poll(smol);
-            for handle in closing {
-                pair.stack.sockets.remove(handle);
-            }
-            flush_tx(ctx, pair);
-            if let Some(at) = pair.stack.poll_at(smol) {
-                let delay = Duration::from_micros((at - smol).total_micros());
-                next = Some(next.map_or(now + delay, |n| n.min(now + delay)));
+        let mut next = now + POLICY_CHECK;
+        let Connector {
+            pairs,
+            by_index,
+            by_token,
+            errors,
+            ..
+        } = self;
+        // `retain` visits every pair and drops idle ones without collecting
+        // keys first.
+        pairs.retain(|_, pair| {
+            if let Some(delay) = pair.poll(ctx, by_token, errors, now) {
+                next = next.min(now + delay);
             }
             let expired = pair.current.as_ref().is_none_or(|s| s.expired(now));
-            if expired && pair.flows() == 0 && now.duration_since(pair.last_active) >= PAIR_IDLE {
-                if let Some(pair) = self.pairs.remove(&key) {
-                    self.close_pair(pair);
-                }
+            let idle =
+                expired && pair.flows() == 0 && now.duration_since(pair.last_active) >= PAIR_IDLE;
+            if idle {
+                close_pair(pair, by_index, by_token);
             }
-        }
-        next
+            !idle
+        });
+        Some(next)
     }
 
     fn publish(&self, ctx: &Ctx, board: &StatusBoard) {
         let policy = self.policy.policy();
-        let mut services: Vec<ServiceStatus> = self
-            .pairs
-            .values()
-            .map(|p| ServiceStatus {
-                id: p.service.0,
-                name: policy
-                    .service(p.service)
-                    .map_or_else(String::new, |s| s.name.clone()),
-                detail: policy
-                    .user_name(p.user)
-                    .map_or_else(|| format!("user {}", p.user.0), |n| format!("user {n}")),
-                session: p.current.is_some(),
-                flows: p.flows(),
-                bytes_in: p.bytes_in + p.tcp.values().map(|f| f.bytes_in).sum::<u64>(),
-                bytes_out: p.bytes_out + p.tcp.values().map(|f| f.bytes_out).sum::<u64>(),
-            })
-            .collect();
-        services.sort_by_key(|s| (s.id, s.detail.clone()));
-        board.publish(Status {
-            role: "connector".into(),
-            name: self.name.clone(),
-            id: self.id,
-            relay: ctx.hop.relay().to_string(),
-            hop_up: ctx.hop.is_up(),
-            last_handshake_unix: ctx.hop.stats.last_handshake_unix,
-            handshakes: ctx.hop.stats.handshakes,
-            hop_lost: ctx.hop.stats.lost,
-            frames_out: ctx.stats.frames_out,
-            frames_in: ctx.stats.frames_in,
-            bytes_out: ctx.stats.bytes_out,
-            bytes_in: ctx.stats.bytes_in,
-            send_dropped: ctx.stats.send_dropped,
-            open_dropped: ctx.stats.open_dropped,
-            services,
-            errors: self.errors.to_vec(),
-            ..Status::default()
+        // In place: every field is overwritten (the destructuring names
+        // them all), reusing the last snapshot's strings.
+        board.update(|st| {
+            let Status {
+                role,
+                name,
+                id,
+                client_mode,
+                connection_mode,
+                relay,
+                hop_up,
+                last_handshake_unix,
+                handshakes,
+                hop_lost,
+                frames_out,
+                frames_in,
+                bytes_out,
+                bytes_in,
+                send_dropped,
+                open_dropped,
+                services,
+                errors,
+            } = st;
+            set_text(role, "connector");
+            set_text(name, &self.name);
+            *id = self.id;
+            client_mode.clear();
+            connection_mode.clear();
+            set_text(relay, ctx.hop.relay());
+            *hop_up = ctx.hop.is_up();
+            *last_handshake_unix = ctx.hop.stats.last_handshake_unix;
+            *handshakes = ctx.hop.stats.handshakes;
+            *hop_lost = ctx.hop.stats.lost;
+            *frames_out = ctx.stats.frames_out;
+            *frames_in = ctx.stats.frames_in;
+            *bytes_out = ctx.stats.bytes_out;
+            *bytes_in = ctx.stats.bytes_in;
+            *send_dropped = ctx.stats.send_dropped;
+            *open_dropped = ctx.stats.open_dropped;
+            services.resize_with(self.pairs.len(), ServiceStatus::default);
+            for (p, v) in self.pairs.values().zip(services.iter_mut()) {
+                v.id = p.service.0;
+                set_text(
+                    &mut v.name,
+                    policy.service(p.service).map_or("", |s| &s.name),
+                );
+                match policy.user_name(p.user) {
+                    Some(n) => set_text(&mut v.detail, format_args!("user {n}")),
+                    None => set_text(&mut v.detail, format_args!("user {}", p.user.0)),
+                }
+                v.session = p.current.is_some();
+                v.flows = p.flows();
+                v.bytes_in = p.bytes_in + p.tcp.values().map(|f| f.bytes_in).sum::<u64>();
+                v.bytes_out = p.bytes_out + p.tcp.values().map(|f| f.bytes_out).sum::<u64>();
+            }
+            // Unstable: a stable sort allocates; (id, detail) names a pair.
+            services.sort_unstable_by(|a, b| (a.id, &a.detail).cmp(&(b.id, &b.detail)));
+            self.errors.copy_into(errors);
         });
     }
 }
@@ -572,28 +618,39 @@ fn pump_udp(
     now: Instant,
 ) {
     let mut buf = [0u8; 65_536];
-    // Tunnel -> target.
-    let ports: Vec<(u16, SocketHandle)> = pair.udp_ports.iter().map(|(p, h)| (*p, *h)).collect();
-    for (_, handle) in ports {
+    // Tunnel -> target. The fields are borrowed apart, so the ports can be
+    // walked while the stack and the flows change.
+    let Pair {
+        user,
+        service,
+        target,
+        stack,
+        tcp,
+        udp_ports,
+        udp,
+        bytes_in,
+        bytes_out,
+        ..
+    } = pair;
+    for &handle in udp_ports.values() {
         loop {
-            let sock = pair.stack.sockets.get_mut::<udp::Socket<'_>>(handle);
+            let sock = stack.sockets.get_mut::<udp::Socket<'_>>(handle);
             let Ok((n, meta)) = sock.recv_slice(&mut buf) else {
                 break;
             };
             let client = meta.endpoint;
             let local = meta.local_address;
-            let existing = pair
-                .udp
+            let existing = udp
                 .iter_mut()
                 .find(|(_, f)| f.client == client && f.stack_socket == handle)
                 .map(|(t, _)| *t);
             let token = match existing {
                 Some(t) => t,
                 None => {
-                    if pair.flows() >= MAX_FLOWS_PER_PAIR {
+                    if tcp.len() + udp.len() >= MAX_FLOWS_PER_PAIR {
                         continue;
                     }
-                    let Ok(target) = resolve(&pair.target) else {
+                    let Ok(target) = resolve(target) else {
                         continue;
                     };
                     let bind: SocketAddr = if target.is_ipv4() {
@@ -615,7 +672,7 @@ fn pump_udp(
                     {
                         continue;
                     }
-                    pair.udp.insert(
+                    udp.insert(
                         token,
                         UdpFlow {
                             socket,
@@ -626,25 +683,23 @@ fn pump_udp(
                             last_used: now,
                         },
                     );
-                    by_token.insert(token, (pair.user, pair.service));
+                    by_token.insert(token, (*user, *service));
                     token
                 }
             };
-            if let Some(flow) = pair.udp.get_mut(&token) {
+            if let Some(flow) = udp.get_mut(&token) {
                 if flow.socket.send(&buf[..n]).is_ok() {
-                    pair.bytes_in += n as u64;
+                    *bytes_in += n as u64;
                 }
                 flow.last_used = now;
             }
         }
     }
-    // Target -> tunnel, and idle flows.
+    // Target -> tunnel, and idle flows (a timeout: collecting them
+    // allocates only when one has gone idle).
     let mut idle = Vec::new();
-    for (token, flow) in pair.udp.iter_mut() {
-        let sock = pair
-            .stack
-            .sockets
-            .get_mut::<udp::Socket<'_>>(flow.stack_socket);
+    for (token, flow) in udp.iter_mut() {
+        let sock = stack.sockets.get_mut::<udp::Socket<'_>>(flow.stack_socket);
         while sock.can_send() {
             match flow.socket.recv(&mut buf) {
                 Ok(n) => {
@@ -654,7 +709,7 @@ fn pump_udp(
                         meta: Default::default(),
                     };
                     if sock.send_slice(&buf[..n], to).is_ok() {
-                        pair.bytes_out += n as u64;
+                        *bytes_out += n as u64;
                     }
                     flow.last_used = now;
                 }
@@ -666,7 +721,7 @@ fn pump_udp(
         }
     }
     for token in idle {
-        if let Some(mut flow) = pair.udp.remove(&token) {
+        if let Some(mut flow) = udp.remove(&token) {
             let _ = ctx.registry.deregister(&mut flow.socket);
             by_token.remove(&flow.token);
         }

@@ -44,12 +44,15 @@ pub struct QueueDevice {
 }
 
 impl QueueDevice {
-    /// A device for inner packets of at most `mtu` bytes.
+    /// A device for inner packets of at most `mtu` bytes. The queues
+    /// start at their working size, so they do not grow (allocate) on the
+    /// packet path: `rx` never holds more than [`RX_QUEUE`] packets, and
+    /// `tx`, emptied after every poll, rarely does.
     pub fn new(pool: Pool, mtu: usize) -> QueueDevice {
         QueueDevice {
             pool,
-            rx: VecDeque::new(),
-            tx: VecDeque::new(),
+            rx: VecDeque::with_capacity(RX_QUEUE),
+            tx: VecDeque::with_capacity(RX_QUEUE),
             mtu,
             rx_dropped: 0,
         }
@@ -217,9 +220,13 @@ impl Stack {
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
     }
 
-    /// When the stack next needs polling without new input.
-    pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
-        self.iface.poll_at(now, &self.sockets)
+    /// How soon the stack next needs polling without new input (zero:
+    /// at once). Not `poll_at`: it says "now" as the instant 0, which is
+    /// not a deadline to subtract `now` from.
+    pub fn poll_delay(&mut self, now: Instant) -> Option<std::time::Duration> {
+        self.iface
+            .poll_delay(now, &self.sockets)
+            .map(|d| std::time::Duration::from_micros(d.total_micros()))
     }
 }
 
@@ -229,4 +236,36 @@ impl Stack {
 pub fn service_addr(id: u32) -> Ipv4Address {
     let host = (id % (254 * 256 - 3)) + 3;
     Ipv4Address::new(100, 80, (host / 254) as u8, (host % 254 + 1) as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::socket::udp;
+    use smoltcp::wire::IpEndpoint;
+
+    #[test]
+    fn a_datagram_waiting_to_go_out_asks_for_a_turn_at_once() {
+        // Far from smoltcp's instant 0, which `poll_at` uses for "now".
+        let now = Instant::from_secs(1_000);
+        let mut stack = Stack::client(Pool::new(), 1400, now);
+        assert_eq!(stack.poll_delay(now), None, "nothing to do");
+        let buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]);
+        let mut sock = udp::Socket::new(buf(), buf());
+        sock.bind(20_000).unwrap();
+        let handle = stack.sockets.add(sock);
+        let to = IpEndpoint::new(IpAddress::Ipv4(service_addr(7)), 53);
+        let sock = stack.sockets.get_mut::<udp::Socket<'_>>(handle);
+        sock.send_slice(b"one", to).unwrap();
+        sock.send_slice(b"two", to).unwrap();
+        assert_eq!(stack.poll_delay(now), Some(std::time::Duration::ZERO));
+        // smoltcp sends one datagram per socket per poll: the second one
+        // still wants a turn at once.
+        stack.poll(now);
+        assert_eq!(stack.dev.tx.len(), 1);
+        assert_eq!(stack.poll_delay(now), Some(std::time::Duration::ZERO));
+        stack.poll(now);
+        assert_eq!(stack.dev.tx.len(), 2);
+        assert_eq!(stack.poll_delay(now), None);
+    }
 }

@@ -35,17 +35,21 @@ pub struct PolicyWatch {
     path: PathBuf,
     digest: blake3::Hash,
     policy: CompiledPolicy,
+    /// The file's bytes, read again on every check into the same buffer:
+    /// a check of an unchanged file allocates nothing.
+    text: Vec<u8>,
 }
 
 impl PolicyWatch {
     /// Loads `path`; fails if it cannot be used.
     pub fn load(path: &Path) -> Result<PolicyWatch, PolicyWatchError> {
-        let text = read(path)?;
-        let policy = compile(path, &text)?;
+        let mut text = Vec::new();
+        let policy = compile(path, read(path, &mut text)?)?;
         Ok(PolicyWatch {
             path: path.to_owned(),
-            digest: blake3::hash(text.as_bytes()),
+            digest: blake3::hash(&text),
             policy,
+            text,
         })
     }
 
@@ -59,21 +63,35 @@ impl PolicyWatch {
     /// kept) when the new content is unreadable or invalid. A bad content is
     /// reported once, not on every check.
     pub fn refresh(&mut self) -> Result<bool, PolicyWatchError> {
-        let text = read(&self.path)?;
+        let text = read(&self.path, &mut self.text)?;
         let digest = blake3::hash(text.as_bytes());
         if digest == self.digest {
             return Ok(false);
         }
         self.digest = digest;
-        self.policy = compile(&self.path, &text)?;
+        self.policy = compile(&self.path, text)?;
         Ok(true)
     }
 }
 
-fn read(path: &Path) -> Result<String, PolicyWatchError> {
-    std::fs::read_to_string(path).map_err(|error| PolicyWatchError::Read {
+/// Reads `path` into `buf` (replacing its content, keeping its
+/// allocation); fails as `std::fs::read_to_string` does, on unreadable
+/// files and on text that is not UTF-8.
+fn read<'a>(path: &Path, buf: &'a mut Vec<u8>) -> Result<&'a str, PolicyWatchError> {
+    use std::io::Read;
+    let failed = |error| PolicyWatchError::Read {
         path: path.to_owned(),
         error,
+    };
+    buf.clear();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(buf))
+        .map_err(failed)?;
+    std::str::from_utf8(buf).map_err(|e| {
+        failed(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the file is not UTF-8 text: {e}"),
+        ))
     })
 }
 

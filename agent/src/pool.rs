@@ -27,9 +27,11 @@ pub const MAX_POOLED: usize = 4096;
 pub struct Pool(Rc<RefCell<Vec<Vec<u8>>>>);
 
 impl Pool {
-    /// An empty pool.
+    /// An empty pool. The free list has room for [`MAX_POOLED`] buffers
+    /// from the start (a few tens of KiB), so putting a buffer back never
+    /// reallocates it on the packet path.
     pub fn new() -> Pool {
-        Pool::default()
+        Pool(Rc::new(RefCell::new(Vec::with_capacity(MAX_POOLED))))
     }
 
     /// A buffer of [`BUF_LEN`] bytes (contents unspecified).

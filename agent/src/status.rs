@@ -94,6 +94,16 @@ impl StatusBoard {
         }
     }
 
+    /// Rewrites the snapshot in place: `fill` sets every field, reusing the
+    /// strings and vectors already there (see [`set_text`]), so a loop that
+    /// publishes a few times a second allocates nothing while only
+    /// counters change.
+    pub fn update(&self, fill: impl FnOnce(&mut Status)) {
+        if let Ok(mut s) = self.0.lock() {
+            fill(&mut s);
+        }
+    }
+
     /// A copy of the snapshot.
     pub fn snapshot(&self) -> Status {
         self.0.lock().map(|s| s.clone()).unwrap_or_default()
@@ -136,6 +146,25 @@ impl ErrorLog {
     pub fn to_vec(&self) -> Vec<String> {
         self.0.iter().cloned().collect()
     }
+
+    /// Makes `out` a copy of the entries, oldest first, reusing its strings.
+    pub fn copy_into(&self, out: &mut Vec<String>) {
+        out.truncate(self.0.len());
+        for (i, msg) in self.0.iter().enumerate() {
+            match out.get_mut(i) {
+                Some(s) => s.clone_from(msg),
+                None => out.push(msg.clone()),
+            }
+        }
+    }
+}
+
+/// Overwrites `s` with `value`'s text, keeping `s`'s allocation (it grows
+/// only when the text is longer than any before).
+pub fn set_text(s: &mut String, value: impl std::fmt::Display) {
+    use std::fmt::Write;
+    s.clear();
+    let _ = write!(s, "{value}");
 }
 
 /// Serves `board` on `addr` until `stop` is set. Binds before returning,
@@ -369,5 +398,36 @@ mod tests {
         }
         assert_eq!(log.to_vec().len(), ErrorLog::KEEP);
         assert_eq!(log.to_vec().last().unwrap(), "39");
+    }
+
+    #[test]
+    fn in_place_updates_match_fresh_copies_and_keep_their_buffers() {
+        let mut log = ErrorLog::default();
+        let mut out = vec!["an older, longer message".to_string(); ErrorLog::KEEP + 2];
+        log.push("a".into());
+        log.push("b".into());
+        let first = out[0].as_ptr();
+        log.copy_into(&mut out);
+        assert_eq!(out, log.to_vec());
+        assert_eq!(out[0].as_ptr(), first, "the string was reused");
+        let mut short = vec![String::new()];
+        log.copy_into(&mut short);
+        assert_eq!(short, log.to_vec());
+
+        let mut text = String::from("127.0.0.1:51820");
+        let (ptr, cap) = (text.as_ptr(), text.capacity());
+        set_text(&mut text, "10.0.0.1:1");
+        assert_eq!(text, "10.0.0.1:1");
+        set_text(&mut text, format_args!("user {}", 7));
+        assert_eq!(text, "user 7");
+        assert_eq!((text.as_ptr(), text.capacity()), (ptr, cap));
+
+        let board = StatusBoard::new();
+        board.update(|s| {
+            set_text(&mut s.role, "connector");
+            s.frames_in = 3;
+        });
+        let snap = board.snapshot();
+        assert_eq!((snap.role.as_str(), snap.frames_in), ("connector", 3));
     }
 }

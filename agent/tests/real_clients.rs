@@ -73,10 +73,16 @@ fn iperf3_and_curl_through_proxy_mode() {
         "alice",
         ALICE,
         &["eng"],
-        &[("iperf", iperf, "tcp"), ("iperf", iperf, "udp"), ("web", web, "tcp")],
+        &[
+            ("iperf", iperf, "tcp"),
+            ("iperf", iperf, "udp"),
+            ("web", web, "tcp"),
+        ],
     );
     connector.wait_for("connector up", Duration::from_secs(10), |s| s.hop_up);
-    client.wait_for("directory", Duration::from_secs(10), |s| s.services.len() >= 5);
+    client.wait_for("directory", Duration::from_secs(10), |s| {
+        s.services.len() >= 5
+    });
     assert_eq!(curl(&format!("http://{web}/index.html")), PAGE);
     check_iperf("127.0.0.1", iperf.port(), "proxy");
 }
@@ -86,7 +92,9 @@ fn iperf3_and_curl_through_tun_mode() {
     if !require_tool("iperf3") || !require_tool("curl") || !require_tool("python3") {
         return;
     }
-    let Some(ns) = Netns::for_test("tun-real") else { return };
+    let Some(ns) = Netns::for_test("tun-real") else {
+        return;
+    };
     let name = ns.name.clone();
     ns.run(move || {
         let mut w = World::start(Mode::Ztna);
@@ -100,7 +108,9 @@ fn iperf3_and_curl_through_tun_mode() {
         let connector = w.connector();
         let client = w.tun_client("alice", ALICE, &["eng"], true);
         connector.wait_for("connector up", Duration::from_secs(10), |s| s.hop_up);
-        client.wait_for("directory", Duration::from_secs(10), |s| s.services.len() >= 5);
+        client.wait_for("directory", Duration::from_secs(10), |s| {
+            s.services.len() >= 5
+        });
         let iperf_ip = resolve("iperf").expect("iperf resolves");
         let web_ip = resolve("web.ztna").expect("web.ztna resolves");
         let page = curl(&format!("http://{web_ip}:{}/index.html", b.http.port()));

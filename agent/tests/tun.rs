@@ -26,7 +26,9 @@ fn tun_end_to_end(offload: bool) {
         w.start_relay();
         let connector = w.connector();
         let client = w.tun_client("alice", ALICE, &["eng"], offload);
-        connector.wait_for("connector hop session", Duration::from_secs(10), |s| s.hop_up);
+        connector.wait_for("connector hop session", Duration::from_secs(10), |s| {
+            s.hop_up
+        });
         client.wait_for("client directory", Duration::from_secs(10), |s| {
             s.hop_up && s.services.len() >= 3
         });
@@ -40,7 +42,11 @@ fn tun_end_to_end(offload: bool) {
 
         // TCP echo to the service's virtual address (any port reaches
         // the target: the frame's service id decides, not the address).
-        let mut s = TcpStream::connect_timeout(&SocketAddr::from((echo_ip, t.echo.port())), Duration::from_secs(10)).unwrap();
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddr::from((echo_ip, t.echo.port())),
+            Duration::from_secs(10),
+        )
+        .unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         for i in 0..10 {
             let msg = format!("tun echo {i}");
@@ -55,7 +61,8 @@ fn tun_end_to_end(offload: bool) {
         // service's address and port, or the kernel drops them.
         let u = UdpSocket::bind("0.0.0.0:0").unwrap();
         u.connect((uecho_ip, 7)).unwrap();
-        u.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        u.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         let mut ok = 0;
         for i in 0..10 {
             let msg = format!("tun datagram {i}");
@@ -70,7 +77,8 @@ fn tun_end_to_end(offload: bool) {
 
         // Bulk, hashed.
         let total = 32 << 20;
-        let (sent, got, n) = bulk_transfer(SocketAddr::from((bulk_ip, 9000)), total, 3, None).unwrap();
+        let (sent, got, n) =
+            bulk_transfer(SocketAddr::from((bulk_ip, 9000)), total, 3, None).unwrap();
         assert_eq!(n, total);
         assert_eq!(sent, got);
     });

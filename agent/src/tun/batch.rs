@@ -52,6 +52,18 @@ impl PacketBatch {
         }
     }
 
+    /// A batch with room for nothing (every push fails), which allocates
+    /// nothing: a stand-in while the real batch is lent out.
+    pub const fn empty() -> Self {
+        Self {
+            buf: Vec::new(),
+            used: 0,
+            ranges: Vec::new(),
+            capacity: 0,
+            max_packet_len: 0,
+        }
+    }
+
     /// Forgets every packet, keeping the memory.
     #[inline]
     pub fn clear(&mut self) {
@@ -214,6 +226,15 @@ mod tests {
     fn too_long_is_refused() {
         let mut b = PacketBatch::new(2, 4);
         assert_eq!(b.push(&[0; 5]), Err(PushError::TooLong { len: 5, max: 4 }));
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn the_empty_stand_in_holds_nothing() {
+        let mut b = PacketBatch::empty();
+        assert_eq!(b.push(&[]), Err(PushError::Full));
+        assert!(b.push(&[0; 1]).is_err());
+        assert!(b.spare().is_none());
         assert!(b.is_empty());
     }
 

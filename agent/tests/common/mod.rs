@@ -38,6 +38,9 @@ pub struct World {
     pub mode: Mode,
     /// Agents run inside this namespace (`ip netns exec`) when set.
     pub netns: Option<String>,
+    /// `[tunnel] ping_after_ms` of agents configured from now on (their
+    /// `dead_after_ms` is five times it).
+    pub ping_after_ms: u64,
 }
 
 /// Targets the policy's services point at.
@@ -74,6 +77,7 @@ impl World {
             relay_identity,
             mode,
             netns: None,
+            ping_after_ms: 300,
         };
         std::fs::write(w.dir.path().join("ca.pub"), w.pki.ca().to_text()).unwrap();
         w
@@ -207,7 +211,11 @@ impl World {
     ) -> (PathBuf, SocketAddr) {
         // Not `Pki::write_node`: it rewrites ca.pub, which a running agent
         // may be reading.
-        std::fs::write(self.path(&format!("{name}.cert")), node.certificate().to_text()).unwrap();
+        std::fs::write(
+            self.path(&format!("{name}.cert")),
+            node.certificate().to_text(),
+        )
+        .unwrap();
         std::fs::write(
             self.path(&format!("{name}.key")),
             relay::keys::static_key_to_text(node.private_key()),
@@ -218,9 +226,11 @@ impl World {
             "[relay]\naddress = \"{}\"\npublic_key = \"{}\"\n\n\
              [identity]\nca = \"ca.pub\"\ncert = \"{name}.cert\"\nkey = \"{name}.key\"\n\n\
              [status]\nlisten = \"{status}\"\n\n\
-             [tunnel]\nping_after_ms = 300\ndead_after_ms = 1500\n\n{body}",
+             [tunnel]\nping_after_ms = {}\ndead_after_ms = {}\n\n{body}",
             self.relay_addr,
-            self.relay_key_hex()
+            self.relay_key_hex(),
+            self.ping_after_ms,
+            self.ping_after_ms * 5,
         );
         let path = self.path(&format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
@@ -228,14 +238,20 @@ impl World {
     }
 
     pub fn connector(&self) -> AgentProcess {
-        let (cfg, status) = self.agent_config(
+        let (cfg, status) = self.connector_config();
+        self.spawn(&cfg, status, "conn-a")
+    }
+
+    /// The connector's identity files and config (config path, status
+    /// address).
+    pub fn connector_config(&self) -> (PathBuf, SocketAddr) {
+        self.agent_config(
             "conn-a",
             CONNECTOR,
             Role::Connector,
             &[],
             "[connector]\npolicy = \"policy.toml\"\n",
-        );
-        self.spawn(&cfg, status, "conn-a")
+        )
     }
 
     fn spawn(&self, cfg: &Path, status: SocketAddr, name: &str) -> AgentProcess {
@@ -260,14 +276,26 @@ impl World {
         groups: &[&str],
         listen: &[(&str, SocketAddr, &str)],
     ) -> AgentProcess {
+        let (cfg, status) = self.client_config(name, id, groups, listen);
+        self.spawn(&cfg, status, name)
+    }
+
+    /// A proxy-mode client's identity files and config (config path,
+    /// status address).
+    pub fn client_config(
+        &self,
+        name: &str,
+        id: u32,
+        groups: &[&str],
+        listen: &[(&str, SocketAddr, &str)],
+    ) -> (PathBuf, SocketAddr) {
         let mut body = String::from("[client]\nmode = \"proxy\"\n");
         for (svc, addr, proto) in listen {
             body.push_str(&format!(
                 "[[client.listen]]\nservice = \"{svc}\"\nlisten = \"{addr}\"\nprotocol = \"{proto}\"\n"
             ));
         }
-        let (cfg, status) = self.agent_config(name, id, Role::User, groups, &body);
-        self.spawn(&cfg, status, name)
+        self.agent_config(name, id, Role::User, groups, &body)
     }
 }
 
@@ -286,7 +314,13 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    pub fn spawn(config: &Path, status: SocketAddr, dir: &Path, name: &str, netns: Option<&str>) -> AgentProcess {
+    pub fn spawn(
+        config: &Path,
+        status: SocketAddr,
+        dir: &Path,
+        name: &str,
+        netns: Option<&str>,
+    ) -> AgentProcess {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = match netns {
@@ -380,6 +414,93 @@ pub fn agent_cli(args: &[&str]) -> std::process::Output {
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().unwrap()
+}
+
+/// An agent running in this process: `agent::start::run` on its own
+/// thread, stopped and joined on drop.
+pub struct InProcessAgent {
+    pub name: String,
+    pub status: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl InProcessAgent {
+    /// Loads `config` and runs the agent on a thread named `name`, which
+    /// first calls `on_thread` (e.g. to mark itself for an allocation
+    /// counter).
+    pub fn start(
+        config: &Path,
+        status: SocketAddr,
+        name: &str,
+        on_thread: impl FnOnce() + Send + 'static,
+    ) -> InProcessAgent {
+        let cfg = agent::config::AgentConfig::load(config).expect("agent config loads");
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn({
+                let stop = stop.clone();
+                move || {
+                    on_thread();
+                    agent::start::run(cfg, stop)
+                }
+            })
+            .expect("agent thread starts");
+        InProcessAgent {
+            name: name.to_owned(),
+            status,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn status(&self) -> Option<Status> {
+        agent::status::fetch(self.status).ok()
+    }
+
+    /// Polls the status endpoint until `pred` holds (bounded); fails at
+    /// once if the agent's thread ended.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Status) -> bool,
+    ) -> Status {
+        let deadline = Instant::now() + timeout;
+        loop {
+            assert!(
+                !self.thread.as_ref().is_some_and(|t| t.is_finished()),
+                "{} stopped while waiting for {what}",
+                self.name
+            );
+            let status = self.status();
+            if let Some(s) = &status {
+                if pred(s) {
+                    return status.unwrap_or_default();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what} from {}; last status: {status:#?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for InProcessAgent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("{}: {e:#}", self.name),
+                Err(_) => eprintln!("{}: thread panicked", self.name),
+            }
+        }
+    }
 }
 
 pub fn free_tcp_port() -> SocketAddr {
@@ -548,7 +669,10 @@ pub fn require_tool(tool: &str) -> bool {
 pub fn wait_listening(addr: SocketAddr, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(Instant::now() < deadline, "{what} does not listen on {addr}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} does not listen on {addr}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -556,7 +680,13 @@ pub fn wait_listening(addr: SocketAddr, what: &str) {
 /// An iperf3 server on `addr`.
 pub fn iperf3_server(addr: SocketAddr) -> Server {
     let child = Command::new("iperf3")
-        .args(["-s", "-B", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args([
+            "-s",
+            "-B",
+            &addr.ip().to_string(),
+            "-p",
+            &addr.port().to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -574,8 +704,8 @@ pub fn iperf3_client(host: &str, port: u16, args: &[&str]) -> serde_json::Value 
         .output()
         .expect("iperf3 runs");
     let text = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("iperf3 JSON: {e}: {text}"));
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("iperf3 JSON: {e}: {text}"));
     assert!(
         out.status.success() && v.get("error").is_none(),
         "iperf3 {args:?} failed: {}\nstderr: {}",
@@ -588,7 +718,14 @@ pub fn iperf3_client(host: &str, port: u16, args: &[&str]) -> serde_json::Value 
 /// `python3 -m http.server` on `addr` serving `dir`.
 pub fn http_server(addr: SocketAddr, dir: &Path) -> Server {
     let child = Command::new("python3")
-        .args(["-m", "http.server", &addr.port().to_string(), "--bind", &addr.ip().to_string(), "--directory"])
+        .args([
+            "-m",
+            "http.server",
+            &addr.port().to_string(),
+            "--bind",
+            &addr.ip().to_string(),
+            "--directory",
+        ])
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -605,14 +742,19 @@ pub fn curl(url: &str) -> Vec<u8> {
         .args(["-s", "-f", "--max-time", "20", url])
         .output()
         .expect("curl runs");
-    assert!(out.status.success(), "curl {url} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl {url} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
 /// Asks the agent's DNS responder for `name`'s A record.
 pub fn resolve(name: &str) -> Option<std::net::Ipv4Addr> {
     let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
     for label in name.split('.') {
         q.push(label.len() as u8);
@@ -634,4 +776,3 @@ pub fn resolve(name: &str) -> Option<std::net::Ipv4Addr> {
     }
     None
 }
-

@@ -80,7 +80,10 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _guard = NETNS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        match Command::new("ip").args(["netns", "del", &self.name]).status() {
+        match Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status()
+        {
             Ok(s) if s.success() => {}
             other => eprintln!("could not delete netns {}: {other:?}", self.name),
         }
