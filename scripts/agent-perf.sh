@@ -81,7 +81,10 @@ agent_conf conn conn.key conn.cert 127.0.0.1:7071 $'[connector]\npolicy = "polic
 agent_conf proxy alice.key alice.cert 127.0.0.1:7072 $'[client]\nmode = "proxy"\n[[client.listen]]\nservice = "iperf"\nlisten = "127.0.0.1:15201"'
 agent_conf tun alice.key alice.cert 127.0.0.1:7073 $'[client]\nmode = "tun"\n[client.tun]\nname = "ztna0"'
 
-in_ns iperf3 -s -p 5201 >/dev/null 2>&1 &
+# Background processes are started with `ip netns exec` directly (not
+# through in_ns, a function, which would run in a subshell): $! is then the
+# process itself and `stop` really stops it.
+ip netns exec "$NS" iperf3 -s -p 5201 >/dev/null 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do
     in_ns ss -Hltn 'sport = :5201' | grep -q LISTEN && break
@@ -89,14 +92,18 @@ for _ in $(seq 100); do
 done
 
 start_relay() { # mode
-    in_ns "$REL" run --listen 127.0.0.1:51820 --mode "$1" --io uring --workers 1 \
+    ip netns exec "$NS" "$REL" run --listen 127.0.0.1:51820 --mode "$1" --io uring --workers 1 \
         --policy "$D/policy.toml" --ca "$D/ca.pub" --cert "$D/relay.cert" --key "$D/relay.key" \
         >"$D/relay-$1.log" 2>&1 &
     RELAY_PID=$!
 }
-start_agent() { # name
-    RUST_LOG=warn in_ns "$AGT" run --config "$D/$1.toml" >>"$D/$1.log" 2>&1 &
-    echo $!
+start_agent() { # name; sets AGENT_PID
+    RUST_LOG=warn ip netns exec "$NS" "$AGT" run --config "$D/$1.toml" >>"$D/$1.log" 2>&1 &
+    AGENT_PID=$!
+}
+stop() { # pids...: SIGTERM, then wait until they are gone
+    kill "$@" 2>/dev/null || true
+    wait "$@" 2>/dev/null || true
 }
 wait_ready() { # status-addr
     for _ in $(seq 100); do
@@ -120,14 +127,17 @@ for round in $(seq "$ROUNDS"); do
     RESULTS[loopback]+="$(run_iperf 127.0.0.1 5201) "
     for mode in ztna vpn; do
         start_relay "$mode"
-        CONN=$(start_agent conn)
+        start_agent conn
+        CONN=$AGENT_PID
         wait_ready 127.0.0.1:7071
-        P=$(start_agent proxy)
+        start_agent proxy
+        P=$AGENT_PID
         wait_ready 127.0.0.1:7072
         sleep 0.5 # the directory arrives right after the hop handshake
         RESULTS[proxy-$mode]+="$(run_iperf 127.0.0.1 15201) "
-        kill "$P"; wait "$P" 2>/dev/null || true
-        T=$(start_agent tun)
+        stop "$P"
+        start_agent tun
+        T=$AGENT_PID
         wait_ready 127.0.0.1:7073
         sleep 0.5
         IP=$(in_ns python3 - <<'PY'
@@ -138,7 +148,7 @@ s.sendto(q,("100.80.0.2",53)); r=s.recv(512); print(socket.inet_ntoa(r[-4:]))
 PY
 )
         RESULTS[tun-$mode]+="$(in_ns iperf3 -c "$IP" -p 5201 -t "$SECS" -J | gbps) "
-        kill "$T" "$CONN" "$RELAY_PID"; wait "$T" "$CONN" "$RELAY_PID" 2>/dev/null || true
+        stop "$T" "$CONN" "$RELAY_PID"
     done
     echo "round $round done" >&2
 done
