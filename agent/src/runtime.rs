@@ -26,12 +26,13 @@ use crate::status::StatusBoard;
 pub const RELAY: Token = Token(0);
 /// First token the roles may hand out.
 pub const FIRST_ROLE_TOKEN: usize = 16;
-/// Datagrams taken from the relay socket per turn before other work runs.
+/// Datagrams taken from the relay socket per batch before the role moves
+/// bytes again.
 pub const RECV_BATCH: usize = 256;
+/// Receive buffers of the relay socket (each holds one GRO run, 64 KiB).
+pub const RECV_BUFFERS: usize = 32;
 /// Longest wait for readiness: the loop also checks its stop flag.
 pub const MAX_WAIT: Duration = Duration::from_millis(100);
-/// Socket buffer asked for on the relay socket (the kernel may cap it).
-pub const SOCKET_BUFFER: usize = 8 << 20;
 
 /// Data-path counters.
 #[derive(Debug, Clone, Default)]
@@ -53,8 +54,17 @@ pub struct DataStats {
 /// What the roles share: the relay socket, the hop, buffers, counters.
 #[derive(Debug)]
 pub struct Ctx {
-    /// The socket to the relay (connected).
-    pub socket: UdpSocket,
+    /// Batched I/O on the socket to the relay: `recvmmsg` with `UDP_GRO`,
+    /// sends staged and grouped into `UDP_SEGMENT` trains, flushed once
+    /// per turn (the relay's own `mmsg` backend).
+    io: relay::io::Io,
+    /// The relay's address.
+    relay: SocketAddr,
+    /// A second handle on the same socket, registered with `mio` only to
+    /// wake the loop when datagrams arrive.
+    _wake: UdpSocket,
+    /// Datagrams received and not yet handled: (pooled buffer, length).
+    inbox: Vec<(Vec<u8>, usize)>,
     /// The hop session manager.
     pub hop: Hop,
     /// Packet buffers.
@@ -118,26 +128,31 @@ impl Ctx {
         self.pool.put(buf);
     }
 
+    /// Stages a frame for the relay (sent by [`Ctx::flush`], grouped with
+    /// the frames around it).
     fn send_bytes(&mut self, len: usize, buf: &[u8]) {
-        match self.socket.send(&buf[..len]) {
-            Ok(_) => {
+        match self.io.send_to(self.relay, &buf[..len]) {
+            Ok(()) => {
                 self.stats.frames_out += 1;
                 self.stats.bytes_out += len as u64;
             }
             Err(e) => {
                 self.stats.send_dropped += 1;
-                if e.kind() != io::ErrorKind::WouldBlock {
-                    tracing::debug!(error = %e, "send to relay failed");
-                }
+                tracing::debug!(error = %e, "send to relay failed");
             }
         }
     }
 
-    fn flush_out(&mut self) {
-        for frame in std::mem::take(&mut self.out) {
-            if let Err(e) = self.socket.send(&frame) {
+    /// Sends the hop's control frames and everything staged.
+    pub fn flush(&mut self) {
+        for i in 0..self.out.len() {
+            if let Err(e) = self.io.send_to(self.relay, &self.out[i]) {
                 tracing::debug!(error = %e, "send to relay failed");
             }
+        }
+        self.out.clear();
+        if let Err(e) = self.io.flush() {
+            tracing::debug!(error = %e, "send to relay failed");
         }
     }
 }
@@ -169,22 +184,33 @@ pub trait Role {
     fn publish(&self, ctx: &Ctx, board: &StatusBoard);
 }
 
-/// Opens the socket to the relay: bound to an ephemeral port of the right
-/// family, connected, large buffers.
-pub fn relay_socket(relay: SocketAddr) -> io::Result<UdpSocket> {
-    let domain = socket2::Domain::for_address(relay);
-    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
-    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+/// The relay socket's I/O settings: GRO on receive, GSO on send.
+pub fn relay_io_config() -> relay::io::IoConfig {
+    relay::io::IoConfig {
+        batch: RECV_BATCH,
+        buffers: RECV_BUFFERS,
+        buffer_size: 65_536,
+        gro: true,
+        gso: true,
+    }
+}
+
+/// Opens the socket to the relay (an ephemeral port of the relay's
+/// family, large buffers, `UDP_GRO`) with batched I/O on it, and a second
+/// handle for readiness.
+pub fn relay_socket(relay: SocketAddr) -> Result<(relay::io::Io, UdpSocket), relay::io::IoError> {
     let any: SocketAddr = if relay.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    sock.bind(&any.into())?;
-    sock.connect(&relay.into())?;
-    sock.set_nonblocking(true)?;
-    Ok(UdpSocket::from_std(sock.into()))
+    let cfg = relay_io_config();
+    let socket = relay::io::bind_socket(any, &cfg)?;
+    let wake = socket
+        .try_clone()
+        .map_err(|source| relay::io::IoError::Sys { op: "dup", source })?;
+    let io = relay::io::Io::new(relay::io::Backend::Mmsg, socket, cfg)?;
+    Ok((io, UdpSocket::from_std(wake)))
 }
 
 /// Runs the loop until `stop` is set.
@@ -200,8 +226,8 @@ pub fn run(
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         let hop_at = ctx.hop.poll(now, unix_nanos(), &mut ctx.out);
-        ctx.flush_out();
         let role_at = role.poll(&mut ctx, now);
+        ctx.flush();
         let mut wake = hop_at.min(now + MAX_WAIT);
         if let Some(at) = role_at {
             wake = wake.min(at);
@@ -224,6 +250,7 @@ pub fn run(
                 role.on_event(&mut ctx, event, now);
             }
         }
+        ctx.flush();
     }
     publish(role, &ctx, board);
     Ok(())
@@ -235,59 +262,91 @@ fn publish(role: &dyn Role, ctx: &Ctx, board: &StatusBoard) {
     board.add_errors(ctx.hop.problems());
 }
 
-/// Takes datagrams from the relay socket until it would block (at most
-/// [`RECV_BATCH`] per call; the socket stays readable and the next turn
-/// continues, since mio's readiness is edge-triggered we loop here).
+/// Takes datagrams from the relay socket until it would block, a batch at
+/// a time (mio's readiness is edge-triggered: everything queued must be
+/// taken now). Between batches the role moves bytes, so a long burst
+/// cannot starve the kernel sockets on the other side.
 fn drain_relay(ctx: &mut Ctx, role: &mut dyn Role, now: Instant) {
     loop {
-        for _ in 0..RECV_BATCH {
-            let mut buf = ctx.pool.get();
-            let n = match ctx.socket.recv(&mut buf) {
-                Ok(n) => n,
-                Err(e) => {
-                    ctx.pool.put(buf);
-                    if e.kind() != io::ErrorKind::WouldBlock {
-                        tracing::debug!(error = %e, "receive from relay failed");
-                    }
-                    return;
+        let Ctx {
+            io,
+            pool,
+            inbox,
+            relay,
+            ..
+        } = ctx;
+        let relay = *relay;
+        let polled = io.poll(Duration::ZERO, &mut |from, bytes: &mut [u8]| {
+            if from == relay {
+                let mut buf = pool.get();
+                if let Some(dst) = buf.get_mut(..bytes.len()) {
+                    dst.copy_from_slice(bytes);
+                    inbox.push((buf, bytes.len()));
+                } else {
+                    pool.put(buf);
                 }
-            };
-            let frame = &buf[..n];
-            match proto::wire::classify(frame) {
-                Ok(Kind::HandshakeResponse | Kind::CookieReply) => {
-                    let ev = ctx.hop.on_handshake(frame, now, unix_nanos(), &mut ctx.out);
-                    ctx.flush_out();
-                    ctx.pool.put(buf);
-                    if ev == crate::hop::HopEvent::Established {
-                        role.on_hop_established(ctx, now);
-                    }
-                }
-                Ok(kind) if kind.has_hop_header() => {
-                    if ctx.hop.accept(frame, now).is_ok() {
-                        ctx.stats.frames_in += 1;
-                        ctx.stats.bytes_in += n as u64;
-                        if let Some(buf) = role.on_frame(ctx, buf, n, now) {
-                            ctx.pool.put(buf);
-                        }
-                    } else {
-                        ctx.pool.put(buf);
-                    }
-                }
-                _ => ctx.pool.put(buf),
             }
+            relay::io::Action::Consume
+        });
+        let received = match polled {
+            Ok(stats) => stats.received,
+            Err(e) => {
+                tracing::debug!(error = %e, "receive from relay failed");
+                0
+            }
+        };
+        for i in 0..ctx.inbox.len() {
+            let (buf, n) = std::mem::take(&mut ctx.inbox[i]);
+            handle_datagram(ctx, role, buf, n, now);
+        }
+        ctx.inbox.clear();
+        if received < RECV_BATCH {
+            return;
         }
         // A full batch: let the role move bytes before taking more.
         role.poll(ctx, now);
+        ctx.flush();
+    }
+}
+
+fn handle_datagram(ctx: &mut Ctx, role: &mut dyn Role, buf: Vec<u8>, n: usize, now: Instant) {
+    let frame = &buf[..n];
+    match proto::wire::classify(frame) {
+        Ok(Kind::HandshakeResponse | Kind::CookieReply) => {
+            let ev = ctx.hop.on_handshake(frame, now, unix_nanos(), &mut ctx.out);
+            ctx.pool.put(buf);
+            if ev == crate::hop::HopEvent::Established {
+                role.on_hop_established(ctx, now);
+            }
+        }
+        Ok(kind) if kind.has_hop_header() => {
+            if ctx.hop.accept(frame, now).is_ok() {
+                ctx.stats.frames_in += 1;
+                ctx.stats.bytes_in += n as u64;
+                if let Some(buf) = role.on_frame(ctx, buf, n, now) {
+                    ctx.pool.put(buf);
+                }
+            } else {
+                ctx.pool.put(buf);
+            }
+        }
+        _ => ctx.pool.put(buf),
     }
 }
 
 /// Builds the shared context.
-pub fn context(poll: &Poll, socket: UdpSocket, hop: Hop) -> io::Result<Ctx> {
-    let mut socket = socket;
+pub fn context(
+    poll: &Poll,
+    (io, mut wake): (relay::io::Io, UdpSocket),
+    hop: Hop,
+) -> io::Result<Ctx> {
     poll.registry()
-        .register(&mut socket, RELAY, Interest::READABLE)?;
+        .register(&mut wake, RELAY, Interest::READABLE)?;
     Ok(Ctx {
-        socket,
+        relay: hop.relay(),
+        io,
+        _wake: wake,
+        inbox: Vec::with_capacity(RECV_BATCH * 2),
         hop,
         pool: Pool::new(),
         registry: poll.registry().try_clone()?,
