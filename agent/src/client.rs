@@ -11,7 +11,7 @@
 //! TCP connection accepted there becomes a smoltcp connection to the
 //! service's virtual address, a UDP datagram becomes a smoltcp datagram.
 //! (`tun` mode, where the kernel makes the packets, is in
-//! [`crate::tun_client`].)
+//! [`Client::new_tun`].)
 //!
 //! Connection modes: `off` refuses every connection; `on-demand` opens a
 //! service's session at first use and closes it after `idle_close_s`
@@ -266,6 +266,8 @@ pub struct TunPath {
     pub unroutable: u64,
     /// Packets dropped in lockdown while the tunnel was down.
     pub blackholed: u64,
+    /// Opened packets whose addresses do not fit their service.
+    pub rejected: u64,
     /// Failed writes into the device.
     pub write_errors: u64,
     dns_out: Vec<u8>,
@@ -390,6 +392,7 @@ impl Client {
             by_ip: HashMap::new(),
             unroutable: 0,
             blackholed: 0,
+            rejected: 0,
             write_errors: 0,
             dns_out: Vec::new(),
         });
@@ -778,9 +781,19 @@ impl Client {
                     None
                 }
                 (None, Some(tun)) => {
-                    tunnel.bytes_out += range.len() as u64;
-                    if tun.dev.write_packet(&buf[range]).is_err() {
+                    // Only what the service may say: from its own virtual
+                    // address to ours. A connector cannot inject packets
+                    // for other addresses into the user's host.
+                    let packet = &buf[range];
+                    let fits = crate::inner::ipv4_addresses(packet).is_some_and(|(src, dst)| {
+                        dst == crate::start::TUN_ADDRESS && self.ips.get(&service) == Some(&src)
+                    });
+                    if !fits {
+                        tun.rejected += 1;
+                    } else if tun.dev.write_packet(packet).is_err() {
                         tun.write_errors += 1;
+                    } else {
+                        tunnel.bytes_out += packet.len() as u64;
                     }
                     Some(buf)
                 }
@@ -923,7 +936,9 @@ impl RuntimeRole for Client {
                 close_tunnel(ctx, t, by_index, by_token);
                 return false;
             }
-            if in_use || always {
+            // Every tunnel still here is wanted (idle ones were closed
+            // above): keep its session fresh, rekeying on the timers.
+            {
                 t.sessions.maintain(
                     ctx, identity, *ca, *user, &t.entry, next_index, by_index, now,
                 );
@@ -961,8 +976,21 @@ impl RuntimeRole for Client {
                 send_dropped,
                 open_dropped,
                 services,
+                tun,
                 errors,
             } = st;
+            match &self.tun {
+                Some(t) => {
+                    set_text(&mut tun.device, t.dev.name());
+                    tun.offload = t.dev.offload_enabled();
+                    tun.packets_read = t.dev.stats().packets;
+                    tun.unroutable = t.unroutable;
+                    tun.blackholed = t.blackholed;
+                    tun.rejected = t.rejected;
+                    tun.write_errors = t.write_errors;
+                }
+                None => *tun = Default::default(),
+            }
             set_text(role, "client");
             set_text(name, &self.name);
             *id = self.user.0;

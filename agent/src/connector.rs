@@ -23,6 +23,7 @@ use mio::{Interest, Token};
 use proto::handshake::{E2eResponder, LocalIdentity, Trust};
 use proto::identity::Role;
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
+use proto::policy::Protocol;
 use proto::wire::{Frame, Kind};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::{tcp, udp};
@@ -66,6 +67,8 @@ struct Pair {
     user: UserId,
     service: ServiceId,
     target: String,
+    /// The service's transport: the other one is dropped.
+    protocol: Protocol,
     stack: Stack,
     current: Option<E2eSession>,
     previous: Option<E2eSession>,
@@ -115,6 +118,8 @@ pub struct Connector {
     last_policy_check: Instant,
     errors: ErrorLog,
     denied: u64,
+    /// Packets of the transport the service does not have.
+    wrong_protocol: u64,
 }
 
 impl std::fmt::Debug for Connector {
@@ -152,11 +157,12 @@ impl Connector {
             last_policy_check: now,
             errors: ErrorLog::default(),
             denied: 0,
+            wrong_protocol: 0,
         }
     }
 
     /// Whether the live policy lets `user` reach `service` through us.
-    fn permits(&self, user: UserId, service: ServiceId) -> Result<String, String> {
+    fn permits(&self, user: UserId, service: ServiceId) -> Result<(String, Protocol), String> {
         let policy = self.policy.policy();
         let Some(info) = policy.service(service) else {
             return Err(format!(
@@ -179,12 +185,12 @@ impl Connector {
                 info.name
             ));
         }
-        Ok(info.target.clone())
+        Ok((info.target.clone(), info.protocol))
     }
 
     fn handshake(&mut self, ctx: &mut Ctx, frame: &[u8], now: Instant) {
         let (_, user, service) = header(frame);
-        let target = match self.permits(user, service) {
+        let (target, protocol) = match self.permits(user, service) {
             Ok(t) => t,
             Err(why) => {
                 self.denied += 1;
@@ -218,6 +224,7 @@ impl Connector {
             user,
             service,
             target,
+            protocol,
             stack: Stack::connector(pool, mtu, smol_now(ctx.epoch, now)),
             current: None,
             previous: None,
@@ -276,9 +283,26 @@ impl Connector {
         };
         pair.last_active = now;
         match classify(&buf[range.clone()]) {
-            Inner::Tcp { port, syn: true } => ensure_listener(pair, port, self.tcp_buffer),
-            Inner::Udp { port } => ensure_udp_port(pair, port),
-            _ => {}
+            Inner::Tcp { port, syn } if pair.protocol.tcp() => {
+                if syn {
+                    ensure_listener(pair, port, self.tcp_buffer);
+                }
+            }
+            Inner::Udp { port } if pair.protocol.udp() => ensure_udp_port(pair, port),
+            // ICMP and the like go to the stack (it answers pings).
+            Inner::Other => {}
+            // TCP to a UDP service or the reverse: not what the policy
+            // grants.
+            _ => {
+                self.wrong_protocol += 1;
+                if self.wrong_protocol == 1 {
+                    self.errors.push(format!(
+                        "user {} sent the wrong transport to service {} (it is {:?}); such packets are dropped",
+                        user.0, service.0, pair.protocol
+                    ));
+                }
+                return Some(buf);
+            }
         }
         pair.stack.dev.push_rx(Packet {
             buf,
@@ -368,7 +392,7 @@ impl Pair {
         for handle in self.closing.drain(..closing) {
             self.stack.sockets.remove(handle);
         }
-        flush_tx(ctx, self);
+        flush_tx(ctx, self, now);
         self.stack.poll_delay(smol)
     }
 
@@ -544,8 +568,10 @@ impl RuntimeRole for Connector {
                 send_dropped,
                 open_dropped,
                 services,
+                tun,
                 errors,
             } = st;
+            *tun = Default::default();
             set_text(role, "connector");
             set_text(name, &self.name);
             *id = self.id;
@@ -728,10 +754,24 @@ fn pump_udp(
     }
 }
 
-/// Seals and sends what a pair's stack emitted.
-fn flush_tx(ctx: &mut Ctx, pair: &mut Pair) {
+/// Seals and sends what a pair's stack emitted: on the newest session once
+/// the user has sent on it (key confirmation, as in WireGuard), until then
+/// on the one before it; never on an expired one.
+fn flush_tx(ctx: &mut Ctx, pair: &mut Pair, now: Instant) {
     while let Some(packet) = pair.stack.dev.tx.pop_front() {
-        match pair.current.as_mut() {
+        let current_ok = pair
+            .current
+            .as_ref()
+            .is_some_and(|s| s.confirmed() && !s.expired(now));
+        let session = if current_ok {
+            pair.current.as_mut()
+        } else {
+            pair.previous
+                .as_mut()
+                .filter(|s| !s.expired(now))
+                .or(pair.current.as_mut().filter(|s| !s.expired(now)))
+        };
+        match session {
             Some(session) => {
                 ctx.send_packet(session, Kind::DataDown, pair.user, pair.service, packet)
             }

@@ -40,6 +40,9 @@ pub enum OpenDrop {
     /// Authentication failed.
     #[error("end-to-end authentication failed")]
     BadTag,
+    /// The session is past `REJECT_AFTER_TIME` or its message limit.
+    #[error("end-to-end session expired")]
+    Expired,
 }
 
 /// One established end-to-end session (one direction pair of keys).
@@ -163,8 +166,12 @@ impl E2eSession {
     }
 
     /// Opens the data frame `frame` (hop header already checked by the hop
-    /// link) in place; returns where the packet lies in `frame`.
+    /// link) in place; returns where the packet lies in `frame`. An
+    /// expired session opens nothing.
     pub fn open(&mut self, frame: &mut [u8], now: Instant) -> Result<Range<usize>, OpenDrop> {
+        if self.expired(now) {
+            return Err(OpenDrop::Expired);
+        }
         if frame.len() < HEADROOM + TAILROOM {
             return Err(OpenDrop::Truncated);
         }

@@ -67,6 +67,15 @@ pub fn classify(packet: &[u8]) -> Inner {
     }
 }
 
+/// The source and destination of an IPv4 packet.
+pub fn ipv4_addresses(packet: &[u8]) -> Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)> {
+    if packet.first().map(|b| b >> 4) != Some(4) {
+        return None;
+    }
+    let p = Ipv4Packet::new_checked(packet).ok()?;
+    Some((p.src_addr(), p.dst_addr()))
+}
+
 /// The destination IPv4 address of a packet, if it is IPv4.
 pub fn ipv4_destination(packet: &[u8]) -> Option<std::net::Ipv4Addr> {
     if packet.first().map(|b| b >> 4) != Some(4) {

@@ -73,8 +73,31 @@ pub struct Status {
     pub open_dropped: u64,
     /// Services (client) or open pairs (connector).
     pub services: Vec<ServiceStatus>,
+    /// tun mode only: the device and its drops.
+    #[serde(default)]
+    pub tun: TunStatus,
     /// Recent errors, newest last.
     pub errors: Vec<String>,
+}
+
+/// The TUN device's counters (tun mode; all zero otherwise).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TunStatus {
+    /// Device name, empty outside tun mode.
+    pub device: String,
+    /// Segmentation offload (`IFF_VNET_HDR`) in use.
+    pub offload: bool,
+    /// Packets read from the device.
+    pub packets_read: u64,
+    /// Packets to an address that is no service (or while `off`).
+    pub unroutable: u64,
+    /// Packets dropped in lockdown while the hop was down.
+    pub blackholed: u64,
+    /// Opened packets refused before the device: wrong source or
+    /// destination for the service they came from.
+    pub rejected: u64,
+    /// Failed writes into the device.
+    pub write_errors: u64,
 }
 
 /// Where the loop publishes and the endpoint reads.
@@ -267,6 +290,20 @@ pub fn render(s: &Status) -> String {
         "  frames:      {} out / {} in ({} B / {} B); dropped: {} send, {} open",
         s.frames_out, s.frames_in, s.bytes_out, s.bytes_in, s.send_dropped, s.open_dropped
     );
+    if !s.tun.device.is_empty() {
+        let t = &s.tun;
+        let _ = writeln!(
+            out,
+            "  tun:         {} (offload {}); {} packets read; dropped: {} unroutable, {} black-holed, {} rejected, {} write errors",
+            t.device,
+            if t.offload { "on" } else { "off" },
+            t.packets_read,
+            t.unroutable,
+            t.blackholed,
+            t.rejected,
+            t.write_errors
+        );
+    }
     let _ = writeln!(out, "  services:");
     if s.services.is_empty() {
         let _ = writeln!(out, "    (none)");

@@ -63,7 +63,7 @@ fn iperf3_and_curl_through_proxy_mode() {
     let mut w = World::start(Mode::Ztna);
     let b = backends(&w);
     let mut t = Targets::basic();
-    t.extra = vec![("iperf", b.iperf), ("web", b.http)];
+    t.extra = vec![("iperf", "tcp+udp", b.iperf), ("web", "tcp", b.http)];
     w.write_policy(&t, true);
     w.start_relay();
     let connector = w.connector();
@@ -102,7 +102,7 @@ fn iperf3_and_curl_through_tun_mode() {
         // Processes spawned from this thread start in the namespace.
         let b = backends(&w);
         let mut t = Targets::basic();
-        t.extra = vec![("iperf", b.iperf), ("web", b.http)];
+        t.extra = vec![("iperf", "tcp+udp", b.iperf), ("web", "tcp", b.http)];
         w.write_policy(&t, true);
         w.start_relay();
         let connector = w.connector();

@@ -75,6 +75,22 @@ fn tun_end_to_end(offload: bool) {
         }
         assert!(ok >= 9, "only {ok} of 10 UDP echoes");
 
+        // UDP to a TCP-only service is not what the policy grants: dropped
+        // at the connector, and it says so.
+        let stray = UdpSocket::bind("0.0.0.0:0").unwrap();
+        stray.connect((echo_ip, t.echo.port())).unwrap();
+        stray
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        stray.send(b"udp to a tcp service").unwrap();
+        assert!(
+            stray.recv(&mut [0u8; 64]).is_err(),
+            "UDP reached a TCP-only service"
+        );
+        connector.wait_for("the wrong-transport error", Duration::from_secs(5), |s| {
+            s.errors.iter().any(|e| e.contains("wrong transport"))
+        });
+
         // Bulk, hashed.
         let total = 32 << 20;
         let (sent, got, n) =

@@ -515,6 +515,7 @@ fn protocol_byte(p: Protocol) -> u8 {
     match p {
         Protocol::Tcp => 6,
         Protocol::Udp => 17,
+        Protocol::TcpUdp => 0,
     }
 }
 
@@ -603,6 +604,7 @@ impl<'a> Reader<'a> {
         let protocol = match self.u8()? {
             6 => Protocol::Tcp,
             17 => Protocol::Udp,
+            0 => Protocol::TcpUdp,
             other => return Err(ControlError::BadProtocol(other)),
         };
         let port = self.u16()?;
@@ -953,16 +955,16 @@ mod tests {
         (
             any::<u32>(),
             "\\PC{0,40}",
-            any::<bool>(),
+            0u8..3,
             any::<u16>(),
             any::<u32>(),
             any::<[u8; 32]>(),
         )
             .prop_map(
-                |(id, name, tcp, port, connector, connector_key)| ServiceEntry {
+                |(id, name, proto, port, connector, connector_key)| ServiceEntry {
                     id: ServiceId(id),
                     name,
-                    protocol: if tcp { Protocol::Tcp } else { Protocol::Udp },
+                    protocol: [Protocol::Tcp, Protocol::Udp, Protocol::TcpUdp][usize::from(proto)],
                     port,
                     connector,
                     connector_key,

@@ -48,8 +48,8 @@ pub struct Targets {
     pub echo: SocketAddr,
     pub sink: SocketAddr,
     pub udp_echo: SocketAddr,
-    /// More TCP/UDP services: (name, target), ids 20, 21, ...
-    pub extra: Vec<(&'static str, SocketAddr)>,
+    /// More services: (name, "tcp" or "udp", target), ids 20, 21, ...
+    pub extra: Vec<(&'static str, &'static str, SocketAddr)>,
 }
 
 impl Targets {
@@ -99,7 +99,7 @@ impl World {
             .extra
             .iter()
             .enumerate()
-            .map(|(i, (name, a))| format!("[[services]]\nid = {}\nname = \"{name}\"\nprotocol = \"tcp\"\ntarget = \"{a}\"\nconnectors = [\"conn-a\"]\n\n", 20 + i))
+            .map(|(i, (name, proto, a))| format!("[[services]]\nid = {}\nname = \"{name}\"\nprotocol = \"{proto}\"\ntarget = \"{a}\"\nconnectors = [\"conn-a\"]\n\n", 20 + i))
             .collect();
         let text = format!(
             "[[groups]]\nname = \"eng\"\n\n\

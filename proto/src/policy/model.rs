@@ -91,6 +91,22 @@ pub enum Protocol {
     Tcp,
     /// UDP datagrams.
     Udp,
+    /// Both, to the same target (`"tcp+udp"`): for applications that use
+    /// one host for both, such as iperf3's UDP test or DNS.
+    #[serde(rename = "tcp+udp")]
+    TcpUdp,
+}
+
+impl Protocol {
+    /// Whether TCP to the target is granted.
+    pub fn tcp(self) -> bool {
+        matches!(self, Protocol::Tcp | Protocol::TcpUdp)
+    }
+
+    /// Whether UDP to the target is granted.
+    pub fn udp(self) -> bool {
+        matches!(self, Protocol::Udp | Protocol::TcpUdp)
+    }
 }
 
 /// One reachable service.
@@ -224,6 +240,23 @@ mod tests {
         assert_eq!(file.rules[0].groups, ["eng"]);
         let text = file.to_toml_string();
         assert_eq!(PolicyFile::from_toml_str(&text).unwrap(), file);
+    }
+
+    #[test]
+    fn tcp_and_udp_together() {
+        let text = SMALL.replace("protocol = \"tcp\"", "protocol = \"tcp+udp\"");
+        let file = PolicyFile::from_toml_str(&text).unwrap();
+        let p = file.services[0].protocol;
+        assert_eq!(p, Protocol::TcpUdp);
+        assert!(p.tcp() && p.udp());
+        assert!(Protocol::Tcp.tcp() && !Protocol::Tcp.udp());
+        assert!(!Protocol::Udp.tcp() && Protocol::Udp.udp());
+        assert_eq!(
+            PolicyFile::from_toml_str(&file.to_toml_string()).unwrap(),
+            file
+        );
+        let bad = SMALL.replace("protocol = \"tcp\"", "protocol = \"sctp\"");
+        assert!(PolicyFile::from_toml_str(&bad).is_err());
     }
 
     #[test]
