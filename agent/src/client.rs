@@ -46,6 +46,8 @@ use crate::status::{set_text, ErrorLog, ServiceStatus, Status, StatusBoard};
 pub const E2E_RETRY: Duration = Duration::from_millis(1000);
 /// Packets held for a service while its session is being set up.
 pub const WAITING_MAX: usize = 256;
+/// Packets gathered for one batched write into the TUN device.
+pub const TUN_WRITE_BATCH: usize = 64;
 /// A UDP flow through a listener without traffic this long is closed.
 pub const UDP_IDLE: Duration = Duration::from_secs(60);
 const UDP_PACKETS: usize = 256;
@@ -271,6 +273,23 @@ pub struct TunPath {
     /// Failed writes into the device.
     pub write_errors: u64,
     dns_out: Vec<u8>,
+    /// Opened packets waiting to be written into the device.
+    out: crate::tun::PacketBatch,
+}
+
+impl TunPath {
+    /// Writes the packets waiting in `out`.
+    fn write_out(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        match self.dev.write_packets(&self.out) {
+            Ok(n) if n == self.out.len() => {}
+            Ok(n) => self.write_errors += (self.out.len() - n) as u64,
+            Err(_) => self.write_errors += self.out.len() as u64,
+        }
+        self.out.clear();
+    }
 }
 
 /// The client.
@@ -387,6 +406,7 @@ impl Client {
         client.mode = ClientMode::Tun;
         client.tun = Some(TunPath {
             batch: dev.batch(256),
+            out: dev.batch(TUN_WRITE_BATCH),
             dev,
             dns,
             by_ip: HashMap::new(),
@@ -790,9 +810,16 @@ impl Client {
                     });
                     if !fits {
                         tun.rejected += 1;
-                    } else if tun.dev.write_packet(packet).is_err() {
-                        tun.write_errors += 1;
                     } else {
+                        // Batched: written (TCP runs coalesced into one
+                        // super-packet with offload) at the end of the
+                        // receive batch.
+                        if tun.out.push(packet).is_err() {
+                            tun.write_out();
+                            if tun.out.push(packet).is_err() {
+                                tun.write_errors += 1;
+                            }
+                        }
                         tunnel.bytes_out += packet.len() as u64;
                     }
                     Some(buf)
@@ -903,6 +930,9 @@ impl RuntimeRole for Client {
     fn on_hop_established(&mut self, _ctx: &mut Ctx, _now: Instant) {}
 
     fn poll(&mut self, ctx: &mut Ctx, now: Instant) -> Option<Instant> {
+        if let Some(tun) = self.tun.as_mut() {
+            tun.write_out();
+        }
         if self.wanted_always() {
             // Taken out and put back rather than cloned: `tunnel` does not
             // read the directory.
