@@ -118,13 +118,14 @@ d=json.load(sys.stdin)
 if "error" in d: sys.exit("iperf3: " + d["error"])
 print("%.2f" % (d["end"]["sum_received"]["bits_per_second"]/1e9))'
 }
-run_iperf() { # host port
-    in_ns iperf3 -c "$1" -p "$2" -t "$SECS" -J | gbps
+run_iperf() { # host port [-R]
+    in_ns iperf3 -c "$1" -p "$2" -t "$SECS" -J ${3:-} | gbps
 }
 
 declare -A RESULTS
 for round in $(seq "$ROUNDS"); do
     RESULTS[loopback]+="$(run_iperf 127.0.0.1 5201) "
+    RESULTS[loopback-R]+="$(run_iperf 127.0.0.1 5201 -R) "
     for mode in ztna vpn; do
         start_relay "$mode"
         start_agent conn
@@ -135,6 +136,7 @@ for round in $(seq "$ROUNDS"); do
         wait_ready 127.0.0.1:7072
         sleep 0.5 # the directory arrives right after the hop handshake
         RESULTS[proxy-$mode]+="$(run_iperf 127.0.0.1 15201) "
+        RESULTS[proxy-$mode-R]+="$(run_iperf 127.0.0.1 15201 -R) "
         stop "$P"
         start_agent tun
         T=$AGENT_PID
@@ -147,14 +149,15 @@ s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.settimeout(2)
 s.sendto(q,("100.80.0.2",53)); r=s.recv(512); print(socket.inet_ntoa(r[-4:]))
 PY
 )
-        RESULTS[tun-$mode]+="$(in_ns iperf3 -c "$IP" -p 5201 -t "$SECS" -J | gbps) "
+        RESULTS[tun-$mode]+="$(run_iperf "$IP" 5201) "
+        RESULTS[tun-$mode-R]+="$(run_iperf "$IP" 5201 -R) "
         stop "$T" "$CONN" "$RELAY_PID"
     done
     echo "round $round done" >&2
 done
 
-echo "iperf3 TCP, one flow, ${SECS} s per run, ${ROUNDS} rounds (Gb/s per round)"
+echo "iperf3 TCP, one flow, ${SECS} s per run, ${ROUNDS} rounds (Gb/s per round; -R: server to client)"
 echo "machine: $(nproc) cores, $(uname -r), $(date -u +%Y-%m-%d)"
-for k in loopback proxy-ztna proxy-vpn tun-ztna tun-vpn; do
+for k in loopback loopback-R proxy-ztna proxy-vpn proxy-ztna-R proxy-vpn-R tun-ztna tun-vpn tun-ztna-R tun-vpn-R; do
     printf '%-12s %s\n' "$k" "${RESULTS[$k]}"
 done
