@@ -994,17 +994,7 @@ impl RuntimeRole for Client {
                 id,
                 client_mode,
                 connection_mode,
-                relay,
-                hop_up,
-                last_handshake_unix,
-                handshakes,
-                hop_lost,
-                frames_out,
-                frames_in,
-                bytes_out,
-                bytes_in,
-                send_dropped,
-                open_dropped,
+                link,
                 services,
                 tun,
                 errors,
@@ -1032,17 +1022,7 @@ impl RuntimeRole for Client {
                 },
             );
             set_text(connection_mode, self.conn_mode);
-            set_text(relay, ctx.hop.relay());
-            *hop_up = ctx.hop.is_up();
-            *last_handshake_unix = ctx.hop.stats.last_handshake_unix;
-            *handshakes = ctx.hop.stats.handshakes;
-            *hop_lost = ctx.hop.stats.lost;
-            *frames_out = ctx.stats.frames_out;
-            *frames_in = ctx.stats.frames_in;
-            *bytes_out = ctx.stats.bytes_out;
-            *bytes_in = ctx.stats.bytes_in;
-            *send_dropped = ctx.stats.send_dropped;
-            *open_dropped = ctx.stats.open_dropped;
+            ctx.fill_link_status(link);
             let entries = self.directory.as_ref().map_or(&[][..], |d| &d.services);
             services.resize_with(entries.len(), ServiceStatus::default);
             for (e, v) in entries.iter().zip(services.iter_mut()) {

@@ -556,17 +556,7 @@ impl RuntimeRole for Connector {
                 id,
                 client_mode,
                 connection_mode,
-                relay,
-                hop_up,
-                last_handshake_unix,
-                handshakes,
-                hop_lost,
-                frames_out,
-                frames_in,
-                bytes_out,
-                bytes_in,
-                send_dropped,
-                open_dropped,
+                link,
                 services,
                 tun,
                 errors,
@@ -577,17 +567,7 @@ impl RuntimeRole for Connector {
             *id = self.id;
             client_mode.clear();
             connection_mode.clear();
-            set_text(relay, ctx.hop.relay());
-            *hop_up = ctx.hop.is_up();
-            *last_handshake_unix = ctx.hop.stats.last_handshake_unix;
-            *handshakes = ctx.hop.stats.handshakes;
-            *hop_lost = ctx.hop.stats.lost;
-            *frames_out = ctx.stats.frames_out;
-            *frames_in = ctx.stats.frames_in;
-            *bytes_out = ctx.stats.bytes_out;
-            *bytes_in = ctx.stats.bytes_in;
-            *send_dropped = ctx.stats.send_dropped;
-            *open_dropped = ctx.stats.open_dropped;
+            ctx.fill_link_status(link);
             services.resize_with(self.pairs.len(), ServiceStatus::default);
             for (p, v) in self.pairs.values().zip(services.iter_mut()) {
                 v.id = p.service.0;

@@ -143,6 +143,21 @@ impl Ctx {
         }
     }
 
+    /// Writes what every role reports of the hop and the frames.
+    pub fn fill_link_status(&self, st: &mut crate::status::LinkStatus) {
+        crate::status::set_text(&mut st.relay, self.hop.relay());
+        st.hop_up = self.hop.is_up();
+        st.last_handshake_unix = self.hop.stats.last_handshake_unix;
+        st.handshakes = self.hop.stats.handshakes;
+        st.hop_lost = self.hop.stats.lost;
+        st.frames_out = self.stats.frames_out;
+        st.frames_in = self.stats.frames_in;
+        st.bytes_out = self.stats.bytes_out;
+        st.bytes_in = self.stats.bytes_in;
+        st.send_dropped = self.stats.send_dropped;
+        st.open_dropped = self.stats.open_dropped;
+    }
+
     /// Sends the hop's control frames and everything staged.
     pub fn flush(&mut self) {
         for i in 0..self.out.len() {

@@ -49,6 +49,21 @@ pub struct Status {
     pub client_mode: String,
     /// Connection mode from the policy (`off`, `on-demand`, ...).
     pub connection_mode: String,
+    /// The hop to the relay and the frames on it.
+    #[serde(flatten)]
+    pub link: LinkStatus,
+    /// Services (client) or open pairs (connector).
+    pub services: Vec<ServiceStatus>,
+    /// tun mode only: the device and its drops.
+    #[serde(default)]
+    pub tun: TunStatus,
+    /// Recent errors, newest last.
+    pub errors: Vec<String>,
+}
+
+/// What every role reports of its hop and frames.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LinkStatus {
     /// The relay.
     pub relay: String,
     /// A hop session is up.
@@ -71,13 +86,6 @@ pub struct Status {
     pub send_dropped: u64,
     /// Frames that failed end-to-end checks.
     pub open_dropped: u64,
-    /// Services (client) or open pairs (connector).
-    pub services: Vec<ServiceStatus>,
-    /// tun mode only: the device and its drops.
-    #[serde(default)]
-    pub tun: TunStatus,
-    /// Recent errors, newest last.
-    pub errors: Vec<String>,
 }
 
 /// The TUN device's counters (tun mode; all zero otherwise).
@@ -275,20 +283,26 @@ pub fn render(s: &Status) -> String {
         );
     }
     let last = s
+        .link
         .last_handshake_unix
         .map_or_else(|| "never".to_owned(), utc);
     let _ = writeln!(
         out,
         "  relay:       {} ({}; last handshake {last}; {} handshakes, {} lost)",
-        s.relay,
-        if s.hop_up { "up" } else { "DOWN" },
-        s.handshakes,
-        s.hop_lost
+        s.link.relay,
+        if s.link.hop_up { "up" } else { "DOWN" },
+        s.link.handshakes,
+        s.link.hop_lost
     );
     let _ = writeln!(
         out,
         "  frames:      {} out / {} in ({} B / {} B); dropped: {} send, {} open",
-        s.frames_out, s.frames_in, s.bytes_out, s.bytes_in, s.send_dropped, s.open_dropped
+        s.link.frames_out,
+        s.link.frames_in,
+        s.link.bytes_out,
+        s.link.bytes_in,
+        s.link.send_dropped,
+        s.link.open_dropped
     );
     if !s.tun.device.is_empty() {
         let t = &s.tun;
@@ -382,20 +396,23 @@ mod tests {
         let t = serve(addr, board.clone(), stop.clone()).unwrap();
         board.publish(Status {
             role: "client".into(),
-            hop_up: true,
-            frames_in: 42,
+            link: LinkStatus {
+                hop_up: true,
+                frames_in: 42,
+                ..LinkStatus::default()
+            },
             ..Status::default()
         });
         let got = fetch(addr).unwrap();
-        assert_eq!(got.frames_in, 42);
-        assert!(got.hop_up);
+        assert_eq!(got.link.frames_in, 42);
+        assert!(got.link.hop_up);
         // Anything else is a 404, and the server survives garbage.
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(b"\x00\xffjunk\r\n\r\n").unwrap();
         let mut r = String::new();
         s.read_to_string(&mut r).unwrap();
         assert!(r.starts_with("HTTP/1.1 404"));
-        assert_eq!(fetch(addr).unwrap().frames_in, 42);
+        assert_eq!(fetch(addr).unwrap().link.frames_in, 42);
         stop.store(true, Ordering::Relaxed);
         t.join().unwrap();
     }
@@ -462,9 +479,9 @@ mod tests {
         let board = StatusBoard::new();
         board.update(|s| {
             set_text(&mut s.role, "connector");
-            s.frames_in = 3;
+            s.link.frames_in = 3;
         });
         let snap = board.snapshot();
-        assert_eq!((snap.role.as_str(), snap.frames_in), ("connector", 3));
+        assert_eq!((snap.role.as_str(), snap.link.frames_in), ("connector", 3));
     }
 }

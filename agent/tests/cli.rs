@@ -336,7 +336,7 @@ fn status_shows_an_unreachable_relay_down_with_what_to_check() {
     // Logged once, although the agent keeps trying.
     let log = client.log_text();
     assert_eq!(log.matches("no answer from relay").count(), 1, "{log}");
-    assert!(client.status().is_some_and(|s| !s.hop_up));
+    assert!(client.status().is_some_and(|s| !s.link.hop_up));
 }
 
 #[test]

@@ -223,10 +223,10 @@ fn packet_path_does_not_allocate_in_steady_state() {
         AGENT.with(|a| a.set(CLIENT_THREAD))
     });
     connector.wait_for("connector hop session", Duration::from_secs(10), |s| {
-        s.hop_up
+        s.link.hop_up
     });
     client.wait_for("client directory", Duration::from_secs(10), |s| {
-        s.hop_up && s.services.len() >= 2
+        s.link.hop_up && s.services.len() >= 2
     });
 
     // Warm-up: a connection's worth of traffic, then a UDP flow.

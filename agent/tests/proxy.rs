@@ -24,10 +24,10 @@ fn world() -> (World, Targets) {
 /// Waits until the client's directory is in and the connector is up.
 fn ready(client: &AgentProcess, connector: &AgentProcess, services: usize) {
     connector.wait_for("connector hop session", Duration::from_secs(10), |s| {
-        s.hop_up
+        s.link.hop_up
     });
     client.wait_for("client directory", Duration::from_secs(10), |s| {
-        s.hop_up && s.services.len() >= services
+        s.link.hop_up && s.services.len() >= services
     });
 }
 
@@ -110,10 +110,10 @@ fn denied_user_gets_no_byte_and_a_clear_message() {
     let echo = free_tcp_port();
     let bob = w.client("bob", BOB, &[], &[("echo", echo, "tcp")]);
     connector.wait_for("connector hop session", Duration::from_secs(10), |s| {
-        s.hop_up
+        s.link.hop_up
     });
     bob.wait_for("bob's (empty) directory", Duration::from_secs(10), |s| {
-        s.hop_up && s.connection_mode == "on-demand"
+        s.link.hop_up && s.connection_mode == "on-demand"
     });
     let mut s = TcpStream::connect(echo).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -196,12 +196,12 @@ fn relay_restart_mid_transfer_completes_byte_exact() {
     client.wait_for("bytes flowing", Duration::from_secs(20), |s| {
         s.services.iter().any(|v| v.bytes_in > 2 << 20)
     });
-    let before = client.status().unwrap().handshakes;
+    let before = client.status().unwrap().link.handshakes;
     w.stop_relay();
     std::thread::sleep(Duration::from_millis(300)); // the outage itself, not synchronisation
     w.start_relay();
     client.wait_for("a new hop session", Duration::from_secs(20), |s| {
-        s.handshakes > before && s.hop_up
+        s.link.handshakes > before && s.link.hop_up
     });
     let (sent, got, n) = t.join().unwrap().expect("transfer survives the restart");
     assert_eq!(n, total);

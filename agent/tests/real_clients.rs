@@ -79,7 +79,7 @@ fn iperf3_and_curl_through_proxy_mode() {
             ("web", web, "tcp"),
         ],
     );
-    connector.wait_for("connector up", Duration::from_secs(10), |s| s.hop_up);
+    connector.wait_for("connector up", Duration::from_secs(10), |s| s.link.hop_up);
     client.wait_for("directory", Duration::from_secs(10), |s| {
         s.services.len() >= 5
     });
@@ -107,7 +107,7 @@ fn iperf3_and_curl_through_tun_mode() {
         w.start_relay();
         let connector = w.connector();
         let client = w.tun_client("alice", ALICE, &["eng"], true);
-        connector.wait_for("connector up", Duration::from_secs(10), |s| s.hop_up);
+        connector.wait_for("connector up", Duration::from_secs(10), |s| s.link.hop_up);
         client.wait_for("directory", Duration::from_secs(10), |s| {
             s.services.len() >= 5
         });

@@ -27,10 +27,10 @@ fn tun_end_to_end(offload: bool) {
         let connector = w.connector();
         let client = w.tun_client("alice", ALICE, &["eng"], offload);
         connector.wait_for("connector hop session", Duration::from_secs(10), |s| {
-            s.hop_up
+            s.link.hop_up
         });
         client.wait_for("client directory", Duration::from_secs(10), |s| {
-            s.hop_up && s.services.len() >= 3
+            s.link.hop_up && s.services.len() >= 3
         });
 
         let echo_ip = resolve("echo").expect("DNS answers for a service name");

@@ -10,16 +10,16 @@
 //! Waiting is on readiness (mio, blocking reads with a deadline), never on
 //! sleeps.
 
+mod common;
+
 use agent::tun::{PacketBatch, TunConfig, TunDevice, TunError};
+use common::netns::Netns;
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(100, 80, 0, 1);
@@ -34,82 +34,14 @@ const STREAM: Token = Token(1);
 // ---------------------------------------------------------------------------
 // The namespace.
 
-/// A network namespace that lives as long as this value.
-struct Netns {
-    name: String,
-}
-
-/// `ip netns add` of two namespaces at once can race on the first mount of
-/// /run/netns; one at a time.
-static NETNS_LOCK: Mutex<()> = Mutex::new(());
-
-impl Netns {
-    fn create(tag: &str) -> Result<Self, String> {
-        let name = format!("ztna-tun-test-{}-{tag}", std::process::id());
-        let _guard = NETNS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .map_err(|e| format!("cannot run `ip netns add`: {e} (install iproute2)"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "`ip netns add {name}` failed: {}; the TUN tests need root \
-                 (CAP_SYS_ADMIN and CAP_NET_ADMIN)",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Self { name })
-    }
-
-    /// Runs `f` on a thread that has entered the namespace: the device and
-    /// every socket made there belong to it.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            let thread = s.spawn(|| {
-                let path = format!("/var/run/netns/{}", self.name);
-                let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                // SAFETY: setns(2) takes an fd we hold open and a flag; it
-                // moves only this thread into the namespace.
-                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
-                f()
-            });
-            match thread.join() {
-                Ok(v) => v,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _guard = NETNS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        match Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status()
-        {
-            Ok(s) if s.success() => {}
-            other => eprintln!("could not delete netns {}: {other:?}", self.name),
-        }
-    }
-}
-
+/// The namespace, or `None` (after saying so) when it cannot be made and
+/// ZTNA_SKIP_NETNS=1; otherwise a failure that says why.
 fn skipping() -> bool {
     std::env::var("ZTNA_SKIP_NETNS").as_deref() == Ok("1")
 }
 
-/// The namespace, or `None` (after saying so) when it cannot be made and
-/// ZTNA_SKIP_NETNS=1; otherwise a failure that says why.
 fn netns(tag: &str) -> Option<Netns> {
-    match Netns::create(tag) {
-        Ok(ns) => Some(ns),
-        Err(reason) if skipping() => {
-            eprintln!("SKIPPED {tag}: {reason} (ZTNA_SKIP_NETNS=1)");
-            None
-        }
-        Err(reason) => panic!("{reason}; set ZTNA_SKIP_NETNS=1 to skip the TUN tests"),
-    }
+    Netns::for_test(&format!("tun-dev-{tag}"))
 }
 
 fn config(offload: bool) -> TunConfig {
