@@ -218,7 +218,9 @@ impl ServiceTunnel {
             stack.poll(smol);
         }
         pump_tcp(ctx, self, by_token);
-        pump_udp(self, listeners, now);
+        let mut buf = std::mem::take(&mut ctx.scratch);
+        pump_udp(self, listeners, now, &mut buf);
+        ctx.scratch = buf;
         let stack = self.stack.as_mut()?;
         stack.poll(smol);
         for h in self.closing.drain(..closing) {
@@ -666,7 +668,12 @@ impl Client {
     }
 
     fn recv_udp(&mut self, ctx: &mut Ctx, token: Token, now: Instant) {
-        let mut buf = [0u8; 65_536];
+        let mut buf = std::mem::take(&mut ctx.scratch);
+        self.recv_udp_into(ctx, token, now, &mut buf);
+        ctx.scratch = buf;
+    }
+
+    fn recv_udp_into(&mut self, ctx: &mut Ctx, token: Token, now: Instant, buf: &mut [u8]) {
         loop {
             let Some(listener) = self.listeners.get(&token) else {
                 return;
@@ -674,7 +681,7 @@ impl Client {
             let Some(sock) = listener.udp.as_ref() else {
                 return;
             };
-            let (n, app) = match sock.recv_from(&mut buf) {
+            let (n, app) = match sock.recv_from(buf) {
                 Ok(r) => r,
                 Err(_) => return,
             };
@@ -1071,11 +1078,18 @@ fn pump_tcp(ctx: &mut Ctx, t: &mut ServiceTunnel, by_token: &mut HashMap<Token, 
     }
 }
 
-fn pump_udp(t: &mut ServiceTunnel, listeners: &HashMap<Token, Listener>, now: Instant) {
+fn pump_udp(
+    t: &mut ServiceTunnel,
+    listeners: &HashMap<Token, Listener>,
+    now: Instant,
+    buf: &mut [u8],
+) {
+    if t.udp.is_empty() {
+        return;
+    }
     let Some(stack) = t.stack.as_mut() else {
         return;
     };
-    let mut buf = [0u8; 65_536];
     let closing = &mut t.closing;
     t.udp.retain(|u| {
         let keep = now.duration_since(u.last_used) < UDP_IDLE;
@@ -1089,7 +1103,7 @@ fn pump_udp(t: &mut ServiceTunnel, listeners: &HashMap<Token, Listener>, now: In
             continue;
         };
         let s = stack.sockets.get_mut::<udp::Socket<'_>>(u.handle);
-        while let Ok((n, _)) = s.recv_slice(&mut buf) {
+        while let Ok((n, _)) = s.recv_slice(buf) {
             if sock.send_to(&buf[..n], u.app).is_ok() {
                 t.bytes_out += n as u64;
             }

@@ -614,7 +614,12 @@ fn pump_pair(
             pair.closing.push(flow.handle);
         }
     }
-    pump_udp(ctx, pair, by_token, now);
+    if pair.udp_ports.is_empty() && pair.udp.is_empty() {
+        return;
+    }
+    let mut buf = std::mem::take(&mut ctx.scratch);
+    pump_udp(ctx, pair, by_token, now, &mut buf);
+    ctx.scratch = buf;
 }
 
 fn pump_udp(
@@ -622,8 +627,8 @@ fn pump_udp(
     pair: &mut Pair,
     by_token: &mut HashMap<Token, (UserId, ServiceId)>,
     now: Instant,
+    buf: &mut [u8],
 ) {
-    let mut buf = [0u8; 65_536];
     // Tunnel -> target. The fields are borrowed apart, so the ports can be
     // walked while the stack and the flows change.
     let Pair {
@@ -641,7 +646,7 @@ fn pump_udp(
     for &handle in udp_ports.values() {
         loop {
             let sock = stack.sockets.get_mut::<udp::Socket<'_>>(handle);
-            let Ok((n, meta)) = sock.recv_slice(&mut buf) else {
+            let Ok((n, meta)) = sock.recv_slice(buf) else {
                 break;
             };
             let client = meta.endpoint;
@@ -707,7 +712,7 @@ fn pump_udp(
     for (token, flow) in udp.iter_mut() {
         let sock = stack.sockets.get_mut::<udp::Socket<'_>>(flow.stack_socket);
         while sock.can_send() {
-            match flow.socket.recv(&mut buf) {
+            match flow.socket.recv(buf) {
                 Ok(n) => {
                     let to = udp::UdpMetadata {
                         endpoint: flow.client,

@@ -77,6 +77,9 @@ pub struct Ctx {
     pub stats: DataStats,
     /// Control frames waiting to go out.
     pub out: Vec<Vec<u8>>,
+    /// A datagram-sized scratch buffer for the roles' UDP relaying: taken
+    /// with `std::mem::take` and put back, so no turn zeroes 64 KiB.
+    pub scratch: Vec<u8>,
     next_token: usize,
 }
 
@@ -368,6 +371,7 @@ pub fn context(
         epoch: Instant::now(),
         stats: DataStats::default(),
         out: Vec::new(),
+        scratch: vec![0; crate::pool::BUF_LEN],
         next_token: FIRST_ROLE_TOKEN,
     })
 }
