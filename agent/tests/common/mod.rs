@@ -41,6 +41,9 @@ pub struct World {
     /// `[tunnel] ping_after_ms` of agents configured from now on (their
     /// `dead_after_ms` is five times it).
     pub ping_after_ms: u64,
+    /// `[tunnel] idle_close_s` of agents configured from now on; the
+    /// agent's default when `None`.
+    pub idle_close_s: Option<u64>,
 }
 
 /// Targets the policy's services point at.
@@ -78,6 +81,7 @@ impl World {
             mode,
             netns: None,
             ping_after_ms: 300,
+            idle_close_s: None,
         };
         std::fs::write(w.dir.path().join("ca.pub"), w.pki.ca().to_text()).unwrap();
         w
@@ -90,6 +94,15 @@ impl World {
     /// Writes the policy: alice (group eng) may reach every service; bob
     /// is in no group and has no grant.
     pub fn write_policy(&self, t: &Targets, alice_allowed: bool) {
+        self.write_policy_mode(t, alice_allowed, None);
+    }
+
+    /// [`World::write_policy`] with group eng's connection `mode` (`"off"`,
+    /// `"on-demand"`, `"always-on"`, `"lockdown"`), unset when `None`.
+    pub fn write_policy_mode(&self, t: &Targets, alice_allowed: bool, mode: Option<&str>) {
+        let mode = mode
+            .map(|m| format!("mode = \"{m}\"\n"))
+            .unwrap_or_default();
         let rules = if alice_allowed {
             "[[rules]]\nname = \"eng-all\"\ngroups = [\"eng\"]\nservices = [\"*\"]\n"
         } else {
@@ -102,7 +115,7 @@ impl World {
             .map(|(i, (name, proto, a))| format!("[[services]]\nid = {}\nname = \"{name}\"\nprotocol = \"{proto}\"\ntarget = \"{a}\"\nconnectors = [\"conn-a\"]\n\n", 20 + i))
             .collect();
         let text = format!(
-            "[[groups]]\nname = \"eng\"\n\n\
+            "[[groups]]\nname = \"eng\"\n{mode}\n\
              [[users]]\nid = {ALICE}\nname = \"alice\"\ngroups = [\"eng\"]\n\n\
              [[users]]\nid = {BOB}\nname = \"bob\"\n\n\
              [[connectors]]\nid = {CONNECTOR}\nname = \"conn-a\"\n\n\
@@ -222,11 +235,15 @@ impl World {
         )
         .unwrap();
         let status = free_tcp_port();
+        let idle = self
+            .idle_close_s
+            .map(|s| format!("idle_close_s = {s}\n"))
+            .unwrap_or_default();
         let text = format!(
             "[relay]\naddress = \"{}\"\npublic_key = \"{}\"\n\n\
              [identity]\nca = \"ca.pub\"\ncert = \"{name}.cert\"\nkey = \"{name}.key\"\n\n\
              [status]\nlisten = \"{status}\"\n\n\
-             [tunnel]\nping_after_ms = {}\ndead_after_ms = {}\n\n{body}",
+             [tunnel]\nping_after_ms = {}\ndead_after_ms = {}\n{idle}\n{body}",
             self.relay_addr,
             self.relay_key_hex(),
             self.ping_after_ms,
