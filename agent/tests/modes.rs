@@ -39,9 +39,9 @@ fn world(mode: &str) -> (World, Targets) {
 /// Waits until the connector is up and the client holds a directory in
 /// `mode`.
 fn ready(client: &AgentProcess, connector: &AgentProcess, mode: &str) -> Status {
-    connector.wait_for("connector hop session", PATIENCE, |s| s.hop_up);
+    connector.wait_for("connector hop session", PATIENCE, |s| s.link.hop_up);
     client.wait_for(&format!("a directory in mode {mode}"), PATIENCE, |s| {
-        s.hop_up && s.connection_mode == mode && s.services.len() >= SERVICES
+        s.link.hop_up && s.connection_mode == mode && s.services.len() >= SERVICES
     })
 }
 
@@ -363,7 +363,7 @@ fn lockdown_blackholes_service_traffic_while_the_relay_is_down() {
         }
 
         w.stop_relay();
-        let st = client.wait_for("the hop down", PATIENCE, |s| !s.hop_up);
+        let st = client.wait_for("the hop down", PATIENCE, |s| !s.link.hop_up);
         let blackholed = st.tun.blackholed;
 
         let u = UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -378,7 +378,7 @@ fn lockdown_blackholes_service_traffic_while_the_relay_is_down() {
         let st = client.wait_for("the packets counted as blackholed", PATIENCE, |s| {
             s.tun.blackholed >= blackholed + 6
         });
-        assert!(!st.hop_up);
+        assert!(!st.link.hop_up);
         let route = ip(&name, &["route", "get", &echo_ip.to_string()]);
         assert!(route.contains("dev ztna0"), "route: {route}");
         // The kernel routes a packet as it is sent: had any gone the
@@ -394,10 +394,10 @@ fn lockdown_blackholes_service_traffic_while_the_relay_is_down() {
         );
 
         // The relay is back: the same agent carries traffic again.
-        let handshakes = st.handshakes;
+        let handshakes = st.link.handshakes;
         w.start_relay();
         client.wait_for("the hop back up", PATIENCE, |s| {
-            s.hop_up && s.handshakes > handshakes
+            s.link.hop_up && s.link.handshakes > handshakes
         });
         let mut s = connect(echo);
         roundtrip(&mut s, b"after the outage");
