@@ -80,6 +80,7 @@ CONF
 agent_conf conn conn.key conn.cert 127.0.0.1:7071 $'[connector]\npolicy = "policy.toml"'
 agent_conf proxy alice.key alice.cert 127.0.0.1:7072 $'[client]\nmode = "proxy"\n[[client.listen]]\nservice = "iperf"\nlisten = "127.0.0.1:15201"'
 agent_conf tun alice.key alice.cert 127.0.0.1:7073 $'[client]\nmode = "tun"\n[client.tun]\nname = "ztna0"'
+agent_conf tunplain alice.key alice.cert 127.0.0.1:7074 $'[client]\nmode = "tun"\n[client.tun]\nname = "ztna0"\noffload = false'
 
 # Background processes are started with `ip netns exec` directly (not
 # through in_ns, a function, which would run in a subshell): $! is then the
@@ -151,6 +152,16 @@ PY
 )
         RESULTS[tun-$mode]+="$(run_iperf "$IP" 5201) "
         RESULTS[tun-$mode-R]+="$(run_iperf "$IP" 5201 -R) "
+        if [ "$mode" = ztna ]; then
+            # The same without IFF_VNET_HDR: one read/write per packet.
+            stop "$T"
+            start_agent tunplain
+            T=$AGENT_PID
+            wait_ready 127.0.0.1:7074
+            sleep 0.5
+            RESULTS[tun-noffload]+="$(run_iperf "$IP" 5201) "
+            RESULTS[tun-noffload-R]+="$(run_iperf "$IP" 5201 -R) "
+        fi
         stop "$T" "$CONN" "$RELAY_PID"
     done
     echo "round $round done" >&2
@@ -158,6 +169,6 @@ done
 
 echo "iperf3 TCP, one flow, ${SECS} s per run, ${ROUNDS} rounds (Gb/s per round; -R: server to client)"
 echo "machine: $(nproc) cores, $(uname -r), $(date -u +%Y-%m-%d)"
-for k in loopback loopback-R proxy-ztna proxy-vpn proxy-ztna-R proxy-vpn-R tun-ztna tun-vpn tun-ztna-R tun-vpn-R; do
+for k in loopback loopback-R proxy-ztna proxy-vpn proxy-ztna-R proxy-vpn-R tun-ztna tun-vpn tun-ztna-R tun-vpn-R tun-noffload tun-noffload-R; do
     printf '%-12s %s\n' "$k" "${RESULTS[$k]}"
 done

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::time::Instant as StdInstant;
 
-use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
 use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address};
@@ -22,6 +22,9 @@ use crate::pool::{Packet, Pool, HEADROOM, TAILROOM};
 pub const CLIENT_ADDR: Ipv4Address = Ipv4Address::new(100, 80, 0, 1);
 /// Prefix of the virtual service addresses.
 pub const SERVICE_PREFIX_LEN: u8 = 16;
+/// Extra egress passes per [`Stack::poll`] at most (each sends up to one
+/// packet per socket).
+pub const EGRESS_BURST: usize = 256;
 /// Packets queued towards smoltcp at most; more are dropped (TCP resends).
 pub const RX_QUEUE: usize = 1024;
 
@@ -216,8 +219,22 @@ impl Stack {
     }
 
     /// Runs the stack: takes queued packets in, lets sockets send.
+    ///
+    /// smoltcp's egress pass sends at most one packet per socket, so a TCP
+    /// sender with a full window would trickle out one segment per turn of
+    /// the event loop; passes repeat here until nothing more goes out (at
+    /// most [`EGRESS_BURST`], so one busy stack cannot starve the others).
     pub fn poll(&mut self, now: Instant) {
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
+        for _ in 0..EGRESS_BURST {
+            if self
+                .iface
+                .poll_egress(now, &mut self.dev, &mut self.sockets)
+                == PollResult::None
+            {
+                break;
+            }
+        }
     }
 
     /// How soon the stack next needs polling without new input (zero:
