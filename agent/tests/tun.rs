@@ -57,6 +57,22 @@ fn tun_end_to_end(offload: bool) {
         }
         drop(s);
 
+        // The inner destination is not where the bytes go: port 1 of the
+        // echo service's address still reaches the echo target (and only
+        // it), because the connector dials the target of the service the
+        // frame names.
+        let mut other =
+            TcpStream::connect_timeout(&SocketAddr::from((echo_ip, 1)), Duration::from_secs(10))
+                .unwrap();
+        other
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        other.write_all(b"any port").unwrap();
+        let mut got = [0u8; 8];
+        other.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"any port");
+        drop(other);
+
         // UDP echo on a connected socket: replies must come from the
         // service's address and port, or the kernel drops them.
         let u = UdpSocket::bind("0.0.0.0:0").unwrap();
