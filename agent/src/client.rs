@@ -3,7 +3,7 @@
 //! The relay tells the client, after the hop handshake, which services it
 //! may reach, the static key of the connector serving each, and the
 //! connection mode of the user's groups (its *directory*, see
-//! `proto::control`). Per service the client keeps a [`ServiceTunnel`]: the
+//! `proto::control`). Per service the client keeps a `ServiceTunnel`: the
 //! end-to-end sessions with that service's connector and a user-space
 //! TCP/IP stack whose packets are the tunnel's payload.
 //!

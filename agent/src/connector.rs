@@ -1,7 +1,7 @@
 //! The connector role: terminates users' tunnels in user space and reaches
 //! each service's target with ordinary sockets.
 //!
-//! One [`Pair`] per (user, service): its own smoltcp stack (AnyIP, so the
+//! One `Pair` per (user, service): its own smoltcp stack (AnyIP, so the
 //! inner destination address does not matter), its end-to-end sessions,
 //! and its connections. Whatever destination an inner packet claims, the
 //! only place its bytes can go is the target of the service the frame's
