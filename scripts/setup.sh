@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond the Rust toolchain, if missing:
 # iperf3 and curl (unmodified clients through the agent), python3 (an HTTP
-# server behind the connector), iproute2 (network namespaces for tun mode).
+# server behind the connector), iproute2 (network namespaces for tun mode),
+# etcd-server (a real etcd for the mesh's membership tests; binary `etcd`).
 # Debian/Ubuntu only; needs root (or sudo) for apt-get. Idempotent.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
