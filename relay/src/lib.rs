@@ -22,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod io;
 pub mod keys;
+pub mod mesh;
 pub mod metrics;
 pub mod policy_source;
 pub mod shared;
