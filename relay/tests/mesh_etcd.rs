@@ -59,7 +59,7 @@ fn await_view(
 }
 
 /// Relay -> (service -> connectors), for compact assertions.
-fn reach(view: &MeshView, relay: &str) -> Option<Vec<(u32, Vec<String>)>> {
+fn reach(view: &MeshView, relay: &str) -> Option<Vec<(u32, Vec<u32>)>> {
     let id = RelayId::new(relay).unwrap();
     view.relay(&id)?;
     Some(
@@ -69,8 +69,8 @@ fn reach(view: &MeshView, relay: &str) -> Option<Vec<(u32, Vec<String>)>> {
     )
 }
 
-fn c(names: &[&str]) -> Vec<String> {
-    names.iter().map(|s| s.to_string()).collect()
+fn c(ids: &[u32]) -> Vec<u32> {
+    ids.to_vec()
 }
 
 #[test]
@@ -83,17 +83,17 @@ fn relays_and_services_appear_change_and_vanish() {
     .unwrap();
     let a = register(&etcd, "relay-a", Duration::from_secs(2));
     let b = register(&etcd, "relay-b", Duration::from_secs(30));
-    a.set_service(ServiceId(1), c(&["c1"]));
-    a.set_service(ServiceId(2), c(&["c2", "c3"]));
-    b.set_service(ServiceId(2), c(&["c4"]));
+    a.set_service(ServiceId(1), c(&[1]));
+    a.set_service(ServiceId(2), c(&[2, 3]));
+    b.set_service(ServiceId(2), c(&[4]));
 
     let both = await_view(
         &watch,
         "both relays with their services",
         Duration::from_secs(10),
         |v| {
-            reach(v, "relay-a") == Some(vec![(1, c(&["c1"])), (2, c(&["c2", "c3"]))])
-                && reach(v, "relay-b") == Some(vec![(2, c(&["c4"]))])
+            reach(v, "relay-a") == Some(vec![(1, c(&[1])), (2, c(&[2, 3]))])
+                && reach(v, "relay-b") == Some(vec![(2, c(&[4]))])
         },
     );
     assert_eq!(both.relays_for(ServiceId(2)).count(), 2);
@@ -101,12 +101,12 @@ fn relays_and_services_appear_change_and_vanish() {
     assert!(rx.try_iter().count() >= 1, "updates reach the callback");
 
     a.remove_service(ServiceId(1));
-    a.set_service(ServiceId(3), c(&["c5"]));
+    a.set_service(ServiceId(3), c(&[5]));
     await_view(
         &watch,
         "A's services changed",
         Duration::from_secs(10),
-        |v| reach(v, "relay-a") == Some(vec![(2, c(&["c2", "c3"])), (3, c(&["c5"]))]),
+        |v| reach(v, "relay-a") == Some(vec![(2, c(&[2, 3])), (3, c(&[5]))]),
     );
 
     // A crashes: nobody renews its lease; it vanishes within the TTL
@@ -119,7 +119,7 @@ fn relays_and_services_appear_change_and_vanish() {
         |v| reach(v, "relay-a").is_none(),
     );
     assert_eq!(gone.relays_for(ServiceId(3)).count(), 0);
-    assert_eq!(reach(&gone, "relay-b"), Some(vec![(2, c(&["c4"]))]));
+    assert_eq!(reach(&gone, "relay-b"), Some(vec![(2, c(&[4]))]));
 
     // B leaves cleanly: its lease is revoked at once.
     b.stop();
@@ -141,11 +141,11 @@ fn the_view_survives_an_etcd_restart_and_catches_up() {
     let watch = MeshWatch::start(WatchConfig::new(etcd.endpoint()), |_| {}).unwrap();
     let a = register(&etcd, "relay-a", Duration::from_secs(10));
     let b = register(&etcd, "relay-b", Duration::from_secs(10));
-    a.set_service(ServiceId(1), c(&["c1"]));
-    b.set_service(ServiceId(2), c(&["c2"]));
+    a.set_service(ServiceId(1), c(&[1]));
+    b.set_service(ServiceId(2), c(&[2]));
     let before = await_view(&watch, "both registered", Duration::from_secs(10), |v| {
-        reach(v, "relay-a") == Some(vec![(1, c(&["c1"]))])
-            && reach(v, "relay-b") == Some(vec![(2, c(&["c2"]))])
+        reach(v, "relay-a") == Some(vec![(1, c(&[1]))])
+            && reach(v, "relay-b") == Some(vec![(2, c(&[2]))])
     });
 
     etcd.kill();
@@ -166,7 +166,7 @@ fn the_view_survives_an_etcd_restart_and_catches_up() {
         1
     );
     // While down: the last view stays, and changes are queued.
-    a.set_service(ServiceId(3), c(&["c3"]));
+    a.set_service(ServiceId(3), c(&[3]));
     assert_eq!(
         *watch.latest(),
         *before,
@@ -178,17 +178,17 @@ fn the_view_survives_an_etcd_restart_and_catches_up() {
         &watch,
         "caught up after restart",
         Duration::from_secs(15),
-        |v| reach(v, "relay-a") == Some(vec![(1, c(&["c1"])), (3, c(&["c3"]))]),
+        |v| reach(v, "relay-a") == Some(vec![(1, c(&[1])), (3, c(&[3]))]),
     );
     assert!(watch.connected());
-    assert_eq!(reach(&after, "relay-b"), Some(vec![(2, c(&["c2"]))]));
+    assert_eq!(reach(&after, "relay-b"), Some(vec![(2, c(&[2]))]));
     // A change made after the restart appears too.
-    b.set_service(ServiceId(4), c(&["c4"]));
+    b.set_service(ServiceId(4), c(&[4]));
     await_view(
         &watch,
         "change after restart",
         Duration::from_secs(10),
-        |v| reach(v, "relay-b") == Some(vec![(2, c(&["c2"])), (4, c(&["c4"]))]),
+        |v| reach(v, "relay-b") == Some(vec![(2, c(&[2])), (4, c(&[4]))]),
     );
     assert!(a.connected() && b.connected());
 }

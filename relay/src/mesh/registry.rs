@@ -12,7 +12,7 @@
 //!     {"address":"203.0.113.7:4500","region":"eu-west","load":0.25,
 //!      "public_key":"<64 hex>","started":1767225600}
 //! /ztna/v1/services/<service-id>/<relay-id>  -> ServiceRecord JSON
-//!     {"connectors":["c-9f1e…","c-01aa…"]}
+//!     {"connectors":[501,502]}
 //! ```
 //!
 //! - `<relay-id>`: 1–64 of `[A-Za-z0-9._-]` ([`RelayId`]); no `/`, so keys
@@ -128,8 +128,9 @@ pub struct RelayRecord {
 /// (`<root>services/<service-id>/<relay-id>`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ServiceRecord {
-    /// The connectors (by id) attached to that relay that serve it.
-    pub connectors: Vec<String>,
+    /// The connectors (their certificate ids, as in the policy) attached
+    /// to that relay that serve it.
+    pub connectors: Vec<u32>,
 }
 
 /// The key of `relay`'s record under `root`.
@@ -287,7 +288,7 @@ impl Registry {
 
     /// Announces that this relay reaches `service` through `connectors`
     /// (replacing what was said before).
-    pub fn set_service(&self, service: ServiceId, connectors: Vec<String>) {
+    pub fn set_service(&self, service: ServiceId, connectors: Vec<u32>) {
         let _ = self.commands.send(Command::Service(
             service,
             Some(ServiceRecord { connectors }),

@@ -376,16 +376,10 @@ mod tests {
     fn views_join_relays_and_services() {
         let mut v = MeshView::default();
         v.apply_put(ROOT, &kv("/ztna/v1/relays/a", RECORD)).unwrap();
-        v.apply_put(
-            ROOT,
-            &kv("/ztna/v1/services/7/a", r#"{"connectors":["c1"]}"#),
-        )
-        .unwrap();
-        v.apply_put(
-            ROOT,
-            &kv("/ztna/v1/services/7/b", r#"{"connectors":["c2"]}"#),
-        )
-        .unwrap();
+        v.apply_put(ROOT, &kv("/ztna/v1/services/7/a", r#"{"connectors":[1]}"#))
+            .unwrap();
+        v.apply_put(ROOT, &kv("/ztna/v1/services/7/b", r#"{"connectors":[2]}"#))
+            .unwrap();
         let a = RelayId::new("a").unwrap();
         let reach: Vec<_> = v.relays_for(ServiceId(7)).map(|(r, _)| r.clone()).collect();
         assert_eq!(reach, vec![a.clone()], "b has no record: not reachable");
@@ -402,7 +396,7 @@ mod tests {
             .apply_put(ROOT, &kv("/ztna/v1/relays/a/b", RECORD))
             .is_err());
         assert!(v
-            .apply_put(ROOT, &kv("/ztna/v1/services/7/a", r#"{"connectors":7}"#))
+            .apply_put(ROOT, &kv("/ztna/v1/services/7/a", r#"{"connectors":"c7"}"#))
             .is_err());
         assert_eq!(v, MeshView::default());
     }
