@@ -96,6 +96,7 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                         io: backend,
                         workers: 1,
                         relay_core: cfg.relay_core,
+                        mesh: None,
                     })?;
                     let actual = world.relay.backend();
                     if actual != backend {

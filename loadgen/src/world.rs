@@ -40,6 +40,8 @@ pub struct WorldConfig {
     pub workers: usize,
     /// Core of the relay's first worker, if pinned.
     pub relay_core: Option<usize>,
+    /// Register the relay in a mesh's etcd.
+    pub mesh: Option<relay::MeshOptions>,
 }
 
 impl Default for WorldConfig {
@@ -51,6 +53,7 @@ impl Default for WorldConfig {
             io: Backend::Uring,
             workers: 1,
             relay_core: None,
+            mesh: None,
         }
     }
 }
@@ -89,6 +92,7 @@ impl World {
             identity,
             ca: pki.ca(),
             policy: policy_path,
+            mesh: cfg.mesh.clone(),
         })?;
         Ok(World {
             dir,

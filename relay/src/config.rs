@@ -64,6 +64,26 @@ pub struct Config {
     /// Size of each receive buffer; 65536 holds a full GRO run.
     #[serde(default = "default_buffer_size")]
     pub buffer_size: usize,
+    /// Registration in the mesh's etcd; absent: a standalone relay.
+    #[serde(default)]
+    pub mesh: Option<MeshConfig>,
+}
+
+/// `[mesh]`: where the mesh's membership lives and who this relay is in it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshConfig {
+    /// etcd's client URL, `http://host:port`.
+    pub etcd: String,
+    /// This relay's id in the mesh: 1-64 of `[A-Za-z0-9._-]`, unique.
+    pub relay_id: String,
+    /// Its region, for nearest-relay choices.
+    #[serde(default)]
+    pub region: String,
+    /// The address peers reach it at (default: `listen`, which must then
+    /// not be a wildcard address).
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
 }
 
 fn yes() -> bool {

@@ -21,7 +21,7 @@
 //! Nothing is sent on a session before a ping arrived on it (key
 //! confirmation).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -41,6 +41,7 @@ use proto::route::RouteTable;
 use proto::session::{HopId, IndexAllocator, Peer, RxSession, TxHop};
 use proto::wire::{Frame, HeaderRepr, Kind, DEFAULT_TTL, HEADER_LEN};
 
+use crate::mesh::registry::Registry;
 use crate::policy_source::PolicySource;
 use crate::shared::Shared;
 use crate::worker::{FromWorker, ToWorker};
@@ -128,6 +129,10 @@ pub struct Control {
     /// Set when users' directories may have changed (policy reloaded, a
     /// connector came or went); the next route publication pushes them.
     directories_dirty: bool,
+    /// Registration in the mesh's etcd, if this relay is in a mesh.
+    registry: Option<Registry>,
+    /// What was last announced there: service -> local connector ids.
+    announced: BTreeMap<ServiceId, Vec<u32>>,
 }
 
 impl Control {
@@ -161,7 +166,16 @@ impl Control {
             },
             routes_dirty: false,
             directories_dirty: false,
+            registry: None,
+            announced: BTreeMap::new(),
         }
+    }
+
+    /// Announces this relay's services in the mesh's etcd as connectors
+    /// come and go (and withdraws them on stop).
+    pub fn with_registry(mut self, registry: Option<Registry>) -> Control {
+        self.registry = registry;
+        self
     }
 
     /// Runs until [`Shared::stop`] is set; returns the counters.
@@ -198,6 +212,11 @@ impl Control {
             if self.routes_dirty {
                 self.publish_routes();
             }
+        }
+        // A clean stop withdraws this relay from the mesh at once (the
+        // lease is revoked) instead of after its TTL.
+        if let Some(registry) = self.registry.take() {
+            registry.stop();
         }
         self.stats
     }
@@ -433,11 +452,14 @@ impl Control {
             routes.set_user(u, hop);
         }
         let mut by_service: HashMap<ServiceId, Vec<HopId>> = HashMap::new();
+        let mut local: BTreeMap<ServiceId, Vec<u32>> = BTreeMap::new();
         for (c, (_, hop)) in newest_connector {
             for s in self.connector_services.get(&c).into_iter().flatten() {
                 by_service.entry(*s).or_default().push(hop);
+                local.entry(*s).or_default().push(c);
             }
         }
+        self.announce(local);
         for (s, mut hops) in by_service {
             hops.sort_unstable();
             routes.set_service(s, hops);
@@ -448,6 +470,28 @@ impl Control {
             self.directories_dirty = false;
             self.push_directories();
         }
+    }
+
+    /// Tells the mesh's etcd which services this relay's connectors serve
+    /// now: only what changed since the last announcement.
+    fn announce(&mut self, mut local: BTreeMap<ServiceId, Vec<u32>>) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        for connectors in local.values_mut() {
+            connectors.sort_unstable();
+        }
+        for (service, connectors) in &local {
+            if self.announced.get(service) != Some(connectors) {
+                registry.set_service(*service, connectors.clone());
+            }
+        }
+        for service in self.announced.keys() {
+            if !local.contains_key(service) {
+                registry.remove_service(*service);
+            }
+        }
+        self.announced = local;
     }
 
     /// A control message from the session `index` of `worker`, already

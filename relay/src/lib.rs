@@ -82,6 +82,23 @@ pub struct RelayOptions {
     pub ca: CaPublicKey,
     /// The policy file.
     pub policy: PathBuf,
+    /// Registration in the mesh's etcd (`None`: a standalone relay).
+    pub mesh: Option<MeshOptions>,
+}
+
+/// How a relay registers itself in the mesh's etcd.
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    /// etcd's client URL, `http://host:port`.
+    pub etcd: String,
+    /// This relay's id in the mesh.
+    pub relay_id: mesh::registry::RelayId,
+    /// Its region.
+    pub region: String,
+    /// The address peers reach it at; `None`: the bound address.
+    pub advertise: Option<SocketAddr>,
+    /// The lease TTL.
+    pub ttl: std::time::Duration,
 }
 
 /// Why a relay could not start. Each message says what to fix.
@@ -105,6 +122,33 @@ pub enum StartError {
     /// The options are inconsistent.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Registers this relay in etcd: its record now, its services as
+/// connectors come and go (the control thread updates them).
+fn start_registry(
+    m: &MeshOptions,
+    bound: SocketAddr,
+    public_key: &[u8; 32],
+) -> Result<mesh::registry::Registry, StartError> {
+    let address = m.advertise.unwrap_or(bound);
+    if address.ip().is_unspecified() {
+        return Err(StartError::Invalid(format!(
+            "mesh: the relay listens on {bound}, which peers cannot dial; set [mesh] advertise to the address they should use"
+        )));
+    }
+    let record = mesh::registry::RelayRecord {
+        address,
+        region: m.region.clone(),
+        load: 0.0,
+        public_key: public_key.iter().map(|b| format!("{b:02x}")).collect(),
+        started: control::unix_nanos() / 1_000_000_000,
+    };
+    let mut config =
+        mesh::registry::RegistryConfig::new(m.etcd.clone(), m.relay_id.clone(), record);
+    config.ttl = m.ttl;
+    mesh::registry::Registry::start(config)
+        .map_err(|e| StartError::Invalid(format!("mesh: cannot start the etcd registry: {e}")))
 }
 
 /// A running relay.
@@ -239,13 +283,18 @@ impl Relay {
             secret,
             Instant::now(),
         );
+        let registry = match &opts.mesh {
+            None => None,
+            Some(m) => Some(start_registry(m, local_addr, &public_key)?),
+        };
         let control = Control::new(
             Arc::clone(&shared),
             responder,
             control_inbox,
             inboxes,
             source,
-        );
+        )
+        .with_registry(registry);
         let control = std::thread::Builder::new()
             .name("relay-control".into())
             .spawn(move || control.run())

@@ -136,6 +136,21 @@ struct RunArgs {
     /// Do not pin workers to cores.
     #[arg(long)]
     no_pin: bool,
+    /// Register this relay and the services of its connectors in the
+    /// mesh's etcd at this client URL (e.g. http://127.0.0.1:2379); see
+    /// docs/design.md "The mesh's membership in etcd". Needs --relay-id.
+    #[arg(long)]
+    etcd: Option<String>,
+    /// This relay's unique id in the mesh (1-64 of A-Z a-z 0-9 . _ -).
+    #[arg(long)]
+    relay_id: Option<String>,
+    /// This relay's region, published in its etcd record.
+    #[arg(long)]
+    region: Option<String>,
+    /// The address peers reach this relay at (default: --listen, which
+    /// must then not be 0.0.0.0).
+    #[arg(long)]
+    advertise: Option<std::net::SocketAddr>,
 }
 
 fn main() -> Result<()> {
@@ -183,8 +198,21 @@ fn run(args: RunArgs) -> Result<()> {
             metrics: None,
             buffers: 64,
             buffer_size: 65536,
+            mesh: None,
         },
     };
+    if let Some(etcd) = &args.etcd {
+        let relay_id = args
+            .relay_id
+            .clone()
+            .context("--relay-id is required with --etcd (this relay's unique id in the mesh)")?;
+        config.mesh = Some(relay::config::MeshConfig {
+            etcd: etcd.clone(),
+            relay_id,
+            region: args.region.clone().unwrap_or_default(),
+            advertise: args.advertise,
+        });
+    }
     if let Some(v) = args.listen {
         config.listen = v;
     }
@@ -245,6 +273,17 @@ fn run(args: RunArgs) -> Result<()> {
         identity,
         ca,
         policy: config.policy.clone(),
+        mesh: match &config.mesh {
+            None => None,
+            Some(m) => Some(relay::MeshOptions {
+                etcd: m.etcd.clone(),
+                relay_id: relay::mesh::registry::RelayId::new(m.relay_id.clone())
+                    .map_err(|e| anyhow::anyhow!("[mesh] relay_id: {e}"))?,
+                region: m.region.clone(),
+                advertise: m.advertise,
+                ttl: relay::mesh::registry::DEFAULT_TTL,
+            }),
+        },
     })?;
     println!(
         "relay listening on {} ({} workers, io {}, mode {}), public key {}",

@@ -146,6 +146,7 @@ impl World {
             identity: self.relay_identity.clone(),
             ca: self.pki.ca(),
             policy: self.path("policy.toml"),
+            mesh: None,
         })
         .expect("relay starts");
         self.relay_addr = relay.local_addr();
