@@ -227,6 +227,34 @@ mod tests {
     }
 
     #[test]
+    fn mesh_table_parses_and_rejects_typos() {
+        let dir = std::env::temp_dir().join(format!("relay-config-mesh-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.toml");
+        let base = "policy = \"p\"\nca = \"c\"\ncertificate = \"r\"\nkey = \"k\"\n";
+        std::fs::write(
+            &path,
+            format!("{base}[mesh]\netcd = \"http://127.0.0.1:2379\"\nrelay_id = \"a\"\n"),
+        )
+        .unwrap();
+        let m = Config::load(&path).unwrap().mesh.unwrap();
+        assert_eq!(
+            (m.etcd.as_str(), m.relay_id.as_str(), m.advertise),
+            ("http://127.0.0.1:2379", "a", None)
+        );
+        std::fs::write(
+            &path,
+            format!("{base}[mesh]\netcd = \"x\"\nrelay = \"a\"\n"),
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("relay"), "{e}");
+        std::fs::write(&path, base).unwrap();
+        assert!(Config::load(&path).unwrap().mesh.is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn typos_and_bad_values_are_named() {
         let dir = std::env::temp_dir().join(format!("relay-config-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
