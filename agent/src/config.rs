@@ -180,7 +180,7 @@ pub struct ListenConfig {
     pub service: String,
     /// Local address to listen on, e.g. `127.0.0.1:15432`.
     pub listen: SocketAddr,
-    /// `tcp` or `udp`; defaults to the service's protocol.
+    /// `tcp` (the default) or `udp`.
     #[serde(default)]
     pub protocol: Option<Transport>,
 }
@@ -463,7 +463,7 @@ impl AgentConfig {
                         format!("{}: port 0 picks a random port applications cannot know; use a fixed one", l.listen),
                     ));
                 }
-                if !seen.insert((l.listen, l.protocol)) {
+                if !seen.insert((l.listen, l.protocol.unwrap_or(Transport::Tcp))) {
                     return Err(invalid(
                         &format!("client.listen[{i}].listen"),
                         format!("{} is used twice", l.listen),
@@ -599,6 +599,12 @@ mod tests {
         assert!(err(&bad_key).contains("relay.public_key"));
         assert!(err(&base(
             "[client]\n[[client.listen]]\nservice = \"a\"\nlisten = \"127.0.0.1:1\"\n[[client.listen]]\nservice = \"b\"\nlisten = \"127.0.0.1:1\"\n"
+        ))
+        .contains("used twice"));
+        // An entry without `protocol` is TCP: the same address with an
+        // explicit "tcp" is a duplicate too.
+        assert!(err(&base(
+            "[client]\n[[client.listen]]\nservice = \"a\"\nlisten = \"127.0.0.1:1\"\n[[client.listen]]\nservice = \"b\"\nlisten = \"127.0.0.1:1\"\nprotocol = \"tcp\"\n"
         ))
         .contains("used twice"));
         assert!(err(&base("[client]\n[connector]\npolicy = \"p\"\n")).contains("not both"));
