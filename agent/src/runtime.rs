@@ -29,6 +29,11 @@ pub const FIRST_ROLE_TOKEN: usize = 16;
 /// Datagrams taken from the relay socket per batch before the role moves
 /// bytes again.
 pub const RECV_BATCH: usize = 256;
+/// Datagrams one `Io::poll` can hand over at most: the batch is a soft
+/// cap (the GRO run being split when it is reached is finished), and a run
+/// of 64 KiB holds at most this many of the smallest frames (a bare hop
+/// header). Sized once, so the inbox never grows on the packet path.
+pub const INBOX_CAPACITY: usize = RECV_BATCH + crate::pool::BUF_LEN / proto::wire::HEADER_LEN;
 /// Receive buffers of the relay socket (each holds one GRO run, 64 KiB).
 pub const RECV_BUFFERS: usize = 32;
 /// Longest wait for readiness: the loop also checks its stop flag.
@@ -364,7 +369,7 @@ pub fn context(
         relay: hop.relay(),
         io,
         _wake: wake,
-        inbox: Vec::with_capacity(RECV_BATCH * 2),
+        inbox: Vec::with_capacity(INBOX_CAPACITY),
         hop,
         pool: Pool::new(),
         registry: poll.registry().try_clone()?,

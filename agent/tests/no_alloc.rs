@@ -71,9 +71,14 @@ static TRACES_LEFT: AtomicUsize = AtomicUsize::new(0);
 /// Captured: the agent, when, where.
 static TRACES: Mutex<Vec<(usize, Instant, Backtrace)>> = Mutex::new(Vec::new());
 
-/// Pool growth allowed in the window, per agent: a full receive queue's
-/// worth of packets in flight beyond the warm-up's peak.
-const POOL_GROWTH_MAX: u64 = agent::netstack::RX_QUEUE as u64;
+/// Pool growth allowed in the window, per agent: what can be in flight at
+/// once beyond the warm-up's peak (a stack's receive queue, one receive
+/// batch from the relay, one egress burst), which depends on scheduling,
+/// not on how many packets pass. The window moves ~25 k packets per
+/// direction, so a buffer lost per packet would still blow this.
+const POOL_GROWTH_MAX: u64 = (agent::netstack::RX_QUEUE
+    + agent::runtime::INBOX_CAPACITY
+    + agent::netstack::EGRESS_BURST) as u64;
 
 /// Counts an allocation made on an agent's thread while the window is
 /// open; captures its backtrace if asked to.
