@@ -366,6 +366,30 @@ impl IndexAllocator {
         Some(ReceiverIndex((*generation << SLOT_BITS) | slot))
     }
 
+    /// Takes `index` itself, if its slot is free here: for an index another
+    /// allocator handed out (a relay's outbound handshake, whose response
+    /// may arrive at another worker than the one that sent it). Returns
+    /// whether it was free. O(free slots).
+    pub fn claim(&mut self, index: ReceiverIndex) -> bool {
+        let slot = index.0 & SLOT_MASK;
+        let generation = index.0 >> SLOT_BITS;
+        while self.generations.len() <= slot as usize {
+            let Ok(s) = u32::try_from(self.generations.len()) else {
+                return false;
+            };
+            self.generations.push(0);
+            self.in_use.push(false);
+            self.free.push(s);
+        }
+        if self.in_use[slot as usize] {
+            return false;
+        }
+        self.free.retain(|&s| s != slot);
+        self.in_use[slot as usize] = true;
+        self.generations[slot as usize] = generation;
+        true
+    }
+
     /// Returns an index for reuse (O(1); releasing a free slot is a no-op).
     pub fn release(&mut self, index: ReceiverIndex) {
         let slot = index.0 & SLOT_MASK;
@@ -472,5 +496,22 @@ mod tests {
         // A forged frame must not consume the counter.
         assert_eq!(s.authenticate(&header, &tag, 2), Ok(()));
         assert_eq!(s.frames(), 2);
+    }
+
+    #[test]
+    fn claim_takes_a_specific_free_index_once() {
+        let mut other = IndexAllocator::new();
+        let a = other.allocate().unwrap();
+        let b = other.allocate().unwrap();
+        let mut mine = IndexAllocator::new();
+        assert!(mine.claim(b));
+        assert!(!mine.claim(b));
+        // The slots below the claimed one stay available, the claimed one
+        // is not handed out again until released.
+        let next = mine.allocate().unwrap();
+        assert_eq!(next.0 & SLOT_MASK, a.0 & SLOT_MASK);
+        assert!(mine.allocate().unwrap().0 & SLOT_MASK > b.0 & SLOT_MASK);
+        mine.release(b);
+        assert!(mine.claim(b));
     }
 }

@@ -21,6 +21,10 @@
 //! Nothing is sent on a session before a ping arrived on it (key
 //! confirmation).
 
+mod links;
+
+pub use links::{MeshLinks, RETRY as MESH_RETRY};
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -43,7 +47,7 @@ use proto::wire::{Frame, HeaderRepr, Kind, DEFAULT_TTL, HEADER_LEN};
 
 use crate::mesh::registry::Registry;
 use crate::policy_source::PolicySource;
-use crate::shared::Shared;
+use crate::shared::{MeshLink, Shared};
 use crate::worker::{FromWorker, ToWorker};
 
 /// Handshakes waiting in the queue above which the relay counts itself
@@ -104,6 +108,12 @@ pub struct ControlStats {
     pub directories_pushed: u64,
     /// `DirectoryPart` messages sent.
     pub directory_parts_sent: u64,
+    /// Peer relays this relay holds a hop session with now (mesh links
+    /// up).
+    pub relay_links: u64,
+    /// Relay handshakes refused: the peer's key is in no relay record of
+    /// the current mesh view.
+    pub relay_refused: u64,
 }
 
 /// The control thread's state.
@@ -133,6 +143,8 @@ pub struct Control {
     registry: Option<Registry>,
     /// What was last announced there: service -> local connector ids.
     announced: BTreeMap<ServiceId, Vec<u32>>,
+    /// Links to the other relays of the mesh, if this relay is in one.
+    mesh: Option<MeshLinks>,
 }
 
 impl Control {
@@ -168,6 +180,7 @@ impl Control {
             directories_dirty: false,
             registry: None,
             announced: BTreeMap::new(),
+            mesh: None,
         }
     }
 
@@ -175,6 +188,12 @@ impl Control {
     /// come and go (and withdraws them on stop).
     pub fn with_registry(mut self, registry: Option<Registry>) -> Control {
         self.registry = registry;
+        self
+    }
+
+    /// Holds hop sessions with the relays of the mesh view.
+    pub fn with_mesh(mut self, mesh: Option<MeshLinks>) -> Control {
+        self.mesh = mesh;
         self
     }
 
@@ -209,6 +228,7 @@ impl Control {
                 last_expiry = now;
                 self.expire(now);
             }
+            self.mesh_tick(now);
             if self.routes_dirty {
                 self.publish_routes();
             }
@@ -237,10 +257,22 @@ impl Control {
     }
 
     fn handshake(&mut self, worker: usize, from: SocketAddr, frame: &[u8]) {
-        // Junk costs a parse, not a receiver index.
-        if !matches!(frames::parse(frame), Ok(HandshakeFrame::Init(_))) {
-            self.stats.handshakes_failed += 1;
-            return;
+        // Junk costs a parse, not a receiver index. Responses and cookie
+        // replies answer this relay's own mesh initiations.
+        match frames::parse(frame) {
+            Ok(HandshakeFrame::Init(_)) => {}
+            Ok(HandshakeFrame::Response(r)) => {
+                let receiver = r.receiver;
+                return self.mesh_response(worker, from, frame, receiver);
+            }
+            Ok(HandshakeFrame::CookieReply(r)) => {
+                let receiver = r.receiver;
+                return self.mesh_cookie(frame, receiver);
+            }
+            Err(_) => {
+                self.stats.handshakes_failed += 1;
+                return;
+            }
         }
         let Some(index) = self
             .allocators
@@ -263,6 +295,22 @@ impl Control {
             &mut self.rng,
         );
         match outcome {
+            Ok(InitOutcome::Established { keys, .. })
+                if keys.peer.role == Role::Relay
+                    && !self
+                        .mesh
+                        .as_ref()
+                        .is_some_and(|m| m.admits(&keys.peer.static_key)) =>
+            {
+                // A relay certificate whose key no relay registered in
+                // etcd: no session, no response.
+                self.allocators[worker].release(index);
+                self.stats.relay_refused += 1;
+                self.shared
+                    .relay_refused
+                    .store(self.stats.relay_refused, Ordering::Relaxed);
+                tracing::debug!(worker, %from, peer = %keys.peer.name, id = keys.peer.id, "relay handshake refused: its key is in no relay record of the mesh view");
+            }
             Ok(InitOutcome::Established { response, keys }) => {
                 self.establish(worker, from, keys, now);
                 self.send(worker, from, response);
@@ -466,9 +514,43 @@ impl Control {
         }
         self.shared.routes.store(Arc::new(routes));
         self.routes_dirty = false;
+        self.publish_mesh_links();
         if self.directories_dirty {
             self.directories_dirty = false;
             self.push_directories();
+        }
+    }
+
+    /// Publishes the peer relays this relay holds sessions with, and logs
+    /// links coming up and going down.
+    fn publish_mesh_links(&mut self) {
+        let mut links: BTreeMap<u32, MeshLink> = BTreeMap::new();
+        for e in self.sessions.iter().flatten() {
+            if let Peer::Relay(id) = e.peer {
+                links
+                    .entry(id)
+                    .or_insert_with(|| MeshLink {
+                        id,
+                        name: e.name.clone(),
+                        static_key: e.static_key,
+                        sessions: 0,
+                    })
+                    .sessions += 1;
+            }
+        }
+        let before = self.shared.mesh_links.load();
+        for l in before.iter().filter(|l| !links.contains_key(&l.id)) {
+            tracing::info!(peer = %l.name, id = l.id, "mesh link down");
+        }
+        for l in links.values() {
+            if !before.iter().any(|b| b.id == l.id) {
+                tracing::info!(peer = %l.name, id = l.id, "mesh link up");
+            }
+        }
+        let links: Vec<MeshLink> = links.into_values().collect();
+        self.stats.relay_links = links.len() as u64;
+        if **before != links {
+            self.shared.mesh_links.store(Arc::new(links));
         }
     }
 

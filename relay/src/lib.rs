@@ -151,6 +151,30 @@ fn start_registry(
         .map_err(|e| StartError::Invalid(format!("mesh: cannot start the etcd registry: {e}")))
 }
 
+/// Watches the mesh's etcd and hands each new view to the control thread,
+/// which keeps hop sessions with the relays in it.
+fn start_links(
+    m: &MeshOptions,
+    identity: proto::handshake::LocalIdentity,
+    ca: CaPublicKey,
+) -> Result<control::MeshLinks, StartError> {
+    // Unbounded: the watch thread must never block on the control thread;
+    // views are small and the control loop drains them every pass.
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let watch =
+        mesh::view::MeshWatch::start(mesh::view::WatchConfig::new(m.etcd.clone()), move |view| {
+            let _ = tx.send(view);
+        })
+        .map_err(|e| StartError::Invalid(format!("mesh: cannot watch etcd: {e}")))?;
+    Ok(control::MeshLinks::new(
+        m.relay_id.clone(),
+        identity,
+        ca,
+        watch,
+        rx,
+    ))
+}
+
 /// A running relay.
 #[derive(Debug)]
 pub struct Relay {
@@ -272,20 +296,32 @@ impl Relay {
         }
 
         let public_key = *opts.identity.public_key();
+        let mesh_identity = opts.mesh.as_ref().map(|_| opts.identity.clone());
         let mut secret = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+        // A standalone relay refuses relay peers: their frames skip the
+        // id-binding check, so a leaked relay certificate must not be
+        // usable on the public port (docs/security.md). In a mesh, relay
+        // peers are accepted only with a key registered in etcd (the
+        // control thread checks it against the current view).
+        let roles: &[Role] = if opts.mesh.is_some() {
+            &[Role::User, Role::Connector, Role::Relay]
+        } else {
+            &[Role::User, Role::Connector]
+        };
         let responder = HopResponder::new(
             opts.identity,
-            // Relay peers are refused until mesh links exist: their frames
-            // skip the id-binding check, so a leaked relay certificate must
-            // not be usable on the public port (docs/security.md).
-            Trust::new(opts.ca, &[Role::User, Role::Connector]),
+            Trust::new(opts.ca, roles),
             secret,
             Instant::now(),
         );
         let registry = match &opts.mesh {
             None => None,
             Some(m) => Some(start_registry(m, local_addr, &public_key)?),
+        };
+        let links = match (&opts.mesh, mesh_identity) {
+            (Some(m), Some(identity)) => Some(start_links(m, identity, opts.ca)?),
+            _ => None,
         };
         let control = Control::new(
             Arc::clone(&shared),
@@ -294,7 +330,8 @@ impl Relay {
             inboxes,
             source,
         )
-        .with_registry(registry);
+        .with_registry(registry)
+        .with_mesh(links);
         let control = std::thread::Builder::new()
             .name("relay-control".into())
             .spawn(move || control.run())
@@ -325,6 +362,12 @@ impl Relay {
     /// with).
     pub fn public_key(&self) -> &[u8; 32] {
         &self.public_key
+    }
+
+    /// The peer relays this relay holds hop sessions with now (empty for a
+    /// standalone relay).
+    pub fn mesh_links(&self) -> Arc<Vec<shared::MeshLink>> {
+        self.shared.mesh_links.load_full()
     }
 
     /// The state shared with the threads (for signal handlers and

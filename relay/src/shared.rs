@@ -11,6 +11,19 @@ use proto::route::RouteTable;
 
 use crate::worker::WorkerStats;
 
+/// One peer relay this relay holds hop sessions with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshLink {
+    /// The peer's certificate id.
+    pub id: u32,
+    /// The peer's certificate name.
+    pub name: String,
+    /// The peer's X25519 static key (its etcd record's `public_key`).
+    pub static_key: [u8; 32],
+    /// Live hop sessions with it (more than one only while rekeying).
+    pub sessions: usize,
+}
+
 /// What the control thread publishes and the workers read.
 #[derive(Debug)]
 pub struct Shared {
@@ -26,6 +39,12 @@ pub struct Shared {
     pub policy_epoch: AtomicU64,
     /// Policy reloads rejected so far.
     pub policy_rejected: AtomicU64,
+    /// The relays this one holds hop sessions with (mesh links), as the
+    /// control thread last published them.
+    pub mesh_links: ArcSwap<Vec<MeshLink>>,
+    /// Relay handshakes refused because the peer's key is in no relay
+    /// record of the current mesh view.
+    pub relay_refused: AtomicU64,
     stats: Vec<Mutex<WorkerStats>>,
 }
 
@@ -39,6 +58,8 @@ impl Shared {
             reload: Arc::new(AtomicBool::new(false)),
             policy_epoch: AtomicU64::new(1),
             policy_rejected: AtomicU64::new(0),
+            mesh_links: ArcSwap::from_pointee(Vec::new()),
+            relay_refused: AtomicU64::new(0),
             stats: (0..workers).map(|_| Mutex::default()).collect(),
         }
     }

@@ -145,11 +145,9 @@ pub fn run(
                     Some(h) => Action::Forward(h.endpoint()),
                     None => Action::Consume,
                 },
-                // Only initiations are for a relay (it never initiates);
-                // anything else of the handshake kinds is dropped here.
-                Verdict::Handshake if frame.first() != Some(&Kind::HandshakeInit.byte0()) => {
-                    Action::Consume
-                }
+                // Initiations, and responses and cookie replies to a mesh
+                // relay's own initiations: the control thread parses them
+                // and drops what answers nothing it sent.
                 Verdict::Handshake => {
                     let msg = FromWorker::Handshake {
                         worker: id,

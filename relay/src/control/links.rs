@@ -1,0 +1,380 @@
+//! Mesh links: hop sessions between relays that see each other in the
+//! mesh's etcd.
+//!
+//! The mesh view arrives from a [`MeshWatch`] thread over a channel the
+//! control loop drains (the watch thread never blocks on it). For each pair
+//! of relays exactly one side initiates: the one with the lower relay id.
+//! It pins the peer's static key and address from the peer's etcd record,
+//! sends the initiation through a worker, retries every [`RETRY`] while
+//! unanswered (a fresh initiation, hence a fresh timestamp) and rekeys
+//! after `REKEY_AFTER_TIME`. The response comes back through a worker's
+//! handshake path; the session is installed exactly as a responder's is.
+//!
+//! As responder, a relay accepts a relay certificate only if its key is
+//! the `public_key` of a relay record in the current view: a relay
+//! certificate that leaked is useless unless its holder can also register
+//! in etcd. Sessions with relays that left the view are removed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use proto::handshake::timers::REKEY_AFTER_TIME;
+use proto::handshake::{CookieJar, HopInitiator, LocalIdentity, Trust};
+use proto::identity::Role;
+use proto::ids::ReceiverIndex;
+use proto::session::Peer;
+
+use super::{unix_nanos, Control};
+use crate::mesh::registry::{RelayId, RelayRecord};
+use crate::mesh::view::{MeshView, MeshWatch};
+
+/// How long an initiation waits for its response before a new one goes
+/// out.
+pub const RETRY: Duration = Duration::from_secs(1);
+
+/// This relay's side of the mesh: who it is, what it last saw in etcd, and
+/// the links it initiates.
+pub struct MeshLinks {
+    me: RelayId,
+    identity: LocalIdentity,
+    trust: Trust,
+    /// Kept for its lifetime: dropping it stops the watch thread.
+    _watch: MeshWatch,
+    views: Receiver<Arc<MeshView>>,
+    /// Static keys of the other relays in the current view.
+    keys: HashSet<[u8; 32]>,
+    /// Peers this relay initiates to (their id is greater than ours).
+    outbound: BTreeMap<RelayId, Outbound>,
+}
+
+impl fmt::Debug for MeshLinks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeshLinks")
+            .field("me", &self.me)
+            .field("peers", &self.keys.len())
+            .field("outbound", &self.outbound.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// One link this relay initiates.
+struct Outbound {
+    record: RelayRecord,
+    key: [u8; 32],
+    jar: CookieJar,
+    /// The worker initiations leave from (the one the last response
+    /// arrived at).
+    worker: usize,
+    attempt: Option<Attempt>,
+    last_try: Option<Instant>,
+    established: Option<Instant>,
+}
+
+/// An initiation waiting for its response.
+struct Attempt {
+    initiator: HopInitiator,
+    /// The worker whose allocator handed out the initiator's index.
+    worker: usize,
+}
+
+impl MeshLinks {
+    /// Links for relay `me` (certificate `identity`), trusting relay
+    /// certificates from `ca`, fed views by `views` from `watch`.
+    pub fn new(
+        me: RelayId,
+        identity: LocalIdentity,
+        ca: proto::identity::CaPublicKey,
+        watch: MeshWatch,
+        views: Receiver<Arc<MeshView>>,
+    ) -> MeshLinks {
+        MeshLinks {
+            me,
+            identity,
+            trust: Trust::new(ca, &[Role::Relay]),
+            _watch: watch,
+            views,
+            keys: HashSet::new(),
+            outbound: BTreeMap::new(),
+        }
+    }
+
+    /// Whether a relay certificate with this static key may hold a link:
+    /// its key is in a relay record of the current view.
+    pub fn admits(&self, static_key: &[u8; 32]) -> bool {
+        self.keys.contains(static_key)
+    }
+}
+
+/// A record's `public_key` (64 hex digits) as bytes.
+fn parse_key(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        key[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(key)
+}
+
+impl Control {
+    /// Mesh housekeeping, once per loop: take the newest view, start or
+    /// retry initiations, rekey.
+    pub(super) fn mesh_tick(&mut self, now: Instant) {
+        let Some(mesh) = self.mesh.as_mut() else {
+            return;
+        };
+        let mut newest = None;
+        while let Ok(view) = mesh.views.try_recv() {
+            newest = Some(view);
+        }
+        if let Some(view) = newest {
+            self.apply_view(&view);
+        }
+        let ids: Vec<RelayId> = self
+            .mesh
+            .as_ref()
+            .map(|m| m.outbound.keys().cloned().collect())
+            .unwrap_or_default();
+        for id in ids {
+            self.maybe_initiate(&id, now);
+        }
+    }
+
+    /// A new view: forget peers that left or changed (a restart is a new
+    /// record), remove sessions of relays no longer in it, add new peers.
+    fn apply_view(&mut self, view: &MeshView) {
+        let Some(mesh) = self.mesh.as_mut() else {
+            return;
+        };
+        let mut keys = HashSet::new();
+        let mut wanted = BTreeMap::new();
+        for (id, record) in view.relays() {
+            if *id == mesh.me {
+                continue;
+            }
+            let Some(key) = parse_key(&record.public_key) else {
+                tracing::debug!(relay = %id, "mesh: relay record with a malformed public_key ignored");
+                continue;
+            };
+            keys.insert(key);
+            if *id > mesh.me {
+                wanted.insert(id.clone(), (record.clone(), key));
+            }
+        }
+        mesh.keys = keys;
+        let mut released = Vec::new();
+        mesh.outbound.retain(|id, out| {
+            let keep = wanted
+                .get(id)
+                .is_some_and(|(record, _)| *record == out.record);
+            if !keep {
+                tracing::info!(relay = %id, "mesh: relay left the view or changed; its link is dropped");
+                if let Some(a) = out.attempt.take() {
+                    released.push((a.worker, a.initiator.local_index()));
+                }
+            }
+            keep
+        });
+        for (id, (record, key)) in wanted {
+            mesh.outbound.entry(id).or_insert_with(|| Outbound {
+                record,
+                key,
+                jar: CookieJar::new(&key),
+                worker: 0,
+                attempt: None,
+                last_try: None,
+                established: None,
+            });
+        }
+        for (worker, index) in released {
+            self.allocators[worker].release(index);
+        }
+        // Sessions with relays whose key is in no record any more.
+        for slot in 0..self.sessions.len() {
+            let gone = self.sessions[slot].as_ref().is_some_and(|s| {
+                matches!(s.peer, Peer::Relay(_))
+                    && !self.mesh.as_ref().is_some_and(|m| m.admits(&s.static_key))
+            });
+            if gone {
+                self.remove(slot, "relay left the mesh view");
+            }
+        }
+    }
+
+    /// Sends a new initiation to `id` if none is pending and the link is
+    /// down or due a rekey, or if the pending one went unanswered for
+    /// [`RETRY`].
+    fn maybe_initiate(&mut self, id: &RelayId, now: Instant) {
+        let Some(mesh) = self.mesh.as_mut() else {
+            return;
+        };
+        let Some(out) = mesh.outbound.get_mut(id) else {
+            return;
+        };
+        let due = match (&out.attempt, out.established) {
+            (Some(_), _) => out.last_try.is_none_or(|t| now.duration_since(t) >= RETRY),
+            (None, None) => out.last_try.is_none_or(|t| now.duration_since(t) >= RETRY),
+            (None, Some(at)) => now.duration_since(at) >= REKEY_AFTER_TIME,
+        };
+        if !due {
+            return;
+        }
+        if let Some(old) = out.attempt.take() {
+            self.allocators[old.worker].release(old.initiator.local_index());
+        }
+        let worker = out.worker;
+        let Some(index) = self
+            .allocators
+            .get_mut(worker)
+            .and_then(proto::session::IndexAllocator::allocate)
+        else {
+            tracing::warn!(relay = %id, worker, "mesh: no free receiver index for an initiation");
+            return;
+        };
+        // Reborrow after using the allocators.
+        let Some(mesh) = self.mesh.as_mut() else {
+            return;
+        };
+        let Some(out) = mesh.outbound.get_mut(id) else {
+            return;
+        };
+        out.last_try = Some(now);
+        match HopInitiator::new(
+            &mesh.identity,
+            &out.key,
+            mesh.trust.clone(),
+            index,
+            &out.jar,
+            now,
+            unix_nanos(),
+        ) {
+            Ok((initiator, frame)) => {
+                tracing::debug!(relay = %id, to = %out.record.address, %index, "mesh: hop initiation sent");
+                out.attempt = Some(Attempt { initiator, worker });
+                let to = out.record.address;
+                self.send(worker, to, frame);
+            }
+            Err(e) => {
+                self.allocators[worker].release(index);
+                tracing::warn!(relay = %id, error = %e, "mesh: cannot build a hop initiation");
+            }
+        }
+    }
+
+    /// The pending initiation with receiver index `receiver`, if any.
+    fn pending(&self, receiver: ReceiverIndex) -> Option<RelayId> {
+        let mesh = self.mesh.as_ref()?;
+        mesh.outbound.iter().find_map(|(id, out)| {
+            out.attempt
+                .as_ref()
+                .filter(|a| a.initiator.local_index() == receiver)
+                .map(|_| id.clone())
+        })
+    }
+
+    /// A `HandshakeResponse` for index `receiver`, arrived at `worker`
+    /// from `from`.
+    pub(super) fn mesh_response(
+        &mut self,
+        worker: usize,
+        from: SocketAddr,
+        frame: &[u8],
+        receiver: ReceiverIndex,
+    ) {
+        let Some(id) = self.pending(receiver) else {
+            self.stats.handshakes_failed += 1;
+            return;
+        };
+        let now = Instant::now();
+        let Some(out) = self.mesh.as_mut().and_then(|m| m.outbound.get_mut(&id)) else {
+            return;
+        };
+        let Some(mut attempt) = out.attempt.take() else {
+            return;
+        };
+        let keys = match attempt.initiator.handle_response(frame, now, unix_nanos()) {
+            Ok(keys) => keys,
+            Err(e) => {
+                // A frame for another index or with a bad mac1 leaves the
+                // attempt alone; anything later ends it (retried in RETRY).
+                if matches!(
+                    e,
+                    proto::handshake::HandshakeError::BadMac1
+                        | proto::handshake::HandshakeError::WrongReceiver { .. }
+                ) {
+                    out.attempt = Some(attempt);
+                } else {
+                    self.allocators[attempt.worker].release(receiver);
+                }
+                self.stats.handshakes_failed += 1;
+                tracing::debug!(relay = %id, %from, error = %e, "mesh: hop response rejected");
+                return;
+            }
+        };
+        // The peer's frames reach us at the worker its flow hashes to:
+        // the one the response arrived at. Its allocator must own the index.
+        if worker != attempt.worker {
+            if !self.allocators[worker].claim(receiver) {
+                self.allocators[attempt.worker].release(receiver);
+                self.stats.handshakes_failed += 1;
+                tracing::debug!(relay = %id, worker, "mesh: receiver index taken on the worker the response arrived at; retrying");
+                return;
+            }
+            self.allocators[attempt.worker].release(receiver);
+        }
+        if let Some(out) = self.mesh.as_mut().and_then(|m| m.outbound.get_mut(&id)) {
+            out.worker = worker;
+            out.established = Some(now);
+        }
+        self.establish(worker, from, keys, now);
+    }
+
+    /// A `CookieReply` for index `receiver`: the peer is under load; store
+    /// the cookie and send the initiation again with mac2.
+    pub(super) fn mesh_cookie(&mut self, frame: &[u8], receiver: ReceiverIndex) {
+        let Some(id) = self.pending(receiver) else {
+            self.stats.handshakes_failed += 1;
+            return;
+        };
+        let now = Instant::now();
+        let Some(out) = self.mesh.as_mut().and_then(|m| m.outbound.get_mut(&id)) else {
+            return;
+        };
+        let Some(attempt) = out.attempt.as_mut() else {
+            return;
+        };
+        if let Err(e) = attempt
+            .initiator
+            .handle_cookie_reply(frame, &mut out.jar, now)
+        {
+            self.stats.handshakes_failed += 1;
+            tracing::debug!(relay = %id, error = %e, "mesh: cookie reply rejected");
+            return;
+        }
+        let bytes = attempt.initiator.init_frame(&out.jar, now);
+        let (worker, to) = (attempt.worker, out.record.address);
+        self.send(worker, to, bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_key;
+
+    #[test]
+    fn record_keys_parse_as_hex_or_not_at_all() {
+        let hex: String = (0u8..32).map(|b| format!("{b:02x}")).collect();
+        let key = parse_key(&hex).unwrap();
+        assert_eq!(key[31], 31);
+        assert!(parse_key(&hex[..62]).is_none());
+        assert!(parse_key(&format!("{}zz", &hex[..62])).is_none());
+        assert!(parse_key("é").is_none());
+    }
+}
