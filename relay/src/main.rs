@@ -285,6 +285,20 @@ fn run(args: RunArgs) -> Result<()> {
             }),
         },
     })?;
+    // Handlers before the "listening" line: whoever waits for that line
+    // may signal at once (a SIGHUP before them would kill the relay).
+    let shared = Arc::clone(relay.shared());
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&shared.stop))
+            .context("cannot install the SIGINT/SIGTERM handler")?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&shared.reload))
+        .context("cannot install the SIGHUP handler")?;
+    if let Some(addr) = config.metrics {
+        relay
+            .serve_metrics(addr)
+            .with_context(|| format!("cannot serve metrics on {addr}: is the port free?"))?;
+    }
     println!(
         "relay listening on {} ({} workers, io {}, mode {}), public key {}",
         relay.local_addr(),
@@ -293,18 +307,6 @@ fn run(args: RunArgs) -> Result<()> {
         config.mode.name(),
         hex(relay.public_key())
     );
-    if let Some(addr) = config.metrics {
-        relay
-            .serve_metrics(addr)
-            .with_context(|| format!("cannot serve metrics on {addr}: is the port free?"))?;
-    }
-    let shared = Arc::clone(relay.shared());
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&shared.stop))
-            .context("cannot install the SIGINT/SIGTERM handler")?;
-    }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&shared.reload))
-        .context("cannot install the SIGHUP handler")?;
     while !relay.stopping() {
         std::thread::sleep(Duration::from_millis(100));
     }
