@@ -47,6 +47,17 @@ impl Hasher for IdHasher {
 /// A `HashMap` keyed by an integer id, hashed with [`IdHasher`].
 pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
+/// Which of `n` next hops (or connectors) a flow of `user` takes: a stable
+/// hash of the user id, the same on every relay, so a relay that forwards
+/// to another can tell which of that relay's connectors the flow reaches.
+#[inline]
+pub fn pick(user: UserId, n: usize) -> usize {
+    match n {
+        0 | 1 => 0,
+        n => (u64::from(user.0).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % n,
+    }
+}
+
 /// The next hops this node knows, and which ids they lead to.
 #[derive(Debug, Default)]
 pub struct RouteTable {
@@ -101,11 +112,7 @@ impl RouteTable {
     #[inline]
     pub fn to_service(&self, service: ServiceId, user: UserId) -> Option<HopId> {
         let hops = self.services.get(&service)?;
-        let pick = match hops.len() {
-            1 => 0,
-            n => (u64::from(user.0).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % n,
-        };
-        hops.get(pick).copied()
+        hops.get(pick(user, hops.len())).copied()
     }
 
     /// The hop towards `user`'s agent.

@@ -25,7 +25,7 @@ mod links;
 
 pub use links::{MeshLinks, RETRY as MESH_RETRY};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -45,7 +45,8 @@ use proto::route::RouteTable;
 use proto::session::{HopId, IndexAllocator, Peer, RxSession, TxHop};
 use proto::wire::{Frame, HeaderRepr, Kind, DEFAULT_TTL, HEADER_LEN};
 
-use crate::mesh::registry::Registry;
+use crate::mesh::registry::{ConnectorRecord, Registry, RelayId};
+use crate::mesh::view::MeshView;
 use crate::policy_source::PolicySource;
 use crate::shared::{MeshLink, Shared};
 use crate::worker::{FromWorker, ToWorker};
@@ -141,8 +142,15 @@ pub struct Control {
     directories_dirty: bool,
     /// Registration in the mesh's etcd, if this relay is in a mesh.
     registry: Option<Registry>,
-    /// What was last announced there: service -> local connector ids.
-    announced: BTreeMap<ServiceId, Vec<u32>>,
+    /// What was last announced there: service -> local connectors.
+    announced: BTreeMap<ServiceId, Vec<ConnectorRecord>>,
+    /// The users last announced there (those with a session here).
+    announced_users: BTreeSet<UserId>,
+    /// The mesh as etcd last said it was (empty outside a mesh).
+    view: Arc<MeshView>,
+    /// Hop -> the peer relay it leads to, for the hops of mesh links in
+    /// the routing snapshot (rebuilt with it).
+    relay_hops: HashMap<HopId, RelayId>,
     /// Links to the other relays of the mesh, if this relay is in one.
     mesh: Option<MeshLinks>,
 }
@@ -180,6 +188,9 @@ impl Control {
             directories_dirty: false,
             registry: None,
             announced: BTreeMap::new(),
+            announced_users: BTreeSet::new(),
+            view: Arc::new(MeshView::default()),
+            relay_hops: HashMap::new(),
             mesh: None,
         }
     }
@@ -381,7 +392,7 @@ impl Control {
         });
         self.stats.handshakes_ok += 1;
         self.routes_dirty = true;
-        if matches!(peer, Peer::Connector(_)) {
+        if !matches!(peer, Peer::User(_)) {
             self.directories_dirty = true;
         }
     }
@@ -436,7 +447,7 @@ impl Control {
             self.by_index.remove(&(s.worker, s.index));
             self.free_hops.push(slot as u32);
             self.routes_dirty = true;
-            if matches!(s.peer, Peer::Connector(_)) {
+            if !matches!(s.peer, Peer::User(_)) {
                 self.directories_dirty = true;
             }
         }
@@ -496,22 +507,40 @@ impl Control {
                 _ => {}
             }
         }
+        let local_users: BTreeSet<UserId> = newest_user.keys().copied().collect();
         for (u, (_, hop)) in newest_user {
             routes.set_user(u, hop);
         }
-        let mut by_service: HashMap<ServiceId, Vec<HopId>> = HashMap::new();
-        let mut local: BTreeMap<ServiceId, Vec<u32>> = BTreeMap::new();
+        // Each service's connectors in id order: the order flows are spread
+        // over ([`proto::route::pick`]), which relays forwarding here can
+        // reproduce from the etcd record (listed in the same order).
+        let mut local: BTreeMap<ServiceId, Vec<(ConnectorRecord, HopId)>> = BTreeMap::new();
         for (c, (_, hop)) in newest_connector {
+            let Some(key) = self.sessions[hop.0 as usize].as_ref().map(|e| e.static_key) else {
+                continue;
+            };
             for s in self.connector_services.get(&c).into_iter().flatten() {
-                by_service.entry(*s).or_default().push(hop);
-                local.entry(*s).or_default().push(c);
+                local
+                    .entry(*s)
+                    .or_default()
+                    .push((ConnectorRecord::new(c, &key), hop));
             }
         }
-        self.announce(local);
-        for (s, mut hops) in by_service {
-            hops.sort_unstable();
-            routes.set_service(s, hops);
+        for connectors in local.values_mut() {
+            connectors.sort_unstable_by_key(|(c, _)| c.id);
         }
+        for (s, connectors) in &local {
+            routes.set_service(*s, connectors.iter().map(|(_, h)| *h).collect());
+        }
+        // Then what only other relays reach, through the links that are up.
+        self.relay_hops = self.mesh_routes(&mut routes, &local_users, &local);
+        self.announce(
+            local
+                .into_iter()
+                .map(|(s, cs)| (s, cs.into_iter().map(|(c, _)| c).collect()))
+                .collect(),
+        );
+        self.announce_users(local_users);
         self.shared.routes.store(Arc::new(routes));
         self.routes_dirty = false;
         self.publish_mesh_links();
@@ -556,13 +585,10 @@ impl Control {
 
     /// Tells the mesh's etcd which services this relay's connectors serve
     /// now: only what changed since the last announcement.
-    fn announce(&mut self, mut local: BTreeMap<ServiceId, Vec<u32>>) {
+    fn announce(&mut self, local: BTreeMap<ServiceId, Vec<ConnectorRecord>>) {
         let Some(registry) = &self.registry else {
             return;
         };
-        for connectors in local.values_mut() {
-            connectors.sort_unstable();
-        }
         for (service, connectors) in &local {
             if self.announced.get(service) != Some(connectors) {
                 registry.set_service(*service, connectors.clone());
@@ -574,6 +600,21 @@ impl Control {
             }
         }
         self.announced = local;
+    }
+
+    /// Tells the mesh's etcd which users hold a session here now: only
+    /// what changed since the last announcement.
+    fn announce_users(&mut self, local: BTreeSet<UserId>) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        for user in local.difference(&self.announced_users) {
+            registry.add_user(*user);
+        }
+        for user in self.announced_users.difference(&local) {
+            registry.remove_user(*user);
+        }
+        self.announced_users = local;
     }
 
     /// A control message from the session `index` of `worker`, already
@@ -636,17 +677,21 @@ impl Control {
             .filter(|s| policy.allowed(user, s.id))
             .filter_map(|s| {
                 let hop = routes.to_service(s.id, user)?;
-                let connector = self.sessions.get(hop.0 as usize)?.as_ref()?;
-                let Peer::Connector(id) = connector.peer else {
-                    return None;
+                let next = self.sessions.get(hop.0 as usize)?.as_ref()?;
+                let (connector, connector_key) = match next.peer {
+                    Peer::Connector(id) => (id, next.static_key),
+                    // Through a mesh link: the connector that relay's
+                    // routing picks for this user, from its etcd record.
+                    Peer::Relay(_) => self.remote_connector(hop, s.id, user)?,
+                    Peer::User(_) => return None,
                 };
                 Some(ServiceEntry {
                     id: s.id,
                     name: s.name.clone(),
                     protocol: s.protocol,
                     port: s.port,
-                    connector: id,
-                    connector_key: connector.static_key,
+                    connector,
+                    connector_key,
                 })
             })
             .collect();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use proto::ids::ServiceId;
 use relay::mesh::etcd_server::{skip_requested, EtcdServer};
-use relay::mesh::registry::{Registry, RegistryConfig, RelayId, RelayRecord};
+use relay::mesh::registry::{ConnectorRecord, Registry, RegistryConfig, RelayId, RelayRecord};
 use relay::mesh::view::{MeshView, MeshWatch, WatchConfig};
 
 fn etcd() -> Option<EtcdServer> {
@@ -59,7 +59,7 @@ fn await_view(
 }
 
 /// Relay -> (service -> connectors), for compact assertions.
-fn reach(view: &MeshView, relay: &str) -> Option<Vec<(u32, Vec<u32>)>> {
+fn reach(view: &MeshView, relay: &str) -> Option<Vec<(u32, Vec<ConnectorRecord>)>> {
     let id = RelayId::new(relay).unwrap();
     view.relay(&id)?;
     Some(
@@ -69,8 +69,11 @@ fn reach(view: &MeshView, relay: &str) -> Option<Vec<(u32, Vec<u32>)>> {
     )
 }
 
-fn c(ids: &[u32]) -> Vec<u32> {
-    ids.to_vec()
+/// Connector records with made-up keys (the id repeated).
+fn c(ids: &[u32]) -> Vec<ConnectorRecord> {
+    ids.iter()
+        .map(|id| ConnectorRecord::new(*id, &[*id as u8; 32]))
+        .collect()
 }
 
 #[test]

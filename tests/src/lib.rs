@@ -134,7 +134,14 @@ impl Rig {
     }
 }
 
-fn receive(socket: &UdpSocket, link: &mut HopLink, want: usize, within: Duration) -> Vec<Vec<u8>> {
+/// Receives frames on `link` until `want` arrived or `within` passed; each
+/// must carry a valid hop tag.
+pub fn receive(
+    socket: &UdpSocket,
+    link: &mut HopLink,
+    want: usize,
+    within: Duration,
+) -> Vec<Vec<u8>> {
     let deadline = Instant::now() + within;
     let mut got = Vec::new();
     let mut buf = vec![0u8; 65536];

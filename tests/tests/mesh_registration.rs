@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use loadgen::world::{World, WorldConfig};
-use proto::ids::ServiceId;
+use proto::ids::{ServiceId, UserId};
 use relay::io::Backend;
 use relay::mesh::etcd_server::{skip_requested, EtcdServer};
-use relay::mesh::registry::RelayId;
+use relay::mesh::registry::{ConnectorRecord, RelayId};
 use relay::mesh::view::{MeshView, MeshWatch, WatchConfig};
 use relay::MeshOptions;
 
@@ -77,8 +77,23 @@ fn relay_announces_its_connectors_services_and_withdraws_on_stop() {
     });
     for (service, rec) in view.services_of(&id) {
         assert!(service.0 < 8);
-        assert_eq!(rec.connectors, vec![loadgen::world::CONNECTOR_ID]);
+        assert_eq!(
+            rec.connectors,
+            vec![ConnectorRecord::new(
+                loadgen::world::CONNECTOR_ID,
+                connector.public_key()
+            )]
+        );
     }
+
+    // A user attaches: it is announced under this relay.
+    let user_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    world
+        .connect(&user_socket, &world.user_identity(3).unwrap())
+        .unwrap();
+    await_view(&watch, "user announced", |v| {
+        v.relay_of_user(UserId(3)) == Some(&id)
+    });
     assert_eq!(
         view.relays_for(ServiceId(3))
             .map(|(r, _)| r.clone())
@@ -92,7 +107,9 @@ fn relay_announces_its_connectors_services_and_withdraws_on_stop() {
     let stopped = Instant::now();
     relay.stop();
     await_view(&watch, "withdrawn", |v| {
-        v.relay(&id).is_none() && v.relays_for(ServiceId(3)).count() == 0
+        v.relay(&id).is_none()
+            && v.relays_for(ServiceId(3)).count() == 0
+            && v.relay_of_user(UserId(3)).is_none()
     });
     eprintln!("withdrawn {:?} after stop", stopped.elapsed());
 }

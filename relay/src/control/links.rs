@@ -15,7 +15,7 @@
 //! certificate that leaked is useless unless its holder can also register
 //! in etcd. Sessions with relays that left the view are removed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,11 +25,12 @@ use crossbeam_channel::Receiver;
 use proto::handshake::timers::REKEY_AFTER_TIME;
 use proto::handshake::{CookieJar, HopInitiator, LocalIdentity, Trust};
 use proto::identity::Role;
-use proto::ids::ReceiverIndex;
-use proto::session::Peer;
+use proto::ids::{ReceiverIndex, ServiceId, UserId};
+use proto::route::RouteTable;
+use proto::session::{HopId, Peer};
 
 use super::{unix_nanos, Control};
-use crate::mesh::registry::{RelayId, RelayRecord};
+use crate::mesh::registry::{ConnectorRecord, RelayId, RelayRecord};
 use crate::mesh::view::{MeshView, MeshWatch};
 
 /// How long an initiation waits for its response before a new one goes
@@ -124,6 +125,86 @@ fn parse_key(hex: &str) -> Option<[u8; 32]> {
 }
 
 impl Control {
+    /// Adds to `routes` what only other relays reach: each service with no
+    /// local connector (`local`) goes to the links of the relays the view
+    /// says reach it (flows spread by [`proto::route::pick`] over them, in
+    /// relay-id order), each user with no session here (`local_users`) to
+    /// the link of the relay the view says holds it. Only links that are
+    /// up count. Returns the hop of each linked relay.
+    pub(super) fn mesh_routes(
+        &self,
+        routes: &mut RouteTable,
+        local_users: &BTreeSet<UserId>,
+        local: &BTreeMap<ServiceId, Vec<(ConnectorRecord, HopId)>>,
+    ) -> HashMap<HopId, RelayId> {
+        let Some(mesh) = self.mesh.as_ref() else {
+            return HashMap::new();
+        };
+        // The newest session with each relay, by its static key.
+        let mut newest: HashMap<[u8; 32], (Instant, HopId)> = HashMap::new();
+        for (slot, e) in self.sessions.iter().enumerate() {
+            let Some(e) = e.as_ref().filter(|e| matches!(e.peer, Peer::Relay(_))) else {
+                continue;
+            };
+            if newest
+                .get(&e.static_key)
+                .is_none_or(|n| n.0 <= e.established)
+            {
+                newest.insert(e.static_key, (e.established, HopId(slot as u32)));
+            }
+        }
+        let mut link: BTreeMap<&RelayId, HopId> = BTreeMap::new();
+        for (id, record) in self.view.relays() {
+            if *id == mesh.me {
+                continue;
+            }
+            if let Some((_, hop)) = parse_key(&record.public_key).and_then(|k| newest.get(&k)) {
+                link.insert(id, *hop);
+            }
+        }
+        let mut services: BTreeMap<ServiceId, Vec<HopId>> = BTreeMap::new();
+        for (relay, hop) in &link {
+            for (service, _) in self.view.services_of(relay) {
+                if !local.contains_key(&service) {
+                    services.entry(service).or_default().push(*hop);
+                }
+            }
+        }
+        for (service, hops) in services {
+            routes.set_service(service, hops);
+        }
+        for user in self.view.users() {
+            if local_users.contains(&user) {
+                continue;
+            }
+            if let Some(hop) = self.view.relay_of_user(user).and_then(|r| link.get(r)) {
+                routes.set_user(user, *hop);
+            }
+        }
+        link.into_iter()
+            .map(|(id, hop)| (hop, id.clone()))
+            .collect()
+    }
+
+    /// The connector (id, static key) that the relay behind `hop` picks
+    /// for `user`'s flows to `service`, from that relay's etcd record: its
+    /// connectors in id order, chosen by [`proto::route::pick`] as its
+    /// routing table does. `None` if the record is gone or the key is
+    /// malformed.
+    pub(super) fn remote_connector(
+        &self,
+        hop: HopId,
+        service: ServiceId,
+        user: UserId,
+    ) -> Option<(u32, [u8; 32])> {
+        let relay = self.relay_hops.get(&hop)?;
+        let (_, record) = self.view.relays_for(service).find(|(r, _)| *r == relay)?;
+        let mut connectors: Vec<&ConnectorRecord> = record.connectors.iter().collect();
+        connectors.sort_unstable_by_key(|c| c.id);
+        let c = connectors.get(proto::route::pick(user, connectors.len()))?;
+        Some((c.id, c.static_key()?))
+    }
+
     /// Mesh housekeeping, once per loop: take the newest view, start or
     /// retry initiations, rekey.
     pub(super) fn mesh_tick(&mut self, now: Instant) {
@@ -136,6 +217,10 @@ impl Control {
         }
         if let Some(view) = newest {
             self.apply_view(&view);
+            // Remote services and users may have come or gone.
+            self.view = view;
+            self.routes_dirty = true;
+            self.directories_dirty = true;
         }
         let ids: Vec<RelayId> = self
             .mesh

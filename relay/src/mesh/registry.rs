@@ -12,12 +12,17 @@
 //!     {"address":"203.0.113.7:4500","region":"eu-west","load":0.25,
 //!      "public_key":"<64 hex>","started":1767225600}
 //! /ztna/v1/services/<service-id>/<relay-id>  -> ServiceRecord JSON
-//!     {"connectors":[501,502]}
+//!     {"connectors":[{"id":501,"key":"<64 hex>"},{"id":502,"key":"<64 hex>"}]}
+//! /ztna/v1/users/<user-id>/<relay-id>        -> {}
 //! ```
 //!
 //! - `<relay-id>`: 1–64 of `[A-Za-z0-9._-]` ([`RelayId`]); no `/`, so keys
 //!   split unambiguously.
 //! - `<service-id>`: the decimal [`ServiceId`], as in the policy.
+//! - `<user-id>`: the decimal [`UserId`] of a user holding a hop session
+//!   with that relay (where its frames go from elsewhere in the mesh).
+//! - A service record lists each connector's certificate id and X25519
+//!   static key (hex): what a remote relay puts in a user's directory.
 //! - Service keys name the service first: "who reaches service 7" is one
 //!   prefix read (`/ztna/v1/services/7/`), which is what routing asks; the
 //!   reverse ("what does relay A reach") is answered from the same watch.
@@ -47,7 +52,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use proto::ids::ServiceId;
+use proto::ids::{ServiceId, UserId};
 use serde::{Deserialize, Serialize};
 
 use super::etcd::{Etcd, EtcdError, LeaseId};
@@ -130,7 +135,52 @@ pub struct RelayRecord {
 pub struct ServiceRecord {
     /// The connectors (their certificate ids, as in the policy) attached
     /// to that relay that serve it.
-    pub connectors: Vec<u32>,
+    pub connectors: Vec<ConnectorRecord>,
+}
+
+/// One connector in a [`ServiceRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConnectorRecord {
+    /// Its certificate id, as in the policy.
+    pub id: u32,
+    /// Its X25519 static public key (from its certificate), 64 hex digits:
+    /// the key a user's agent runs the end-to-end handshake against.
+    pub key: String,
+}
+
+impl ConnectorRecord {
+    /// A record for connector `id` with static key `key`.
+    pub fn new(id: u32, key: &[u8; 32]) -> ConnectorRecord {
+        ConnectorRecord { id, key: hex(key) }
+    }
+
+    /// The static key, if `key` is 64 hex digits.
+    pub fn static_key(&self) -> Option<[u8; 32]> {
+        parse_hex_key(&self.key)
+    }
+}
+
+/// `bytes` as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// A 32-byte key from 64 hex digits; `None` for anything else.
+pub fn parse_hex_key(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        key[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(key)
 }
 
 /// The key of `relay`'s record under `root`.
@@ -143,6 +193,11 @@ pub fn service_key(root: &str, service: ServiceId, relay: &RelayId) -> String {
     format!("{root}services/{}/{relay}", service.0)
 }
 
+/// The key saying `user` holds a hop session with `relay`, under `root`.
+pub fn user_key(root: &str, user: UserId, relay: &RelayId) -> String {
+    format!("{root}users/{}/{relay}", user.0)
+}
+
 /// A key under `root`, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MeshKey {
@@ -150,6 +205,8 @@ pub enum MeshKey {
     Relay(RelayId),
     /// `services/<service-id>/<relay-id>`.
     Service(ServiceId, RelayId),
+    /// `users/<user-id>/<relay-id>`.
+    User(UserId, RelayId),
 }
 
 /// Parses a key read from etcd; `None` for keys of no known shape.
@@ -158,13 +215,23 @@ pub fn parse_key(root: &str, key: &[u8]) -> Option<MeshKey> {
     if let Some(id) = rest.strip_prefix("relays/") {
         return RelayId::new(id).ok().map(MeshKey::Relay);
     }
+    if let Some(rest) = rest.strip_prefix("users/") {
+        let (user, relay) = rest.split_once('/')?;
+        let user = UserId(decimal(user)?);
+        return Some(MeshKey::User(user, RelayId::new(relay).ok()?));
+    }
     let rest = rest.strip_prefix("services/")?;
     let (service, relay) = rest.split_once('/')?;
-    if service.is_empty() || !service.bytes().all(|b| b.is_ascii_digit()) {
+    let service = ServiceId(decimal(service)?);
+    Some(MeshKey::Service(service, RelayId::new(relay).ok()?))
+}
+
+/// A u32 in plain decimal digits (no sign, no spaces).
+fn decimal(s: &str) -> Option<u32> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let service = ServiceId(service.parse().ok()?);
-    Some(MeshKey::Service(service, RelayId::new(relay).ok()?))
+    s.parse().ok()
 }
 
 /// How to register.
@@ -226,6 +293,8 @@ pub struct RegistryStats {
 
 enum Command {
     Service(ServiceId, Option<ServiceRecord>),
+    /// A user's session came (true) or went (false).
+    User(UserId, bool),
     Load(f32),
     /// Stop; revoke the lease if true.
     Stop(bool),
@@ -244,6 +313,7 @@ impl fmt::Debug for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Command::Service(s, r) => write!(f, "Service({s}, {r:?})"),
+            Command::User(u, on) => write!(f, "User({u}, {on})"),
             Command::Load(l) => write!(f, "Load({l})"),
             Command::Stop(r) => write!(f, "Stop(revoke: {r})"),
         }
@@ -269,6 +339,7 @@ impl Registry {
             relay_key: relay_key(&config.root, &config.relay),
             config,
             services: BTreeMap::new(),
+            users: std::collections::BTreeSet::new(),
             lease: None,
             dirty: true,
             connected: Arc::clone(&connected),
@@ -288,7 +359,7 @@ impl Registry {
 
     /// Announces that this relay reaches `service` through `connectors`
     /// (replacing what was said before).
-    pub fn set_service(&self, service: ServiceId, connectors: Vec<u32>) {
+    pub fn set_service(&self, service: ServiceId, connectors: Vec<ConnectorRecord>) {
         let _ = self.commands.send(Command::Service(
             service,
             Some(ServiceRecord { connectors }),
@@ -298,6 +369,16 @@ impl Registry {
     /// Withdraws `service` (its last connector left).
     pub fn remove_service(&self, service: ServiceId) {
         let _ = self.commands.send(Command::Service(service, None));
+    }
+
+    /// Announces that `user` holds a hop session with this relay.
+    pub fn add_user(&self, user: UserId) {
+        let _ = self.commands.send(Command::User(user, true));
+    }
+
+    /// Withdraws `user` (its last session here is gone).
+    pub fn remove_user(&self, user: UserId) {
+        let _ = self.commands.send(Command::User(user, false));
     }
 
     /// Updates this relay's load in its record.
@@ -347,6 +428,8 @@ struct State {
     relay_key: String,
     /// What etcd should hold for this relay's services.
     services: BTreeMap<ServiceId, ServiceRecord>,
+    /// The users etcd should list under this relay.
+    users: std::collections::BTreeSet<UserId>,
     lease: Option<LeaseId>,
     /// etcd may not hold the desired state (a write failed, or the lease is
     /// new): write everything on the next tick.
@@ -385,6 +468,18 @@ impl State {
                                 self.client.delete(&key)
                             })
                         }
+                    };
+                    self.settle(result);
+                }
+                Ok(Command::User(user, on)) => {
+                    let key = user_key(&self.config.root, user, &self.config.relay);
+                    let result = if on {
+                        self.users.insert(user);
+                        self.lease
+                            .map(|lease| self.client.put(&key, b"{}", Some(lease)).map(drop))
+                    } else {
+                        self.users.remove(&user);
+                        self.lease.map(|_| self.client.delete(&key))
                     };
                     self.settle(result);
                 }
@@ -463,6 +558,10 @@ impl State {
             let value = serde_json::to_vec(record).unwrap_or_default();
             self.client.put(&key, &value, Some(lease))?;
         }
+        for user in &self.users {
+            let key = user_key(&self.config.root, *user, &self.config.relay);
+            self.client.put(&key, b"{}", Some(lease))?;
+        }
         Ok(())
     }
 
@@ -527,6 +626,30 @@ mod tests {
     }
 
     #[test]
+    fn user_keys_round_trip() {
+        let a = RelayId::new("a").unwrap();
+        let k = user_key(ROOT, UserId(42), &a);
+        assert_eq!(k, "/ztna/v1/users/42/a");
+        assert_eq!(
+            parse_key(ROOT, k.as_bytes()),
+            Some(MeshKey::User(UserId(42), a))
+        );
+    }
+
+    #[test]
+    fn connector_keys_round_trip_as_hex() {
+        let key = [0xab; 32];
+        let r = ConnectorRecord::new(5, &key);
+        assert_eq!(r.key.len(), 64);
+        assert_eq!(r.static_key(), Some(key));
+        let bad = ConnectorRecord {
+            id: 5,
+            key: "zz".repeat(32),
+        };
+        assert_eq!(bad.static_key(), None);
+    }
+
+    #[test]
     fn odd_keys_are_not_parsed() {
         for k in [
             "/ztna/v1/relays/",
@@ -536,6 +659,8 @@ mod tests {
             "/ztna/v1/services/+7/a",
             "/ztna/v1/services/99999999999/a",
             "/ztna/v1/other/a",
+            "/ztna/v1/users/x/a",
+            "/ztna/v1/users/7",
             "/elsewhere/relays/a",
         ] {
             assert_eq!(parse_key(ROOT, k.as_bytes()), None, "{k}");

@@ -13,14 +13,14 @@
 //! during the outage arrive as deletes). If etcd compacted that revision
 //! away it reads the root again and publishes the result as a new view.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use proto::ids::ServiceId;
+use proto::ids::{ServiceId, UserId};
 
 use super::etcd::{Etcd, EtcdError, Event, KeyValue};
 use super::registry::{parse_key, MeshKey, RelayId, RelayRecord, ServiceRecord, ROOT};
@@ -35,6 +35,8 @@ pub struct MeshView {
     /// (briefly, while a relay registers); [`MeshView::relays_for`] leaves
     /// those out.
     reach: BTreeMap<ServiceId, BTreeMap<RelayId, ServiceRecord>>,
+    /// user → the relays it holds a hop session with.
+    users: BTreeMap<UserId, BTreeSet<RelayId>>,
 }
 
 impl MeshView {
@@ -70,6 +72,20 @@ impl MeshView {
             .filter(|(relay, _)| self.relays.contains_key(*relay))
     }
 
+    /// Every user some relay says it holds a session with.
+    pub fn users(&self) -> impl Iterator<Item = UserId> + '_ {
+        self.users.keys().copied()
+    }
+
+    /// A live relay that `user` holds a hop session with (the lowest id
+    /// when several say so, e.g. while the user moves).
+    pub fn relay_of_user(&self, user: UserId) -> Option<&RelayId> {
+        self.users
+            .get(&user)?
+            .iter()
+            .find(|r| self.relays.contains_key(*r))
+    }
+
     fn apply_put(&mut self, root: &str, kv: &KeyValue) -> Result<(), Skip> {
         match parse_key(root, &kv.key).ok_or(Skip)? {
             MeshKey::Relay(id) => {
@@ -79,6 +95,9 @@ impl MeshView {
             MeshKey::Service(service, relay) => {
                 let record = serde_json::from_slice(&kv.value).map_err(|_| Skip)?;
                 self.reach.entry(service).or_default().insert(relay, record);
+            }
+            MeshKey::User(user, relay) => {
+                self.users.entry(user).or_default().insert(relay);
             }
         }
         Ok(())
@@ -94,6 +113,14 @@ impl MeshView {
                     by_relay.remove(&relay);
                     if by_relay.is_empty() {
                         self.reach.remove(&service);
+                    }
+                }
+            }
+            Some(MeshKey::User(user, relay)) => {
+                if let Some(relays) = self.users.get_mut(&user) {
+                    relays.remove(&relay);
+                    if relays.is_empty() {
+                        self.users.remove(&user);
                     }
                 }
             }
@@ -376,16 +403,40 @@ mod tests {
     fn views_join_relays_and_services() {
         let mut v = MeshView::default();
         v.apply_put(ROOT, &kv("/ztna/v1/relays/a", RECORD)).unwrap();
-        v.apply_put(ROOT, &kv("/ztna/v1/services/7/a", r#"{"connectors":[1]}"#))
-            .unwrap();
-        v.apply_put(ROOT, &kv("/ztna/v1/services/7/b", r#"{"connectors":[2]}"#))
-            .unwrap();
+        v.apply_put(
+            ROOT,
+            &kv(
+                "/ztna/v1/services/7/a",
+                r#"{"connectors":[{"id":1,"key":"00"}]}"#,
+            ),
+        )
+        .unwrap();
+        v.apply_put(
+            ROOT,
+            &kv(
+                "/ztna/v1/services/7/b",
+                r#"{"connectors":[{"id":2,"key":"00"}]}"#,
+            ),
+        )
+        .unwrap();
         let a = RelayId::new("a").unwrap();
         let reach: Vec<_> = v.relays_for(ServiceId(7)).map(|(r, _)| r.clone()).collect();
         assert_eq!(reach, vec![a.clone()], "b has no record: not reachable");
         assert_eq!(v.services_of(&a).count(), 1);
         v.apply_delete(ROOT, b"/ztna/v1/relays/a");
         assert_eq!(v.relays_for(ServiceId(7)).count(), 0);
+    }
+
+    #[test]
+    fn views_know_where_users_are() {
+        let mut v = MeshView::default();
+        v.apply_put(ROOT, &kv("/ztna/v1/users/9/b", "{}")).unwrap();
+        assert_eq!(v.relay_of_user(UserId(9)), None, "b has no record");
+        v.apply_put(ROOT, &kv("/ztna/v1/relays/b", RECORD)).unwrap();
+        let b = RelayId::new("b").unwrap();
+        assert_eq!(v.relay_of_user(UserId(9)), Some(&b));
+        v.apply_delete(ROOT, b"/ztna/v1/users/9/b");
+        assert_eq!(v.relay_of_user(UserId(9)), None);
     }
 
     #[test]
@@ -396,7 +447,7 @@ mod tests {
             .apply_put(ROOT, &kv("/ztna/v1/relays/a/b", RECORD))
             .is_err());
         assert!(v
-            .apply_put(ROOT, &kv("/ztna/v1/services/7/a", r#"{"connectors":"c7"}"#))
+            .apply_put(ROOT, &kv("/ztna/v1/services/7/a", r#"{"connectors":[7]}"#))
             .is_err());
         assert_eq!(v, MeshView::default());
     }

@@ -1,0 +1,214 @@
+//! A user on relay A reaches a service whose connector is attached to relay
+//! C, through the A–C mesh link: the directory A gives the user names C's
+//! connector and its key (from etcd), frames cross A and C with their ids
+//! intact, replies come back, and a denied pair is dropped at A.
+//!
+//! Needs the `etcd` binary (`scripts/setup.sh`); `ZTNA_SKIP_ETCD=1` skips.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use loadgen::pki::Pki;
+use loadgen::world::{ScratchDir, CONNECTOR_ID};
+use proto::control::ControlMessage;
+use proto::datapath::{DropReason, Mode};
+use proto::handshake::{E2eInitiator, Trust};
+use proto::identity::Role;
+use proto::ids::{ReceiverIndex, ServiceId, UserId};
+use proto::link::HopLink;
+use proto::wire::{Frame, Kind, HEADER_LEN};
+use relay::io::{Backend, IoConfig};
+use relay::mesh::etcd_server::{skip_requested, EtcdServer};
+use relay::mesh::registry::RelayId;
+use relay::{MeshOptions, Relay, RelayOptions};
+use tests::{payload, receive, receive_directory, send_control};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+const USER: UserId = UserId(1);
+const ALLOWED: ServiceId = ServiceId(1);
+/// Ids divisible by 4 are denied by the test policy.
+const DENIED: ServiceId = ServiceId(4);
+
+fn start_relay(pki: &Pki, dir: &ScratchDir, etcd: &EtcdServer, cert: u32, id: &str) -> Relay {
+    let policy = dir.path().join(format!("{id}.toml"));
+    std::fs::write(&policy, proto::testkit::policy_file(4, 8).to_toml_string()).unwrap();
+    Relay::start(RelayOptions {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        workers: 1,
+        first_core: 0,
+        pin: false,
+        io: Backend::Mmsg,
+        io_config: IoConfig::default(),
+        mode: Mode::Ztna,
+        identity: pki.node(cert, id, Role::Relay, &[]).unwrap(),
+        ca: pki.ca(),
+        policy,
+        mesh: Some(MeshOptions {
+            etcd: etcd.endpoint(),
+            relay_id: RelayId::new(id).unwrap(),
+            region: "test".into(),
+            advertise: None,
+            ttl: Duration::from_secs(2),
+        }),
+    })
+    .unwrap()
+}
+
+fn await_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what}: not within {DEADLINE:?}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+fn counters(relay: &Relay) -> proto::datapath::Counters {
+    let mut total = proto::datapath::Counters::default();
+    for w in relay.stats() {
+        total.add(&w.datapath);
+    }
+    total
+}
+
+/// A frame of `kind` for (USER, `service`) with `body`, tagged on `link`.
+fn frame(link: &mut HopLink, kind: Kind, user: UserId, service: ServiceId, body: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; HEADER_LEN + body.len()];
+    f[HEADER_LEN..].copy_from_slice(body);
+    link.write_header(&mut f, kind, user, service);
+    f
+}
+
+fn parts(f: &[u8]) -> (Kind, UserId, ServiceId, Vec<u8>) {
+    let f = Frame::new_checked(f).expect("well-formed frame");
+    (f.kind(), f.user(), f.service(), f.body().to_vec())
+}
+
+#[test]
+fn a_user_on_one_relay_reaches_a_connector_on_another() {
+    if skip_requested() {
+        eprintln!("ZTNA_SKIP_ETCD=1: the etcd tests are NOT run");
+        return;
+    }
+    let etcd = EtcdServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("mesh-forwarding").unwrap();
+    let pki = Pki::new(relay::control::unix_nanos() / 1_000_000_000);
+    let a = start_relay(&pki, &dir, &etcd, 1001, "relay-a");
+    let c = start_relay(&pki, &dir, &etcd, 1002, "relay-c");
+    await_until("A and C linked", || {
+        a.mesh_links().len() == 1 && c.mesh_links().len() == 1
+    });
+
+    // The connector attaches to C, the user to A.
+    let connector_id = pki
+        .node(CONNECTOR_ID, "connector1", Role::Connector, &[])
+        .unwrap();
+    let connector_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut connector = loadgen::link::handshake(
+        &connector_socket,
+        c.local_addr(),
+        c.public_key(),
+        &connector_id,
+        pki.ca(),
+        ReceiverIndex(1),
+    )
+    .unwrap();
+    let user_id = pki
+        .node(USER.0, "user1", Role::User, &["everyone"])
+        .unwrap();
+    let user_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut user = loadgen::link::handshake(
+        &user_socket,
+        a.local_addr(),
+        a.public_key(),
+        &user_id,
+        pki.ca(),
+        ReceiverIndex(1),
+    )
+    .unwrap();
+    for s in [&user_socket, &connector_socket] {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    }
+
+    // A routes the service over the link (C announced it), C routes the
+    // user over the link (A announced it).
+    await_until("routes across the mesh", || {
+        a.shared().routes.load().to_service(ALLOWED, USER).is_some()
+            && c.shared().routes.load().to_user(USER).is_some()
+    });
+
+    // The user's directory from A lists the service with C's connector and
+    // its key, as announced in etcd.
+    send_control(
+        &user_socket,
+        &mut user,
+        a.local_addr(),
+        USER.0,
+        &ControlMessage::Ping { digest: 0 },
+    );
+    let directory = receive_directory(&user_socket, &mut user, DEADLINE).expect("a directory");
+    let entry = directory
+        .services
+        .iter()
+        .find(|s| s.id == ALLOWED)
+        .expect("the remote service is in the directory");
+    assert_eq!(entry.connector, CONNECTOR_ID);
+    assert_eq!(entry.connector_key, *connector_id.public_key());
+    assert!(directory.services.iter().all(|s| s.id.0 % 4 != 0));
+
+    // An end-to-end handshake initiation crosses A and C untouched.
+    let (_initiator, init) = E2eInitiator::new(
+        &user_id,
+        &entry.connector_key,
+        Trust::new(pki.ca(), &[Role::Connector]),
+        USER,
+        ALLOWED,
+        ReceiverIndex(1),
+        relay::control::unix_nanos(),
+    )
+    .unwrap();
+    let f = frame(&mut user, Kind::E2eHandshakeUp, USER, ALLOWED, &init);
+    user_socket.send_to(&f, a.local_addr()).unwrap();
+    let got = receive(&connector_socket, &mut connector, 1, DEADLINE);
+    assert_eq!(
+        got.len(),
+        1,
+        "the e2e initiation did not reach the connector"
+    );
+    assert_eq!(parts(&got[0]), (Kind::E2eHandshakeUp, USER, ALLOWED, init));
+
+    // Data up, and the connector's answer down, ids and bodies intact.
+    let up = payload(200, 1);
+    let f = frame(&mut user, Kind::DataUp, USER, ALLOWED, &up);
+    user_socket.send_to(&f, a.local_addr()).unwrap();
+    let got = receive(&connector_socket, &mut connector, 1, DEADLINE);
+    assert_eq!(got.len(), 1, "the data frame did not reach the connector");
+    assert_eq!(parts(&got[0]), (Kind::DataUp, USER, ALLOWED, up));
+    let down = payload(300, 2);
+    let f = frame(&mut connector, Kind::DataDown, USER, ALLOWED, &down);
+    connector_socket.send_to(&f, c.local_addr()).unwrap();
+    let got = receive(&user_socket, &mut user, 1, DEADLINE);
+    assert_eq!(got.len(), 1, "the reply did not reach the user");
+    assert_eq!(parts(&got[0]), (Kind::DataDown, USER, ALLOWED, down));
+
+    // A denied pair is dropped at A: it never reaches C.
+    let denied_before = counters(&a).dropped(DropReason::Denied);
+    let f = frame(&mut user, Kind::DataUp, USER, DENIED, &payload(100, 3));
+    user_socket.send_to(&f, a.local_addr()).unwrap();
+    await_until("denied at A", || {
+        counters(&a).dropped(DropReason::Denied) == denied_before + 1
+    });
+    assert!(receive(
+        &connector_socket,
+        &mut connector,
+        1,
+        Duration::from_millis(200)
+    )
+    .is_empty());
+
+    drop(user_socket);
+    c.stop();
+    a.stop();
+}
