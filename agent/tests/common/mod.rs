@@ -153,6 +153,46 @@ impl World {
         self.relay = Some(relay);
     }
 
+    /// Starts another relay in the mesh at `etcd` (its own key, id
+    /// `relay_id`, on a free loopback port) and returns it with its
+    /// identity; `start_relay` relays join the same mesh when
+    /// `self.mesh_etcd` is set.
+    pub fn start_mesh_relay(
+        &self,
+        relay_id: &str,
+        cert_id: u32,
+        etcd: &str,
+    ) -> (Relay, LocalIdentity) {
+        let identity = self.pki.node(cert_id, relay_id, Role::Relay, &[]).unwrap();
+        let relay = Relay::start(RelayOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            workers: 1,
+            first_core: 0,
+            pin: false,
+            io: Backend::Mmsg,
+            io_config: IoConfig::default(),
+            mode: self.mode,
+            identity: identity.clone(),
+            ca: self.pki.ca(),
+            policy: self.path("policy.toml"),
+            mesh: Some(relay::MeshOptions {
+                etcd: etcd.to_owned(),
+                relay_id: relay::mesh::registry::RelayId::new(relay_id).unwrap(),
+                region: "test".into(),
+                advertise: None,
+                ttl: Duration::from_secs(2),
+            }),
+        })
+        .expect("mesh relay starts");
+        (relay, identity)
+    }
+
+    /// Points the agents configured from now on at `relay`.
+    pub fn use_relay(&mut self, relay: &Relay, identity: &LocalIdentity) {
+        self.relay_addr = relay.local_addr();
+        self.relay_identity = identity.clone();
+    }
+
     pub fn stop_relay(&mut self) {
         if let Some(r) = self.relay.take() {
             r.stop();
