@@ -415,26 +415,14 @@ impl AgentProcess {
         timeout: Duration,
         pred: impl Fn(&Status) -> bool,
     ) -> Status {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.status() {
-                if pred(&s) {
-                    return s;
-                }
-                if Instant::now() > deadline {
-                    panic!(
-                        "timed out waiting for {what}; last status: {s:#?}\nlog:\n{}",
-                        self.log_text()
-                    );
-                }
-            } else if Instant::now() > deadline {
-                panic!(
-                    "timed out waiting for {what}: no status\nlog:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        await_status(
+            self.status,
+            what,
+            timeout,
+            pred,
+            || None,
+            || format!("log:\n{}", self.log_text()),
+        )
     }
 }
 
@@ -525,26 +513,45 @@ impl InProcessAgent {
         timeout: Duration,
         pred: impl Fn(&Status) -> bool,
     ) -> Status {
-        let deadline = Instant::now() + timeout;
-        loop {
-            assert!(
-                !self.thread.as_ref().is_some_and(|t| t.is_finished()),
-                "{} stopped while waiting for {what}",
-                self.name
-            );
-            let status = self.status();
-            if let Some(s) = &status {
-                if pred(s) {
-                    return status.unwrap_or_default();
-                }
+        let gone = || {
+            self.thread
+                .as_ref()
+                .is_some_and(|t| t.is_finished())
+                .then(|| format!("{} stopped", self.name))
+        };
+        await_status(self.status, what, timeout, pred, gone, || self.name.clone())
+    }
+}
+
+/// Polls the status endpoint at `addr` until `pred` holds, at most
+/// `timeout`. `gone` says why waiting is pointless (the agent ended);
+/// `context` is added to a timeout's message (e.g. the agent's log).
+pub fn await_status(
+    addr: SocketAddr,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&Status) -> bool,
+    gone: impl Fn() -> Option<String>,
+    context: impl Fn() -> String,
+) -> Status {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = agent::status::fetch(addr).ok();
+        if let Some(s) = &status {
+            if pred(s) {
+                return status.unwrap_or_default();
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what} from {}; last status: {status:#?}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
         }
+        if let Some(why) = gone() {
+            panic!("waiting for {what}: {why}");
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {what}; last status: {status:#?}\n{}",
+                context()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
