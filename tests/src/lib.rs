@@ -233,3 +233,39 @@ pub fn ids(frame: &[u8]) -> (UserId, ServiceId) {
     let f = Frame::new_checked(frame).expect("well-formed frame");
     (f.user(), f.service())
 }
+
+/// A relay of a mesh for tests: one worker on a free loopback port, the
+/// synthetic policy (`proto::testkit::policy_file(4, 8)`) in its own file
+/// under `dir`, registered in `etcd` as `relay_id` with a 2 s lease.
+pub fn start_mesh_relay(
+    pki: &loadgen::pki::Pki,
+    dir: &loadgen::world::ScratchDir,
+    etcd: &relay::mesh::etcd_server::EtcdServer,
+    cert_id: u32,
+    relay_id: &str,
+) -> relay::Relay {
+    let policy = dir.path().join(format!("{relay_id}.toml"));
+    std::fs::write(&policy, proto::testkit::policy_file(4, 8).to_toml_string()).unwrap();
+    relay::Relay::start(relay::RelayOptions {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        workers: 1,
+        first_core: 0,
+        pin: false,
+        io: Backend::Mmsg,
+        io_config: relay::io::IoConfig::default(),
+        mode: proto::datapath::Mode::Ztna,
+        identity: pki
+            .node(cert_id, relay_id, proto::identity::Role::Relay, &[])
+            .unwrap(),
+        ca: pki.ca(),
+        policy,
+        mesh: Some(relay::MeshOptions {
+            etcd: etcd.endpoint(),
+            relay_id: relay::mesh::registry::RelayId::new(relay_id).unwrap(),
+            region: "test".into(),
+            advertise: None,
+            ttl: Duration::from_secs(2),
+        }),
+    })
+    .unwrap()
+}

@@ -5,22 +5,20 @@
 //!
 //! Needs the `etcd` binary (`scripts/setup.sh`); `ZTNA_SKIP_ETCD=1` skips.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use loadgen::pki::Pki;
 use loadgen::world::{ScratchDir, CONNECTOR_ID};
 use proto::control::ControlMessage;
-use proto::datapath::{DropReason, Mode};
+use proto::datapath::DropReason;
 use proto::handshake::{E2eInitiator, Trust};
 use proto::identity::Role;
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
 use proto::link::HopLink;
 use proto::wire::{Frame, Kind, HEADER_LEN};
-use relay::io::{Backend, IoConfig};
 use relay::mesh::etcd_server::{skip_requested, EtcdServer};
-use relay::mesh::registry::RelayId;
-use relay::{MeshOptions, Relay, RelayOptions};
+use relay::Relay;
 use tests::{payload, receive, receive_directory, send_control};
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -29,30 +27,7 @@ const ALLOWED: ServiceId = ServiceId(1);
 /// Ids divisible by 4 are denied by the test policy.
 const DENIED: ServiceId = ServiceId(4);
 
-fn start_relay(pki: &Pki, dir: &ScratchDir, etcd: &EtcdServer, cert: u32, id: &str) -> Relay {
-    let policy = dir.path().join(format!("{id}.toml"));
-    std::fs::write(&policy, proto::testkit::policy_file(4, 8).to_toml_string()).unwrap();
-    Relay::start(RelayOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        workers: 1,
-        first_core: 0,
-        pin: false,
-        io: Backend::Mmsg,
-        io_config: IoConfig::default(),
-        mode: Mode::Ztna,
-        identity: pki.node(cert, id, Role::Relay, &[]).unwrap(),
-        ca: pki.ca(),
-        policy,
-        mesh: Some(MeshOptions {
-            etcd: etcd.endpoint(),
-            relay_id: RelayId::new(id).unwrap(),
-            region: "test".into(),
-            advertise: None,
-            ttl: Duration::from_secs(2),
-        }),
-    })
-    .unwrap()
-}
+use tests::start_mesh_relay as start_relay;
 
 fn await_until(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();

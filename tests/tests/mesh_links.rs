@@ -4,53 +4,21 @@
 //!
 //! Needs the `etcd` binary (`scripts/setup.sh`); `ZTNA_SKIP_ETCD=1` skips.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use loadgen::pki::Pki;
 use loadgen::world::ScratchDir;
-use proto::datapath::Mode;
 use proto::handshake::{CookieJar, HopInitiator, Trust};
 use proto::identity::Role;
 use proto::ids::ReceiverIndex;
-use relay::io::{Backend, IoConfig};
 use relay::mesh::etcd_server::{skip_requested, EtcdServer};
-use relay::mesh::registry::RelayId;
-use relay::{MeshOptions, Relay, RelayOptions};
+use relay::Relay;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
-fn start_relay(
-    pki: &Pki,
-    dir: &ScratchDir,
-    etcd: &EtcdServer,
-    cert_id: u32,
-    relay_id: &str,
-) -> Relay {
-    let policy = dir.path().join(format!("{relay_id}.toml"));
-    std::fs::write(&policy, proto::testkit::policy_file(4, 8).to_toml_string()).unwrap();
-    Relay::start(RelayOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        workers: 1,
-        first_core: 0,
-        pin: false,
-        io: Backend::Mmsg,
-        io_config: IoConfig::default(),
-        mode: Mode::Ztna,
-        identity: pki.node(cert_id, relay_id, Role::Relay, &[]).unwrap(),
-        ca: pki.ca(),
-        policy,
-        mesh: Some(MeshOptions {
-            etcd: etcd.endpoint(),
-            relay_id: RelayId::new(relay_id).unwrap(),
-            region: "test".into(),
-            advertise: None,
-            ttl: Duration::from_secs(2),
-        }),
-    })
-    .unwrap()
-}
+use tests::start_mesh_relay as start_relay;
 
 /// Polls `cond` until it holds; fails after [`DEADLINE`].
 fn await_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
