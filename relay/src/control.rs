@@ -78,7 +78,19 @@ struct SessionEntry {
     pinged: bool,
     /// Digest of the last directory sent on this session (0: none).
     sent_digest: u64,
+    /// Pings this session may still send now (token bucket).
+    ping_tokens: f64,
+    /// When `ping_tokens` was last refilled.
+    ping_refilled: Instant,
 }
+
+/// Pings a session may send in a burst: an agent pings on a new session,
+/// then every few seconds; a reconnect or a push may add one or two.
+pub const PING_BURST: f64 = 5.0;
+/// Pings per second a session earns back. Each ping may cost a policy
+/// lookup per service and a directory in reply, so a peer flooding pings
+/// is cut to this rate (the rest is counted as rate limited).
+pub const PING_RATE: f64 = 10.0;
 
 /// Control-thread counters, for logs and metrics.
 #[derive(Debug, Clone, Default)]
@@ -100,6 +112,9 @@ pub struct ControlStats {
     /// Control messages that did not parse, came on a session that is gone,
     /// or are not for a relay (a `Pong` or a directory part).
     pub control_rejected: u64,
+    /// Pings dropped because their session sent more than [`PING_RATE`]
+    /// per second (after a burst of [`PING_BURST`]).
+    pub pings_rate_limited: u64,
     /// `Pong`s sent.
     pub pongs_sent: u64,
     /// Directories sent, in answer to a ping or pushed.
@@ -389,6 +404,8 @@ impl Control {
             static_key: keys.peer.static_key,
             pinged: false,
             sent_digest: 0,
+            ping_tokens: PING_BURST,
+            ping_refilled: now,
         });
         self.stats.handshakes_ok += 1;
         self.routes_dirty = true;
@@ -639,6 +656,17 @@ impl Control {
                 return;
             }
         };
+        if let Some(entry) = self.sessions.get_mut(slot).and_then(Option::as_mut) {
+            let now = Instant::now();
+            let earned = now.duration_since(entry.ping_refilled).as_secs_f64() * PING_RATE;
+            entry.ping_tokens = (entry.ping_tokens + earned).min(PING_BURST);
+            entry.ping_refilled = now;
+            if entry.ping_tokens < 1.0 {
+                self.stats.pings_rate_limited += 1;
+                return;
+            }
+            entry.ping_tokens -= 1.0;
+        }
         // The directory is computed from the routing snapshot: bring it up
         // to date with the sessions first (this may push to other users).
         if self.routes_dirty {

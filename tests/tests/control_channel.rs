@@ -194,3 +194,42 @@ fn a_connector_that_connects_appears_and_sessions_that_never_pinged_hear_nothing
     assert_eq!(report.control.directories_pushed, 1, "{:?}", report.control);
     assert_eq!(report.control.control_received, 1, "{:?}", report.control);
 }
+
+/// A session flooding pings is answered at most a burst's worth at once:
+/// each answer may cost a directory, so the relay cuts a flood to its
+/// per-session rate.
+#[test]
+fn a_ping_flood_is_cut_to_the_burst() {
+    let mut rig = Rig::start(relay::io::Backend::Mmsg).unwrap();
+    let relay = rig.world.relay_addr();
+    let ping = ControlMessage::Ping { digest: 0 };
+    send_control(&rig.user_socket, &mut rig.user, relay, USER.0, &ping);
+    let directory = receive_directory(&rig.user_socket, &mut rig.user, WAIT)
+        .unwrap_or_else(|| panic!("no directory"));
+    // Let the bucket refill completely (PING_BURST / PING_RATE s).
+    std::thread::sleep(Duration::from_secs_f64(
+        relay::control::PING_BURST / relay::control::PING_RATE + 0.1,
+    )); // the refill itself is what is waited for, not another thread
+    let current = ControlMessage::Ping {
+        digest: directory.digest,
+    };
+    for _ in 0..50 {
+        send_control(&rig.user_socket, &mut rig.user, relay, USER.0, &current);
+    }
+    let answers = receive_control(
+        &rig.user_socket,
+        &mut rig.user,
+        50,
+        Duration::from_millis(500),
+    );
+    let burst = relay::control::PING_BURST as usize;
+    assert!(
+        (burst..=burst + 2).contains(&answers.len()),
+        "{} answers to 50 pings (burst {burst})",
+        answers.len()
+    );
+    assert!(answers.iter().all(|a| *a
+        == ControlMessage::Pong {
+            digest: directory.digest
+        }));
+}
