@@ -812,8 +812,8 @@ impl Client {
                     // address to ours. A connector cannot inject packets
                     // for other addresses into the user's host.
                     let packet = &buf[range];
-                    let fits = crate::inner::ipv4_addresses(packet).is_some_and(|(src, dst)| {
-                        dst == crate::start::TUN_ADDRESS && self.ips.get(&service) == Some(&src)
+                    let fits = self.ips.get(&service).is_some_and(|ip| {
+                        crate::inner::comes_from(packet, *ip, crate::start::TUN_ADDRESS)
                     });
                     if !fits {
                         tun.rejected += 1;

@@ -76,6 +76,13 @@ pub fn ipv4_addresses(packet: &[u8]) -> Option<(std::net::Ipv4Addr, std::net::Ip
     Some((p.src_addr(), p.dst_addr()))
 }
 
+/// Whether `packet` is IPv4 from `src` to `dst`: what a tun-mode client
+/// requires of a packet opened from a service's session before it goes
+/// into the device (from that service's address, to the client's own).
+pub fn comes_from(packet: &[u8], src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr) -> bool {
+    ipv4_addresses(packet) == Some((src, dst))
+}
+
 /// The destination IPv4 address of a packet, if it is IPv4.
 pub fn ipv4_destination(packet: &[u8]) -> Option<std::net::Ipv4Addr> {
     if packet.first().map(|b| b >> 4) != Some(4) {
@@ -123,6 +130,25 @@ mod tests {
             ipv4_destination(&syn()),
             Some(std::net::Ipv4Addr::new(100, 80, 1, 5))
         );
+    }
+
+    #[test]
+    fn only_the_service_address_to_ours_fits() {
+        use std::net::Ipv4Addr;
+        let service = Ipv4Addr::new(100, 80, 1, 5);
+        let me = Ipv4Addr::new(100, 80, 0, 1);
+        // syn() goes from 100.80.0.1 to 100.80.1.5: turned around, it is a
+        // reply from the service to us.
+        let mut reply = syn();
+        reply[12..16].copy_from_slice(&service.octets());
+        reply[16..20].copy_from_slice(&me.octets());
+        assert!(comes_from(&reply, service, me));
+        // From another address (spoofed by the connector), or to another.
+        assert!(!comes_from(&reply, Ipv4Addr::new(100, 80, 1, 6), me));
+        assert!(!comes_from(&reply, service, Ipv4Addr::new(10, 0, 0, 1)));
+        assert!(!comes_from(&syn(), service, me));
+        assert!(!comes_from(&[0x60; 40], service, me), "IPv6 never fits");
+        assert!(!comes_from(&[], service, me));
     }
 
     #[test]
