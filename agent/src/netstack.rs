@@ -247,14 +247,6 @@ impl Stack {
     }
 }
 
-/// The virtual address of service `id` (in 100.80.0.0/16). Collisions
-/// between ids are possible; the client keeps one stack per service, so in
-/// proxy mode the inner address is only a label.
-pub fn service_addr(id: u32) -> Ipv4Address {
-    let host = (id % (254 * 256 - 3)) + 3;
-    Ipv4Address::new(100, 80, (host / 254) as u8, (host % 254 + 1) as u8)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,7 +263,7 @@ mod tests {
         let mut sock = udp::Socket::new(buf(), buf());
         sock.bind(20_000).unwrap();
         let handle = stack.sockets.add(sock);
-        let to = IpEndpoint::new(IpAddress::Ipv4(service_addr(7)), 53);
+        let to = IpEndpoint::new(IpAddress::Ipv4(crate::dns::service_address(7)), 53);
         let sock = stack.sockets.get_mut::<udp::Socket<'_>>(handle);
         for msg in [&b"one"[..], b"two", b"three"] {
             sock.send_slice(msg, to).unwrap();
