@@ -531,18 +531,9 @@ fn locate(text: &str, at: usize) -> String {
     }
 }
 
-/// Parses 64 hex characters.
+/// Parses 64 hex characters (surrounding whitespace allowed).
 pub fn parse_public_key(text: &str) -> Option<[u8; 32]> {
-    let text = text.trim();
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, chunk) in text.as_bytes().chunks(2).enumerate() {
-        let s = std::str::from_utf8(chunk).ok()?;
-        out[i] = u8::from_str_radix(s, 16).ok()?;
-    }
-    Some(out)
+    proto::identity::key_from_hex(text.trim())
 }
 
 #[cfg(test)]

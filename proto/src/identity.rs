@@ -349,7 +349,7 @@ impl CaPublicKey {
 
 impl fmt::Debug for CaPublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CaPublicKey({})", hex(&self.to_bytes()))
+        write!(f, "CaPublicKey({})", to_hex(&self.to_bytes()))
     }
 }
 
@@ -604,7 +604,9 @@ impl Reader<'_> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// `bytes` as lowercase hex: the one encoder of keys as text (armour,
+/// configs, etcd records, logs).
+pub fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -615,7 +617,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn armor(label: &str, bytes: &[u8]) -> String {
-    let h = hex(bytes);
+    let h = to_hex(bytes);
     let mut s = format!("-----BEGIN {label}-----\n");
     // Hex is ASCII, so splitting on byte boundaries is splitting on chars.
     for line in h.as_bytes().chunks(64) {
@@ -656,6 +658,20 @@ fn dearmor(label: &'static str, text: &str) -> Result<Vec<u8>, CertError> {
     Ok(out)
 }
 
+/// A 32-byte key from exactly 64 hex digits (either case); `None` for
+/// anything else. Never panics, whatever the text.
+pub fn key_from_hex(text: &str) -> Option<[u8; 32]> {
+    let digits = text.as_bytes();
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (b, pair) in key.iter_mut().zip(digits.chunks_exact(2)) {
+        *b = hex_val(pair[0])? << 4 | hex_val(pair[1])?;
+    }
+    Some(key)
+}
+
 fn hex_val(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
@@ -671,6 +687,19 @@ mod tests {
     use rand::SeedableRng;
 
     const NOW: u64 = 1_800_000_000;
+
+    #[test]
+    fn keys_round_trip_through_hex_and_junk_is_refused() {
+        let key: [u8; 32] = core::array::from_fn(|i| (i * 7) as u8);
+        let text = to_hex(&key);
+        assert_eq!(text.len(), 64);
+        assert_eq!(key_from_hex(&text), Some(key));
+        assert_eq!(key_from_hex(&text.to_uppercase()), Some(key));
+        assert_eq!(key_from_hex(&text[..62]), None);
+        assert_eq!(key_from_hex(&format!("{}zz", &text[..62])), None);
+        // Multi-byte characters of the right byte length must not panic.
+        assert_eq!(key_from_hex(&"é".repeat(32)), None);
+    }
 
     fn ca() -> CaKeypair {
         CaKeypair::from_seed(&[7; 32])
@@ -706,7 +735,7 @@ mod tests {
         assert_eq!(ca.public(), again.public());
         let public = CaPublicKey::from_text(&ca.public().to_text()).unwrap();
         assert_eq!(public, ca.public());
-        assert!(!format!("{ca:?}").contains(&hex(&ca.secret_bytes())));
+        assert!(!format!("{ca:?}").contains(&to_hex(&ca.secret_bytes())));
     }
 
     #[test]

@@ -111,7 +111,7 @@ pub fn public_key(private: &[u8; 32]) -> [u8; 32] {
 
 /// The text form of a static private key.
 pub fn static_key_to_text(private: &[u8; 32]) -> String {
-    let hex: String = private.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = proto::identity::to_hex(private);
     format!("-----BEGIN {STATIC_KEY_LABEL}-----\n{hex}\n-----END {STATIC_KEY_LABEL}-----\n")
 }
 
@@ -121,14 +121,7 @@ pub fn parse_static_key(text: &str) -> Option<[u8; 32]> {
     let end = format!("-----END {STATIC_KEY_LABEL}-----");
     let body = text.trim().strip_prefix(&begin)?.strip_suffix(&end)?;
     let hex: String = body.split_whitespace().collect();
-    if hex.len() != 64 || !hex.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    proto::identity::key_from_hex(&hex)
 }
 
 #[cfg(test)]

@@ -141,7 +141,7 @@ fn start_registry(
         address,
         region: m.region.clone(),
         load: 0.0,
-        public_key: public_key.iter().map(|b| format!("{b:02x}")).collect(),
+        public_key: proto::identity::to_hex(public_key),
         started: control::unix_nanos() / 1_000_000_000,
     };
     let mut config =

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use proto::datapath::{DropReason, Mode};
 use proto::handshake::StaticKeypair;
-use proto::identity::{CaKeypair, CertificateBody, Role};
+use proto::identity::{to_hex, CaKeypair, CertificateBody, Role};
 use relay::config::Config;
 use relay::io::{Backend, IoConfig};
 use relay::{keys, Relay, RelayOptions, RelayReport};
@@ -305,7 +305,7 @@ fn run(args: RunArgs) -> Result<()> {
         config.workers,
         relay.backend(),
         config.mode.name(),
-        hex(relay.public_key())
+        to_hex(relay.public_key())
     );
     while !relay.stopping() {
         std::thread::sleep(Duration::from_millis(100));
@@ -361,7 +361,7 @@ fn print_report(report: &RelayReport) {
 fn keygen(out: &Path) -> Result<()> {
     let kp = StaticKeypair::generate()?;
     write_secret(out, &keys::static_key_to_text(&kp.private))?;
-    println!("{}", hex(&kp.public));
+    println!("{}", to_hex(&kp.public));
     Ok(())
 }
 
@@ -423,7 +423,7 @@ fn ca(cmd: CaCommand) -> Result<()> {
             println!("name:       {}", c.name);
             println!("role:       {}", c.role);
             println!("groups:     {}", c.groups.join(", "));
-            println!("static key: {}", hex(&c.static_key));
+            println!("static key: {}", to_hex(&c.static_key));
             println!(
                 "valid:      {} .. {} (unix seconds)",
                 c.not_before, c.not_after
@@ -470,8 +470,4 @@ fn write_secret(path: &Path, text: &str) -> Result<()> {
 
 fn unix_secs() -> u64 {
     relay::control::unix_nanos() / 1_000_000_000
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

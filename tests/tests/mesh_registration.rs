@@ -58,12 +58,7 @@ fn relay_announces_its_connectors_services_and_withdraws_on_stop() {
     let view = await_view(&watch, "relay record", |v| v.relay(&id).is_some());
     let record = view.relay(&id).unwrap();
     assert_eq!(record.address, world.relay_addr());
-    let key: String = world
-        .relay
-        .public_key()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let key = proto::identity::to_hex(world.relay.public_key());
     assert_eq!(record.public_key, key);
     assert_eq!(view.services_of(&id).count(), 0);
 

@@ -206,11 +206,7 @@ impl World {
     }
 
     fn relay_key_hex(&self) -> String {
-        self.relay_identity
-            .public_key()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        proto::identity::to_hex(self.relay_identity.public_key())
     }
 
     /// Writes identity files and a config for an agent; returns the

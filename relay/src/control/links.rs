@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use proto::handshake::timers::REKEY_AFTER_TIME;
 use proto::handshake::{CookieJar, HopInitiator, LocalIdentity, Trust};
-use proto::identity::Role;
+use proto::identity::{key_from_hex, Role};
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
 use proto::route::RouteTable;
 use proto::session::{HopId, Peer};
@@ -110,20 +110,6 @@ impl MeshLinks {
     }
 }
 
-/// A record's `public_key` (64 hex digits) as bytes.
-fn parse_key(hex: &str) -> Option<[u8; 32]> {
-    let bytes = hex.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut key = [0u8; 32];
-    for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        let s = std::str::from_utf8(pair).ok()?;
-        key[i] = u8::from_str_radix(s, 16).ok()?;
-    }
-    Some(key)
-}
-
 impl Control {
     /// Adds to `routes` what only other relays reach: each service with no
     /// local connector (`local`) goes to the links of the relays the view
@@ -158,7 +144,7 @@ impl Control {
             if *id == mesh.me {
                 continue;
             }
-            if let Some((_, hop)) = parse_key(&record.public_key).and_then(|k| newest.get(&k)) {
+            if let Some((_, hop)) = key_from_hex(&record.public_key).and_then(|k| newest.get(&k)) {
                 link.insert(id, *hop);
             }
         }
@@ -244,7 +230,7 @@ impl Control {
             if *id == mesh.me {
                 continue;
             }
-            let Some(key) = parse_key(&record.public_key) else {
+            let Some(key) = key_from_hex(&record.public_key) else {
                 tracing::debug!(relay = %id, "mesh: relay record with a malformed public_key ignored");
                 continue;
             };
@@ -451,7 +437,7 @@ impl Control {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_key;
+    use proto::identity::key_from_hex as parse_key;
 
     #[test]
     fn record_keys_parse_as_hex_or_not_at_all() {

@@ -52,6 +52,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use proto::identity::{key_from_hex, to_hex};
 use proto::ids::{ServiceId, UserId};
 use serde::{Deserialize, Serialize};
 
@@ -151,36 +152,16 @@ pub struct ConnectorRecord {
 impl ConnectorRecord {
     /// A record for connector `id` with static key `key`.
     pub fn new(id: u32, key: &[u8; 32]) -> ConnectorRecord {
-        ConnectorRecord { id, key: hex(key) }
+        ConnectorRecord {
+            id,
+            key: to_hex(key),
+        }
     }
 
     /// The static key, if `key` is 64 hex digits.
     pub fn static_key(&self) -> Option<[u8; 32]> {
-        parse_hex_key(&self.key)
+        key_from_hex(&self.key)
     }
-}
-
-/// `bytes` as lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-/// A 32-byte key from 64 hex digits; `None` for anything else.
-pub fn parse_hex_key(hex: &str) -> Option<[u8; 32]> {
-    let bytes = hex.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut key = [0u8; 32];
-    for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        let s = std::str::from_utf8(pair).ok()?;
-        key[i] = u8::from_str_radix(s, 16).ok()?;
-    }
-    Some(key)
 }
 
 /// The key of `relay`'s record under `root`.
