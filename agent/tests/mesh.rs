@@ -9,15 +9,13 @@ use std::time::Duration;
 
 use common::*;
 use proto::datapath::Mode;
-use relay::mesh::etcd_server::{skip_requested, EtcdServer};
+use relay::mesh::etcd_server;
 
 #[test]
 fn tcp_through_two_relays_arrives_byte_exact() {
-    if skip_requested() {
-        eprintln!("ZTNA_SKIP_ETCD=1: the mesh test is NOT run");
+    let Some(etcd) = etcd_server::for_test() else {
         return;
-    }
-    let etcd = EtcdServer::start().unwrap_or_else(|e| panic!("{e}"));
+    };
     let mut w = World::start(Mode::Ztna);
     let t = Targets::basic();
     w.write_policy(&t, true);

@@ -8,16 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::ids::ServiceId;
-use relay::mesh::etcd_server::{skip_requested, EtcdServer};
+use relay::mesh::etcd_server::{self, EtcdServer};
 use relay::mesh::registry::{ConnectorRecord, Registry, RegistryConfig, RelayId, RelayRecord};
 use relay::mesh::view::{MeshView, MeshWatch, WatchConfig};
 
 fn etcd() -> Option<EtcdServer> {
-    if skip_requested() {
-        eprintln!("ZTNA_SKIP_ETCD=1: the etcd tests are NOT run");
-        return None;
-    }
-    Some(EtcdServer::start().unwrap_or_else(|e| panic!("{e}")))
+    etcd_server::for_test()
 }
 
 fn record(port: u16) -> RelayRecord {

@@ -17,7 +17,7 @@ use proto::identity::Role;
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
 use proto::link::HopLink;
 use proto::wire::{Frame, Kind, HEADER_LEN};
-use relay::mesh::etcd_server::{skip_requested, EtcdServer};
+use relay::mesh::etcd_server;
 use relay::Relay;
 use tests::{payload, receive, receive_directory, send_control};
 
@@ -63,11 +63,9 @@ fn parts(f: &[u8]) -> (Kind, UserId, ServiceId, Vec<u8>) {
 
 #[test]
 fn a_user_on_one_relay_reaches_a_connector_on_another() {
-    if skip_requested() {
-        eprintln!("ZTNA_SKIP_ETCD=1: the etcd tests are NOT run");
+    let Some(etcd) = etcd_server::for_test() else {
         return;
-    }
-    let etcd = EtcdServer::start().unwrap_or_else(|e| panic!("{e}"));
+    };
     let dir = ScratchDir::new("mesh-forwarding").unwrap();
     let pki = Pki::new(relay::control::unix_nanos() / 1_000_000_000);
     let a = start_relay(&pki, &dir, &etcd, 1001, "relay-a");

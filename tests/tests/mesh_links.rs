@@ -13,7 +13,7 @@ use loadgen::world::ScratchDir;
 use proto::handshake::{CookieJar, HopInitiator, Trust};
 use proto::identity::Role;
 use proto::ids::ReceiverIndex;
-use relay::mesh::etcd_server::{skip_requested, EtcdServer};
+use relay::mesh::etcd_server;
 use relay::Relay;
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -43,11 +43,9 @@ fn one_link_to(relay: &Relay, peer: &Relay, peer_cert: u32) -> bool {
 
 #[test]
 fn relays_in_etcd_link_refuse_strangers_and_drop_leavers() {
-    if skip_requested() {
-        eprintln!("ZTNA_SKIP_ETCD=1: the etcd tests are NOT run");
+    let Some(etcd) = etcd_server::for_test() else {
         return;
-    }
-    let etcd = EtcdServer::start().unwrap_or_else(|e| panic!("{e}"));
+    };
     let dir = ScratchDir::new("mesh-links").unwrap();
     let pki = Pki::new(relay::control::unix_nanos() / 1_000_000_000);
     let a = start_relay(&pki, &dir, &etcd, 1001, "relay-a");

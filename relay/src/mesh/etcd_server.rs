@@ -47,6 +47,17 @@ pub fn skip_requested() -> bool {
     std::env::var_os("ZTNA_SKIP_ETCD").is_some_and(|v| v == "1")
 }
 
+/// A server for a test: `None` (after saying so) when `ZTNA_SKIP_ETCD=1`
+/// asks to skip; a server that cannot start fails the test with the reason
+/// (e.g. run scripts/setup.sh).
+pub fn for_test() -> Option<EtcdServer> {
+    if skip_requested() {
+        eprintln!("ZTNA_SKIP_ETCD=1: this etcd test is NOT run");
+        return None;
+    }
+    Some(EtcdServer::start().unwrap_or_else(|e| panic!("{e}")))
+}
+
 /// How long a start may take before it is called failed.
 const READY: Duration = Duration::from_secs(20);
 
