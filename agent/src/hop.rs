@@ -120,6 +120,8 @@ pub struct HopStats {
     pub rejected: u64,
     /// Pings sent.
     pub pings: u64,
+    /// Keepalive probes from the relay answered.
+    pub probes_answered: u64,
     /// Wall-clock time of the last completed handshake (unix s).
     pub last_handshake_unix: Option<u64>,
 }
@@ -478,6 +480,31 @@ impl Hop {
         Some(frame)
     }
 
+    /// Answers a relay's keepalive probe (a control `Ping` in `frame`, a
+    /// frame [`Hop::accept`] took) with a `Pong` queued on `out`. The relay
+    /// takes a connector that stops answering out of its routes. Returns
+    /// whether `frame` was a probe.
+    pub fn answer_probe(&mut self, frame: &[u8], out: &mut Vec<Vec<u8>>) -> bool {
+        let frame = Frame::new_unchecked(frame);
+        if !matches!(
+            ControlMessage::parse(frame.body()),
+            Ok(ControlMessage::Ping { .. })
+        ) {
+            return false;
+        }
+        let mut pong = Vec::new();
+        ControlMessage::Pong { digest: 0 }.emit(&mut pong);
+        let mut reply = vec![0u8; HEADER_LEN + pong.len()];
+        reply[HEADER_LEN..].copy_from_slice(&pong);
+        let id = self.self_id;
+        if let Some(link) = self.link() {
+            link.write_header(&mut reply, Kind::Control, UserId(id), ServiceId(0));
+            self.stats.probes_answered += 1;
+            out.push(reply);
+        }
+        true
+    }
+
     /// Sends a ping now (e.g. after a directory change was noticed).
     pub fn ping_now(&mut self, now: Instant, out: &mut Vec<Vec<u8>>) {
         if let Some(f) = self.ping_frame() {
@@ -724,6 +751,30 @@ mod tests {
         // A frame the relay tags on the session is accepted.
         let f = s.frame_from_relay(0);
         assert_eq!(s.hop.accept(&f, s.now), Ok(()));
+    }
+
+    #[test]
+    fn a_relay_probe_is_answered_with_a_pong_on_the_session() {
+        let mut s = Sim::new();
+        s.establish();
+        let mut probe = vec![0u8; HEADER_LEN];
+        ControlMessage::Ping { digest: 0 }.emit(&mut probe);
+        s.relay_links[0].write_header(&mut probe, Kind::Control, UserId(1001), ServiceId(0));
+        s.hop.accept(&probe, s.now).unwrap();
+        let mut out = Vec::new();
+        assert!(s.hop.answer_probe(&probe, &mut out));
+        let pong = only(&out, Kind::Control);
+        assert!(s.relay_accepts(0, &pong), "tagged on the session");
+        assert_eq!(
+            ControlMessage::parse(Frame::new_unchecked(&pong[..]).body()),
+            Ok(ControlMessage::Pong { digest: 0 })
+        );
+        assert_eq!(s.hop.stats.probes_answered, 1);
+        // Anything else on the control channel is not a probe.
+        let other = s.frame_from_relay(0);
+        let mut out = Vec::new();
+        assert!(!s.hop.answer_probe(&other, &mut out));
+        assert!(out.is_empty());
     }
 
     #[test]

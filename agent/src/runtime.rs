@@ -346,6 +346,10 @@ fn handle_datagram(ctx: &mut Ctx, role: &mut dyn Role, buf: Vec<u8>, n: usize, n
             if ctx.hop.accept(frame, now).is_ok() {
                 ctx.stats.frames_in += 1;
                 ctx.stats.bytes_in += n as u64;
+                if kind == Kind::Control && ctx.hop.answer_probe(frame, &mut ctx.out) {
+                    ctx.pool.put(buf);
+                    return;
+                }
                 if let Some(buf) = role.on_frame(ctx, buf, n, now) {
                     ctx.pool.put(buf);
                 }

@@ -321,6 +321,9 @@ impl Datapath<'_> {
             return Err(DropReason::TtlExpired);
         }
         let hop_id = match direction {
+            Direction::ToService if matches!(session.peer(), Peer::Relay(_)) => {
+                self.routes.to_service_transit(service, user)
+            }
             Direction::ToService => self.routes.to_service(service, user),
             Direction::ToUser => self.routes.to_user(user),
         }
@@ -339,8 +342,10 @@ mod tests {
     use super::*;
     use crate::hoptag::HopKey;
     use crate::ids::{ReceiverIndex, ServiceId, UserId};
+    use crate::session::{RxSession, TxHop};
     use crate::testkit::{user_index, user_key, write_frame, Fixture, CONNECTOR_HOP};
     use crate::wire::{Kind, HEADER_LEN};
+    use std::sync::Arc;
 
     const ALLOWED: u32 = 1;
     const DENIED: u32 = 4;
@@ -519,6 +524,57 @@ mod tests {
         let f = Frame::new_checked(&buf[..]).unwrap();
         assert_eq!(f.receiver(), ReceiverIndex(0x1002));
         assert!(HopKey::new(&user_key(2)).verify(f.tagged(), f.tag()));
+    }
+
+    #[test]
+    fn frames_from_a_relay_follow_the_mesh_and_are_still_checked() {
+        let mut fx = Fixture::new(3, 8);
+        let relay_key = [0xeeu8; 32];
+        let link = HopId(90);
+        fx.routes.set_hop(
+            link,
+            Arc::new(TxHop::new(
+                "127.0.0.1:11".parse().unwrap(),
+                ReceiverIndex(0x900),
+                &[0xef; 32],
+                9,
+            )),
+        );
+        fx.tx = TxCounters::with_capacity(fx.routes.hop_slots());
+        fx.sessions.install(
+            ReceiverIndex(0xeeee),
+            RxSession::new(&relay_key, Peer::Relay(2), link),
+        );
+        // The service has a local connector and, in the mesh, only the
+        // connector behind `link`: users here use the local one, frames
+        // from the relay go where the ingress relay sent them.
+        fx.routes.set_service_mesh(ServiceId(ALLOWED), vec![link]);
+        let mut counter = 0;
+        let mut from_relay = |fx: &mut Fixture, user: u32, service: u32| {
+            let mut buf = vec![0; 100];
+            write_frame(
+                &mut buf,
+                Kind::DataUp,
+                ReceiverIndex(0xeeee),
+                counter,
+                UserId(user),
+                ServiceId(service),
+                &HopKey::new(&relay_key),
+            );
+            counter += 1;
+            fx.datapath(Mode::Ztna).process(&mut buf)
+        };
+        assert_eq!(from_relay(&mut fx, 1, ALLOWED), Verdict::Forward(link));
+        assert_eq!(
+            from_relay(&mut fx, 1, DENIED),
+            Verdict::Drop(DropReason::Denied),
+            "a transit relay enforces the policy too"
+        );
+        let mut buf = frame(&mut fx, 1, ALLOWED);
+        assert_eq!(
+            fx.datapath(Mode::Ztna).process(&mut buf),
+            Verdict::Forward(CONNECTOR_HOP)
+        );
     }
 
     #[test]

@@ -47,22 +47,48 @@ impl Hasher for IdHasher {
 /// A `HashMap` keyed by an integer id, hashed with [`IdHasher`].
 pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
-/// Which of `n` next hops (or connectors) a flow of `user` takes: a stable
-/// hash of the user id, the same on every relay, so a relay that forwards
-/// to another can tell which of that relay's connectors the flow reaches.
+/// Which of `n` next hops (or connectors) a flow of `user` to `service`
+/// takes: a stable hash of the pair, the same on every relay, so that the
+/// relays along a path through the mesh all pick the same connector and a
+/// relay can tell a user which connector its flows reach. One user's flows
+/// to one service stay on one connector; users and services spread.
 #[inline]
-pub fn pick(user: UserId, n: usize) -> usize {
+pub fn pick(user: UserId, service: ServiceId, n: usize) -> usize {
     match n {
         0 | 1 => 0,
-        n => (u64::from(user.0).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % n,
+        n => {
+            let pair = (u64::from(user.0) << 32) | u64::from(service.0);
+            let h = pair.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            ((h ^ (h >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % n
+        }
     }
+}
+
+/// Where frames for one service go.
+///
+/// * `local`: the hops of this relay's own connectors of the service, in
+///   connector-id order. Frames that enter the mesh here (from a user's
+///   agent) use them first.
+/// * `mesh`: one entry per connector of the service anywhere in the mesh
+///   (this relay's included), in the order every relay lists them (relay
+///   id, then connector id), each the next hop towards that connector: a
+///   local connector's own hop or the link to the next relay on the path.
+///   Frames that enter the mesh here with no local connector, and frames
+///   that arrive from another relay, pick among these, so every relay on
+///   the path picks the same connector.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ServiceRoute {
+    /// This relay's connectors.
+    pub local: Box<[HopId]>,
+    /// Every connector in the mesh, as the next hop towards it.
+    pub mesh: Box<[HopId]>,
 }
 
 /// The next hops this node knows, and which ids they lead to.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     hops: Vec<Option<Arc<TxHop>>>,
-    services: IdMap<ServiceId, Box<[HopId]>>,
+    services: IdMap<ServiceId, ServiceRoute>,
     users: IdMap<UserId, HopId>,
 }
 
@@ -81,13 +107,29 @@ impl RouteTable {
         self.hops[i] = Some(hop);
     }
 
-    /// Routes `service` to these hops (several: flows are spread over them).
+    /// Routes `service` to these hops of local connectors (several: flows
+    /// are spread over them), keeping its mesh entries.
     pub fn set_service(&mut self, service: ServiceId, hops: Vec<HopId>) {
-        if hops.is_empty() {
+        let route = self.services.entry(service).or_default();
+        route.local = hops.into_boxed_slice();
+        if route.local.is_empty() && route.mesh.is_empty() {
             self.services.remove(&service);
-        } else {
-            self.services.insert(service, hops.into_boxed_slice());
         }
+    }
+
+    /// Routes `service`'s connectors across the mesh through these hops
+    /// (see [`ServiceRoute::mesh`]), keeping its local entries.
+    pub fn set_service_mesh(&mut self, service: ServiceId, hops: Vec<HopId>) {
+        let route = self.services.entry(service).or_default();
+        route.mesh = hops.into_boxed_slice();
+        if route.local.is_empty() && route.mesh.is_empty() {
+            self.services.remove(&service);
+        }
+    }
+
+    /// The route of `service`, if any.
+    pub fn service(&self, service: ServiceId) -> Option<&ServiceRoute> {
+        self.services.get(&service)
     }
 
     /// Routes frames for `user` to `hop`.
@@ -107,12 +149,32 @@ impl RouteTable {
         self.hops.get(id.0 as usize)?.as_deref()
     }
 
-    /// The hop towards `service` for a flow of `user`. Flows of one user
-    /// stay on one connector; users are spread over all connectors.
+    /// The hop towards `service` for a flow of `user` entering the mesh
+    /// here: a local connector if there is one, else the mesh's pick.
     #[inline]
     pub fn to_service(&self, service: ServiceId, user: UserId) -> Option<HopId> {
-        let hops = self.services.get(&service)?;
-        hops.get(pick(user, hops.len())).copied()
+        let route = self.services.get(&service)?;
+        let hops = if route.local.is_empty() {
+            &route.mesh
+        } else {
+            &route.local
+        };
+        hops.get(pick(user, service, hops.len())).copied()
+    }
+
+    /// The hop towards `service` for a flow of `user` that arrived from
+    /// another relay: the mesh's pick (the connector the ingress relay
+    /// chose), falling back to a local connector while this relay has no
+    /// mesh entries for the service.
+    #[inline]
+    pub fn to_service_transit(&self, service: ServiceId, user: UserId) -> Option<HopId> {
+        let route = self.services.get(&service)?;
+        let hops = if route.mesh.is_empty() {
+            &route.local
+        } else {
+            &route.mesh
+        };
+        hops.get(pick(user, service, hops.len())).copied()
     }
 
     /// The hop towards `user`'s agent.
@@ -121,13 +183,13 @@ impl RouteTable {
         self.users.get(&user).copied()
     }
 
-    /// Whether `hop` is one of the hops `service` is routed to: a connector
-    /// may only answer for services it serves.
+    /// Whether `hop` is one of this relay's connectors of `service`: a
+    /// connector may only answer for services it serves.
     #[inline]
     pub fn serves(&self, hop: HopId, service: ServiceId) -> bool {
         self.services
             .get(&service)
-            .is_some_and(|hops| hops.contains(&hop))
+            .is_some_and(|route| route.local.contains(&hop))
     }
 }
 
@@ -173,5 +235,40 @@ mod tests {
             used[h.0 as usize] += 1;
         }
         assert!(used.iter().all(|&n| n > 700), "{used:?}");
+    }
+
+    #[test]
+    fn one_user_spreads_over_services() {
+        let mut used = [0u32; 4];
+        for s in 0..4000 {
+            used[pick(UserId(7), ServiceId(s), 4)] += 1;
+        }
+        assert!(used.iter().all(|&n| n > 800), "{used:?}");
+        assert_eq!(pick(UserId(7), ServiceId(3), 0), 0);
+        assert_eq!(pick(UserId(7), ServiceId(3), 1), 0);
+    }
+
+    #[test]
+    fn entering_frames_prefer_local_connectors_transit_follows_the_mesh() {
+        let (s, u) = (ServiceId(4), UserId(9));
+        let mut t = RouteTable::new();
+        // Only the mesh reaches it: both directions use the mesh's pick.
+        t.set_service_mesh(s, vec![HopId(5), HopId(6), HopId(7)]);
+        let mesh = [HopId(5), HopId(6), HopId(7)][pick(u, s, 3)];
+        assert_eq!(t.to_service(s, u), Some(mesh));
+        assert_eq!(t.to_service_transit(s, u), Some(mesh));
+        assert!(!t.serves(mesh, s), "a relay link is not a connector");
+        // A local connector: frames entering here use it, transit does not.
+        t.set_service(s, vec![HopId(1)]);
+        assert_eq!(t.to_service(s, u), Some(HopId(1)));
+        assert_eq!(t.to_service_transit(s, u), Some(mesh));
+        assert!(t.serves(HopId(1), s));
+        // No mesh entries (no view yet): transit falls back to local.
+        t.set_service_mesh(s, Vec::new());
+        assert_eq!(t.to_service_transit(s, u), Some(HopId(1)));
+        // Neither: the service is gone.
+        t.set_service(s, Vec::new());
+        assert_eq!(t.to_service(s, u), None);
+        assert!(t.service(s).is_none());
     }
 }

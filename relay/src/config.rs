@@ -84,6 +84,11 @@ pub struct MeshConfig {
     /// not be a wildcard address).
     #[serde(default)]
     pub advertise: Option<SocketAddr>,
+    /// The only relays (by id) to hold direct links with; the rest of the
+    /// mesh is reached through them. Absent: a link with every relay in
+    /// etcd. Both ends of a link must allow it.
+    #[serde(default)]
+    pub peers: Option<Vec<String>>,
 }
 
 fn yes() -> bool {

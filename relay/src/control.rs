@@ -21,6 +21,7 @@
 //! Nothing is sent on a session before a ping arrived on it (key
 //! confirmation).
 
+mod health;
 mod links;
 
 pub use links::{MeshLinks, RETRY as MESH_RETRY};
@@ -41,11 +42,11 @@ use proto::hoptag::HopKey;
 use proto::identity::Role;
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
 use proto::policy::CompiledPolicy;
-use proto::route::RouteTable;
+use proto::route::{pick, RouteTable};
 use proto::session::{HopId, IndexAllocator, Peer, RxSession, TxHop};
 use proto::wire::{Frame, HeaderRepr, Kind, DEFAULT_TTL, HEADER_LEN};
 
-use crate::mesh::registry::{ConnectorRecord, Registry, RelayId};
+use crate::mesh::registry::{ConnectorRecord, Registry};
 use crate::mesh::view::MeshView;
 use crate::policy_source::PolicySource;
 use crate::shared::{MeshLink, Shared};
@@ -82,6 +83,8 @@ struct SessionEntry {
     ping_tokens: f64,
     /// When `ping_tokens` was last refilled.
     ping_refilled: Instant,
+    /// Keepalive probes and whether the peer answers them.
+    health: health::Health,
 }
 
 /// Pings a session may send in a burst: an agent pings on a new session,
@@ -130,6 +133,11 @@ pub struct ControlStats {
     /// Relay handshakes refused: the peer's key is in no relay record of
     /// the current mesh view.
     pub relay_refused: u64,
+    /// Keepalive probes sent to connectors and peer relays.
+    pub probes_sent: u64,
+    /// Connectors and peer relays taken out of the routes for not
+    /// answering probes.
+    pub peers_lost: u64,
 }
 
 /// The control thread's state.
@@ -163,9 +171,11 @@ pub struct Control {
     announced_users: BTreeSet<UserId>,
     /// The mesh as etcd last said it was (empty outside a mesh).
     view: Arc<MeshView>,
-    /// Hop -> the peer relay it leads to, for the hops of mesh links in
-    /// the routing snapshot (rebuilt with it).
-    relay_hops: HashMap<HopId, RelayId>,
+    /// Service -> every connector of it in the mesh (id, static key), in
+    /// the order of its [`proto::route::ServiceRoute::mesh`] list (rebuilt
+    /// with the routing snapshot): what a user's directory names when the
+    /// service has no connector here.
+    mesh_connectors: HashMap<ServiceId, Vec<(u32, [u8; 32])>>,
     /// Links to the other relays of the mesh, if this relay is in one.
     mesh: Option<MeshLinks>,
 }
@@ -205,7 +215,7 @@ impl Control {
             announced: BTreeMap::new(),
             announced_users: BTreeSet::new(),
             view: Arc::new(MeshView::default()),
-            relay_hops: HashMap::new(),
+            mesh_connectors: HashMap::new(),
             mesh: None,
         }
     }
@@ -255,6 +265,7 @@ impl Control {
                 self.expire(now);
             }
             self.mesh_tick(now);
+            self.probe(now);
             if self.routes_dirty {
                 self.publish_routes();
             }
@@ -354,7 +365,14 @@ impl Control {
         }
     }
 
-    fn establish(&mut self, worker: usize, from: SocketAddr, keys: HopSessionKeys, now: Instant) {
+    /// Installs a new session in `worker` and the routes; returns its slot.
+    fn establish(
+        &mut self,
+        worker: usize,
+        from: SocketAddr,
+        keys: HopSessionKeys,
+        now: Instant,
+    ) -> usize {
         let peer = match keys.peer.role {
             Role::User => Peer::User(UserId(keys.peer.id)),
             Role::Connector => Peer::Connector(keys.peer.id),
@@ -406,12 +424,14 @@ impl Control {
             sent_digest: 0,
             ping_tokens: PING_BURST,
             ping_refilled: now,
+            health: health::Health::new(now),
         });
         self.stats.handshakes_ok += 1;
         self.routes_dirty = true;
         if !matches!(peer, Peer::User(_)) {
             self.directories_dirty = true;
         }
+        slot as usize
     }
 
     fn send(&self, worker: usize, to: SocketAddr, bytes: Vec<u8>) {
@@ -518,7 +538,7 @@ impl Control {
                 Peer::User(u) if newer(newest_user.get(&u)) => {
                     newest_user.insert(u, (e.established, id));
                 }
-                Peer::Connector(c) if newer(newest_connector.get(&c)) => {
+                Peer::Connector(c) if e.health.alive && newer(newest_connector.get(&c)) => {
                     newest_connector.insert(c, (e.established, id));
                 }
                 _ => {}
@@ -550,7 +570,7 @@ impl Control {
             routes.set_service(*s, connectors.iter().map(|(_, h)| *h).collect());
         }
         // Then what only other relays reach, through the links that are up.
-        self.relay_hops = self.mesh_routes(&mut routes, &local_users, &local);
+        self.mesh_connectors = self.mesh_routes(&mut routes, &local_users, &local);
         self.announce(
             local
                 .into_iter()
@@ -643,8 +663,13 @@ impl Control {
             self.stats.control_rejected += 1;
             return;
         };
+        let now = Instant::now();
         let digest = match ControlMessage::parse(body) {
             Ok(ControlMessage::Ping { digest }) => digest,
+            Ok(ControlMessage::Pong { .. }) => {
+                // The answer to a keepalive probe.
+                return self.heard(slot, now);
+            }
             Ok(other) => {
                 self.stats.control_rejected += 1;
                 tracing::debug!(worker, %index, message = ?other, "control message not for a relay; dropped");
@@ -656,8 +681,8 @@ impl Control {
                 return;
             }
         };
+        self.heard(slot, now);
         if let Some(entry) = self.sessions.get_mut(slot).and_then(Option::as_mut) {
-            let now = Instant::now();
             let earned = now.duration_since(entry.ping_refilled).as_secs_f64() * PING_RATE;
             entry.ping_tokens = (entry.ping_tokens + earned).min(PING_BURST);
             entry.ping_refilled = now;
@@ -688,9 +713,9 @@ impl Control {
                     self.send_directory(slot, &directory);
                 }
             }
-            Peer::Connector(_) => self.send_control(slot, &ControlMessage::Pong { digest: 0 }),
-            // No control protocol between relays yet.
-            Peer::Relay(_) => {}
+            Peer::Connector(_) | Peer::Relay(_) => {
+                self.send_control(slot, &ControlMessage::Pong { digest: 0 })
+            }
         }
     }
 
@@ -704,14 +729,19 @@ impl Control {
             .services()
             .filter(|s| policy.allowed(user, s.id))
             .filter_map(|s| {
-                let hop = routes.to_service(s.id, user)?;
-                let next = self.sessions.get(hop.0 as usize)?.as_ref()?;
-                let (connector, connector_key) = match next.peer {
-                    Peer::Connector(id) => (id, next.static_key),
-                    // Through a mesh link: the connector that relay's
-                    // routing picks for this user, from its etcd record.
-                    Peer::Relay(_) => self.remote_connector(hop, s.id, user)?,
-                    Peer::User(_) => return None,
+                let route = routes.service(s.id)?;
+                let (connector, connector_key) = if route.local.is_empty() {
+                    // Through the mesh: the connector every relay on the
+                    // path picks for this user, as the routes do.
+                    let all = self.mesh_connectors.get(&s.id)?;
+                    *all.get(pick(user, s.id, all.len()))?
+                } else {
+                    let hop = route.local.get(pick(user, s.id, route.local.len()))?;
+                    let next = self.sessions.get(hop.0 as usize)?.as_ref()?;
+                    match next.peer {
+                        Peer::Connector(id) => (id, next.static_key),
+                        Peer::Relay(_) | Peer::User(_) => return None,
+                    }
                 };
                 Some(ServiceEntry {
                     id: s.id,

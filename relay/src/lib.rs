@@ -99,6 +99,9 @@ pub struct MeshOptions {
     pub advertise: Option<SocketAddr>,
     /// The lease TTL.
     pub ttl: std::time::Duration,
+    /// The only relays to hold links with (`None`: every relay in etcd);
+    /// the others are reached through them.
+    pub peers: Option<Vec<mesh::registry::RelayId>>,
 }
 
 /// Why a relay could not start. Each message says what to fix.
@@ -143,6 +146,7 @@ fn start_registry(
         load: 0.0,
         public_key: proto::identity::to_hex(public_key),
         started: control::unix_nanos() / 1_000_000_000,
+        links: Vec::new(),
     };
     let mut config =
         mesh::registry::RegistryConfig::new(m.etcd.clone(), m.relay_id.clone(), record);
@@ -166,13 +170,10 @@ fn start_links(
             let _ = tx.send(view);
         })
         .map_err(|e| StartError::Invalid(format!("mesh: cannot watch etcd: {e}")))?;
-    Ok(control::MeshLinks::new(
-        m.relay_id.clone(),
-        identity,
-        ca,
-        watch,
-        rx,
-    ))
+    Ok(
+        control::MeshLinks::new(m.relay_id.clone(), identity, ca, watch, rx)
+            .with_peers(m.peers.as_ref().map(|p| p.iter().cloned().collect())),
+    )
 }
 
 /// A running relay.

@@ -151,6 +151,11 @@ struct RunArgs {
     /// must then not be 0.0.0.0).
     #[arg(long)]
     advertise: Option<std::net::SocketAddr>,
+    /// Hold direct mesh links only with this relay (by id; repeat for
+    /// several); the rest of the mesh is reached through them. Default: a
+    /// link with every relay registered in etcd.
+    #[arg(long = "peer", value_name = "RELAY_ID")]
+    peers: Vec<String>,
 }
 
 fn main() -> Result<()> {
@@ -211,6 +216,7 @@ fn run(args: RunArgs) -> Result<()> {
             relay_id,
             region: args.region.clone().unwrap_or_default(),
             advertise: args.advertise,
+            peers: (!args.peers.is_empty()).then(|| args.peers.clone()),
         });
     }
     if let Some(v) = args.listen {
@@ -282,6 +288,18 @@ fn run(args: RunArgs) -> Result<()> {
                 region: m.region.clone(),
                 advertise: m.advertise,
                 ttl: relay::mesh::registry::DEFAULT_TTL,
+                peers: m
+                    .peers
+                    .as_ref()
+                    .map(|p| {
+                        p.iter()
+                            .map(|id| {
+                                relay::mesh::registry::RelayId::new(id.clone())
+                                    .map_err(|e| anyhow::anyhow!("[mesh] peers: {e}"))
+                            })
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .transpose()?,
             }),
         },
     })?;

@@ -23,6 +23,7 @@ fn record(port: u16) -> RelayRecord {
         load: 0.0,
         public_key: "ab".repeat(32),
         started: 1,
+        links: Vec::new(),
     }
 }
 

@@ -265,6 +265,7 @@ pub fn start_mesh_relay(
             region: "test".into(),
             advertise: None,
             ttl: Duration::from_secs(2),
+            peers: None,
         }),
     })
     .unwrap()

@@ -45,6 +45,7 @@ fn relay_announces_its_connectors_services_and_withdraws_on_stop() {
             region: "test".into(),
             advertise: None,
             ttl: Duration::from_secs(2),
+            peers: None,
         }),
         ..WorldConfig::default()
     })

@@ -163,6 +163,18 @@ impl World {
         cert_id: u32,
         etcd: &str,
     ) -> (Relay, LocalIdentity) {
+        self.start_mesh_relay_linked(relay_id, cert_id, etcd, None)
+    }
+
+    /// A mesh relay holding direct links only with `peers` (`None`: with
+    /// every relay in etcd).
+    pub fn start_mesh_relay_linked(
+        &self,
+        relay_id: &str,
+        cert_id: u32,
+        etcd: &str,
+        peers: Option<&[&str]>,
+    ) -> (Relay, LocalIdentity) {
         let identity = self.pki.node(cert_id, relay_id, Role::Relay, &[]).unwrap();
         let relay = Relay::start(RelayOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -181,6 +193,11 @@ impl World {
                 region: "test".into(),
                 advertise: None,
                 ttl: Duration::from_secs(2),
+                peers: peers.map(|p| {
+                    p.iter()
+                        .map(|id| relay::mesh::registry::RelayId::new(*id).unwrap())
+                        .collect()
+                }),
             }),
         })
         .expect("mesh relay starts");

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
+use proto::control::ControlMessage;
 use proto::handshake::timers::REKEY_AFTER_TIME;
 use proto::handshake::{CookieJar, HopInitiator, LocalIdentity, Trust};
 use proto::identity::{key_from_hex, Role};
@@ -30,6 +31,7 @@ use proto::route::RouteTable;
 use proto::session::{HopId, Peer};
 
 use super::{unix_nanos, Control};
+use crate::mesh::paths;
 use crate::mesh::registry::{ConnectorRecord, RelayId, RelayRecord};
 use crate::mesh::view::{MeshView, MeshWatch};
 
@@ -50,6 +52,11 @@ pub struct MeshLinks {
     keys: HashSet<[u8; 32]>,
     /// Peers this relay initiates to (their id is greater than ours).
     outbound: BTreeMap<RelayId, Outbound>,
+    /// The only relays to hold links with (`None`: every relay in the
+    /// view). Others are reached through them.
+    peers: Option<BTreeSet<RelayId>>,
+    /// The links last published in this relay's etcd record.
+    published_links: Vec<String>,
 }
 
 impl fmt::Debug for MeshLinks {
@@ -100,36 +107,60 @@ impl MeshLinks {
             views,
             keys: HashSet::new(),
             outbound: BTreeMap::new(),
+            peers: None,
+            published_links: Vec::new(),
         }
     }
 
+    /// Holds links only with these relays (both ends must allow a link);
+    /// `None`: with every relay in the view.
+    pub fn with_peers(mut self, peers: Option<BTreeSet<RelayId>>) -> MeshLinks {
+        self.peers = peers;
+        self
+    }
+
     /// Whether a relay certificate with this static key may hold a link:
-    /// its key is in a relay record of the current view.
+    /// its key is in the record of a relay of the current view that this
+    /// relay links with.
     pub fn admits(&self, static_key: &[u8; 32]) -> bool {
         self.keys.contains(static_key)
     }
 }
 
 impl Control {
-    /// Adds to `routes` what only other relays reach: each service with no
-    /// local connector (`local`) goes to the links of the relays the view
-    /// says reach it (flows spread by [`proto::route::pick`] over them, in
-    /// relay-id order), each user with no session here (`local_users`) to
-    /// the link of the relay the view says holds it. Only links that are
-    /// up count. Returns the hop of each linked relay.
+    /// Adds to `routes` what the mesh reaches, over the links that are up:
+    ///
+    /// * every service, as its [`ServiceRoute::mesh`] list: one entry per
+    ///   connector of the service anywhere in the mesh (this relay's from
+    ///   `local`, the others' from their etcd records), sorted by relay id
+    ///   then connector id, each the next hop on the shortest path to the
+    ///   connector's relay ([`paths::first_hops`]). Relays that no path
+    ///   reaches are left out.
+    /// * each user with no session here (`local_users`) to the next hop
+    ///   towards the relay the view says holds it.
+    ///
+    /// Returns, per service, the connectors of the mesh list in the same
+    /// order (what a user's directory names), and publishes this relay's
+    /// live links in its etcd record when they changed.
+    ///
+    /// [`ServiceRoute::mesh`]: proto::route::ServiceRoute::mesh
     pub(super) fn mesh_routes(
-        &self,
+        &mut self,
         routes: &mut RouteTable,
         local_users: &BTreeSet<UserId>,
         local: &BTreeMap<ServiceId, Vec<(ConnectorRecord, HopId)>>,
-    ) -> HashMap<HopId, RelayId> {
+    ) -> HashMap<ServiceId, Vec<(u32, [u8; 32])>> {
+        let mut remote = HashMap::new();
         let Some(mesh) = self.mesh.as_ref() else {
-            return HashMap::new();
+            return remote;
         };
-        // The newest session with each relay, by its static key.
+        // The newest live session with each relay, by its static key.
         let mut newest: HashMap<[u8; 32], (Instant, HopId)> = HashMap::new();
         for (slot, e) in self.sessions.iter().enumerate() {
-            let Some(e) = e.as_ref().filter(|e| matches!(e.peer, Peer::Relay(_))) else {
+            let Some(e) = e
+                .as_ref()
+                .filter(|e| matches!(e.peer, Peer::Relay(_)) && e.health.alive)
+            else {
                 continue;
             };
             if newest
@@ -139,56 +170,69 @@ impl Control {
                 newest.insert(e.static_key, (e.established, HopId(slot as u32)));
             }
         }
-        let mut link: BTreeMap<&RelayId, HopId> = BTreeMap::new();
+        let mut link: BTreeMap<RelayId, HopId> = BTreeMap::new();
+        let mut declared: BTreeMap<RelayId, BTreeSet<RelayId>> = BTreeMap::new();
         for (id, record) in self.view.relays() {
             if *id == mesh.me {
                 continue;
             }
+            declared.insert(id.clone(), record.linked());
             if let Some((_, hop)) = key_from_hex(&record.public_key).and_then(|k| newest.get(&k)) {
-                link.insert(id, *hop);
+                link.insert(id.clone(), *hop);
             }
         }
-        let mut services: BTreeMap<ServiceId, Vec<HopId>> = BTreeMap::new();
-        for (relay, hop) in &link {
-            for (service, _) in self.view.services_of(relay) {
-                if !local.contains_key(&service) {
-                    services.entry(service).or_default().push(*hop);
+        let mine: BTreeSet<RelayId> = link.keys().cloned().collect();
+        let paths = paths::first_hops(&mesh.me, &mine, &declared);
+        let services: BTreeSet<ServiceId> =
+            self.view.services().chain(local.keys().copied()).collect();
+        for service in services {
+            let mut entries: Vec<(&RelayId, u32, [u8; 32], HopId)> = Vec::new();
+            for (c, hop) in local.get(&service).into_iter().flatten() {
+                if let Some(key) = c.static_key() {
+                    entries.push((&mesh.me, c.id, key, *hop));
                 }
             }
-        }
-        for (service, hops) in services {
-            routes.set_service(service, hops);
+            for (relay, record) in self.view.relays_for(service) {
+                if *relay == mesh.me {
+                    continue;
+                }
+                let Some(hop) = paths.get(relay).and_then(|p| link.get(&p.first)) else {
+                    continue;
+                };
+                for c in &record.connectors {
+                    if let Some(key) = c.static_key() {
+                        entries.push((relay, c.id, key, *hop));
+                    }
+                }
+            }
+            entries.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+            entries.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
+            routes.set_service_mesh(service, entries.iter().map(|e| e.3).collect());
+            remote.insert(service, entries.iter().map(|e| (e.1, e.2)).collect());
         }
         for user in self.view.users() {
             if local_users.contains(&user) {
                 continue;
             }
-            if let Some(hop) = self.view.relay_of_user(user).and_then(|r| link.get(r)) {
+            let hop = self
+                .view
+                .relay_of_user(user)
+                .and_then(|r| paths.get(r))
+                .and_then(|p| link.get(&p.first));
+            if let Some(hop) = hop {
                 routes.set_user(user, *hop);
             }
         }
-        link.into_iter()
-            .map(|(id, hop)| (hop, id.clone()))
-            .collect()
-    }
-
-    /// The connector (id, static key) that the relay behind `hop` picks
-    /// for `user`'s flows to `service`, from that relay's etcd record: its
-    /// connectors in id order, chosen by [`proto::route::pick`] as its
-    /// routing table does. `None` if the record is gone or the key is
-    /// malformed.
-    pub(super) fn remote_connector(
-        &self,
-        hop: HopId,
-        service: ServiceId,
-        user: UserId,
-    ) -> Option<(u32, [u8; 32])> {
-        let relay = self.relay_hops.get(&hop)?;
-        let (_, record) = self.view.relays_for(service).find(|(r, _)| *r == relay)?;
-        let mut connectors: Vec<&ConnectorRecord> = record.connectors.iter().collect();
-        connectors.sort_unstable_by_key(|c| c.id);
-        let c = connectors.get(proto::route::pick(user, connectors.len()))?;
-        Some((c.id, c.static_key()?))
+        let links: Vec<String> = mine.iter().map(|r| r.as_str().to_owned()).collect();
+        if let Some(mesh) = self.mesh.as_mut() {
+            if mesh.published_links != links {
+                if let Some(registry) = &self.registry {
+                    registry.set_links(links.clone());
+                }
+                mesh.published_links = links;
+            }
+        }
+        remote
     }
 
     /// Mesh housekeeping, once per loop: take the newest view, start or
@@ -227,7 +271,7 @@ impl Control {
         let mut keys = HashSet::new();
         let mut wanted = BTreeMap::new();
         for (id, record) in view.relays() {
-            if *id == mesh.me {
+            if *id == mesh.me || mesh.peers.as_ref().is_some_and(|p| !p.contains(id)) {
                 continue;
             }
             let Some(key) = key_from_hex(&record.public_key) else {
@@ -244,7 +288,7 @@ impl Control {
         mesh.outbound.retain(|id, out| {
             let keep = wanted
                 .get(id)
-                .is_some_and(|(record, _)| *record == out.record);
+                .is_some_and(|(record, _)| record.same_incarnation(&out.record));
             if !keep {
                 tracing::info!(relay = %id, "mesh: relay left the view or changed; its link is dropped");
                 if let Some(a) = out.attempt.take() {
@@ -254,6 +298,11 @@ impl Control {
             keep
         });
         for (id, (record, key)) in wanted {
+            if let Some(out) = mesh.outbound.get_mut(&id) {
+                // Same incarnation; its load or links changed.
+                out.record = record;
+                continue;
+            }
             mesh.outbound.entry(id).or_insert_with(|| Outbound {
                 record,
                 key,
@@ -404,7 +453,13 @@ impl Control {
             out.worker = worker;
             out.established = Some(now);
         }
-        self.establish(worker, from, keys, now);
+        let slot = self.establish(worker, from, keys, now);
+        // The response confirmed the keys to us; a ping confirms them to
+        // the peer (which sends nothing before it) and starts keepalives.
+        if let Some(e) = self.sessions[slot].as_mut() {
+            e.pinged = true;
+        }
+        self.send_control(slot, &ControlMessage::Ping { digest: 0 });
     }
 
     /// A `CookieReply` for index `receiver`: the peer is under load; store

@@ -7,10 +7,10 @@
 //!   reaches, kept current by a prefix watch, resumed after outages.
 //! - [`etcd`]: the small client both use.
 //! - [`etcd_server`]: a throwaway etcd process for tests.
+//! - [`paths`]: shortest paths over the links relays publish.
 //!
-//! Not wired into routing or the control thread yet: a caller starts a
-//! [`registry::Registry`] and a [`view::MeshWatch`] and feeds views to
-//! route computation.
+//! The control thread (`control/links.rs`) holds the links and turns each
+//! view into routes.
 //!
 //! # Why etcd's JSON gateway and not the `etcd-client` crate
 //!
@@ -34,5 +34,6 @@
 
 pub mod etcd;
 pub mod etcd_server;
+pub mod paths;
 pub mod registry;
 pub mod view;

@@ -10,7 +10,7 @@
 //! ```text
 //! /ztna/v1/relays/<relay-id>                 -> RelayRecord JSON
 //!     {"address":"203.0.113.7:4500","region":"eu-west","load":0.25,
-//!      "public_key":"<64 hex>","started":1767225600}
+//!      "public_key":"<64 hex>","started":1767225600,"links":["relay-b"]}
 //! /ztna/v1/services/<service-id>/<relay-id>  -> ServiceRecord JSON
 //!     {"connectors":[{"id":501,"key":"<64 hex>"},{"id":502,"key":"<64 hex>"}]}
 //! /ztna/v1/users/<user-id>/<relay-id>        -> {}
@@ -128,6 +128,29 @@ pub struct RelayRecord {
     /// When it started, in seconds since the Unix epoch (a restart is a new
     /// incarnation).
     pub started: u64,
+    /// The relays it holds a live link with now, by id (sorted). A link is
+    /// an edge of the mesh graph only when both ends list each other
+    /// ([`super::paths`]).
+    #[serde(default)]
+    pub links: Vec<String>,
+}
+
+impl RelayRecord {
+    /// Whether `other` describes the same incarnation of the same relay
+    /// (address, key and start time; load and links change while it runs).
+    pub fn same_incarnation(&self, other: &RelayRecord) -> bool {
+        self.address == other.address
+            && self.public_key == other.public_key
+            && self.started == other.started
+    }
+
+    /// The relays it lists as linked, skipping malformed ids.
+    pub fn linked(&self) -> std::collections::BTreeSet<RelayId> {
+        self.links
+            .iter()
+            .filter_map(|l| RelayId::new(l.clone()).ok())
+            .collect()
+    }
 }
 
 /// The connectors through which a relay reaches one service
@@ -277,6 +300,8 @@ enum Command {
     /// A user's session came (true) or went (false).
     User(UserId, bool),
     Load(f32),
+    /// The relays with a live link.
+    Links(Vec<String>),
     /// Stop; revoke the lease if true.
     Stop(bool),
 }
@@ -296,6 +321,7 @@ impl fmt::Debug for Command {
             Command::Service(s, r) => write!(f, "Service({s}, {r:?})"),
             Command::User(u, on) => write!(f, "User({u}, {on})"),
             Command::Load(l) => write!(f, "Load({l})"),
+            Command::Links(l) => write!(f, "Links({l:?})"),
             Command::Stop(r) => write!(f, "Stop(revoke: {r})"),
         }
     }
@@ -365,6 +391,12 @@ impl Registry {
     /// Updates this relay's load in its record.
     pub fn set_load(&self, load: f32) {
         let _ = self.commands.send(Command::Load(load));
+    }
+
+    /// Publishes the relays this relay holds a live link with (in its
+    /// record), so that others can route through it.
+    pub fn set_links(&self, links: Vec<String>) {
+        let _ = self.commands.send(Command::Links(links));
     }
 
     /// Whether the last call to etcd succeeded (the registration is live).
@@ -466,6 +498,11 @@ impl State {
                 }
                 Ok(Command::Load(load)) => {
                     self.config.record.load = load;
+                    let result = self.lease.map(|lease| self.put_record(lease));
+                    self.settle(result);
+                }
+                Ok(Command::Links(links)) => {
+                    self.config.record.links = links;
                     let result = self.lease.map(|lease| self.put_record(lease));
                     self.settle(result);
                 }

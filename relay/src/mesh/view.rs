@@ -72,6 +72,11 @@ impl MeshView {
             .filter(|(relay, _)| self.relays.contains_key(*relay))
     }
 
+    /// Every service some relay reaches.
+    pub fn services(&self) -> impl Iterator<Item = ServiceId> + '_ {
+        self.reach.keys().copied()
+    }
+
     /// Every user some relay says it holds a session with.
     pub fn users(&self) -> impl Iterator<Item = UserId> + '_ {
         self.users.keys().copied()
