@@ -1035,6 +1035,7 @@ impl RuntimeRole for Client {
             for (e, v) in entries.iter().zip(services.iter_mut()) {
                 let t = self.tunnels.get(&e.id);
                 v.id = e.id.0;
+                v.connector = e.connector;
                 set_text(&mut v.name, &e.name);
                 // The service's listeners, ", "-separated.
                 v.detail.clear();

@@ -34,6 +34,10 @@ pub struct ServiceStatus {
     pub bytes_in: u64,
     /// Bytes from the tunnel to applications.
     pub bytes_out: u64,
+    /// For a client: the certificate id of the connector the relay's
+    /// directory names for this service (where its flows end).
+    #[serde(default)]
+    pub connector: u32,
 }
 
 /// The whole snapshot.

@@ -25,6 +25,9 @@ use relay::{Relay, RelayOptions};
 pub const ALICE: u32 = 1001;
 pub const BOB: u32 = 1002;
 pub const CONNECTOR: u32 = 501;
+/// The twin connector (`conn-b`) that serves every service too when
+/// [`World::twin`] is set.
+pub const CONNECTOR_B: u32 = 502;
 
 /// The test world.
 pub struct World {
@@ -44,6 +47,8 @@ pub struct World {
     /// `[tunnel] idle_close_s` of agents configured from now on; the
     /// agent's default when `None`.
     pub idle_close_s: Option<u64>,
+    /// The policy names a second connector, `conn-b`, for every service.
+    pub twin: bool,
 }
 
 /// Targets the policy's services point at.
@@ -82,6 +87,7 @@ impl World {
             netns: None,
             ping_after_ms: 300,
             idle_close_s: None,
+            twin: false,
         };
         std::fs::write(w.dir.path().join("ca.pub"), w.pki.ca().to_text()).unwrap();
         w
@@ -108,21 +114,29 @@ impl World {
         } else {
             "[[rules]]\nname = \"nobody\"\nusers = [\"bob\"]\nservices = [\"unused\"]\n"
         };
+        let (conns, twin) = if self.twin {
+            (
+                "[\"conn-a\", \"conn-b\"]",
+                format!("[[connectors]]\nid = {CONNECTOR_B}\nname = \"conn-b\"\n\n"),
+            )
+        } else {
+            ("[\"conn-a\"]", String::new())
+        };
         let http: String = t
             .extra
             .iter()
             .enumerate()
-            .map(|(i, (name, proto, a))| format!("[[services]]\nid = {}\nname = \"{name}\"\nprotocol = \"{proto}\"\ntarget = \"{a}\"\nconnectors = [\"conn-a\"]\n\n", 20 + i))
+            .map(|(i, (name, proto, a))| format!("[[services]]\nid = {}\nname = \"{name}\"\nprotocol = \"{proto}\"\ntarget = \"{a}\"\nconnectors = {conns}\n\n", 20 + i))
             .collect();
         let text = format!(
             "[[groups]]\nname = \"eng\"\n{mode}\n\
              [[users]]\nid = {ALICE}\nname = \"alice\"\ngroups = [\"eng\"]\n\n\
              [[users]]\nid = {BOB}\nname = \"bob\"\n\n\
-             [[connectors]]\nid = {CONNECTOR}\nname = \"conn-a\"\n\n\
-             [[services]]\nid = 10\nname = \"echo\"\nprotocol = \"tcp\"\ntarget = \"{}\"\nconnectors = [\"conn-a\"]\n\n\
-             [[services]]\nid = 11\nname = \"bulk\"\nprotocol = \"tcp\"\ntarget = \"{}\"\nconnectors = [\"conn-a\"]\n\n\
-             [[services]]\nid = 12\nname = \"uecho\"\nprotocol = \"udp\"\ntarget = \"{}\"\nconnectors = [\"conn-a\"]\n\n\
-             [[services]]\nid = 14\nname = \"unused\"\nprotocol = \"tcp\"\ntarget = \"127.0.0.1:9\"\nconnectors = [\"conn-a\"]\n\n\
+             [[connectors]]\nid = {CONNECTOR}\nname = \"conn-a\"\n\n{twin}\
+             [[services]]\nid = 10\nname = \"echo\"\nprotocol = \"tcp\"\ntarget = \"{}\"\nconnectors = {conns}\n\n\
+             [[services]]\nid = 11\nname = \"bulk\"\nprotocol = \"tcp\"\ntarget = \"{}\"\nconnectors = {conns}\n\n\
+             [[services]]\nid = 12\nname = \"uecho\"\nprotocol = \"udp\"\ntarget = \"{}\"\nconnectors = {conns}\n\n\
+             [[services]]\nid = 14\nname = \"unused\"\nprotocol = \"tcp\"\ntarget = \"127.0.0.1:9\"\nconnectors = {conns}\n\n\
              {http}\n{rules}",
             t.echo, t.sink, t.udp_echo
         );
@@ -311,6 +325,18 @@ impl World {
     pub fn connector(&self) -> AgentProcess {
         let (cfg, status) = self.connector_config();
         self.spawn(&cfg, status, "conn-a")
+    }
+
+    /// The twin connector `conn-b` (see [`World::twin`]).
+    pub fn twin_connector(&self) -> AgentProcess {
+        let (cfg, status) = self.agent_config(
+            "conn-b",
+            CONNECTOR_B,
+            Role::Connector,
+            &[],
+            "[connector]\npolicy = \"policy.toml\"\n",
+        );
+        self.spawn(&cfg, status, "conn-b")
     }
 
     /// The connector's identity files and config (config path, status

@@ -77,6 +77,8 @@ pub struct KeyValue {
     pub value: Vec<u8>,
     /// The revision that last changed it.
     pub mod_revision: i64,
+    /// The lease it is attached to (`None`: none).
+    pub lease: Option<LeaseId>,
 }
 
 /// One change seen by a watch.
@@ -245,6 +247,7 @@ impl Etcd {
             key: decode("key")?,
             value: decode("value")?,
             mod_revision: int(&kv["mod_revision"]).unwrap_or(0),
+            lease: int(&kv["lease"]).filter(|l| *l != 0).map(LeaseId),
         })
     }
 

@@ -398,6 +398,7 @@ mod tests {
             key: key.as_bytes().to_vec(),
             value: value.as_bytes().to_vec(),
             mod_revision: 1,
+            lease: None,
         }
     }
 
