@@ -126,7 +126,7 @@ fn tcp_through_a_transit_relay_arrives_byte_exact_and_the_transit_holds_no_agent
 
     // Everything crossed B: at least a frame per 1500 bytes each way...
     await_until("B's counters", Duration::from_secs(5), || {
-        totals(&relay_b).0.forwarded > (total / 1500) as u64
+        totals(&relay_b).0.forwarded > total / 1500
     });
     // ...and every hop session B holds is a mesh link: it never ran a
     // handshake with an agent, so no agent's key, hop or end-to-end, was
