@@ -1,7 +1,8 @@
 //! A user on relay A reaches a service whose connector is attached to relay
 //! C, through the A–C mesh link: the directory A gives the user names C's
 //! connector and its key (from etcd), frames cross A and C with their ids
-//! intact, replies come back, and a denied pair is dropped at A.
+//! intact, replies come back, and a denied pair is dropped at A. etcd
+//! restarting while frames flow both ways loses none of them.
 //!
 //! Needs the `etcd` binary (`scripts/setup.sh`); `ZTNA_SKIP_ETCD=1` skips.
 
@@ -181,6 +182,57 @@ fn a_user_on_one_relay_reaches_a_connector_on_another() {
     )
     .is_empty());
 
+    // etcd dies and comes back while frames flow both ways: the relays
+    // forward on the last view they had, and not one frame is lost.
+    // (The user may also get its directory pushed as the views change.)
+    let data = |socket: &UdpSocket, link: &mut HopLink| {
+        let deadline = Instant::now() + DEADLINE;
+        while Instant::now() < deadline {
+            for f in receive(socket, link, 1, DEADLINE) {
+                if parts(&f).0 != Kind::Control {
+                    return Some(f);
+                }
+            }
+        }
+        None
+    };
+    let round_trip = |user: &mut HopLink, connector: &mut HopLink, i: u64| {
+        let up = payload(120, i as u8);
+        let f = frame(user, Kind::DataUp, USER, ALLOWED, &up);
+        user_socket.send_to(&f, a.local_addr()).unwrap();
+        let got = data(&connector_socket, connector).unwrap_or_else(|| panic!("frame {i} up lost"));
+        assert_eq!(parts(&got).3, up);
+        let down = payload(130, (i >> 8) as u8 ^ i as u8);
+        let f = frame(connector, Kind::DataDown, USER, ALLOWED, &down);
+        connector_socket.send_to(&f, c.local_addr()).unwrap();
+        let got = data(&user_socket, user).unwrap_or_else(|| panic!("frame {i} down lost"));
+        assert_eq!(parts(&got).3, down);
+    };
+    let (drops_a, drops_c) = (counters(&a).dropped_total(), counters(&c).dropped_total());
+    let mut etcd = etcd;
+    etcd.kill();
+    let restarting = std::thread::spawn(move || {
+        etcd.restart().expect("etcd restarts");
+        etcd
+    });
+    let mut i = 1000;
+    while !restarting.is_finished() {
+        round_trip(&mut user, &mut connector, i);
+        i += 1;
+    }
+    let etcd = restarting.join().unwrap();
+    // And for a while after, as the watches resync and the registries
+    // renew their leases.
+    let after = Instant::now();
+    while after.elapsed() < Duration::from_secs(2) {
+        round_trip(&mut user, &mut connector, i);
+        i += 1;
+    }
+    assert!(i > 1100, "only {} round trips across the restart", i - 1000);
+    assert_eq!(counters(&a).dropped_total(), drops_a, "A dropped frames");
+    assert_eq!(counters(&c).dropped_total(), drops_c, "C dropped frames");
+
+    drop(etcd);
     drop(user_socket);
     c.stop();
     a.stop();
