@@ -244,6 +244,18 @@ pub fn start_mesh_relay(
     cert_id: u32,
     relay_id: &str,
 ) -> relay::Relay {
+    start_mesh_relay_at(pki, dir, &etcd.endpoint(), cert_id, relay_id)
+}
+
+/// [`start_mesh_relay`] with etcd at the client URL `etcd` (e.g. through a
+/// [`TcpPipe`]).
+pub fn start_mesh_relay_at(
+    pki: &loadgen::pki::Pki,
+    dir: &loadgen::world::ScratchDir,
+    etcd: &str,
+    cert_id: u32,
+    relay_id: &str,
+) -> relay::Relay {
     let policy = dir.path().join(format!("{relay_id}.toml"));
     std::fs::write(&policy, proto::testkit::policy_file(4, 8).to_toml_string()).unwrap();
     relay::Relay::start(relay::RelayOptions {
@@ -260,7 +272,7 @@ pub fn start_mesh_relay(
         ca: pki.ca(),
         policy,
         mesh: Some(relay::MeshOptions {
-            etcd: etcd.endpoint(),
+            etcd: etcd.to_owned(),
             relay_id: relay::mesh::registry::RelayId::new(relay_id).unwrap(),
             region: "test".into(),
             advertise: None,
@@ -269,4 +281,84 @@ pub fn start_mesh_relay(
         }),
     })
     .unwrap()
+}
+
+/// A TCP forwarder on a loopback port to `target` that the test can cut
+/// (every connection closed, new ones refused) and mend: a network
+/// partition between one process and a server.
+#[derive(Debug)]
+pub struct TcpPipe {
+    addr: SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TcpPipe {
+    /// Starts forwarding connections to `target`.
+    pub fn start(target: SocketAddr) -> std::io::Result<TcpPipe> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let open = Arc::new(AtomicBool::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (o, st) = (Arc::clone(&open), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let mut live: Vec<std::net::TcpStream> = Vec::new();
+            while !st.load(Ordering::Relaxed) {
+                if !o.load(Ordering::Relaxed) {
+                    for c in live.drain(..) {
+                        let _ = c.shutdown(std::net::Shutdown::Both);
+                    }
+                }
+                match listener.accept() {
+                    Ok((client, _)) if o.load(Ordering::Relaxed) => {
+                        let Ok(server) = std::net::TcpStream::connect(target) else {
+                            continue;
+                        };
+                        for (from, to) in [(&client, &server), (&server, &client)] {
+                            let (mut from, mut to) =
+                                (from.try_clone().unwrap(), to.try_clone().unwrap());
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut from, &mut to);
+                                let _ = to.shutdown(std::net::Shutdown::Write);
+                            });
+                        }
+                        live.push(client);
+                        live.push(server);
+                    }
+                    Ok((refused, _)) => drop(refused),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Ok(TcpPipe {
+            addr,
+            open,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The `http://` URL of the pipe's end.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Cuts every connection and refuses new ones (`false`), or lets them
+    /// through again (`true`).
+    pub fn set_open(&self, open: bool) {
+        self.open.store(open, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for TcpPipe {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
