@@ -437,6 +437,64 @@ fn consume_sends_nothing() {
 }
 
 #[test]
+fn a_second_socket_is_received_from_and_forwards_leave_from_the_first() {
+    for backend in BACKENDS {
+        if !backend_available(backend) {
+            continue;
+        }
+        let sock = bind_socket(localhost(), &IoConfig::default()).unwrap();
+        let main = sock.local_addr().unwrap();
+        let link = bind_socket(localhost(), &IoConfig::default()).unwrap();
+        let link_addr = link.local_addr().unwrap();
+        let mut io = match Io::new_with_link(backend, sock, Some(link), IoConfig::default()) {
+            Ok(io) => io,
+            Err(e) => panic!("{backend}: {e}"),
+        };
+        assert_eq!(io.link_addr(), Some(link_addr));
+        let rx = receiver();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let dst = rx.local_addr().unwrap();
+        let tx = UdpSocket::bind(localhost()).unwrap();
+        // Datagrams to both ports, interleaved, each forwarded to `rx`.
+        for i in 0..20u8 {
+            let to = if i % 2 == 0 { main } else { link_addr };
+            tx.send_to(&[i; 100], to).unwrap();
+        }
+        let mut seen = 0;
+        for _ in 0..200 {
+            if seen == 20 {
+                break;
+            }
+            seen += io
+                .poll(Duration::from_millis(20), &mut |_, _: &mut [u8]| {
+                    Action::Forward(dst)
+                })
+                .unwrap()
+                .received;
+        }
+        assert_eq!(seen, 20, "{backend}: not every datagram was received");
+        let mut got = Vec::new();
+        let mut b = [0u8; 128];
+        while got.len() < 20 {
+            let (n, from) = rx.recv_from(&mut b).expect("a forwarded datagram");
+            assert_eq!(n, 100);
+            assert_eq!(
+                from, main,
+                "{backend}: forwards leave from the first socket"
+            );
+            got.push(b[0]);
+        }
+        got.sort_unstable();
+        assert_eq!(got, (0..20).collect::<Vec<u8>>(), "{backend}");
+        // A datagram sent from the second socket carries its port.
+        assert!(io.send_from_link(dst, b"hello"));
+        let (n, from) = rx.recv_from(&mut b).unwrap();
+        assert_eq!((&b[..n], from), (&b"hello"[..], link_addr), "{backend}");
+        drop(io);
+    }
+}
+
+#[test]
 fn send_to_queues_and_groups_equal_sizes() {
     for backend in BACKENDS {
         if !backend_available(backend) {

@@ -27,6 +27,9 @@ const MAX_VLEN: usize = 1024;
 pub(crate) struct MmsgIo {
     socket: UdpSocket,
     fd: RawFd,
+    /// A second socket received from in turn with the first (a mesh
+    /// relay's per-worker link port); sends always leave from `socket`.
+    link: Option<UdpSocket>,
     batch: usize,
     buffer_size: usize,
     stride: usize,
@@ -51,8 +54,15 @@ impl std::fmt::Debug for MmsgIo {
 
 impl MmsgIo {
     /// Allocates everything the backend will ever use.
-    pub(crate) fn new(socket: UdpSocket, cfg: IoConfig) -> Result<Self, IoError> {
+    pub(crate) fn new(
+        socket: UdpSocket,
+        link: Option<UdpSocket>,
+        cfg: IoConfig,
+    ) -> Result<Self, IoError> {
         super::socket::set_nonblocking(&socket)?;
+        if let Some(l) = &link {
+            super::socket::set_nonblocking(l)?;
+        }
         let n = cfg.buffers.min(MAX_VLEN);
         let stride = cfg.buffer_size.next_multiple_of(64);
         let bytes = stride
@@ -70,6 +80,7 @@ impl MmsgIo {
         Ok(Self {
             fd: socket.as_raw_fd(),
             socket,
+            link,
             batch: cfg.batch,
             buffer_size: cfg.buffer_size,
             stride,
@@ -86,6 +97,11 @@ impl MmsgIo {
     /// The socket.
     pub(crate) fn socket(&self) -> &UdpSocket {
         &self.socket
+    }
+
+    /// The second socket, if any.
+    pub(crate) fn link(&self) -> Option<&UdpSocket> {
+        self.link.as_ref()
     }
 
     /// Counters since construction.
@@ -119,14 +135,37 @@ impl MmsgIo {
         F: FnMut(SocketAddr, &mut [u8]) -> Action,
     {
         let vlen = self.hdrs.len();
+        let fds = [self.fd, self.link.as_ref().map_or(-1, AsRawFd::as_raw_fd)];
+        let nfds = if fds[1] < 0 { 1 } else { 2 };
+        // Sockets with nothing more to read in this poll; with two, they
+        // take turns, one `recvmmsg` each.
+        let mut drained = [false, nfds < 2];
+        let mut turn = 0;
         loop {
+            if drained[turn] {
+                turn = (turn + 1) % nfds;
+            }
+            if drained[turn] {
+                // Both empty.
+                let left = remaining(deadline);
+                if ps.received > 0 || left.is_zero() {
+                    return Ok(());
+                }
+                ps.syscalls += 1;
+                if !wait_readable_any(&fds[..nfds], left)? {
+                    return Ok(());
+                }
+                drained = [false, nfds < 2];
+                continue;
+            }
+            let fd = fds[turn];
             self.arm();
             // SAFETY: every header points at an iovec, name and control
             // buffer owned by `self` and at a `buffer_size` range of `mem`
             // that no slice refers to during the call.
             let n = unsafe {
                 libc::recvmmsg(
-                    self.fd,
+                    fd,
                     self.hdrs.as_mut_ptr(),
                     vlen as libc::c_uint,
                     libc::MSG_DONTWAIT,
@@ -139,14 +178,7 @@ impl MmsgIo {
                 match errno_of(&err) {
                     libc::EINTR => continue,
                     libc::EAGAIN => {
-                        let left = remaining(deadline);
-                        if ps.received > 0 || left.is_zero() {
-                            return Ok(());
-                        }
-                        ps.syscalls += 1;
-                        if !wait_readable(self.fd, left)? {
-                            return Ok(());
-                        }
+                        drained[turn] = true;
                         continue;
                     }
                     _ => {
@@ -175,9 +207,16 @@ impl MmsgIo {
             };
             self.outbound.grouper.clear();
             self.outbound.account(ps, out);
-            if ps.received >= self.batch || n < vlen {
+            if ps.received >= self.batch {
                 return Ok(());
             }
+            if n < vlen {
+                drained[turn] = true;
+                if drained.iter().all(|d| *d) {
+                    return Ok(());
+                }
+            }
+            turn = (turn + 1) % nfds;
         }
     }
 
@@ -251,17 +290,22 @@ impl MmsgIo {
     }
 }
 
-/// Waits until `fd` is readable or `wait` passes; `false` on timeout.
-pub(crate) fn wait_readable(fd: RawFd, wait: Duration) -> Result<bool, IoError> {
-    let mut pfd = libc::pollfd {
-        fd,
+/// Waits until one of `fds` (one or two) is readable or `wait` passes;
+/// `false` on timeout.
+pub(crate) fn wait_readable_any(fds: &[RawFd], wait: Duration) -> Result<bool, IoError> {
+    let mut pfds = [libc::pollfd {
+        fd: -1,
         events: libc::POLLIN,
         revents: 0,
-    };
+    }; 2];
+    let n = fds.len().min(2);
+    for (p, fd) in pfds.iter_mut().zip(fds) {
+        p.fd = *fd;
+    }
     // Round up so a sub-millisecond wait still waits.
     let ms = wait.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: one valid pollfd, for the duration of the call.
-    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    // SAFETY: `n` valid pollfds, for the duration of the call.
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, ms) };
     if rc < 0 {
         let err = std::io::Error::last_os_error();
         if errno_of(&err) == libc::EINTR {

@@ -237,12 +237,25 @@ impl Io {
     /// [`bind_socket`]). `Uring` fails with [`IoError::UringUnavailable`] or
     /// [`IoError::UringFeature`] where io_uring cannot do the job.
     pub fn new(backend: Backend, socket: UdpSocket, cfg: IoConfig) -> Result<Self, IoError> {
+        Self::new_with_link(backend, socket, None, cfg)
+    }
+
+    /// Like [`Io::new`], also receiving from `link` (when given): a second
+    /// socket whose datagrams reach the same callback, in turn with the
+    /// first's (a mesh relay's per-worker link port). Everything is sent
+    /// from `socket`.
+    pub fn new_with_link(
+        backend: Backend,
+        socket: UdpSocket,
+        link: Option<UdpSocket>,
+        cfg: IoConfig,
+    ) -> Result<Self, IoError> {
         cfg.validate()?;
         let inner = match backend {
             Backend::Uring => Inner::Uring(Box::new(
-                uring::UringIo::new(socket, cfg).map_err(|f| f.error)?,
+                uring::UringIo::new(socket, link, cfg).map_err(|f| f.error)?,
             )),
-            Backend::Mmsg => Inner::Mmsg(Box::new(mmsg::MmsgIo::new(socket, cfg)?)),
+            Backend::Mmsg => Inner::Mmsg(Box::new(mmsg::MmsgIo::new(socket, link, cfg)?)),
         };
         Ok(Self { inner })
     }
@@ -250,10 +263,20 @@ impl Io {
     /// Like [`Io::new`], but when `Uring` cannot start, logs one warning
     /// saying why and uses `Mmsg` instead.
     pub fn start(backend: Backend, socket: UdpSocket, cfg: IoConfig) -> Result<Self, IoError> {
+        Self::start_with_link(backend, socket, None, cfg)
+    }
+
+    /// [`Io::start`] with a second socket, as [`Io::new_with_link`].
+    pub fn start_with_link(
+        backend: Backend,
+        socket: UdpSocket,
+        link: Option<UdpSocket>,
+        cfg: IoConfig,
+    ) -> Result<Self, IoError> {
         cfg.validate()?;
         match backend {
-            Backend::Mmsg => Self::new(Backend::Mmsg, socket, cfg),
-            Backend::Uring => match uring::UringIo::new(socket, cfg) {
+            Backend::Mmsg => Self::new_with_link(Backend::Mmsg, socket, link, cfg),
+            Backend::Uring => match uring::UringIo::new(socket, link, cfg) {
                 Ok(u) => Ok(Self {
                     inner: Inner::Uring(Box::new(u)),
                 }),
@@ -262,7 +285,7 @@ impl Io {
                         "io_uring backend cannot start ({}); falling back to the mmsg backend",
                         failed.error
                     );
-                    Self::new(Backend::Mmsg, failed.socket, cfg)
+                    Self::new_with_link(Backend::Mmsg, failed.socket, failed.link, cfg)
                 }
             },
         }
@@ -286,6 +309,26 @@ impl Io {
             op: "getsockname",
             source,
         })
+    }
+
+    /// The second socket's local address, if there is one.
+    pub fn link_addr(&self) -> Option<SocketAddr> {
+        let link = match &self.inner {
+            Inner::Uring(u) => u.link(),
+            Inner::Mmsg(m) => m.link(),
+        };
+        link.and_then(|l| l.local_addr().ok())
+    }
+
+    /// Sends one datagram from the second socket now (a mesh handshake,
+    /// whose source port the peer answers to). `false` if there is no
+    /// second socket or the send failed.
+    pub fn send_from_link(&mut self, dst: SocketAddr, bytes: &[u8]) -> bool {
+        let link = match &self.inner {
+            Inner::Uring(u) => u.link(),
+            Inner::Mmsg(m) => m.link(),
+        };
+        link.is_some_and(|l| l.send_to(bytes, dst).is_ok())
     }
 
     /// Waits up to `timeout` for datagrams, hands every one of them (each GRO

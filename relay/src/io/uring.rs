@@ -43,6 +43,8 @@ use super::{
 const RECV: u64 = u64::MAX;
 /// `user_data` of cancellations (their completions are ignored).
 const CANCEL: u64 = u64::MAX - 1;
+/// `user_data` of the multishot receive on the second socket, if any.
+const RECV_LINK: u64 = u64::MAX - 2;
 /// The provided-buffer group id (one ring per `Io`).
 const BGID: u16 = 0;
 /// Submission queue entries: sends are pushed in a batch, submitting early
@@ -84,6 +86,7 @@ struct SendSlot {
 pub(crate) struct Failed {
     pub(crate) error: IoError,
     pub(crate) socket: UdpSocket,
+    pub(crate) link: Option<UdpSocket>,
 }
 
 /// The io_uring backend of one worker.
@@ -115,6 +118,11 @@ pub(crate) struct UringIo {
     /// matter to the kernel).
     recv_hdr: Box<libc::msghdr>,
     armed: bool,
+    /// A second socket, received from by a second multishot receive into
+    /// the same buffers (a mesh relay's per-worker link port); sends
+    /// always leave from `socket`.
+    link: Option<UdpSocket>,
+    link_armed: bool,
     /// A completion taken from the queue at start-up, handled first.
     pending: Option<cqueue::Entry>,
     slots: Box<[SendSlot]>,
@@ -140,15 +148,30 @@ impl std::fmt::Debug for UringIo {
 
 impl UringIo {
     /// Sets up the ring, registers the buffer ring and arms the receive.
-    pub(crate) fn new(socket: UdpSocket, cfg: IoConfig) -> Result<Self, Failed> {
-        match Self::build(&socket, cfg) {
-            Ok(parts) => Ok(parts.finish(socket)),
-            Err(error) => Err(Failed { error, socket }),
+    pub(crate) fn new(
+        socket: UdpSocket,
+        link: Option<UdpSocket>,
+        cfg: IoConfig,
+    ) -> Result<Self, Failed> {
+        match Self::build(&socket, link.as_ref(), cfg) {
+            Ok(parts) => Ok(parts.finish(socket, link)),
+            Err(error) => Err(Failed {
+                error,
+                socket,
+                link,
+            }),
         }
     }
 
-    fn build(socket: &UdpSocket, cfg: IoConfig) -> Result<Parts, IoError> {
+    fn build(
+        socket: &UdpSocket,
+        link: Option<&UdpSocket>,
+        cfg: IoConfig,
+    ) -> Result<Parts, IoError> {
         super::socket::set_nonblocking(socket)?;
+        if let Some(l) = link {
+            super::socket::set_nonblocking(l)?;
+        }
         let nbufs = cfg.buffers;
         let stride = (cfg.buffer_size + RECV_HEADROOM).next_multiple_of(64);
         let stride_u32 =
@@ -213,6 +236,17 @@ impl UringIo {
             source,
         })?;
         parts.probe_receive(socket.as_raw_fd())?;
+        if let Some(l) = link {
+            // Submitted with the first poll's wait.
+            let sqe = opcode::RecvMsgMulti::new(types::Fd(l.as_raw_fd()), &*parts.recv_hdr, BGID)
+                .build()
+                .user_data(RECV_LINK);
+            // SAFETY: as in `probe_receive`.
+            unsafe { parts.ring.submission().push(&sqe) }.map_err(|_| IoError::Sys {
+                op: "io_uring submission",
+                source: std::io::Error::from_raw_os_error(libc::EBUSY),
+            })?;
+        }
         Ok(parts)
     }
 
@@ -226,6 +260,11 @@ impl UringIo {
         &self.stats
     }
 
+    /// The second socket, if any.
+    pub(crate) fn link(&self) -> Option<&UdpSocket> {
+        self.link.as_ref()
+    }
+
     /// Pushes the multishot receive.
     fn arm(&mut self) -> Result<(), IoError> {
         let sqe = opcode::RecvMsgMulti::new(types::Fd(self.fd), &*self.recv_hdr, BGID)
@@ -233,6 +272,20 @@ impl UringIo {
             .user_data(RECV);
         self.push(&sqe)?;
         self.armed = true;
+        Ok(())
+    }
+
+    /// Pushes the multishot receive of the second socket (same buffers,
+    /// same template).
+    fn arm_link(&mut self) -> Result<(), IoError> {
+        let Some(fd) = self.link.as_ref().map(AsRawFd::as_raw_fd) else {
+            return Ok(());
+        };
+        let sqe = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.recv_hdr, BGID)
+            .build()
+            .user_data(RECV_LINK);
+        self.push(&sqe)?;
+        self.link_armed = true;
         Ok(())
     }
 
@@ -270,6 +323,9 @@ impl UringIo {
             // until a send completion frees a buffer.
             if !self.armed && self.in_ring > 0 {
                 self.arm()?;
+            }
+            if self.link.is_some() && !self.link_armed && self.in_ring > 0 {
+                self.arm_link()?;
             }
             let mut timed_out = false;
             if self.pending.is_none() {
@@ -326,7 +382,7 @@ impl UringIo {
                 },
             };
             match cqe.user_data() {
-                RECV => self.on_recv(&cqe, handle, ps),
+                RECV | RECV_LINK => self.on_recv(&cqe, handle, ps),
                 CANCEL => {}
                 slot if (slot as usize) < self.slots.len() => {
                     self.on_send(slot as u32, cqe.result())
@@ -345,7 +401,11 @@ impl UringIo {
         if !cqueue::more(flags) {
             // The multishot ended (out of buffers, error, cancel): re-armed
             // by the next poll, after buffers went back into the ring.
-            self.armed = false;
+            if cqe.user_data() == RECV_LINK {
+                self.link_armed = false;
+            } else {
+                self.armed = false;
+            }
         }
         let res = cqe.result();
         if res < 0 {
@@ -562,8 +622,14 @@ impl Drop for UringIo {
             let sqe = opcode::AsyncCancel::new(RECV).build().user_data(CANCEL);
             let _ = self.push(&sqe);
         }
+        if self.link_armed {
+            let sqe = opcode::AsyncCancel::new(RECV_LINK)
+                .build()
+                .user_data(CANCEL);
+            let _ = self.push(&sqe);
+        }
         for _ in 0..200 {
-            if !self.armed && self.in_flight == 0 {
+            if !self.armed && !self.link_armed && self.in_flight == 0 {
                 let _ = self.ring.submitter().unregister_buf_ring(BGID);
                 // SAFETY: nothing is armed or in flight and the buffer ring
                 // is unregistered: the kernel no longer touches either
@@ -580,6 +646,7 @@ impl Drop for UringIo {
             while let Some(cqe) = self.ring.completion().next() {
                 match cqe.user_data() {
                     RECV if !cqueue::more(cqe.flags()) => self.armed = false,
+                    RECV_LINK if !cqueue::more(cqe.flags()) => self.link_armed = false,
                     slot if (slot as usize) < self.slots.len() => self.in_flight -= 1,
                     _ => {}
                 }
@@ -588,6 +655,7 @@ impl Drop for UringIo {
         tracing::warn!(
             in_flight = self.in_flight,
             armed = self.armed,
+            link_armed = self.link_armed,
             "io_uring operations still pending at shutdown; leaking their buffers"
         );
         // Leak (ManuallyDrop) rather than free memory the kernel may still touch.
@@ -666,7 +734,7 @@ impl Parts {
         Ok(())
     }
 
-    fn finish(self, socket: UdpSocket) -> UringIo {
+    fn finish(self, socket: UdpSocket, link: Option<UdpSocket>) -> UringIo {
         let Parts {
             ring,
             buffers,
@@ -725,6 +793,8 @@ impl Parts {
             recv_hdr,
             // `build` armed the receive.
             armed: true,
+            link_armed: link.is_some(),
+            link,
             pending,
             slots,
             free: (0..nslots as u32).rev().collect(),
