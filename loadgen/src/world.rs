@@ -157,7 +157,9 @@ impl World {
             let routes = self.relay.shared().routes.load();
             let user = proto::ids::UserId(0);
             if routes.to_service(service, user).is_some()
-                && users.iter().all(|u| routes.to_user(*u).is_some())
+                && users
+                    .iter()
+                    .all(|u| routes.to_user(*u, proto::ids::ServiceId(0)).is_some())
             {
                 return Ok(());
             }

@@ -325,7 +325,7 @@ impl Datapath<'_> {
                 self.routes.to_service_transit(service, user)
             }
             Direction::ToService => self.routes.to_service(service, user),
-            Direction::ToUser => self.routes.to_user(user),
+            Direction::ToUser => self.routes.to_user(user, service),
         }
         .ok_or(DropReason::NoRoute)?;
         let hop = self.routes.hop(hop_id).ok_or(DropReason::NoRoute)?;

@@ -64,6 +64,26 @@ pub fn pick(user: UserId, service: ServiceId, n: usize) -> usize {
     }
 }
 
+/// Which of `n` equivalent hops (the per-worker links to one peer relay) a
+/// flow of `user` to `service` takes: a second stable hash of the pair,
+/// independent of [`pick`], so that the flows [`pick`] sends to one relay
+/// spread over all its links.
+#[inline]
+pub fn spread(user: UserId, service: ServiceId, n: usize) -> usize {
+    match n {
+        0 | 1 => 0,
+        n => {
+            let pair = (u64::from(service.0) << 32) | u64::from(user.0);
+            let h = pair.rotate_left(17).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+            ((h ^ (h >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % n
+        }
+    }
+}
+
+/// Marks a [`HopId`] in a route as a group of equivalent hops (see
+/// [`RouteTable::add_group`]) rather than a hop.
+const GROUP: u32 = 1 << 31;
+
 /// Where frames for one service go.
 ///
 /// * `local`: the hops of this relay's own connectors of the service, in
@@ -90,6 +110,8 @@ pub struct RouteTable {
     hops: Vec<Option<Arc<TxHop>>>,
     services: IdMap<ServiceId, ServiceRoute>,
     users: IdMap<UserId, HopId>,
+    /// Groups of equivalent hops, referred to by tagged ids.
+    groups: Vec<Box<[HopId]>>,
 }
 
 impl RouteTable {
@@ -105,6 +127,32 @@ impl RouteTable {
             self.hops.resize(i + 1, None);
         }
         self.hops[i] = Some(hop);
+    }
+
+    /// A route target for several equivalent hops (the links to one peer
+    /// relay, one per worker): flows are spread over them by [`spread`].
+    /// One hop is returned as it is; none gives `None`.
+    pub fn add_group(&mut self, hops: Vec<HopId>) -> Option<HopId> {
+        match hops.len() {
+            0 => None,
+            1 => Some(hops[0]),
+            _ => {
+                let id = GROUP | u32::try_from(self.groups.len()).ok()?;
+                self.groups.push(hops.into_boxed_slice());
+                Some(HopId(id))
+            }
+        }
+    }
+
+    /// The hop a route entry `id` stands for, for a flow of `user` to
+    /// `service`.
+    #[inline]
+    fn resolve(&self, id: HopId, user: UserId, service: ServiceId) -> Option<HopId> {
+        if id.0 & GROUP == 0 {
+            return Some(id);
+        }
+        let group = self.groups.get((id.0 & !GROUP) as usize)?;
+        group.get(spread(user, service, group.len())).copied()
     }
 
     /// Routes `service` to these hops of local connectors (several: flows
@@ -132,7 +180,8 @@ impl RouteTable {
         self.services.get(&service)
     }
 
-    /// Routes frames for `user` to `hop`.
+    /// Routes frames for `user` to `hop` (or a group from
+    /// [`RouteTable::add_group`]).
     pub fn set_user(&mut self, user: UserId, hop: HopId) {
         self.users.insert(user, hop);
     }
@@ -159,7 +208,8 @@ impl RouteTable {
         } else {
             &route.local
         };
-        hops.get(pick(user, service, hops.len())).copied()
+        let id = *hops.get(pick(user, service, hops.len()))?;
+        self.resolve(id, user, service)
     }
 
     /// The hop towards `service` for a flow of `user` that arrived from
@@ -174,13 +224,15 @@ impl RouteTable {
         } else {
             &route.mesh
         };
-        hops.get(pick(user, service, hops.len())).copied()
+        let id = *hops.get(pick(user, service, hops.len()))?;
+        self.resolve(id, user, service)
     }
 
-    /// The hop towards `user`'s agent.
+    /// The hop towards `user`'s agent, for a frame of `service`.
     #[inline]
-    pub fn to_user(&self, user: UserId) -> Option<HopId> {
-        self.users.get(&user).copied()
+    pub fn to_user(&self, user: UserId, service: ServiceId) -> Option<HopId> {
+        let id = *self.users.get(&user)?;
+        self.resolve(id, user, service)
     }
 
     /// Whether `hop` is one of this relay's connectors of `service`: a
@@ -215,7 +267,7 @@ mod tests {
         t.set_user(UserId(5), HopId(2));
         assert_eq!(t.to_service(ServiceId(10), UserId(1)), Some(HopId(2)));
         assert_eq!(t.to_service(ServiceId(11), UserId(1)), None);
-        assert_eq!(t.to_user(UserId(5)), Some(HopId(2)));
+        assert_eq!(t.to_user(UserId(5), ServiceId(10)), Some(HopId(2)));
         assert!(t.hop(HopId(2)).is_some());
         assert!(t.hop(HopId(1)).is_none());
         assert!(t.hop(HopId(99)).is_none());
@@ -235,6 +287,29 @@ mod tests {
             used[h.0 as usize] += 1;
         }
         assert!(used.iter().all(|&n| n > 700), "{used:?}");
+    }
+
+    #[test]
+    fn groups_spread_flows_over_their_hops() {
+        let mut t = RouteTable::new();
+        assert_eq!(t.add_group(Vec::new()), None);
+        assert_eq!(t.add_group(vec![HopId(4)]), Some(HopId(4)));
+        let links = t.add_group(vec![HopId(7), HopId(8)]).unwrap();
+        assert_ne!(links, HopId(7));
+        let s = ServiceId(3);
+        t.set_service_mesh(s, vec![links]);
+        t.set_user(UserId(1), links);
+        let mut used = [0u32; 2];
+        for u in 0..2000 {
+            let h = t.to_service(s, UserId(u)).unwrap();
+            assert_eq!(t.to_service_transit(s, UserId(u)), Some(h));
+            used[(h.0 - 7) as usize] += 1;
+        }
+        assert!(used.iter().all(|&n| n > 800), "{used:?}");
+        let down: std::collections::BTreeSet<HopId> = (0..64)
+            .filter_map(|s| t.to_user(UserId(1), ServiceId(s)))
+            .collect();
+        assert_eq!(down.len(), 2, "one user's services spread too");
     }
 
     #[test]

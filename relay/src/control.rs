@@ -304,7 +304,7 @@ impl Control {
             }
             Ok(HandshakeFrame::CookieReply(r)) => {
                 let receiver = r.receiver;
-                return self.mesh_cookie(frame, receiver);
+                return self.mesh_cookie(worker, frame, receiver);
             }
             Err(_) => {
                 self.stats.handshakes_failed += 1;
@@ -385,7 +385,7 @@ impl Control {
             self.next_serial,
         ));
         self.next_serial += 1;
-        self.evict_beyond_limit(peer);
+        self.evict_beyond_limit(peer, worker);
         let slot = match self.free_hops.pop() {
             Some(s) => s,
             None => {
@@ -453,12 +453,14 @@ impl Control {
     }
 
     /// Makes room for one more session of `peer`: evicts its oldest while it
-    /// holds [`MAX_SESSIONS_PER_PEER`] or more.
-    fn evict_beyond_limit(&mut self, peer: Peer) {
+    /// holds [`MAX_SESSIONS_PER_PEER`] or more. A peer relay holds one link
+    /// per worker: its limit counts per worker.
+    fn evict_beyond_limit(&mut self, peer: Peer, worker: usize) {
+        let relay = matches!(peer, Peer::Relay(_));
         loop {
             let mine = self.sessions.iter().enumerate().filter_map(|(i, e)| {
                 e.as_ref()
-                    .filter(|e| e.peer == peer)
+                    .filter(|e| e.peer == peer && (!relay || e.worker == worker))
                     .map(|e| (e.established, i))
             });
             let (count, oldest) = mine.fold(

@@ -127,11 +127,30 @@ pub enum StartError {
     Invalid(String),
 }
 
+/// The link port of worker `k` when the relay listens on `listen`: the
+/// ports right after it (`listen + 1 + k`), or ephemeral ports when
+/// `listen` is 0.
+fn link_port(listen: u16, k: usize) -> Result<u16, StartError> {
+    if listen == 0 {
+        return Ok(0);
+    }
+    u16::try_from(k + 1)
+        .ok()
+        .and_then(|k| listen.checked_add(k))
+        .ok_or_else(|| {
+            StartError::Invalid(format!(
+                "mesh: worker {k}'s link port (listen port {listen} + {}) is above 65535; listen on a lower port",
+                k + 1
+            ))
+        })
+}
+
 /// Registers this relay in etcd: its record now, its services as
 /// connectors come and go (the control thread updates them).
 fn start_registry(
     m: &MeshOptions,
     bound: SocketAddr,
+    link_ports: &[u16],
     public_key: &[u8; 32],
 ) -> Result<mesh::registry::Registry, StartError> {
     let address = m.advertise.unwrap_or(bound);
@@ -147,6 +166,7 @@ fn start_registry(
         public_key: proto::identity::to_hex(public_key),
         started: control::unix_nanos() / 1_000_000_000,
         links: Vec::new(),
+        link_ports: link_ports.to_vec(),
     };
     let mut config =
         mesh::registry::RegistryConfig::new(m.etcd.clone(), m.relay_id.clone(), record);
@@ -224,18 +244,35 @@ impl Relay {
         let mut inboxes = Vec::with_capacity(opts.workers);
         let mut local_addr = opts.listen;
         let mut backend = opts.io;
+        let mut link_ports = Vec::new();
         for k in 0..opts.workers {
             let socket = crate::io::bind_socket(local_addr, &opts.io_config)
                 .map_err(|error| StartError::Io { worker: k, error })?;
+            let getsockname = |source| StartError::Io {
+                worker: k,
+                error: crate::io::IoError::Sys {
+                    op: "getsockname",
+                    source,
+                },
+            };
             if k == 0 {
-                local_addr = socket.local_addr().map_err(|source| StartError::Io {
-                    worker: k,
-                    error: crate::io::IoError::Sys {
-                        op: "getsockname",
-                        source,
-                    },
-                })?;
+                local_addr = socket.local_addr().map_err(getsockname)?;
             }
+            // In a mesh, each worker also owns a link port of its own (see
+            // `mesh::registry::RelayRecord::link_ports`).
+            let link = match &opts.mesh {
+                None => None,
+                Some(_) => {
+                    let port = link_port(opts.listen.port(), k)?;
+                    let link = crate::io::bind_socket(
+                        SocketAddr::new(local_addr.ip(), port),
+                        &opts.io_config,
+                    )
+                    .map_err(|error| StartError::Io { worker: k, error })?;
+                    link_ports.push(link.local_addr().map_err(getsockname)?.port());
+                    Some(link)
+                }
+            };
             let (tx, rx) = crossbeam_channel::unbounded();
             inboxes.push(tx);
             let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
@@ -268,7 +305,7 @@ impl Relay {
                     }
                     // The ring is created on the thread that submits to it
                     // (IORING_SETUP_SINGLE_ISSUER).
-                    match Io::start(want, socket, io_config) {
+                    match Io::start_with_link(want, socket, link, io_config) {
                         Ok(io) => {
                             let _ = ready_tx.send(Ok(io.backend()));
                             worker::run(k, io, mode, worker_shared, rx, control)
@@ -318,7 +355,7 @@ impl Relay {
         );
         let registry = match &opts.mesh {
             None => None,
-            Some(m) => Some(start_registry(m, local_addr, &public_key)?),
+            Some(m) => Some(start_registry(m, local_addr, &link_ports, &public_key)?),
         };
         let links = match (&opts.mesh, mesh_identity) {
             (Some(m), Some(identity)) => Some(start_links(m, identity, opts.ca)?),

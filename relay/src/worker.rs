@@ -50,6 +50,15 @@ pub enum ToWorker {
         /// The datagram.
         bytes: Vec<u8>,
     },
+    /// Send these bytes from this worker's mesh link socket (an initiation
+    /// of a mesh link: the peer answers, and later sends the link's frames,
+    /// to that port, so they reach this worker).
+    SendFromLink {
+        /// Destination.
+        to: SocketAddr,
+        /// The datagram.
+        bytes: Vec<u8>,
+    },
 }
 
 /// What a worker tells the control thread.
@@ -118,6 +127,11 @@ pub fn run(
                 ToWorker::Send { to, bytes } => {
                     if let Err(e) = io.send_to(to, &bytes) {
                         tracing::debug!(worker = id, %to, error = %e, "control reply not sent");
+                    }
+                }
+                ToWorker::SendFromLink { to, bytes } => {
+                    if !io.send_from_link(to, &bytes) {
+                        tracing::debug!(worker = id, %to, "mesh initiation not sent from the link socket");
                     }
                 }
             }

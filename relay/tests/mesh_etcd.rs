@@ -24,6 +24,7 @@ fn record(port: u16) -> RelayRecord {
         public_key: "ab".repeat(32),
         started: 1,
         links: Vec::new(),
+        link_ports: Vec::new(),
     }
 }
 

@@ -256,31 +256,72 @@ pub fn start_mesh_relay_at(
     cert_id: u32,
     relay_id: &str,
 ) -> relay::Relay {
-    let policy = dir.path().join(format!("{relay_id}.toml"));
-    std::fs::write(&policy, proto::testkit::policy_file(4, 8).to_toml_string()).unwrap();
-    relay::Relay::start(relay::RelayOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        workers: 1,
-        first_core: 0,
-        pin: false,
-        io: Backend::Mmsg,
-        io_config: relay::io::IoConfig::default(),
-        mode: proto::datapath::Mode::Ztna,
-        identity: pki
-            .node(cert_id, relay_id, proto::identity::Role::Relay, &[])
-            .unwrap(),
-        ca: pki.ca(),
-        policy,
-        mesh: Some(relay::MeshOptions {
-            etcd: etcd.to_owned(),
-            relay_id: relay::mesh::registry::RelayId::new(relay_id).unwrap(),
-            region: "test".into(),
-            advertise: None,
-            ttl: Duration::from_secs(2),
+    MeshRelay::new(relay_id, cert_id).start(pki, dir, etcd)
+}
+
+/// A test mesh relay's settings beyond [`start_mesh_relay`]'s.
+#[derive(Debug, Clone)]
+pub struct MeshRelay<'a> {
+    /// Its relay id (and certificate name).
+    pub relay_id: &'a str,
+    /// Its certificate id.
+    pub cert_id: u32,
+    /// Worker threads.
+    pub workers: usize,
+    /// The only relays it links with directly (`None`: all).
+    pub peers: Option<&'a [&'a str]>,
+}
+
+impl<'a> MeshRelay<'a> {
+    /// One worker, links with every relay.
+    pub fn new(relay_id: &'a str, cert_id: u32) -> MeshRelay<'a> {
+        MeshRelay {
+            relay_id,
+            cert_id,
+            workers: 1,
             peers: None,
-        }),
-    })
-    .unwrap()
+        }
+    }
+
+    /// Starts it with etcd at the client URL `etcd`.
+    pub fn start(
+        &self,
+        pki: &loadgen::pki::Pki,
+        dir: &loadgen::world::ScratchDir,
+        etcd: &str,
+    ) -> relay::Relay {
+        let id = |s: &str| relay::mesh::registry::RelayId::new(s).unwrap();
+        let policy = dir.path().join(format!("{}.toml", self.relay_id));
+        std::fs::write(&policy, proto::testkit::policy_file(4, 8).to_toml_string()).unwrap();
+        relay::Relay::start(relay::RelayOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            workers: self.workers,
+            first_core: 0,
+            pin: false,
+            io: Backend::Mmsg,
+            io_config: relay::io::IoConfig::default(),
+            mode: proto::datapath::Mode::Ztna,
+            identity: pki
+                .node(
+                    self.cert_id,
+                    self.relay_id,
+                    proto::identity::Role::Relay,
+                    &[],
+                )
+                .unwrap(),
+            ca: pki.ca(),
+            policy,
+            mesh: Some(relay::MeshOptions {
+                etcd: etcd.to_owned(),
+                relay_id: id(self.relay_id),
+                region: "test".into(),
+                advertise: None,
+                ttl: Duration::from_secs(2),
+                peers: self.peers.map(|p| p.iter().map(|s| id(s)).collect()),
+            }),
+        })
+        .unwrap()
+    }
 }
 
 /// A TCP forwarder on a loopback port to `target` that the test can cut

@@ -110,7 +110,7 @@ fn a_user_on_one_relay_reaches_a_connector_on_another() {
     // user over the link (A announced it).
     await_until("routes across the mesh", || {
         a.shared().routes.load().to_service(ALLOWED, USER).is_some()
-            && c.shared().routes.load().to_user(USER).is_some()
+            && c.shared().routes.load().to_user(USER, ALLOWED).is_some()
     });
 
     // The user's directory from A lists the service with C's connector and

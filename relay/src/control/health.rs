@@ -58,14 +58,23 @@ impl Control {
     pub(super) fn probe(&mut self, now: Instant) {
         // Only the newest session of each peer: the others are being
         // replaced by a rekey and carry no routes.
-        let mut newest: HashMap<Peer, (Instant, usize)> = HashMap::new();
+        // (A peer relay holds one link per worker: newest per worker.)
+        let mut newest: HashMap<(Peer, usize), (Instant, usize)> = HashMap::new();
         for (slot, e) in self.sessions.iter().enumerate() {
             let Some(e) = e.as_ref() else { continue };
             if matches!(e.peer, Peer::User(_)) || !e.pinged {
                 continue;
             }
-            if newest.get(&e.peer).is_none_or(|n| n.0 <= e.established) {
-                newest.insert(e.peer, (e.established, slot));
+            let at = (
+                e.peer,
+                if matches!(e.peer, Peer::Relay(_)) {
+                    e.worker
+                } else {
+                    0
+                },
+            );
+            if newest.get(&at).is_none_or(|n| n.0 <= e.established) {
+                newest.insert(at, (e.established, slot));
             }
         }
         for (_, slot) in newest.into_values() {

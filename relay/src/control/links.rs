@@ -34,6 +34,7 @@ use super::{unix_nanos, Control};
 use crate::mesh::paths;
 use crate::mesh::registry::{ConnectorRecord, RelayId, RelayRecord};
 use crate::mesh::view::{MeshView, MeshWatch};
+use crate::worker::ToWorker;
 
 /// How long an initiation waits for its response before a new one goes
 /// out.
@@ -50,8 +51,9 @@ pub struct MeshLinks {
     views: Receiver<Arc<MeshView>>,
     /// Static keys of the other relays in the current view.
     keys: HashSet<[u8; 32]>,
-    /// Peers this relay initiates to (their id is greater than ours).
-    outbound: BTreeMap<RelayId, Outbound>,
+    /// Links this relay initiates (the peer's id is greater than ours),
+    /// by peer and link number (= worker at both ends).
+    outbound: BTreeMap<(RelayId, usize), Outbound>,
     /// The only relays to hold links with (`None`: every relay in the
     /// view). Others are reached through them.
     peers: Option<BTreeSet<RelayId>>,
@@ -69,24 +71,19 @@ impl fmt::Debug for MeshLinks {
     }
 }
 
-/// One link this relay initiates.
+/// One link this relay initiates: link `k` runs between this relay's and
+/// the peer's `k`-th link ports, so worker `k` receives its frames at
+/// both ends.
 struct Outbound {
     record: RelayRecord,
     key: [u8; 32],
     jar: CookieJar,
-    /// The worker initiations leave from (the one the last response
-    /// arrived at).
-    worker: usize,
-    attempt: Option<Attempt>,
+    /// The peer's `k`-th link port: where initiations and the link's
+    /// frames go.
+    to: SocketAddr,
+    attempt: Option<HopInitiator>,
     last_try: Option<Instant>,
     established: Option<Instant>,
-}
-
-/// An initiation waiting for its response.
-struct Attempt {
-    initiator: HopInitiator,
-    /// The worker whose allocator handed out the initiator's index.
-    worker: usize,
 }
 
 impl MeshLinks {
@@ -154,8 +151,9 @@ impl Control {
         let Some(mesh) = self.mesh.as_ref() else {
             return remote;
         };
-        // The newest live session with each relay, by its static key.
-        let mut newest: HashMap<[u8; 32], (Instant, HopId)> = HashMap::new();
+        // The newest live session of each link (relay static key,
+        // worker), grouped per relay in worker order.
+        let mut newest: BTreeMap<([u8; 32], usize), (Instant, HopId)> = BTreeMap::new();
         for (slot, e) in self.sessions.iter().enumerate() {
             let Some(e) = e
                 .as_ref()
@@ -163,11 +161,9 @@ impl Control {
             else {
                 continue;
             };
-            if newest
-                .get(&e.static_key)
-                .is_none_or(|n| n.0 <= e.established)
-            {
-                newest.insert(e.static_key, (e.established, HopId(slot as u32)));
+            let at = (e.static_key, e.worker);
+            if newest.get(&at).is_none_or(|n| n.0 <= e.established) {
+                newest.insert(at, (e.established, HopId(slot as u32)));
             }
         }
         let mut link: BTreeMap<RelayId, HopId> = BTreeMap::new();
@@ -177,8 +173,15 @@ impl Control {
                 continue;
             }
             declared.insert(id.clone(), record.linked());
-            if let Some((_, hop)) = key_from_hex(&record.public_key).and_then(|k| newest.get(&k)) {
-                link.insert(id.clone(), *hop);
+            let Some(key) = key_from_hex(&record.public_key) else {
+                continue;
+            };
+            let hops: Vec<HopId> = newest
+                .range((key, 0)..=(key, usize::MAX))
+                .map(|(_, (_, hop))| *hop)
+                .collect();
+            if let Some(group) = routes.add_group(hops) {
+                link.insert(id.clone(), group);
             }
         }
         let mine: BTreeSet<RelayId> = link.keys().cloned().collect();
@@ -252,13 +255,13 @@ impl Control {
             self.routes_dirty = true;
             self.directories_dirty = true;
         }
-        let ids: Vec<RelayId> = self
+        let links: Vec<(RelayId, usize)> = self
             .mesh
             .as_ref()
             .map(|m| m.outbound.keys().cloned().collect())
             .unwrap_or_default();
-        for id in ids {
-            self.maybe_initiate(&id, now);
+        for link in links {
+            self.maybe_initiate(&link, now);
         }
     }
 
@@ -279,35 +282,45 @@ impl Control {
                 continue;
             };
             keys.insert(key);
-            if *id > mesh.me {
-                wanted.insert(id.clone(), (record.clone(), key));
+            if *id <= mesh.me {
+                continue;
+            }
+            // One link per worker both relays have.
+            let links = self.allocators.len().min(record.link_ports.len());
+            if links == 0 {
+                tracing::debug!(relay = %id, "mesh: relay record without link ports; no link");
+            }
+            for k in 0..links {
+                if let Some(to) = record.link_address(k) {
+                    wanted.insert((id.clone(), k), (record.clone(), key, to));
+                }
             }
         }
         mesh.keys = keys;
         let mut released = Vec::new();
-        mesh.outbound.retain(|id, out| {
+        mesh.outbound.retain(|(id, k), out| {
             let keep = wanted
-                .get(id)
-                .is_some_and(|(record, _)| record.same_incarnation(&out.record));
+                .get(&(id.clone(), *k))
+                .is_some_and(|(record, _, _)| record.same_incarnation(&out.record));
             if !keep {
-                tracing::info!(relay = %id, "mesh: relay left the view or changed; its link is dropped");
+                tracing::info!(relay = %id, link = k, "mesh: relay left the view or changed; its link is dropped");
                 if let Some(a) = out.attempt.take() {
-                    released.push((a.worker, a.initiator.local_index()));
+                    released.push((*k, a.local_index()));
                 }
             }
             keep
         });
-        for (id, (record, key)) in wanted {
-            if let Some(out) = mesh.outbound.get_mut(&id) {
+        for (link, (record, key, to)) in wanted {
+            if let Some(out) = mesh.outbound.get_mut(&link) {
                 // Same incarnation; its load or links changed.
                 out.record = record;
                 continue;
             }
-            mesh.outbound.entry(id).or_insert_with(|| Outbound {
+            mesh.outbound.entry(link).or_insert_with(|| Outbound {
                 record,
                 key,
                 jar: CookieJar::new(&key),
-                worker: 0,
+                to,
                 attempt: None,
                 last_try: None,
                 established: None,
@@ -328,41 +341,39 @@ impl Control {
         }
     }
 
-    /// Sends a new initiation to `id` if none is pending and the link is
+    /// Sends a new initiation on `link` if none is pending and the link is
     /// down or due a rekey, or if the pending one went unanswered for
-    /// [`RETRY`].
-    fn maybe_initiate(&mut self, id: &RelayId, now: Instant) {
-        let Some(mesh) = self.mesh.as_mut() else {
-            return;
-        };
-        let Some(out) = mesh.outbound.get_mut(id) else {
+    /// [`RETRY`]. It leaves from worker `k`'s link port, to the peer's.
+    fn maybe_initiate(&mut self, link: &(RelayId, usize), now: Instant) {
+        let worker = link.1;
+        let Some(out) = self.mesh.as_mut().and_then(|m| m.outbound.get_mut(link)) else {
             return;
         };
         let due = match (&out.attempt, out.established) {
-            (Some(_), _) => out.last_try.is_none_or(|t| now.duration_since(t) >= RETRY),
-            (None, None) => out.last_try.is_none_or(|t| now.duration_since(t) >= RETRY),
+            (Some(_), _) | (None, None) => {
+                out.last_try.is_none_or(|t| now.duration_since(t) >= RETRY)
+            }
             (None, Some(at)) => now.duration_since(at) >= REKEY_AFTER_TIME,
         };
         if !due {
             return;
         }
         if let Some(old) = out.attempt.take() {
-            self.allocators[old.worker].release(old.initiator.local_index());
+            self.allocators[worker].release(old.local_index());
         }
-        let worker = out.worker;
         let Some(index) = self
             .allocators
             .get_mut(worker)
             .and_then(proto::session::IndexAllocator::allocate)
         else {
-            tracing::warn!(relay = %id, worker, "mesh: no free receiver index for an initiation");
+            tracing::warn!(relay = %link.0, worker, "mesh: no free receiver index for an initiation");
             return;
         };
         // Reborrow after using the allocators.
         let Some(mesh) = self.mesh.as_mut() else {
             return;
         };
-        let Some(out) = mesh.outbound.get_mut(id) else {
+        let Some(out) = mesh.outbound.get_mut(link) else {
             return;
         };
         out.last_try = Some(now);
@@ -376,26 +387,29 @@ impl Control {
             unix_nanos(),
         ) {
             Ok((initiator, frame)) => {
-                tracing::debug!(relay = %id, to = %out.record.address, %index, "mesh: hop initiation sent");
-                out.attempt = Some(Attempt { initiator, worker });
-                let to = out.record.address;
-                self.send(worker, to, frame);
+                tracing::debug!(relay = %link.0, link = worker, to = %out.to, %index, "mesh: hop initiation sent");
+                out.attempt = Some(initiator);
+                let to = out.to;
+                let _ = self.workers[worker].send(ToWorker::SendFromLink { to, bytes: frame });
             }
             Err(e) => {
                 self.allocators[worker].release(index);
-                tracing::warn!(relay = %id, error = %e, "mesh: cannot build a hop initiation");
+                tracing::warn!(relay = %link.0, error = %e, "mesh: cannot build a hop initiation");
             }
         }
     }
 
-    /// The pending initiation with receiver index `receiver`, if any.
-    fn pending(&self, receiver: ReceiverIndex) -> Option<RelayId> {
+    /// The link whose pending initiation has receiver index `receiver` on
+    /// `worker` (its answer comes to that worker's link port), if any.
+    fn pending(&self, worker: usize, receiver: ReceiverIndex) -> Option<(RelayId, usize)> {
         let mesh = self.mesh.as_ref()?;
-        mesh.outbound.iter().find_map(|(id, out)| {
-            out.attempt
-                .as_ref()
-                .filter(|a| a.initiator.local_index() == receiver)
-                .map(|_| id.clone())
+        mesh.outbound.iter().find_map(|(link, out)| {
+            (link.1 == worker
+                && out
+                    .attempt
+                    .as_ref()
+                    .is_some_and(|a| a.local_index() == receiver))
+            .then(|| link.clone())
         })
     }
 
@@ -408,18 +422,18 @@ impl Control {
         frame: &[u8],
         receiver: ReceiverIndex,
     ) {
-        let Some(id) = self.pending(receiver) else {
+        let Some(link) = self.pending(worker, receiver) else {
             self.stats.handshakes_failed += 1;
             return;
         };
         let now = Instant::now();
-        let Some(out) = self.mesh.as_mut().and_then(|m| m.outbound.get_mut(&id)) else {
+        let Some(out) = self.mesh.as_mut().and_then(|m| m.outbound.get_mut(&link)) else {
             return;
         };
-        let Some(mut attempt) = out.attempt.take() else {
+        let Some(mut initiator) = out.attempt.take() else {
             return;
         };
-        let keys = match attempt.initiator.handle_response(frame, now, unix_nanos()) {
+        let keys = match initiator.handle_response(frame, now, unix_nanos()) {
             Ok(keys) => keys,
             Err(e) => {
                 // A frame for another index or with a bad mac1 leaves the
@@ -429,31 +443,20 @@ impl Control {
                     proto::handshake::HandshakeError::BadMac1
                         | proto::handshake::HandshakeError::WrongReceiver { .. }
                 ) {
-                    out.attempt = Some(attempt);
+                    out.attempt = Some(initiator);
                 } else {
-                    self.allocators[attempt.worker].release(receiver);
+                    self.allocators[worker].release(receiver);
                 }
                 self.stats.handshakes_failed += 1;
-                tracing::debug!(relay = %id, %from, error = %e, "mesh: hop response rejected");
+                tracing::debug!(relay = %link.0, %from, error = %e, "mesh: hop response rejected");
                 return;
             }
         };
-        // The peer's frames reach us at the worker its flow hashes to:
-        // the one the response arrived at. Its allocator must own the index.
-        if worker != attempt.worker {
-            if !self.allocators[worker].claim(receiver) {
-                self.allocators[attempt.worker].release(receiver);
-                self.stats.handshakes_failed += 1;
-                tracing::debug!(relay = %id, worker, "mesh: receiver index taken on the worker the response arrived at; retrying");
-                return;
-            }
-            self.allocators[attempt.worker].release(receiver);
-        }
-        if let Some(out) = self.mesh.as_mut().and_then(|m| m.outbound.get_mut(&id)) {
-            out.worker = worker;
-            out.established = Some(now);
-        }
-        let slot = self.establish(worker, from, keys, now);
+        out.established = Some(now);
+        // The link's frames go to the peer's link port (the response may
+        // come from its shared port).
+        let to = out.to;
+        let slot = self.establish(worker, to, keys, now);
         // The response confirmed the keys to us; a ping confirms them to
         // the peer (which sends nothing before it) and starts keepalives.
         if let Some(e) = self.sessions[slot].as_mut() {
@@ -462,31 +465,28 @@ impl Control {
         self.send_control(slot, &ControlMessage::Ping { digest: 0 });
     }
 
-    /// A `CookieReply` for index `receiver`: the peer is under load; store
-    /// the cookie and send the initiation again with mac2.
-    pub(super) fn mesh_cookie(&mut self, frame: &[u8], receiver: ReceiverIndex) {
-        let Some(id) = self.pending(receiver) else {
+    /// A `CookieReply` for index `receiver` at `worker`: the peer is under
+    /// load; store the cookie and send the initiation again with mac2.
+    pub(super) fn mesh_cookie(&mut self, worker: usize, frame: &[u8], receiver: ReceiverIndex) {
+        let Some(link) = self.pending(worker, receiver) else {
             self.stats.handshakes_failed += 1;
             return;
         };
         let now = Instant::now();
-        let Some(out) = self.mesh.as_mut().and_then(|m| m.outbound.get_mut(&id)) else {
+        let Some(out) = self.mesh.as_mut().and_then(|m| m.outbound.get_mut(&link)) else {
             return;
         };
-        let Some(attempt) = out.attempt.as_mut() else {
+        let Some(initiator) = out.attempt.as_mut() else {
             return;
         };
-        if let Err(e) = attempt
-            .initiator
-            .handle_cookie_reply(frame, &mut out.jar, now)
-        {
+        if let Err(e) = initiator.handle_cookie_reply(frame, &mut out.jar, now) {
             self.stats.handshakes_failed += 1;
-            tracing::debug!(relay = %id, error = %e, "mesh: cookie reply rejected");
+            tracing::debug!(relay = %link.0, error = %e, "mesh: cookie reply rejected");
             return;
         }
-        let bytes = attempt.initiator.init_frame(&out.jar, now);
-        let (worker, to) = (attempt.worker, out.record.address);
-        self.send(worker, to, bytes);
+        let bytes = initiator.init_frame(&out.jar, now);
+        let to = out.to;
+        let _ = self.workers[worker].send(ToWorker::SendFromLink { to, bytes });
     }
 }
 

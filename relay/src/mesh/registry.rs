@@ -10,7 +10,8 @@
 //! ```text
 //! /ztna/v1/relays/<relay-id>                 -> RelayRecord JSON
 //!     {"address":"203.0.113.7:4500","region":"eu-west","load":0.25,
-//!      "public_key":"<64 hex>","started":1767225600,"links":["relay-b"]}
+//!      "public_key":"<64 hex>","started":1767225600,"links":["relay-b"],
+//!      "link_ports":[4501,4502]}
 //! /ztna/v1/services/<service-id>/<relay-id>  -> ServiceRecord JSON
 //!     {"connectors":[{"id":501,"key":"<64 hex>"},{"id":502,"key":"<64 hex>"}]}
 //! /ztna/v1/users/<user-id>/<relay-id>        -> {}
@@ -133,6 +134,11 @@ pub struct RelayRecord {
     /// ([`super::paths`]).
     #[serde(default)]
     pub links: Vec<String>,
+    /// Its per-worker link ports, on `address`'s IP: link `k` with a peer
+    /// relay runs between the two relays' `k`-th ports, so that its frames
+    /// land on worker `k` at both ends and transit spreads over workers.
+    #[serde(default)]
+    pub link_ports: Vec<u16>,
 }
 
 impl RelayRecord {
@@ -142,6 +148,13 @@ impl RelayRecord {
         self.address == other.address
             && self.public_key == other.public_key
             && self.started == other.started
+            && self.link_ports == other.link_ports
+    }
+
+    /// Where its `k`-th link port is reached.
+    pub fn link_address(&self, k: usize) -> Option<std::net::SocketAddr> {
+        let port = *self.link_ports.get(k)?;
+        Some(std::net::SocketAddr::new(self.address.ip(), port))
     }
 
     /// The relays it lists as linked, skipping malformed ids.

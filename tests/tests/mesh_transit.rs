@@ -1,0 +1,153 @@
+//! Transit scales with cores: between two relays there is one mesh link
+//! per worker, each between the relays' per-worker link ports, and flows
+//! spread over them by a hash of (user, service). Relay B, with two
+//! workers, sits between A and C (A and C hold no link); frames of many
+//! (user, service) pairs from users on A to a connector on C cross B, and
+//! both of B's workers carry a share.
+//!
+//! Needs the `etcd` binary (`scripts/setup.sh`); `ZTNA_SKIP_ETCD=1` skips.
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use loadgen::pki::Pki;
+use loadgen::world::{ScratchDir, CONNECTOR_ID};
+use proto::identity::Role;
+use proto::ids::{ReceiverIndex, ServiceId, UserId};
+use proto::link::HopLink;
+use proto::wire::{Kind, HEADER_LEN};
+use relay::mesh::etcd_server;
+use relay::Relay;
+use tests::{payload, receive, MeshRelay};
+
+const DEADLINE: Duration = Duration::from_secs(15);
+
+fn await_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what}: not within {DEADLINE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Frames forwarded by each of `relay`'s workers.
+fn forwarded(relay: &Relay) -> Vec<u64> {
+    relay.stats().iter().map(|w| w.datapath.forwarded).collect()
+}
+
+#[test]
+fn transit_between_two_relays_spreads_over_the_workers() {
+    let Some(etcd) = etcd_server::for_test() else {
+        return;
+    };
+    let dir = ScratchDir::new("mesh-transit").unwrap();
+    let pki = Pki::new(relay::control::unix_nanos() / 1_000_000_000);
+    let e = etcd.endpoint();
+    let a = MeshRelay {
+        workers: 2,
+        peers: Some(&["relay-b"]),
+        ..MeshRelay::new("relay-a", 1001)
+    }
+    .start(&pki, &dir, &e);
+    let b = MeshRelay {
+        workers: 2,
+        ..MeshRelay::new("relay-b", 1002)
+    }
+    .start(&pki, &dir, &e);
+    let c = MeshRelay {
+        workers: 2,
+        peers: Some(&["relay-b"]),
+        ..MeshRelay::new("relay-c", 1003)
+    }
+    .start(&pki, &dir, &e);
+    // Two links (one per worker) between A and B and between B and C.
+    await_until("links up", || {
+        let sessions = |r: &Relay| -> Vec<(String, usize)> {
+            r.mesh_links()
+                .iter()
+                .map(|l| (l.name.clone(), l.sessions))
+                .collect()
+        };
+        sessions(&a) == [("relay-b".to_string(), 2)]
+            && sessions(&c) == [("relay-b".to_string(), 2)]
+            && sessions(&b) == [("relay-a".to_string(), 2), ("relay-c".to_string(), 2)]
+    });
+
+    let connector_id = pki
+        .node(CONNECTOR_ID, "connector1", Role::Connector, &[])
+        .unwrap();
+    let connector_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut connector = loadgen::link::handshake(
+        &connector_socket,
+        c.local_addr(),
+        c.public_key(),
+        &connector_id,
+        pki.ca(),
+        ReceiverIndex(1),
+    )
+    .unwrap();
+    // The synthetic policy's users 0..4, each allowed services 1, 2, 3, 5,
+    // 6, 7: 24 flows.
+    let mut users: Vec<(UserId, UdpSocket, HopLink)> = (0..4u32)
+        .map(|u| {
+            let id = pki
+                .node(u, &format!("user{u}"), Role::User, &["everyone"])
+                .unwrap();
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let link = loadgen::link::handshake(
+                &socket,
+                a.local_addr(),
+                a.public_key(),
+                &id,
+                pki.ca(),
+                ReceiverIndex(1),
+            )
+            .unwrap();
+            (UserId(u), socket, link)
+        })
+        .collect();
+    let services: Vec<ServiceId> = [1, 2, 3, 5, 6, 7].map(ServiceId).to_vec();
+    await_until("A routes every service through B", || {
+        let routes = a.shared().routes.load();
+        services
+            .iter()
+            .all(|s| routes.to_service(*s, UserId(0)).is_some())
+    });
+
+    let before = forwarded(&b);
+    let rounds = 20;
+    for round in 0..rounds {
+        for (user, socket, link) in users.iter_mut() {
+            for s in &services {
+                let body = payload(200, round as u8);
+                let mut f = vec![0u8; HEADER_LEN + body.len()];
+                f[HEADER_LEN..].copy_from_slice(&body);
+                link.write_header(&mut f, Kind::DataUp, *user, *s);
+                socket.send_to(&f, a.local_addr()).unwrap();
+            }
+        }
+        // Each round arrives whole before the next is sent.
+        let got = receive(&connector_socket, &mut connector, 24, DEADLINE);
+        assert_eq!(got.len(), 24, "round {round}: frames lost");
+    }
+    let total = (rounds * 24) as u64;
+    await_until("B's counters published", || {
+        let now = forwarded(&b);
+        now.iter().sum::<u64>() - before.iter().sum::<u64>() >= total
+    });
+    let after = forwarded(&b);
+    let share: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    println!("transit frames per worker of B: {share:?} of {total}");
+    for (k, n) in share.iter().enumerate() {
+        assert!(
+            *n >= total / 5,
+            "worker {k} of B carried {n} of {total} transit frames: {share:?}"
+        );
+    }
+    c.stop();
+    b.stop();
+    a.stop();
+}
