@@ -4,16 +4,28 @@
 //! The mesh view arrives from a [`MeshWatch`] thread over a channel the
 //! control loop drains (the watch thread never blocks on it). For each pair
 //! of relays exactly one side initiates: the one with the lower relay id.
-//! It pins the peer's static key and address from the peer's etcd record,
-//! sends the initiation through a worker, retries every [`RETRY`] while
-//! unanswered (a fresh initiation, hence a fresh timestamp) and rekeys
-//! after `REKEY_AFTER_TIME`. The response comes back through a worker's
-//! handshake path; the session is installed exactly as a responder's is.
+//!
+//! A pair holds one link per worker both relays have. Each worker owns a
+//! link port besides the shared port (`RelayRecord::link_ports`); link `k`
+//! runs between the two relays' `k`-th link ports: the initiation leaves
+//! from worker `k`'s link port to the peer's, the peer answers to it, and
+//! each side sends the link's frames to the other's `k`-th port. A UDP
+//! 4-tuple per link means the kernel delivers link `k` to worker `k` at
+//! both ends (no `SO_REUSEPORT` hash to defeat, no GRO run mixing links),
+//! and routes spread flows over the links by a hash of (user, service):
+//! transit between two relays uses every core.
+//!
+//! The initiator pins the peer's static key and link address from its etcd
+//! record, retries every [`RETRY`] while unanswered (a fresh initiation,
+//! hence a fresh timestamp) and rekeys after `REKEY_AFTER_TIME`. The
+//! response comes back through worker `k`'s handshake path; the session is
+//! installed exactly as a responder's is, on worker `k`.
 //!
 //! As responder, a relay accepts a relay certificate only if its key is
-//! the `public_key` of a relay record in the current view: a relay
-//! certificate that leaked is useless unless its holder can also register
-//! in etcd. Sessions with relays that left the view are removed.
+//! the `public_key` of a relay record in the current view (and, with
+//! `[mesh] peers`, of a relay it may link with): a relay certificate that
+//! leaked is useless unless its holder can also register in etcd. Sessions
+//! with relays that left the view are removed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
