@@ -137,8 +137,11 @@ struct RunArgs {
     #[arg(long)]
     no_pin: bool,
     /// Register this relay and the services of its connectors in the
-    /// mesh's etcd at this client URL (e.g. http://127.0.0.1:2379); see
-    /// docs/design.md "The mesh's membership in etcd". Needs --relay-id.
+    /// mesh's etcd at this client URL (e.g. http://127.0.0.1:2379) and
+    /// link with the other relays there; see docs/design.md "Routing
+    /// through the mesh". Needs --relay-id. Each worker k then also
+    /// listens on the link port --listen + 1 + k: open those between
+    /// relays.
     #[arg(long)]
     etcd: Option<String>,
     /// This relay's unique id in the mesh (1-64 of A-Z a-z 0-9 . _ -).
