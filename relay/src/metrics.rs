@@ -201,5 +201,22 @@ pub fn render(shared: &Shared) -> String {
         shared.policy_epoch.load(Ordering::Relaxed),
         shared.policy_rejected.load(Ordering::Relaxed)
     );
+    let mesh = &shared.mesh;
+    if mesh.enabled.load(Ordering::Relaxed) {
+        let flag = |b: &std::sync::atomic::AtomicBool| u8::from(b.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP ztna_mesh_etcd_watch_connected 1 while the mesh's etcd watch is live; 0: routing on the last view seen.\n# TYPE ztna_mesh_etcd_watch_connected gauge\nztna_mesh_etcd_watch_connected {}\n\
+             # HELP ztna_mesh_etcd_registered 1 while this relay's registration (its lease) is kept alive in etcd.\n# TYPE ztna_mesh_etcd_registered gauge\nztna_mesh_etcd_registered {}\n\
+             # HELP ztna_mesh_view_revision The etcd revision of the mesh view in force.\n# TYPE ztna_mesh_view_revision gauge\nztna_mesh_view_revision {}\n\
+             # HELP ztna_mesh_links Peer relays this relay holds links with.\n# TYPE ztna_mesh_links gauge\nztna_mesh_links {}\n\
+             # HELP ztna_mesh_peers_lost_total Connectors and relays taken out of the routes for not answering keepalives.\n# TYPE ztna_mesh_peers_lost_total counter\nztna_mesh_peers_lost_total {}",
+            flag(&mesh.watch_connected),
+            flag(&mesh.registered),
+            mesh.revision.load(Ordering::Relaxed),
+            shared.mesh_links.load().len(),
+            mesh.peers_lost.load(Ordering::Relaxed),
+        );
+    }
     out
 }

@@ -24,6 +24,23 @@ pub struct MeshLink {
     pub sessions: usize,
 }
 
+/// The mesh's control plane as the control thread last saw it (all zero
+/// outside a mesh), for metrics and logs.
+#[derive(Debug, Default)]
+pub struct MeshStatus {
+    /// This relay is in a mesh.
+    pub enabled: AtomicBool,
+    /// The etcd watch is live (false: routing on the last view seen).
+    pub watch_connected: AtomicBool,
+    /// The last call of the registry to etcd succeeded (its lease lives).
+    pub registered: AtomicBool,
+    /// The etcd revision of the view in force.
+    pub revision: AtomicU64,
+    /// Connectors and peer relays taken out of the routes for not
+    /// answering keepalives.
+    pub peers_lost: AtomicU64,
+}
+
 /// What the control thread publishes and the workers read.
 #[derive(Debug)]
 pub struct Shared {
@@ -45,6 +62,8 @@ pub struct Shared {
     /// Relay handshakes refused because the peer's key is in no relay
     /// record of the current mesh view.
     pub relay_refused: AtomicU64,
+    /// The mesh's control plane.
+    pub mesh: MeshStatus,
     stats: Vec<Mutex<WorkerStats>>,
 }
 
@@ -60,6 +79,7 @@ impl Shared {
             policy_rejected: AtomicU64::new(0),
             mesh_links: ArcSwap::from_pointee(Vec::new()),
             relay_refused: AtomicU64::new(0),
+            mesh: MeshStatus::default(),
             stats: (0..workers).map(|_| Mutex::default()).collect(),
         }
     }

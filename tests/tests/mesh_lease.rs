@@ -1,7 +1,8 @@
 //! A relay cut off from etcd loses its lease, and with it its place in the
 //! mesh: when the lease expires etcd deletes its record and its services,
 //! and the other relays drop their routes to it. When it can reach etcd
-//! again it registers anew and the routes come back.
+//! again it registers anew and the routes come back. Its metrics say
+//! whether it is registered and watching.
 //!
 //! The partition is real: relay C talks to etcd through a TCP pipe the
 //! test cuts. Needs the `etcd` binary (`scripts/setup.sh`);
@@ -61,6 +62,12 @@ fn a_relay_whose_lease_expires_leaves_the_routes_and_comes_back() {
     .unwrap();
     let routed = || a.shared().routes.load().to_service(ALLOWED, USER).is_some();
     await_until("A routes to C's service", Duration::from_secs(10), routed);
+    let metrics_of_c = || relay::metrics::render(c.shared());
+    await_until("C says it is registered", Duration::from_secs(10), || {
+        let m = metrics_of_c();
+        m.contains("ztna_mesh_etcd_registered 1\n")
+            && m.contains("ztna_mesh_etcd_watch_connected 1\n")
+    });
 
     // Partition C from etcd: its lease (2 s TTL) runs out, etcd deletes
     // its keys, A's routes to it go.
@@ -78,10 +85,29 @@ fn a_relay_whose_lease_expires_leaves_the_routes_and_comes_back() {
         a.mesh_links().is_empty(),
         "A keeps no link to a relay not in etcd"
     );
+    // C knows, and says so in its metrics.
+    await_until(
+        "C's metrics show the partition",
+        Duration::from_secs(10),
+        || {
+            let m = metrics_of_c();
+            m.contains("ztna_mesh_etcd_registered 0\n")
+                && m.contains("ztna_mesh_etcd_watch_connected 0\n")
+        },
+    );
 
     // Heal: C registers again, the link and the routes come back.
     pipe.set_open(true);
     await_until("C back in A's routes", Duration::from_secs(15), routed);
+    await_until(
+        "C's metrics show it healed",
+        Duration::from_secs(10),
+        || {
+            let m = metrics_of_c();
+            m.contains("ztna_mesh_etcd_registered 1\n")
+                && m.contains("ztna_mesh_etcd_watch_connected 1\n")
+        },
+    );
     assert_eq!(a.mesh_links().len(), 1);
     c.stop();
     a.stop();

@@ -30,6 +30,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -126,6 +127,11 @@ impl MeshLinks {
     pub fn with_peers(mut self, peers: Option<BTreeSet<RelayId>>) -> MeshLinks {
         self.peers = peers;
         self
+    }
+
+    /// Whether the etcd watch is live.
+    pub fn watch_connected(&self) -> bool {
+        self._watch.connected()
     }
 
     /// Whether a relay certificate with this static key may hold a link:
@@ -251,11 +257,26 @@ impl Control {
     }
 
     /// Mesh housekeeping, once per loop: take the newest view, start or
-    /// retry initiations, rekey.
+    /// retry initiations, rekey, publish the control plane's state.
     pub(super) fn mesh_tick(&mut self, now: Instant) {
         let Some(mesh) = self.mesh.as_mut() else {
             return;
         };
+        let status = &self.shared.mesh;
+        status.enabled.store(true, Ordering::Relaxed);
+        status
+            .watch_connected
+            .store(mesh.watch_connected(), Ordering::Relaxed);
+        status.registered.store(
+            self.registry.as_ref().is_some_and(|r| r.connected()),
+            Ordering::Relaxed,
+        );
+        status
+            .peers_lost
+            .store(self.stats.peers_lost, Ordering::Relaxed);
+        status
+            .revision
+            .store(self.view.revision.max(0) as u64, Ordering::Relaxed);
         let mut newest = None;
         while let Ok(view) = mesh.views.try_recv() {
             newest = Some(view);
