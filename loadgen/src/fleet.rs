@@ -1,6 +1,8 @@
-//! The synthetic peers of one run, attached to a relay: one socket for all
-//! users (a busy agent host), one for the connector, every hop and
-//! end-to-end session established with real handshakes.
+//! The synthetic peers of one run, attached to a world's relays: one socket
+//! for all users (a busy agent host), one for the connector, every hop and
+//! end-to-end session established with real handshakes. Users attach to
+//! the world's first relay, the connector to its last (the same one in a
+//! one-relay world).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -45,8 +47,8 @@ pub fn open_socket() -> anyhow::Result<Io> {
 }
 
 impl Fleet {
-    /// Connects `plan`'s users and the connector to `world`'s relay and runs
-    /// an end-to-end handshake for every allowed flow. Sample timestamps
+    /// Connects `plan`'s users and the connector to `world`'s relays and
+    /// runs an end-to-end handshake for every allowed flow. Sample timestamps
     /// count from `epoch`; the sink opens one in `verify_every` pool
     /// records.
     pub fn connect(
@@ -55,8 +57,7 @@ impl Fleet {
         verify_every: u64,
         epoch: Instant,
     ) -> anyhow::Result<Fleet> {
-        let relay = world.relay_addr();
-        let relay_static = *world.relay.public_key();
+        let (entry, exit) = (&world.relay, world.connector_relay());
         let ca = world.pki.ca();
         let mut sender = open_socket().context("load generator's user socket")?;
         let mut receiver = open_socket().context("load generator's connector socket")?;
@@ -72,12 +73,19 @@ impl Fleet {
             .map(|u| world.user_identity(u.0))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let connector_id = world.connector_identity()?;
-        let mut links = handshakes::hop_handshakes(&mut sender, relay, &relay_static, ca, &ids, 1)
-            .context("users' hop handshakes")?;
+        let mut links = handshakes::hop_handshakes(
+            &mut sender,
+            entry.local_addr(),
+            entry.public_key(),
+            ca,
+            &ids,
+            1,
+        )
+        .context("users' hop handshakes")?;
         let mut connector = handshakes::hop_handshakes(
             &mut receiver,
-            relay,
-            &relay_static,
+            exit.local_addr(),
+            exit.public_key(),
             ca,
             std::slice::from_ref(&connector_id),
             1,
@@ -117,20 +125,21 @@ impl Fleet {
         }
         let sessions = handshakes::e2e_handshakes(
             AgentEnd {
+                relay: entry.local_addr(),
                 io: &mut sender,
                 links: &mut links,
                 ids: &ids,
             },
             ConnectorEnd {
+                relay: exit.local_addr(),
                 io: &mut receiver,
                 link: &mut connector,
                 identity: &connector_id,
             },
-            relay,
             ca,
             &requests,
         )
-        .context("end-to-end handshakes through the relay")?;
+        .context("end-to-end handshakes through the relays")?;
 
         let mut agent_keys = sessions.agent.iter().zip(&request_flow).peekable();
         let nobody = E2eKey::new(&[0; 32]);

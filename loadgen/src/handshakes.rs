@@ -172,6 +172,8 @@ struct PendingE2e {
 /// The connector's side of the end-to-end handshakes.
 #[derive(Debug)]
 pub struct ConnectorEnd<'a> {
+    /// The relay the connector is attached to.
+    pub relay: SocketAddr,
     /// The connector's socket.
     pub io: &'a mut Io,
     /// Its hop session with the relay.
@@ -183,6 +185,8 @@ pub struct ConnectorEnd<'a> {
 /// The agents' side of the end-to-end handshakes.
 #[derive(Debug)]
 pub struct AgentEnd<'a> {
+    /// The relay the users are attached to.
+    pub relay: SocketAddr,
     /// The socket all user links share.
     pub io: &'a mut Io,
     /// Hop sessions, one per user.
@@ -192,13 +196,13 @@ pub struct AgentEnd<'a> {
 }
 
 /// Runs an end-to-end handshake for every request, agents on `agents`,
-/// the connector on `connector`, every message through the relay at
-/// `relay`. Agent-side index of request `k` is `k + 1`, connector-side
-/// indices are handed out in arrival order.
+/// the connector on `connector`, every message through the relays each end
+/// is attached to (one relay, or two in a mesh). Agent-side index of
+/// request `k` is `k + 1`, connector-side indices are handed out in
+/// arrival order.
 pub fn e2e_handshakes(
     agents: AgentEnd<'_>,
     connector: ConnectorEnd<'_>,
-    relay: SocketAddr,
     ca: CaPublicKey,
     requests: &[E2eRequest],
 ) -> anyhow::Result<E2eSessions> {
@@ -256,7 +260,7 @@ pub fn e2e_handshakes(
         for index in stale {
             if let Some(p) = pending.remove(&index) {
                 let (initiator, frame) = start(p.request, &mut agents)?;
-                agents.io.send_to(relay, &frame)?;
+                agents.io.send_to(agents.relay, &frame)?;
                 pending.insert(
                     index,
                     PendingE2e {
@@ -269,7 +273,7 @@ pub fn e2e_handshakes(
         }
         while pending.len() < WINDOW && next < requests.len() {
             let (initiator, frame) = start(next, &mut agents)?;
-            agents.io.send_to(relay, &frame)?;
+            agents.io.send_to(agents.relay, &frame)?;
             pending.insert(
                 next as u32 + 1,
                 PendingE2e {
@@ -284,7 +288,7 @@ pub fn e2e_handshakes(
 
         // The connector answers what arrived.
         answers.clear();
-        receive(connector.io, relay, &mut answers)?;
+        receive(connector.io, connector.relay, &mut answers)?;
         for bytes in &answers {
             if connector.link.accept(bytes).is_err() {
                 continue;
@@ -313,13 +317,13 @@ pub fn e2e_handshakes(
             connector
                 .link
                 .write_header(&mut frame, Kind::E2eHandshakeDown, user, service);
-            connector.io.send_to(relay, &frame)?;
+            connector.io.send_to(connector.relay, &frame)?;
         }
         connector.io.flush()?;
 
         // The agents finish what came back.
         answers.clear();
-        receive(agents.io, relay, &mut answers)?;
+        receive(agents.io, agents.relay, &mut answers)?;
         for bytes in &answers {
             let Ok(f) = Frame::new_checked(&bytes[..]) else {
                 continue;

@@ -2,7 +2,9 @@
 //! driving a relay on loopback and measuring what it delivers.
 //!
 //! * [`pki`], [`world`]: a throwaway CA and an in-process relay with its
-//!   policy (shared with the integration tests).
+//!   policy (shared with the integration tests), or two relays in a mesh.
+//! * [`mesh`]: what two relays need to form one: etcd, their mesh
+//!   options, the wait for their link.
 //! * [`link`], [`handshakes`]: hop sessions with the relay and end-to-end
 //!   sessions with the connector, established with real handshakes.
 //! * [`scenario`]: which flows and frame sizes a run offers.
@@ -15,6 +17,7 @@
 pub mod fleet;
 pub mod handshakes;
 pub mod link;
+pub mod mesh;
 pub mod payload;
 pub mod pki;
 pub mod report;

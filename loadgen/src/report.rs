@@ -5,6 +5,8 @@
 //! within one invocation do not. So the table and the baseline check both
 //! compare each relay run with the `direct` run (no relay) of the same
 //! scenario and size from the same invocation, and with the other modes.
+//! Runs through two relays are also compared with the same run through one
+//! ([`per_hop`]): the rate ratio and what the added relay costs.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -46,7 +48,26 @@ impl Latency {
     }
 }
 
-/// One (mode, backend, scenario, size, load) run.
+/// One relay's share of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RelayFigures {
+    /// Frames the relay judged.
+    pub judged: u64,
+    /// Frames it forwarded.
+    pub forwarded: u64,
+    /// Its worker CPU time per frame judged, ns, when readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns_per_frame: Option<f64>,
+    /// Its worker's share of the run on CPU, when readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy: Option<f64>,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// One (mode, backend, scenario, size, load, relays) run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {
     /// `ztna`, `vpn`, `forward`, or `direct` (no relay).
@@ -76,13 +97,23 @@ pub struct RunResult {
     /// Which repetition (0-based) of the same run this is.
     #[serde(default)]
     pub repeat: usize,
-    /// Relay worker CPU time per frame it judged, ns, when readable.
+    /// Relays each frame crossed (1, or 2 through a mesh link; 0 for
+    /// direct runs written by this version).
+    #[serde(default = "one")]
+    pub relays: usize,
+    /// Relay worker CPU time per frame judged, ns, when readable; through
+    /// several relays, the sum of each relay's (the path's cost).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_ns_per_frame: Option<f64>,
     /// Share of the run the relay worker was on CPU, when readable: near 1
     /// means the relay was the bound, well below 1 the load generator.
+    /// Through several relays, the sum of their shares (they share one
+    /// core when pinned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_busy: Option<f64>,
+    /// Each relay's figures, users' side first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_relay: Vec<RelayFigures>,
     /// Frames the relay dropped by policy during the run.
     #[serde(default)]
     pub relay_denied: u64,
@@ -125,6 +156,8 @@ pub struct Labels<'a> {
     /// Whether the relay enforces policy (frames to denied pairs are not
     /// expected to arrive).
     pub enforces_policy: bool,
+    /// Relays on the path (0: a run without relay).
+    pub relays: usize,
 }
 
 impl RunResult {
@@ -152,8 +185,25 @@ impl RunResult {
         } else {
             (1.0 - delivered as f64 / expected as f64).clamp(0.0, 1.0)
         };
-        let relay = m.relay.as_ref();
-        let judged = relay.map_or(0, |r| r.counters.frames);
+        let per_relay: Vec<RelayFigures> = m
+            .relays
+            .iter()
+            .map(|r| RelayFigures {
+                judged: r.counters.frames,
+                forwarded: r.counters.forwarded,
+                ns_per_frame: r
+                    .cpu
+                    .filter(|_| r.counters.frames > 0)
+                    .map(|cpu| cpu.as_nanos() as f64 / r.counters.frames as f64),
+                busy: r.cpu.map(|cpu| cpu.as_secs_f64() / secs),
+            })
+            .collect();
+        let sum = |f: fn(&RelayFigures) -> Option<f64>| -> Option<f64> {
+            if per_relay.is_empty() {
+                return None;
+            }
+            per_relay.iter().map(f).sum()
+        };
         RunResult {
             mode: labels.mode.to_owned(),
             backend: labels.backend.to_owned(),
@@ -167,16 +217,13 @@ impl RunResult {
             lat_us: Latency::from_ns(&m.latency),
             load: labels.load,
             repeat: labels.repeat,
-            relay_ns_per_frame: relay
-                .and_then(|r| r.cpu)
-                .filter(|_| judged > 0)
-                .map(|cpu| cpu.as_nanos() as f64 / judged as f64),
-            relay_busy: relay
-                .and_then(|r| r.cpu)
-                .map(|cpu| cpu.as_secs_f64() / secs),
-            relay_denied: relay.map_or(0, |r| {
-                r.counters.dropped(proto::datapath::DropReason::Denied)
+            relays: labels.relays,
+            relay_ns_per_frame: sum(|r| r.ns_per_frame),
+            relay_busy: sum(|r| r.busy),
+            relay_denied: m.relays.iter().fold(0, |n, r| {
+                n + r.counters.dropped(proto::datapath::DropReason::Denied)
             }),
+            per_relay,
             verified: m.sink.verified,
             corrupt: m.sink.corrupt + m.sink.bad_hop,
             denied_delivered: m.sink.denied_delivered,
@@ -192,6 +239,7 @@ impl RunResult {
             self.size,
             self.load,
         )
+        .through(self.relays)
     }
 }
 
@@ -208,10 +256,14 @@ pub struct RunKey {
     pub size: usize,
     /// Load in percent, for paced runs.
     pub load_pct: Option<u32>,
+    /// Relays on the path (1 for runs without relay, whose key never
+    /// depended on it).
+    pub relays: usize,
 }
 
 impl RunKey {
-    /// The key of a run; `load` as a share (0.5 is 50 %).
+    /// The key of a run through one relay; `load` as a share (0.5 is
+    /// 50 %).
     pub fn new(
         mode: &str,
         backend: &str,
@@ -225,6 +277,16 @@ impl RunKey {
             scenario: scenario.to_owned(),
             size,
             load_pct: load.map(|l| (l * 100.0).round() as u32),
+            relays: 1,
+        }
+    }
+
+    /// The same key through `relays` relays (direct runs, 0 relays, keep
+    /// the key of 1 so earlier reports and baselines match).
+    pub fn through(self, relays: usize) -> RunKey {
+        RunKey {
+            relays: relays.max(1),
+            ..self
         }
     }
 }
@@ -233,6 +295,7 @@ impl Labels<'_> {
     /// The key the run will be reported under.
     pub fn key(&self) -> RunKey {
         RunKey::new(self.mode, self.backend, self.scenario, self.size, self.load)
+            .through(self.relays)
     }
 }
 
@@ -244,9 +307,14 @@ impl std::fmt::Display for RunKey {
             self.mode, self.backend, self.scenario, self.size
         )?;
         match self.load_pct {
-            Some(p) => write!(f, " @{p}%"),
-            None => write!(f, " max"),
+            Some(p) => write!(f, " @{p}%")?,
+            None => write!(f, " max")?,
         }
+        // One relay is the key every earlier report used: no suffix.
+        if self.relays > 1 {
+            write!(f, " via {} relays", self.relays)?;
+        }
+        Ok(())
     }
 }
 
@@ -305,8 +373,9 @@ impl Report {
     /// Ratios that describe a report independently of the machine's speed
     /// that day: every relay run's median rate over the median rate of a
     /// reference run of the same invocation. References: the `direct` run
-    /// of the same scenario and size, and the `forward` and `vpn` runs of
-    /// the same backend, scenario, size and load.
+    /// of the same scenario and size, the `forward` and `vpn` runs of the
+    /// same backend, scenario, size, load and relays, and for a run through
+    /// several relays, the same run through one.
     pub fn ratios(&self) -> BTreeMap<String, f64> {
         let groups = self.grouped();
         let median = |k: &RunKey| {
@@ -326,9 +395,19 @@ impl Report {
                 RunKey {
                     mode: "direct".into(),
                     backend: "none".into(),
+                    relays: 1,
                     ..key.clone()
                 },
             )];
+            if key.relays > 1 {
+                refs.push((
+                    "1 relay",
+                    RunKey {
+                        relays: 1,
+                        ..key.clone()
+                    },
+                ));
+            }
             for m in ["forward", "vpn"] {
                 if key.mode != m {
                     refs.push((
@@ -367,6 +446,134 @@ impl Report {
             })
             .collect()
     }
+}
+
+/// What the relays added to a path cost: a run through several relays
+/// against the same run (mode, backend, scenario, size, load, repeat)
+/// through one, from the same invocation. Differences are taken repeat by
+/// repeat (the two runs of a repeat were interleaved), then summarised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HopCost {
+    /// The run through several relays.
+    pub key: RunKey,
+    /// Repeats with both runs.
+    pub pairs: usize,
+    /// Delivered rate through `key.relays` relays over the rate through
+    /// one.
+    pub rate_ratio: Spread,
+    /// Relay CPU per frame that each added relay costs, ns: the path's
+    /// (every relay's ns per frame, added up) minus the one-relay run's,
+    /// over the relays added.
+    pub ns_per_added_relay: Option<Spread>,
+    /// The one-relay run's relay CPU per frame, ns (median).
+    pub one_relay_ns: Option<f64>,
+    /// Each relay's CPU per frame on the longer path, ns (medians), users'
+    /// side first.
+    pub each_relay_ns: Vec<Option<f64>>,
+    /// Median one-way latency added, µs.
+    pub added_p50_us: Spread,
+    /// 99th percentile added, µs.
+    pub added_p99_us: Spread,
+}
+
+/// The cost of the added relays for every run through more than one that
+/// has a one-relay twin in `report`.
+pub fn per_hop(report: &Report) -> Vec<HopCost> {
+    let mut twins: BTreeMap<RunKey, Vec<(&RunResult, &RunResult)>> = BTreeMap::new();
+    for long in report.results.iter().filter(|r| r.relays > 1) {
+        let one = long.key().through(1);
+        if let Some(short) = report
+            .results
+            .iter()
+            .find(|r| r.relays == 1 && r.repeat == long.repeat && r.key() == one)
+        {
+            twins.entry(long.key()).or_default().push((long, short));
+        }
+    }
+    twins
+        .into_iter()
+        .filter_map(|(key, pairs)| {
+            let added = key.relays.saturating_sub(1).max(1) as f64;
+            let diff =
+                |f: fn(&RunResult) -> f64| Spread::of(pairs.iter().map(|(l, s)| f(l) - f(s)));
+            let median = |v: &mut dyn Iterator<Item = f64>| Spread::of(v).map(|s| s.median);
+            let each_relay_ns = (0..key.relays)
+                .map(|k| {
+                    median(
+                        &mut pairs
+                            .iter()
+                            .filter_map(|(l, _)| l.per_relay.get(k).and_then(|r| r.ns_per_frame)),
+                    )
+                })
+                .collect();
+            Some(HopCost {
+                pairs: pairs.len(),
+                rate_ratio: Spread::of(
+                    pairs
+                        .iter()
+                        .filter(|(_, s)| s.recv_pps > 0.0)
+                        .map(|(l, s)| l.recv_pps / s.recv_pps),
+                )?,
+                ns_per_added_relay: Spread::of(pairs.iter().filter_map(|(l, s)| {
+                    Some((l.relay_ns_per_frame? - s.relay_ns_per_frame?) / added)
+                })),
+                one_relay_ns: median(&mut pairs.iter().filter_map(|(_, s)| s.relay_ns_per_frame)),
+                each_relay_ns,
+                added_p50_us: diff(|r| r.lat_us.p50)?,
+                added_p99_us: diff(|r| r.lat_us.p99)?,
+                key,
+            })
+        })
+        .collect()
+}
+
+/// `median`, or `median (min..max)` when the values differ.
+fn spread_text(s: Spread, decimals: usize, signed: bool) -> String {
+    let v = |x: f64| {
+        if signed {
+            format!("{x:+.decimals$}")
+        } else {
+            format!("{x:.decimals$}")
+        }
+    };
+    if s.min == s.max {
+        v(s.median)
+    } else {
+        format!("{} ({}..{})", v(s.median), v(s.min), v(s.max))
+    }
+}
+
+/// The per-hop lines of the table (empty when no run went through more
+/// than one relay).
+fn per_hop_text(report: &Report) -> String {
+    let costs = per_hop(report);
+    let mut out = String::new();
+    if costs.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\nper-hop cost: each run through several relays against the same run through one\n(same invocation, slices interleaved; median (min..max) over repeats):"
+    );
+    for c in costs {
+        let ns = |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |x| format!("{x:.0}"));
+        let each: Vec<String> = c.each_relay_ns.iter().map(|x| ns(*x)).collect();
+        let _ = writeln!(
+            out,
+            "  {}: rate x{}; relay ns/frame {} -> {} ({} per added relay); p50 {} us, p99 {} us; {} repeat{}",
+            c.key,
+            spread_text(c.rate_ratio, 3, false),
+            ns(c.one_relay_ns),
+            each.join(" + "),
+            c.ns_per_added_relay
+                .map_or_else(|| "-".to_owned(), |s| spread_text(s, 0, true)),
+            spread_text(c.added_p50_us, 1, true),
+            spread_text(c.added_p99_us, 1, true),
+            c.pairs,
+            if c.pairs == 1 { "" } else { "s" },
+        );
+    }
+    out
 }
 
 /// Compares the ratios of `current` with those of `baseline`: any ratio
@@ -416,12 +623,13 @@ pub fn table(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<8} {:<6} {:<10} {:>5} {:>5}  {:>10} {:>14} {:>6} {:>6}  {:>8} {:>8} {:>9}  {:>8} {:>5}",
+        "{:<8} {:<6} {:<10} {:>5} {:>5} {:>6}  {:>10} {:>14} {:>6} {:>6}  {:>8} {:>8} {:>9}  {:>8} {:>5}",
         "mode",
         "io",
         "scenario",
         "size",
         "load",
+        "relays",
         "sent Mpps",
         "recv Mpps",
         "Gb/s",
@@ -453,12 +661,13 @@ pub fn table(report: &Report) -> String {
             .map_or_else(|| "max".to_owned(), |p| format!("{p}%"));
         let _ = writeln!(
             out,
-            "{:<8} {:<6} {:<10} {:>5} {:>5}  {:>10.3} {:>14} {:>6.1} {:>5.1}%  {:>8.1} {:>8.1} {:>9.1}  {:>8} {:>5}",
+            "{:<8} {:<6} {:<10} {:>5} {:>5} {:>6}  {:>10.3} {:>14} {:>6.1} {:>5.1}%  {:>8.1} {:>8.1} {:>9.1}  {:>8} {:>5}",
             key.mode,
             key.backend,
             key.scenario,
             key.size,
             load,
+            if key.mode == "direct" { 0 } else { key.relays },
             m(sent),
             recv_cell,
             m(gbps),
@@ -477,6 +686,7 @@ pub fn table(report: &Report) -> String {
             let _ = writeln!(out, "  {name:<52} {r:>6.3}");
         }
     }
+    out.push_str(&per_hop_text(report));
     out
 }
 
@@ -498,8 +708,10 @@ mod tests {
             lat_us: Latency::default(),
             load: None,
             repeat: 0,
+            relays: 1,
             relay_ns_per_frame: None,
             relay_busy: None,
+            per_relay: Vec::new(),
             relay_denied: 0,
             verified: 0,
             corrupt: 0,
@@ -582,5 +794,77 @@ mod tests {
         let f = r.integrity_failures();
         assert_eq!(f.len(), 1);
         assert!(f[0].contains("ztna uring bulk"), "{f:?}");
+    }
+
+    /// A ztna run through `relays` relays, repeat `repeat`, each relay
+    /// spending `ns` per frame.
+    fn through(relays: usize, repeat: usize, pps: f64, ns: f64, p50: f64) -> RunResult {
+        let mut r = result("ztna", "uring", pps);
+        r.relays = relays;
+        r.repeat = repeat;
+        r.per_relay = (0..relays)
+            .map(|_| RelayFigures {
+                judged: 1000,
+                forwarded: 1000,
+                ns_per_frame: Some(ns),
+                busy: Some(0.5),
+            })
+            .collect();
+        r.relay_ns_per_frame = Some(ns * relays as f64);
+        r.lat_us.p50 = p50;
+        r.lat_us.p99 = 2.0 * p50;
+        r
+    }
+
+    #[test]
+    fn one_relay_keys_are_those_of_earlier_reports() {
+        // A result written before `relays` existed reads as one relay, and
+        // its key (and so every ratio name a baseline holds) is unchanged.
+        let mut v = serde_json::to_value(result("ztna", "uring", 1.0)).unwrap();
+        v.as_object_mut().unwrap().remove("relays");
+        let old: RunResult = serde_json::from_value(v).unwrap();
+        assert_eq!(old.relays, 1);
+        assert_eq!(old.key().to_string(), "ztna uring bulk 1400B max");
+        let two = through(2, 0, 1.0, 1.0, 1.0);
+        assert_eq!(
+            two.key().to_string(),
+            "ztna uring bulk 1400B max via 2 relays"
+        );
+        assert_ne!(two.key(), old.key());
+        assert_eq!(two.key().through(1), old.key());
+    }
+
+    #[test]
+    fn per_hop_pairs_runs_by_repeat() {
+        let report = Report {
+            results: vec![
+                through(1, 0, 100.0, 400.0, 50.0),
+                through(2, 0, 50.0, 420.0, 60.0),
+                through(1, 1, 120.0, 380.0, 40.0),
+                through(2, 1, 48.0, 400.0, 70.0),
+            ],
+            direct: vec![result("direct", "none", 200.0)],
+        };
+        let costs = per_hop(&report);
+        assert_eq!(costs.len(), 1);
+        let c = &costs[0];
+        assert_eq!(c.key.relays, 2);
+        assert_eq!(c.pairs, 2);
+        // Ratios 0.5 and 0.4 (not 49 / 110, the ratio of the medians).
+        assert!((c.rate_ratio.min - 0.4).abs() < 1e-9, "{c:?}");
+        assert!((c.rate_ratio.max - 0.5).abs() < 1e-9, "{c:?}");
+        // 840 - 400 and 800 - 380 ns for the one added relay.
+        let added = c.ns_per_added_relay.unwrap();
+        assert_eq!((added.min, added.max), (420.0, 440.0));
+        assert_eq!(c.each_relay_ns, vec![Some(410.0), Some(410.0)]);
+        assert_eq!((c.added_p50_us.min, c.added_p50_us.max), (10.0, 30.0));
+        let text = table(&report);
+        assert!(text.contains("per-hop cost"), "{text}");
+        assert!(
+            text.contains("ztna uring bulk 1400B max via 2 relays / 1 relay"),
+            "{text}"
+        );
+        // Without a two-relay run, no per-hop lines.
+        assert!(!table(&self::report(90.0)).contains("per-hop"));
     }
 }

@@ -79,8 +79,38 @@ pub struct Measurement {
     pub sink: SinkCounts,
     /// Latency of the samples, ns.
     pub latency: Histogram<u64>,
-    /// The relay's side, when there was a relay.
-    pub relay: Option<RelaySide>,
+    /// Each relay's side, in path order (users' side first); empty for a
+    /// run without relay.
+    pub relays: Vec<RelaySide>,
+}
+
+impl Measurement {
+    /// Adds `other`, a later slice of the same run (same fleet, same
+    /// relays), to this one: counts and times add, histograms merge.
+    pub fn merge(&mut self, other: &Measurement) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.relays.len() == other.relays.len(),
+            "cannot merge slices through {} and {} relays",
+            self.relays.len(),
+            other.relays.len()
+        );
+        self.secs += other.secs;
+        self.sent += other.sent;
+        self.sent_allowed += other.sent_allowed;
+        self.received += other.received;
+        self.sink.add(&other.sink);
+        self.latency
+            .add(&other.latency)
+            .map_err(|e| anyhow::anyhow!("latency histograms do not merge: {e:?}"))?;
+        for (mine, theirs) in self.relays.iter_mut().zip(&other.relays) {
+            mine.counters.add(&theirs.counters);
+            mine.cpu = match (mine.cpu, theirs.cpu) {
+                (Some(a), Some(b)) => Some(a + b),
+                _ => None,
+            };
+        }
+        Ok(())
+    }
 }
 
 fn relay_snapshot(relay: &Relay) -> RelaySide {
@@ -113,14 +143,15 @@ fn drain(receiver: &mut Io, sink: &mut Sink, wait: Duration) -> anyhow::Result<u
     Ok(ps.received as u64)
 }
 
-/// Runs `spec` from `fleet` to `target` (the relay, or the fleet's own
-/// receiver for a run without relay), calling `progress` with the share of
-/// the run done now and then.
+/// Runs `spec` from `fleet` to `target` (the users' relay, or the fleet's
+/// own receiver for a run without relay), calling `progress` with the share
+/// of the run done now and then. `relays`: the relays on the path, whose
+/// statistics the measurement reports.
 pub fn run(
     fleet: &mut Fleet,
     target: SocketAddr,
     spec: &RunSpec,
-    relay: Option<&Relay>,
+    relays: &[&Relay],
     progress: &mut dyn FnMut(f64),
 ) -> anyhow::Result<Measurement> {
     let train = match spec.rate {
@@ -132,7 +163,7 @@ pub fn run(
     let end = measure_from + spec.secs;
     let total = (end - start).as_secs_f64();
     let mut measuring = false;
-    let mut before = RelaySide::default();
+    let mut before: Vec<RelaySide> = Vec::new();
     let (mut sent, mut sent_allowed) = (0u64, 0u64);
     let mut next_due = start;
     let mut last_progress = start;
@@ -151,7 +182,7 @@ pub fn run(
             fleet.sink.reset();
             sent = 0;
             sent_allowed = 0;
-            before = relay.map(relay_snapshot).unwrap_or_default();
+            before = relays.iter().map(|r| relay_snapshot(r)).collect();
         }
         if now >= end {
             break;
@@ -235,7 +266,7 @@ pub fn run(
             quiet_since = Instant::now();
         }
     }
-    let after = relay.map(relay_snapshot);
+    let after = relays.iter().map(|r| relay_snapshot(r));
     progress(1.0);
     Ok(Measurement {
         secs: window.as_secs_f64(),
@@ -244,6 +275,9 @@ pub fn run(
         received,
         sink: fleet.sink.counts(),
         latency,
-        relay: after.map(|a| relay_delta(&before, &a)),
+        relays: after
+            .zip(&before)
+            .map(|(a, b)| relay_delta(b, &a))
+            .collect(),
     })
 }

@@ -35,6 +35,19 @@ pub struct SinkCounts {
     pub samples: u64,
 }
 
+impl SinkCounts {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &SinkCounts) {
+        self.frames += other.frames;
+        self.bytes += other.bytes;
+        self.bad_hop += other.bad_hop;
+        self.verified += other.verified;
+        self.corrupt += other.corrupt;
+        self.denied_delivered += other.denied_delivered;
+        self.samples += other.samples;
+    }
+}
+
 /// The connector's end of a run.
 #[derive(Debug)]
 pub struct Sink {

@@ -11,7 +11,7 @@ use crate::fleet::Fleet;
 use crate::report::{Labels, Report, RunResult};
 use crate::run::{run, Measurement, RunSpec};
 use crate::scenario::{Plan, Scenario};
-use crate::world::{World, WorldConfig};
+use crate::world::{Topology, World, WorldConfig};
 
 /// Everything an invocation measures.
 #[derive(Debug, Clone)]
@@ -97,6 +97,7 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                         workers: 1,
                         relay_core: cfg.relay_core,
                         mesh: None,
+                        topology: Topology::OneRelay,
                     })?;
                     let actual = world.relay.backend();
                     if actual != backend {
@@ -128,6 +129,7 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                             load: None,
                             repeat,
                             enforces_policy: false,
+                            relays: 0,
                         };
                         fleet.sink.set_hop_check(false);
                         let target = fleet.receiver_addr;
@@ -136,7 +138,7 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                             denied_arrive: true,
                             ..full
                         };
-                        let m = measure(obs, &labels, |p| run(&mut fleet, target, &spec, None, p))?;
+                        let m = measure(obs, &labels, |p| run(&mut fleet, target, &spec, &[], p))?;
                         fleet.sink.set_hop_check(true);
                         let r = RunResult::new(labels, &m);
                         obs.finish(&r);
@@ -152,10 +154,11 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                         load: None,
                         repeat,
                         enforces_policy: mode == Mode::Ztna,
+                        relays: 1,
                     };
                     let relay_addr = world.relay_addr();
                     let m = measure(obs, &labels, |p| {
-                        run(&mut fleet, relay_addr, &full, Some(&world.relay), p)
+                        run(&mut fleet, relay_addr, &full, &[&world.relay], p)
                     })?;
                     let max = RunResult::new(labels, &m);
                     obs.finish(&max);
@@ -182,7 +185,7 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                             ..labels
                         };
                         let m = measure(obs, &labels, |p| {
-                            run(&mut fleet, relay_addr, &paced, Some(&world.relay), p)
+                            run(&mut fleet, relay_addr, &paced, &[&world.relay], p)
                         })?;
                         let r = RunResult::new(labels, &m);
                         obs.finish(&r);

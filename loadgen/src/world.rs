@@ -2,6 +2,10 @@
 //! file in a scratch directory, an in-process relay, and helpers that
 //! connect users and connectors to it with real hop handshakes.
 //!
+//! A world may also be two relays in a mesh ([`Topology::TwoRelays`]):
+//! users attach to the first, the connector to the second, and every frame
+//! crosses both, checked against the same policy on each.
+//!
 //! The policy is `proto::testkit::policy_file`: users `0..users` in group
 //! `everyone`, services `0..services` behind connector 1, every service
 //! whose id is not a multiple of 4 allowed to everyone (so service 4k is a
@@ -10,6 +14,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use proto::datapath::Mode;
 use proto::handshake::LocalIdentity;
@@ -20,10 +25,35 @@ use proto::policy::PolicyFile;
 use relay::io::{Backend, IoConfig};
 use relay::{Relay, RelayOptions};
 
+use crate::mesh;
 use crate::pki::Pki;
 
 /// The connector id every synthetic service is served by.
 pub const CONNECTOR_ID: u32 = 1;
+
+/// Which relays a world's frames cross.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Topology {
+    /// One relay: users and the connector attach to it.
+    #[default]
+    OneRelay,
+    /// Two relays linked through a mesh registered in the etcd at this
+    /// client URL: users attach to the first, the connector to the second.
+    TwoRelays {
+        /// etcd's client URL, `http://127.0.0.1:port`.
+        etcd: String,
+    },
+}
+
+impl Topology {
+    /// Relays on the path.
+    pub fn relays(&self) -> usize {
+        match self {
+            Topology::OneRelay => 1,
+            Topology::TwoRelays { .. } => 2,
+        }
+    }
+}
 
 /// How to set up a world.
 #[derive(Debug, Clone)]
@@ -40,8 +70,11 @@ pub struct WorldConfig {
     pub workers: usize,
     /// Core of the relay's first worker, if pinned.
     pub relay_core: Option<usize>,
-    /// Register the relay in a mesh's etcd.
+    /// Register the relay in a mesh's etcd (one-relay worlds only: a
+    /// two-relay world registers both relays itself).
     pub mesh: Option<relay::MeshOptions>,
+    /// One relay, or two in a mesh.
+    pub topology: Topology,
 }
 
 impl Default for WorldConfig {
@@ -54,6 +87,7 @@ impl Default for WorldConfig {
             workers: 1,
             relay_core: None,
             mesh: None,
+            topology: Topology::OneRelay,
         }
     }
 }
@@ -65,42 +99,90 @@ pub struct World {
     pub dir: ScratchDir,
     /// The CA.
     pub pki: Pki,
-    /// The relay.
+    /// The relay users attach to (in a one-relay world, the connector
+    /// too).
     pub relay: Relay,
+    /// In a two-relay world, the relay the connector attaches to, linked to
+    /// [`World::relay`] through the mesh.
+    pub exit: Option<Relay>,
     /// The policy the relay started with.
     pub policy: PolicyFile,
     next_index: AtomicU32,
 }
 
 impl World {
-    /// Starts a relay on 127.0.0.1 (free port) with the synthetic policy.
+    /// Starts a relay on 127.0.0.1 (free port) with the synthetic policy;
+    /// for [`Topology::TwoRelays`], two relays registered in the mesh's
+    /// etcd, and waits until they hold a link. Pinned relays share the one
+    /// core `relay_core`, so a two-relay world has the relaying core budget
+    /// of a one-relay world.
     pub fn start(cfg: &WorldConfig) -> anyhow::Result<World> {
         let dir = ScratchDir::new("world")?;
         let pki = Pki::new(relay::control::unix_nanos() / 1_000_000_000);
         let policy = proto::testkit::policy_file(cfg.users, cfg.services);
         let policy_path = dir.path().join("policy.toml");
         std::fs::write(&policy_path, policy.to_toml_string())?;
-        let identity = pki.node(1000, "relay-1", Role::Relay, &[])?;
-        let relay = Relay::start(RelayOptions {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            workers: cfg.workers,
-            first_core: cfg.relay_core.unwrap_or(0),
-            pin: cfg.relay_core.is_some(),
-            io: cfg.io,
-            io_config: IoConfig::default(),
-            mode: cfg.mode,
-            identity,
-            ca: pki.ca(),
-            policy: policy_path,
-            mesh: cfg.mesh.clone(),
-        })?;
+        let start = |cert_id: u32, name: &str, mesh: Option<relay::MeshOptions>| {
+            Relay::start(RelayOptions {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                workers: cfg.workers,
+                first_core: cfg.relay_core.unwrap_or(0),
+                pin: cfg.relay_core.is_some(),
+                io: cfg.io,
+                io_config: IoConfig::default(),
+                mode: cfg.mode,
+                identity: pki.node(cert_id, name, Role::Relay, &[])?,
+                ca: pki.ca(),
+                policy: policy_path.clone(),
+                mesh,
+            })
+            .map_err(anyhow::Error::from)
+        };
+        let (relay, exit) = match &cfg.topology {
+            Topology::OneRelay => (start(1000, "relay-1", cfg.mesh.clone())?, None),
+            Topology::TwoRelays { etcd } => {
+                anyhow::ensure!(
+                    cfg.mesh.is_none(),
+                    "a two-relay world registers its relays itself; leave WorldConfig::mesh unset"
+                );
+                // Ids unique to this world: a relay of an earlier world in
+                // the same etcd is never mistaken for one of these.
+                static WORLDS: AtomicU32 = AtomicU32::new(0);
+                let n = WORLDS.fetch_add(1, Ordering::Relaxed);
+                let id = |side: &str| format!("loadgen-{}-{n}-{side}", std::process::id());
+                let (a_id, b_id) = (id("a"), id("b"));
+                let a = start(1000, "relay-a", Some(mesh::mesh_options(etcd, &a_id)?))?;
+                let b = start(1001, "relay-b", Some(mesh::mesh_options(etcd, &b_id)?))?;
+                mesh::await_link((&a_id, &a), (&b_id, &b), etcd)?;
+                (a, Some(b))
+            }
+        };
         Ok(World {
             dir,
             pki,
             relay,
+            exit,
             policy,
             next_index: AtomicU32::new(1),
         })
+    }
+
+    /// The relays every frame crosses, users' side first.
+    pub fn relays(&self) -> Vec<&Relay> {
+        std::iter::once(&self.relay).chain(&self.exit).collect()
+    }
+
+    /// The relay the connector attaches to.
+    pub fn connector_relay(&self) -> &Relay {
+        self.exit.as_ref().unwrap_or(&self.relay)
+    }
+
+    /// Stops every relay, users' side first, and returns what each did.
+    pub fn stop(self) -> Vec<relay::RelayReport> {
+        std::iter::once(self.relay)
+            .chain(self.exit)
+            .map(Relay::stop)
+            .collect()
     }
 
     /// The relay's address.
@@ -144,32 +226,40 @@ impl World {
         )
     }
 
-    /// Waits (bounded) until the relay's routing snapshot has a route for
-    /// `service` and for every user in `users`: sessions are installed by
-    /// the control thread right after the handshake reply, routes follow.
+    /// Waits (bounded) until every relay's routing snapshot has a route
+    /// for `service` and for every user in `users`: sessions are installed
+    /// by the control thread right after the handshake reply, routes
+    /// follow (in a two-relay world, after the other relay's announcement
+    /// went through etcd).
     pub fn await_routes(
         &self,
         service: proto::ids::ServiceId,
         users: &[proto::ids::UserId],
     ) -> anyhow::Result<()> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = Instant::now() + ROUTES_WITHIN;
         loop {
-            let routes = self.relay.shared().routes.load();
-            let user = proto::ids::UserId(0);
-            if routes.to_service(service, user).is_some()
-                && users
-                    .iter()
-                    .all(|u| routes.to_user(*u, proto::ids::ServiceId(0)).is_some())
-            {
+            let routed = self.relays().iter().all(|relay| {
+                let routes = relay.shared().routes.load();
+                routes.to_service(service, proto::ids::UserId(0)).is_some()
+                    && users
+                        .iter()
+                        .all(|u| routes.to_user(*u, proto::ids::ServiceId(0)).is_some())
+            });
+            if routed {
                 return Ok(());
             }
-            if std::time::Instant::now() > deadline {
-                anyhow::bail!("relay did not publish routes for {service} within 5 s");
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "the relays did not publish routes for {service} within {ROUTES_WITHIN:?}"
+                );
             }
             std::thread::yield_now();
         }
     }
 }
+
+/// How long routes may take to appear after the sessions they need.
+const ROUTES_WITHIN: Duration = Duration::from_secs(10);
 
 /// A directory under the system temp dir, removed on drop.
 #[derive(Debug)]
