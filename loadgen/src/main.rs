@@ -36,6 +36,10 @@ const EXIT_INTEGRITY: u8 = 3;
 /// paced runs at 10/50/90 % of that rate for latency, and one run without
 /// the relay as the machine's ceiling.
 ///
+/// With --relays 1,2: the same traffic also crosses two relays in a mesh,
+/// interleaved with the one-relay runs, and the table adds what the second
+/// relay costs (rate ratio, relay CPU per frame, latency).
+///
 /// Exit status: 0 done; 1 could not run; 2 a ratio regressed against
 /// --baseline; 3 frames arrived corrupted or denied frames got through.
 #[derive(Debug, Parser)]
@@ -105,9 +109,27 @@ struct Cli {
     window: u64,
 
     /// Core to pin the relay's worker to; the load generator pins itself
-    /// to another core. "none" leaves both to the scheduler.
+    /// to another core. "none" leaves both to the scheduler. Two relays
+    /// share this one core, so a path of two has the relaying CPU of a
+    /// path of one.
     #[arg(long, default_value = "0")]
     relay_core: String,
+
+    /// Relays each frame crosses, one path per value (comma separated):
+    /// 1, or 2: users attached to relay A, the connector to relay B, every
+    /// frame forwarded A -> B over their mesh link and checked against
+    /// the policy on both. "1,2" runs both paths with the same traffic,
+    /// interleaved in 0.5 s slices, and reports the per-hop cost. 2 needs
+    /// the etcd binary (Debian: etcd-server), started on loopback for the
+    /// run unless --etcd names one.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    relays: Vec<usize>,
+
+    /// With --relays 2: register the relays in this running etcd (client
+    /// URL) instead of starting one. A scratch etcd only: the relays
+    /// register under /ztna/v1/ like a real mesh's.
+    #[arg(long, value_name = "URL")]
+    etcd: Option<String>,
 
     /// Write every result as JSON: {"results": [...], "direct": [...]}.
     #[arg(long)]
@@ -185,6 +207,18 @@ impl Cli {
                 loadgen::scenario::MAX_FRAME
             );
         }
+        anyhow::ensure!(!self.relays.is_empty(), "--relays names no path");
+        for (k, &n) in self.relays.iter().enumerate() {
+            anyhow::ensure!(
+                n == 1 || n == 2,
+                "--relays: {n} is not a path loadgen can build; use 1 or 2"
+            );
+            anyhow::ensure!(!self.relays[..k].contains(&n), "--relays names {n} twice");
+        }
+        anyhow::ensure!(
+            self.etcd.is_none() || self.relays.contains(&2),
+            "--etcd is only used with --relays 2"
+        );
         let relay_core = match self.relay_core.as_str() {
             "none" => None,
             n => Some(n.parse::<usize>().with_context(|| {
@@ -210,6 +244,8 @@ impl Cli {
             train: self.train,
             window: (self.window > 0).then_some(self.window),
             relay_core,
+            relays: self.relays.clone(),
+            etcd: self.etcd.clone(),
         })
     }
 }
@@ -310,7 +346,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
     };
     match pin_self(cfg.relay_core) {
         Some(core) => eprintln!(
-            "relay worker on core {}, load generator on core {core}",
+            "relay {} on core {}, load generator on core {core}",
+            if cfg.relays.contains(&2) {
+                "workers (all relays)"
+            } else {
+                "worker"
+            },
             cfg.relay_core.unwrap_or(0)
         ),
         None => eprintln!("not pinned: relay and load generator may share cores"),

@@ -1,6 +1,12 @@
 //! A whole invocation: for every repeat, scenario, backend and mode, start a
-//! relay, connect a fleet, measure the full rate, then the paced latency
+//! relay (or one per path compared: one relay, two relays in a mesh),
+//! connect a fleet to each, measure the full rate, then the paced latency
 //! runs; plus one run without a relay per scenario and repeat.
+//!
+//! When several paths are compared, they are all up at once and each
+//! measurement alternates between them in slices of [`SLICE`] (first path
+//! first, then last first, and so on), so that the VM's drift over a run
+//! falls on every path alike; each path's slices add up to one result.
 
 use std::time::{Duration, Instant};
 
@@ -8,10 +14,19 @@ use proto::datapath::Mode;
 use relay::io::Backend;
 
 use crate::fleet::Fleet;
+use crate::mesh;
 use crate::report::{Labels, Report, RunResult};
 use crate::run::{run, Measurement, RunSpec};
 use crate::scenario::{Plan, Scenario};
 use crate::world::{Topology, World, WorldConfig};
+
+/// Length of one slice when paths are interleaved. Long against the relay's
+/// 100 ms statistics period (each slice's relay figures come from two
+/// snapshots of it), short against the VM's drift.
+pub const SLICE: Duration = Duration::from_millis(500);
+/// Warm-up of every slice after a path's first: enough to refill the
+/// in-flight window, the sessions and caches are already warm.
+const SLICE_WARMUP: Duration = Duration::from_millis(50);
 
 /// Everything an invocation measures.
 #[derive(Debug, Clone)]
@@ -44,15 +59,21 @@ pub struct SuiteConfig {
     pub train: usize,
     /// Most frames in flight in full-rate runs (`None`: open loop).
     pub window: Option<u64>,
-    /// Core of the relay's worker (the load generator keeps off it).
+    /// Core of the relay's worker (the load generator keeps off it); with
+    /// two relays, both workers share it.
     pub relay_core: Option<usize>,
+    /// Paths compared, as relays each frame crosses (1, or 2 through a
+    /// mesh link), in run order.
+    pub relays: Vec<usize>,
+    /// etcd for two-relay paths (client URL); `None`: start one.
+    pub etcd: Option<String>,
 }
 
 impl SuiteConfig {
     /// Runs in the whole invocation (for progress).
     pub fn runs(&self) -> usize {
         let per_world = 1 + self.loads.len();
-        let relay_runs = self.modes.len() * self.backends.len() * per_world;
+        let relay_runs = self.modes.len() * self.backends.len() * per_world * self.relays.len();
         self.repeat * self.scenarios.len() * (relay_runs + usize::from(self.direct))
     }
 }
@@ -69,9 +90,37 @@ pub trait Observer {
     fn note(&mut self, text: &str);
 }
 
+/// One path under test: its relays and the fleet attached to them.
+struct PathRig {
+    world: World,
+    fleet: Fleet,
+    relays: usize,
+    backend: String,
+}
+
 /// Runs the suite and returns every result.
 pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Report> {
     let epoch = Instant::now();
+    // One etcd for the whole invocation; dropping it stops it.
+    let mut _etcd_server = None;
+    let mut etcd = cfg.etcd.clone();
+    if cfg.relays.iter().any(|&n| n > 1) && etcd.is_none() {
+        obs.note("starting etcd on loopback for the two-relay mesh");
+        let server = mesh::start_etcd()?;
+        etcd = Some(server.endpoint());
+        _etcd_server = Some(server);
+    }
+    let topologies = cfg
+        .relays
+        .iter()
+        .map(|&n| match (n, &etcd) {
+            (1, _) => Ok(Topology::OneRelay),
+            (2, Some(etcd)) => Ok(Topology::TwoRelays { etcd: etcd.clone() }),
+            (n, _) => Err(anyhow::anyhow!(
+                "paths of {n} relays are not supported: 1 or 2"
+            )),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut report = Report::default();
     for repeat in 0..cfg.repeat {
         for &scenario in &cfg.scenarios {
@@ -84,33 +133,10 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
             let mut direct_done = !cfg.direct;
             for &backend in &cfg.backends {
                 for &mode in &cfg.modes {
-                    let setup = Instant::now();
-                    obs.note(&format!(
-                        "{mode} {backend} {scenario}: starting a relay, {} users, {} services",
-                        plan.users, plan.services
-                    ));
-                    let world = World::start(&WorldConfig {
-                        users: plan.users,
-                        services: plan.services,
-                        mode,
-                        io: backend,
-                        workers: 1,
-                        relay_core: cfg.relay_core,
-                        mesh: None,
-                        topology: Topology::OneRelay,
-                    })?;
-                    let actual = world.relay.backend();
-                    if actual != backend {
-                        obs.note(&format!(
-                            "the relay could not use {backend} and runs on {actual}; results are labelled {actual}"
-                        ));
+                    let mut paths = Vec::with_capacity(topologies.len());
+                    for topology in &topologies {
+                        paths.push(start_path(cfg, obs, &plan, topology, mode, backend, epoch)?);
                     }
-                    let mut fleet = Fleet::connect(&world, &plan, cfg.verify_every, epoch)?;
-                    obs.note(&format!(
-                        "{} hop and end-to-end sessions up in {:.2} s",
-                        plan.flows.len(),
-                        setup.elapsed().as_secs_f64()
-                    ));
                     let full = RunSpec {
                         secs: cfg.secs,
                         warmup: cfg.warmup,
@@ -131,6 +157,7 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                             enforces_policy: false,
                             relays: 0,
                         };
+                        let fleet = &mut paths[0].fleet;
                         fleet.sink.set_hop_check(false);
                         let target = fleet.receiver_addr;
                         // Without a relay every frame arrives.
@@ -138,39 +165,52 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                             denied_arrive: true,
                             ..full
                         };
-                        let m = measure(obs, &labels, |p| run(&mut fleet, target, &spec, &[], p))?;
+                        let m = measure(obs, &labels, |p| run(fleet, target, &spec, &[], p))?;
                         fleet.sink.set_hop_check(true);
                         let r = RunResult::new(labels, &m);
                         obs.finish(&r);
                         report.direct.push(r);
                     }
                     let mode_name = mode.to_string();
-                    let backend_name = actual.to_string();
-                    let labels = Labels {
-                        mode: &mode_name,
-                        backend: &backend_name,
-                        scenario: scenario.name(),
-                        size,
-                        load: None,
-                        repeat,
-                        enforces_policy: mode == Mode::Ztna,
-                        relays: 1,
+                    // (backend, relays) of each path, owned: the runs
+                    // borrow the paths mutably.
+                    let names: Vec<(String, usize)> = paths
+                        .iter()
+                        .map(|p| (p.backend.clone(), p.relays))
+                        .collect();
+                    let labels = |load: Option<f64>| -> Vec<Labels<'_>> {
+                        names
+                            .iter()
+                            .map(|(backend, relays)| Labels {
+                                mode: &mode_name,
+                                backend,
+                                scenario: scenario.name(),
+                                size,
+                                load,
+                                repeat,
+                                enforces_policy: mode == Mode::Ztna,
+                                relays: *relays,
+                            })
+                            .collect()
                     };
-                    let relay_addr = world.relay_addr();
-                    let m = measure(obs, &labels, |p| {
-                        run(&mut fleet, relay_addr, &full, &[&world.relay], p)
-                    })?;
-                    let max = RunResult::new(labels, &m);
-                    obs.finish(&max);
+                    let all_labels = labels(None);
+                    let specs = vec![full; paths.len()];
+                    let ms = interleaved(obs, &mut paths, &specs, &all_labels)?;
                     // Paced runs offer a share of what the relay delivered at most
-                    // (scaled back up by the frames policy drops).
+                    // (scaled back up by the frames policy drops); comparing
+                    // paths, the same rate to each: a share of the slower's.
                     let delivered_share = if mode == Mode::Ztna {
                         (1.0 - plan.denied_share()).max(0.05)
                     } else {
                         1.0
                     };
-                    let max_pps = max.sent_pps.min(max.recv_pps / delivered_share);
-                    report.results.push(max);
+                    let mut max_pps = f64::INFINITY;
+                    for (l, m) in all_labels.iter().zip(&ms) {
+                        let max = RunResult::new(*l, m);
+                        obs.finish(&max);
+                        max_pps = max_pps.min(max.sent_pps.min(max.recv_pps / delivered_share));
+                        report.results.push(max);
+                    }
                     for &load in &cfg.loads {
                         let paced = RunSpec {
                             secs: cfg.latency_secs,
@@ -180,39 +220,146 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                             window: None,
                             denied_arrive: mode != Mode::Ztna,
                         };
-                        let labels = Labels {
-                            load: Some(load),
-                            ..labels
-                        };
-                        let m = measure(obs, &labels, |p| {
-                            run(&mut fleet, relay_addr, &paced, &[&world.relay], p)
-                        })?;
-                        let r = RunResult::new(labels, &m);
-                        obs.finish(&r);
-                        report.results.push(r);
+                        let all_labels = labels(Some(load));
+                        let specs = vec![paced; paths.len()];
+                        let ms = interleaved(obs, &mut paths, &specs, &all_labels)?;
+                        for (l, m) in all_labels.iter().zip(&ms) {
+                            let r = RunResult::new(*l, m);
+                            obs.finish(&r);
+                            report.results.push(r);
+                        }
                     }
-                    drop(fleet);
-                    let relay_report = world.relay.stop();
-                    for (k, w) in relay_report.workers.iter().enumerate() {
-                        let io = &w.io;
-                        tracing::debug!(
-                            worker = k,
-                            datagrams_in = io.datagrams_in,
-                            gro_runs = io.gro_runs,
-                            datagrams_out = io.datagrams_out,
-                            send_calls = io.send_calls,
-                            syscalls = io.syscalls,
-                            empty_polls = io.empty_polls,
-                            recv_no_buffers = io.recv_no_buffers,
-                            send_dropped = io.send_dropped,
-                            "relay worker I/O"
-                        );
+                    for path in paths {
+                        drop(path.fleet);
+                        for (r, relay_report) in path.world.stop().iter().enumerate() {
+                            for (k, w) in relay_report.workers.iter().enumerate() {
+                                let io = &w.io;
+                                tracing::debug!(
+                                    relay = r,
+                                    worker = k,
+                                    datagrams_in = io.datagrams_in,
+                                    gro_runs = io.gro_runs,
+                                    datagrams_out = io.datagrams_out,
+                                    send_calls = io.send_calls,
+                                    syscalls = io.syscalls,
+                                    empty_polls = io.empty_polls,
+                                    recv_no_buffers = io.recv_no_buffers,
+                                    send_dropped = io.send_dropped,
+                                    "relay worker I/O"
+                                );
+                            }
+                        }
                     }
                 }
             }
         }
     }
     Ok(report)
+}
+
+/// Starts the relays of one path and connects a fleet to them.
+fn start_path(
+    cfg: &SuiteConfig,
+    obs: &mut dyn Observer,
+    plan: &Plan,
+    topology: &Topology,
+    mode: Mode,
+    backend: Backend,
+    epoch: Instant,
+) -> anyhow::Result<PathRig> {
+    let setup = Instant::now();
+    let relays = topology.relays();
+    obs.note(&format!(
+        "{mode} {backend} {}: starting {}, {} users, {} services",
+        plan.scenario,
+        match relays {
+            1 => "a relay".to_owned(),
+            n => format!("{n} relays in a mesh (users on the first, the connector on the last)"),
+        },
+        plan.users,
+        plan.services
+    ));
+    let world = World::start(&WorldConfig {
+        users: plan.users,
+        services: plan.services,
+        mode,
+        io: backend,
+        workers: 1,
+        relay_core: cfg.relay_core,
+        mesh: None,
+        topology: topology.clone(),
+    })?;
+    let actual = world.relay.backend();
+    if world.relays().iter().any(|r| r.backend() != backend) {
+        obs.note(&format!(
+            "the relay could not use {backend} and runs on {actual}; results are labelled {actual}"
+        ));
+    }
+    let fleet = Fleet::connect(&world, plan, cfg.verify_every, epoch)?;
+    obs.note(&format!(
+        "{} hop and end-to-end sessions up in {:.2} s",
+        plan.flows.len(),
+        setup.elapsed().as_secs_f64()
+    ));
+    Ok(PathRig {
+        world,
+        fleet,
+        relays,
+        backend: actual.to_string(),
+    })
+}
+
+/// Runs `specs[i]` on `paths[i]` for every path, one result each. With
+/// one path, one run. With several, each run's measured time is cut into
+/// slices of about [`SLICE`], and the paths take turns slice by slice,
+/// the order reversed every other slice (A B, B A, A B, ...); a path's
+/// slices are merged into its result.
+fn interleaved(
+    obs: &mut dyn Observer,
+    paths: &mut [PathRig],
+    specs: &[RunSpec],
+    labels: &[Labels<'_>],
+) -> anyhow::Result<Vec<Measurement>> {
+    let n = paths.len().min(specs.len());
+    let secs = specs.iter().map(|s| s.secs).max().unwrap_or_default();
+    let slices: u32 = if n > 1 {
+        ((secs.as_secs_f64() / SLICE.as_secs_f64()).round() as u32).max(1)
+    } else {
+        1
+    };
+    let title: Vec<String> = labels.iter().map(|l| l.key().to_string()).collect();
+    obs.start(&title.join(" | "));
+    let total = f64::from(slices) * n as f64;
+    let mut out: Vec<Option<Measurement>> = (0..n).map(|_| None).collect();
+    for k in 0..slices {
+        let order: Vec<usize> = if k % 2 == 0 {
+            (0..n).collect()
+        } else {
+            (0..n).rev().collect()
+        };
+        for (j, &i) in order.iter().enumerate() {
+            let spec = RunSpec {
+                secs: specs[i].secs / slices,
+                warmup: if k == 0 {
+                    specs[i].warmup
+                } else {
+                    specs[i].warmup.min(SLICE_WARMUP)
+                },
+                ..specs[i]
+            };
+            let done = f64::from(k) * n as f64 + j as f64;
+            let PathRig { world, fleet, .. } = &mut paths[i];
+            let relays = world.relays();
+            let m = run(fleet, world.relay_addr(), &spec, &relays, &mut |p| {
+                obs.progress((done + p) / total)
+            })?;
+            match &mut out[i] {
+                Some(acc) => acc.merge(&m)?,
+                slot => *slot = Some(m),
+            }
+        }
+    }
+    Ok(out.into_iter().flatten().collect())
 }
 
 fn measure(

@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 
 use loadgen::report::Report;
 use loadgen::world::ScratchDir;
+use relay::mesh::etcd_server;
 
 fn loadgen(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_loadgen"))
@@ -195,7 +196,92 @@ fn bad_arguments_say_what_to_fix_before_running() {
     let out = loadgen(&["--help"]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for word in ["--json", "--baseline", "--io", "deny-mix", "Exit status"] {
+    for word in [
+        "--json",
+        "--baseline",
+        "--io",
+        "deny-mix",
+        "Exit status",
+        "--relays",
+        "etcd",
+    ] {
         assert!(help.contains(word), "--help lacks {word}:\n{help}");
     }
+}
+
+#[test]
+fn one_and_two_relays_run_side_by_side_and_give_the_hop_cost() {
+    let Some(etcd) = etcd_server::for_test() else {
+        return;
+    };
+    let dir = ScratchDir::new("loadgen-relays").unwrap();
+    let json = dir.path().join("out.json");
+    let out = short_run(
+        &json,
+        &[
+            "--io",
+            "mmsg",
+            "--modes",
+            "ztna",
+            "--scenario",
+            "bulk",
+            "--loads",
+            "50",
+            "--no-direct",
+            "--relays",
+            "1,2",
+            "--etcd",
+            &etcd.endpoint(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("per-hop cost"), "{stdout}");
+    assert!(
+        stdout.contains("ztna mmsg bulk 1400B max via 2 relays / 1 relay"),
+        "{stdout}"
+    );
+
+    let report = read_report(&json);
+    for relays in [1, 2] {
+        let runs: Vec<_> = report
+            .results
+            .iter()
+            .filter(|r| r.relays == relays)
+            .collect();
+        assert_eq!(
+            runs.len(),
+            2,
+            "{relays} relays: one full-rate and one paced run\n{}",
+            text(&out)
+        );
+        for r in runs {
+            assert!(r.recv_pps > 0.0 && r.verified > 0, "{r:?}");
+            assert_eq!(r.corrupt, 0, "{r:?}");
+            assert_eq!(r.per_relay.len(), relays, "{r:?}");
+            for (k, relay) in r.per_relay.iter().enumerate() {
+                assert!(relay.forwarded > 0, "relay {k} forwarded nothing: {r:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn two_relays_without_etcd_say_what_to_install() {
+    // No etcd on this PATH: the run must stop before measuring anything,
+    // non-zero, naming the package.
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--relays", "1,2", "--scenario", "bulk", "--modes", "ztna"])
+        .env("PATH", "/nonexistent")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("loadgen runs");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("etcd-server"), "{}", text(&out));
+    assert!(!stderr.contains("Mpps delivered"), "{}", text(&out));
+
+    let out = loadgen(&["--relays", "3"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("use 1 or 2"), "{}", text(&out));
 }
