@@ -7,6 +7,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -25,6 +27,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_REGRESSION: u8 = 2;
 /// Exit status when frames arrived corrupted or denied frames got through.
 const EXIT_INTEGRITY: u8 = 3;
+/// Exit status after SIGINT or SIGTERM (128 + SIGINT, as shells report).
+const EXIT_INTERRUPTED: u8 = 130;
 
 /// Load generator for the ZTNA relay: starts a relay on loopback with
 /// synthetic users and a connector (real certificates, real hop and
@@ -41,7 +45,10 @@ const EXIT_INTEGRITY: u8 = 3;
 /// relay costs (rate ratio, relay CPU per frame, latency).
 ///
 /// Exit status: 0 done; 1 could not run; 2 a ratio regressed against
-/// --baseline; 3 frames arrived corrupted or denied frames got through.
+/// --baseline; 3 frames arrived corrupted or denied frames got through;
+/// 130 interrupted (SIGINT or SIGTERM: the current run stops, then
+/// everything loadgen started, etcd included; a second signal exits at
+/// once).
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -256,6 +263,8 @@ struct Console {
     bar: Option<ProgressBar>,
     done: usize,
     total: usize,
+    /// Set by the first SIGINT or SIGTERM (a second one kills at once).
+    stop: Arc<AtomicBool>,
 }
 
 impl Observer for Console {
@@ -301,6 +310,25 @@ impl Observer for Console {
             None => eprintln!("{text}"),
         }
     }
+
+    fn interrupted(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// The first SIGINT or SIGTERM sets the returned flag: the suite stops at
+/// the end of the current run or slice and tears down what it started (the
+/// etcd of a two-relay run is a child process that would outlive us). A
+/// second one exits at once.
+fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop))
+            .context("cannot install a signal handler")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("cannot install a signal handler")?;
+    }
+    Ok(stop)
 }
 
 /// Pins this thread to a core other than the relay's, when there is one.
@@ -360,8 +388,16 @@ fn real_main() -> anyhow::Result<ExitCode> {
         bar: None,
         done: 0,
         total: cfg.runs(),
+        stop: stop_on_signals()?,
     };
-    let report = run_suite(&cfg, &mut console)?;
+    let report = match run_suite(&cfg, &mut console) {
+        Ok(report) => report,
+        Err(e) if e.is::<loadgen::run::Interrupted>() => {
+            eprintln!("loadgen: interrupted; the relays (and etcd) it started are stopped");
+            return Ok(ExitCode::from(EXIT_INTERRUPTED));
+        }
+        Err(e) => return Err(e),
+    };
     println!("{}", report::table(&report));
     if let Some(path) = &cli.json {
         let text = serde_json::to_string_pretty(&report)?;

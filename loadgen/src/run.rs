@@ -54,6 +54,11 @@ const DRAIN_MAX: Duration = Duration::from_millis(300);
 /// ...and stop early once nothing arrived for this long.
 const DRAIN_QUIET: Duration = Duration::from_millis(30);
 
+/// What a run returns when its caller asked it to stop.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
 /// The relay's view of a run, from its published worker statistics (they
 /// are refreshed every 100 ms, which bounds their precision).
 #[derive(Debug, Clone, Default)]
@@ -145,14 +150,15 @@ fn drain(receiver: &mut Io, sink: &mut Sink, wait: Duration) -> anyhow::Result<u
 
 /// Runs `spec` from `fleet` to `target` (the users' relay, or the fleet's
 /// own receiver for a run without relay), calling `progress` with the share
-/// of the run done now and then. `relays`: the relays on the path, whose
+/// of the run done now and then; when it answers `false` the run stops
+/// there with [`Interrupted`]. `relays`: the relays on the path, whose
 /// statistics the measurement reports.
 pub fn run(
     fleet: &mut Fleet,
     target: SocketAddr,
     spec: &RunSpec,
     relays: &[&Relay],
-    progress: &mut dyn FnMut(f64),
+    progress: &mut dyn FnMut(f64) -> bool,
 ) -> anyhow::Result<Measurement> {
     let train = match spec.rate {
         Some(rate) => ((rate / PACED_TRAINS_PER_SEC).ceil() as usize).clamp(1, spec.train),
@@ -189,7 +195,9 @@ pub fn run(
         }
         if now.duration_since(last_progress) >= Duration::from_millis(100) {
             last_progress = now;
-            progress(now.duration_since(start).as_secs_f64() / total);
+            if !progress(now.duration_since(start).as_secs_f64() / total) {
+                return Err(Interrupted.into());
+            }
         }
         if let Some(rate) = spec.rate {
             if now < next_due {
@@ -267,7 +275,7 @@ pub fn run(
         }
     }
     let after = relays.iter().map(|r| relay_snapshot(r));
-    progress(1.0);
+    let _ = progress(1.0);
     Ok(Measurement {
         secs: window.as_secs_f64(),
         sent,

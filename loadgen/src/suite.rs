@@ -16,7 +16,7 @@ use relay::io::Backend;
 use crate::fleet::Fleet;
 use crate::mesh;
 use crate::report::{Labels, Report, RunResult};
-use crate::run::{run, Measurement, RunSpec};
+use crate::run::{run, Interrupted, Measurement, RunSpec};
 use crate::scenario::{Plan, Scenario};
 use crate::world::{Topology, World, WorldConfig};
 
@@ -88,6 +88,12 @@ pub trait Observer {
     fn finish(&mut self, result: &RunResult);
     /// Something worth saying (setup steps, fallbacks).
     fn note(&mut self, text: &str);
+    /// Whether the user asked to stop (checked during runs and between
+    /// them; the suite then returns [`Interrupted`] after tearing down what
+    /// it started, etcd among it).
+    fn interrupted(&self) -> bool {
+        false
+    }
 }
 
 /// One path under test: its relays and the fleet attached to them.
@@ -135,6 +141,9 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                 for &mode in &cfg.modes {
                     let mut paths = Vec::with_capacity(topologies.len());
                     for topology in &topologies {
+                        if obs.interrupted() {
+                            return Err(Interrupted.into());
+                        }
                         paths.push(start_path(cfg, obs, &plan, topology, mode, backend, epoch)?);
                     }
                     let full = RunSpec {
@@ -332,6 +341,9 @@ fn interleaved(
     let total = f64::from(slices) * n as f64;
     let mut out: Vec<Option<Measurement>> = (0..n).map(|_| None).collect();
     for k in 0..slices {
+        if obs.interrupted() {
+            return Err(Interrupted.into());
+        }
         let order: Vec<usize> = if k % 2 == 0 {
             (0..n).collect()
         } else {
@@ -351,7 +363,8 @@ fn interleaved(
             let PathRig { world, fleet, .. } = &mut paths[i];
             let relays = world.relays();
             let m = run(fleet, world.relay_addr(), &spec, &relays, &mut |p| {
-                obs.progress((done + p) / total)
+                obs.progress((done + p) / total);
+                !obs.interrupted()
             })?;
             match &mut out[i] {
                 Some(acc) => acc.merge(&m)?,
@@ -365,8 +378,11 @@ fn interleaved(
 fn measure(
     obs: &mut dyn Observer,
     labels: &Labels<'_>,
-    f: impl FnOnce(&mut dyn FnMut(f64)) -> anyhow::Result<Measurement>,
+    f: impl FnOnce(&mut dyn FnMut(f64) -> bool) -> anyhow::Result<Measurement>,
 ) -> anyhow::Result<Measurement> {
     obs.start(&labels.key().to_string());
-    f(&mut |p| obs.progress(p))
+    f(&mut |p| {
+        obs.progress(p);
+        !obs.interrupted()
+    })
 }

@@ -285,3 +285,113 @@ fn two_relays_without_etcd_say_what_to_install() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("use 1 or 2"), "{}", text(&out));
 }
+
+#[test]
+fn an_interrupted_two_relay_run_stops_its_etcd() {
+    if etcd_server::skip_requested() {
+        eprintln!("ZTNA_SKIP_ETCD=1: this etcd test is NOT run");
+        return;
+    }
+    use std::io::{BufRead as _, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    // A run far longer than the test: only the signal can end it soon.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "--relays",
+            "2",
+            "--modes",
+            "ztna",
+            "--scenario",
+            "bulk",
+            "--io",
+            "mmsg",
+            "--secs",
+            "60",
+            "--loads",
+            "none",
+            "--no-direct",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loadgen starts");
+    let pid = child.id();
+    // Its stderr, line by line, read on a thread (reads block).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log.iter().any(|l: &String| l.contains("sessions up")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => log.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the two relays never came up:\n{}", log.join("\n"));
+            }
+        }
+    }
+    // etcd is loadgen's child: note it before the signal.
+    let children = children_of(pid);
+    assert!(!children.is_empty(), "no etcd child of loadgen");
+
+    let kill = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for loadgen") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("loadgen did not stop within 20 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    log.extend(rx.try_iter());
+    assert_eq!(status.code(), Some(130), "{}", log.join("\n"));
+    assert!(
+        log.iter().any(|l| l.contains("interrupted")),
+        "{}",
+        log.join("\n")
+    );
+    for etcd in children {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{etcd}")).exists(),
+            "etcd (pid {etcd}) outlived loadgen"
+        );
+    }
+}
+
+/// Processes whose parent is `pid`, from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            // /proc/P/stat: "P (comm) S PPID ..."; comm may hold spaces.
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = &s[s.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}

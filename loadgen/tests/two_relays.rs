@@ -83,7 +83,10 @@ fn frames_cross_both_relays_and_policy_drops_at_the_first() {
         denied_arrive: false,
     };
     let relays = world.relays();
-    let m = run(&mut fleet, world.relay_addr(), &spec, &relays, &mut |_| {}).unwrap();
+    let m = run(&mut fleet, world.relay_addr(), &spec, &relays, &mut |_| {
+        true
+    })
+    .unwrap();
 
     // The connector's end: frames arrived, every hop tag verified with the
     // session the connector holds with B (so B sent them), payloads intact,
