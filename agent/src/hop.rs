@@ -480,29 +480,21 @@ impl Hop {
         Some(frame)
     }
 
-    /// Answers a relay's keepalive probe (a control `Ping` in `frame`, a
-    /// frame [`Hop::accept`] took) with a `Pong` queued on `out`. The relay
-    /// takes a connector that stops answering out of its routes. Returns
-    /// whether `frame` was a probe.
-    pub fn answer_probe(&mut self, frame: &[u8], out: &mut Vec<Vec<u8>>) -> bool {
+    /// Whether `frame` (a frame [`Hop::accept`] took) is a relay's
+    /// keepalive probe: a control `Ping`. The runtime answers it with a
+    /// `Pong` ([`pong_body`]) on the session; the relay takes a connector
+    /// that stops answering out of its routes.
+    pub fn is_probe(frame: &[u8]) -> bool {
         let frame = Frame::new_unchecked(frame);
-        if !matches!(
+        matches!(
             ControlMessage::parse(frame.body()),
             Ok(ControlMessage::Ping { .. })
-        ) {
-            return false;
-        }
-        let mut pong = Vec::new();
-        ControlMessage::Pong { digest: 0 }.emit(&mut pong);
-        let mut reply = vec![0u8; HEADER_LEN + pong.len()];
-        reply[HEADER_LEN..].copy_from_slice(&pong);
-        let id = self.self_id;
-        if let Some(link) = self.link() {
-            link.write_header(&mut reply, Kind::Control, UserId(id), ServiceId(0));
-            self.stats.probes_answered += 1;
-            out.push(reply);
-        }
-        true
+        )
+    }
+
+    /// This agent's certificate id (the user id of its control frames).
+    pub fn self_id(&self) -> u32 {
+        self.self_id
     }
 
     /// Sends a ping now (e.g. after a directory change was noticed).
@@ -512,6 +504,14 @@ impl Hop {
             self.last_ping = Some(now);
         }
     }
+}
+
+/// The body of the `Pong` that answers a relay's probe (built once: the
+/// answer is sent without allocating).
+pub fn pong_body() -> Vec<u8> {
+    let mut body = Vec::new();
+    ControlMessage::Pong { digest: 0 }.emit(&mut body);
+    body
 }
 
 /// What to tell the user about `cert` at `now_unix`: that it has expired,
@@ -754,27 +754,22 @@ mod tests {
     }
 
     #[test]
-    fn a_relay_probe_is_answered_with_a_pong_on_the_session() {
+    fn relay_probes_are_told_from_other_control_frames() {
         let mut s = Sim::new();
         s.establish();
         let mut probe = vec![0u8; HEADER_LEN];
         ControlMessage::Ping { digest: 0 }.emit(&mut probe);
         s.relay_links[0].write_header(&mut probe, Kind::Control, UserId(1001), ServiceId(0));
         s.hop.accept(&probe, s.now).unwrap();
-        let mut out = Vec::new();
-        assert!(s.hop.answer_probe(&probe, &mut out));
-        let pong = only(&out, Kind::Control);
-        assert!(s.relay_accepts(0, &pong), "tagged on the session");
+        assert!(Hop::is_probe(&probe));
+        let mut pong = vec![0u8; HEADER_LEN];
+        pong.extend_from_slice(&pong_body());
+        assert!(!Hop::is_probe(&pong));
         assert_eq!(
-            ControlMessage::parse(Frame::new_unchecked(&pong[..]).body()),
+            ControlMessage::parse(&pong_body()),
             Ok(ControlMessage::Pong { digest: 0 })
         );
-        assert_eq!(s.hop.stats.probes_answered, 1);
-        // Anything else on the control channel is not a probe.
-        let other = s.frame_from_relay(0);
-        let mut out = Vec::new();
-        assert!(!s.hop.answer_probe(&other, &mut out));
-        assert!(out.is_empty());
+        assert!(!Hop::is_probe(&s.frame_from_relay(0)));
     }
 
     #[test]

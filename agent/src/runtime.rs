@@ -85,6 +85,8 @@ pub struct Ctx {
     /// A datagram-sized scratch buffer for the roles' UDP relaying: taken
     /// with `std::mem::take` and put back, so no turn zeroes 64 KiB.
     pub scratch: Vec<u8>,
+    /// The answer to a relay's keepalive probe, built once.
+    pong: Vec<u8>,
     next_token: usize,
 }
 
@@ -346,8 +348,14 @@ fn handle_datagram(ctx: &mut Ctx, role: &mut dyn Role, buf: Vec<u8>, n: usize, n
             if ctx.hop.accept(frame, now).is_ok() {
                 ctx.stats.frames_in += 1;
                 ctx.stats.bytes_in += n as u64;
-                if kind == Kind::Control && ctx.hop.answer_probe(frame, &mut ctx.out) {
+                if kind == Kind::Control && Hop::is_probe(frame) {
+                    // Answered at once, without allocating.
                     ctx.pool.put(buf);
+                    ctx.hop.stats.probes_answered += 1;
+                    let pong = std::mem::take(&mut ctx.pong);
+                    let id = ctx.hop.self_id();
+                    ctx.send_body(Kind::Control, UserId(id), ServiceId(0), &pong);
+                    ctx.pong = pong;
                     return;
                 }
                 if let Some(buf) = role.on_frame(ctx, buf, n, now) {
@@ -381,6 +389,7 @@ pub fn context(
         stats: DataStats::default(),
         out: Vec::new(),
         scratch: vec![0; crate::pool::BUF_LEN],
+        pong: crate::hop::pong_body(),
         next_token: FIRST_ROLE_TOKEN,
     })
 }
