@@ -29,6 +29,7 @@ pub mod e2e;
 pub mod flow;
 pub mod hop;
 pub mod inner;
+pub mod metrics;
 pub mod netstack;
 pub mod policy_watch;
 pub mod pool;

@@ -7,15 +7,12 @@
 //! request per connection, with a read timeout and a size cap.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-
-/// Largest request read.
-const MAX_REQUEST: usize = 4096;
 
 /// One service as the agent sees it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -202,56 +199,59 @@ pub fn set_text(s: &mut String, value: impl std::fmt::Display) {
     let _ = write!(s, "{value}");
 }
 
-/// Serves `board` on `addr` until `stop` is set. Binds before returning,
-/// so a taken port is reported to the caller.
+/// Serves `board` on `addr` until `stop` is set: `GET /status` (JSON, what
+/// `agent status` reads) and `GET /metrics` (OpenMetrics text, for
+/// Prometheus; see [`crate::metrics`]). Binds before returning, so a taken
+/// port is reported to the caller. `tiny_http` reads each connection's
+/// request on a thread of its own, so an idle or slow client cannot stall
+/// the others.
 pub fn serve(
     addr: SocketAddr,
     board: StatusBoard,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
+    let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
+    let registry = crate::metrics::registry(board.clone());
     let handle = std::thread::Builder::new()
         .name("status".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => answer(stream, &board),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::park_timeout(Duration::from_millis(50));
-                    }
-                    Err(e) => tracing::debug!(error = %e, "status accept failed"),
+                match server.recv_timeout(Duration::from_millis(100)) {
+                    Ok(Some(request)) => answer(request, &board, &registry),
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "status endpoint: bad request"),
                 }
             }
         })?;
     Ok(handle)
 }
 
-fn answer(mut stream: TcpStream, board: &StatusBoard) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut req = Vec::new();
-    let mut buf = [0u8; 512];
-    while req.len() < MAX_REQUEST && !req.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => req.extend_from_slice(&buf[..n]),
-        }
-    }
-    let line = req.split(|b| *b == b'\r').next().unwrap_or_default();
-    let (code, body) = if line.starts_with(b"GET /status ") || line.starts_with(b"GET / ") {
-        (
-            "200 OK",
+fn answer(
+    request: tiny_http::Request,
+    board: &StatusBoard,
+    registry: &prometheus_client::registry::Registry,
+) {
+    let header = |value: &str| {
+        tiny_http::Header::from_bytes(&b"Content-Type"[..], value.as_bytes())
+            .expect("a valid header")
+    };
+    let get = *request.method() == tiny_http::Method::Get;
+    let response = match request.url() {
+        "/status" | "/" if get => tiny_http::Response::from_string(
             serde_json::to_string_pretty(&board.snapshot()).unwrap_or_default(),
         )
-    } else {
-        ("404 Not Found", "{\"error\":\"GET /status\"}".to_owned())
+        .with_header(header("application/json")),
+        "/metrics" if get => tiny_http::Response::from_string(crate::metrics::render(registry))
+            .with_header(header(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )),
+        _ => tiny_http::Response::from_string("{\"error\":\"GET /status or GET /metrics\"}")
+            .with_status_code(404)
+            .with_header(header("application/json")),
     };
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
+    if let Err(e) = request.respond(response) {
+        tracing::debug!(error = %e, "status endpoint: answer not sent");
+    }
 }
 
 /// Fetches the snapshot from a running agent.
@@ -389,12 +389,24 @@ pub fn span(secs: u64) -> String {
 mod tests {
     use super::*;
 
+    fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        r
+    }
+
     #[test]
-    fn serves_the_published_snapshot() {
+    fn serves_the_published_snapshot_and_metrics() {
         let board = StatusBoard::new();
         let stop = Arc::new(AtomicBool::new(false));
         // Bind to a free port first to learn it.
-        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = probe.local_addr().unwrap();
         drop(probe);
         let t = serve(addr, board.clone(), stop.clone()).unwrap();
@@ -410,13 +422,34 @@ mod tests {
         let got = fetch(addr).unwrap();
         assert_eq!(got.link.frames_in, 42);
         assert!(got.link.hop_up);
-        // Anything else is a 404, and the server survives garbage.
+        let metrics = get(addr, "/metrics");
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(
+            metrics.contains("application/openmetrics-text"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("\nztna_agent_frames_received_total 42\n"),
+            "{metrics}"
+        );
+        // Anything else is an error, and the server survives garbage.
+        assert!(get(addr, "/nothing").starts_with("HTTP/1.1 404"));
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(b"\x00\xffjunk\r\n\r\n").unwrap();
         let mut r = String::new();
-        s.read_to_string(&mut r).unwrap();
-        assert!(r.starts_with("HTTP/1.1 404"));
+        let _ = s.read_to_string(&mut r);
+        assert!(r.is_empty() || r.starts_with("HTTP/1.1 4"), "{r}");
+        // Idle connections do not hold up a scrape (each request is read
+        // on its own thread).
+        let idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let started = std::time::Instant::now();
         assert_eq!(fetch(addr).unwrap().link.frames_in, 42);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a scrape waited {:?} behind idle connections",
+            started.elapsed()
+        );
+        drop(idle);
         stop.store(true, Ordering::Relaxed);
         t.join().unwrap();
     }
