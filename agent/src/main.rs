@@ -88,7 +88,8 @@ The config file is TOML; relative paths are relative to its directory.
                                   when its content changes
 
 [status]
-  listen = \"127.0.0.1:7070\"       loopback address `agent status` asks (default)
+  listen = \"127.0.0.1:7070\"       loopback address `agent status` asks (default);
+                                  it also serves GET /metrics for Prometheus
 
 [tunnel]                          tuning; the defaults suit real networks
   mtu = 1380                      inner packet MTU, 1280..=65000
