@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 
-use super::{MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD};
+use super::limits::{MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD};
 
 /// One send: `count` datagrams of `segment` bytes (the last may be shorter)
 /// back to back at `addr`, `len` bytes in all, for `dst`.

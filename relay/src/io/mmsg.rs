@@ -11,14 +11,16 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::cmsg::{self, CmsgBuf, CONTROL_LEN};
+use super::config::IoConfig;
+use super::dispatch::{dispatch_run, remaining, Action};
+use super::error::{errno_of, IoError};
+use super::limits::MAX_GSO_SEGMENTS;
 use super::outbound::Outbound;
 use super::region::Region;
 use super::sockaddr::{self, RawAddr, NAME_LEN};
 use super::stats::IoStats;
+use super::stats::PollStats;
 use super::tx::Backpressure;
-use super::{
-    dispatch_run, errno_of, remaining, Action, IoConfig, IoError, PollStats, MAX_GSO_SEGMENTS,
-};
 
 /// Most buffers one `recvmmsg` fills (`UIO_MAXIOV`).
 const MAX_VLEN: usize = 1024;

@@ -6,10 +6,11 @@
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
+use super::error::IoError;
 use super::group::Grouper;
 use super::staging::Staging;
+use super::stats::{IoStats, PollStats};
 use super::tx::{Backpressure, SyncTx, TxOutcome};
-use super::{IoError, IoStats, PollStats};
 
 /// Grouper, sender and staging of one backend.
 #[derive(Debug)]

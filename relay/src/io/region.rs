@@ -10,7 +10,7 @@
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
 
-use super::IoError;
+use super::error::IoError;
 
 /// Page size assumed for alignment: the buffer ring must be page aligned,
 /// and page-aligned buffers start on fresh cache lines.

@@ -6,7 +6,8 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::cmsg::UDP_GRO;
-use super::{IoConfig, IoError};
+use super::config::IoConfig;
+use super::error::IoError;
 
 /// Socket buffer size asked for: deep enough to absorb a burst while a
 /// worker handles the previous batch.

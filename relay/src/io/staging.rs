@@ -8,11 +8,12 @@
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
+use super::error::IoError;
 use super::group::Grouper;
+use super::limits::MAX_UDP_PAYLOAD;
 use super::region::Region;
 use super::stats::IoStats;
 use super::tx::{Backpressure, SyncTx, TxOutcome};
-use super::{IoError, MAX_UDP_PAYLOAD};
 
 /// Bytes the queue holds before `send_to` flushes it by itself.
 const CAPACITY: usize = 256 * 1024;

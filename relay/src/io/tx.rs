@@ -14,10 +14,11 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 use super::cmsg::CmsgBuf;
+use super::error::IoError;
 use super::group::Group;
+use super::limits::{MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD};
 use super::sockaddr::RawAddr;
 use super::stats::IoStats;
-use super::{IoError, MAX_UDP_PAYLOAD};
 
 /// How long to wait for send-buffer space before dropping, per attempt.
 #[derive(Debug, Clone, Copy)]
@@ -131,7 +132,7 @@ impl SyncTx {
                 // GSO is off (refused earlier): resend this group datagram by
                 // datagram. A group never holds more than MAX_GSO_SEGMENTS.
                 let g = groups[i];
-                let mut parts = [g; super::MAX_GSO_SEGMENTS];
+                let mut parts = [g; MAX_GSO_SEGMENTS];
                 let mut n = 0;
                 split_for_no_gso(&g, |p| {
                     if n < parts.len() {
@@ -282,7 +283,7 @@ pub(crate) fn train_groups(
     mut emit: impl FnMut(Group),
 ) {
     let per_group = if gso {
-        (MAX_UDP_PAYLOAD / segment).clamp(1, super::MAX_GSO_SEGMENTS)
+        (MAX_UDP_PAYLOAD / segment).clamp(1, MAX_GSO_SEGMENTS)
     } else {
         1
     };

@@ -29,15 +29,17 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::cmsg::{self, CmsgBuf, CONTROL_LEN};
+use super::config::IoConfig;
+use super::dispatch::{dispatch_run, remaining, Action};
+use super::error::{errno_of, IoError};
 use super::group::Group;
+use super::limits::MAX_GSO_SEGMENTS;
 use super::outbound::Outbound;
 use super::region::Region;
 use super::sockaddr::{self, RawAddr, NAME_LEN};
 use super::stats::IoStats;
+use super::stats::PollStats;
 use super::tx::Backpressure;
-use super::{
-    dispatch_run, errno_of, remaining, Action, IoConfig, IoError, PollStats, MAX_GSO_SEGMENTS,
-};
 
 /// `user_data` of the multishot receive.
 const RECV: u64 = u64::MAX;
