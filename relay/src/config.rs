@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use proto::datapath::Mode;
 use serde::Deserialize;
 
-use crate::io::Backend;
+use crate::io::{Backend, IoConfig};
 
 /// Default UDP port of the relay.
 pub const DEFAULT_PORT: u16 = 51820;
@@ -58,7 +58,8 @@ pub struct Config {
     /// Optional address for the Prometheus text endpoint.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
-    /// Provided receive buffers per worker (io_uring) and their size.
+    /// Receive buffers per worker, in [`crate::io::BUFFERS`] (see
+    /// [`IoConfig::buffers`]).
     #[serde(default = "default_buffers")]
     pub buffers: usize,
     /// Size of each receive buffer; 65536 holds a full GRO run.
@@ -174,12 +175,7 @@ impl Config {
                 self.workers
             )));
         }
-        if !(2..=4096).contains(&self.buffers) {
-            return Err(ConfigError::Invalid(format!(
-                "buffers = {} must be between 2 and 4096",
-                self.buffers
-            )));
-        }
+        IoConfig::check_buffers(self.buffers).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if !(2048..=65536).contains(&self.buffer_size) {
             return Err(ConfigError::Invalid(format!(
                 "buffer_size = {} must be between 2048 and 65536",
@@ -275,5 +271,31 @@ mod tests {
         let e = Config::load(&path).unwrap_err().to_string();
         assert!(e.contains("unknown mode `fast`"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn buffer_count_uses_the_io_range() {
+        let dir = std::env::temp_dir().join(format!("relay-config-buf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.toml");
+        let base = "policy = \"p\"\nca = \"c\"\ncertificate = \"r\"\nkey = \"k\"\n";
+        let (lo, hi) = (*crate::io::BUFFERS.start(), *crate::io::BUFFERS.end());
+        for (count, ok) in [(lo - 1, false), (lo, true), (hi, true), (hi + 1, false)] {
+            std::fs::write(&path, format!("{base}buffers = {count}\n")).unwrap();
+            match Config::load(&path) {
+                Ok(c) => {
+                    assert!(ok, "buffers = {count} accepted");
+                    assert_eq!(c.buffers, count);
+                }
+                Err(e) => {
+                    assert!(!ok, "buffers = {count} refused: {e}");
+                    assert_eq!(
+                        e.to_string(),
+                        format!("config: buffers = {count} must be between {lo} and {hi}")
+                    );
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

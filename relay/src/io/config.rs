@@ -1,6 +1,7 @@
 //! What a worker's I/O is built from: the backend and the sizes.
 
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::str::FromStr;
 
 use super::error::IoError;
@@ -42,6 +43,14 @@ impl FromStr for Backend {
     }
 }
 
+/// The receive-buffer counts a worker accepts: [`IoConfig::buffers`], and
+/// `buffers` in the relay's config file (both checked by
+/// [`IoConfig::check_buffers`]). At least 2: with one, the multishot receive
+/// stops every time that buffer is being handled or sent from. At most
+/// 4096: buffer memory and send slots (64 per buffer with GRO) grow with
+/// the count, and small rings are the fast ones (DESIGN.md §3).
+pub const BUFFERS: RangeInclusive<usize> = 2..=4096;
+
 /// Sizes and switches of one worker's I/O.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IoConfig {
@@ -51,7 +60,7 @@ pub struct IoConfig {
     pub batch: usize,
     /// Receive buffers: the provided-buffer ring's size for `uring`, the
     /// `recvmmsg` vector length for `mmsg`. Keep it small so buffer memory
-    /// stays in cache (DESIGN.md §3: 64 beat 256 by 40 %).
+    /// stays in cache (DESIGN.md §3: 64 beat 256 by 40 %). In [`BUFFERS`].
     pub buffers: usize,
     /// Payload capacity of each receive buffer. 65536 holds any GRO run
     /// (the kernel caps one at 64 KiB), so nothing is ever truncated.
@@ -75,14 +84,26 @@ impl Default for IoConfig {
 }
 
 impl IoConfig {
+    /// Checks a receive-buffer count against [`BUFFERS`]; the relay's
+    /// config file is checked with this too.
+    pub fn check_buffers(count: usize) -> Result<(), IoError> {
+        if BUFFERS.contains(&count) {
+            Ok(())
+        } else {
+            Err(IoError::BufferCount {
+                count,
+                min: *BUFFERS.start(),
+                max: *BUFFERS.end(),
+            })
+        }
+    }
+
     /// Checks the sizes; both backends call it.
     pub(crate) fn validate(&self) -> Result<(), IoError> {
         if self.batch == 0 {
             return Err(IoError::Config("batch must be at least 1"));
         }
-        if self.buffers == 0 || self.buffers > 32_768 {
-            return Err(IoError::Config("buffers must be between 1 and 32768"));
-        }
+        Self::check_buffers(self.buffers)?;
         if self.buffer_size < 2048 || self.buffer_size > 1 << 20 {
             return Err(IoError::Config(
                 "buffer_size must be between 2048 and 1 MiB (65536 holds any GRO run)",
@@ -123,5 +144,29 @@ mod tests {
             ..IoConfig::default()
         };
         assert!(no_batch.validate().is_err());
+    }
+
+    #[test]
+    fn buffer_count_range_is_enforced_at_both_ends() {
+        for (count, ok) in [
+            (1, false),
+            (2, true),
+            (64, true),
+            (4096, true),
+            (4097, false),
+        ] {
+            let cfg = IoConfig {
+                buffers: count,
+                ..IoConfig::default()
+            };
+            assert_eq!(cfg.validate().is_ok(), ok, "buffers = {count}");
+            assert_eq!(
+                IoConfig::check_buffers(count).is_ok(),
+                ok,
+                "buffers = {count}"
+            );
+        }
+        let err = IoConfig::check_buffers(1).unwrap_err().to_string();
+        assert_eq!(err, "buffers = 1 must be between 2 and 4096");
     }
 }

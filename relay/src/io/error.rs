@@ -12,6 +12,17 @@ pub enum IoError {
     /// A size in [`IoConfig`](super::IoConfig) is out of range.
     #[error("invalid I/O configuration: {0}")]
     Config(&'static str),
+    /// [`IoConfig::buffers`](super::IoConfig::buffers) is outside
+    /// [`BUFFERS`](super::BUFFERS).
+    #[error("buffers = {count} must be between {min} and {max}")]
+    BufferCount {
+        /// The count given.
+        count: usize,
+        /// The fewest allowed.
+        min: usize,
+        /// The most allowed.
+        max: usize,
+    },
     /// The socket could not be created or bound.
     #[error("cannot bind a UDP socket to {addr}: {source} (is the address local and the port free of non-SO_REUSEPORT users?)")]
     Bind {

@@ -49,7 +49,7 @@ mod uring;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-pub use config::{Backend, IoConfig};
+pub use config::{Backend, IoConfig, BUFFERS};
 pub use dispatch::Action;
 pub use error::IoError;
 pub use limits::{MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD};
