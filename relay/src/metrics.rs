@@ -180,6 +180,43 @@ pub fn render(shared: &Shared) -> String {
             .enumerate()
             .map(|(i, s)| (w(i), s.io.syscalls)),
     );
+    // What the I/O layer lost, apart from the datapath's drops by reason.
+    counter(
+        &mut out,
+        "io_send_dropped_total",
+        "Datagrams lost to failed sends (send buffer full past the wait, or a send error).",
+        &mut workers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (w(i), s.io.send_dropped)),
+    );
+    counter(
+        &mut out,
+        "io_recv_no_buffers_total",
+        "Times the receive side ran out of buffers (the kernel dropped what arrived meanwhile).",
+        &mut workers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (w(i), s.io.recv_no_buffers)),
+    );
+    counter(
+        &mut out,
+        "io_recv_truncated_total",
+        "Received datagrams dropped for being cut short by a too-small receive buffer.",
+        &mut workers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (w(i), s.io.recv_truncated)),
+    );
+    counter(
+        &mut out,
+        "io_recv_errors_total",
+        "Receive completions that failed otherwise or had no usable source address.",
+        &mut workers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (w(i), s.io.recv_errors)),
+    );
     counter(
         &mut out,
         "io_batches_total",
@@ -219,4 +256,51 @@ pub fn render(shared: &Shared) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::IoStats;
+    use crate::worker::WorkerStats;
+
+    #[test]
+    fn io_drop_counters_are_rendered_per_worker() {
+        let shared = Shared::new(
+            proto::policy::CompiledPolicy::compile(&proto::policy::PolicyFile::default()).unwrap(),
+            2,
+        );
+        for (id, base) in [(0usize, 10u64), (1, 20)] {
+            let io = IoStats {
+                send_dropped: base + 1,
+                recv_no_buffers: base + 2,
+                recv_truncated: base + 3,
+                recv_errors: base + 4,
+                ..IoStats::default()
+            };
+            shared.publish(
+                id,
+                WorkerStats {
+                    io,
+                    ..WorkerStats::default()
+                },
+            );
+        }
+        let text = render(&shared);
+        for (name, offset) in [
+            ("io_send_dropped_total", 1),
+            ("io_recv_no_buffers_total", 2),
+            ("io_recv_truncated_total", 3),
+            ("io_recv_errors_total", 4),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE ztna_{name} counter\n")),
+                "{name} undeclared in:\n{text}"
+            );
+            for (worker, base) in [(0, 10), (1, 20)] {
+                let line = format!("ztna_{name}{{worker=\"{worker}\"}} {}\n", base + offset);
+                assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+            }
+        }
+    }
 }
