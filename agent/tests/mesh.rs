@@ -58,13 +58,8 @@ fn tcp_through_two_relays_arrives_byte_exact() {
 
 /// Sum of the workers' datapath counters and sessions of `relay`.
 fn totals(relay: &relay::Relay) -> (proto::datapath::Counters, usize) {
-    let mut c = proto::datapath::Counters::default();
-    let mut sessions = 0;
-    for s in relay.stats() {
-        c.add(&s.datapath);
-        sessions += s.sessions;
-    }
-    (c, sessions)
+    let t = relay.totals();
+    (t.datapath, t.sessions)
 }
 
 /// Polls `cond` until it holds (bounded).

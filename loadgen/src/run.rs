@@ -119,16 +119,11 @@ impl Measurement {
 }
 
 fn relay_snapshot(relay: &Relay) -> RelaySide {
-    let mut side = RelaySide::default();
-    for w in relay.stats() {
-        side.counters.add(&w.datapath);
-        side.cpu = match (side.cpu, w.cpu) {
-            (Some(a), Some(b)) => Some(a + b),
-            (None, b) => b,
-            (a, None) => a,
-        };
+    let t = relay.totals();
+    RelaySide {
+        counters: t.datapath,
+        cpu: t.cpu,
     }
-    side
 }
 
 fn relay_delta(before: &RelaySide, after: &RelaySide) -> RelaySide {

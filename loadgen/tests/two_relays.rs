@@ -21,11 +21,7 @@ use relay::Relay;
 const COUNTERS_WITHIN: Duration = Duration::from_secs(5);
 
 fn counters(relay: &Relay) -> Counters {
-    let mut total = Counters::default();
-    for w in relay.stats() {
-        total.add(&w.datapath);
-    }
-    total
+    relay.totals().datapath
 }
 
 /// Polls both relays' published counters until `done` holds for them, or

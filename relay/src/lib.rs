@@ -34,15 +34,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use proto::datapath::{Counters, Mode};
+use proto::datapath::Mode;
 use proto::handshake::{HopResponder, LocalIdentity, Trust};
 use proto::identity::{CaPublicKey, Role};
 
 use crate::control::{Control, ControlStats};
 use crate::io::{Backend, Io, IoConfig};
 use crate::policy_source::{PolicyLoadError, PolicySource};
-use crate::shared::Shared;
-use crate::worker::WorkerStats;
+use crate::shared::{Shared, WorkerStats};
 
 /// Queue depth between the workers and the control thread, in handshake
 /// and control frames. Beyond it workers shed them (counted).
@@ -215,8 +214,8 @@ pub struct RelayReport {
     pub workers: Vec<WorkerStats>,
     /// The control thread's counters.
     pub control: ControlStats,
-    /// All workers' datapath counters added up.
-    pub total: Counters,
+    /// All workers' statistics added up.
+    pub total: WorkerStats,
 }
 
 impl Relay {
@@ -419,6 +418,13 @@ impl Relay {
         self.shared.worker_stats()
     }
 
+    /// Every worker's latest published statistics added up (datapath and
+    /// I/O counters, sheds, sessions, CPU time). Workers publish every
+    /// [`worker::PUBLISH_EVERY`].
+    pub fn totals(&self) -> WorkerStats {
+        self.shared.totals()
+    }
+
     /// Serves Prometheus metrics on `addr` (`GET /metrics`) until the relay
     /// stops. Returns the bound address.
     pub fn serve_metrics(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
@@ -460,10 +466,7 @@ impl Relay {
             .take()
             .map(|h| h.join().unwrap_or_default())
             .unwrap_or_default();
-        let mut total = Counters::default();
-        for w in &workers {
-            total.add(&w.datapath);
-        }
+        let total = WorkerStats::sum(&workers);
         RelayReport {
             workers,
             control,

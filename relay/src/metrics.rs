@@ -262,7 +262,7 @@ pub fn render(shared: &Shared) -> String {
 mod tests {
     use super::*;
     use crate::io::IoStats;
-    use crate::worker::WorkerStats;
+    use crate::shared::WorkerStats;
 
     #[test]
     fn io_drop_counters_are_rendered_per_worker() {

@@ -1,15 +1,70 @@
 //! State shared between the control thread and the workers: the immutable
 //! snapshots (swapped whole, read once per batch), the stop flag, and each
-//! worker's published statistics.
+//! worker's published statistics ([`WorkerStats`], added up by
+//! [`Shared::totals`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use proto::datapath::Counters;
 use proto::policy::CompiledPolicy;
 use proto::route::RouteTable;
 
-use crate::worker::WorkerStats;
+use crate::io::IoStats;
+
+/// A worker's published statistics, or several workers' added up
+/// ([`WorkerStats::sum`]).
+#[derive(Debug, Clone, Default)]
+pub struct WorkerStats {
+    /// Datapath verdict counters.
+    pub datapath: Counters,
+    /// I/O backend counters.
+    pub io: IoStats,
+    /// Hop handshakes dropped because the control thread's queue was full.
+    pub handshakes_shed: u64,
+    /// Control frames dropped because the control thread's queue was full.
+    pub control_shed: u64,
+    /// Installed receive sessions.
+    pub sessions: usize,
+    /// CPU time the worker thread has used, where the OS tells (in a sum:
+    /// the total of the workers that told).
+    pub cpu: Option<Duration>,
+}
+
+impl WorkerStats {
+    /// Adds `other`'s counters to these.
+    pub fn add(&mut self, other: &WorkerStats) {
+        let WorkerStats {
+            datapath,
+            io,
+            handshakes_shed,
+            control_shed,
+            sessions,
+            cpu,
+        } = other;
+        self.datapath.add(datapath);
+        self.io += io;
+        self.handshakes_shed += handshakes_shed;
+        self.control_shed += control_shed;
+        self.sessions += sessions;
+        self.cpu = match (self.cpu, *cpu) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// `workers` added up: the one place where workers' statistics are
+    /// summed (for [`Shared::totals`] and a stopped relay's report).
+    pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerStats>) -> WorkerStats {
+        let mut total = WorkerStats::default();
+        for w in workers {
+            total.add(w);
+        }
+        total
+    }
+}
 
 /// One peer relay this relay holds hop sessions with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,5 +163,45 @@ impl Shared {
             .iter()
             .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).clone())
             .collect()
+    }
+
+    /// Every worker's latest statistics added up.
+    pub fn totals(&self) -> WorkerStats {
+        WorkerStats::sum(&self.worker_stats())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_add_up_every_published_worker() {
+        let policy =
+            CompiledPolicy::compile(&proto::policy::PolicyFile::default()).expect("empty policy");
+        let shared = Shared::new(policy, 3);
+        for (id, n) in [(0usize, 1u64), (1, 10), (2, 100)] {
+            let mut s = WorkerStats {
+                handshakes_shed: n,
+                control_shed: 2 * n,
+                sessions: n as usize,
+                cpu: (id != 1).then(|| Duration::from_millis(n)),
+                ..WorkerStats::default()
+            };
+            s.datapath.frames = n;
+            s.datapath.forwarded = 3 * n;
+            s.io.send_dropped = 4 * n;
+            s.io.recv_errors = 5 * n;
+            shared.publish(id, s);
+        }
+        let t = shared.totals();
+        assert_eq!((t.datapath.frames, t.datapath.forwarded), (111, 333));
+        assert_eq!((t.io.send_dropped, t.io.recv_errors), (444, 555));
+        assert_eq!(
+            (t.handshakes_shed, t.control_shed, t.sessions),
+            (111, 222, 111)
+        );
+        // Worker 1 did not tell its CPU time: the others' add up.
+        assert_eq!(t.cpu, Some(Duration::from_millis(101)));
     }
 }

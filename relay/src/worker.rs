@@ -18,8 +18,8 @@ use proto::ids::ReceiverIndex;
 use proto::session::{RxSession, SessionTable, TxCounters};
 use proto::wire::{Frame, Kind, HEADER_LEN};
 
-use crate::io::{Action, Io, IoStats};
-use crate::shared::Shared;
+use crate::io::{Action, Io};
+use crate::shared::{Shared, WorkerStats};
 
 /// How long a poll waits for frames before the worker looks at its control
 /// channel and the stop flag again.
@@ -83,23 +83,6 @@ pub enum FromWorker {
         /// The frame's body: the control message.
         bytes: Vec<u8>,
     },
-}
-
-/// A worker's published statistics.
-#[derive(Debug, Clone, Default)]
-pub struct WorkerStats {
-    /// Datapath verdict counters.
-    pub datapath: Counters,
-    /// I/O backend counters.
-    pub io: IoStats,
-    /// Hop handshakes dropped because the control thread's queue was full.
-    pub handshakes_shed: u64,
-    /// Control frames dropped because the control thread's queue was full.
-    pub control_shed: u64,
-    /// Installed receive sessions.
-    pub sessions: usize,
-    /// CPU time the worker thread has used, where the OS tells.
-    pub cpu: Option<Duration>,
 }
 
 /// Runs worker `id` until `shared.stop` is set. Returns its final stats.

@@ -106,11 +106,7 @@ impl Rig {
     /// The relay's datapath counters (summed over workers), as last
     /// published (workers publish every 100 ms).
     pub fn counters(&self) -> proto::datapath::Counters {
-        let mut total = proto::datapath::Counters::default();
-        for w in self.world.relay.stats() {
-            total.add(&w.datapath);
-        }
-        total
+        self.world.relay.totals().datapath
     }
 
     /// Waits (bounded) until `pred` holds for the published counters.

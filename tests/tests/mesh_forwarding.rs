@@ -42,11 +42,7 @@ fn await_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn counters(relay: &Relay) -> proto::datapath::Counters {
-    let mut total = proto::datapath::Counters::default();
-    for w in relay.stats() {
-        total.add(&w.datapath);
-    }
-    total
+    relay.totals().datapath
 }
 
 /// A frame of `kind` for (USER, `service`) with `body`, tagged on `link`.

@@ -267,7 +267,7 @@ fn one_identity_cannot_pile_up_sessions() {
     // The connector's session plus at most `limit` of the user's.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let sessions: usize = rig.world.relay.stats().iter().map(|w| w.sessions).sum();
+        let sessions = rig.world.relay.totals().sessions;
         if sessions == 1 + limit {
             break;
         }

@@ -126,6 +126,63 @@ impl AddAssign<&PollStats> for IoStats {
     }
 }
 
+impl AddAssign<&ErrnoCounts> for ErrnoCounts {
+    /// Adds another set of counts (another worker's); `last_other` becomes
+    /// the other's when it counted any.
+    fn add_assign(&mut self, o: &ErrnoCounts) {
+        self.enobufs += o.enobufs;
+        self.eagain += o.eagain;
+        self.econnrefused += o.econnrefused;
+        self.gso_refused += o.gso_refused;
+        self.other += o.other;
+        if o.other > 0 {
+            self.last_other = o.last_other;
+        }
+    }
+}
+
+impl AddAssign<&IoStats> for IoStats {
+    /// Adds another `Io`'s counters (another worker's), field by field.
+    fn add_assign(&mut self, o: &IoStats) {
+        let IoStats {
+            datagrams_in,
+            bytes_in,
+            datagrams_out,
+            bytes_out,
+            send_calls,
+            syscalls,
+            gro_runs,
+            gro_segments,
+            batch_hist,
+            empty_polls,
+            send_dropped,
+            send_errors,
+            gso_fallbacks,
+            recv_no_buffers,
+            recv_truncated,
+            recv_errors,
+        } = o;
+        self.datagrams_in += datagrams_in;
+        self.bytes_in += bytes_in;
+        self.datagrams_out += datagrams_out;
+        self.bytes_out += bytes_out;
+        self.send_calls += send_calls;
+        self.syscalls += syscalls;
+        self.gro_runs += gro_runs;
+        self.gro_segments += gro_segments;
+        for (mine, theirs) in self.batch_hist.iter_mut().zip(batch_hist) {
+            *mine += theirs;
+        }
+        self.empty_polls += empty_polls;
+        self.send_dropped += send_dropped;
+        self.send_errors += send_errors;
+        self.gso_fallbacks += gso_fallbacks;
+        self.recv_no_buffers += recv_no_buffers;
+        self.recv_truncated += recv_truncated;
+        self.recv_errors += recv_errors;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +212,41 @@ mod tests {
         assert_eq!((e.enobufs, e.eagain, e.gso_refused, e.other), (1, 1, 1, 1));
         assert_eq!(e.last_other, libc::EPERM);
         assert_eq!(e.total(), 4);
+    }
+
+    #[test]
+    fn adding_stats_adds_every_field() {
+        let mut a = IoStats {
+            datagrams_in: 1,
+            recv_errors: 2,
+            ..IoStats::default()
+        };
+        a.batch_hist[3] = 4;
+        a.send_errors.count(libc::EPERM);
+        let mut b = IoStats {
+            datagrams_in: 10,
+            send_dropped: 5,
+            recv_no_buffers: 6,
+            recv_truncated: 7,
+            recv_errors: 8,
+            ..IoStats::default()
+        };
+        b.batch_hist[3] = 40;
+        b.send_errors.count(libc::EACCES);
+        b.send_errors.count(libc::EAGAIN);
+        a += &b;
+        assert_eq!(a.datagrams_in, 11);
+        assert_eq!(
+            (
+                a.send_dropped,
+                a.recv_no_buffers,
+                a.recv_truncated,
+                a.recv_errors
+            ),
+            (5, 6, 7, 10)
+        );
+        assert_eq!(a.batch_hist[3], 44);
+        assert_eq!((a.send_errors.other, a.send_errors.eagain), (2, 1));
+        assert_eq!(a.send_errors.last_other, libc::EACCES);
     }
 }
