@@ -1,0 +1,576 @@
+//! The `uring` backend: one multishot `RecvMsg` into a small provided-buffer
+//! ring, one `SendMsg` per forward group, one submit per batch.
+//!
+//! Its seams, one file each: `token` (what a completion's `user_data`
+//! names), `buf_ring` (the receive buffers and when they go back to the
+//! kernel), `slots` (the memory of in-flight sends), `setup` (building the
+//! ring, probing what the kernel supports). This file drives them:
+//! [`UringIo::poll`] waits, takes each receive completion's buffer, parses
+//! it (`RecvMsgOut`: source address, `UDP_GRO` size, payload), hands each
+//! datagram to the callback, turns the forwarded ones into groups, and
+//! submits one `SendMsg` per group from a send slot, holding a reference on
+//! the buffer until the send completes.
+//!
+//! The memory invariant: the receive buffers, the buffer ring, the receive
+//! `msghdr` template and the send slots are read or written by the kernel
+//! while a receive is armed or a send is in flight. They are freed only
+//! once `Drop` has seen every such operation complete (and unregistered the
+//! buffer ring); if the kernel does not finish in time, all four are leaked
+//! rather than freed under it. Hence `ManuallyDrop` on each.
+
+mod buf_ring;
+mod setup;
+mod slots;
+mod token;
+
+use std::mem::ManuallyDrop;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use self::buf_ring::{BufRing, BGID};
+use self::setup::Sizes;
+use self::slots::SendSlots;
+use self::token::Token;
+use super::cmsg;
+use super::config::IoConfig;
+use super::dispatch::{dispatch_run, remaining, Action};
+use super::error::{errno_of, IoError};
+use super::limits::MAX_GSO_SEGMENTS;
+use super::outbound::Outbound;
+use super::sockaddr;
+use super::stats::{IoStats, PollStats};
+use super::tx::Backpressure;
+
+/// Why a ring could not be built: the error, and the socket back so the
+/// caller can fall back to another backend.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub(crate) error: IoError,
+    pub(crate) socket: UdpSocket,
+    pub(crate) link: Option<UdpSocket>,
+}
+
+/// The io_uring backend of one worker.
+pub(crate) struct UringIo {
+    // Declared first so it is dropped (and the kernel done with our memory)
+    // before anything else; `Drop` also cancels and reaps everything first.
+    ring: IoUring,
+    socket: UdpSocket,
+    fd: RawFd,
+    batch: usize,
+    /// Receive buffers and the ring offering them (kernel memory: see the
+    /// module's invariant).
+    bufs: ManuallyDrop<BufRing>,
+    /// The receive `msghdr` template every armed receive points at (kernel
+    /// memory).
+    recv_hdr: ManuallyDrop<Box<libc::msghdr>>,
+    /// The memory of in-flight sends (kernel memory).
+    slots: ManuallyDrop<SendSlots>,
+    armed: bool,
+    /// A second socket, received from by a second multishot receive into
+    /// the same buffers (a mesh relay's per-worker link port); sends
+    /// always leave from `socket`.
+    link: Option<UdpSocket>,
+    link_armed: bool,
+    /// A completion taken from the queue at start-up, handled first.
+    pending: Option<cqueue::Entry>,
+    outbound: Outbound,
+    stats: IoStats,
+    /// Ring setup flags that the kernel accepted, for the log.
+    flags: &'static str,
+}
+
+impl std::fmt::Debug for UringIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringIo")
+            .field("fd", &self.fd)
+            .field("flags", &self.flags)
+            .field("buffers", &self.bufs.nbufs())
+            .field("stride", &self.bufs.stride())
+            .field("in_flight", &self.slots.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UringIo {
+    /// Sets up the ring, registers the buffer ring and arms the receive.
+    pub(crate) fn new(
+        socket: UdpSocket,
+        link: Option<UdpSocket>,
+        cfg: IoConfig,
+    ) -> Result<Self, Failed> {
+        match Self::build(&socket, link.as_ref(), cfg) {
+            Ok(parts) => Ok(parts.finish(socket, link)),
+            Err(error) => Err(Failed {
+                error,
+                socket,
+                link,
+            }),
+        }
+    }
+
+    fn build(
+        socket: &UdpSocket,
+        link: Option<&UdpSocket>,
+        cfg: IoConfig,
+    ) -> Result<Parts, IoError> {
+        super::socket::set_nonblocking(socket)?;
+        if let Some(l) = link {
+            super::socket::set_nonblocking(l)?;
+        }
+        let sizes = Sizes::new(&cfg);
+        let (ring, flags) = setup::make_ring(sizes.cq_entries)?;
+        setup::require_ext_arg(&ring)?;
+        let mut parts = Parts {
+            ring,
+            bufs: BufRing::new(cfg.buffers, sizes.stride)?,
+            recv_hdr: setup::recv_template(),
+            slots: SendSlots::new(sizes.slots),
+            sizes,
+            batch: cfg.batch,
+            flags,
+            outbound: Outbound::new(cfg.batch + MAX_GSO_SEGMENTS, 64, cfg.gso)?,
+            pending: None,
+        };
+        // SAFETY: the buffer ring moves into the `UringIo` with the ring and
+        // is freed only after it is unregistered (see `Drop`).
+        unsafe { setup::register_buf_ring(&parts.ring, &parts.bufs) }?;
+        // SAFETY: the template is boxed and moves into the `UringIo`, freed
+        // only once no receive is armed (see `Drop`).
+        parts.pending =
+            unsafe { setup::probe_receive(&mut parts.ring, socket.as_raw_fd(), &*parts.recv_hdr) }?;
+        if let Some(l) = link {
+            // Submitted with the first poll's wait.
+            let sqe = setup::recv_multi(l.as_raw_fd(), &*parts.recv_hdr, Token::RecvLink);
+            // SAFETY: as for the probe.
+            unsafe { parts.ring.submission().push(&sqe) }.map_err(|_| IoError::Sys {
+                op: "io_uring submission",
+                source: std::io::Error::from_raw_os_error(libc::EBUSY),
+            })?;
+        }
+        Ok(parts)
+    }
+
+    /// The socket.
+    pub(crate) fn socket(&self) -> &UdpSocket {
+        &self.socket
+    }
+
+    /// Counters since construction.
+    pub(crate) fn stats(&self) -> &IoStats {
+        &self.stats
+    }
+
+    /// The second socket, if any.
+    pub(crate) fn link(&self) -> Option<&UdpSocket> {
+        self.link.as_ref()
+    }
+
+    /// Pushes the multishot receive.
+    fn arm(&mut self) -> Result<(), IoError> {
+        let sqe = setup::recv_multi(self.fd, &**self.recv_hdr, Token::Recv);
+        self.push(&sqe)?;
+        self.armed = true;
+        Ok(())
+    }
+
+    /// Pushes the multishot receive of the second socket (same buffers,
+    /// same template).
+    fn arm_link(&mut self) -> Result<(), IoError> {
+        let Some(fd) = self.link.as_ref().map(AsRawFd::as_raw_fd) else {
+            return Ok(());
+        };
+        let sqe = setup::recv_multi(fd, &**self.recv_hdr, Token::RecvLink);
+        self.push(&sqe)?;
+        self.link_armed = true;
+        Ok(())
+    }
+
+    /// Pushes one entry, submitting first if the queue is full.
+    fn push(&mut self, sqe: &squeue::Entry) -> Result<(), IoError> {
+        loop {
+            // SAFETY: every pointer in the entries we push (the receive
+            // template, send slots, buffers) stays valid until its
+            // completion is reaped: see the module's memory invariant.
+            if unsafe { self.ring.submission().push(sqe) }.is_ok() {
+                return Ok(());
+            }
+            self.ring.submit().map_err(|source| IoError::Sys {
+                op: "io_uring_enter",
+                source,
+            })?;
+            self.stats.syscalls += 1;
+        }
+    }
+
+    /// See [`super::Io::poll`].
+    pub(crate) fn poll<F>(
+        &mut self,
+        timeout: Duration,
+        handle: &mut F,
+    ) -> Result<PollStats, IoError>
+    where
+        F: FnMut(SocketAddr, &mut [u8]) -> Action,
+    {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut ps = PollStats::default();
+        loop {
+            // Re-arm only with a buffer in the ring: armed without one, the
+            // receive fails with ENOBUFS at once and this loop would spin
+            // until a send completion frees a buffer.
+            if !self.armed && self.bufs.in_ring() > 0 {
+                self.arm()?;
+            }
+            if self.link.is_some() && !self.link_armed && self.bufs.in_ring() > 0 {
+                self.arm_link()?;
+            }
+            let mut timed_out = false;
+            if self.pending.is_none() {
+                let ts = types::Timespec::from(remaining(deadline));
+                let args = types::SubmitArgs::new().timespec(&ts);
+                ps.syscalls += 1;
+                match self.ring.submitter().submit_with_args(1, &args) {
+                    Ok(_) => {}
+                    Err(e) => match errno_of(&e) {
+                        libc::ETIME => timed_out = true,
+                        // EBUSY: completions overflowed; reaping makes room.
+                        libc::EINTR | libc::EBUSY => {}
+                        _ => {
+                            return Err(IoError::Sys {
+                                op: "io_uring_enter",
+                                source: e,
+                            })
+                        }
+                    },
+                }
+            }
+            self.reap(handle, &mut ps);
+            // Buffers freed by send completions go back before re-arming.
+            self.bufs.publish();
+            if ps.received > 0 || timed_out || remaining(deadline).is_zero() {
+                break;
+            }
+        }
+        self.queue_sends(&mut ps)?;
+        self.bufs.release_handled();
+        self.bufs.publish();
+        if !self.ring.submission().is_empty() {
+            ps.syscalls += 1;
+            self.ring.submit().map_err(|source| IoError::Sys {
+                op: "io_uring_enter",
+                source,
+            })?;
+        }
+        self.outbound.finish_poll(self.fd, &mut self.stats, &mut ps);
+        Ok(ps)
+    }
+
+    /// Handles completions until the queue is empty or the batch is full.
+    fn reap<F>(&mut self, handle: &mut F, ps: &mut PollStats)
+    where
+        F: FnMut(SocketAddr, &mut [u8]) -> Action,
+    {
+        while ps.received < self.batch {
+            let cqe = match self.pending.take() {
+                Some(c) => c,
+                None => match self.ring.completion().next() {
+                    Some(c) => c,
+                    None => break,
+                },
+            };
+            match Token::decode(cqe.user_data()) {
+                Some(t @ (Token::Recv | Token::RecvLink)) => self.on_recv(t, &cqe, handle, ps),
+                Some(Token::Send(slot)) => self.on_send(slot, cqe.result()),
+                Some(Token::Cancel) | None => {}
+            }
+        }
+    }
+
+    /// One completion of the multishot receive.
+    fn on_recv<F>(&mut self, token: Token, cqe: &cqueue::Entry, handle: &mut F, ps: &mut PollStats)
+    where
+        F: FnMut(SocketAddr, &mut [u8]) -> Action,
+    {
+        let flags = cqe.flags();
+        if !cqueue::more(flags) {
+            // The multishot ended (out of buffers, error, cancel): re-armed
+            // by the next poll, after buffers went back into the ring.
+            if token == Token::RecvLink {
+                self.link_armed = false;
+            } else {
+                self.armed = false;
+            }
+        }
+        let res = cqe.result();
+        if res < 0 {
+            match -res {
+                libc::ENOBUFS => self.stats.recv_no_buffers += 1,
+                libc::ECANCELED => {}
+                errno => {
+                    self.stats.recv_errors += 1;
+                    tracing::debug!(errno, "io_uring receive failed");
+                }
+            }
+            return;
+        }
+        let Some(bid) = cqueue::buffer_select(flags).and_then(|b| self.bufs.take(b)) else {
+            // No buffer, or not one of ours (never, with a well-behaved
+            // kernel).
+            self.stats.recv_errors += 1;
+            return;
+        };
+        // SAFETY: the kernel filled buffer `bid` and handed it over with this
+        // completion; `take` holds it out of the ring until every reference
+        // is dropped, and this is the only slice of it.
+        let buf = unsafe { self.bufs.buffer_mut(bid, res as usize) };
+        let Ok(out) = types::RecvMsgOut::parse(buf, &self.recv_hdr) else {
+            self.stats.recv_errors += 1;
+            return;
+        };
+        if out.is_payload_truncated() {
+            self.stats.recv_truncated += 1;
+            return;
+        }
+        let src = sockaddr::decode(out.name_data());
+        let segment = cmsg::gro_segment_size(out.control_data());
+        let start = out.payload_data().as_ptr() as usize - buf.as_ptr() as usize;
+        let end = start + out.payload_data().len();
+        let Some(src) = src else {
+            self.stats.recv_errors += 1;
+            return;
+        };
+        let run = &mut buf[start..end];
+        dispatch_run(
+            run,
+            bid as u32,
+            src,
+            segment,
+            handle,
+            &mut self.outbound.grouper,
+            ps,
+        );
+    }
+
+    /// One send completed (or failed).
+    fn on_send(&mut self, slot: u32, res: i32) {
+        let Some(g) = self.slots.complete(slot) else {
+            return;
+        };
+        if res < 0 {
+            let errno = -res;
+            // Counted as sent when submitted; take it back.
+            self.stats.datagrams_out -= g.count as u64;
+            self.stats.bytes_out -= g.len as u64;
+            self.stats.send_errors.count(errno);
+            if matches!(errno, libc::EIO | libc::EINVAL) && g.is_gso() {
+                self.stats.gso_fallbacks += 1;
+                tracing::warn!(
+                    errno,
+                    "the kernel refused a UDP GSO send; sending one datagram per call from now on"
+                );
+                self.outbound.grouper.disable_gso();
+                self.outbound.staging.disable_gso();
+                // SAFETY: the group's buffer still holds our reference
+                // (dropped just below), so its bytes are intact and not in
+                // the ring.
+                let out = unsafe {
+                    self.outbound.tx.send(
+                        self.fd,
+                        &[g],
+                        false,
+                        Backpressure::FORWARD,
+                        &mut self.stats,
+                    )
+                };
+                self.stats.send_calls += out.send_calls as u64;
+                self.stats.syscalls += out.syscalls as u64;
+            } else {
+                self.stats.send_dropped += g.count as u64;
+            }
+        }
+        self.bufs.release(g.buf);
+    }
+
+    /// Turns this poll's groups into `SendMsg` submissions.
+    fn queue_sends(&mut self, ps: &mut PollStats) -> Result<(), IoError> {
+        for k in 0..self.outbound.grouper.groups().len() {
+            let g = self.outbound.grouper.groups()[k];
+            let Some((slot, hdr)) = self.slots.prepare(&g) else {
+                // Every slot in flight (more groups than the sizing allows
+                // for): send this one synchronously rather than wait.
+                // SAFETY: the buffer holds its handling reference until
+                // `release_handled`, after this synchronous call.
+                let out = unsafe {
+                    self.outbound.tx.send(
+                        self.fd,
+                        &[g],
+                        self.outbound.grouper.gso_enabled(),
+                        Backpressure::FORWARD,
+                        &mut self.stats,
+                    )
+                };
+                self.outbound.account(ps, out);
+                continue;
+            };
+            let sqe = opcode::SendMsg::new(types::Fd(self.fd), hdr)
+                .build()
+                .user_data(Token::Send(slot).encode());
+            self.push(&sqe)?;
+            self.bufs.hold(g.buf);
+            ps.send_calls += 1;
+            // Counted when handed over, so the counters are current when the
+            // poll returns; a failed completion takes them back.
+            self.stats.datagrams_out += g.count as u64;
+            self.stats.bytes_out += g.len as u64;
+        }
+        self.outbound.grouper.clear();
+        Ok(())
+    }
+
+    /// The send side with what it needs: used by [`super::Io::send_to`]
+    /// and [`super::Io::send_gso`].
+    pub(crate) fn outbound(&mut self) -> (&mut Outbound, RawFd, &mut IoStats) {
+        (&mut self.outbound, self.fd, &mut self.stats)
+    }
+
+    /// See [`super::Io::flush`].
+    pub(crate) fn flush(&mut self) -> Result<(), IoError> {
+        self.outbound.flush(self.fd, &mut self.stats);
+        if !self.ring.submission().is_empty() {
+            self.stats.syscalls += 1;
+            self.ring.submit().map_err(|source| IoError::Sys {
+                op: "io_uring_enter",
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl UringIo {
+    /// Notes what a completion seen while shutting down ended: a receive
+    /// that will not fire again, or a send (its slot is free).
+    fn on_shutdown_completion(&mut self, cqe: &cqueue::Entry) {
+        let ended = !cqueue::more(cqe.flags());
+        match Token::decode(cqe.user_data()) {
+            Some(Token::Recv) if ended => self.armed = false,
+            Some(Token::RecvLink) if ended => self.link_armed = false,
+            Some(Token::Send(slot)) => {
+                self.slots.complete(slot);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Drop for UringIo {
+    fn drop(&mut self) {
+        // The kernel may still write into buffers (armed receive) or read
+        // the receive template and send slots: cancel and reap before the
+        // memory goes (the module's memory invariant).
+        if let Some(cqe) = self.pending.take() {
+            self.on_shutdown_completion(&cqe);
+        }
+        for (armed, token) in [
+            (self.armed, Token::Recv),
+            (self.link_armed, Token::RecvLink),
+        ] {
+            if armed {
+                let sqe = opcode::AsyncCancel::new(token.encode())
+                    .build()
+                    .user_data(Token::Cancel.encode());
+                let _ = self.push(&sqe);
+            }
+        }
+        for _ in 0..200 {
+            if !self.armed && !self.link_armed && self.slots.in_flight() == 0 {
+                let _ = self.ring.submitter().unregister_buf_ring(BGID);
+                // SAFETY: nothing is armed or in flight and the buffer ring
+                // is unregistered: the kernel no longer touches the buffers,
+                // the ring, the template or the slots. None is used after
+                // this.
+                unsafe {
+                    ManuallyDrop::drop(&mut self.bufs);
+                    ManuallyDrop::drop(&mut self.recv_hdr);
+                    ManuallyDrop::drop(&mut self.slots);
+                }
+                return;
+            }
+            let ts = types::Timespec::from(Duration::from_millis(10));
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            loop {
+                let Some(cqe) = self.ring.completion().next() else {
+                    break;
+                };
+                self.on_shutdown_completion(&cqe);
+            }
+        }
+        tracing::warn!(
+            in_flight = self.slots.in_flight(),
+            armed = self.armed,
+            link_armed = self.link_armed,
+            "io_uring operations still pending at shutdown; leaking their memory"
+        );
+        // Leaked: the buffers, the buffer ring, the receive template and the
+        // send slots stay allocated (ManuallyDrop, never dropped), since the
+        // kernel may still read or write them.
+    }
+}
+
+/// The pieces built before the socket is moved in.
+struct Parts {
+    ring: IoUring,
+    bufs: BufRing,
+    recv_hdr: Box<libc::msghdr>,
+    slots: SendSlots,
+    sizes: Sizes,
+    batch: usize,
+    flags: &'static str,
+    outbound: Outbound,
+    /// A completion seen while probing the receive, to handle first.
+    pending: Option<cqueue::Entry>,
+}
+
+impl Parts {
+    fn finish(self, socket: UdpSocket, link: Option<UdpSocket>) -> UringIo {
+        let Parts {
+            ring,
+            bufs,
+            recv_hdr,
+            slots,
+            sizes,
+            batch,
+            flags,
+            outbound,
+            pending,
+        } = self;
+        tracing::debug!(
+            flags,
+            buffers = bufs.nbufs(),
+            stride = sizes.stride,
+            slots = sizes.slots,
+            "io_uring backend ready"
+        );
+        UringIo {
+            fd: socket.as_raw_fd(),
+            ring,
+            socket,
+            batch,
+            bufs: ManuallyDrop::new(bufs),
+            recv_hdr: ManuallyDrop::new(recv_hdr),
+            slots: ManuallyDrop::new(slots),
+            // `build` armed the receive.
+            armed: true,
+            link_armed: link.is_some(),
+            link,
+            pending,
+            outbound,
+            stats: IoStats::default(),
+            flags,
+        }
+    }
+}
