@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use proto::aead::E2eKey;
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
+use relay::io::train::TrainSender;
 use relay::io::{bind_socket, Backend, Io, IoConfig};
 
 use crate::handshakes::{self, AgentEnd, ConnectorEnd, E2eRequest};
@@ -25,6 +26,8 @@ use crate::world::World;
 pub struct Fleet {
     /// The users' socket.
     pub sender: Io,
+    /// Sends the users' trains from `sender`'s socket.
+    pub trains: TrainSender,
     /// The connector's socket.
     pub receiver: Io,
     /// The connector's address (the target of runs without a relay).
@@ -184,6 +187,7 @@ impl Fleet {
             .collect();
         Ok(Fleet {
             sender,
+            trains: TrainSender::new(true),
             receiver,
             receiver_addr,
             traffic: Traffic::new(plan, links, send_flows, epoch),

@@ -226,6 +226,7 @@ pub fn run(
         }
         let Fleet {
             sender,
+            trains,
             receiver,
             traffic,
             sink,
@@ -236,8 +237,10 @@ pub fn run(
         // this same thread to drain the connector's socket.
         let mut offset = 0;
         while offset < ready.bytes.len() && Instant::now() < end {
-            let n = sender.try_send_gso(target, &ready.bytes[offset..], ready.size)?;
-            offset += n * ready.size;
+            // Resume after what is done with, sent or dropped (a group the
+            // kernel refused is counted in the sender's stats, not resent).
+            let n = trains.try_send(sender, target, &ready.bytes[offset..], ready.size)?;
+            offset += n.consumed * ready.size;
             if offset < ready.bytes.len() {
                 drain(receiver, sink, FULL_WAIT)?;
             }

@@ -11,6 +11,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use relay::io::train::TrainSender;
 use relay::io::{bind_socket, Action, Backend, Io, IoConfig, IoStats};
 
 const BACKENDS: [Backend; 2] = [Backend::Uring, Backend::Mmsg];
@@ -189,7 +190,7 @@ const ITEMS: &[Item] = &[
 ];
 
 /// Sends `rounds` rounds of `ITEMS` on each of `flows` flows (interleaved)
-/// to `dst`, from `senders` Ios using `send_gso` for trains and `send_to` for
+/// to `dst`, from `senders` Ios using a `TrainSender` for trains and `send_to` for
 /// singles. Returns, per flow, the (seq, len) list the receiver must see, and
 /// the number of datagrams sent.
 fn send_flows(senders: &mut [Io], dst: SocketAddr, rounds: usize) -> (Vec<Vec<(u32, usize)>>, u64) {
@@ -198,6 +199,7 @@ fn send_flows(senders: &mut [Io], dst: SocketAddr, rounds: usize) -> (Vec<Vec<(u
     let mut seqs = vec![0u32; flows];
     let mut sent = 0u64;
     let mut buf = vec![0u8; 70_000];
+    let mut trains = TrainSender::new(true);
     for _ in 0..rounds {
         for item in ITEMS {
             for (flow, io) in senders.iter_mut().enumerate() {
@@ -228,8 +230,8 @@ fn send_flows(senders: &mut [Io], dst: SocketAddr, rounds: usize) -> (Vec<Vec<(u
                             *seq += 1;
                             off += len;
                         }
-                        let n = io.send_gso(dst, &buf[..off], seg).unwrap();
-                        assert_eq!(n, count, "send_gso sent every datagram");
+                        let n = trains.send(&*io, dst, &buf[..off], seg).unwrap();
+                        assert_eq!(n.sent, count, "the train was sent whole");
                         sent += count as u64;
                     }
                 }
@@ -539,15 +541,6 @@ fn send_to_queues_and_groups_equal_sizes() {
 }
 
 #[test]
-fn send_gso_rejects_bad_segments() {
-    let sock = bind_socket(localhost(), &IoConfig::default()).unwrap();
-    let mut io = Io::new(Backend::Mmsg, sock, IoConfig::default()).unwrap();
-    let dst = localhost();
-    assert!(io.send_gso(dst, &[0u8; 100], 0).is_err());
-    assert!(io.send_gso(dst, &[0u8; 100], 70_000).is_err());
-}
-
-#[test]
 fn poll_returns_after_timeout_when_idle() {
     for backend in BACKENDS {
         if !backend_available(backend) {
@@ -685,12 +678,12 @@ fn forward_rate_1400() {
         let sender = thread::spawn(move || {
             pin(0);
             let s = bind_socket(localhost(), &IoConfig::default()).unwrap();
-            let mut io = Io::new(Backend::Mmsg, s, IoConfig::default()).unwrap();
+            let mut trains = TrainSender::new(true);
             let train = vec![0x5Au8; 1400 * 46];
             let start = Instant::now();
             let mut sent = 0;
             while start.elapsed() < RUN + Duration::from_millis(300) {
-                sent += io.send_gso(fwd_addr, &train, 1400).unwrap();
+                sent += trains.send(&s, fwd_addr, &train, 1400).unwrap().sent;
             }
             sent
         });

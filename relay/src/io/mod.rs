@@ -43,6 +43,7 @@ mod sockaddr;
 mod socket;
 mod staging;
 mod stats;
+pub mod train;
 mod tx;
 mod uring;
 
@@ -70,6 +71,16 @@ pub struct Io {
 enum Inner {
     Uring(Box<uring::UringIo>),
     Mmsg(Box<mmsg::MmsgIo>),
+}
+
+impl std::os::fd::AsFd for Io {
+    /// The socket everything is sent from (for a [`train::TrainSender`]).
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match &self.inner {
+            Inner::Uring(u) => u.socket().as_fd(),
+            Inner::Mmsg(m) => m.socket().as_fd(),
+        }
+    }
 }
 
 impl Io {
@@ -199,30 +210,6 @@ impl Io {
     pub fn send_to(&mut self, dst: SocketAddr, bytes: &[u8]) -> Result<(), IoError> {
         let (outbound, fd, stats) = self.outbound();
         outbound.send_to(fd, stats, dst, bytes)
-    }
-
-    /// Sends the equal-size datagrams laid out back to back in `buf`
-    /// (`seg` bytes each, the last may be shorter) to `dst`, with as few
-    /// `UDP_SEGMENT` calls as the kernel's limits allow, now. Waits for
-    /// socket space when the send buffer is full. Returns the datagrams sent.
-    pub fn send_gso(&mut self, dst: SocketAddr, buf: &[u8], seg: usize) -> Result<usize, IoError> {
-        let (outbound, fd, stats) = self.outbound();
-        outbound.send_gso(fd, stats, dst, buf, seg, tx::Backpressure::BLOCKING)
-    }
-
-    /// Like [`Io::send_gso`], but never waits: stops at the first
-    /// `UDP_SEGMENT` group the socket has no room for and returns the
-    /// datagrams sent until then (whole groups, in order), so the caller
-    /// can do other work (drain its own receive side) and send the rest
-    /// later.
-    pub fn try_send_gso(
-        &mut self,
-        dst: SocketAddr,
-        buf: &[u8],
-        seg: usize,
-    ) -> Result<usize, IoError> {
-        let (outbound, fd, stats) = self.outbound();
-        outbound.send_gso(fd, stats, dst, buf, seg, tx::Backpressure::NONBLOCKING)
     }
 
     /// Sends everything queued by [`Io::send_to`] and pushes pending

@@ -10,7 +10,7 @@ use super::error::IoError;
 use super::group::Grouper;
 use super::staging::Staging;
 use super::stats::{IoStats, PollStats};
-use super::tx::{Backpressure, SyncTx, TxOutcome};
+use super::tx::{SyncTx, TxOutcome};
 
 /// Grouper, sender and staging of one backend.
 #[derive(Debug)]
@@ -76,24 +76,6 @@ impl Outbound {
         let out = self.staging.push(dst, bytes, &mut self.tx, fd, stats)?;
         self.account_outside_poll(stats, out);
         Ok(())
-    }
-
-    /// See [`super::Io::send_gso`].
-    pub(crate) fn send_gso(
-        &mut self,
-        fd: RawFd,
-        stats: &mut IoStats,
-        dst: SocketAddr,
-        buf: &[u8],
-        seg: usize,
-        policy: Backpressure,
-    ) -> Result<usize, IoError> {
-        let gso = self.grouper.gso_enabled();
-        let out = self
-            .tx
-            .send_train(fd, (dst, buf, seg), gso, policy, stats)?;
-        self.account_outside_poll(stats, out);
-        Ok(out.datagrams)
     }
 
     /// See [`super::Io::flush`]: sends what is staged.

@@ -2,8 +2,9 @@
 //! with a `UDP_SEGMENT` control message when it carries several datagrams.
 //!
 //! The `mmsg` backend sends forwarded groups this way; both backends send
-//! `send_to` queues and `send_gso` trains this way, since those borrow or
-//! reuse memory the caller gets back as soon as the call returns.
+//! `send_to` queues this way, and [`super::train`] sends trains this way,
+//! since those borrow or reuse memory the caller gets back as soon as the
+//! call returns.
 //!
 //! When the kernel refuses GSO (`EIO` from devices without checksum offload,
 //! `EINVAL` from kernels or paths without `UDP_SEGMENT`), the refused group
@@ -61,6 +62,8 @@ pub(crate) struct TxOutcome {
     pub(crate) send_calls: usize,
     /// Datagrams the kernel accepted.
     pub(crate) datagrams: usize,
+    /// Datagrams dropped: refused for a reason other than a full socket.
+    pub(crate) dropped: usize,
     /// System calls made.
     pub(crate) syscalls: usize,
     /// The kernel refused GSO: stop making multi-datagram groups.
@@ -146,6 +149,7 @@ impl SyncTx {
                 let sub = unsafe { self.send(fd, &parts[..n], false, policy, stats) };
                 out.send_calls += sub.send_calls;
                 out.datagrams += sub.datagrams;
+                out.dropped += sub.dropped;
                 out.syscalls += sub.syscalls;
                 i += 1;
                 continue;
@@ -201,6 +205,7 @@ impl SyncTx {
                 _ => {
                     stats.send_errors.count(errno);
                     stats.send_dropped += g.count as u64;
+                    out.dropped += g.count;
                     i += 1;
                     waits = 0;
                 }
