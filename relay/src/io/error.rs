@@ -61,7 +61,7 @@ pub enum IoError {
         /// The size asked for.
         bytes: usize,
     },
-    /// `send_to`/`send_gso` got more than one UDP datagram can carry.
+    /// `send_to` or a train send got more than one UDP datagram can carry.
     #[error(
         "datagram of {len} bytes is larger than a UDP datagram or the send buffer ({max} bytes)"
     )]
@@ -71,7 +71,7 @@ pub enum IoError {
         /// The largest allowed.
         max: usize,
     },
-    /// `send_gso` got a segment size or buffer it cannot send.
+    /// A train send got a segment size or buffer it cannot send.
     #[error("invalid GSO train: {0}")]
     Gso(&'static str),
     /// Receiving or waiting failed in a way that is not a per-datagram error.

@@ -280,7 +280,7 @@ impl MmsgIo {
     }
 
     /// The send side with what it needs: used by [`super::Io::send_to`]
-    /// and [`super::Io::send_gso`].
+    /// (the load generator's trains go through [`super::train`]).
     pub(crate) fn outbound(&mut self) -> (&mut Outbound, RawFd, &mut IoStats) {
         (&mut self.outbound, self.fd, &mut self.stats)
     }
