@@ -8,7 +8,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -201,57 +201,32 @@ pub fn set_text(s: &mut String, value: impl std::fmt::Display) {
 
 /// Serves `board` on `addr` until `stop` is set: `GET /status` (JSON, what
 /// `agent status` reads) and `GET /metrics` (OpenMetrics text, for
-/// Prometheus; see [`crate::metrics`]). Binds before returning, so a taken
-/// port is reported to the caller. `tiny_http` reads each connection's
-/// request on a thread of its own, so an idle or slow client cannot stall
-/// the others.
+/// Prometheus; see [`crate::metrics`]), on [`relay::http`]. Binds before
+/// returning, so a taken port is reported to the caller.
 pub fn serve(
     addr: SocketAddr,
     board: StatusBoard,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
     let registry = crate::metrics::registry(board.clone());
-    let handle = std::thread::Builder::new()
-        .name("status".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match server.recv_timeout(Duration::from_millis(100)) {
-                    Ok(Some(request)) => answer(request, &board, &registry),
-                    Ok(None) => {}
-                    Err(e) => tracing::debug!(error = %e, "status endpoint: bad request"),
-                }
-            }
-        })?;
+    let (_, handle) = relay::http::serve(
+        addr,
+        "status",
+        stop,
+        "{\"error\":\"GET /status or GET /metrics\"}",
+        move |path| match path {
+            "/status" | "/" => Some(relay::http::Page {
+                content_type: "application/json",
+                body: serde_json::to_string_pretty(&board.snapshot()).unwrap_or_default(),
+            }),
+            "/metrics" => Some(relay::http::Page {
+                content_type: relay::http::OPENMETRICS,
+                body: crate::metrics::render(&registry),
+            }),
+            _ => None,
+        },
+    )?;
     Ok(handle)
-}
-
-fn answer(
-    request: tiny_http::Request,
-    board: &StatusBoard,
-    registry: &prometheus_client::registry::Registry,
-) {
-    let header = |value: &str| {
-        tiny_http::Header::from_bytes(&b"Content-Type"[..], value.as_bytes())
-            .expect("a valid header")
-    };
-    let get = *request.method() == tiny_http::Method::Get;
-    let response = match request.url() {
-        "/status" | "/" if get => tiny_http::Response::from_string(
-            serde_json::to_string_pretty(&board.snapshot()).unwrap_or_default(),
-        )
-        .with_header(header("application/json")),
-        "/metrics" if get => tiny_http::Response::from_string(crate::metrics::render(registry))
-            .with_header(header(
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )),
-        _ => tiny_http::Response::from_string("{\"error\":\"GET /status or GET /metrics\"}")
-            .with_status_code(404)
-            .with_header(header("application/json")),
-    };
-    if let Err(e) = request.respond(response) {
-        tracing::debug!(error = %e, "status endpoint: answer not sent");
-    }
 }
 
 /// Fetches the snapshot from a running agent.
@@ -450,7 +425,7 @@ mod tests {
             started.elapsed()
         );
         drop(idle);
-        stop.store(true, Ordering::Relaxed);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
         t.join().unwrap();
     }
 

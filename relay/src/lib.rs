@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod control;
+pub mod http;
 pub mod io;
 pub mod keys;
 pub mod mesh;

@@ -1,261 +1,240 @@
-//! Prometheus text exposition of the relay's counters on `GET /metrics`.
+//! `GET /metrics`: the relay's counters in the OpenMetrics text format, for
+//! Prometheus.
 //!
-//! A plain blocking thread on a `TcpListener`: scrapes are rare (seconds
-//! apart) and read only what the workers already publish between batches,
-//! so nothing here touches the datapath.
+//! Built with the `prometheus-client` crate: one [`Collector`] reads what
+//! the workers and the control thread already publish in [`Shared`]
+//! (between batches, never per frame) at scrape time, and
+//! [`crate::http`] serves it. Counters end in `_total`, byte counts in
+//! `_bytes` (base units); per-worker series carry a `worker` label.
 
-use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
 use proto::datapath::DropReason;
 
 use crate::io::BATCH_BUCKETS;
-use crate::shared::Shared;
+use crate::shared::{Shared, WorkerStats};
 
 /// Binds `addr` and serves metrics on a background thread until the relay
 /// stops. Returns the bound address.
 pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("relay-metrics".into())
-        .spawn(move || {
-            while !shared.stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        if let Err(e) = answer(stream, &shared) {
-                            tracing::debug!(error = %e, "metrics scrape failed");
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    Err(e) => tracing::warn!(error = %e, "metrics listener error"),
-                }
-            }
-        })?;
+    let registry = registry(Arc::clone(&shared));
+    let (local, _thread) = crate::http::serve(
+        addr,
+        "relay-metrics",
+        Arc::clone(&shared.stop),
+        "try GET /metrics\n",
+        move |path| {
+            (path == "/metrics").then(|| crate::http::Page {
+                content_type: crate::http::OPENMETRICS,
+                body: encode(&registry),
+            })
+        },
+    )?;
     tracing::info!(%local, "metrics on http://{local}/metrics");
     Ok(local)
 }
 
-fn answer(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    // A scrape is a few hundred bytes; never buffer more than 8 KiB of
-    // whatever a client sends.
-    let mut reader = BufReader::new(std::io::Read::take(stream, 8192));
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    // Skip the headers (bounded: a scrape sends a handful).
-    let mut line = String::new();
-    for _ in 0..100 {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
-            break;
-        }
-    }
-    let mut stream = reader.into_inner().into_inner();
-    let (status, body) = if request_line.starts_with("GET /metrics") {
-        ("200 OK", render(shared))
-    } else {
-        ("404 Not Found", "try GET /metrics\n".to_owned())
-    };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
+/// The relay's metrics registry, reading `shared` at every scrape.
+pub fn registry(shared: Arc<Shared>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(RelayCollector(shared)));
+    registry
 }
 
-/// The metrics text for the current published state.
-pub fn render(shared: &Shared) -> String {
-    let workers = shared.worker_stats();
+/// The text exposition of `registry`.
+pub fn encode(registry: &Registry) -> String {
     let mut out = String::new();
-    let counter = |out: &mut String,
-                   name: &str,
-                   help: &str,
-                   values: &mut dyn Iterator<Item = (String, u64)>| {
-        let _ = writeln!(out, "# HELP ztna_{name} {help}\n# TYPE ztna_{name} counter");
-        for (labels, v) in values {
-            let _ = writeln!(out, "ztna_{name}{{{labels}}} {v}");
-        }
-    };
-    let w = |i: usize| format!("worker=\"{i}\"");
-    counter(
-        &mut out,
-        "frames_total",
-        "Frames judged by the datapath.",
-        &mut workers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (w(i), s.datapath.frames)),
-    );
-    counter(
-        &mut out,
-        "bytes_total",
-        "Bytes of frames judged.",
-        &mut workers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (w(i), s.datapath.bytes)),
-    );
-    counter(
-        &mut out,
-        "forwarded_frames_total",
-        "Frames forwarded.",
-        &mut workers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (w(i), s.datapath.forwarded)),
-    );
-    counter(
-        &mut out,
-        "forwarded_bytes_total",
-        "Bytes forwarded.",
-        &mut workers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (w(i), s.datapath.forwarded_bytes)),
-    );
-    counter(
-        &mut out,
-        "handshake_frames_total",
-        "Hop handshake frames handed to the control thread.",
-        &mut workers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (w(i), s.datapath.handshakes)),
-    );
-    counter(
-        &mut out,
-        "handshakes_shed_total",
-        "Hop handshake frames shed because the control queue was full.",
-        &mut workers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (w(i), s.handshakes_shed)),
-    );
-    counter(
-        &mut out,
-        "control_shed_total",
-        "Authenticated control frames shed because the control queue was full.",
-        &mut workers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (w(i), s.control_shed)),
-    );
-    counter(
-        &mut out,
-        "dropped_frames_total",
-        "Frames dropped, by reason.",
-        &mut workers.iter().enumerate().flat_map(|(i, s)| {
-            DropReason::ALL.iter().map(move |r| {
-                (
-                    format!("worker=\"{i}\",reason=\"{}\"", r.name()),
-                    s.datapath.dropped(*r),
-                )
-            })
-        }),
-    );
-    counter(
-        &mut out,
-        "io_send_calls_total",
-        "Send calls (one per GSO group).",
-        &mut workers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (w(i), s.io.send_calls)),
-    );
-    counter(
-        &mut out,
-        "io_syscalls_total",
-        "Syscalls or io_uring submits.",
-        &mut workers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (w(i), s.io.syscalls)),
-    );
-    // What the I/O layer lost, apart from the datapath's drops by reason.
-    counter(
-        &mut out,
-        "io_send_dropped_total",
-        "Datagrams lost to failed sends (send buffer full past the wait, or a send error).",
-        &mut workers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (w(i), s.io.send_dropped)),
-    );
-    counter(
-        &mut out,
-        "io_recv_no_buffers_total",
-        "Times the receive side ran out of buffers (the kernel dropped what arrived meanwhile).",
-        &mut workers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (w(i), s.io.recv_no_buffers)),
-    );
-    counter(
-        &mut out,
-        "io_recv_truncated_total",
-        "Received datagrams dropped for being cut short by a too-small receive buffer.",
-        &mut workers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (w(i), s.io.recv_truncated)),
-    );
-    counter(
-        &mut out,
-        "io_recv_errors_total",
-        "Receive completions that failed otherwise or had no usable source address.",
-        &mut workers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (w(i), s.io.recv_errors)),
-    );
-    counter(
-        &mut out,
-        "io_batches_total",
-        "Polls by datagrams received, in power-of-two buckets: min is the bucket's lower bound (inclusive), the next bucket's min its exclusive upper bound.",
-        &mut workers.iter().enumerate().flat_map(|(i, s)| {
-            (0..BATCH_BUCKETS).map(move |b| (format!("worker=\"{i}\",min=\"{}\"", 1u64 << b), s.io.batch_hist[b]))
-        }),
-    );
-    let _ = writeln!(
-        out,
-        "# HELP ztna_sessions Installed hop sessions.\n# TYPE ztna_sessions gauge"
-    );
-    for (i, s) in workers.iter().enumerate() {
-        let _ = writeln!(out, "ztna_sessions{{{}}} {}", w(i), s.sessions);
-    }
-    let _ = writeln!(
-        out,
-        "# HELP ztna_policy_epoch Policies loaded since start.\n# TYPE ztna_policy_epoch gauge\nztna_policy_epoch {}\n# HELP ztna_policy_rejected_total Policy reloads rejected.\n# TYPE ztna_policy_rejected_total counter\nztna_policy_rejected_total {}",
-        shared.policy_epoch.load(Ordering::Relaxed),
-        shared.policy_rejected.load(Ordering::Relaxed)
-    );
-    let mesh = &shared.mesh;
-    if mesh.enabled.load(Ordering::Relaxed) {
-        let flag = |b: &std::sync::atomic::AtomicBool| u8::from(b.load(Ordering::Relaxed));
-        let _ = writeln!(
-            out,
-            "# HELP ztna_mesh_etcd_watch_connected 1 while the mesh's etcd watch is live; 0: routing on the last view seen.\n# TYPE ztna_mesh_etcd_watch_connected gauge\nztna_mesh_etcd_watch_connected {}\n\
-             # HELP ztna_mesh_etcd_registered 1 while this relay's registration (its lease) is kept alive in etcd.\n# TYPE ztna_mesh_etcd_registered gauge\nztna_mesh_etcd_registered {}\n\
-             # HELP ztna_mesh_view_revision The etcd revision of the mesh view in force.\n# TYPE ztna_mesh_view_revision gauge\nztna_mesh_view_revision {}\n\
-             # HELP ztna_mesh_links Peer relays this relay holds links with.\n# TYPE ztna_mesh_links gauge\nztna_mesh_links {}\n\
-             # HELP ztna_mesh_peers_lost_total Connectors and relays taken out of the routes for not answering keepalives.\n# TYPE ztna_mesh_peers_lost_total counter\nztna_mesh_peers_lost_total {}",
-            flag(&mesh.watch_connected),
-            flag(&mesh.registered),
-            mesh.revision.load(Ordering::Relaxed),
-            shared.mesh_links.load().len(),
-            mesh.peers_lost.load(Ordering::Relaxed),
-        );
-    }
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
     out
+}
+
+/// The metrics text for the current published state of `shared`.
+pub fn render(shared: &Arc<Shared>) -> String {
+    encode(&registry(Arc::clone(shared)))
+}
+
+#[derive(Debug)]
+struct RelayCollector(Arc<Shared>);
+
+/// One per-worker counter family.
+fn per_worker(
+    e: &mut DescriptorEncoder<'_>,
+    workers: &[WorkerStats],
+    (name, help, unit): (&str, &str, Option<&Unit>),
+    value: impl Fn(&WorkerStats) -> u64,
+) -> Result<(), std::fmt::Error> {
+    let mut family = e.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    for (i, w) in workers.iter().enumerate() {
+        let worker = i.to_string();
+        ConstCounter::new(value(w))
+            .encode(family.encode_family(&[("worker", worker.as_str())])?)?;
+    }
+    Ok(())
+}
+
+fn counter(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(value);
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for RelayCollector {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let shared = &self.0;
+        let workers = shared.worker_stats();
+        {
+            let info = ConstGauge::new(1i64);
+            let mut family = e.encode_descriptor(
+                "ztna_relay_info",
+                "This relay's build (always 1).",
+                None,
+                info.metric_type(),
+            )?;
+            info.encode(family.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
+        }
+        let bytes = Some(&Unit::Bytes);
+        for (desc, value) in [
+            (("ztna_frames", "Frames judged by the datapath.", None), (|w: &WorkerStats| w.datapath.frames) as fn(&WorkerStats) -> u64),
+            (("ztna_judged", "Bytes of frames judged.", bytes), |w| w.datapath.bytes),
+            (("ztna_forwarded_frames", "Frames forwarded.", None), |w| w.datapath.forwarded),
+            (("ztna_forwarded", "Bytes forwarded.", bytes), |w| w.datapath.forwarded_bytes),
+            (("ztna_local_frames", "Authenticated keepalive and control frames for this relay.", None), |w| w.datapath.local),
+            (("ztna_handshake_frames", "Hop handshake frames handed to the control thread.", None), |w| w.datapath.handshakes),
+            (("ztna_handshakes_shed", "Hop handshake frames shed because the control queue was full.", None), |w| w.handshakes_shed),
+            (("ztna_control_shed", "Authenticated control frames shed because the control queue was full.", None), |w| w.control_shed),
+            (("ztna_io_received_datagrams", "Datagrams received (each GRO segment counted).", None), |w| w.io.datagrams_in),
+            (("ztna_io_sent_datagrams", "Datagrams sent.", None), |w| w.io.datagrams_out),
+            (("ztna_io_send_calls", "Send calls (one per GSO group).", None), |w| w.io.send_calls),
+            (("ztna_io_syscalls", "Syscalls or io_uring submits.", None), |w| w.io.syscalls),
+            (("ztna_io_send_dropped", "Datagrams dropped on send: the socket stayed full, or the kernel refused them.", None), |w| w.io.send_dropped),
+            (("ztna_io_recv_no_buffers", "Receives that found no free buffer (the kernel dropped what arrived meanwhile).", None), |w| w.io.recv_no_buffers),
+            (("ztna_io_recv_truncated", "Received datagrams dropped for being cut short by a too-small receive buffer.", None), |w| w.io.recv_truncated),
+            (("ztna_io_recv_errors", "Receive completions that failed otherwise or had no usable source address.", None), |w| w.io.recv_errors),
+        ] {
+            per_worker(&mut e, &workers, desc, value)?;
+        }
+        {
+            let mut family = e.encode_descriptor(
+                "ztna_dropped_frames",
+                "Frames dropped by the datapath, by reason.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (i, w) in workers.iter().enumerate() {
+                let worker = i.to_string();
+                for r in DropReason::ALL {
+                    let labels = [("worker", worker.as_str()), ("reason", r.name())];
+                    ConstCounter::new(w.datapath.dropped(r))
+                        .encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut family = e.encode_descriptor(
+                "ztna_io_batches",
+                "Polls by datagrams received, in power-of-two buckets: min is the bucket's lower bound (inclusive), the next bucket's min its exclusive upper bound.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (i, w) in workers.iter().enumerate() {
+                let worker = i.to_string();
+                for b in 0..BATCH_BUCKETS {
+                    let min = (1u64 << b).to_string();
+                    let labels = [("worker", worker.as_str()), ("min", min.as_str())];
+                    ConstCounter::new(w.io.batch_hist[b]).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut family = e.encode_descriptor(
+                "ztna_sessions",
+                "Installed hop sessions.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (i, w) in workers.iter().enumerate() {
+                let worker = i.to_string();
+                ConstGauge::new(w.sessions as i64)
+                    .encode(family.encode_family(&[("worker", worker.as_str())])?)?;
+            }
+        }
+        gauge(
+            &mut e,
+            "ztna_policy_epoch",
+            "Policies loaded since start.",
+            shared.policy_epoch.load(Ordering::Relaxed) as i64,
+        )?;
+        counter(
+            &mut e,
+            "ztna_policy_rejected",
+            "Policy reloads rejected.",
+            shared.policy_rejected.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "ztna_relay_handshakes_refused",
+            "Relay handshakes refused: the key is in no relay record of the mesh view.",
+            shared.relay_refused.load(Ordering::Relaxed),
+        )?;
+        let mesh = &shared.mesh;
+        if mesh.enabled.load(Ordering::Relaxed) {
+            let flag = |b: &AtomicBool| i64::from(b.load(Ordering::Relaxed));
+            gauge(
+                &mut e,
+                "ztna_mesh_etcd_watch_connected",
+                "1 while the mesh's etcd watch is live; 0: routing on the last view seen.",
+                flag(&mesh.watch_connected),
+            )?;
+            gauge(
+                &mut e,
+                "ztna_mesh_etcd_registered",
+                "1 while this relay's registration (its lease) is kept alive in etcd.",
+                flag(&mesh.registered),
+            )?;
+            gauge(
+                &mut e,
+                "ztna_mesh_view_revision",
+                "The etcd revision of the mesh view in force.",
+                mesh.revision.load(Ordering::Relaxed) as i64,
+            )?;
+            gauge(
+                &mut e,
+                "ztna_mesh_links",
+                "Peer relays this relay holds links with.",
+                shared.mesh_links.load().len() as i64,
+            )?;
+            counter(
+                &mut e,
+                "ztna_mesh_peers_lost",
+                "Connectors and relays taken out of the routes for not answering keepalives.",
+                mesh.peers_lost.load(Ordering::Relaxed),
+            )?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -266,10 +245,10 @@ mod tests {
 
     #[test]
     fn io_drop_counters_are_rendered_per_worker() {
-        let shared = Shared::new(
+        let shared = Arc::new(Shared::new(
             proto::policy::CompiledPolicy::compile(&proto::policy::PolicyFile::default()).unwrap(),
             2,
-        );
+        ));
         for (id, base) in [(0usize, 10u64), (1, 20)] {
             let io = IoStats {
                 send_dropped: base + 1,
@@ -294,7 +273,10 @@ mod tests {
             ("io_recv_errors_total", 4),
         ] {
             assert!(
-                text.contains(&format!("# TYPE ztna_{name} counter\n")),
+                text.contains(&format!(
+                    "# TYPE ztna_{} counter\n",
+                    name.trim_end_matches("_total")
+                )),
                 "{name} undeclared in:\n{text}"
             );
             for (worker, base) in [(0, 10), (1, 20)] {

@@ -238,7 +238,7 @@ fn metrics_endpoint_exports_counters_by_reason() {
     });
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
@@ -252,6 +252,8 @@ fn metrics_endpoint_exports_counters_by_reason() {
         "{body}"
     );
     assert!(body.contains("ztna_policy_epoch 1\n"), "{body}");
+    assert!(body.contains("application/openmetrics-text"), "{body}");
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
 }
 
 #[test]
