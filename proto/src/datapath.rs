@@ -1,4 +1,4 @@
-//! The batch datapath: what a relay worker does to every received frame.
+//! The datapath: what a relay worker does to every received frame.
 //!
 //! ```text
 //! classify -> check header -> session by receiver index
@@ -14,6 +14,14 @@
 //! [`DropReason`]. Nothing here allocates, locks or makes a syscall: the
 //! function only reads the snapshots it is given and rewrites 32 header
 //! bytes in place. The payload is never touched.
+//!
+//! The entry point is one call per frame, [`Datapath::process`]: a relay
+//! worker judges each frame inside its I/O backend's receive callback, where
+//! the frame still sits in the receive buffer it is sent from, against
+//! snapshots loaded once per received batch. There is no batch-of-frames
+//! entry point: one (`FrameBatch` / `process_batch`) was only ever called by
+//! its own test, and no measurement says a separate pass over a batch would
+//! pay, so it was removed.
 
 use crate::policy::CompiledPolicy;
 use crate::route::RouteTable;
@@ -211,28 +219,6 @@ impl Counters {
     }
 }
 
-/// A batch of received frames the datapath can rewrite in place.
-pub trait FrameBatch {
-    /// Number of frames.
-    fn len(&self) -> usize;
-    /// Whether the batch is empty.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Frame `i` (exactly the datagram's bytes).
-    fn frame_mut(&mut self, i: usize) -> &mut [u8];
-}
-
-impl FrameBatch for [&mut [u8]] {
-    fn len(&self) -> usize {
-        <[&mut [u8]]>::len(self)
-    }
-
-    fn frame_mut(&mut self, i: usize) -> &mut [u8] {
-        self[i]
-    }
-}
-
 /// One worker's view of everything the datapath needs for a batch: the
 /// snapshots (shared, immutable) and the worker's own mutable state.
 #[derive(Debug)]
@@ -252,20 +238,6 @@ pub struct Datapath<'a> {
 }
 
 impl Datapath<'_> {
-    /// Judges every frame of `batch`, rewriting forwarded frames in place,
-    /// and writes one verdict per frame into `verdicts` (which must be at
-    /// least as long as the batch; extra frames are left unjudged).
-    pub fn process_batch<B: FrameBatch + ?Sized>(
-        &mut self,
-        batch: &mut B,
-        verdicts: &mut [Verdict],
-    ) {
-        let n = batch.len().min(verdicts.len());
-        for (i, verdict) in verdicts.iter_mut().enumerate().take(n) {
-            *verdict = self.process(batch.frame_mut(i));
-        }
-    }
-
     /// Judges one frame, rewriting it in place when it is forwarded.
     #[inline]
     pub fn process(&mut self, frame: &mut [u8]) -> Verdict {
@@ -655,24 +627,6 @@ mod tests {
         assert_eq!(dp.process(&mut hs), Verdict::Handshake);
         assert_eq!(dp.process(&mut ka), Verdict::Local);
         assert_eq!((fx.counters.handshakes, fx.counters.local), (1, 1));
-    }
-
-    #[test]
-    fn batch_gives_one_verdict_per_frame() {
-        let mut fx = Fixture::new(4, 8);
-        let mut bufs: Vec<Vec<u8>> = (0..16).map(|i| frame(&mut fx, i % 4, i % 8)).collect();
-        let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
-        let mut verdicts = [Verdict::Local; 16];
-        fx.datapath(Mode::Ztna)
-            .process_batch(slices.as_mut_slice(), &mut verdicts);
-        for (i, v) in verdicts.iter().enumerate() {
-            let expect = if i % 8 % 4 == 0 {
-                Verdict::Drop(DropReason::Denied)
-            } else {
-                Verdict::Forward(CONNECTOR_HOP)
-            };
-            assert_eq!(*v, expect, "frame {i}");
-        }
     }
 
     proptest::proptest! {
