@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     for mode in Mode::ALL {
         let mut buf = data.to_vec();
         let v = fx.datapath(mode).process(&mut buf);
-        if let Verdict::Forward(_) = v {
+        if let Verdict::Forward { .. } = v {
             // Only a frame that authenticates (or any well-formed frame in
             // forward mode) is forwarded, and it stays well-formed.
             assert!(Frame::new_checked(&buf[..]).is_ok());

@@ -23,6 +23,8 @@
 //! its own test, and no measurement says a separate pass over a batch would
 //! pay, so it was removed.
 
+use std::net::SocketAddr;
+
 use crate::policy::CompiledPolicy;
 use crate::route::RouteTable;
 use crate::session::{AuthFailure, HopId, Peer, SessionTable, TxCounters};
@@ -131,8 +133,16 @@ impl DropReason {
 /// What to do with one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Send the (rewritten, re-tagged) frame to this hop.
-    Forward(HopId),
+    /// Send the (rewritten, re-tagged) frame to `to`, the endpoint of the
+    /// next hop `hop`. The datapath resolved both against the routing
+    /// snapshot it judged the frame with, so the caller sends without a
+    /// second look-up (one that could miss and drop the frame unseen).
+    Forward {
+        /// The next hop the frame was rewritten and tagged for.
+        hop: HopId,
+        /// Where to send it: the next hop's endpoint.
+        to: SocketAddr,
+    },
     /// An authenticated keepalive or control frame for this node.
     Local,
     /// A hop handshake frame: hand it to the control thread as is.
@@ -208,7 +218,7 @@ impl Counters {
         self.frames += 1;
         self.bytes += len as u64;
         match verdict {
-            Verdict::Forward(_) => {
+            Verdict::Forward { .. } => {
                 self.forwarded += 1;
                 self.forwarded_bytes += len as u64;
             }
@@ -305,7 +315,10 @@ impl Datapath<'_> {
         frame.rewrite_for_next_hop(hop.remote_index(), counter);
         let tag = hop.key().tag(frame.tagged());
         frame.set_tag(&tag);
-        Ok(Verdict::Forward(hop_id))
+        Ok(Verdict::Forward {
+            hop: hop_id,
+            to: hop.endpoint(),
+        })
     }
 }
 
@@ -321,6 +334,12 @@ mod tests {
 
     const ALLOWED: u32 = 1;
     const DENIED: u32 = 4;
+
+    /// The verdict forwarding to `hop` of the fixture's routes.
+    fn forward(fx: &Fixture, hop: HopId) -> Verdict {
+        let to = fx.routes.hop(hop).expect("the hop is routed").endpoint();
+        Verdict::Forward { hop, to }
+    }
 
     fn frame(fx: &mut Fixture, user: u32, service: u32) -> Vec<u8> {
         let mut buf = vec![0xab; 200];
@@ -361,7 +380,11 @@ mod tests {
         let before = buf.clone();
         assert_eq!(
             fx.datapath(Mode::Ztna).process(&mut buf),
-            Verdict::Forward(CONNECTOR_HOP)
+            Verdict::Forward {
+                hop: CONNECTOR_HOP,
+                to: "127.0.0.1:9".parse().unwrap(),
+            },
+            "the connector's hop and its endpoint, from the same snapshot"
         );
         let f = Frame::new_checked(&buf[..]).unwrap();
         assert_eq!(f.receiver(), ReceiverIndex(0xc0));
@@ -383,7 +406,7 @@ mod tests {
         );
         assert_eq!(
             fx.datapath(Mode::Vpn).process(&mut b),
-            Verdict::Forward(CONNECTOR_HOP)
+            forward(&fx, CONNECTOR_HOP)
         );
         assert_eq!(fx.counters.dropped(DropReason::Denied), 1);
     }
@@ -398,7 +421,7 @@ mod tests {
             let mut forged = frame(&mut fx, 0, ALLOWED);
             forged[24] ^= 1;
             let mut dp = fx.datapath(mode);
-            assert!(matches!(dp.process(&mut first), Verdict::Forward(_)));
+            assert!(matches!(dp.process(&mut first), Verdict::Forward { .. }));
             assert_eq!(dp.process(&mut replay), Verdict::Drop(DropReason::Replay));
             assert_eq!(dp.process(&mut forged), Verdict::Drop(DropReason::BadTag));
             // The forged frame did not burn its counter: the real one passes.
@@ -412,7 +435,7 @@ mod tests {
                 ServiceId(ALLOWED),
                 &HopKey::new(&user_key(0)),
             );
-            assert!(matches!(dp.process(&mut real), Verdict::Forward(_)));
+            assert!(matches!(dp.process(&mut real), Verdict::Forward { .. }));
         }
     }
 
@@ -423,7 +446,7 @@ mod tests {
         forged[24] ^= 1;
         assert_eq!(
             fx.datapath(Mode::Forward).process(&mut forged),
-            Verdict::Forward(CONNECTOR_HOP)
+            forward(&fx, CONNECTOR_HOP)
         );
     }
 
@@ -491,7 +514,7 @@ mod tests {
         );
         assert_eq!(
             fx.datapath(Mode::Ztna).process(&mut buf),
-            Verdict::Forward(HopId(3))
+            forward(&fx, HopId(3))
         );
         let f = Frame::new_checked(&buf[..]).unwrap();
         assert_eq!(f.receiver(), ReceiverIndex(0x1002));
@@ -536,7 +559,13 @@ mod tests {
             counter += 1;
             fx.datapath(Mode::Ztna).process(&mut buf)
         };
-        assert_eq!(from_relay(&mut fx, 1, ALLOWED), Verdict::Forward(link));
+        assert_eq!(
+            from_relay(&mut fx, 1, ALLOWED),
+            Verdict::Forward {
+                hop: link,
+                to: "127.0.0.1:11".parse().unwrap()
+            }
+        );
         assert_eq!(
             from_relay(&mut fx, 1, DENIED),
             Verdict::Drop(DropReason::Denied),
@@ -545,7 +574,7 @@ mod tests {
         let mut buf = frame(&mut fx, 1, ALLOWED);
         assert_eq!(
             fx.datapath(Mode::Ztna).process(&mut buf),
-            Verdict::Forward(CONNECTOR_HOP)
+            forward(&fx, CONNECTOR_HOP)
         );
     }
 
@@ -635,7 +664,10 @@ mod tests {
             let mut fx = Fixture::new(2, 8);
             let mut buf = bytes;
             let v = fx.datapath(Mode::ALL[mode]).process(&mut buf);
-            proptest::prop_assert!(matches!(v, Verdict::Drop(_) | Verdict::Handshake | Verdict::Forward(_) | Verdict::Local));
+            if let Verdict::Forward { .. } = v {
+                // Whatever is forwarded is still a well-formed frame.
+                proptest::prop_assert!(Frame::new_checked(&buf[..]).is_ok());
+            }
             proptest::prop_assert_eq!(fx.counters.frames, 1);
         }
     }

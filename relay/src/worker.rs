@@ -138,10 +138,7 @@ pub fn run(
             }
             .process(frame);
             match verdict {
-                Verdict::Forward(hop) => match routes.hop(hop) {
-                    Some(h) => Action::Forward(h.endpoint()),
-                    None => Action::Consume,
-                },
+                Verdict::Forward { to, .. } => Action::Forward(to),
                 // Initiations, and responses and cookie replies to a mesh
                 // relay's own initiations: the control thread parses them
                 // and drops what answers nothing it sent.
