@@ -1,7 +1,8 @@
 //! The datapath: what a relay worker does to every received frame.
 //!
 //! ```text
-//! classify -> check header -> session by receiver index
+//! classify -> [handshake kinds] check (kind, length), hand to the control thread
+//!          -> check header -> session by receiver index
 //!   -> [vpn, ztna] replay pre-check, hop tag, replay mark
 //!   -> [ztna] ids bound to the hop's peer, policy(user, service)
 //!   -> route (by service upstream, by user downstream)
@@ -25,6 +26,7 @@
 
 use std::net::SocketAddr;
 
+use crate::handshake::frames::{self, HandshakeKind};
 use crate::policy::CompiledPolicy;
 use crate::route::RouteTable;
 use crate::session::{AuthFailure, HopId, Peer, SessionTable, TxCounters};
@@ -96,11 +98,18 @@ pub enum DropReason {
     Spoofed,
     /// The next hop's key reached its usage limit; it needs a rekey.
     KeyExhausted,
+    /// A hop handshake frame (initiation, response, cookie reply) whose
+    /// length, Noise length field or reserved bytes do not fit its kind
+    /// ([`frames::parse`]).
+    BadHandshake,
+    /// A handshake response or cookie reply at a node that sends no
+    /// initiations (a relay outside a mesh): it answers nothing.
+    UnsolicitedHandshake,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 11;
     /// All reasons, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
@@ -112,6 +121,8 @@ impl DropReason {
         DropReason::TtlExpired,
         DropReason::Spoofed,
         DropReason::KeyExhausted,
+        DropReason::BadHandshake,
+        DropReason::UnsolicitedHandshake,
     ];
 
     /// A short, stable name for metrics labels.
@@ -126,6 +137,8 @@ impl DropReason {
             DropReason::TtlExpired => "ttl_expired",
             DropReason::Spoofed => "spoofed",
             DropReason::KeyExhausted => "key_exhausted",
+            DropReason::BadHandshake => "bad_handshake",
+            DropReason::UnsolicitedHandshake => "unsolicited_handshake",
         }
     }
 }
@@ -145,8 +158,9 @@ pub enum Verdict {
     },
     /// An authenticated keepalive or control frame for this node.
     Local,
-    /// A hop handshake frame: hand it to the control thread as is.
-    Handshake,
+    /// A hop handshake frame of this kind, of a length its kind allows,
+    /// that this node accepts: hand it to the control thread as is.
+    Handshake(HandshakeKind),
     /// Drop it; it has been counted.
     Drop(DropReason),
 }
@@ -165,7 +179,8 @@ pub struct Counters {
     pub forwarded_bytes: u64,
     /// Keepalive and control frames for this node.
     pub local: u64,
-    /// Hop handshake frames handed to the control thread.
+    /// Hop handshake frames handed to the control thread
+    /// ([`Verdict::Handshake`]).
     pub handshakes: u64,
     /// Drops, indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
@@ -223,7 +238,7 @@ impl Counters {
                 self.forwarded_bytes += len as u64;
             }
             Verdict::Local => self.local += 1,
-            Verdict::Handshake => self.handshakes += 1,
+            Verdict::Handshake(_) => self.handshakes += 1,
             Verdict::Drop(r) => self.drops[r as usize] += 1,
         }
     }
@@ -235,6 +250,11 @@ impl Counters {
 pub struct Datapath<'a> {
     /// How much to check.
     pub mode: Mode,
+    /// Whether this node sends hop initiations (a relay in a mesh links to
+    /// other relays): only then are handshake responses and cookie replies
+    /// for it. Elsewhere they are dropped as
+    /// [`DropReason::UnsolicitedHandshake`].
+    pub initiates: bool,
     /// The live policy snapshot.
     pub policy: &'a CompiledPolicy,
     /// The live routing snapshot.
@@ -264,7 +284,15 @@ impl Datapath<'_> {
     fn judge(&mut self, buf: &mut [u8]) -> Result<Verdict, DropReason> {
         let kind = wire::classify(buf).map_err(|_: WireError| DropReason::Malformed)?;
         if !kind.has_hop_header() {
-            return Ok(Verdict::Handshake);
+            // By (kind, length), as the control thread will parse it: what
+            // could never parse is dropped here, not queued.
+            let kind = frames::parse(buf)
+                .map_err(|_| DropReason::BadHandshake)?
+                .kind();
+            if kind != HandshakeKind::Init && !self.initiates {
+                return Err(DropReason::UnsolicitedHandshake);
+            }
+            return Ok(Verdict::Handshake(kind));
         }
         let mut frame = Frame::new_checked(buf).map_err(|_| DropReason::Malformed)?;
         let session = self
@@ -641,7 +669,7 @@ mod tests {
     #[test]
     fn handshakes_and_keepalives_stay_on_this_node() {
         let mut fx = Fixture::new(1, 8);
-        let mut hs = vec![Kind::HandshakeInit.byte0(); 120];
+        let mut hs = frames::emit_init(ReceiverIndex(7), &[0; frames::NOISE_INIT_MIN_LEN]).unwrap();
         let mut ka = vec![0; HEADER_LEN];
         write_frame(
             &mut ka,
@@ -653,9 +681,90 @@ mod tests {
             &HopKey::new(&user_key(0)),
         );
         let mut dp = fx.datapath(Mode::Ztna);
-        assert_eq!(dp.process(&mut hs), Verdict::Handshake);
+        assert_eq!(dp.process(&mut hs), Verdict::Handshake(HandshakeKind::Init));
         assert_eq!(dp.process(&mut ka), Verdict::Local);
         assert_eq!((fx.counters.handshakes, fx.counters.local), (1, 1));
+    }
+
+    /// A response and a cookie reply of the right sizes.
+    fn answers() -> [(Vec<u8>, HandshakeKind); 2] {
+        let response = frames::emit_response(
+            ReceiverIndex(8),
+            ReceiverIndex(7),
+            &[0; frames::NOISE_RESPONSE_MIN_LEN],
+        )
+        .unwrap();
+        let cookie = frames::emit_cookie_reply(ReceiverIndex(7), &[0; 24], &[0; 32]).to_vec();
+        [
+            (response, HandshakeKind::Response),
+            (cookie, HandshakeKind::CookieReply),
+        ]
+    }
+
+    #[test]
+    fn answers_to_initiations_reach_only_a_node_that_initiates() {
+        for mode in Mode::ALL {
+            let mut fx = Fixture::new(1, 8);
+            for (mut frame, _) in answers() {
+                assert_eq!(
+                    fx.datapath(mode).process(&mut frame),
+                    Verdict::Drop(DropReason::UnsolicitedHandshake),
+                    "{mode}"
+                );
+            }
+            assert_eq!(fx.counters.dropped(DropReason::UnsolicitedHandshake), 2);
+            assert_eq!(fx.counters.handshakes, 0);
+
+            fx.initiates = true;
+            for (mut frame, kind) in answers() {
+                assert_eq!(
+                    fx.datapath(mode).process(&mut frame),
+                    Verdict::Handshake(kind),
+                    "{mode}"
+                );
+            }
+            assert_eq!(fx.counters.handshakes, 2);
+        }
+    }
+
+    #[test]
+    fn handshake_frames_of_the_wrong_size_are_dropped() {
+        let init = frames::emit_init(ReceiverIndex(7), &[0; frames::NOISE_INIT_MIN_LEN]).unwrap();
+        let [(response, _), (cookie, _)] = answers();
+        let mut long_init = init.clone();
+        long_init.push(0);
+        let mut long_cookie = cookie.clone();
+        long_cookie.push(0);
+        let oversized = frames::emit_init(
+            ReceiverIndex(7),
+            &vec![0; frames::INIT_MAX_LEN - frames::INIT_MIN_LEN + frames::NOISE_INIT_MIN_LEN + 1],
+        )
+        .unwrap();
+        let mut bad = vec![
+            init[..init.len() - 1].to_vec(),
+            long_init,
+            oversized,
+            vec![Kind::HandshakeInit.byte0(); 120],
+            response[..response.len() - 1].to_vec(),
+            cookie[..cookie.len() - 1].to_vec(),
+            long_cookie,
+        ];
+        let mut fx = Fixture::new(1, 8);
+        fx.initiates = true;
+        for frame in &mut bad {
+            assert_eq!(
+                fx.datapath(Mode::Ztna).process(frame),
+                Verdict::Drop(DropReason::BadHandshake),
+                "{} bytes of kind {:#x}",
+                frame.len(),
+                frame[0]
+            );
+        }
+        assert_eq!(
+            fx.counters.dropped(DropReason::BadHandshake),
+            bad.len() as u64
+        );
+        assert_eq!(fx.counters.handshakes, 0);
     }
 
     proptest::proptest! {

@@ -31,6 +31,9 @@ pub struct Fixture {
     pub tx: TxCounters,
     /// The worker's counters.
     pub counters: Counters,
+    /// Whether the relay sends hop initiations (is in a mesh); `false`
+    /// unless a test sets it.
+    pub initiates: bool,
     users: u32,
     next_counter: Vec<u64>,
     user_keys: Vec<HopKey>,
@@ -96,6 +99,7 @@ impl Fixture {
             sessions,
             tx,
             counters: Counters::default(),
+            initiates: false,
             users,
             next_counter: vec![0; users as usize],
             user_keys: (0..users).map(|u| HopKey::new(&user_key(u))).collect(),
@@ -106,6 +110,7 @@ impl Fixture {
     pub fn datapath(&mut self, mode: Mode) -> Datapath<'_> {
         Datapath {
             mode,
+            initiates: self.initiates,
             policy: &self.policy,
             routes: &self.routes,
             sessions: &mut self.sessions,

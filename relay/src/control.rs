@@ -1,7 +1,9 @@
 //! The control thread: hop handshakes, session lifetimes, routes, policy
 //! reloads, signals, control messages.
 //!
-//! Workers hand it every hop handshake frame with the worker's id and the
+//! Workers hand it every hop handshake frame their datapath accepted (by
+//! kind and length: initiations, and in a mesh responses and cookie
+//! replies to this relay's own initiations) with the worker's id and the
 //! source address. It answers through the same worker (so the reply leaves
 //! from the socket the peer's flow hashes to), installs the receive half of
 //! a new session into that worker *before* the reply is sent, and publishes

@@ -3,8 +3,9 @@
 //! The loop: take control messages (new sessions, replies to send), wait
 //! for a batch, judge every frame with `proto`'s datapath against the
 //! snapshots loaded once for that batch, and let the backend send the
-//! forwarded frames grouped by next hop. Hop handshakes and authenticated
-//! control frames are copied to the control thread; those are the only
+//! forwarded frames grouped by next hop. Hop handshakes the datapath
+//! accepted and authenticated control frames are copied to the control
+//! thread; those are the only
 //! per-frame copies, and they are off the data path.
 
 use std::net::SocketAddr;
@@ -99,6 +100,10 @@ pub fn run(
     let mut counters = Counters::default();
     let mut shed = Shed::default();
     let mut last_publish = Instant::now();
+    // A relay in a mesh initiates hop handshakes with other relays, from
+    // each worker's link port: only then may responses and cookie replies
+    // reach the control thread.
+    let initiates = io.link_addr().is_some();
 
     while !shared.stop.load(Ordering::Relaxed) {
         for msg in inbox.try_iter() {
@@ -130,6 +135,7 @@ pub fn run(
             tx.ensure(routes.hop_slots());
             let verdict = Datapath {
                 mode,
+                initiates,
                 policy,
                 routes,
                 sessions: &mut sessions,
@@ -139,10 +145,11 @@ pub fn run(
             .process(frame);
             match verdict {
                 Verdict::Forward { to, .. } => Action::Forward(to),
-                // Initiations, and responses and cookie replies to a mesh
-                // relay's own initiations: the control thread parses them
-                // and drops what answers nothing it sent.
-                Verdict::Handshake => {
+                // Well-sized initiations, and in a mesh responses and
+                // cookie replies (the datapath dropped them elsewhere): the
+                // control thread parses them and drops what answers
+                // nothing it sent.
+                Verdict::Handshake(_) => {
                     let msg = FromWorker::Handshake {
                         worker: id,
                         from,

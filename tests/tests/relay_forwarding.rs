@@ -286,3 +286,30 @@ fn one_identity_cannot_pile_up_sessions() {
     socket.send_to(&f, rig.world.relay_addr()).unwrap();
     rig.await_counters("the newest session's frame", |c| c.forwarded == 1);
 }
+
+#[test]
+fn handshake_frames_are_judged_by_kind_and_length() {
+    use proto::handshake::frames::{COOKIE_REPLY_LEN, NOISE_RESPONSE_MIN_LEN, RESPONSE_MIN_LEN};
+    for io in backends() {
+        let rig = Rig::start(io).unwrap();
+        // An initiation too short to hold a Noise message.
+        rig.send_from_user(&[Kind::HandshakeInit.byte0(); 120]);
+        // A well-formed response and cookie reply: this relay is in no
+        // mesh, so it sent no initiation they could answer.
+        let mut response = vec![0u8; RESPONSE_MIN_LEN];
+        response[0] = Kind::HandshakeResponse.byte0();
+        response[12..14].copy_from_slice(&(NOISE_RESPONSE_MIN_LEN as u16).to_be_bytes());
+        rig.send_from_user(&response);
+        let mut cookie = vec![0u8; COOKIE_REPLY_LEN];
+        cookie[0] = Kind::CookieReply.byte0();
+        rig.send_from_user(&cookie);
+        let c = rig.await_counters("handshake drops", |c| c.dropped_total() == 3);
+        assert_eq!(c.dropped(DropReason::BadHandshake), 1, "{io}: {c:?}");
+        // Dropped, hence not handed to the control thread.
+        assert_eq!(
+            c.dropped(DropReason::UnsolicitedHandshake),
+            2,
+            "{io}: {c:?}"
+        );
+    }
+}

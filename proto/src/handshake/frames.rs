@@ -12,8 +12,10 @@
 //! ```
 //!
 //! [`parse`] classifies a datagram by `(kind, length)` against the named
-//! constants below and returns borrowed views, so the receiver index and
-//! macs are read before any cryptography. It never panics.
+//! constants below (each kind's minimum and maximum length) and returns
+//! borrowed views, so the receiver index and macs are read before any
+//! cryptography. It never panics. A relay's datapath runs it on every
+//! handshake-kind frame before handing the frame to its control thread.
 
 use crate::ids::ReceiverIndex;
 use crate::wire::{classify, Kind, WireError};
@@ -48,12 +50,17 @@ pub const COOKIE_REPLY_LEN: usize = 8 + COOKIE_NONCE_LEN + COOKIE_LEN + COOKIE_T
 /// Longest initiation: the IK payload is a timestamp (8), the sender index
 /// (4) and the largest certificate.
 pub const INIT_MAX_LEN: usize = INIT_MIN_LEN + 8 + 4 + crate::identity::MAX_CERT_LEN;
+/// Longest response: the IK payload is the sender index (4) and the
+/// largest certificate.
+pub const RESPONSE_MAX_LEN: usize = RESPONSE_MIN_LEN + 4 + crate::identity::MAX_CERT_LEN;
 
 // A cookie reply answers an initiation and must never amplify it.
 const _: () = assert!(COOKIE_REPLY_LEN <= INIT_MIN_LEN);
-// The largest initiation fits one datagram at the IPv6 minimum MTU
-// (1280 - 40 IPv6 - 8 UDP), so handshakes never rely on fragmentation.
+// The largest initiation and response fit one datagram at the IPv6
+// minimum MTU (1280 - 40 IPv6 - 8 UDP), so handshakes never rely on
+// fragmentation.
 const _: () = assert!(INIT_MAX_LEN <= 1232);
+const _: () = assert!(RESPONSE_MAX_LEN <= 1232);
 
 /// A checked view of a `HandshakeInit` frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,20 +116,50 @@ pub enum HandshakeFrame<'a> {
     CookieReply(CookieReplyFrame<'a>),
 }
 
-/// Classifies and checks a hop handshake datagram. Errors: too short
-/// ([`WireError::Truncated`]), wrong version, a kind that is not a hop
-/// handshake kind or non-zero reserved bytes ([`WireError::BadKind`]), a
-/// Noise length that disagrees with the datagram ([`WireError::BadLength`]).
+impl HandshakeFrame<'_> {
+    /// Which of the three messages this is.
+    #[inline]
+    pub const fn kind(&self) -> HandshakeKind {
+        match self {
+            HandshakeFrame::Init(_) => HandshakeKind::Init,
+            HandshakeFrame::Response(_) => HandshakeKind::Response,
+            HandshakeFrame::CookieReply(_) => HandshakeKind::CookieReply,
+        }
+    }
+}
+
+/// The kind of a hop handshake frame that [`parse`] accepted: what a
+/// relay's datapath tells its worker, which hands the frame on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HandshakeKind {
+    /// A `HandshakeInit`: a peer starts a hop session with this node.
+    Init,
+    /// A `HandshakeResponse`: the answer to an initiation this node sent.
+    Response,
+    /// A `CookieReply`: the peer is under load and wants this node's
+    /// initiation again, with mac2.
+    CookieReply,
+}
+
+/// Classifies and checks a hop handshake datagram by `(kind, length)`.
+/// Errors: shorter than the kind's minimum ([`WireError::Truncated`]),
+/// wrong version, a kind that is not a hop handshake kind or non-zero
+/// reserved bytes ([`WireError::BadKind`]), longer than the kind's maximum
+/// or a Noise length that disagrees with the datagram
+/// ([`WireError::BadLength`]).
 pub fn parse(buf: &[u8]) -> Result<HandshakeFrame<'_>, WireError> {
     let kind = classify(buf)?;
-    let min = match kind {
-        Kind::HandshakeInit => INIT_MIN_LEN,
-        Kind::HandshakeResponse => RESPONSE_MIN_LEN,
-        Kind::CookieReply => COOKIE_REPLY_LEN,
+    let (min, max) = match kind {
+        Kind::HandshakeInit => (INIT_MIN_LEN, INIT_MAX_LEN),
+        Kind::HandshakeResponse => (RESPONSE_MIN_LEN, RESPONSE_MAX_LEN),
+        Kind::CookieReply => (COOKIE_REPLY_LEN, COOKIE_REPLY_LEN),
         _ => return Err(WireError::BadKind),
     };
     if buf.len() < min {
         return Err(WireError::Truncated);
+    }
+    if buf.len() > max {
+        return Err(WireError::BadLength);
     }
     if buf[1..4] != [0, 0, 0] {
         return Err(WireError::BadKind);
@@ -153,9 +190,6 @@ pub fn parse(buf: &[u8]) -> Result<HandshakeFrame<'_>, WireError> {
             }))
         }
         _ => {
-            if buf.len() != COOKIE_REPLY_LEN {
-                return Err(WireError::BadLength);
-            }
             let (nonce, sealed) = buf[8..].split_at(COOKIE_NONCE_LEN);
             Ok(HandshakeFrame::CookieReply(CookieReplyFrame {
                 receiver: sender,
@@ -288,6 +322,41 @@ mod tests {
         let mut long = f.to_vec();
         long.push(0);
         assert_eq!(parse(&long), Err(WireError::BadLength));
+    }
+
+    #[test]
+    fn longest_init_and_response_pass_one_byte_more_does_not() {
+        let cert_max = crate::identity::MAX_CERT_LEN;
+        let init = emit_init(
+            ReceiverIndex(1),
+            &vec![0; NOISE_INIT_MIN_LEN + 12 + cert_max],
+        )
+        .unwrap();
+        assert_eq!(init.len(), INIT_MAX_LEN);
+        assert_eq!(parse(&init).map(|f| f.kind()), Ok(HandshakeKind::Init));
+        let init = emit_init(
+            ReceiverIndex(1),
+            &vec![0; NOISE_INIT_MIN_LEN + 13 + cert_max],
+        )
+        .unwrap();
+        assert_eq!(parse(&init), Err(WireError::BadLength));
+
+        let noise = vec![0; NOISE_RESPONSE_MIN_LEN + 4 + cert_max];
+        let resp = emit_response(ReceiverIndex(1), ReceiverIndex(2), &noise).unwrap();
+        assert_eq!(resp.len(), RESPONSE_MAX_LEN);
+        assert_eq!(parse(&resp).map(|f| f.kind()), Ok(HandshakeKind::Response));
+        let noise = vec![0; NOISE_RESPONSE_MIN_LEN + 5 + cert_max];
+        let resp = emit_response(ReceiverIndex(1), ReceiverIndex(2), &noise).unwrap();
+        assert_eq!(parse(&resp), Err(WireError::BadLength));
+
+        // The figures docs/wire.md gives.
+        assert_eq!((INIT_MAX_LEN, RESPONSE_MAX_LEN), (1118, 1066));
+
+        let cookie = emit_cookie_reply(ReceiverIndex(1), &[0; 24], &[0; 32]);
+        assert_eq!(
+            parse(&cookie).map(|f| f.kind()),
+            Ok(HandshakeKind::CookieReply)
+        );
     }
 
     #[test]
