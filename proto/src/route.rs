@@ -1,10 +1,12 @@
 //! Where frames go next: an immutable routing snapshot.
 //!
-//! Built by the control thread from the live hop sessions (which connector
-//! serves which service, which user is attached where, which peer relay
-//! announces what) and swapped into the workers as a whole, like the policy.
-//! Lookups are by integer id in maps with a multiplicative hash: a few
-//! nanoseconds, no allocation.
+//! A relay's control thread keeps a [`RouteBuilder`] (module [`build`]) up
+//! to date as hop sessions come and go, the policy changes (which connector
+//! serves which service) and the mesh changes (what other relays reach),
+//! and after each batch of changes takes a [`RouteTable`] snapshot from it,
+//! which it swaps into the workers as a whole, like the policy. Lookups are
+//! by integer id in maps with a multiplicative hash: a few nanoseconds, no
+//! allocation.
 
 use core::hash::{BuildHasherDefault, Hasher};
 use std::collections::HashMap;
@@ -12,6 +14,10 @@ use std::sync::Arc;
 
 use crate::ids::{ServiceId, UserId};
 use crate::session::{HopId, TxHop};
+
+pub mod build;
+
+pub use build::{LocalConnector, MeshEntry, MeshRoutes, RouteBuilder, RouteSession};
 
 /// Hasher for integer ids: one multiplication, high bits folded down. Ids
 /// are not attacker-chosen in these maps (the control thread fills them from
@@ -105,6 +111,11 @@ pub struct ServiceRoute {
 }
 
 /// The next hops this node knows, and which ids they lead to.
+///
+/// Immutable once published: a relay builds a new one for every change
+/// ([`RouteBuilder::table`], a copy of the whole table: every hop, every
+/// service's lists, every routed user) and swaps it in whole; the setters
+/// below build tables by hand (tests, fixtures).
 #[derive(Debug, Default)]
 pub struct RouteTable {
     hops: Vec<Option<Arc<TxHop>>>,
