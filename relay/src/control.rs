@@ -44,7 +44,7 @@ use proto::hoptag::HopKey;
 use proto::identity::Role;
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
 use proto::policy::CompiledPolicy;
-use proto::route::{pick, RouteTable};
+use proto::route::{RouteBuilder, RouteSession};
 use proto::session::{HopId, IndexAllocator, Peer, RxSession, TxHop};
 use proto::wire::{Frame, HeaderRepr, Kind, DEFAULT_TTL, HEADER_LEN};
 
@@ -157,8 +157,9 @@ pub struct Control {
     free_hops: Vec<u32>,
     next_serial: u64,
     policy_source: PolicySource,
-    /// Connector id -> the services it serves, from the live policy.
-    connector_services: HashMap<u32, Vec<ServiceId>>,
+    /// The routes, kept up to date as sessions, the policy and the mesh
+    /// change; each publication takes a snapshot of them.
+    routing: RouteBuilder,
     rng: rand::rngs::StdRng,
     stats: ControlStats,
     routes_dirty: bool,
@@ -173,11 +174,6 @@ pub struct Control {
     announced_users: BTreeSet<UserId>,
     /// The mesh as etcd last said it was (empty outside a mesh).
     view: Arc<MeshView>,
-    /// Service -> every connector of it in the mesh (id, static key), in
-    /// the order of its [`proto::route::ServiceRoute::mesh`] list (rebuilt
-    /// with the routing snapshot): what a user's directory names when the
-    /// service has no connector here.
-    mesh_connectors: HashMap<ServiceId, Vec<(u32, [u8; 32])>>,
     /// Links to the other relays of the mesh, if this relay is in one.
     mesh: Option<MeshLinks>,
 }
@@ -193,7 +189,8 @@ impl Control {
         policy_source: PolicySource,
     ) -> Control {
         use rand::SeedableRng;
-        let connector_services = connector_services(&shared.policy.load());
+        let mut routing = RouteBuilder::new();
+        routing.set_connector_services(connector_services(&shared.policy.load()));
         Control {
             allocators: workers.iter().map(|_| IndexAllocator::new()).collect(),
             shared,
@@ -205,7 +202,7 @@ impl Control {
             free_hops: Vec::new(),
             next_serial: 1,
             policy_source,
-            connector_services,
+            routing,
             rng: rand::rngs::StdRng::from_entropy(),
             stats: ControlStats {
                 policy_epoch: 1,
@@ -217,7 +214,6 @@ impl Control {
             announced: BTreeMap::new(),
             announced_users: BTreeSet::new(),
             view: Arc::new(MeshView::default()),
-            mesh_connectors: HashMap::new(),
             mesh: None,
         }
     }
@@ -244,7 +240,7 @@ impl Control {
                 Ok(msg) => {
                     self.handle(msg);
                     // Drain what else is queued before publishing routes,
-                    // so a burst of handshakes costs one route rebuild.
+                    // so a burst of handshakes costs one snapshot.
                     while let Ok(msg) = self.inbox.try_recv() {
                         self.handle(msg);
                     }
@@ -414,6 +410,16 @@ impl Control {
             index = %keys.local_index,
             "hop session established"
         );
+        self.routing.insert(
+            hop_id,
+            RouteSession {
+                peer,
+                static_key: keys.peer.static_key,
+                link: worker,
+                established: now,
+                tx: Arc::clone(&hop),
+            },
+        );
         self.sessions[slot as usize] = Some(SessionEntry {
             peer,
             name: keys.peer.name,
@@ -487,6 +493,7 @@ impl Control {
             self.allocators[s.worker].release(s.index);
             self.by_index.remove(&(s.worker, s.index));
             self.free_hops.push(slot as u32);
+            self.routing.remove(HopId(slot as u32));
             self.routes_dirty = true;
             if !matches!(s.peer, Peer::User(_)) {
                 self.directories_dirty = true;
@@ -498,7 +505,8 @@ impl Control {
         match self.policy_source.load() {
             Ok(loaded) => {
                 let stats = loaded.policy.stats();
-                self.connector_services = connector_services(&loaded.policy);
+                self.routing
+                    .set_connector_services(connector_services(&loaded.policy));
                 self.shared.swap_policy(loaded.policy);
                 self.stats.policy_epoch += 1;
                 self.shared
@@ -526,62 +534,27 @@ impl Control {
         }
     }
 
-    /// Builds and publishes the routing snapshot: users to their newest
-    /// session, services to the newest session of each connector serving
-    /// them.
+    /// Publishes a snapshot of the routes ([`RouteBuilder::table`]: users
+    /// to their newest session, services to the newest live session of
+    /// every connector serving them, and in a mesh what other relays
+    /// reach), and announces this relay's services and users in etcd.
     fn publish_routes(&mut self) {
-        let mut routes = RouteTable::new();
-        let mut newest_user: HashMap<UserId, (Instant, HopId)> = HashMap::new();
-        let mut newest_connector: HashMap<u32, (Instant, HopId)> = HashMap::new();
-        for (slot, entry) in self.sessions.iter().enumerate() {
-            let Some(e) = entry else { continue };
-            let id = HopId(slot as u32);
-            routes.set_hop(id, Arc::clone(&e.hop));
-            let newer = |cur: Option<&(Instant, HopId)>| cur.is_none_or(|c| c.0 <= e.established);
-            match e.peer {
-                Peer::User(u) if newer(newest_user.get(&u)) => {
-                    newest_user.insert(u, (e.established, id));
-                }
-                Peer::Connector(c) if e.health.alive && newer(newest_connector.get(&c)) => {
-                    newest_connector.insert(c, (e.established, id));
-                }
-                _ => {}
-            }
-        }
-        let local_users: BTreeSet<UserId> = newest_user.keys().copied().collect();
-        for (u, (_, hop)) in newest_user {
-            routes.set_user(u, hop);
-        }
-        // Each service's connectors in id order: the order flows are spread
-        // over ([`proto::route::pick`]), which relays forwarding here can
-        // reproduce from the etcd record (listed in the same order).
-        let mut local: BTreeMap<ServiceId, Vec<(ConnectorRecord, HopId)>> = BTreeMap::new();
-        for (c, (_, hop)) in newest_connector {
-            let Some(key) = self.sessions[hop.0 as usize].as_ref().map(|e| e.static_key) else {
-                continue;
-            };
-            for s in self.connector_services.get(&c).into_iter().flatten() {
-                local
-                    .entry(*s)
-                    .or_default()
-                    .push((ConnectorRecord::new(c, &key), hop));
-            }
-        }
-        for connectors in local.values_mut() {
-            connectors.sort_unstable_by_key(|(c, _)| c.id);
-        }
-        for (s, connectors) in &local {
-            routes.set_service(*s, connectors.iter().map(|(_, h)| *h).collect());
-        }
-        // Then what only other relays reach, through the links that are up.
-        self.mesh_connectors = self.mesh_routes(&mut routes, &local_users, &local);
-        self.announce(
-            local
-                .into_iter()
-                .map(|(s, cs)| (s, cs.into_iter().map(|(c, _)| c).collect()))
-                .collect(),
-        );
-        self.announce_users(local_users);
+        // What the other relays reach, if the view or the links changed.
+        self.mesh_routes();
+        let routes = self.routing.table();
+        let local: BTreeMap<ServiceId, Vec<ConnectorRecord>> = self
+            .routing
+            .local_services()
+            .map(|(s, cs)| {
+                let records = cs
+                    .iter()
+                    .map(|c| ConnectorRecord::new(c.connector, &c.key))
+                    .collect();
+                (s, records)
+            })
+            .collect();
+        self.announce(local);
+        self.announce_users(self.routing.local_users().collect());
         self.shared.routes.store(Arc::new(routes));
         self.routes_dirty = false;
         self.publish_mesh_links();
@@ -724,29 +697,16 @@ impl Control {
     }
 
     /// What `user` may reach now: every service the live policy allows it
-    /// that has a route, with the connector the routing table picks for
-    /// this user, and the user's connection mode.
+    /// that has a route, with the connector the routes pick for this user
+    /// ([`RouteBuilder::connector_for`], as published: directories are
+    /// computed right after a publication), and the user's connection mode.
     fn directory(&self, user: UserId) -> Directory {
         let policy = self.shared.policy.load();
-        let routes = self.shared.routes.load();
         let services = policy
             .services()
             .filter(|s| policy.allowed(user, s.id))
             .filter_map(|s| {
-                let route = routes.service(s.id)?;
-                let (connector, connector_key) = if route.local.is_empty() {
-                    // Through the mesh: the connector every relay on the
-                    // path picks for this user, as the routes do.
-                    let all = self.mesh_connectors.get(&s.id)?;
-                    *all.get(pick(user, s.id, all.len()))?
-                } else {
-                    let hop = route.local.get(pick(user, s.id, route.local.len()))?;
-                    let next = self.sessions.get(hop.0 as usize)?.as_ref()?;
-                    match next.peer {
-                        Peer::Connector(id) => (id, next.static_key),
-                        Peer::Relay(_) | Peer::User(_) => return None,
-                    }
-                };
+                let (connector, connector_key) = self.routing.connector_for(user, s.id)?;
                 Some(ServiceEntry {
                     id: s.id,
                     name: s.name.clone(),

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use proto::control::ControlMessage;
-use proto::session::Peer;
+use proto::session::{HopId, Peer};
 
 use super::Control;
 
@@ -83,6 +83,7 @@ impl Control {
             };
             if e.health.alive && now.duration_since(e.health.last_heard) >= DEAD_AFTER {
                 e.health.alive = false;
+                self.routing.set_alive(HopId(slot as u32), false);
                 self.stats.peers_lost += 1;
                 self.routes_dirty = true;
                 self.directories_dirty = true;
@@ -112,6 +113,7 @@ impl Control {
         e.health.last_heard = now;
         if !e.health.alive {
             e.health.alive = true;
+            self.routing.set_alive(HopId(slot as u32), true);
             self.routes_dirty = true;
             self.directories_dirty = true;
             tracing::info!(peer = %e.name, "peer answers again; back in the routes");

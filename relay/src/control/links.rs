@@ -27,7 +27,7 @@
 //! leaked is useless unless its holder can also register in etcd. Sessions
 //! with relays that left the view are removed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -39,13 +39,13 @@ use proto::control::ControlMessage;
 use proto::handshake::timers::REKEY_AFTER_TIME;
 use proto::handshake::{CookieJar, HopInitiator, LocalIdentity, Trust};
 use proto::identity::{key_from_hex, Role};
-use proto::ids::{ReceiverIndex, ServiceId, UserId};
-use proto::route::RouteTable;
-use proto::session::{HopId, Peer};
+use proto::ids::{ReceiverIndex, ServiceId};
+use proto::route::{MeshEntry, MeshRoutes};
+use proto::session::Peer;
 
 use super::{unix_nanos, Control};
 use crate::mesh::paths;
-use crate::mesh::registry::{ConnectorRecord, RelayId, RelayRecord};
+use crate::mesh::registry::{RelayId, RelayRecord};
 use crate::mesh::view::{MeshView, MeshWatch};
 use crate::worker::ToWorker;
 
@@ -72,6 +72,9 @@ pub struct MeshLinks {
     peers: Option<BTreeSet<RelayId>>,
     /// The links last published in this relay's etcd record.
     published_links: Vec<String>,
+    /// The view and the linked relays the route builder's mesh input was
+    /// last derived from (`None`: not yet).
+    routed: Option<(Arc<MeshView>, BTreeSet<RelayId>)>,
 }
 
 impl fmt::Debug for MeshLinks {
@@ -119,6 +122,7 @@ impl MeshLinks {
             outbound: BTreeMap::new(),
             peers: None,
             published_links: Vec::new(),
+            routed: None,
         }
     }
 
@@ -143,49 +147,27 @@ impl MeshLinks {
 }
 
 impl Control {
-    /// Adds to `routes` what the mesh reaches, over the links that are up:
+    /// Tells the route builder what the mesh reaches over the links that
+    /// are up, when the view or the set of linked relays changed since it
+    /// was last told (it keeps the rest up to date itself):
     ///
-    /// * every service, as its [`ServiceRoute::mesh`] list: one entry per
-    ///   connector of the service anywhere in the mesh (this relay's from
-    ///   `local`, the others' from their etcd records), sorted by relay id
-    ///   then connector id, each the next hop on the shortest path to the
-    ///   connector's relay ([`paths::first_hops`]). Relays that no path
-    ///   reaches are left out.
-    /// * each user with no session here (`local_users`) to the next hop
-    ///   towards the relay the view says holds it.
+    /// * per service, every connector of it behind another relay (from the
+    ///   relays' etcd records), each with its relay's place in relay-id
+    ///   order (this relay's own connectors take their place from
+    ///   [`MeshRoutes::me`]) and the relay first on the shortest path to it
+    ///   ([`paths::first_hops`]); relays that no path reaches are left out;
+    /// * each user the view places on another relay, with the relay first
+    ///   on the path there (a session here takes precedence).
     ///
-    /// Returns, per service, the connectors of the mesh list in the same
-    /// order (what a user's directory names), and publishes this relay's
-    /// live links in its etcd record when they changed.
-    ///
-    /// [`ServiceRoute::mesh`]: proto::route::ServiceRoute::mesh
-    pub(super) fn mesh_routes(
-        &mut self,
-        routes: &mut RouteTable,
-        local_users: &BTreeSet<UserId>,
-        local: &BTreeMap<ServiceId, Vec<(ConnectorRecord, HopId)>>,
-    ) -> HashMap<ServiceId, Vec<(u32, [u8; 32])>> {
-        let mut remote = HashMap::new();
+    /// Also publishes this relay's live links in its etcd record when they
+    /// changed.
+    pub(super) fn mesh_routes(&mut self) {
         let Some(mesh) = self.mesh.as_ref() else {
-            return remote;
+            return;
         };
-        // The newest live session of each link (relay static key,
-        // worker), grouped per relay in worker order.
-        let mut newest: BTreeMap<([u8; 32], usize), (Instant, HopId)> = BTreeMap::new();
-        for (slot, e) in self.sessions.iter().enumerate() {
-            let Some(e) = e
-                .as_ref()
-                .filter(|e| matches!(e.peer, Peer::Relay(_)) && e.health.alive)
-            else {
-                continue;
-            };
-            let at = (e.static_key, e.worker);
-            if newest.get(&at).is_none_or(|n| n.0 <= e.established) {
-                newest.insert(at, (e.established, HopId(slot as u32)));
-            }
-        }
-        let mut link: BTreeMap<RelayId, HopId> = BTreeMap::new();
         let mut declared: BTreeMap<RelayId, BTreeSet<RelayId>> = BTreeMap::new();
+        let mut keys: BTreeMap<&RelayId, [u8; 32]> = BTreeMap::new();
+        let mut mine: BTreeSet<RelayId> = BTreeSet::new();
         for (id, record) in self.view.relays() {
             if *id == mesh.me {
                 continue;
@@ -194,58 +176,68 @@ impl Control {
             let Some(key) = key_from_hex(&record.public_key) else {
                 continue;
             };
-            let hops: Vec<HopId> = newest
-                .range((key, 0)..=(key, usize::MAX))
-                .map(|(_, (_, hop))| *hop)
-                .collect();
-            if let Some(group) = routes.add_group(hops) {
-                link.insert(id.clone(), group);
+            keys.insert(id, key);
+            if self.routing.is_linked(&key) {
+                mine.insert(id.clone());
             }
         }
-        let mine: BTreeSet<RelayId> = link.keys().cloned().collect();
+        let unchanged = mesh
+            .routed
+            .as_ref()
+            .is_some_and(|(view, linked)| Arc::ptr_eq(view, &self.view) && *linked == mine);
+        if unchanged {
+            return;
+        }
         let paths = paths::first_hops(&mesh.me, &mine, &declared);
-        let services: BTreeSet<ServiceId> =
-            self.view.services().chain(local.keys().copied()).collect();
+        let via = |relay: &RelayId| paths.get(relay).and_then(|p| keys.get(&p.first)).copied();
+        // Every relay lists connectors by (relay id, connector id): a
+        // relay's place in that order is its rank among the relay ids.
+        let order: BTreeMap<&RelayId, u32> = self
+            .view
+            .relays()
+            .keys()
+            .chain([&mesh.me])
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .zip(0..)
+            .collect();
+        let mut input = MeshRoutes {
+            me: order.get(&mesh.me).copied().unwrap_or_default(),
+            ..MeshRoutes::default()
+        };
+        let services: BTreeSet<ServiceId> = self.view.services().collect();
         for service in services {
-            let mut entries: Vec<(&RelayId, u32, [u8; 32], HopId)> = Vec::new();
-            for (c, hop) in local.get(&service).into_iter().flatten() {
-                if let Some(key) = c.static_key() {
-                    entries.push((&mesh.me, c.id, key, *hop));
-                }
-            }
+            let mut entries = Vec::new();
             for (relay, record) in self.view.relays_for(service) {
                 if *relay == mesh.me {
                     continue;
                 }
-                let Some(hop) = paths.get(relay).and_then(|p| link.get(&p.first)) else {
+                let (Some(via), Some(&rank)) = (via(relay), order.get(relay)) else {
                     continue;
                 };
                 for c in &record.connectors {
                     if let Some(key) = c.static_key() {
-                        entries.push((relay, c.id, key, *hop));
+                        entries.push(MeshEntry {
+                            relay: rank,
+                            connector: c.id,
+                            key,
+                            via,
+                        });
                     }
                 }
             }
-            entries.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-            entries.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
-            routes.set_service_mesh(service, entries.iter().map(|e| e.3).collect());
-            remote.insert(service, entries.iter().map(|e| (e.1, e.2)).collect());
+            input.services.insert(service, entries);
         }
         for user in self.view.users() {
-            if local_users.contains(&user) {
-                continue;
-            }
-            let hop = self
-                .view
-                .relay_of_user(user)
-                .and_then(|r| paths.get(r))
-                .and_then(|p| link.get(&p.first));
-            if let Some(hop) = hop {
-                routes.set_user(user, *hop);
+            if let Some(via) = self.view.relay_of_user(user).and_then(via) {
+                input.users.push((user, via));
             }
         }
+        self.routing.set_mesh(input);
         let links: Vec<String> = mine.iter().map(|r| r.as_str().to_owned()).collect();
+        let view = Arc::clone(&self.view);
         if let Some(mesh) = self.mesh.as_mut() {
+            mesh.routed = Some((view, mine));
             if mesh.published_links != links {
                 if let Some(registry) = &self.registry {
                     registry.set_links(links.clone());
@@ -253,7 +245,6 @@ impl Control {
                 mesh.published_links = links;
             }
         }
-        remote
     }
 
     /// Mesh housekeeping, once per loop: take the newest view, start or
