@@ -367,8 +367,8 @@ impl Client {
             listeners.insert(token, listener);
         }
         Ok(Client {
-            user: UserId(cert.id),
-            name: cert.name.clone(),
+            user: UserId(cert.body.id),
+            name: cert.body.name.clone(),
             identity,
             ca,
             mode: ClientMode::Proxy,

@@ -144,8 +144,8 @@ impl Connector {
     ) -> Connector {
         let cert = identity.certificate().clone();
         Connector {
-            id: cert.id,
-            name: cert.name.clone(),
+            id: cert.body.id,
+            name: cert.body.name.clone(),
             responder: E2eResponder::new(identity, Trust::new(ca, &[Role::User])),
             policy,
             pairs: HashMap::new(),
@@ -216,7 +216,7 @@ impl Connector {
                     return;
                 }
             };
-        tracing::info!(user = user.0, peer = %keys.peer.name, service = service.0, %target, "end-to-end session established");
+        tracing::info!(user = user.0, peer = %keys.peer.body.name, service = service.0, %target, "end-to-end session established");
         let session = E2eSession::new(keys, now);
         self.by_index.insert(index, (user, service));
         let (mtu, pool) = (self.mtu, ctx.pool.clone());

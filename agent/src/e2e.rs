@@ -64,7 +64,7 @@ impl std::fmt::Debug for E2eSession {
             .field("local_index", &self.local_index)
             .field("remote_index", &self.remote_index)
             .field("next_counter", &self.next_counter)
-            .field("peer", &self.peer.name)
+            .field("peer", &self.peer.body.name)
             .finish_non_exhaustive()
     }
 }

@@ -187,7 +187,7 @@ impl Hop {
         dead_after: Duration,
         now: Instant,
     ) -> Hop {
-        let self_id = identity.certificate().id;
+        let self_id = identity.certificate().body.id;
         Hop {
             relay,
             relay_key,
@@ -370,7 +370,7 @@ impl Hop {
             Ok(Kind::HandshakeResponse) => {
                 match p.initiator.handle_response(frame, now, unix_nanos) {
                     Ok(keys) => {
-                        tracing::info!(relay = %self.relay, peer = %keys.peer.name, index = %keys.local_index, "hop session established");
+                        tracing::info!(relay = %self.relay, peer = %keys.peer.body.name, index = %keys.local_index, "hop session established");
                         if self.unanswered >= UNREACHABLE_AFTER {
                             tracing::info!(relay = %self.relay, "the relay answers again");
                         }
@@ -518,18 +518,18 @@ pub fn pong_body() -> Vec<u8> {
 /// that it expires within [`EXPIRY_WARNING`] (or the last quarter of its
 /// lifetime, if shorter), or nothing.
 pub fn certificate_problem(cert: &Certificate, now_unix: u64) -> Option<HopProblem> {
-    let lifetime = cert.not_after.saturating_sub(cert.not_before);
+    let lifetime = cert.body.not_after.saturating_sub(cert.body.not_before);
     let warn_before = EXPIRY_WARNING.as_secs().min(lifetime / 4);
-    if now_unix > cert.not_after {
+    if now_unix > cert.body.not_after {
         Some(HopProblem::CertificateExpired {
-            name: cert.name.clone(),
-            not_after: cert.not_after,
+            name: cert.body.name.clone(),
+            not_after: cert.body.not_after,
         })
-    } else if cert.not_after - now_unix <= warn_before {
+    } else if cert.body.not_after - now_unix <= warn_before {
         Some(HopProblem::CertificateExpiring {
-            name: cert.name.clone(),
-            not_after: cert.not_after,
-            left: cert.not_after - now_unix,
+            name: cert.body.name.clone(),
+            not_after: cert.body.not_after,
+            left: cert.body.not_after - now_unix,
         })
     } else {
         None

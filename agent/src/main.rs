@@ -263,11 +263,11 @@ fn check_config(config: &Path) -> Result<()> {
     };
     println!(
         "ok: {} '{}' (id {}) runs as {what}; certificate valid until {} ({} left); relay {} ({}); status on {}",
-        cert.role,
-        cert.name,
-        cert.id,
-        agent::status::utc(cert.not_after),
-        agent::status::span(cert.not_after.saturating_sub(now)),
+        cert.body.role,
+        cert.body.name,
+        cert.body.id,
+        agent::status::utc(cert.body.not_after),
+        agent::status::span(cert.body.not_after.saturating_sub(now)),
         cfg.relay.address,
         checked.relay,
         cfg.status.listen,

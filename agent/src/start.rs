@@ -66,26 +66,26 @@ pub fn check(cfg: &AgentConfig, now_unix: u64) -> Result<Checked> {
     let identity = relay::keys::load_identity(&ids.key, &ids.cert, &ca, now_unix)
         .map_err(|e| identity_error(e, &ids.cert))?;
     let cert = identity.certificate();
-    let policy = match (cert.role, &cfg.client, &cfg.connector) {
+    let policy = match (cert.body.role, &cfg.client, &cfg.connector) {
         (Role::Relay, _, _) => bail!(
             "[identity] cert: {} is a relay's certificate ('{}'); an agent needs a user certificate (a client) or a connector certificate (a connector): issue one with `relay ca issue --role user` or `--role connector`",
             ids.cert.display(),
-            cert.name
+            cert.body.name
         ),
         (Role::User, _, Some(_)) => bail!(
             "[connector]: {} is a user's certificate ('{}'), which makes this agent a client: replace [connector] with a [client] table, or use a connector certificate",
             ids.cert.display(),
-            cert.name
+            cert.body.name
         ),
         (Role::Connector, Some(_), _) => bail!(
             "[client]: {} is a connector's certificate ('{}'), which makes this agent a connector: replace [client] with [connector] policy = \"path to the policy file\", or use a user certificate",
             ids.cert.display(),
-            cert.name
+            cert.body.name
         ),
         (Role::Connector, None, None) => bail!(
             "{} is a connector's certificate ('{}'): the config needs a [connector] table with policy = \"path to the policy file\"",
             ids.cert.display(),
-            cert.name
+            cert.body.name
         ),
         (Role::Connector, None, Some(c)) => {
             Some(PolicyWatch::load(&c.policy).context("[connector] policy")?)
@@ -171,7 +171,7 @@ pub fn run(cfg: AgentConfig, stop: Arc<AtomicBool>) -> Result<()> {
             )
         })?;
     let mtu = usize::from(cfg.tunnel.mtu);
-    let mut role: Box<dyn RuntimeRole> = match cert.role {
+    let mut role: Box<dyn RuntimeRole> = match cert.body.role {
         Role::User => {
             let client = cfg.client.clone().unwrap_or_default();
             if client.mode == ClientMode::Tun {
@@ -188,7 +188,7 @@ pub fn run(cfg: AgentConfig, stop: Arc<AtomicBool>) -> Result<()> {
                     Some(SocketAddr::V4(a)) => a,
                     _ => DEFAULT_DNS,
                 };
-                tracing::info!(user = %cert.name, id = cert.id, relay = %relay_addr, mode = "tun", device = dev.name(), offload = dev.offload_enabled(), %dns, "client starting");
+                tracing::info!(user = %cert.body.name, id = cert.body.id, relay = %relay_addr, mode = "tun", device = dev.name(), offload = dev.offload_enabled(), %dns, "client starting");
                 Box::new(Client::new_tun(
                     identity,
                     ca,
@@ -201,7 +201,7 @@ pub fn run(cfg: AgentConfig, stop: Arc<AtomicBool>) -> Result<()> {
                 if client.listen.is_empty() {
                     tracing::warn!("no [[client.listen]] entries: nothing to proxy");
                 }
-                tracing::info!(user = %cert.name, id = cert.id, relay = %relay_addr, mode = "proxy", "client starting");
+                tracing::info!(user = %cert.body.name, id = cert.body.id, relay = %relay_addr, mode = "proxy", "client starting");
                 Box::new(Client::new(
                     identity,
                     ca,
@@ -215,7 +215,7 @@ pub fn run(cfg: AgentConfig, stop: Arc<AtomicBool>) -> Result<()> {
             let (Some(c), Some(policy)) = (&cfg.connector, policy) else {
                 bail!("a connector needs [connector] policy (checked above)");
             };
-            tracing::info!(connector = %cert.name, id = cert.id, relay = %relay_addr, policy = %c.policy.display(), "connector starting");
+            tracing::info!(connector = %cert.body.name, id = cert.body.id, relay = %relay_addr, policy = %c.policy.display(), "connector starting");
             Box::new(Connector::new(
                 identity,
                 ca,

@@ -200,25 +200,13 @@ pub struct CertificateBody {
     pub not_after: u64,
 }
 
-/// A signed node certificate.
+/// A signed node certificate: the [`CertificateBody`] a CA signed and the
+/// signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Certificate {
-    /// Node id: the user id for [`Role::User`], otherwise the connector's or
-    /// relay's id.
-    pub id: u32,
-    /// Human-readable name, used in logs and error messages.
-    pub name: String,
-    /// What the holder may act as.
-    pub role: Role,
-    /// Policy groups the holder is a member of.
-    pub groups: Vec<String>,
-    /// The node's X25519 Noise static public key.
-    pub static_key: [u8; 32],
-    /// Start of validity, unix seconds.
-    pub not_before: u64,
-    /// End of validity (inclusive), unix seconds.
-    pub not_after: u64,
-    /// The CA's Ed25519 signature over the encoding of all fields above.
+    /// The signed fields.
+    pub body: CertificateBody,
+    /// The CA's Ed25519 signature over the encoding of `body`.
     pub signature: [u8; SIGNATURE_LEN],
 }
 
@@ -273,25 +261,7 @@ impl CaKeypair {
         msg.extend_from_slice(SIGNING_CONTEXT);
         encode_body(&body, &mut msg);
         let signature = self.signing.sign(&msg).to_bytes();
-        let CertificateBody {
-            id,
-            name,
-            role,
-            groups,
-            static_key,
-            not_before,
-            not_after,
-        } = body;
-        Ok(Certificate {
-            id,
-            name,
-            role,
-            groups,
-            static_key,
-            not_before,
-            not_after,
-            signature,
-        })
+        Ok(Certificate { body, signature })
     }
 
     /// The secret seed in armored hex text, for the CA's offline file.
@@ -354,55 +324,43 @@ impl fmt::Debug for CaPublicKey {
 }
 
 impl Certificate {
-    /// The signed fields, without the signature.
-    pub fn body(&self) -> CertificateBody {
-        CertificateBody {
-            id: self.id,
-            name: self.name.clone(),
-            role: self.role,
-            groups: self.groups.clone(),
-            static_key: self.static_key,
-            not_before: self.not_before,
-            not_after: self.not_after,
-        }
-    }
-
     /// Checks the signature against `ca`, the validity window against
     /// `now_unix` (seconds), and the cheap structural rules (field caps, a
     /// non-zero static key). Roles are the caller's business.
     pub fn verify(&self, ca: &CaPublicKey, now_unix: u64) -> Result<(), CertError> {
-        check_fields(&self.name, &self.groups)?;
-        if self.static_key == [0; 32] {
-            return Err(CertError::ZeroStaticKey(self.name.clone()));
+        let body = &self.body;
+        check_fields(&body.name, &body.groups)?;
+        if body.static_key == [0; 32] {
+            return Err(CertError::ZeroStaticKey(body.name.clone()));
         }
-        if now_unix > self.not_after {
+        if now_unix > body.not_after {
             return Err(CertError::Expired {
-                name: self.name.clone(),
-                not_after: self.not_after,
+                name: body.name.clone(),
+                not_after: body.not_after,
                 now: now_unix,
             });
         }
-        if now_unix < self.not_before {
+        if now_unix < body.not_before {
             return Err(CertError::NotYetValid {
-                name: self.name.clone(),
-                not_before: self.not_before,
+                name: body.name.clone(),
+                not_before: body.not_before,
                 now: now_unix,
             });
         }
         let mut msg = Vec::with_capacity(SIGNING_CONTEXT.len() + MAX_CERT_LEN);
         msg.extend_from_slice(SIGNING_CONTEXT);
-        encode_fields(self, &mut msg);
+        encode_body(body, &mut msg);
         let sig = ed25519_dalek::Signature::from_bytes(&self.signature);
         // Strict verification rejects malleable signatures and small-order
         // keys, so one certificate has exactly one valid encoding.
         ca.0.verify_strict(&msg, &sig)
-            .map_err(|_| CertError::BadSignature(self.name.clone()))
+            .map_err(|_| CertError::BadSignature(body.name.clone()))
     }
 
     /// The compact binary encoding (see the module docs).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(MAX_CERT_LEN);
-        encode_fields(self, &mut out);
+        encode_body(&self.body, &mut out);
         out.extend_from_slice(&self.signature);
         out
     }
@@ -438,13 +396,15 @@ impl Certificate {
             return Err(CertError::TrailingBytes(r.0.len()));
         }
         Ok(Certificate {
-            id,
-            name,
-            role,
-            groups,
-            static_key,
-            not_before,
-            not_after,
+            body: CertificateBody {
+                id,
+                name,
+                role,
+                groups,
+                static_key,
+                not_before,
+                not_after,
+            },
             signature,
         })
     }
@@ -500,59 +460,22 @@ fn check_fields(name: &str, groups: &[String]) -> Result<(), CertError> {
     Ok(())
 }
 
-/// Writes the signed part of the encoding. The caller has checked the caps,
-/// so the length casts cannot truncate.
+/// Writes the signed part of the encoding. Lengths saturate rather than
+/// wrap: an over-long field (only possible in a hand-built `Certificate`;
+/// [`CaKeypair::issue`] checks the caps first) then fails to parse or verify
+/// instead of silently re-framing the following bytes.
 fn encode_body(b: &CertificateBody, out: &mut Vec<u8>) {
-    encode_parts(
-        b.id,
-        &b.name,
-        b.role,
-        &b.groups,
-        &b.static_key,
-        b.not_before,
-        b.not_after,
-        out,
-    );
-}
-
-fn encode_fields(c: &Certificate, out: &mut Vec<u8>) {
-    encode_parts(
-        c.id,
-        &c.name,
-        c.role,
-        &c.groups,
-        &c.static_key,
-        c.not_before,
-        c.not_after,
-        out,
-    );
-}
-
-#[allow(clippy::too_many_arguments)]
-fn encode_parts(
-    id: u32,
-    name: &str,
-    role: Role,
-    groups: &[String],
-    static_key: &[u8; 32],
-    not_before: u64,
-    not_after: u64,
-    out: &mut Vec<u8>,
-) {
     out.push(CERT_VERSION);
-    out.push(role.to_byte());
-    out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(static_key);
-    out.extend_from_slice(&not_before.to_be_bytes());
-    out.extend_from_slice(&not_after.to_be_bytes());
-    // Lengths saturate rather than wrap: an over-long field (only possible
-    // for a hand-built `Certificate`) then fails to parse or verify instead
-    // of silently re-framing the following bytes.
-    let name = name.as_bytes();
+    out.push(b.role.to_byte());
+    out.extend_from_slice(&b.id.to_be_bytes());
+    out.extend_from_slice(&b.static_key);
+    out.extend_from_slice(&b.not_before.to_be_bytes());
+    out.extend_from_slice(&b.not_after.to_be_bytes());
+    let name = b.name.as_bytes();
     out.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
     out.extend_from_slice(name);
-    out.push(u8::try_from(groups.len()).unwrap_or(u8::MAX));
-    for g in groups {
+    out.push(u8::try_from(b.groups.len()).unwrap_or(u8::MAX));
+    for g in &b.groups {
         out.push(u8::try_from(g.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(g.as_bytes());
     }
@@ -722,7 +645,7 @@ mod tests {
         let ca = ca();
         let cert = ca.issue(body()).unwrap();
         cert.verify(&ca.public(), NOW).unwrap();
-        assert_eq!(cert.body(), body());
+        assert_eq!(cert.body, body());
     }
 
     #[test]
@@ -755,14 +678,14 @@ mod tests {
         let ca = ca();
         let cert = ca.issue(body()).unwrap();
         let mutations: [fn(&mut Certificate); 9] = [
-            |c| c.id += 1,
-            |c| c.name.push('x'),
-            |c| c.role = Role::Relay,
-            |c| c.groups.push("admin".into()),
-            |c| c.groups.swap(0, 1),
-            |c| c.static_key[31] ^= 1,
-            |c| c.not_before -= 1,
-            |c| c.not_after += 1,
+            |c| c.body.id += 1,
+            |c| c.body.name.push('x'),
+            |c| c.body.role = Role::Relay,
+            |c| c.body.groups.push("admin".into()),
+            |c| c.body.groups.swap(0, 1),
+            |c| c.body.static_key[31] ^= 1,
+            |c| c.body.not_before -= 1,
+            |c| c.body.not_after += 1,
             |c| c.signature[0] ^= 1,
         ];
         for (i, m) in mutations.iter().enumerate() {
@@ -770,7 +693,7 @@ mod tests {
             m(&mut c);
             assert_eq!(
                 c.verify(&ca.public(), NOW),
-                Err(CertError::BadSignature(c.name.clone())),
+                Err(CertError::BadSignature(c.body.name.clone())),
                 "mutation {i}"
             );
         }

@@ -197,7 +197,7 @@ mod tests {
             (l.local_index(), l.remote_index()),
             (ReceiverIndex(7), ReceiverIndex(9))
         );
-        assert_eq!(l.peer().name, "relay-1");
+        assert_eq!(l.peer().body.name, "relay-1");
         let mut f = vec![0xee; HEADER_LEN + 30];
         l.write_header(&mut f, Kind::DataUp, UserId(3), ServiceId(5));
         let frame = Frame::new_checked(&f[..]).unwrap();

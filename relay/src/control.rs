@@ -331,11 +331,11 @@ impl Control {
         );
         match outcome {
             Ok(InitOutcome::Established { keys, .. })
-                if keys.peer.role == Role::Relay
+                if keys.peer.body.role == Role::Relay
                     && !self
                         .mesh
                         .as_ref()
-                        .is_some_and(|m| m.admits(&keys.peer.static_key)) =>
+                        .is_some_and(|m| m.admits(&keys.peer.body.static_key)) =>
             {
                 // A relay certificate whose key no relay registered in
                 // etcd: no session, no response.
@@ -344,7 +344,7 @@ impl Control {
                 self.shared
                     .relay_refused
                     .store(self.stats.relay_refused, Ordering::Relaxed);
-                tracing::debug!(worker, %from, peer = %keys.peer.name, id = keys.peer.id, "relay handshake refused: its key is in no relay record of the mesh view");
+                tracing::debug!(worker, %from, peer = %keys.peer.body.name, id = keys.peer.body.id, "relay handshake refused: its key is in no relay record of the mesh view");
             }
             Ok(InitOutcome::Established { response, keys }) => {
                 self.establish(worker, from, keys, now);
@@ -371,10 +371,10 @@ impl Control {
         keys: HopSessionKeys,
         now: Instant,
     ) -> usize {
-        let peer = match keys.peer.role {
-            Role::User => Peer::User(UserId(keys.peer.id)),
-            Role::Connector => Peer::Connector(keys.peer.id),
-            Role::Relay => Peer::Relay(keys.peer.id),
+        let peer = match keys.peer.body.role {
+            Role::User => Peer::User(UserId(keys.peer.body.id)),
+            Role::Connector => Peer::Connector(keys.peer.body.id),
+            Role::Relay => Peer::Relay(keys.peer.body.id),
         };
         let hop = Arc::new(TxHop::new(
             from,
@@ -402,9 +402,9 @@ impl Control {
         self.by_index
             .insert((worker, keys.local_index), slot as usize);
         tracing::info!(
-            peer = %keys.peer.name,
-            role = %keys.peer.role,
-            id = keys.peer.id,
+            peer = %keys.peer.body.name,
+            role = %keys.peer.body.role,
+            id = keys.peer.body.id,
             %from,
             worker,
             index = %keys.local_index,
@@ -422,12 +422,12 @@ impl Control {
         );
         self.sessions[slot as usize] = Some(SessionEntry {
             peer,
-            name: keys.peer.name,
+            name: keys.peer.body.name,
             worker,
             index: keys.local_index,
             hop,
             established: now,
-            static_key: keys.peer.static_key,
+            static_key: keys.peer.body.static_key,
             pinged: false,
             sent_digest: 0,
             ping_tokens: PING_BURST,

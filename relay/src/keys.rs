@@ -95,7 +95,7 @@ pub fn load_identity(
             path: cert.to_owned(),
             error,
         })?;
-    if certificate.static_key != public_key(&private) {
+    if certificate.body.static_key != public_key(&private) {
         return Err(KeyFileError::KeyMismatch {
             cert: cert.to_owned(),
             key: key.to_owned(),

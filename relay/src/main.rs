@@ -260,11 +260,11 @@ fn run(args: RunArgs) -> Result<()> {
     }
     let ca = keys::load_ca(&config.ca)?;
     let identity = keys::load_identity(&config.key, &config.certificate, &ca, unix_secs())?;
-    if identity.certificate().role != Role::Relay {
+    if identity.certificate().body.role != Role::Relay {
         bail!(
             "{} is a {} certificate; a relay needs one issued with --role relay",
             config.certificate.display(),
-            identity.certificate().role
+            identity.certificate().body.role
         );
     }
     let relay = Relay::start(RelayOptions {
@@ -440,14 +440,14 @@ fn ca(cmd: CaCommand) -> Result<()> {
         }
         CaCommand::Show { cert, ca } => {
             let c = keys::load_certificate(&cert)?;
-            println!("id:         {}", c.id);
-            println!("name:       {}", c.name);
-            println!("role:       {}", c.role);
-            println!("groups:     {}", c.groups.join(", "));
-            println!("static key: {}", to_hex(&c.static_key));
+            println!("id:         {}", c.body.id);
+            println!("name:       {}", c.body.name);
+            println!("role:       {}", c.body.role);
+            println!("groups:     {}", c.body.groups.join(", "));
+            println!("static key: {}", to_hex(&c.body.static_key));
             println!(
                 "valid:      {} .. {} (unix seconds)",
-                c.not_before, c.not_after
+                c.body.not_before, c.body.not_after
             );
             if let Some(ca) = ca {
                 let ca = keys::load_ca(&ca)?;

@@ -229,11 +229,11 @@ impl E2eResponder {
     ) -> Result<(Vec<u8>, E2eSessionKeys), HandshakeError> {
         let init = E2eInitBody::parse(body)?;
         let same_user = |cert: &Certificate| {
-            if cert.role == Role::User && cert.id != user.0 {
+            if cert.body.role == Role::User && cert.body.id != user.0 {
                 return Err(HandshakeError::UserMismatch {
                     frame: user,
-                    name: cert.name.clone(),
-                    cert_user: UserId(cert.id),
+                    name: cert.body.name.clone(),
+                    cert_user: UserId(cert.body.id),
                 });
             }
             Ok(())
@@ -326,8 +326,8 @@ mod tests {
             (c_keys.local_index, c_keys.remote_index),
             (ReceiverIndex(22), ReceiverIndex(11))
         );
-        assert_eq!(a_keys.peer.role, Role::Connector);
-        assert_eq!(c_keys.peer.name, "alice");
+        assert_eq!(a_keys.peer.body.role, Role::Connector);
+        assert_eq!(c_keys.peer.body.name, "alice");
     }
 
     #[test]

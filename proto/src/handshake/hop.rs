@@ -269,7 +269,7 @@ impl HopResponder {
             unix_nanos,
         )?;
         let mut response = emit_response(local_index, init.sender, &noise)?;
-        stamp(&mut response, &mac1_key(&done.peer.static_key), None);
+        stamp(&mut response, &mac1_key(&done.peer.body.static_key), None);
         Ok(InitOutcome::Established {
             response,
             keys: HopSessionKeys {
@@ -387,9 +387,9 @@ mod tests {
             (r_keys.local_index, r_keys.remote_index),
             (ReceiverIndex(200), ReceiverIndex(100))
         );
-        assert_eq!(i_keys.peer.name, "relay-1");
-        assert_eq!(r_keys.peer.name, "alice");
-        assert_eq!(r_keys.peer.role, Role::User);
+        assert_eq!(i_keys.peer.body.name, "relay-1");
+        assert_eq!(r_keys.peer.body.name, "alice");
+        assert_eq!(r_keys.peer.body.role, Role::User);
         assert_eq!(i_keys.established_at, p.now);
         // A second response cannot complete the same attempt.
         assert_eq!(
@@ -756,7 +756,7 @@ mod tests {
         );
         let mine = init.handle_response(&response, now, NOW_NS).unwrap();
         assert_eq!(mine.send_key, keys.recv_key);
-        assert_eq!(keys.peer.role, Role::Relay);
+        assert_eq!(keys.peer.body.role, Role::Relay);
     }
 
     #[test]

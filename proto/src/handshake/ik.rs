@@ -98,7 +98,7 @@ pub struct LocalIdentity {
 impl core::fmt::Debug for LocalIdentity {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("LocalIdentity")
-            .field("certificate", &self.certificate.name)
+            .field("certificate", &self.certificate.body.name)
             .finish_non_exhaustive()
     }
 }
@@ -124,7 +124,7 @@ impl LocalIdentity {
 
     /// This node's static public key, as its certificate states it.
     pub fn public_key(&self) -> &[u8; 32] {
-        &self.certificate.static_key
+        &self.certificate.body.static_key
     }
 
     /// This node's static private key (to write it to a key file).
@@ -161,16 +161,16 @@ impl Trust {
         unix_nanos: u64,
     ) -> Result<(), HandshakeError> {
         // Cheap comparisons first; the signature check is the costly part.
-        if !self.allowed_roles.contains(&cert.role) {
+        if !self.allowed_roles.contains(&cert.body.role) {
             return Err(HandshakeError::RoleNotAllowed {
-                name: cert.name.clone(),
-                role: cert.role,
+                name: cert.body.name.clone(),
+                role: cert.body.role,
                 allowed: self.allowed_roles.clone(),
             });
         }
-        if remote_static != Some(&cert.static_key[..]) {
+        if remote_static != Some(&cert.body.static_key[..]) {
             return Err(HandshakeError::StaticKeyMismatch {
-                name: cert.name.clone(),
+                name: cert.body.name.clone(),
             });
         }
         cert.verify(&self.ca, unix_nanos / 1_000_000_000)?;

@@ -32,9 +32,9 @@ impl TimestampTable {
     /// Fails with [`HandshakeError::Replay`] unless `timestamp` is newer
     /// than any accepted from `peer`.
     pub(crate) fn check(&self, peer: &Certificate, timestamp: u64) -> Result<(), HandshakeError> {
-        match self.latest.get(&peer.static_key) {
+        match self.latest.get(&peer.body.static_key) {
             Some(&last) if timestamp <= last => Err(HandshakeError::Replay {
-                name: peer.name.clone(),
+                name: peer.body.name.clone(),
                 timestamp,
                 last,
             }),
@@ -44,7 +44,7 @@ impl TimestampTable {
 
     /// Records an accepted timestamp.
     pub(crate) fn record(&mut self, peer: &Certificate, timestamp: u64) {
-        let e = self.latest.entry(peer.static_key).or_insert(timestamp);
+        let e = self.latest.entry(peer.body.static_key).or_insert(timestamp);
         *e = (*e).max(timestamp);
     }
 
