@@ -254,10 +254,7 @@ mod tests {
     const DIG_A_UNKNOWN: &str = "ed6501200001000000000001046e6f706504636f7270047a746e61000001000100002904d000000000000c000a0008e87eef63b353488c";
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        proto::identity::armour::from_hex(s).expect("hex digits")
     }
 
     fn services(name: &str) -> Option<Ipv4Addr> {

@@ -3,13 +3,13 @@
 //!
 //! The static private key file holds the X25519 key as 64 hex characters
 //! between `-----BEGIN ZTNA STATIC KEY-----` and `-----END ZTNA STATIC
-//! KEY-----` lines. Certificates and CA keys use `proto::identity`'s text
-//! forms.
+//! KEY-----` lines: the same armour (`proto::identity::armour`) as the
+//! certificates and CA keys.
 
 use std::path::{Path, PathBuf};
 
 use proto::handshake::LocalIdentity;
-use proto::identity::{CaPublicKey, CertError, Certificate};
+use proto::identity::{armour, CaPublicKey, CertError, Certificate};
 
 const STATIC_KEY_LABEL: &str = "ZTNA STATIC KEY";
 
@@ -111,17 +111,12 @@ pub fn public_key(private: &[u8; 32]) -> [u8; 32] {
 
 /// The text form of a static private key.
 pub fn static_key_to_text(private: &[u8; 32]) -> String {
-    let hex = proto::identity::to_hex(private);
-    format!("-----BEGIN {STATIC_KEY_LABEL}-----\n{hex}\n-----END {STATIC_KEY_LABEL}-----\n")
+    armour::encode(STATIC_KEY_LABEL, private)
 }
 
 /// Parses [`static_key_to_text`]'s output.
 pub fn parse_static_key(text: &str) -> Option<[u8; 32]> {
-    let begin = format!("-----BEGIN {STATIC_KEY_LABEL}-----");
-    let end = format!("-----END {STATIC_KEY_LABEL}-----");
-    let body = text.trim().strip_prefix(&begin)?.strip_suffix(&end)?;
-    let hex: String = body.split_whitespace().collect();
-    proto::identity::key_from_hex(&hex)
+    armour::decode_key(STATIC_KEY_LABEL, text).ok()
 }
 
 #[cfg(test)]

@@ -55,15 +55,7 @@ pub fn decode(label: &'static str, text: &str) -> Result<Vec<u8>, CertError> {
             ended = true;
             break;
         }
-        let digits = line.as_bytes();
-        if digits.len() % 2 != 0 {
-            return Err(bad());
-        }
-        for pair in digits.chunks_exact(2) {
-            let hi = hex_val(pair[0]).ok_or_else(bad)?;
-            let lo = hex_val(pair[1]).ok_or_else(bad)?;
-            out.push(hi << 4 | lo);
-        }
+        out.extend(from_hex(line).ok_or_else(bad)?);
     }
     if !ended || lines.next().is_some() {
         return Err(bad());
@@ -71,18 +63,34 @@ pub fn decode(label: &'static str, text: &str) -> Result<Vec<u8>, CertError> {
     Ok(out)
 }
 
+/// A 32-byte key armoured under `label` (see [`decode`]); any other length
+/// is [`CertError::BadText`].
+pub fn decode_key(label: &'static str, text: &str) -> Result<[u8; 32], CertError> {
+    decode(label, text)?
+        .try_into()
+        .map_err(|_| CertError::BadText(label))
+}
+
+/// The bytes of an even number of hex digits (either case); `None` for
+/// anything else. Never panics, whatever the text.
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    let digits = text.as_bytes();
+    if digits.len() % 2 != 0 {
+        return None;
+    }
+    digits
+        .chunks_exact(2)
+        .map(|pair| Some(hex_val(pair[0])? << 4 | hex_val(pair[1])?))
+        .collect()
+}
+
 /// A 32-byte key from exactly 64 hex digits (either case); `None` for
 /// anything else. Never panics, whatever the text.
 pub fn key_from_hex(text: &str) -> Option<[u8; 32]> {
-    let digits = text.as_bytes();
-    if digits.len() != 64 {
+    if text.len() != 64 {
         return None;
     }
-    let mut key = [0u8; 32];
-    for (b, pair) in key.iter_mut().zip(digits.chunks_exact(2)) {
-        *b = hex_val(pair[0])? << 4 | hex_val(pair[1])?;
-    }
-    Some(key)
+    from_hex(text)?.try_into().ok()
 }
 
 fn hex_val(c: u8) -> Option<u8> {
@@ -109,5 +117,57 @@ mod tests {
         assert_eq!(key_from_hex(&format!("{}zz", &text[..62])), None);
         // Multi-byte characters of the right byte length must not panic.
         assert_eq!(key_from_hex(&"é".repeat(32)), None);
+    }
+
+    #[test]
+    fn hex_of_any_length_round_trips_and_junk_is_refused() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(from_hex(&to_hex(&bytes)), Some(bytes));
+        assert_eq!(from_hex(""), Some(vec![]));
+        assert_eq!(from_hex("0A1b"), Some(vec![0x0a, 0x1b]));
+        assert_eq!(from_hex("abc"), None);
+        assert_eq!(from_hex("0g"), None);
+        assert_eq!(from_hex(" 00"), None);
+        assert_eq!(from_hex("é"), None);
+    }
+
+    #[test]
+    fn armour_round_trips_and_refuses_what_is_not_it() {
+        let bytes: Vec<u8> = (0..100).collect();
+        let text = encode("TEST", &bytes);
+        // 200 hex digits: lines of 64, 64, 64 and 8.
+        assert_eq!(text.lines().count(), 6);
+        assert!(text.starts_with("-----BEGIN TEST-----\n"));
+        assert!(text.ends_with("-----END TEST-----\n"));
+        assert_eq!(decode("TEST", &text), Ok(bytes.clone()));
+        // Surrounding whitespace and blank lines do not matter.
+        let loose = format!("\n  {}\n\n", text.replace('\n', "\n\n  "));
+        assert_eq!(decode("TEST", &loose), Ok(bytes));
+        let bad = Err(CertError::BadText("TEST"));
+        assert_eq!(decode("TEST", &encode("OTHER", &[1])), bad);
+        assert_eq!(decode("TEST", "-----BEGIN TEST-----\n00\n"), bad);
+        assert_eq!(decode("TEST", &text.replacen("00", "0", 1)), bad);
+        assert_eq!(decode("TEST", &text.replacen("00", "zz", 1)), bad);
+        assert_eq!(decode("TEST", &format!("{text}00\n")), bad);
+        assert_eq!(decode("TEST", &format!("junk\n{text}")), bad);
+    }
+
+    #[test]
+    fn keys_decode_only_at_32_bytes() {
+        let key = [0x5a; 32];
+        assert_eq!(decode_key("KEY", &encode("KEY", &key)), Ok(key));
+        let bad = Err(CertError::BadText("KEY"));
+        assert_eq!(decode_key("KEY", &encode("KEY", &key[..31])), bad);
+        assert_eq!(decode_key("KEY", &encode("KEY", &[0x5a; 33])), bad);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_never_panics(s in ".{0,200}") {
+            let _ = from_hex(&s);
+            let _ = key_from_hex(&s);
+            let _ = decode("KEY", &s);
+            let _ = decode_key("KEY", &format!("-----BEGIN KEY-----\n{s}\n-----END KEY-----"));
+        }
     }
 }

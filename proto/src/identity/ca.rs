@@ -70,12 +70,10 @@ impl CaKeypair {
 
     /// Parses [`CaKeypair::to_text`] output.
     pub fn from_text(text: &str) -> Result<CaKeypair, CertError> {
-        let bytes = armour::decode(CA_SECRET_LABEL, text)?;
-        let seed: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| CertError::BadText(CA_SECRET_LABEL))?;
-        Ok(CaKeypair::from_seed(&seed))
+        Ok(CaKeypair::from_seed(&armour::decode_key(
+            CA_SECRET_LABEL,
+            text,
+        )?))
     }
 }
 
@@ -115,12 +113,7 @@ impl CaPublicKey {
 
     /// Parses [`CaPublicKey::to_text`] output.
     pub fn from_text(text: &str) -> Result<CaPublicKey, CertError> {
-        let bytes = armour::decode(CA_PUBLIC_LABEL, text)?;
-        let key: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| CertError::BadText(CA_PUBLIC_LABEL))?;
-        CaPublicKey::from_bytes(&key)
+        CaPublicKey::from_bytes(&armour::decode_key(CA_PUBLIC_LABEL, text)?)
     }
 }
 

@@ -516,11 +516,11 @@ impl Control {
 
 #[cfg(test)]
 mod tests {
-    use proto::identity::key_from_hex as parse_key;
+    use proto::identity::{key_from_hex as parse_key, to_hex};
 
     #[test]
     fn record_keys_parse_as_hex_or_not_at_all() {
-        let hex: String = (0u8..32).map(|b| format!("{b:02x}")).collect();
+        let hex = to_hex(&core::array::from_fn::<u8, 32, _>(|b| b as u8));
         let key = parse_key(&hex).unwrap();
         assert_eq!(key[31], 31);
         assert!(parse_key(&hex[..62]).is_none());
