@@ -4,7 +4,8 @@
 //! `proto::hoptag::HopKey`, whatever candidate it wraps.
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use proto::hoptag::candidates::{Blake3Keyed, GmacAesGcm, HopMac, SipHash24, SipHash24Fixed};
-use proto::hoptag::{HopKey, TAGGED_LEN};
+use proto::hoptag::HopKey;
+use proto::wire::TAGGED_LEN;
 
 const KEY: [u8; 32] = [0x5c; 32];
 

@@ -15,11 +15,9 @@
 pub mod backend;
 
 use crate::ids::{ReceiverIndex, ServiceId, UserId};
+use crate::wire::E2E_TAG_LEN;
 use backend::Aes256GcmBackend;
 use core::fmt;
-
-/// Length of the end-to-end authentication tag.
-pub const E2E_TAG_LEN: usize = 16;
 
 /// Length of a GCM nonce: 4 zero bytes and the 64-bit counter.
 pub const NONCE_LEN: usize = 12;

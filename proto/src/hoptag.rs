@@ -30,14 +30,9 @@
 
 pub mod candidates;
 
+use crate::wire::{HOP_TAG_LEN, TAGGED_LEN};
 use candidates::HopMac;
 use core::fmt;
-
-/// Length of the hop tag on the wire, in bytes.
-pub const TAG_LEN: usize = 8;
-
-/// Number of leading header bytes the hop tag authenticates.
-pub const TAGGED_LEN: usize = 24;
 
 /// The MAC used for hop tags; see the module documentation for why.
 type Chosen = candidates::SipHash24Fixed;
@@ -79,7 +74,7 @@ impl HopKey {
 
     /// Computes the tag of the first [`TAGGED_LEN`] bytes of a header.
     #[inline]
-    pub fn tag(&self, header: &[u8; TAGGED_LEN]) -> [u8; TAG_LEN] {
+    pub fn tag(&self, header: &[u8; TAGGED_LEN]) -> [u8; HOP_TAG_LEN] {
         self.mac.tag(header)
     }
 
@@ -88,7 +83,7 @@ impl HopKey {
     /// The comparison takes the same time whichever bytes differ, so a
     /// forger learns nothing from timing.
     #[inline]
-    pub fn verify(&self, header: &[u8; TAGGED_LEN], tag: &[u8; TAG_LEN]) -> bool {
+    pub fn verify(&self, header: &[u8; TAGGED_LEN], tag: &[u8; HOP_TAG_LEN]) -> bool {
         self.mac.verify(header, tag)
     }
 }
@@ -146,7 +141,7 @@ mod tests {
         let key = HopKey::new(&KEY);
         let h = header(99);
         let tag = key.tag(&h);
-        for bit in 0..TAG_LEN * 8 {
+        for bit in 0..HOP_TAG_LEN * 8 {
             let mut bad = tag;
             bad[bit / 8] ^= 1 << (bit % 8);
             assert!(!key.verify(&h, &bad), "flip of tag bit {bit} passed");

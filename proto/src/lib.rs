@@ -29,6 +29,7 @@ pub mod aead;
 pub mod control;
 pub mod datapath;
 pub mod handshake;
+mod hash;
 pub mod hoptag;
 pub mod identity;
 pub mod ids;

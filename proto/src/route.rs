@@ -45,7 +45,7 @@ impl Hasher for IdHasher {
 
     #[inline]
     fn write_u64(&mut self, v: u64) {
-        let h = (self.0 ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let h = (self.0 ^ v).wrapping_mul(crate::hash::FIB);
         self.0 = h ^ (h >> 29);
     }
 }
@@ -64,8 +64,8 @@ pub fn pick(user: UserId, service: ServiceId, n: usize) -> usize {
         0 | 1 => 0,
         n => {
             let pair = (u64::from(user.0) << 32) | u64::from(service.0);
-            let h = pair.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            ((h ^ (h >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % n
+            let h = pair.wrapping_mul(crate::hash::FIB);
+            ((h ^ (h >> 29)).wrapping_mul(crate::hash::FIB) >> 32) as usize % n
         }
     }
 }
@@ -81,7 +81,7 @@ pub fn spread(user: UserId, service: ServiceId, n: usize) -> usize {
         n => {
             let pair = (u64::from(service.0) << 32) | u64::from(user.0);
             let h = pair.rotate_left(17).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
-            ((h ^ (h >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % n
+            ((h ^ (h >> 31)).wrapping_mul(crate::hash::FIB) >> 32) as usize % n
         }
     }
 }

@@ -5,8 +5,8 @@
 //! in [`super::HopKey`] can be revisited with numbers. Each takes the 32-byte
 //! hop key from the Noise split and derives what it needs at construction.
 
-use super::{TAGGED_LEN, TAG_LEN};
 use crate::aead::backend::{self, Aes256GcmBackend};
+use crate::wire::{HOP_TAG_LEN, TAGGED_LEN};
 use core::fmt;
 
 /// Domain-separation context for deriving a 128-bit SipHash key from the
@@ -22,11 +22,11 @@ pub trait HopMac: Clone + Send + Sync + fmt::Debug {
     fn new(key: &[u8; 32]) -> Self;
 
     /// The truncated tag of the first [`TAGGED_LEN`] header bytes.
-    fn tag(&self, header: &[u8; TAGGED_LEN]) -> [u8; TAG_LEN];
+    fn tag(&self, header: &[u8; TAGGED_LEN]) -> [u8; HOP_TAG_LEN];
 
     /// Whether `tag` is the tag of `header`, compared in constant time.
     #[inline]
-    fn verify(&self, header: &[u8; TAGGED_LEN], tag: &[u8; TAG_LEN]) -> bool {
+    fn verify(&self, header: &[u8; TAGGED_LEN], tag: &[u8; HOP_TAG_LEN]) -> bool {
         ct_eq(&self.tag(header), tag)
     }
 }
@@ -34,7 +34,7 @@ pub trait HopMac: Clone + Send + Sync + fmt::Debug {
 /// Compares two tags without a data-dependent branch: the XOR of the two
 /// words is tested once, so the time does not depend on where they differ.
 #[inline]
-pub fn ct_eq(a: &[u8; TAG_LEN], b: &[u8; TAG_LEN]) -> bool {
+pub fn ct_eq(a: &[u8; HOP_TAG_LEN], b: &[u8; HOP_TAG_LEN]) -> bool {
     let diff = u64::from_ne_bytes(*a) ^ u64::from_ne_bytes(*b);
     core::hint::black_box(diff) == 0
 }
@@ -50,9 +50,9 @@ fn gmac_nonce(header: &[u8; TAGGED_LEN]) -> [u8; 12] {
 
 /// Truncates a 16-byte GCM tag to the 8 bytes carried on the wire.
 #[inline]
-fn truncate(full: &[u8]) -> [u8; TAG_LEN] {
-    let mut tag = [0u8; TAG_LEN];
-    tag.copy_from_slice(&full[..TAG_LEN]);
+fn truncate(full: &[u8]) -> [u8; HOP_TAG_LEN] {
+    let mut tag = [0u8; HOP_TAG_LEN];
+    tag.copy_from_slice(&full[..HOP_TAG_LEN]);
     tag
 }
 
@@ -83,7 +83,7 @@ impl<B: Aes256GcmBackend> HopMac for Gmac<B> {
     }
 
     #[inline]
-    fn tag(&self, header: &[u8; TAGGED_LEN]) -> [u8; TAG_LEN] {
+    fn tag(&self, header: &[u8; TAGGED_LEN]) -> [u8; HOP_TAG_LEN] {
         let full = self.gcm.seal_raw(&gmac_nonce(header), header, &mut []);
         truncate(&full)
     }
@@ -113,7 +113,7 @@ impl HopMac for SipHash24 {
     }
 
     #[inline]
-    fn tag(&self, header: &[u8; TAGGED_LEN]) -> [u8; TAG_LEN] {
+    fn tag(&self, header: &[u8; TAGGED_LEN]) -> [u8; HOP_TAG_LEN] {
         self.hasher.hash(header).to_le_bytes()
     }
 }
@@ -219,7 +219,7 @@ impl HopMac for SipHash24Fixed {
     }
 
     #[inline]
-    fn tag(&self, header: &[u8; TAGGED_LEN]) -> [u8; TAG_LEN] {
+    fn tag(&self, header: &[u8; TAGGED_LEN]) -> [u8; HOP_TAG_LEN] {
         self.hash24(header).to_le_bytes()
     }
 }
@@ -252,7 +252,7 @@ impl HopMac for Blake3Keyed {
     }
 
     #[inline]
-    fn tag(&self, header: &[u8; TAGGED_LEN]) -> [u8; TAG_LEN] {
+    fn tag(&self, header: &[u8; TAGGED_LEN]) -> [u8; HOP_TAG_LEN] {
         truncate(blake3::keyed_hash(&self.key, header).as_bytes())
     }
 }
@@ -334,7 +334,7 @@ mod tests {
         let full = cipher
             .encrypt_inout_detached(&gmac_nonce(&header).into(), &header, (&mut [][..]).into())
             .unwrap();
-        assert_eq!(a[..], full[..TAG_LEN]);
+        assert_eq!(a[..], full[..HOP_TAG_LEN]);
     }
 
     fn exercise<M: HopMac>() {
@@ -349,7 +349,7 @@ mod tests {
             bad[bit / 8] ^= 1 << (bit % 8);
             assert!(!mac.verify(&bad, &tag), "{} header bit {bit}", M::NAME);
         }
-        for bit in 0..TAG_LEN * 8 {
+        for bit in 0..HOP_TAG_LEN * 8 {
             let mut bad = tag;
             bad[bit / 8] ^= 1 << (bit % 8);
             assert!(!mac.verify(&header, &bad), "{} tag bit {bit}", M::NAME);
@@ -374,7 +374,7 @@ mod tests {
     fn ct_eq_compares_all_bytes() {
         let a = [1, 2, 3, 4, 5, 6, 7, 8];
         assert!(ct_eq(&a, &a));
-        for i in 0..TAG_LEN {
+        for i in 0..HOP_TAG_LEN {
             let mut b = a;
             b[i] ^= 0x40;
             assert!(!ct_eq(&a, &b));

@@ -8,10 +8,7 @@
 //! cannot lengthen a probe sequence. SipHash would cost ~20 ns per lookup for
 //! protection this structure does not need.
 
-/// 2^64 / golden ratio: the Fibonacci hashing multiplier. Its high product
-/// bits depend on every key bit, so taking the top bits spreads keys that
-/// differ only in their low bits (consecutive ids) or high bits (class).
-const FIB: u64 = 0x9E37_79B9_7F4A_7C15;
+use crate::hash::FIB;
 
 /// Smallest table, so `64 - bits` is always a valid shift.
 const MIN_BITS: u32 = 3;
