@@ -23,6 +23,9 @@
 //!   of reachable services and the user's connection mode.
 //! * [`link`]: the agent side of a hop session: tag what it sends, check
 //!   what it receives.
+//!
+//! With the `testkit` feature, `testkit` builds a relay's datapath state in
+//! memory and synthetic policies for tests, benches, fuzzing and loadgen.
 #![forbid(unsafe_code)]
 
 pub mod aead;
@@ -38,5 +41,6 @@ pub mod policy;
 pub mod replay;
 pub mod route;
 pub mod session;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod wire;
