@@ -36,7 +36,7 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::Layout;
 use std::backtrace::Backtrace;
 use std::cell::Cell;
 use std::io::{Read, Write};
@@ -45,6 +45,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use alloc_counter::{CountingAlloc, Request};
 use common::*;
 use proto::datapath::Mode;
 
@@ -81,8 +82,10 @@ const POOL_GROWTH_MAX: u64 = (agent::netstack::RX_QUEUE
     + agent::netstack::EGRESS_BURST) as u64;
 
 /// Counts an allocation made on an agent's thread while the window is
-/// open; captures its backtrace if asked to.
-fn note(layout: Layout, zeroed: bool) {
+/// open; captures its backtrace if asked to. Its own allocations (a
+/// backtrace) happen with `CAPTURING` set, so they are not counted and do
+/// not recurse into another capture.
+fn note(layout: Layout, request: Request) {
     if !WINDOW.load(Ordering::Relaxed) {
         return;
     }
@@ -92,7 +95,10 @@ fn note(layout: Layout, zeroed: bool) {
     if agent == NONE || CAPTURING.try_with(Cell::get).unwrap_or(true) {
         return;
     }
-    if zeroed && layout.size() == agent::pool::BUF_LEN && layout.align() == 1 {
+    if request == Request::AllocZeroed
+        && layout.size() == agent::pool::BUF_LEN
+        && layout.align() == 1
+    {
         POOL_GROWTH[agent].fetch_add(1, Ordering::Relaxed);
         return;
     }
@@ -110,39 +116,8 @@ fn note(layout: Layout, zeroed: bool) {
     }
 }
 
-struct Counting;
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the
-// only addition is bookkeeping in `note`, whose own allocations (a
-// backtrace) happen with `CAPTURING` set, so they are forwarded without
-// recursing into another capture.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout, false);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout, true);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(layout, false);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAlloc = CountingAlloc::new(note);
 
 const WARM_TCP: usize = 8 << 20;
 const MEASURED_TCP: usize = 32 << 20;

@@ -1,50 +1,26 @@
 //! The datapath must not touch the heap: a counting global allocator watches
 //! 100 k frames go through every mode and sees zero allocations.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
 
+use alloc_counter::{CountingAlloc, Window};
 use proto::datapath::{Mode, Verdict};
 use proto::testkit::Fixture;
 
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
 thread_local! {
-    // Only this test thread's allocations inside the measured section count;
-    // the test harness allocates on other threads.
-    static WATCHING: Cell<bool> = const { Cell::new(false) };
+    // Only this test thread's allocations count; the test harness
+    // allocates on other threads.
+    static WATCHED: Cell<bool> = const { Cell::new(false) };
 }
 
-// SAFETY: forwards every call unchanged to the system allocator; the only
-// addition is a relaxed counter increment, which cannot allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if WATCHING.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if WATCHING.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+static ALLOCATIONS: Window = Window::new();
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAlloc = CountingAlloc::new(|_, _| {
+    if WATCHED.try_with(Cell::get).unwrap_or(false) {
+        ALLOCATIONS.note();
+    }
+});
 
 const FRAMES: usize = 100_000;
 const BATCH: usize = 64;
@@ -69,16 +45,17 @@ fn datapath_makes_no_heap_allocation() {
             .collect();
         let mut verdicts = [Verdict::Local; BATCH];
 
-        WATCHING.with(|w| w.set(true));
+        WATCHED.with(|w| w.set(true));
+        ALLOCATIONS.open();
         for chunk in bufs.chunks_mut(BATCH) {
             let mut dp = fx.datapath(mode);
             for (v, buf) in verdicts.iter_mut().zip(chunk.iter_mut()) {
                 *v = dp.process(buf);
             }
         }
-        WATCHING.with(|w| w.set(false));
+        let allocations = ALLOCATIONS.close();
 
-        assert_eq!(ALLOCATIONS.load(Ordering::Relaxed), 0, "{mode:?} allocated");
+        assert_eq!(allocations, 0, "{mode:?} allocated");
         assert_eq!(fx.counters.frames, FRAMES as u64);
         assert!(
             fx.counters.forwarded > FRAMES as u64 / 2,

@@ -4,44 +4,16 @@
 //! itself sends pre-built frames (re-tagged in place) and receives into a
 //! fixed buffer, so every allocation counted would be the relay's.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use alloc_counter::{CountingAlloc, Window};
 use tests::{backends, payload, Rig, ALLOWED};
 
-struct Counting;
-
-static WATCHING: AtomicBool = AtomicBool::new(false);
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call unchanged to the system allocator; the only
-// addition is relaxed atomic bookkeeping, which does not allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if WATCHING.load(Ordering::Relaxed) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if WATCHING.load(Ordering::Relaxed) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+/// Every thread's allocations count while it is open.
+static ALLOCATIONS: Window = Window::new();
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAlloc = CountingAlloc::new(|_, _| ALLOCATIONS.note());
 
 const FRAMES: usize = 20_000;
 const WINDOW: usize = 64;
@@ -84,12 +56,10 @@ fn worker_steady_state_does_not_allocate() {
         let warm = pump(&mut rig, &mut frames, 2_000, &mut rx);
         assert!(warm > 1_000, "{io}: warm-up delivered only {warm}");
 
-        ALLOCATIONS.store(0, Ordering::Relaxed);
-        WATCHING.store(true, Ordering::Relaxed);
+        ALLOCATIONS.open();
         let delivered = pump(&mut rig, &mut frames, FRAMES, &mut rx);
-        WATCHING.store(false, Ordering::Relaxed);
+        let allocations = ALLOCATIONS.close();
 
-        let allocations = ALLOCATIONS.load(Ordering::Relaxed);
         assert!(delivered > FRAMES / 2, "{io}: only {delivered} delivered");
         assert_eq!(
             allocations, 0,
