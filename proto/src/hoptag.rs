@@ -16,10 +16,10 @@
 //! BLAKE3 `derive_key`, computed by [`candidates::SipHash24Fixed`] (SipHash
 //! specialised to the 24-byte input, checked equal to the `siphasher` crate).
 //! On the project's machine (2-core AMD EPYC VM, AES-NI/VAES) it tags a
-//! header in ≈17 ns, against ≈18 ns for the general `siphasher` code and
-//! 80–90 ns for AES-GMAC (via `aes-gcm` or `ring`: their per-call set-up
-//! dominates a 24-byte input) and keyed BLAKE3; figures in
-//! `docs/perf-sections/crypto.md`. SipHash is also the most forgiving: it is
+//! header in ≈17 ns, against ≈18 ns for the general `siphasher` code,
+//! 63–81 ns for AES-GMAC (via `aes-gcm` or `ring`: their per-call set-up
+//! dominates a 24-byte input) and 84–90 ns for keyed BLAKE3; figures in
+//! `docs/perf.md` ("Hop tag"). SipHash is also the most forgiving: it is
 //! a PRF, so its security does not depend on the counter never repeating,
 //! whereas a repeated nonce under GMAC reveals the hash key and lets anyone
 //! forge tags.

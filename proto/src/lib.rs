@@ -14,7 +14,8 @@
 //! * [`session`]: hop sessions (keys, counters, replay state) and their table.
 //! * [`route`]: the routing snapshot: next hop by service or by user.
 //! * [`policy`]: the access-policy model and its compiled O(1) lookup table.
-//! * [`datapath`]: the batch function a relay worker calls per received batch.
+//! * [`datapath`]: the verdict on one frame (`Datapath::process`), which a
+//!   relay worker asks for each frame it receives.
 //! * [`aead`]: end-to-end AES-256-GCM between agent and connector.
 //! * [`identity`]: the offline Ed25519 CA and node certificates.
 //! * [`handshake`]: Noise IK state machines for hop and end-to-end sessions,

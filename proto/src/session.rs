@@ -148,8 +148,10 @@ impl TxCounters {
         }
     }
 
-    /// Makes room for hop ids below `hops`. Called by the worker between
-    /// batches when a new route table arrives, never per frame.
+    /// Makes room for hop ids below `hops`. The worker calls it for every
+    /// frame it judges, with the current route table's size: a length
+    /// comparison, which grows the cache only on the first frame after a
+    /// larger route table arrived.
     pub fn ensure(&mut self, hops: usize) {
         if self.blocks.len() < hops {
             self.blocks.resize(hops, Reservation::default());

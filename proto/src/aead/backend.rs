@@ -4,8 +4,8 @@
 //! check they interoperate byte for byte: an agent built with one backend
 //! must talk to a connector built with the other. [`super::E2eKey`] uses
 //! [`Ring`] when the `ring` feature is on (it is several times faster on
-//! AES-NI machines, see `docs/perf-sections/crypto.md`) and [`RustCrypto`]
-//! otherwise.
+//! AES-NI machines, see `docs/perf.md`, "End-to-end AES-256-GCM") and
+//! [`RustCrypto`] otherwise.
 
 use super::{OpenError, E2E_TAG_LEN, NONCE_LEN};
 use aes_gcm::aead::{AeadInOut, KeyInit};
