@@ -414,7 +414,7 @@ impl Control {
             hop_id,
             RouteSession {
                 peer,
-                static_key: keys.peer.static_key,
+                static_key: keys.peer.body.static_key,
                 link: worker,
                 established: now,
                 tx: Arc::clone(&hop),
