@@ -56,7 +56,11 @@ fn denied_pairs_are_dropped_and_counted() {
             (USER, ALLOWED),
             "{io}: a denied frame got through"
         );
-        let c = rig.await_counters("denied drops", |c| c.dropped(DropReason::Denied) == 10);
+        // The counters are published between batches: wait for the
+        // marker's forward too, then check nothing else was forwarded.
+        let c = rig.await_counters("denied drops and the marker", |c| {
+            c.dropped(DropReason::Denied) == 10 && c.forwarded >= 1
+        });
         assert_eq!(c.forwarded, 1, "{io}: {c:?}");
     }
 }
