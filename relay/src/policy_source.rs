@@ -1,9 +1,23 @@
 //! Loading the policy file: parse, validate, compile, and remember what was
 //! loaded so a reload only swaps when the file really changed and a bad file
 //! never replaces a good policy.
+//!
+//! "Changed" is decided by content, cheaply: the file's modification time,
+//! size and inode first; when those match but the modification time is
+//! recent enough that a rewrite in the same clock tick could hide behind
+//! it ([`RACY`], as git treats "racily clean" files), the content's hash
+//! too. A same-second rewrite of the same length is therefore never
+//! missed, and an old, unchanged file is never re-read.
 
+use std::hash::Hasher;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+/// A file modified less than this long ago has its content hashed by
+/// [`PolicySource::changed`]: its modification time alone cannot show a
+/// rewrite within the same timestamp granularity.
+pub const RACY: Duration = Duration::from_secs(3);
 
 use proto::policy::{CompiledPolicy, PolicyFile};
 
@@ -34,8 +48,29 @@ pub enum PolicyLoadError {
 #[derive(Debug)]
 pub struct PolicySource {
     path: PathBuf,
-    loaded_mtime: Option<SystemTime>,
+    seen: Option<Seen>,
     epoch: u64,
+}
+
+/// What identifies the content last loaded (or rejected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    mtime: Option<SystemTime>,
+    len: u64,
+    ino: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    stamp: Stamp,
+    digest: u64,
+}
+
+fn digest(bytes: &[u8]) -> u64 {
+    // Change detection, not security: the std hasher is enough.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
 }
 
 /// A freshly compiled policy with facts for the log.
@@ -54,7 +89,7 @@ impl PolicySource {
     pub fn new(path: &Path) -> PolicySource {
         PolicySource {
             path: path.to_owned(),
-            loaded_mtime: None,
+            seen: None,
             epoch: 0,
         }
     }
@@ -67,10 +102,18 @@ impl PolicySource {
     /// Reads, validates and compiles the file.
     pub fn load(&mut self) -> Result<Loaded, PolicyLoadError> {
         let start = Instant::now();
-        let mtime = self.mtime();
-        let text = std::fs::read_to_string(&self.path).map_err(|error| PolicyLoadError::Read {
+        let stamp = self.stamp();
+        let bytes = std::fs::read(&self.path).map_err(|error| PolicyLoadError::Read {
             path: self.path.clone(),
             error,
+        })?;
+        let seen = stamp.map(|stamp| Seen {
+            stamp,
+            digest: digest(&bytes),
+        });
+        let text = String::from_utf8(bytes).map_err(|e| PolicyLoadError::Read {
+            path: self.path.clone(),
+            error: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
         })?;
         let invalid = |error| PolicyLoadError::Invalid {
             path: self.path.clone(),
@@ -78,7 +121,7 @@ impl PolicySource {
         };
         let file = PolicyFile::from_toml_str(&text).map_err(invalid)?;
         let policy = CompiledPolicy::compile(&file).map_err(invalid)?;
-        self.loaded_mtime = mtime;
+        self.seen = seen;
         self.epoch += 1;
         Ok(Loaded {
             policy,
@@ -87,22 +130,87 @@ impl PolicySource {
         })
     }
 
-    /// Whether the file's modification time differs from the one last
-    /// loaded (or last rejected: a bad file is not re-read until it changes
-    /// again).
+    /// Whether the file's content differs from the one last loaded (or
+    /// last rejected: a bad file is not re-read until it changes again).
+    /// See the module docs for how that is decided cheaply.
     pub fn changed(&self) -> bool {
-        self.mtime() != self.loaded_mtime
+        let (Some(seen), Some(now)) = (self.seen, self.stamp()) else {
+            // Never loaded, or the file is gone (the next load says why).
+            return self.seen.is_some() || self.stamp().is_some();
+        };
+        if now != seen.stamp {
+            return true;
+        }
+        let recent = now
+            .mtime
+            .and_then(|m| SystemTime::now().duration_since(m).ok())
+            .is_none_or(|age| age < RACY);
+        recent && std::fs::read(&self.path).is_ok_and(|b| digest(&b) != seen.digest)
     }
 
-    /// Remembers the current modification time without loading, so a file
-    /// that failed to load is not retried until it changes.
+    /// Remembers the current content without loading, so a file that
+    /// failed to load is not retried until it changes.
     pub fn mark_seen(&mut self) {
-        self.loaded_mtime = self.mtime();
+        let stamp = self.stamp();
+        self.seen = match (stamp, std::fs::read(&self.path)) {
+            (Some(stamp), Ok(bytes)) => Some(Seen {
+                stamp,
+                digest: digest(&bytes),
+            }),
+            _ => None,
+        };
     }
 
-    fn mtime(&self) -> Option<SystemTime> {
-        std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok()
+    fn stamp(&self) -> Option<Stamp> {
+        let m = std::fs::metadata(&self.path).ok()?;
+        Some(Stamp {
+            mtime: m.modified().ok(),
+            len: m.len(),
+            ino: m.ino(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(service: &str) -> String {
+        format!(
+            "[[users]]\nid = 1\nname = \"alice\"\n\n[[connectors]]\nid = 5\nname = \"c\"\n\n[[services]]\nid = 1\nname = \"{service}\"\nprotocol = \"tcp\"\ntarget = \"127.0.0.1:1\"\nconnectors = [\"c\"]\n\n[[rules]]\nname = \"r\"\nusers = [\"alice\"]\nservices = [\"{service}\"]\n"
+        )
+    }
+
+    #[test]
+    fn a_same_second_same_length_rewrite_is_seen_and_an_unchanged_file_is_not() {
+        let dir = std::env::temp_dir().join(format!("policy-source-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy.toml");
+        std::fs::write(&path, policy("web1")).unwrap();
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let mut source = PolicySource::new(&path);
+        assert!(source.changed(), "never loaded");
+        source.load().unwrap();
+        assert!(!source.changed(), "just loaded");
+        // Rewritten in place: same length, same modification time (as
+        // within one timestamp tick), same inode.
+        {
+            use std::io::{Seek, Write};
+            let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.seek(std::io::SeekFrom::Start(0)).unwrap();
+            f.write_all(policy("web2").as_bytes()).unwrap();
+            f.set_modified(mtime).unwrap();
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
+        assert!(source.changed(), "a same-tick rewrite was missed");
+        source.load().unwrap();
+        assert!(!source.changed());
+        // A bad file is rejected once and not retried until it changes.
+        std::fs::write(&path, "not a policy").unwrap();
+        assert!(source.changed());
+        assert!(source.load().is_err());
+        source.mark_seen();
+        assert!(!source.changed());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
