@@ -98,7 +98,7 @@ pub const PING_BURST: f64 = 5.0;
 pub const PING_RATE: f64 = 10.0;
 
 /// Control-thread counters, for logs and metrics.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ControlStats {
     /// Hop sessions established.
     pub handshakes_ok: u64,
@@ -267,6 +267,7 @@ impl Control {
             if self.routes_dirty {
                 self.publish_routes();
             }
+            self.shared.publish_control(&self.stats);
         }
         // A clean stop withdraws this relay from the mesh at once (the
         // lease is revoked) instead of after its TTL.

@@ -181,6 +181,31 @@ impl Collector for RelayCollector {
                     .encode(family.encode_family(&[("worker", worker.as_str())])?)?;
             }
         }
+        let c = shared.control_stats();
+        {
+            let mut family = e.encode_descriptor(
+                "ztna_handshakes",
+                "Hop handshakes answered by the control thread, by result.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, n) in [("ok", c.handshakes_ok), ("failed", c.handshakes_failed)] {
+                ConstCounter::new(n).encode(family.encode_family(&[("result", result)])?)?;
+            }
+        }
+        for (name, help, value) in [
+            ("ztna_cookie_replies", "Cookie replies sent while under load.", c.cookie_replies),
+            ("ztna_sessions_expired", "Hop sessions removed after REJECT_AFTER_TIME.", c.sessions_expired),
+            ("ztna_control_received", "Control messages received (authenticated).", c.control_received),
+            ("ztna_control_rejected", "Control messages that did not parse, came on a session that is gone, or were not for a relay.", c.control_rejected),
+            ("ztna_pings_rate_limited", "Pings dropped for exceeding the per-session rate.", c.pings_rate_limited),
+            ("ztna_directories_sent", "Directories sent to users, in answer to a ping or pushed.", c.directories_sent),
+            ("ztna_directories_pushed", "Directories pushed unprompted after a policy or connector change.", c.directories_pushed),
+            ("ztna_probes_sent", "Keepalive probes sent to connectors and peer relays.", c.probes_sent),
+            ("ztna_peers_lost", "Connectors and peer relays taken out of the routes for not answering probes.", c.peers_lost),
+        ] {
+            counter(&mut e, name, help, value)?;
+        }
         gauge(
             &mut e,
             "ztna_policy_epoch",

@@ -119,6 +119,8 @@ pub struct Shared {
     pub relay_refused: AtomicU64,
     /// The mesh's control plane.
     pub mesh: MeshStatus,
+    /// The control thread's counters, as of its last loop.
+    control: Mutex<crate::control::ControlStats>,
     stats: Vec<Mutex<WorkerStats>>,
 }
 
@@ -135,6 +137,7 @@ impl Shared {
             mesh_links: ArcSwap::from_pointee(Vec::new()),
             relay_refused: AtomicU64::new(0),
             mesh: MeshStatus::default(),
+            control: Mutex::default(),
             stats: (0..workers).map(|_| Mutex::default()).collect(),
         }
     }
@@ -155,6 +158,23 @@ impl Shared {
         if let Some(slot) = self.stats.get(id) {
             *slot.lock().unwrap_or_else(PoisonError::into_inner) = stats;
         }
+    }
+
+    /// The control thread publishes its counters (once per loop; a copy
+    /// of a few integers under an uncontended lock).
+    pub fn publish_control(&self, stats: &crate::control::ControlStats) {
+        let mut slot = self.control.lock().unwrap_or_else(PoisonError::into_inner);
+        if *slot != *stats {
+            slot.clone_from(stats);
+        }
+    }
+
+    /// The control thread's counters as last published.
+    pub fn control_stats(&self) -> crate::control::ControlStats {
+        self.control
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The latest statistics of every worker.

@@ -258,6 +258,27 @@ fn metrics_endpoint_exports_counters_by_reason() {
     assert!(body.contains("ztna_policy_epoch 1\n"), "{body}");
     assert!(body.contains("application/openmetrics-text"), "{body}");
     assert!(body.trim_end().ends_with("# EOF"), "{body}");
+    // The control thread's counters too: the rig's user and connector
+    // handshakes (published once per control loop).
+    let scrape = || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut body = scrape();
+    while !body.contains("ztna_handshakes_total{result=\"ok\"} 2\n") {
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(20));
+        body = scrape();
+    }
+    assert!(
+        body.contains("ztna_handshakes_total{result=\"failed\"} 0\n"),
+        "{body}"
+    );
 }
 
 #[test]
