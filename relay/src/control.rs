@@ -57,8 +57,10 @@ use crate::worker::{FromWorker, ToWorker};
 /// Handshakes waiting in the queue above which the relay counts itself
 /// under load and asks initiators for a cookie round trip first.
 pub const UNDER_LOAD_QUEUE: usize = 64;
-/// How often the policy file's modification time is checked.
-pub const POLICY_POLL: Duration = Duration::from_secs(1);
+/// How often the policy file is checked for a change (a `stat`, and a
+/// hash of its content while it was modified recently; see
+/// [`crate::policy_source`]): the bound on revocation latency.
+pub const POLICY_POLL: Duration = Duration::from_millis(50);
 /// Hop sessions one identity may hold at once (the current one and those
 /// being replaced by rekeys); a new one beyond this evicts the oldest, so
 /// one certificate cannot exhaust a worker's receiver indices.
