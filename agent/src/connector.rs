@@ -216,6 +216,14 @@ impl Connector {
                     return;
                 }
             };
+        if self.policy.policy().is_revoked(&keys.peer.body.static_key) {
+            self.denied += 1;
+            self.errors.push(format!(
+                "end-to-end session refused: the certificate of '{}' (user {}) is revoked",
+                keys.peer.body.name, user.0
+            ));
+            return;
+        }
         tracing::info!(user = user.0, peer = %keys.peer.body.name, service = service.0, %target, "end-to-end session established");
         let session = E2eSession::new(keys, now);
         self.by_index.insert(index, (user, service));
@@ -321,12 +329,18 @@ impl Connector {
             Ok(false) => {}
             Ok(true) => {
                 tracing::info!("connector policy reloaded");
-                let revoked: Vec<_> = self
-                    .pairs
-                    .keys()
-                    .copied()
-                    .filter(|(u, s)| self.permits(*u, *s).is_err())
-                    .collect();
+                let policy = self.policy.policy();
+                let revoked: Vec<_> =
+                    self.pairs
+                        .iter()
+                        .filter(|((u, s), pair)| {
+                            self.permits(*u, *s).is_err()
+                                || [&pair.current, &pair.previous].into_iter().flatten().any(
+                                    |session| policy.is_revoked(&session.peer().body.static_key),
+                                )
+                        })
+                        .map(|(key, _)| *key)
+                        .collect();
                 for key in revoked {
                     if let Some(mut pair) = self.pairs.remove(&key) {
                         tracing::warn!(

@@ -182,6 +182,7 @@ pub fn policy_file(users: u32, services: u32) -> PolicyFile {
                 .map(|s| format!("service{s}"))
                 .collect(),
         }],
+        revoked: Vec::new(),
     }
 }
 

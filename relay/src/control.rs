@@ -142,6 +142,10 @@ pub struct ControlStats {
     /// Connectors and peer relays taken out of the routes for not
     /// answering probes.
     pub peers_lost: u64,
+    /// Handshakes refused because the certificate is revoked.
+    pub revoked_refused: u64,
+    /// Sessions closed because a reload revoked their certificate.
+    pub revoked_closed: u64,
 }
 
 /// The control thread's state.
@@ -334,6 +338,18 @@ impl Control {
         );
         match outcome {
             Ok(InitOutcome::Established { keys, .. })
+                if self
+                    .shared
+                    .policy
+                    .load()
+                    .is_revoked(&keys.peer.body.static_key) =>
+            {
+                // A revoked certificate: no session, no response.
+                self.allocators[worker].release(index);
+                self.stats.revoked_refused += 1;
+                tracing::info!(worker, %from, peer = %keys.peer.body.name, id = keys.peer.body.id, role = %keys.peer.body.role, "handshake refused: the certificate is revoked ([[revoked]] in the policy)");
+            }
+            Ok(InitOutcome::Established { keys, .. })
                 if keys.peer.body.role == Role::Relay
                     && !self
                         .mesh
@@ -517,11 +533,23 @@ impl Control {
                     .store(self.stats.policy_epoch, Ordering::Relaxed);
                 self.routes_dirty = true;
                 self.directories_dirty = true;
+                // Sessions of certificates revoked now end now.
+                let policy = self.shared.policy.load();
+                for slot in 0..self.sessions.len() {
+                    let revoked = self.sessions[slot]
+                        .as_ref()
+                        .is_some_and(|e| policy.is_revoked(&e.static_key));
+                    if revoked {
+                        self.remove(slot, "certificate revoked");
+                        self.stats.revoked_closed += 1;
+                    }
+                }
                 tracing::info!(
                     path = %self.policy_source.path().display(),
                     epoch = self.stats.policy_epoch,
                     users = stats.users,
                     services = stats.services,
+                    revoked = policy.revoked_count(),
                     took_ms = loaded.took.as_millis() as u64,
                     "policy reloaded"
                 );

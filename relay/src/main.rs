@@ -37,6 +37,9 @@ enum Command {
         /// Where to write the private key (created with mode 0600).
         #[arg(long)]
         out: PathBuf,
+        /// Replace `--out` if it exists (the old key is lost).
+        #[arg(long)]
+        force: bool,
     },
     /// The offline certificate authority.
     #[command(subcommand)]
@@ -56,6 +59,10 @@ enum CaCommand {
         /// Directory for the two files.
         #[arg(long)]
         dir: PathBuf,
+        /// Replace an existing CA in DIR (every certificate it issued stops
+        /// verifying).
+        #[arg(long)]
+        force: bool,
     },
     /// Issue a certificate for a node's static key.
     Issue {
@@ -79,14 +86,44 @@ enum CaCommand {
         /// Policy groups (repeatable).
         #[arg(long = "group")]
         groups: Vec<String>,
-        /// Validity in days from now. Short by default: there is no
-        /// revocation list yet, so expiry (and removal from the policy) is
-        /// how access ends.
+        /// Validity in days from now. Short by default, so that lost
+        /// devices age out even when nobody revokes them (`ca revoke` ends
+        /// one at once). Renew before expiry by issuing again for the same
+        /// key with `--force`: the node picks the new certificate up at
+        /// its next start.
         #[arg(long, default_value_t = 30)]
         days: u64,
         /// Where to write the certificate.
         #[arg(long)]
         out: PathBuf,
+        /// Replace `--out` if it exists (renewal).
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the certificates this CA issued (from DIR/issued.log, which
+    /// `ca issue` appends to), marking those a policy file revokes.
+    List {
+        /// The CA's directory (where `ca init` wrote ca.key).
+        #[arg(long)]
+        dir: PathBuf,
+        /// A policy file whose [[revoked]] entries to mark.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// Revoke a certificate: append a [[revoked]] entry with its static key
+    /// to the policy file (checked, then written atomically; comments and
+    /// layout kept). Relays and connectors reloading the file refuse its
+    /// handshakes and close its sessions.
+    Revoke {
+        /// The policy file relays and connectors load.
+        #[arg(long)]
+        policy: PathBuf,
+        /// The certificate to revoke.
+        #[arg(long)]
+        cert: PathBuf,
+        /// Why, kept in the entry.
+        #[arg(long, default_value = "")]
+        reason: String,
     },
     /// Print a certificate's fields and check it against a CA.
     Show {
@@ -171,7 +208,7 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Run(args) => run(args),
-        Command::Keygen { out } => keygen(&out),
+        Command::Keygen { out, force } => keygen(&out, force),
         Command::Ca(cmd) => ca(cmd),
         Command::CheckPolicy { file } => check_policy(&file),
     }
@@ -379,20 +416,20 @@ fn print_report(report: &RelayReport) {
     );
 }
 
-fn keygen(out: &Path) -> Result<()> {
+fn keygen(out: &Path, force: bool) -> Result<()> {
     let kp = StaticKeypair::generate()?;
-    write_secret(out, &keys::static_key_to_text(&kp.private))?;
+    write_secret(out, &keys::static_key_to_text(&kp.private), force)?;
     println!("{}", to_hex(&kp.public));
     Ok(())
 }
 
 fn ca(cmd: CaCommand) -> Result<()> {
     match cmd {
-        CaCommand::Init { dir } => {
+        CaCommand::Init { dir, force } => {
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
             let ca = CaKeypair::generate(&mut rand::rngs::OsRng);
-            write_secret(&dir.join("ca.key"), &ca.to_text())?;
+            write_secret(&dir.join("ca.key"), &ca.to_text(), force)?;
             std::fs::write(dir.join("ca.pub"), ca.public().to_text())
                 .with_context(|| format!("cannot write {}", dir.join("ca.pub").display()))?;
             println!(
@@ -411,7 +448,9 @@ fn ca(cmd: CaCommand) -> Result<()> {
             groups,
             days,
             out,
+            force,
         } => {
+            refuse_overwrite(&out, force)?;
             let text = std::fs::read_to_string(&ca_key)
                 .with_context(|| format!("cannot read {}", ca_key.display()))?;
             let ca = CaKeypair::from_text(&text)
@@ -435,9 +474,35 @@ fn ca(cmd: CaCommand) -> Result<()> {
             })?;
             std::fs::write(&out, cert.to_text())
                 .with_context(|| format!("cannot write {}", out.display()))?;
+            // The CA's record of what it issued, for `ca list`.
+            let log = ca_key.with_file_name("issued.log");
+            let line = format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\n",
+                cert.body.not_before,
+                cert.body.not_after,
+                cert.body.role,
+                cert.body.id,
+                to_hex(&cert.body.static_key),
+                cert.body.name
+            );
+            {
+                use std::io::Write;
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .and_then(|mut f| f.write_all(line.as_bytes()))
+                    .with_context(|| format!("cannot append to {}", log.display()))?;
+            }
             println!("wrote {}", out.display());
             Ok(())
         }
+        CaCommand::List { dir, policy } => ca_list(&dir, policy.as_deref()),
+        CaCommand::Revoke {
+            policy,
+            cert,
+            reason,
+        } => ca_revoke(&policy, &cert, &reason),
         CaCommand::Show { cert, ca } => {
             let c = keys::load_certificate(&cert)?;
             println!("id:         {}", c.body.id);
@@ -476,15 +541,152 @@ fn check_policy(file: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_secret(path: &Path, text: &str) -> Result<()> {
+/// `ca list`: what `ca issue` logged, newest last, with expiry and
+/// revocation.
+fn ca_list(dir: &Path, policy: Option<&Path>) -> Result<()> {
+    let log = dir.join("issued.log");
+    let text = std::fs::read_to_string(&log).with_context(|| {
+        format!(
+            "cannot read {} (certificates issued with `relay ca issue` are logged there)",
+            log.display()
+        )
+    })?;
+    let revoked = match policy {
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            let file = proto::policy::PolicyFile::from_toml_str(&text)
+                .with_context(|| format!("{} is not a policy file", p.display()))?;
+            Some(
+                file.revoked
+                    .into_iter()
+                    .map(|r| r.key.to_ascii_lowercase())
+                    .collect::<std::collections::HashSet<_>>(),
+            )
+        }
+    };
+    let now = unix_secs();
+    println!(
+        "{:<10} {:<8} {:<24} {:<20} {:<9} static key",
+        "role", "id", "name", "expires (UTC)", "state"
+    );
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.splitn(6, '\t').collect();
+        let [_, not_after, role, id, key, name] = f[..] else {
+            bail!("{}: malformed line: {line:?}", log.display());
+        };
+        let not_after: u64 = not_after
+            .parse()
+            .with_context(|| format!("{}: malformed line: {line:?}", log.display()))?;
+        let state = if revoked.as_ref().is_some_and(|r| r.contains(key)) {
+            "revoked"
+        } else if not_after < now {
+            "expired"
+        } else if not_after < now + 7 * 86_400 {
+            "renew"
+        } else {
+            "valid"
+        };
+        println!(
+            "{role:<10} {id:<8} {name:<24} {:<20} {state:<9} {key}",
+            utc(not_after)
+        );
+    }
+    Ok(())
+}
+
+/// `ca revoke`: appends a `[[revoked]]` entry to the policy file.
+fn ca_revoke(policy: &Path, cert: &Path, reason: &str) -> Result<()> {
+    let c = keys::load_certificate(cert)?;
+    let key = to_hex(&c.body.static_key);
+    let text = std::fs::read_to_string(policy)
+        .with_context(|| format!("cannot read {}", policy.display()))?;
+    let current = proto::policy::PolicyFile::from_toml_str(&text)
+        .with_context(|| format!("{} is not a valid policy file", policy.display()))?;
+    if current
+        .revoked
+        .iter()
+        .any(|r| r.key.eq_ignore_ascii_case(&key))
+    {
+        println!(
+            "{} ({}) is already revoked in {}",
+            c.body.name,
+            key,
+            policy.display()
+        );
+        return Ok(());
+    }
+    let entry = toml::to_string(&proto::policy::Revoked {
+        key: key.clone(),
+        reason: format!(
+            "{} (id {}, {}){}{}",
+            c.body.name,
+            c.body.id,
+            c.body.role,
+            if reason.is_empty() { "" } else { ": " },
+            reason
+        ),
+    })
+    .context("cannot encode the entry")?;
+    let new = format!("{}\n[[revoked]]\n{entry}", text.trim_end());
+    // The result must load exactly as a relay would load it.
+    let file = proto::policy::PolicyFile::from_toml_str(&new)
+        .context("the policy with the new entry does not parse (this is a bug)")?;
+    proto::policy::CompiledPolicy::compile(&file)
+        .with_context(|| format!("{} does not validate; fix it first", policy.display()))?;
+    let tmp = policy.with_extension("toml.revoke-tmp");
+    std::fs::write(&tmp, &new).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, policy)
+        .with_context(|| format!("cannot replace {}", policy.display()))?;
+    println!(
+        "revoked {} (id {}, {}), static key {key}, in {}; relays and connectors apply it when they reload the file",
+        c.body.name, c.body.id, c.body.role, policy.display()
+    );
+    Ok(())
+}
+
+/// Seconds since the Unix epoch as `YYYY-MM-DD HH:MM`.
+fn utc(secs: u64) -> String {
+    let days = secs / 86_400;
+    let (h, m) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02}")
+}
+
+/// Refuses to replace `path` unless `force`.
+fn refuse_overwrite(path: &Path, force: bool) -> Result<()> {
+    if !force && path.exists() {
+        bail!(
+            "{} exists; not replacing it (add --force to replace it)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn write_secret(path: &Path, text: &str, force: bool) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    refuse_overwrite(path, force)?;
+    if force {
+        let _ = std::fs::remove_file(path);
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+        .with_context(|| format!("cannot create {}", path.display()))?;
     f.write_all(text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -203,6 +203,8 @@ impl Collector for RelayCollector {
             ("ztna_directories_pushed", "Directories pushed unprompted after a policy or connector change.", c.directories_pushed),
             ("ztna_probes_sent", "Keepalive probes sent to connectors and peer relays.", c.probes_sent),
             ("ztna_peers_lost", "Connectors and peer relays taken out of the routes for not answering probes.", c.peers_lost),
+            ("ztna_revoked_refused", "Handshakes refused because the certificate is revoked.", c.revoked_refused),
+            ("ztna_revoked_closed", "Sessions closed because a reload revoked their certificate.", c.revoked_closed),
         ] {
             counter(&mut e, name, help, value)?;
         }

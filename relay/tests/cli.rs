@@ -187,3 +187,127 @@ fn startup_errors_say_what_to_fix() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read policy file"));
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn the_ca_lifecycle_refuses_overwrites_lists_renews_and_revokes() {
+    let d = scratch("ca-life");
+    let ca = d.join("ca");
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    ok(relay()
+        .args(["ca", "init", "--dir", &s(&ca)])
+        .output()
+        .unwrap());
+    // Nothing is replaced without --force: not the CA, not a key, not a
+    // certificate.
+    let again = relay()
+        .args(["ca", "init", "--dir", &s(&ca)])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let key = d.join("alice.key");
+    ok(relay()
+        .args(["keygen", "--out", &s(&key)])
+        .output()
+        .unwrap());
+    let before = std::fs::read(&key).unwrap();
+    assert!(!relay()
+        .args(["keygen", "--out", &s(&key)])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    assert_eq!(std::fs::read(&key).unwrap(), before, "the key was replaced");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let cert = d.join("alice.cert");
+    let issue = |force: bool| {
+        let mut c = relay();
+        c.args([
+            "ca",
+            "issue",
+            "--ca-key",
+            &s(&ca.join("ca.key")),
+            "--key",
+            &s(&key),
+        ])
+        .args([
+            "--role", "user", "--id", "1001", "--name", "alice", "--group", "eng",
+        ])
+        .args(["--out", &s(&cert)]);
+        if force {
+            c.arg("--force");
+        }
+        c.output().unwrap()
+    };
+    ok(issue(false));
+    assert!(
+        !issue(false).status.success(),
+        "a certificate was replaced without --force"
+    );
+    ok(issue(true)); // renewal: same key, new validity
+    let listed = ok(relay()
+        .args(["ca", "list", "--dir", &s(&ca)])
+        .output()
+        .unwrap());
+    assert_eq!(
+        listed.lines().filter(|l| l.contains("alice")).count(),
+        2,
+        "{listed}"
+    );
+    assert!(
+        listed.lines().skip(1).all(|l| l.contains(" valid ")),
+        "{listed}"
+    );
+
+    // Revoke it in a copy of the example policy: the entry is appended
+    // (comments kept), the policy still checks, and the list says so.
+    let policy = d.join("policy.toml");
+    std::fs::copy(example_policy(), &policy).unwrap();
+    let original = std::fs::read_to_string(&policy).unwrap();
+    let out = ok(relay()
+        .args([
+            "ca",
+            "revoke",
+            "--policy",
+            &s(&policy),
+            "--cert",
+            &s(&cert),
+            "--reason",
+            "laptop stolen",
+        ])
+        .output()
+        .unwrap());
+    assert!(out.contains("revoked alice"), "{out}");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    assert!(
+        text.starts_with(original.trim_end()),
+        "the file was rewritten, not appended to"
+    );
+    assert!(
+        text.contains("[[revoked]]") && text.contains("laptop stolen"),
+        "{text}"
+    );
+    ok(relay()
+        .args(["check-policy", &s(&policy)])
+        .output()
+        .unwrap());
+    let listed = ok(relay()
+        .args(["ca", "list", "--dir", &s(&ca), "--policy", &s(&policy)])
+        .output()
+        .unwrap());
+    assert!(
+        listed.lines().skip(1).all(|l| l.contains(" revoked ")),
+        "{listed}"
+    );
+    // Revoking twice changes nothing.
+    ok(relay()
+        .args(["ca", "revoke", "--policy", &s(&policy), "--cert", &s(&cert)])
+        .output()
+        .unwrap());
+    assert_eq!(std::fs::read_to_string(&policy).unwrap(), text);
+    let _ = std::fs::remove_dir_all(&d);
+}

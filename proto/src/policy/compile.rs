@@ -141,6 +141,8 @@ pub struct CompiledPolicy {
     /// `user_modes[i]` is the connection mode of `user_ids[i]`.
     user_modes: Vec<ConnectionMode>,
     group_ids: Vec<(String, GroupId)>,
+    /// Static keys of revoked certificates.
+    revoked: std::collections::HashSet<[u8; 32]>,
 }
 
 /// Validates and compiles `file`, choosing the layout automatically.
@@ -233,7 +235,19 @@ impl CompiledPolicy {
             .map(|(i, s)| (s.id.0, i as u32))
             .collect();
 
+        let revoked = file
+            .revoked
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                crate::identity::key_from_hex(&r.key).ok_or_else(|| PolicyError::BadRevokedKey {
+                    number: i + 1,
+                    key: r.key.clone(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
         Ok(CompiledPolicy {
+            revoked,
             user_class,
             grants,
             classes: class_count,
@@ -250,6 +264,17 @@ impl CompiledPolicy {
                 .map(|(g, id)| (g.name.clone(), id))
                 .collect(),
         })
+    }
+
+    /// Whether the certificate for static key `key` is revoked
+    /// (`[[revoked]]`).
+    pub fn is_revoked(&self, key: &[u8; 32]) -> bool {
+        self.revoked.contains(key)
+    }
+
+    /// How many certificates are revoked.
+    pub fn revoked_count(&self) -> usize {
+        self.revoked.len()
     }
 
     /// Whether `user` may reach `service`. Unknown users and services are
@@ -548,6 +573,29 @@ mod tests {
     use proptest::prelude::*;
 
     const EXAMPLE: &str = include_str!("../../../examples/policy.toml");
+
+    #[test]
+    fn revoked_keys_are_known_and_malformed_ones_rejected() {
+        let key = [7u8; 32];
+        let mut file = example();
+        file.revoked.push(super::super::model::Revoked {
+            key: crate::identity::to_hex(&key),
+            reason: "laptop stolen".into(),
+        });
+        let p = CompiledPolicy::compile(&file).unwrap();
+        assert!(p.is_revoked(&key));
+        assert!(!p.is_revoked(&[8u8; 32]));
+        assert_eq!(p.revoked_count(), 1);
+        file.revoked[0].key = "abc".into();
+        assert!(matches!(
+            CompiledPolicy::compile(&file),
+            Err(PolicyError::BadRevokedKey { number: 1, .. })
+        ));
+        let text = "[[revoked]]\nkey = \"zz\"\n";
+        let parsed = PolicyFile::from_toml_str(text).unwrap();
+        let e = CompiledPolicy::compile(&parsed).unwrap_err();
+        assert!(e.to_string().contains("[[revoked]] entry #1"), "{e}");
+    }
 
     fn example() -> PolicyFile {
         PolicyFile::from_toml_str(EXAMPLE).unwrap()
@@ -978,6 +1026,7 @@ mod tests {
             }
         }
         PolicyFile {
+            revoked: Vec::new(),
             users: users_v,
             groups: (0..groups)
                 .map(|g| Group {

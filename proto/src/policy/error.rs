@@ -153,6 +153,15 @@ pub enum PolicyError {
         what: &'static str,
     },
 
+    /// A `[[revoked]]` entry whose key is not 64 hex digits.
+    #[error("[[revoked]] entry #{number} has key {key:?}, which is not a static key: give the 64 hex digits `relay ca show` prints as \"static key\"")]
+    BadRevokedKey {
+        /// 1-based position among the `[[revoked]]` entries.
+        number: usize,
+        /// The key as written.
+        key: String,
+    },
+
     /// A name that cannot be used as a label.
     #[error("{kind} entry #{number} has name {name:?}, which is not allowed: {reason}")]
     BadName {

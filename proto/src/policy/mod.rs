@@ -24,4 +24,4 @@ mod validate;
 
 pub use compile::{compile, CompiledPolicy, Layout, PolicyStats, ServiceInfo, FLAT_ALWAYS_ENTRIES};
 pub use error::{EntryKind, Location, PolicyError};
-pub use model::{Connector, Group, PolicyFile, Protocol, Rule, Service, User};
+pub use model::{Connector, Group, PolicyFile, Protocol, Revoked, Rule, Service, User};

@@ -40,6 +40,24 @@ pub struct PolicyFile {
     /// Anything not granted is denied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
+    /// `[[revoked]]`: certificates no longer trusted, whatever their
+    /// expiry, named by the static key they certify (`relay ca revoke`
+    /// adds entries). Relays refuse their handshakes and close their
+    /// sessions; connectors refuse and close their end-to-end sessions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked: Vec<Revoked>,
+}
+
+/// One revoked certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revoked {
+    /// The certificate's static key, 64 hex digits (`relay ca show`
+    /// prints it as "static key").
+    pub key: String,
+    /// Why, for the operator and the logs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 /// One user, as named in their identity certificate.

@@ -191,6 +191,7 @@ pub fn generate(p: &SynthParams) -> PolicyFile {
         connectors,
         services,
         rules,
+        revoked: Vec::new(),
     }
 }
 
