@@ -50,6 +50,9 @@ pub struct PolicySource {
     path: PathBuf,
     seen: Option<Seen>,
     epoch: u64,
+    /// Reused for the content checks of [`PolicySource::changed`], so a
+    /// poll allocates nothing once it has held the file.
+    scratch: Vec<u8>,
 }
 
 /// What identifies the content last loaded (or rejected).
@@ -91,6 +94,7 @@ impl PolicySource {
             path: path.to_owned(),
             seen: None,
             epoch: 0,
+            scratch: Vec::new(),
         }
     }
 
@@ -133,7 +137,7 @@ impl PolicySource {
     /// Whether the file's content differs from the one last loaded (or
     /// last rejected: a bad file is not re-read until it changes again).
     /// See the module docs for how that is decided cheaply.
-    pub fn changed(&self) -> bool {
+    pub fn changed(&mut self) -> bool {
         let (Some(seen), Some(now)) = (self.seen, self.stamp()) else {
             // Never loaded, or the file is gone (the next load says why).
             return self.seen.is_some() || self.stamp().is_some();
@@ -145,7 +149,17 @@ impl PolicySource {
             .mtime
             .and_then(|m| SystemTime::now().duration_since(m).ok())
             .is_none_or(|age| age < RACY);
-        recent && std::fs::read(&self.path).is_ok_and(|b| digest(&b) != seen.digest)
+        recent && self.read_scratch() && digest(&self.scratch) != seen.digest
+    }
+
+    /// Reads the file into `scratch` (keeping its allocation); `false` if
+    /// it cannot be read.
+    fn read_scratch(&mut self) -> bool {
+        use std::io::Read;
+        self.scratch.clear();
+        std::fs::File::open(&self.path)
+            .and_then(|mut f| f.read_to_end(&mut self.scratch))
+            .is_ok()
     }
 
     /// Remembers the current content without loading, so a file that
