@@ -34,26 +34,7 @@ pub fn render(registry: &Registry) -> String {
 #[derive(Debug)]
 struct StatusCollector(StatusBoard);
 
-fn counter(
-    e: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    value: u64,
-) -> Result<(), std::fmt::Error> {
-    let c = ConstCounter::new(value);
-    c.encode(e.encode_descriptor(name, help, unit, c.metric_type())?)
-}
-
-fn gauge(
-    e: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    value: i64,
-) -> Result<(), std::fmt::Error> {
-    let g = ConstGauge::new(value);
-    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
-}
+use relay::metrics::{counter, gauge};
 
 impl Collector for StatusCollector {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {

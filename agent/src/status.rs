@@ -6,11 +6,9 @@
 //! slow or hostile client cannot stall the packet path. It answers one
 //! request per connection, with a read timeout and a size cap.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -232,21 +230,15 @@ pub fn serve(
 /// Fetches the snapshot from a running agent.
 pub fn fetch(addr: SocketAddr) -> anyhow::Result<Status> {
     use anyhow::Context;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| {
+    let answer = relay::http::get(addr, "/status").with_context(|| {
         format!("no agent answers on {addr}; is it running, and is [status] listen the same in its config?")
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut resp = String::new();
-    stream.read_to_string(&mut resp)?;
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .context("malformed status answer")?;
-    serde_json::from_str(body).context("malformed status JSON")
+    anyhow::ensure!(
+        answer.code == 200,
+        "the status endpoint on {addr} answered {}",
+        answer.code
+    );
+    serde_json::from_str(&answer.body).context("malformed status JSON")
 }
 
 /// Human-readable rendering for `agent status`.
@@ -364,16 +356,8 @@ pub fn span(secs: u64) -> String {
 mod tests {
     use super::*;
 
-    fn get(addr: SocketAddr, path: &str) -> String {
-        let mut s = TcpStream::connect(addr).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut r = String::new();
-        s.read_to_string(&mut r).unwrap();
-        r
+    fn get(addr: SocketAddr, path: &str) -> relay::http::Response {
+        relay::http::get(addr, path).unwrap()
     }
 
     #[test]
@@ -398,17 +382,21 @@ mod tests {
         assert_eq!(got.link.frames_in, 42);
         assert!(got.link.hop_up);
         let metrics = get(addr, "/metrics");
-        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert_eq!(metrics.code, 200, "{metrics:?}");
         assert!(
-            metrics.contains("application/openmetrics-text"),
-            "{metrics}"
+            metrics.head.contains("application/openmetrics-text"),
+            "{metrics:?}"
         );
         assert!(
-            metrics.contains("\nztna_agent_frames_received_total 42\n"),
-            "{metrics}"
+            metrics
+                .body
+                .contains("\nztna_agent_frames_received_total 42\n"),
+            "{metrics:?}"
         );
         // Anything else is an error, and the server survives garbage.
-        assert!(get(addr, "/nothing").starts_with("HTTP/1.1 404"));
+        assert_eq!(get(addr, "/nothing").code, 404);
+        use std::io::{Read, Write};
+        use std::net::TcpStream;
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(b"\x00\xffjunk\r\n\r\n").unwrap();
         let mut r = String::new();
@@ -420,7 +408,7 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(fetch(addr).unwrap().link.frames_in, 42);
         assert!(
-            started.elapsed() < Duration::from_secs(1),
+            started.elapsed() < std::time::Duration::from_secs(1),
             "a scrape waited {:?} behind idle connections",
             started.elapsed()
         );

@@ -54,6 +54,44 @@ pub fn serve(
     Ok((local, handle))
 }
 
+/// An answer to [`get`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The status code.
+    pub code: u16,
+    /// The status line and headers.
+    pub head: String,
+    /// The body.
+    pub body: String,
+}
+
+/// A `GET` of `path` from `addr`: the client side of these pages (`agent
+/// status`, tests). Bounded: 2 s to connect, 5 s to read.
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let malformed =
+        || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP answer");
+    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(malformed)?;
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(malformed)?;
+    Ok(Response {
+        code,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    })
+}
+
 fn answer(request: tiny_http::Request, not_found: &str, route: &dyn Fn(&str) -> Option<Page>) {
     let page = (*request.method() == tiny_http::Method::Get)
         .then(|| route(request.url()))
@@ -74,20 +112,7 @@ fn answer(request: tiny_http::Request, not_found: &str, route: &dyn Fn(&str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
     use std::net::TcpStream;
-
-    fn get(addr: SocketAddr, path: &str) -> String {
-        let mut s = TcpStream::connect(addr).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut r = String::new();
-        s.read_to_string(&mut r).unwrap();
-        r
-    }
 
     #[test]
     fn routes_pages_and_answers_404_otherwise_despite_idle_clients() {
@@ -108,18 +133,19 @@ mod tests {
         // Idle connections first: they must not hold up the others.
         let idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
         let started = std::time::Instant::now();
-        let ok = get(addr, "/hello");
+        let ok = get(addr, "/hello").unwrap();
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "waited {:?} behind idle connections",
             started.elapsed()
         );
-        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
-        assert!(ok.contains("Content-Type: text/plain"), "{ok}");
-        assert!(ok.ends_with("\r\n\r\nhi\n"), "{ok}");
-        let missing = get(addr, "/other");
-        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
-        assert!(missing.ends_with("try GET /hello\n"), "{missing}");
+        assert_eq!((ok.code, ok.body.as_str()), (200, "hi\n"), "{ok:?}");
+        assert!(ok.head.contains("Content-Type: text/plain"), "{ok:?}");
+        let missing = get(addr, "/other").unwrap();
+        assert_eq!(
+            (missing.code, missing.body.as_str()),
+            (404, "try GET /hello\n")
+        );
         drop(idle);
         stop.store(true, Ordering::Relaxed);
         thread.join().unwrap();

@@ -81,17 +81,22 @@ fn per_worker(
     Ok(())
 }
 
-fn counter(
+/// Encodes one counter (`_total` is appended, and `_<unit>` before it)
+/// whose value was read at scrape time: the building block of the relay's
+/// and the agent's collectors.
+pub fn counter(
     e: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
+    unit: Option<&Unit>,
     value: u64,
 ) -> Result<(), std::fmt::Error> {
     let c = ConstCounter::new(value);
-    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+    c.encode(e.encode_descriptor(name, help, unit, c.metric_type())?)
 }
 
-fn gauge(
+/// Encodes one gauge whose value was read at scrape time.
+pub fn gauge(
     e: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
@@ -206,7 +211,7 @@ impl Collector for RelayCollector {
             ("ztna_revoked_refused", "Handshakes refused because the certificate is revoked.", c.revoked_refused),
             ("ztna_revoked_closed", "Sessions closed because a reload revoked their certificate.", c.revoked_closed),
         ] {
-            counter(&mut e, name, help, value)?;
+            counter(&mut e, name, help, None, value)?;
         }
         gauge(
             &mut e,
@@ -218,12 +223,14 @@ impl Collector for RelayCollector {
             &mut e,
             "ztna_policy_rejected",
             "Policy reloads rejected.",
+            None,
             shared.policy_rejected.load(Ordering::Relaxed),
         )?;
         counter(
             &mut e,
             "ztna_relay_handshakes_refused",
             "Relay handshakes refused: the key is in no relay record of the mesh view.",
+            None,
             shared.relay_refused.load(Ordering::Relaxed),
         )?;
         let mesh = &shared.mesh;
@@ -257,6 +264,7 @@ impl Collector for RelayCollector {
                 &mut e,
                 "ztna_mesh_peers_lost",
                 "Connectors and relays taken out of the routes for not answering keepalives.",
+                None,
                 mesh.peers_lost.load(Ordering::Relaxed),
             )?;
         }
