@@ -399,3 +399,25 @@ impl Drop for TcpPipe {
         }
     }
 }
+
+/// A synthetic node attached to `relay`: its identity (a certificate from
+/// `pki`: id, name, role, groups), a loopback socket and a completed hop
+/// handshake.
+pub fn attach(
+    pki: &loadgen::pki::Pki,
+    relay: &relay::Relay,
+    (id, name, role, groups): (u32, &str, proto::identity::Role, &[&str]),
+) -> (proto::handshake::LocalIdentity, UdpSocket, HopLink) {
+    let identity = pki.node(id, name, role, groups).unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let link = loadgen::link::handshake(
+        &socket,
+        relay.local_addr(),
+        relay.public_key(),
+        &identity,
+        pki.ca(),
+        proto::ids::ReceiverIndex(1),
+    )
+    .unwrap();
+    (identity, socket, link)
+}

@@ -20,7 +20,7 @@ use proto::link::HopLink;
 use proto::wire::{Frame, Kind, HEADER_LEN};
 use relay::mesh::etcd_server;
 use relay::Relay;
-use tests::{payload, receive, receive_directory, send_control};
+use tests::{attach, payload, receive, receive_directory, send_control};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 const USER: UserId = UserId(1);
@@ -72,32 +72,10 @@ fn a_user_on_one_relay_reaches_a_connector_on_another() {
     });
 
     // The connector attaches to C, the user to A.
-    let connector_id = pki
-        .node(CONNECTOR_ID, "connector1", Role::Connector, &[])
-        .unwrap();
-    let connector_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut connector = loadgen::link::handshake(
-        &connector_socket,
-        c.local_addr(),
-        c.public_key(),
-        &connector_id,
-        pki.ca(),
-        ReceiverIndex(1),
-    )
-    .unwrap();
-    let user_id = pki
-        .node(USER.0, "user1", Role::User, &["everyone"])
-        .unwrap();
-    let user_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut user = loadgen::link::handshake(
-        &user_socket,
-        a.local_addr(),
-        a.public_key(),
-        &user_id,
-        pki.ca(),
-        ReceiverIndex(1),
-    )
-    .unwrap();
+    let (connector_id, connector_socket, mut connector) =
+        attach(&pki, &c, (CONNECTOR_ID, "connector1", Role::Connector, &[]));
+    let (user_id, user_socket, mut user) =
+        attach(&pki, &a, (USER.0, "user1", Role::User, &["everyone"]));
     for s in [&user_socket, &connector_socket] {
         s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     }

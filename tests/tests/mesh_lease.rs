@@ -8,15 +8,15 @@
 //! test cuts. Needs the `etcd` binary (`scripts/setup.sh`);
 //! `ZTNA_SKIP_ETCD=1` skips.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use loadgen::pki::Pki;
 use loadgen::world::{ScratchDir, CONNECTOR_ID};
 use proto::identity::Role;
-use proto::ids::{ReceiverIndex, ServiceId, UserId};
+use proto::ids::{ServiceId, UserId};
 use relay::mesh::etcd_server;
-use tests::{start_mesh_relay, start_mesh_relay_at, TcpPipe};
+use tests::{attach, start_mesh_relay, start_mesh_relay_at, TcpPipe};
 
 const USER: UserId = UserId(1);
 const ALLOWED: ServiceId = ServiceId(1);
@@ -47,19 +47,8 @@ fn a_relay_whose_lease_expires_leaves_the_routes_and_comes_back() {
     let c = start_mesh_relay_at(&pki, &dir, &pipe.url(), 1002, "relay-c");
 
     // A connector on C: A routes the service to C.
-    let connector_id = pki
-        .node(CONNECTOR_ID, "connector1", Role::Connector, &[])
-        .unwrap();
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let _connector = loadgen::link::handshake(
-        &socket,
-        c.local_addr(),
-        c.public_key(),
-        &connector_id,
-        pki.ca(),
-        ReceiverIndex(1),
-    )
-    .unwrap();
+    let (_, _socket, _connector) =
+        attach(&pki, &c, (CONNECTOR_ID, "connector1", Role::Connector, &[]));
     let routed = || a.shared().routes.load().to_service(ALLOWED, USER).is_some();
     await_until("A routes to C's service", Duration::from_secs(10), routed);
     let metrics_of_c = || relay::metrics::render(c.shared());

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use loadgen::pki::Pki;
 use loadgen::world::{ScratchDir, CONNECTOR_ID};
 use proto::identity::Role;
-use proto::ids::{ReceiverIndex, ServiceId, UserId};
+use proto::ids::{ServiceId, UserId};
 use proto::link::HopLink;
 use proto::wire::{Kind, HEADER_LEN};
 use relay::mesh::etcd_server;
 use relay::Relay;
-use tests::{payload, receive, MeshRelay};
+use tests::{attach, payload, receive, MeshRelay};
 
 const DEADLINE: Duration = Duration::from_secs(15);
 
@@ -76,36 +76,14 @@ fn transit_between_two_relays_spreads_over_the_workers() {
             && sessions(&b) == [("relay-a".to_string(), 2), ("relay-c".to_string(), 2)]
     });
 
-    let connector_id = pki
-        .node(CONNECTOR_ID, "connector1", Role::Connector, &[])
-        .unwrap();
-    let connector_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut connector = loadgen::link::handshake(
-        &connector_socket,
-        c.local_addr(),
-        c.public_key(),
-        &connector_id,
-        pki.ca(),
-        ReceiverIndex(1),
-    )
-    .unwrap();
+    let (_, connector_socket, mut connector) =
+        attach(&pki, &c, (CONNECTOR_ID, "connector1", Role::Connector, &[]));
     // The synthetic policy's users 0..4, each allowed services 1, 2, 3, 5,
     // 6, 7: 24 flows.
     let mut users: Vec<(UserId, UdpSocket, HopLink)> = (0..4u32)
         .map(|u| {
-            let id = pki
-                .node(u, &format!("user{u}"), Role::User, &["everyone"])
-                .unwrap();
-            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-            let link = loadgen::link::handshake(
-                &socket,
-                a.local_addr(),
-                a.public_key(),
-                &id,
-                pki.ca(),
-                ReceiverIndex(1),
-            )
-            .unwrap();
+            let name = format!("user{u}");
+            let (_, socket, link) = attach(&pki, &a, (u, &name, Role::User, &["everyone"]));
             (UserId(u), socket, link)
         })
         .collect();
