@@ -207,3 +207,59 @@ fn relay_restart_mid_transfer_completes_byte_exact() {
     assert_eq!(n, total);
     assert_eq!(sent, got);
 }
+
+#[test]
+fn a_connector_refuses_and_closes_a_certificate_its_own_policy_revokes() {
+    let (w, _t) = world();
+    // The connector reads its own copy of the policy: revoke alice's
+    // certificate there only, so the relay (which would close her hop
+    // session first) keeps forwarding and only the connector's check can
+    // stop her.
+    std::fs::copy(w.path("policy.toml"), w.path("connector-policy.toml")).unwrap();
+    let (cfg, status) = w.agent_config(
+        "conn-a",
+        CONNECTOR,
+        proto::identity::Role::Connector,
+        &[],
+        "[connector]\npolicy = \"connector-policy.toml\"\n",
+    );
+    let connector = AgentProcess::spawn(&cfg, status, w.dir.path(), "conn-a", None);
+    let echo = free_tcp_port();
+    let client = w.client("alice", ALICE, &["eng"], &[("echo", echo, "tcp")]);
+    ready(&client, &connector, 1);
+    assert_eq!(echo_roundtrip(echo, b"before").unwrap(), b"before");
+
+    let cert = std::fs::read_to_string(w.path("alice.cert")).unwrap();
+    let cert = proto::identity::Certificate::from_text(&cert).unwrap();
+    let mut text = std::fs::read_to_string(w.path("connector-policy.toml")).unwrap();
+    text.push_str(&format!(
+        "\n[[revoked]]\nkey = \"{}\"\nreason = \"test\"\n",
+        proto::identity::to_hex(&cert.body.static_key)
+    ));
+    // Write then rename, as an operator's tooling does.
+    std::fs::write(w.path("connector-policy.tmp"), text).unwrap();
+    std::fs::rename(
+        w.path("connector-policy.tmp"),
+        w.path("connector-policy.toml"),
+    )
+    .unwrap();
+    // The connector closes her sessions and refuses new ones.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while echo_roundtrip(echo, b"after").is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the revoked certificate still reaches the service"
+        );
+    }
+    // Because of the revocation, not by accident: the connector closed
+    // her pair at the reload and holds nothing for her.
+    let st = connector.wait_for("alice's pair closed", Duration::from_secs(5), |s| {
+        s.services.iter().all(|p| !p.detail.contains("alice"))
+    });
+    assert!(
+        connector
+            .log_text()
+            .contains("access revoked: closing the pair's connections"),
+        "{st:?}"
+    );
+}
