@@ -260,13 +260,6 @@ impl Collector for RelayCollector {
                 "Peer relays this relay holds links with.",
                 shared.mesh_links.load().len() as i64,
             )?;
-            counter(
-                &mut e,
-                "ztna_mesh_peers_lost",
-                "Connectors and relays taken out of the routes for not answering keepalives.",
-                None,
-                mesh.peers_lost.load(Ordering::Relaxed),
-            )?;
         }
         Ok(())
     }

@@ -138,9 +138,14 @@ impl PolicySource {
     /// last rejected: a bad file is not re-read until it changes again).
     /// See the module docs for how that is decided cheaply.
     pub fn changed(&mut self) -> bool {
-        let (Some(seen), Some(now)) = (self.seen, self.stamp()) else {
-            // Never loaded, or the file is gone (the next load says why).
-            return self.seen.is_some() || self.stamp().is_some();
+        let now = self.stamp();
+        let Some(seen) = self.seen else {
+            // Never loaded: changed once the file exists.
+            return now.is_some();
+        };
+        let Some(now) = now else {
+            // The file is gone: the next load says why.
+            return true;
         };
         if now != seen.stamp {
             return true;

@@ -91,9 +91,6 @@ pub struct MeshStatus {
     pub registered: AtomicBool,
     /// The etcd revision of the view in force.
     pub revision: AtomicU64,
-    /// Connectors and peer relays taken out of the routes for not
-    /// answering keepalives.
-    pub peers_lost: AtomicU64,
 }
 
 /// What the control thread publishes and the workers read.

@@ -253,21 +253,6 @@ impl Control {
         let Some(mesh) = self.mesh.as_mut() else {
             return;
         };
-        let status = &self.shared.mesh;
-        status.enabled.store(true, Ordering::Relaxed);
-        status
-            .watch_connected
-            .store(mesh.watch_connected(), Ordering::Relaxed);
-        status.registered.store(
-            self.registry.as_ref().is_some_and(|r| r.connected()),
-            Ordering::Relaxed,
-        );
-        status
-            .peers_lost
-            .store(self.stats.peers_lost, Ordering::Relaxed);
-        status
-            .revision
-            .store(self.view.revision.max(0) as u64, Ordering::Relaxed);
         let mut newest = None;
         while let Ok(view) = mesh.views.try_recv() {
             newest = Some(view);
@@ -287,6 +272,20 @@ impl Control {
         for link in links {
             self.maybe_initiate(&link, now);
         }
+        // The control plane's state, as of the view just applied.
+        let status = &self.shared.mesh;
+        status.enabled.store(true, Ordering::Relaxed);
+        status.watch_connected.store(
+            self.mesh.as_ref().is_some_and(MeshLinks::watch_connected),
+            Ordering::Relaxed,
+        );
+        status.registered.store(
+            self.registry.as_ref().is_some_and(|r| r.connected()),
+            Ordering::Relaxed,
+        );
+        status
+            .revision
+            .store(self.view.revision.max(0) as u64, Ordering::Relaxed);
     }
 
     /// A new view: forget peers that left or changed (a restart is a new
