@@ -421,3 +421,14 @@ pub fn attach(
     .unwrap();
     (identity, socket, link)
 }
+
+/// Polls `cond` (every 5 ms) until it holds; fails naming `what` after
+/// `within`. Returns how long it took.
+pub fn await_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    start.elapsed()
+}

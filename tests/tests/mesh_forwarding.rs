@@ -28,18 +28,7 @@ const ALLOWED: ServiceId = ServiceId(1);
 /// Ids divisible by 4 are denied by the test policy.
 const DENIED: ServiceId = ServiceId(4);
 
-use tests::start_mesh_relay as start_relay;
-
-fn await_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{what}: not within {DEADLINE:?}"
-        );
-        std::thread::yield_now();
-    }
-}
+use tests::{await_until, start_mesh_relay as start_relay};
 
 fn counters(relay: &Relay) -> proto::datapath::Counters {
     relay.totals().datapath
@@ -67,7 +56,7 @@ fn a_user_on_one_relay_reaches_a_connector_on_another() {
     let pki = Pki::new(relay::control::unix_nanos() / 1_000_000_000);
     let a = start_relay(&pki, &dir, &etcd, 1001, "relay-a");
     let c = start_relay(&pki, &dir, &etcd, 1002, "relay-c");
-    await_until("A and C linked", || {
+    await_until("A and C linked", DEADLINE, || {
         a.mesh_links().len() == 1 && c.mesh_links().len() == 1
     });
 
@@ -82,7 +71,7 @@ fn a_user_on_one_relay_reaches_a_connector_on_another() {
 
     // A routes the service over the link (C announced it), C routes the
     // user over the link (A announced it).
-    await_until("routes across the mesh", || {
+    await_until("routes across the mesh", DEADLINE, || {
         a.shared().routes.load().to_service(ALLOWED, USER).is_some()
             && c.shared().routes.load().to_user(USER, ALLOWED).is_some()
     });
@@ -145,7 +134,7 @@ fn a_user_on_one_relay_reaches_a_connector_on_another() {
     let denied_before = counters(&a).dropped(DropReason::Denied);
     let f = frame(&mut user, Kind::DataUp, USER, DENIED, &payload(100, 3));
     user_socket.send_to(&f, a.local_addr()).unwrap();
-    await_until("denied at A", || {
+    await_until("denied at A", DEADLINE, || {
         counters(&a).dropped(DropReason::Denied) == denied_before + 1
     });
     assert!(receive(

@@ -9,26 +9,17 @@
 //! `ZTNA_SKIP_ETCD=1` skips.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use loadgen::pki::Pki;
 use loadgen::world::{ScratchDir, CONNECTOR_ID};
 use proto::identity::Role;
 use proto::ids::{ServiceId, UserId};
 use relay::mesh::etcd_server;
-use tests::{attach, start_mesh_relay, start_mesh_relay_at, TcpPipe};
+use tests::{attach, await_until, start_mesh_relay, start_mesh_relay_at, TcpPipe};
 
 const USER: UserId = UserId(1);
 const ALLOWED: ServiceId = ServiceId(1);
-
-fn await_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
-}
 
 #[test]
 fn a_relay_whose_lease_expires_leaves_the_routes_and_comes_back() {

@@ -18,20 +18,7 @@ use relay::Relay;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
-use tests::start_mesh_relay as start_relay;
-
-/// Polls `cond` until it holds; fails after [`DEADLINE`].
-fn await_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{what}: not within {DEADLINE:?}"
-        );
-        std::thread::yield_now();
-    }
-    start.elapsed()
-}
+use tests::{await_until, start_mesh_relay as start_relay};
 
 fn one_link_to(relay: &Relay, peer: &Relay, peer_cert: u32) -> bool {
     let links = relay.mesh_links();
@@ -52,7 +39,7 @@ fn relays_in_etcd_link_refuse_strangers_and_drop_leavers() {
     let b = start_relay(&pki, &dir, &etcd, 1002, "relay-b");
 
     // Both ends hold exactly one session with the other (A initiated).
-    let took = await_until("A and B linked", || {
+    let took = await_until("A and B linked", DEADLINE, || {
         one_link_to(&a, &b, 1002) && one_link_to(&b, &a, 1001)
     });
     eprintln!("linked after {took:?}");
@@ -72,7 +59,7 @@ fn relays_in_etcd_link_refuse_strangers_and_drop_leavers() {
     .unwrap();
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.send_to(&init, a.local_addr()).unwrap();
-    await_until("stranger refused", || {
+    await_until("stranger refused", DEADLINE, || {
         a.shared().relay_refused.load(Ordering::Relaxed) == 1
     });
     socket.set_nonblocking(true).unwrap();
@@ -86,7 +73,9 @@ fn relays_in_etcd_link_refuse_strangers_and_drop_leavers() {
     // B stops (its lease is revoked): A drops its link.
     let stopped = Instant::now();
     b.stop();
-    await_until("A dropped its link to B", || a.mesh_links().is_empty());
+    await_until("A dropped its link to B", DEADLINE, || {
+        a.mesh_links().is_empty()
+    });
     eprintln!("link dropped {:?} after B stopped", stopped.elapsed());
     let report = a.stop();
     assert_eq!(report.control.relay_refused, 1);

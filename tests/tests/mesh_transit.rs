@@ -8,7 +8,7 @@
 //! Needs the `etcd` binary (`scripts/setup.sh`); `ZTNA_SKIP_ETCD=1` skips.
 
 use std::net::UdpSocket;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use loadgen::pki::Pki;
 use loadgen::world::{ScratchDir, CONNECTOR_ID};
@@ -18,20 +18,9 @@ use proto::link::HopLink;
 use proto::wire::{Kind, HEADER_LEN};
 use relay::mesh::etcd_server;
 use relay::Relay;
-use tests::{attach, payload, receive, MeshRelay};
+use tests::{attach, await_until, payload, receive, MeshRelay};
 
 const DEADLINE: Duration = Duration::from_secs(15);
-
-fn await_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{what}: not within {DEADLINE:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// Frames forwarded by each of `relay`'s workers.
 fn forwarded(relay: &Relay) -> Vec<u64> {
@@ -64,7 +53,7 @@ fn transit_between_two_relays_spreads_over_the_workers() {
     }
     .start(&pki, &dir, &e);
     // Two links (one per worker) between A and B and between B and C.
-    await_until("links up", || {
+    await_until("links up", DEADLINE, || {
         let sessions = |r: &Relay| -> Vec<(String, usize)> {
             r.mesh_links()
                 .iter()
@@ -88,7 +77,7 @@ fn transit_between_two_relays_spreads_over_the_workers() {
         })
         .collect();
     let services: Vec<ServiceId> = [1, 2, 3, 5, 6, 7].map(ServiceId).to_vec();
-    await_until("A routes every service through B", || {
+    await_until("A routes every service through B", DEADLINE, || {
         let routes = a.shared().routes.load();
         services
             .iter()
@@ -112,7 +101,7 @@ fn transit_between_two_relays_spreads_over_the_workers() {
         assert_eq!(got.len(), 24, "round {round}: frames lost");
     }
     let total = (rounds * 24) as u64;
-    await_until("B's counters published", || {
+    await_until("B's counters published", DEADLINE, || {
         let now = forwarded(&b);
         now.iter().sum::<u64>() - before.iter().sum::<u64>() >= total
     });

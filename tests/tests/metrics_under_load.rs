@@ -2,8 +2,7 @@
 //! what the load generator sent and saw: every frame judged, every allowed
 //! frame forwarded and delivered, every denied frame dropped as `denied`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use loadgen::fleet::Fleet;
@@ -14,14 +13,9 @@ use proto::datapath::Mode;
 use relay::io::Backend;
 
 fn scrape(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    body
+    let page = relay::http::get(addr, "/metrics").unwrap();
+    assert_eq!(page.code, 200, "{page:?}");
+    page.body
 }
 
 /// The sum over every series of `name` whose labels contain `with`.

@@ -227,7 +227,6 @@ fn a_bad_policy_file_is_rejected_and_the_old_policy_stays() {
 
 #[test]
 fn metrics_endpoint_exports_counters_by_reason() {
-    use std::io::{Read, Write};
     let mut rig = Rig::start(relay::io::Backend::Mmsg).unwrap();
     let addr = rig
         .world
@@ -240,13 +239,14 @@ fn metrics_endpoint_exports_counters_by_reason() {
     rig.await_counters("one forward, one replay", |c| {
         c.forwarded == 1 && c.dropped(DropReason::Replay) == 1
     });
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    let scrape = || relay::http::get(addr, "/metrics").unwrap();
+    let page = scrape();
+    assert_eq!(page.code, 200, "{page:?}");
+    assert!(
+        page.head.contains("application/openmetrics-text"),
+        "{page:?}"
+    );
+    let body = page.body;
     assert!(
         body.contains("ztna_forwarded_frames_total{worker=\"0\"} 1\n"),
         "{body}"
@@ -256,24 +256,15 @@ fn metrics_endpoint_exports_counters_by_reason() {
         "{body}"
     );
     assert!(body.contains("ztna_policy_epoch 1\n"), "{body}");
-    assert!(body.contains("application/openmetrics-text"), "{body}");
     assert!(body.trim_end().ends_with("# EOF"), "{body}");
     // The control thread's counters too: the rig's user and connector
     // handshakes (published once per control loop).
-    let scrape = || {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
-        body
-    };
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut body = scrape();
+    let mut body = scrape().body;
     while !body.contains("ztna_handshakes_total{result=\"ok\"} 2\n") {
         assert!(std::time::Instant::now() < deadline, "{body}");
         std::thread::sleep(Duration::from_millis(20));
-        body = scrape();
+        body = scrape().body;
     }
     assert!(
         body.contains("ztna_handshakes_total{result=\"failed\"} 0\n"),
