@@ -432,3 +432,16 @@ pub fn await_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool)
     }
     start.elapsed()
 }
+
+/// A one-relay load-generator world sized for `plan`, in `ztna` mode on the
+/// `mmsg` backend.
+pub fn plan_world(plan: &loadgen::scenario::Plan) -> World {
+    World::start(&WorldConfig {
+        users: plan.users,
+        services: plan.services,
+        mode: proto::datapath::Mode::Ztna,
+        io: Backend::Mmsg,
+        ..WorldConfig::default()
+    })
+    .unwrap()
+}

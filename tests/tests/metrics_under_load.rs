@@ -8,9 +8,6 @@ use std::time::{Duration, Instant};
 use loadgen::fleet::Fleet;
 use loadgen::run::{run, RunSpec};
 use loadgen::scenario::{Plan, Scenario};
-use loadgen::world::{World, WorldConfig};
-use proto::datapath::Mode;
-use relay::io::Backend;
 
 fn scrape(addr: SocketAddr) -> String {
     let page = relay::http::get(addr, "/metrics").unwrap();
@@ -52,14 +49,7 @@ fn figures(addr: SocketAddr) -> Figures {
 #[test]
 fn metrics_match_what_the_load_generator_sent_and_saw() {
     let plan = Plan::new(Scenario::DenyMix, 1400, 0.1);
-    let world = World::start(&WorldConfig {
-        users: plan.users,
-        services: plan.services,
-        mode: Mode::Ztna,
-        io: Backend::Mmsg,
-        ..WorldConfig::default()
-    })
-    .unwrap();
+    let world = tests::plan_world(&plan);
     let metrics = world
         .relay
         .serve_metrics("127.0.0.1:0".parse().unwrap())

@@ -11,9 +11,6 @@ use std::time::{Duration, Instant};
 use loadgen::fleet::Fleet;
 use loadgen::run::{run, RunSpec};
 use loadgen::scenario::{Plan, Scenario};
-use loadgen::world::{World, WorldConfig};
-use proto::datapath::Mode;
-use relay::io::Backend;
 
 const RELOADS: u64 = 1000;
 
@@ -30,14 +27,7 @@ fn rss_kib() -> u64 {
 #[test]
 fn a_thousand_reloads_under_traffic_lose_nothing_and_keep_memory_flat() {
     let plan = Plan::new(Scenario::Bulk, 512, 0.0);
-    let world = World::start(&WorldConfig {
-        users: plan.users,
-        services: plan.services,
-        mode: Mode::Ztna,
-        io: Backend::Mmsg,
-        ..WorldConfig::default()
-    })
-    .unwrap();
+    let world = tests::plan_world(&plan);
     let mut fleet = Fleet::connect(&world, &plan, 1, Instant::now()).unwrap();
     let text = world.policy.to_toml_string();
     let shared = Arc::clone(world.relay.shared());

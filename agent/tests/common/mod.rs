@@ -149,20 +149,8 @@ impl World {
     /// Starts (or restarts) the relay on `relay_addr` (port 0 the first
     /// time).
     pub fn start_relay(&mut self) {
-        let relay = Relay::start(RelayOptions {
-            listen: self.relay_addr,
-            workers: 1,
-            first_core: 0,
-            pin: false,
-            io: Backend::Mmsg,
-            io_config: IoConfig::default(),
-            mode: self.mode,
-            identity: self.relay_identity.clone(),
-            ca: self.pki.ca(),
-            policy: self.path("policy.toml"),
-            mesh: None,
-        })
-        .expect("relay starts");
+        let options = self.relay_options(self.relay_addr, self.relay_identity.clone(), None);
+        let relay = Relay::start(options).expect("relay starts");
         self.relay_addr = relay.local_addr();
         self.relay = Some(relay);
     }
@@ -190,18 +178,10 @@ impl World {
         peers: Option<&[&str]>,
     ) -> (Relay, LocalIdentity) {
         let identity = self.pki.node(cert_id, relay_id, Role::Relay, &[]).unwrap();
-        let relay = Relay::start(RelayOptions {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            workers: 1,
-            first_core: 0,
-            pin: false,
-            io: Backend::Mmsg,
-            io_config: IoConfig::default(),
-            mode: self.mode,
-            identity: identity.clone(),
-            ca: self.pki.ca(),
-            policy: self.path("policy.toml"),
-            mesh: Some(relay::MeshOptions {
+        let relay = Relay::start(self.relay_options(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            identity.clone(),
+            Some(relay::MeshOptions {
                 etcd: etcd.to_owned(),
                 relay_id: relay::mesh::registry::RelayId::new(relay_id).unwrap(),
                 region: "test".into(),
@@ -213,9 +193,32 @@ impl World {
                         .collect()
                 }),
             }),
-        })
+        ))
         .expect("mesh relay starts");
         (relay, identity)
+    }
+
+    /// What every test relay runs with: one unpinned `mmsg` worker, this
+    /// world's mode, CA and policy file.
+    fn relay_options(
+        &self,
+        listen: SocketAddr,
+        identity: LocalIdentity,
+        mesh: Option<relay::MeshOptions>,
+    ) -> RelayOptions {
+        RelayOptions {
+            listen,
+            workers: 1,
+            first_core: 0,
+            pin: false,
+            io: Backend::Mmsg,
+            io_config: IoConfig::default(),
+            mode: self.mode,
+            identity,
+            ca: self.pki.ca(),
+            policy: self.path("policy.toml"),
+            mesh,
+        }
     }
 
     /// Points the agents configured from now on at `relay`.
