@@ -134,6 +134,7 @@ impl World {
                 io_config: IoConfig::default(),
                 mode: cfg.mode,
                 identity: pki.node(cert_id, name, Role::Relay, &[])?,
+                renewal: None,
                 ca: pki.ca(),
                 policy: policy_path.clone(),
                 mesh,

@@ -51,6 +51,7 @@ use proto::wire::{Frame, HeaderRepr, Kind, DEFAULT_TTL, HEADER_LEN};
 use crate::mesh::registry::{ConnectorRecord, Registry};
 use crate::mesh::view::MeshView;
 use crate::policy_source::PolicySource;
+use crate::renewal::{IdentityFiles, Renewal};
 use crate::shared::{MeshLink, Shared};
 use crate::worker::{FromWorker, ToWorker};
 
@@ -146,6 +147,13 @@ pub struct ControlStats {
     pub revoked_refused: u64,
     /// Sessions closed because a reload revoked their certificate.
     pub revoked_closed: u64,
+    /// Renewed certificates of this relay taken from its files.
+    pub cert_renewals: u64,
+    /// Changed key or certificate files refused (see the log).
+    pub cert_renewals_refused: u64,
+    /// End of validity of the certificate this relay presents, unix
+    /// seconds (0: unknown).
+    pub cert_not_after: u64,
 }
 
 /// The control thread's state.
@@ -182,6 +190,8 @@ pub struct Control {
     view: Arc<MeshView>,
     /// Links to the other relays of the mesh, if this relay is in one.
     mesh: Option<MeshLinks>,
+    /// This relay's key and certificate files, watched for a renewal.
+    renewal: Option<IdentityFiles>,
 }
 
 impl Control {
@@ -197,6 +207,7 @@ impl Control {
         use rand::SeedableRng;
         let mut routing = RouteBuilder::new();
         routing.set_connector_services(connector_services(&shared.policy.load()));
+        let cert_not_after = responder.certificate().body.not_after;
         Control {
             allocators: workers.iter().map(|_| IndexAllocator::new()).collect(),
             shared,
@@ -212,6 +223,7 @@ impl Control {
             rng: rand::rngs::StdRng::from_entropy(),
             stats: ControlStats {
                 policy_epoch: 1,
+                cert_not_after,
                 ..ControlStats::default()
             },
             routes_dirty: false,
@@ -221,7 +233,15 @@ impl Control {
             announced_users: BTreeSet::new(),
             view: Arc::new(MeshView::default()),
             mesh: None,
+            renewal: None,
         }
+    }
+
+    /// Takes renewed certificates from `files` while running
+    /// ([`crate::renewal`]).
+    pub fn with_renewal(mut self, files: Option<IdentityFiles>) -> Control {
+        self.renewal = files;
+        self
     }
 
     /// Announces this relay's services in the mesh's etcd as connectors
@@ -267,6 +287,7 @@ impl Control {
             if now.duration_since(last_expiry) >= Duration::from_secs(1) {
                 last_expiry = now;
                 self.expire(now);
+                self.renew();
             }
             self.mesh_tick(now);
             self.probe(now);
@@ -281,6 +302,35 @@ impl Control {
             registry.stop();
         }
         self.stats
+    }
+
+    /// Takes a renewed certificate from this relay's files: new handshakes
+    /// (answered and, in a mesh, started) present it; sessions up carry on.
+    fn renew(&mut self) {
+        let Some(files) = &mut self.renewal else {
+            return;
+        };
+        match files.poll(unix_nanos() / 1_000_000_000) {
+            Renewal::Unchanged => {}
+            Renewal::Renewed(identity) => {
+                let body = &identity.certificate().body;
+                let (name, not_after) = (body.name.clone(), body.not_after);
+                if let Some(mesh) = &mut self.mesh {
+                    mesh.renew(identity.clone());
+                }
+                if self.responder.renew(identity) {
+                    self.stats.cert_renewals += 1;
+                    self.stats.cert_not_after = not_after;
+                    tracing::info!(cert = %files.cert_path().display(), %name, not_after, "certificate renewed; new handshakes present it");
+                }
+            }
+            Renewal::Refused { error, first } => {
+                if first {
+                    self.stats.cert_renewals_refused += 1;
+                    tracing::error!(%error);
+                }
+            }
+        }
     }
 
     fn handle(&mut self, msg: FromWorker) {

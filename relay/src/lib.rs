@@ -26,6 +26,7 @@ pub mod keys;
 pub mod mesh;
 pub mod metrics;
 pub mod policy_source;
+pub mod renewal;
 pub mod shared;
 pub mod worker;
 
@@ -78,6 +79,9 @@ pub struct RelayOptions {
     pub mode: Mode,
     /// This relay's key and certificate.
     pub identity: LocalIdentity,
+    /// The files `identity` came from, watched for a renewed certificate
+    /// (`None`: it never changes while the relay runs).
+    pub renewal: Option<renewal::IdentityFiles>,
     /// The CA peers' certificates must chain to.
     pub ca: CaPublicKey,
     /// The policy file.
@@ -369,7 +373,8 @@ impl Relay {
             source,
         )
         .with_registry(registry)
-        .with_mesh(links);
+        .with_mesh(links)
+        .with_renewal(opts.renewal);
         let control = std::thread::Builder::new()
             .name("relay-control".into())
             .spawn(move || control.run())

@@ -306,6 +306,8 @@ fn run(args: RunArgs) -> Result<()> {
             identity.certificate().body.role
         );
     }
+    let renewal =
+        relay::renewal::IdentityFiles::new(&config.key, &config.certificate, ca, &identity);
     let relay = Relay::start(RelayOptions {
         listen: config.listen,
         workers: config.workers,
@@ -319,6 +321,7 @@ fn run(args: RunArgs) -> Result<()> {
         },
         mode: config.mode,
         identity,
+        renewal: Some(renewal),
         ca,
         policy: config.policy.clone(),
         mesh: match &config.mesh {

@@ -210,9 +210,17 @@ impl Collector for RelayCollector {
             ("ztna_peers_lost", "Connectors and peer relays taken out of the routes for not answering probes.", c.peers_lost),
             ("ztna_revoked_refused", "Handshakes refused because the certificate is revoked.", c.revoked_refused),
             ("ztna_revoked_closed", "Sessions closed because a reload revoked their certificate.", c.revoked_closed),
+            ("ztna_cert_renewals", "Renewed certificates of this relay taken from its files without a restart.", c.cert_renewals),
+            ("ztna_cert_renewals_refused", "Changed key or certificate files refused (the log says why).", c.cert_renewals_refused),
         ] {
             counter(&mut e, name, help, None, value)?;
         }
+        gauge(
+            &mut e,
+            "ztna_cert_not_after_seconds",
+            "End of validity of the certificate this relay presents, unix seconds: alert well before it (renew with `relay ca issue --force`).",
+            c.cert_not_after as i64,
+        )?;
         gauge(
             &mut e,
             "ztna_policy_epoch",

@@ -305,6 +305,7 @@ impl<'a> MeshRelay<'a> {
                     &[],
                 )
                 .unwrap(),
+            renewal: None,
             ca: pki.ca(),
             policy,
             mesh: Some(relay::MeshOptions {

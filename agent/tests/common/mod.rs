@@ -215,6 +215,7 @@ impl World {
             io_config: IoConfig::default(),
             mode: self.mode,
             identity,
+            renewal: None,
             ca: self.pki.ca(),
             policy: self.path("policy.toml"),
             mesh,

@@ -216,6 +216,18 @@ impl E2eResponder {
         }
     }
 
+    /// Answers from now on with `local`'s certificate: a renewal, which
+    /// must keep the static key ([`LocalIdentity::same_key`]) so that
+    /// sessions, cookies and the peers' pinned key stay valid. Returns
+    /// false and changes nothing when the key differs.
+    pub fn renew(&mut self, local: LocalIdentity) -> bool {
+        if !self.local.same_key(&local) {
+            return false;
+        }
+        self.local = local;
+        true
+    }
+
     /// Handles an `E2eHandshakeUp` body that arrived with `user` and
     /// `service` in its hop header. Returns the `E2eHandshakeDown` body to
     /// send back (with the same user and service) and the session.

@@ -216,6 +216,23 @@ impl HopResponder {
         }
     }
 
+    /// Answers from now on with `local`'s certificate: a renewal, which
+    /// must keep the static key ([`LocalIdentity::same_key`]) so that
+    /// sessions, cookies and the peers' pinned key stay valid. Returns
+    /// false and changes nothing when the key differs.
+    pub fn renew(&mut self, local: LocalIdentity) -> bool {
+        if !self.local.same_key(&local) {
+            return false;
+        }
+        self.local = local;
+        true
+    }
+
+    /// The certificate this responder presents.
+    pub fn certificate(&self) -> &crate::identity::Certificate {
+        self.local.certificate()
+    }
+
     /// Replaces the rate limiter (e.g. to size it for a deployment).
     pub fn with_rate_limiter(mut self, limiter: RateLimiter) -> HopResponder {
         self.limiter = limiter;
@@ -457,6 +474,28 @@ mod tests {
                 name: "alice".into()
             })
         );
+    }
+
+    #[test]
+    fn renewed_responder_answers_with_the_new_certificate_only_for_the_same_key() {
+        let mut p = pair();
+        let key = *p.relay.private_key();
+        let public = *p.relay.public_key();
+        let renewed = node_with_key(&ca(), 1, "relay-1-renewed", Role::Relay, key, public);
+        // Another key under the same id is not a renewal: refused, and the
+        // responder keeps answering with the old certificate.
+        let other = node(&ca(), 1, "relay-1-other-key", Role::Relay);
+        assert!(!p.responder.renew(other));
+        let (mut init, frame, _) = p.start(NOW_NS);
+        let (response, _) = established(p.respond(&frame, false).unwrap());
+        let keys = init.handle_response(&response, p.now, NOW_NS).unwrap();
+        assert_eq!(keys.peer.body.name, "relay-1");
+
+        assert!(p.responder.renew(renewed));
+        let (mut init, frame, _) = p.start(NOW_NS + 1);
+        let (response, _) = established(p.respond(&frame, false).unwrap());
+        let keys = init.handle_response(&response, p.now, NOW_NS + 1).unwrap();
+        assert_eq!(keys.peer.body.name, "relay-1-renewed");
     }
 
     #[test]

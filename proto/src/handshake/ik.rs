@@ -131,6 +131,14 @@ impl LocalIdentity {
     pub fn private_key(&self) -> &[u8; 32] {
         &self.private_key
     }
+
+    /// Whether `other` is this identity under another certificate: the
+    /// same private key, so sessions, cookies and pinned keys stay valid
+    /// when a node swaps one for the other (a certificate renewal).
+    pub fn same_key(&self, other: &LocalIdentity) -> bool {
+        self.private_key == other.private_key
+            && self.certificate.body.static_key == other.certificate.body.static_key
+    }
 }
 
 /// What a node accepts from peers: certificates signed by `ca` with one of

@@ -103,6 +103,14 @@ struct Outbound {
 }
 
 impl MeshLinks {
+    /// Starts handshakes with `identity` from now on: a renewed
+    /// certificate for the same key (links up carry on).
+    pub fn renew(&mut self, identity: LocalIdentity) {
+        if self.identity.same_key(&identity) {
+            self.identity = identity;
+        }
+    }
+
     /// Links for relay `me` (certificate `identity`), trusting relay
     /// certificates from `ca`, fed views by `views` from `watch`.
     pub fn new(
