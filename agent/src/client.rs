@@ -860,6 +860,13 @@ impl FlushReset for mio::net::TcpStream {
 }
 
 impl RuntimeRole for Client {
+    fn renew(&mut self, identity: &LocalIdentity) {
+        if self.identity.same_key(identity) {
+            self.name.clone_from(&identity.certificate().body.name);
+            self.identity = identity.clone();
+        }
+    }
+
     fn on_frame(
         &mut self,
         ctx: &mut Ctx,

@@ -503,6 +503,10 @@ fn ensure_udp_port(pair: &mut Pair, port: u16) {
 }
 
 impl RuntimeRole for Connector {
+    fn renew(&mut self, identity: &LocalIdentity) {
+        self.responder.renew(identity.clone());
+    }
+
     fn on_frame(
         &mut self,
         ctx: &mut Ctx,

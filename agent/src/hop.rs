@@ -71,7 +71,7 @@ pub enum HopProblem {
         reason: String,
     },
     /// This agent's certificate ends soon.
-    #[error("certificate '{name}' expires at {at} (in {left}); issue a new one and restart the agent before then, or the relay will refuse it", at = utc(*not_after), left = span(*left))]
+    #[error("certificate '{name}' expires at {at} (in {left}); renew it before then (`relay ca issue --force` for the same key over [identity] cert: the agent takes it without a restart), or the relay will refuse it", at = utc(*not_after), left = span(*left))]
     CertificateExpiring {
         /// Certificate name.
         name: String,
@@ -81,7 +81,7 @@ pub enum HopProblem {
         left: u64,
     },
     /// This agent's certificate has ended.
-    #[error("certificate '{name}' expired at {at}: the relay refuses new hop sessions from it; issue a new one and restart the agent", at = utc(*not_after))]
+    #[error("certificate '{name}' expired at {at}: the relay refuses new hop sessions from it; issue a new one for the same key over [identity] cert (the agent takes it without a restart)", at = utc(*not_after))]
     CertificateExpired {
         /// Certificate name.
         name: String,
@@ -124,6 +124,8 @@ pub struct HopStats {
     pub probes_answered: u64,
     /// Wall-clock time of the last completed handshake (unix s).
     pub last_handshake_unix: Option<u64>,
+    /// Renewed certificates taken.
+    pub renewals: u64,
 }
 
 struct Pending {
@@ -157,6 +159,10 @@ pub struct Hop {
     /// Initiations in a row the relay has not answered.
     unanswered: u32,
     cert_notice: CertNotice,
+    /// The certificate problems reported, withdrawn on renewal.
+    cert_problems: Vec<String>,
+    /// A renewed certificate waits to be presented: handshake now.
+    renewed: bool,
     problems: ErrorLog,
     /// The id this agent writes as `user` in control frames.
     self_id: u32,
@@ -204,6 +210,8 @@ impl Hop {
             next_index: rand::random::<u32>() | 1,
             unanswered: 0,
             cert_notice: CertNotice::None,
+            cert_problems: Vec::new(),
+            renewed: false,
             problems: ErrorLog::default(),
             self_id,
             digest: 0,
@@ -258,12 +266,16 @@ impl Hop {
             None => true,
             Some(cur) => now.duration_since(cur.established) >= REKEY_AFTER_TIME,
         };
-        if want_handshake {
-            let due = self
-                .pending
-                .as_ref()
-                .is_none_or(|p| now.duration_since(p.sent) >= RETRY_AFTER);
+        if want_handshake || self.renewed {
+            // An initiation in flight carries the old certificate: a
+            // renewal replaces it at once.
+            let due = self.renewed
+                || self
+                    .pending
+                    .as_ref()
+                    .is_none_or(|p| now.duration_since(p.sent) >= RETRY_AFTER);
             if due {
+                self.renewed = false;
                 self.initiate(now, unix_nanos, out);
             }
         }
@@ -296,6 +308,36 @@ impl Hop {
         at.max(now + Duration::from_millis(1))
     }
 
+    /// Presents `identity`, a renewed certificate for the same key, from
+    /// now on, and handshakes with it at the next [`Hop::poll`] so the
+    /// relay sees it at once; the current session carries traffic until
+    /// the new one is up, so nothing waits. The old certificate's expiry
+    /// reports are withdrawn. Returns false, changing nothing, for another
+    /// key.
+    pub fn renew(&mut self, identity: LocalIdentity) -> bool {
+        if !self.identity.same_key(&identity) {
+            return false;
+        }
+        self.identity = identity;
+        self.stats.renewals += 1;
+        self.cert_notice = CertNotice::None;
+        for msg in self.cert_problems.drain(..) {
+            self.problems.forget(&msg);
+        }
+        self.renewed = true;
+        true
+    }
+
+    /// The certificate this agent presents.
+    pub fn certificate(&self) -> &Certificate {
+        self.identity.certificate()
+    }
+
+    /// Records a problem for `agent status` (and logs it).
+    pub fn report(&mut self, problem: String) {
+        self.problems.push(problem);
+    }
+
     /// Reports this agent's certificate once when its end nears and once
     /// when it has passed.
     fn check_certificate(&mut self, now_unix: u64) {
@@ -308,7 +350,9 @@ impl Hop {
         };
         if notice > self.cert_notice {
             self.cert_notice = notice;
-            self.problems.push(problem.to_string());
+            let msg = problem.to_string();
+            self.problems.push(msg.clone());
+            self.cert_problems.push(msg);
         }
     }
 
@@ -592,6 +636,8 @@ mod tests {
         under_load: bool,
         /// The relay's side of each session it completed, oldest first.
         relay_links: Vec<HopLink>,
+        /// The certificate names the relay saw on those sessions.
+        relay_saw: Vec<String>,
         now: Instant,
         unix_nanos: u64,
         next_index: u32,
@@ -630,6 +676,7 @@ mod tests {
                 relay: responder,
                 under_load: false,
                 relay_links: Vec::new(),
+                relay_saw: Vec::new(),
                 now,
                 unix_nanos: T0_UNIX * 1_000_000_000,
                 next_index: 0x100,
@@ -670,6 +717,7 @@ mod tests {
                 .expect("the relay accepts the initiation");
             let reply = match outcome {
                 InitOutcome::Established { response, keys } => {
+                    self.relay_saw.push(keys.peer.body.name.clone());
                     self.relay_links.push(HopLink::from_keys(keys));
                     response
                 }
@@ -1056,7 +1104,7 @@ mod tests {
         s.advance(Duration::from_secs(60));
         s.poll();
         let expiring = format!(
-            "certificate 'alice' expires at {} (in 23 h 59 min); issue a new one and restart the agent before then, or the relay will refuse it",
+            "certificate 'alice' expires at {} (in 23 h 59 min); renew it before then (`relay ca issue --force` for the same key over [identity] cert: the agent takes it without a restart), or the relay will refuse it",
             utc(not_after)
         );
         assert_eq!(count(&s.hop.problems(), "expires at"), 1);
@@ -1067,7 +1115,7 @@ mod tests {
         s.poll();
         assert_eq!(count(&s.hop.problems(), "expired at"), 1);
         assert!(s.hop.problems().contains(&format!(
-            "certificate 'alice' expired at {}: the relay refuses new hop sessions from it; issue a new one and restart the agent",
+            "certificate 'alice' expired at {}: the relay refuses new hop sessions from it; issue a new one for the same key over [identity] cert (the agent takes it without a restart)",
             utc(not_after)
         )));
     }
@@ -1086,5 +1134,45 @@ mod tests {
         s.advance(Duration::from_secs(1));
         s.poll();
         assert_eq!(count(&s.hop.problems(), "expires at"), 1);
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_presented_at_once_while_the_old_session_carries_traffic() {
+        let not_after = T0_UNIX + 3600;
+        let mut s = Sim::with(&ca(), (T0_UNIX - 30 * 86_400, not_after));
+        s.establish();
+        s.poll();
+        assert_eq!(count(&s.hop.problems(), "expires at"), 1);
+        let old = s.hop.identity.clone();
+        let renewed = {
+            let mut body = old.certificate().body.clone();
+            body.name = "alice (renewed)".into();
+            body.not_after = T0_UNIX + 90 * 86_400;
+            LocalIdentity::new(*old.private_key(), ca().issue(body).unwrap())
+        };
+        // Another key is not a renewal.
+        let stranger = node(&ca(), 1001, "alice", Role::User, (T0_UNIX, not_after));
+        assert!(!s.hop.renew(stranger));
+        assert!(s.poll().is_empty());
+
+        assert!(s.hop.renew(renewed));
+        // The expiry report is withdrawn, the session stays up, and the
+        // next poll handshakes with the new certificate.
+        assert_eq!(count(&s.hop.problems(), "expires at"), 0);
+        assert!(s.hop.is_up());
+        s.advance(MS);
+        let init = only(&s.poll(), Kind::HandshakeInit);
+        assert!(s.hop.is_up());
+        let (ev, _) = s.answer(&init);
+        assert_eq!(ev, HopEvent::Established);
+        assert_eq!(s.relay_saw, ["alice", "alice (renewed)"]);
+        // Frames from the relay on the old session are still taken.
+        let f = s.frame_from_relay(0);
+        let now = s.now;
+        assert_eq!(s.hop.accept(&f, now), Ok(()));
+        // The new certificate is not near its end: nothing to report.
+        s.advance(Duration::from_secs(2 * 3600));
+        s.poll();
+        assert!(s.hop.problems().is_empty(), "{:?}", s.hop.problems());
     }
 }

@@ -121,6 +121,19 @@ impl Collector for StatusCollector {
         )?;
         gauge(
             &mut e,
+            "ztna_agent_cert_not_after_seconds",
+            "End of validity of the certificate in use, unix seconds: alert well before it (renew over the certificate file; the agent takes it without a restart).",
+            l.cert_not_after as i64,
+        )?;
+        counter(
+            &mut e,
+            "ztna_agent_cert_renewals",
+            "Renewed certificates taken from the files while running.",
+            None,
+            l.cert_renewals,
+        )?;
+        gauge(
+            &mut e,
             "ztna_agent_errors",
             "Problems `agent status` lists now (the last 16).",
             s.errors.len() as i64,

@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
+use proto::handshake::LocalIdentity;
 use proto::ids::{ServiceId, UserId};
 use proto::wire::{Frame, Kind};
+use relay::renewal::{IdentityFiles, Renewal};
 
 use crate::e2e::E2eSession;
 use crate::hop::Hop;
@@ -87,6 +89,8 @@ pub struct Ctx {
     pub scratch: Vec<u8>,
     /// The answer to a relay's keepalive probe, built once.
     pong: Vec<u8>,
+    /// This agent's key and certificate files, watched for a renewal.
+    pub renewal: Option<IdentityFiles>,
     next_token: usize,
 }
 
@@ -166,6 +170,8 @@ impl Ctx {
         st.bytes_in = self.stats.bytes_in;
         st.send_dropped = self.stats.send_dropped;
         st.open_dropped = self.stats.open_dropped;
+        st.cert_not_after = self.hop.certificate().body.not_after;
+        st.cert_renewals = self.hop.stats.renewals;
     }
 
     /// Sends the hop's control frames and everything staged.
@@ -202,6 +208,9 @@ pub trait Role {
     fn on_event(&mut self, ctx: &mut Ctx, event: &mio::event::Event, now: Instant);
     /// A new hop session is up.
     fn on_hop_established(&mut self, _ctx: &mut Ctx, _now: Instant) {}
+    /// This agent's certificate was renewed (same id, role and key): new
+    /// end-to-end handshakes present `identity`.
+    fn renew(&mut self, identity: &LocalIdentity);
     /// Move bytes, run stacks and timers, send what is queued. Returns
     /// when it next needs a turn without events.
     fn poll(&mut self, ctx: &mut Ctx, now: Instant) -> Option<Instant>;
@@ -248,8 +257,13 @@ pub fn run(
 ) -> io::Result<()> {
     let mut events = Events::with_capacity(1024);
     let mut last_publish = Instant::now();
+    let mut last_renewal_check = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
+        if now.duration_since(last_renewal_check) >= RENEWAL_POLL {
+            last_renewal_check = now;
+            renew(&mut ctx, role);
+        }
         let hop_at = ctx.hop.poll(now, unix_nanos(), &mut ctx.out);
         let role_at = role.poll(&mut ctx, now);
         ctx.flush();
@@ -279,6 +293,32 @@ pub fn run(
     }
     publish(role, &ctx, board);
     Ok(())
+}
+
+/// How often the key and certificate files are looked at for a renewal.
+pub const RENEWAL_POLL: Duration = Duration::from_secs(1);
+
+/// Takes a renewed certificate from the identity files, if one is there:
+/// the hop handshakes with it at once, the role's next end-to-end
+/// handshakes present it. Sessions up carry on meanwhile.
+fn renew(ctx: &mut Ctx, role: &mut dyn Role) {
+    let Some(files) = &mut ctx.renewal else {
+        return;
+    };
+    match files.poll(unix_nanos() / 1_000_000_000) {
+        Renewal::Unchanged => {}
+        Renewal::Renewed(identity) => {
+            let body = &identity.certificate().body;
+            tracing::info!(cert = %files.cert_path().display(), name = %body.name, not_after = body.not_after, "certificate renewed; handshaking with it");
+            role.renew(&identity);
+            ctx.hop.renew(identity);
+        }
+        Renewal::Refused { error, first } => {
+            if first {
+                ctx.hop.report(error.to_string());
+            }
+        }
+    }
 }
 
 /// The role's snapshot, with the hop's problems the role does not see.
@@ -390,6 +430,7 @@ pub fn context(
         out: Vec::new(),
         scratch: vec![0; crate::pool::BUF_LEN],
         pong: crate::hop::pong_body(),
+        renewal: None,
         next_token: FIRST_ROLE_TOKEN,
     })
 }

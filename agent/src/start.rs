@@ -162,6 +162,12 @@ pub fn run(cfg: AgentConfig, stop: Arc<AtomicBool>) -> Result<()> {
         now,
     );
     let mut ctx = runtime::context(&poll, socket, hop)?;
+    ctx.renewal = Some(relay::renewal::IdentityFiles::new(
+        &cfg.identity.key,
+        &cfg.identity.cert,
+        ca,
+        &identity,
+    ));
     let board = StatusBoard::new();
     let status_thread = status::serve(cfg.status.listen, board.clone(), stop.clone())
         .with_context(|| {

@@ -85,6 +85,12 @@ pub struct LinkStatus {
     pub send_dropped: u64,
     /// Frames that failed end-to-end checks.
     pub open_dropped: u64,
+    /// End of validity of the certificate in use, unix seconds.
+    #[serde(default)]
+    pub cert_not_after: u64,
+    /// Renewed certificates taken from the files without a restart.
+    #[serde(default)]
+    pub cert_renewals: u64,
 }
 
 /// The TUN device's counters (tun mode; all zero otherwise).
@@ -170,6 +176,11 @@ impl ErrorLog {
             self.0.pop_front();
         }
         self.0.push_back(msg);
+    }
+
+    /// Withdraws `msg` (a problem since fixed).
+    pub fn forget(&mut self, msg: &str) {
+        self.0.retain(|m| m != msg);
     }
 
     /// The entries, oldest first.
@@ -265,6 +276,14 @@ pub fn render(s: &Status) -> String {
         s.link.handshakes,
         s.link.hop_lost
     );
+    if s.link.cert_not_after != 0 {
+        let _ = writeln!(
+            out,
+            "  certificate: valid until {} ({} renewals taken while running)",
+            utc(s.link.cert_not_after),
+            s.link.cert_renewals
+        );
+    }
     let _ = writeln!(
         out,
         "  frames:      {} out / {} in ({} B / {} B); dropped: {} send, {} open",

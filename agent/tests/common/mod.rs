@@ -200,7 +200,7 @@ impl World {
 
     /// What every test relay runs with: one unpinned `mmsg` worker, this
     /// world's mode, CA and policy file.
-    fn relay_options(
+    pub fn relay_options(
         &self,
         listen: SocketAddr,
         identity: LocalIdentity,
