@@ -89,8 +89,8 @@ enum CaCommand {
         /// Validity in days from now. Short by default, so that lost
         /// devices age out even when nobody revokes them (`ca revoke` ends
         /// one at once). Renew before expiry by issuing again for the same
-        /// key with `--force`: the node picks the new certificate up at
-        /// its next start.
+        /// key with `--force`: a running relay or agent takes the new
+        /// certificate within a second, without a restart.
         #[arg(long, default_value_t = 30)]
         days: u64,
         /// Where to write the certificate.
@@ -477,8 +477,10 @@ fn ca(cmd: CaCommand) -> Result<()> {
                 not_before: now.saturating_sub(300),
                 not_after: now + days.saturating_mul(86_400),
             })?;
-            std::fs::write(&out, cert.to_text())
-                .with_context(|| format!("cannot write {}", out.display()))?;
+            // Replaced whole (a rename), never rewritten in place: a
+            // running node watching the file for a renewal must not read
+            // half of it.
+            write_replacing(&out, &cert.to_text())?;
             // The CA's record of what it issued, for `ca list`.
             let log = ca_key.with_file_name("issued.log");
             let line = format!(
@@ -666,6 +668,19 @@ fn utc(secs: u64) -> String {
     let mo = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(mo <= 2);
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02}")
+}
+
+/// Writes `text` to `path` through a temporary file beside it and a
+/// rename, so readers see the old content or the new, never a mix.
+fn write_replacing(path: &Path, text: &str) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot replace {}", path.display())
+    })
 }
 
 /// Refuses to replace `path` unless `force`.
