@@ -25,8 +25,10 @@
 
 mod health;
 mod links;
+mod reject;
 
 pub use links::{MeshLinks, RETRY as MESH_RETRY};
+pub use reject::{HandshakeReject, HandshakeRejects};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -107,6 +109,8 @@ pub struct ControlStats {
     pub handshakes_ok: u64,
     /// Handshake frames rejected (bad mac1, bad certificate, replays...).
     pub handshakes_failed: u64,
+    /// The same, by reason (they add up to `handshakes_failed`).
+    pub handshakes_rejected: HandshakeRejects,
     /// Cookie replies sent while under load.
     pub cookie_replies: u64,
     /// Sessions removed after `REJECT_AFTER_TIME`.
@@ -154,6 +158,14 @@ pub struct ControlStats {
     /// End of validity of the certificate this relay presents, unix
     /// seconds (0: unknown).
     pub cert_not_after: u64,
+}
+
+impl ControlStats {
+    /// Counts a rejected handshake frame, in total and by reason.
+    fn reject(&mut self, reason: HandshakeReject) {
+        self.handshakes_failed += 1;
+        self.handshakes_rejected.count(reason);
+    }
 }
 
 /// The control thread's state.
@@ -362,7 +374,7 @@ impl Control {
                 return self.mesh_cookie(worker, frame, receiver);
             }
             Err(_) => {
-                self.stats.handshakes_failed += 1;
+                self.stats.reject(HandshakeReject::Malformed);
                 return;
             }
         }
@@ -372,7 +384,7 @@ impl Control {
             .and_then(IndexAllocator::allocate)
         else {
             tracing::warn!(worker, %from, "no free receiver index; handshake dropped");
-            self.stats.handshakes_failed += 1;
+            self.stats.reject(HandshakeReject::NoIndex);
             return;
         };
         let under_load = self.inbox.len() > UNDER_LOAD_QUEUE;
@@ -426,7 +438,7 @@ impl Control {
             }
             Err(e) => {
                 self.allocators[worker].release(index);
-                self.stats.handshakes_failed += 1;
+                self.stats.reject(HandshakeReject::of(&e));
                 tracing::debug!(worker, %from, error = %e, "hop handshake rejected");
             }
         }

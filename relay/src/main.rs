@@ -11,6 +11,7 @@ use proto::datapath::{DropReason, Mode};
 use proto::handshake::StaticKeypair;
 use proto::identity::{to_hex, CaKeypair, CertificateBody, Role};
 use relay::config::Config;
+use relay::control::HandshakeReject;
 use relay::io::{Backend, IoConfig};
 use relay::{keys, Relay, RelayOptions, RelayReport};
 
@@ -405,10 +406,36 @@ fn print_report(report: &RelayReport) {
             }
         );
     }
-    let c = &report.control;
+    let t = &report.total;
     println!(
-        "control: {} hop sessions established, {} handshakes rejected, {} cookie replies, policy epoch {} ({} reloads rejected)",
-        c.handshakes_ok, c.handshakes_failed, c.cookie_replies, c.policy_epoch, c.policy_rejected
+        "local: {} keepalives, {} control frames; shed: {} handshakes, {} control frames; io drops: {} send, {} no buffer, {} truncated, {} receive errors",
+        t.keepalives,
+        t.control_frames,
+        t.handshakes_shed,
+        t.control_shed,
+        t.io.send_dropped,
+        t.io.recv_no_buffers,
+        t.io.recv_truncated,
+        t.io.recv_errors
+    );
+    let c = &report.control;
+    let rejected: Vec<String> = HandshakeReject::ALL
+        .iter()
+        .filter(|r| c.handshakes_rejected.get(**r) > 0)
+        .map(|r| format!("{}={}", r.name(), c.handshakes_rejected.get(*r)))
+        .collect();
+    println!(
+        "control: {} hop sessions established, {} handshakes rejected ({}), {} cookie replies, policy epoch {} ({} reloads rejected)",
+        c.handshakes_ok,
+        c.handshakes_failed,
+        if rejected.is_empty() {
+            "none".into()
+        } else {
+            rejected.join(" ")
+        },
+        c.cookie_replies,
+        c.policy_epoch,
+        c.policy_rejected
     );
     println!(
         "control messages: {} received ({} rejected), {} pongs, {} directories sent ({} pushed, {} parts)",

@@ -19,6 +19,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use proto::datapath::DropReason;
 
+use crate::control::HandshakeReject;
 use crate::io::BATCH_BUCKETS;
 use crate::shared::{Shared, WorkerStats};
 
@@ -127,6 +128,8 @@ impl Collector for RelayCollector {
             (("ztna_forwarded_frames", "Frames forwarded.", None), |w| w.datapath.forwarded),
             (("ztna_forwarded", "Bytes forwarded.", bytes), |w| w.datapath.forwarded_bytes),
             (("ztna_local_frames", "Authenticated keepalive and control frames for this relay.", None), |w| w.datapath.local),
+            (("ztna_keepalive_frames", "Authenticated keepalive frames (of the local frames).", None), |w| w.keepalives),
+            (("ztna_control_frames", "Authenticated control frames (of the local frames; those not shed go to the control thread).", None), |w| w.control_frames),
             (("ztna_handshake_frames", "Hop handshake frames handed to the control thread.", None), |w| w.datapath.handshakes),
             (("ztna_handshakes_shed", "Hop handshake frames shed because the control queue was full.", None), |w| w.handshakes_shed),
             (("ztna_control_shed", "Authenticated control frames shed because the control queue was full.", None), |w| w.control_shed),
@@ -198,6 +201,18 @@ impl Collector for RelayCollector {
                 ConstCounter::new(n).encode(family.encode_family(&[("result", result)])?)?;
             }
         }
+        {
+            let mut family = e.encode_descriptor(
+                "ztna_handshakes_rejected",
+                "Hop handshake frames the control thread rejected, by reason (they add up to ztna_handshakes_total{result=\"failed\"}).",
+                None,
+                MetricType::Counter,
+            )?;
+            for r in HandshakeReject::ALL {
+                ConstCounter::new(c.handshakes_rejected.get(r))
+                    .encode(family.encode_family(&[("reason", r.name())])?)?;
+            }
+        }
         for (name, help, value) in [
             ("ztna_cookie_replies", "Cookie replies sent while under load.", c.cookie_replies),
             ("ztna_sessions_expired", "Hop sessions removed after REJECT_AFTER_TIME.", c.sessions_expired),
@@ -206,6 +221,8 @@ impl Collector for RelayCollector {
             ("ztna_pings_rate_limited", "Pings dropped for exceeding the per-session rate.", c.pings_rate_limited),
             ("ztna_directories_sent", "Directories sent to users, in answer to a ping or pushed.", c.directories_sent),
             ("ztna_directories_pushed", "Directories pushed unprompted after a policy or connector change.", c.directories_pushed),
+            ("ztna_directory_parts_sent", "Directory parts (control messages) sent.", c.directory_parts_sent),
+            ("ztna_pongs_sent", "Pongs sent in answer to pings.", c.pongs_sent),
             ("ztna_probes_sent", "Keepalive probes sent to connectors and peer relays.", c.probes_sent),
             ("ztna_peers_lost", "Connectors and peer relays taken out of the routes for not answering probes.", c.peers_lost),
             ("ztna_revoked_refused", "Handshakes refused because the certificate is revoked.", c.revoked_refused),
@@ -319,6 +336,51 @@ mod tests {
                 let line = format!("ztna_{name}{{worker=\"{worker}\"}} {}\n", base + offset);
                 assert!(text.contains(&line), "missing {line:?} in:\n{text}");
             }
+        }
+    }
+
+    #[test]
+    fn every_counter_of_the_exit_report_is_exported() {
+        let shared = Arc::new(Shared::new(
+            proto::policy::CompiledPolicy::compile(&proto::policy::PolicyFile::default()).unwrap(),
+            1,
+        ));
+        shared.publish(
+            0,
+            WorkerStats {
+                keepalives: 3,
+                control_frames: 4,
+                handshakes_shed: 5,
+                control_shed: 6,
+                ..WorkerStats::default()
+            },
+        );
+        let mut c = crate::control::ControlStats {
+            handshakes_failed: 3,
+            cookie_replies: 7,
+            pongs_sent: 8,
+            directory_parts_sent: 9,
+            ..Default::default()
+        };
+        c.handshakes_rejected.count(HandshakeReject::Role);
+        c.handshakes_rejected.count(HandshakeReject::Role);
+        c.handshakes_rejected.count(HandshakeReject::BadMac1);
+        shared.publish_control(&c);
+        let text = render(&shared);
+        for line in [
+            "ztna_keepalive_frames_total{worker=\"0\"} 3\n",
+            "ztna_control_frames_total{worker=\"0\"} 4\n",
+            "ztna_handshakes_shed_total{worker=\"0\"} 5\n",
+            "ztna_control_shed_total{worker=\"0\"} 6\n",
+            "ztna_cookie_replies_total 7\n",
+            "ztna_pongs_sent_total 8\n",
+            "ztna_directory_parts_sent_total 9\n",
+            "ztna_handshakes_total{result=\"failed\"} 3\n",
+            "ztna_handshakes_rejected_total{reason=\"role\"} 2\n",
+            "ztna_handshakes_rejected_total{reason=\"bad_mac1\"} 1\n",
+            "ztna_handshakes_rejected_total{reason=\"replay\"} 0\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
     }
 }

@@ -26,6 +26,11 @@ pub struct WorkerStats {
     pub handshakes_shed: u64,
     /// Control frames dropped because the control thread's queue was full.
     pub control_shed: u64,
+    /// Authenticated keepalive frames (of the datapath's local frames).
+    pub keepalives: u64,
+    /// Authenticated control frames (the other local frames; those not
+    /// shed went to the control thread).
+    pub control_frames: u64,
     /// Installed receive sessions.
     pub sessions: usize,
     /// CPU time the worker thread has used, where the OS tells (in a sum:
@@ -41,6 +46,8 @@ impl WorkerStats {
             io,
             handshakes_shed,
             control_shed,
+            keepalives,
+            control_frames,
             sessions,
             cpu,
         } = other;
@@ -48,6 +55,8 @@ impl WorkerStats {
         self.io += io;
         self.handshakes_shed += handshakes_shed;
         self.control_shed += control_shed;
+        self.keepalives += keepalives;
+        self.control_frames += control_frames;
         self.sessions += sessions;
         self.cpu = match (self.cpu, *cpu) {
             (Some(a), Some(b)) => Some(a + b),

@@ -98,7 +98,7 @@ pub fn run(
     let mut sessions = SessionTable::new();
     let mut tx = TxCounters::default();
     let mut counters = Counters::default();
-    let mut shed = Shed::default();
+    let mut tally = Tally::default();
     let mut last_publish = Instant::now();
     // A relay in a mesh initiates hop handshakes with other relays, from
     // each worker's link port: only then may responses and cookie replies
@@ -156,7 +156,7 @@ pub fn run(
                         bytes: frame.to_vec(),
                     };
                     if let Err(TrySendError::Full(_)) = control.try_send(msg) {
-                        shed.handshakes += 1;
+                        tally.handshakes += 1;
                     }
                     Action::Consume
                 }
@@ -170,12 +170,21 @@ pub fn run(
                         index: Frame::new_unchecked(&*frame).receiver(),
                         bytes: frame.get(HEADER_LEN..).unwrap_or_default().to_vec(),
                     };
+                    tally.control_frames += 1;
                     if let Err(TrySendError::Full(_)) = control.try_send(msg) {
-                        shed.control += 1;
+                        tally.control += 1;
                     }
                     Action::Consume
                 }
-                Verdict::Local | Verdict::Drop(_) => Action::Consume,
+                Verdict::Local => {
+                    if frame.first() == Some(&Kind::Control.byte0()) {
+                        tally.control_frames += 1;
+                    } else {
+                        tally.keepalives += 1;
+                    }
+                    Action::Consume
+                }
+                Verdict::Drop(_) => Action::Consume,
             }
         });
         if let Err(e) = result {
@@ -184,28 +193,37 @@ pub fn run(
         }
         if last_publish.elapsed() >= PUBLISH_EVERY {
             last_publish = Instant::now();
-            shared.publish(id, stats(&counters, &io, shed, &sessions));
+            shared.publish(id, stats(&counters, &io, tally, &sessions));
         }
     }
     let _ = io.flush();
-    let last = stats(&counters, &io, shed, &sessions);
+    let last = stats(&counters, &io, tally, &sessions);
     shared.publish(id, last.clone());
     last
 }
 
-/// Frames for the control thread dropped because its queue was full.
+/// What the worker counts beside the datapath: frames for the control
+/// thread shed because its queue was full, and the local frames by kind.
 #[derive(Debug, Clone, Copy, Default)]
-struct Shed {
+struct Tally {
+    /// Handshake frames shed.
     handshakes: u64,
+    /// Control frames shed.
     control: u64,
+    /// Authenticated keepalives.
+    keepalives: u64,
+    /// Authenticated control frames (shed or not).
+    control_frames: u64,
 }
 
-fn stats(counters: &Counters, io: &Io, shed: Shed, sessions: &SessionTable) -> WorkerStats {
+fn stats(counters: &Counters, io: &Io, tally: Tally, sessions: &SessionTable) -> WorkerStats {
     WorkerStats {
         datapath: counters.clone(),
         io: *io.stats(),
-        handshakes_shed: shed.handshakes,
-        control_shed: shed.control,
+        handshakes_shed: tally.handshakes,
+        control_shed: tally.control,
+        keepalives: tally.keepalives,
+        control_frames: tally.control_frames,
         sessions: sessions.len(),
         cpu: thread_cpu_time(),
     }

@@ -454,7 +454,7 @@ impl Control {
         receiver: ReceiverIndex,
     ) {
         let Some(link) = self.pending(worker, receiver) else {
-            self.stats.handshakes_failed += 1;
+            self.stats.reject(super::HandshakeReject::Unanswered);
             return;
         };
         let now = Instant::now();
@@ -478,7 +478,7 @@ impl Control {
                 } else {
                     self.allocators[worker].release(receiver);
                 }
-                self.stats.handshakes_failed += 1;
+                self.stats.reject(super::HandshakeReject::of(&e));
                 tracing::debug!(relay = %link.0, %from, error = %e, "mesh: hop response rejected");
                 return;
             }
@@ -500,7 +500,7 @@ impl Control {
     /// load; store the cookie and send the initiation again with mac2.
     pub(super) fn mesh_cookie(&mut self, worker: usize, frame: &[u8], receiver: ReceiverIndex) {
         let Some(link) = self.pending(worker, receiver) else {
-            self.stats.handshakes_failed += 1;
+            self.stats.reject(super::HandshakeReject::Unanswered);
             return;
         };
         let now = Instant::now();
@@ -511,7 +511,7 @@ impl Control {
             return;
         };
         if let Err(e) = initiator.handle_cookie_reply(frame, &mut out.jar, now) {
-            self.stats.handshakes_failed += 1;
+            self.stats.reject(super::HandshakeReject::of(&e));
             tracing::debug!(relay = %link.0, error = %e, "mesh: cookie reply rejected");
             return;
         }
