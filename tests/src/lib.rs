@@ -52,10 +52,16 @@ pub const DENIED: ServiceId = ServiceId(4);
 impl Rig {
     /// Starts a relay on `io` and attaches user 1 and the connector.
     pub fn start(io: Backend) -> anyhow::Result<Rig> {
-        let world = World::start(&WorldConfig {
+        Rig::start_with(&WorldConfig {
             io,
             ..WorldConfig::default()
-        })?;
+        })
+    }
+
+    /// [`Rig::start`] with a relay set up as `cfg` says (one relay).
+    pub fn start_with(cfg: &WorldConfig) -> anyhow::Result<Rig> {
+        let io = cfg.io;
+        let world = World::start(cfg)?;
         assert_eq!(world.relay.backend(), io, "relay fell back from {io}");
         let user_socket = UdpSocket::bind("127.0.0.1:0")?;
         let connector_socket = UdpSocket::bind("127.0.0.1:0")?;
@@ -445,4 +451,29 @@ pub fn plan_world(plan: &loadgen::scenario::Plan) -> World {
         ..WorldConfig::default()
     })
     .unwrap()
+}
+
+/// The sum over every sample of the metric `name` (its full name, e.g.
+/// `ztna_frames_total`) in the OpenMetrics text `text` whose labels contain
+/// `with` (`""`: all). A sample that does not parse fails the test.
+pub fn metric_sum(text: &str, name: &str, with: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            (l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+                && l.contains(with)
+        })
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("not a sample: {l}"))
+        })
+        .sum()
+}
+
+/// `GET /metrics` from `addr`: the body of a 200 answer.
+pub fn scrape(addr: SocketAddr) -> String {
+    let page = relay::http::get(addr, "/metrics").expect("metrics endpoint answers");
+    assert_eq!(page.code, 200, "{page:?}");
+    page.body
 }
