@@ -550,6 +550,101 @@ mod tests {
     }
 
     #[test]
+    fn connector_replies_for_a_denied_pair_are_denied() {
+        // The connector serves DENIED (it is routed there); the policy
+        // holds in both directions.
+        let mut fx = Fixture::new(3, 8);
+        let mut buf = vec![0; 100];
+        write_frame(
+            &mut buf,
+            Kind::DataDown,
+            ReceiverIndex(0xc0c0),
+            0,
+            UserId(2),
+            ServiceId(DENIED),
+            &HopKey::new(&[0xcd; 32]),
+        );
+        assert_eq!(
+            fx.datapath(Mode::Ztna).process(&mut buf),
+            Verdict::Drop(DropReason::Denied)
+        );
+    }
+
+    #[test]
+    fn ttl_zero_and_one_are_not_forwarded() {
+        let mut fx = Fixture::new(1, 8);
+        let key = HopKey::new(&user_key(0));
+        for (counter, ttl) in [(0, 0u8), (1, 1)] {
+            let mut buf = vec![0; 100];
+            write_frame(
+                &mut buf,
+                Kind::DataUp,
+                user_index(0),
+                counter,
+                UserId(0),
+                ServiceId(ALLOWED),
+                &key,
+            );
+            buf[1] = ttl;
+            let tag = key.tag(Frame::new_unchecked(&buf[..]).tagged());
+            buf[24..32].copy_from_slice(&tag);
+            assert_eq!(
+                fx.datapath(Mode::Ztna).process(&mut buf),
+                Verdict::Drop(DropReason::TtlExpired),
+                "ttl {ttl}"
+            );
+        }
+    }
+
+    #[test]
+    fn ids_changed_under_a_valid_tag_fail_the_tag() {
+        for (byte, what) in [(19, "user id"), (23, "service id")] {
+            let mut fx = Fixture::new(3, 8);
+            let mut buf = frame(&mut fx, 1, ALLOWED);
+            // Another user, another service: both allowed by the policy.
+            buf[byte] = 2;
+            assert_eq!(
+                fx.datapath(Mode::Ztna).process(&mut buf),
+                Verdict::Drop(DropReason::BadTag),
+                "{what} changed"
+            );
+        }
+    }
+
+    #[test]
+    fn a_frame_for_a_removed_session_misses_the_slot_reused_after_it() {
+        use crate::session::IndexAllocator;
+        let mut fx = Fixture::new(1, 8);
+        let mut alloc = IndexAllocator::new();
+        let old = alloc.allocate().unwrap();
+        let key = [0x66; 32];
+        fx.sessions
+            .install(old, RxSession::new(&key, Peer::User(UserId(0)), HopId(1)));
+        fx.sessions.remove(old);
+        alloc.release(old);
+        // The slot's next session: same slot, next generation, same peer
+        // and key (the worst case: only the generation tells them apart).
+        let new = alloc.allocate().unwrap();
+        assert_ne!(old, new);
+        fx.sessions
+            .install(new, RxSession::new(&key, Peer::User(UserId(0)), HopId(1)));
+        let mut buf = vec![0; 100];
+        write_frame(
+            &mut buf,
+            Kind::DataUp,
+            old,
+            0,
+            UserId(0),
+            ServiceId(ALLOWED),
+            &HopKey::new(&key),
+        );
+        assert_eq!(
+            fx.datapath(Mode::Ztna).process(&mut buf),
+            Verdict::Drop(DropReason::UnknownSession)
+        );
+    }
+
+    #[test]
     fn frames_from_a_relay_follow_the_mesh_and_are_still_checked() {
         let mut fx = Fixture::new(3, 8);
         let relay_key = [0xeeu8; 32];
