@@ -240,11 +240,15 @@ impl E2eResponder {
         unix_nanos: u64,
     ) -> Result<(Vec<u8>, E2eSessionKeys), HandshakeError> {
         let init = E2eInitBody::parse(body)?;
+        // The header's user id is bound to a `User` certificate with that
+        // id, for every role: a connector's or a relay's certificate (were
+        // `trust` to admit one) opens no session in any user's name.
         let same_user = |cert: &Certificate| {
-            if cert.body.role == Role::User && cert.body.id != user.0 {
+            if cert.body.role != Role::User || cert.body.id != user.0 {
                 return Err(HandshakeError::UserMismatch {
                     frame: user,
                     name: cert.body.name.clone(),
+                    role: cert.body.role,
                     cert_user: UserId(cert.body.id),
                 });
             }
@@ -282,6 +286,7 @@ impl E2eResponder {
 mod tests {
     use super::super::test_util::*;
     use super::*;
+    use crate::identity::{CaKeypair, CertError};
 
     const U: UserId = UserId(42);
     const S: ServiceId = ServiceId(7);
@@ -423,6 +428,80 @@ mod tests {
             .responder
             .handle_init(&body, UserId(43), S, ReceiverIndex(1), NOW_NS)
             .is_ok());
+    }
+
+    #[test]
+    fn only_a_user_certificate_opens_a_session_for_its_id_whatever_the_trust() {
+        // A connector misconfigured to trust connectors and relays too: a
+        // certificate of either role with the header's id still opens
+        // nothing in that user's name.
+        let ca = ca();
+        let s = setup();
+        let mut lax = E2eResponder::new(
+            s.connector.clone(),
+            Trust::new(ca.public(), &[Role::User, Role::Connector, Role::Relay]),
+        );
+        for role in [Role::Connector, Role::Relay] {
+            let other = node(&ca, U.0, "not-a-user", role);
+            let (_, body) = E2eInitiator::new(
+                &other,
+                s.connector.public_key(),
+                Trust::new(ca.public(), &[Role::Connector]),
+                U,
+                S,
+                ReceiverIndex(1),
+                NOW_NS,
+            )
+            .unwrap();
+            assert!(
+                matches!(
+                    lax.handle_init(&body, U, S, ReceiverIndex(1), NOW_NS),
+                    Err(HandshakeError::UserMismatch { role: r, cert_user: UserId(42), .. }) if r == role
+                ),
+                "{role}"
+            );
+        }
+        // The user itself still gets in.
+        let (_, body) = start(&s, U, S, NOW_NS);
+        assert!(lax
+            .handle_init(&body, U, S, ReceiverIndex(2), NOW_NS)
+            .is_ok());
+    }
+
+    #[test]
+    fn initiator_rejects_a_connector_from_another_ca_or_expired() {
+        // The connector's certificate is from another CA; it trusts ours
+        // for the agent, so it answers.
+        let rogue = CaKeypair::from_seed(&[0x99; 32]);
+        let mut s = setup();
+        s.connector = node(&rogue, 900, "pg-connector", Role::Connector);
+        s.responder = E2eResponder::new(
+            s.connector.clone(),
+            Trust::new(ca().public(), &[Role::User]),
+        );
+        let (mut init, body) = start(&s, U, S, NOW_NS);
+        let (reply, _) = s
+            .responder
+            .handle_init(&body, U, S, ReceiverIndex(22), NOW_NS)
+            .unwrap();
+        assert_eq!(
+            init.handle_response(&reply, U, S, NOW_NS),
+            Err(HandshakeError::Cert(CertError::BadSignature(
+                "pg-connector".into()
+            )))
+        );
+        // Ours, but the agent's clock is past its not_after.
+        let mut s = setup();
+        let (mut init, body) = start(&s, U, S, NOW_NS);
+        let (reply, _) = s
+            .responder
+            .handle_init(&body, U, S, ReceiverIndex(22), NOW_NS)
+            .unwrap();
+        let late = (NOW_UNIX + 7200) * 1_000_000_000;
+        assert!(matches!(
+            init.handle_response(&reply, U, S, late),
+            Err(HandshakeError::Cert(CertError::Expired { .. }))
+        ));
     }
 
     #[test]

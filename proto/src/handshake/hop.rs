@@ -535,6 +535,38 @@ mod tests {
     }
 
     #[test]
+    fn initiator_rejects_responder_from_another_ca_or_expired() {
+        // The relay's certificate is from another CA; it trusts ours for
+        // the agent, so it answers.
+        let rogue = CaKeypair::from_seed(&[0x99; 32]);
+        let mut p = pair();
+        p.relay = node(&rogue, 1, "relay-1", Role::Relay);
+        p.responder = HopResponder::new(
+            p.relay.clone(),
+            Trust::new(ca().public(), &[Role::User]),
+            [0x77; 32],
+            p.now,
+        );
+        let (mut init, frame, _) = p.start(NOW_NS);
+        let (response, _) = established(p.respond(&frame, false).unwrap());
+        assert_eq!(
+            init.handle_response(&response, p.now, NOW_NS),
+            Err(HandshakeError::Cert(CertError::BadSignature(
+                "relay-1".into()
+            )))
+        );
+        // Ours, but the agent's clock is past its not_after.
+        let mut p = pair();
+        let (mut init, frame, _) = p.start(NOW_NS);
+        let (response, _) = established(p.respond(&frame, false).unwrap());
+        let late = (NOW_UNIX + 7200) * 1_000_000_000;
+        assert!(matches!(
+            init.handle_response(&response, p.now, late),
+            Err(HandshakeError::Cert(CertError::Expired { .. }))
+        ));
+    }
+
+    #[test]
     fn initiation_to_the_wrong_node_is_dropped_before_dh() {
         let mut p = pair();
         // The agent believes relay-2's key is the relay's.

@@ -118,14 +118,18 @@ pub enum HandshakeError {
     #[error("this handshake already finished or failed; start a new initiation")]
     Finished,
     /// An end-to-end initiation whose certificate is not the user named in
-    /// the frame's hop header.
-    #[error("end-to-end handshake for {frame} carries the certificate of `{name}` ({cert_user}); the agent's certificate must be issued for its user id")]
+    /// the frame's hop header: another user's, or not a user's at all
+    /// (whatever roles the responder trusts, only a `User` certificate
+    /// with the header's id opens a session for that id).
+    #[error("end-to-end handshake for {frame} carries the {role} certificate of `{name}` (id {cert_user}); only the user certificate issued for that user id may open it")]
     UserMismatch {
         /// User id in the hop header.
         frame: UserId,
         /// Certificate name.
         name: String,
-        /// User id in the certificate.
+        /// The certificate's role.
+        role: Role,
+        /// The certificate's id.
         cert_user: UserId,
     },
     /// An end-to-end response for another (user, service) pair.
