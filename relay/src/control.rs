@@ -26,6 +26,8 @@
 mod health;
 mod links;
 mod reject;
+#[cfg(test)]
+mod tests;
 
 pub use links::{MeshLinks, RETRY as MESH_RETRY};
 pub use reject::{HandshakeReject, HandshakeRejects};
