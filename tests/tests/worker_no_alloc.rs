@@ -1,13 +1,19 @@
 //! A relay worker in its steady state makes no heap allocation per frame:
 //! a counting global allocator watches the whole process while 20 000
-//! frames go user -> relay -> connector, after a warm-up. The test thread
-//! itself sends pre-built frames (re-tagged in place) and receives into a
-//! fixed buffer, so every allocation counted would be the relay's.
+//! frames go user -> relay -> connector, after a warm-up, each followed by
+//! one the relay drops (denied, forged, replayed, spoofed, expired, for an
+//! unknown session, malformed, truncated): the drop path must not allocate
+//! either. The test thread itself sends pre-built frames (re-tagged in
+//! place) and receives into a fixed buffer, so every allocation counted
+//! would be the relay's.
 
 use std::time::{Duration, Instant};
 
 use alloc_counter::{CountingAlloc, Window};
-use tests::{backends, payload, Rig, ALLOWED};
+use proto::datapath::DropReason;
+use proto::ids::UserId;
+use proto::wire::{Kind, HEADER_LEN};
+use tests::{backends, payload, Rig, ALLOWED, DENIED, USER};
 
 /// Every thread's allocations count while it is open.
 static ALLOCATIONS: Window = Window::new();
@@ -18,16 +24,93 @@ static GLOBAL: CountingAlloc = CountingAlloc::new(|_, _| ALLOCATIONS.note());
 const FRAMES: usize = 20_000;
 const WINDOW: usize = 64;
 
-/// Sends `count` frames, keeping at most `WINDOW` in flight, re-tagging the
-/// pre-built `frames` in place. Returns frames received.
-fn pump(rig: &mut Rig, frames: &mut [Vec<u8>], count: usize, rx: &mut [u8]) -> usize {
+/// A frame the relay drops, and how to send it again.
+struct Bad {
+    frame: Vec<u8>,
+    /// Re-tag it with the next counter first (else sent as is).
+    retag: bool,
+    /// Then flip this byte (a forged tag).
+    flip: Option<usize>,
+    /// Send the allowed frame just sent again instead (a replay).
+    replay: bool,
+    reason: DropReason,
+}
+
+/// The frames the relay drops, one of each reason a user can cause.
+fn bad_frames(rig: &mut Rig) -> Vec<Bad> {
+    let bad = |frame: Vec<u8>, retag: bool, reason: DropReason| Bad {
+        frame,
+        retag,
+        flip: None,
+        replay: false,
+        reason,
+    };
+    let denied = rig.user_frame(DENIED, &payload(100, 1));
+    let forged = Bad {
+        flip: Some(30),
+        ..bad(
+            rig.user_frame(ALLOWED, &payload(100, 2)),
+            true,
+            DropReason::BadTag,
+        )
+    };
+    let replay = Bad {
+        replay: true,
+        ..bad(Vec::new(), false, DropReason::Replay)
+    };
+    let mut spoofed = vec![0u8; HEADER_LEN + 64];
+    rig.user
+        .write_header(&mut spoofed, Kind::DataUp, UserId(2), ALLOWED);
+    let mut expired = rig.user_frame(ALLOWED, &payload(64, 3));
+    expired[1] = 1;
+    let mut unknown = rig.user_frame(ALLOWED, &payload(64, 4));
+    unknown[4..8].copy_from_slice(&0x0fff_fff0u32.to_be_bytes());
+    let mut upstream_as_down = vec![0u8; HEADER_LEN + 64];
+    rig.user
+        .write_header(&mut upstream_as_down, Kind::DataDown, USER, ALLOWED);
+    vec![
+        bad(denied, true, DropReason::Denied),
+        forged,
+        replay,
+        bad(spoofed, true, DropReason::Spoofed),
+        bad(upstream_as_down, true, DropReason::Spoofed),
+        bad(expired, true, DropReason::TtlExpired),
+        bad(unknown, true, DropReason::UnknownSession),
+        bad(vec![0x11; 100], false, DropReason::Malformed),
+        bad(payload(20, 5), false, DropReason::Malformed),
+    ]
+}
+
+/// Sends `count` allowed frames, each followed by one of `bad`, keeping at
+/// most `WINDOW` allowed frames in flight, re-tagging the pre-built frames
+/// in place. Returns allowed frames received.
+fn pump(
+    rig: &mut Rig,
+    frames: &mut [Vec<u8>],
+    bad: &mut [Bad],
+    count: usize,
+    rx: &mut [u8],
+) -> usize {
     let deadline = Instant::now() + Duration::from_secs(30);
     let (mut sent, mut received) = (0, 0);
+    let relay = rig.world.relay_addr();
     while received < count && Instant::now() < deadline {
         while sent < count && sent - received < WINDOW {
             let f = &mut frames[sent % frames.len()];
             rig.user.retag(f);
-            rig.user_socket.send_to(f, rig.world.relay_addr()).unwrap();
+            rig.user_socket.send_to(f, relay).unwrap();
+            let b = &mut bad[sent % bad.len()];
+            if b.replay {
+                rig.user_socket.send_to(f, relay).unwrap();
+            } else {
+                if b.retag {
+                    rig.user.retag(&mut b.frame);
+                }
+                if let Some(i) = b.flip {
+                    b.frame[i] ^= 1;
+                }
+                rig.user_socket.send_to(&b.frame, relay).unwrap();
+            }
             sent += 1;
         }
         match rig.connector_socket.recv_from(rx) {
@@ -51,14 +134,30 @@ fn worker_steady_state_does_not_allocate() {
                 )
             })
             .collect();
+        let mut bad = bad_frames(&mut rig);
         let mut rx = vec![0u8; 65536];
         // Warm-up: first batches grow per-worker tables, publish stats...
-        let warm = pump(&mut rig, &mut frames, 2_000, &mut rx);
+        let warm = pump(&mut rig, &mut frames, &mut bad, 2_000, &mut rx);
         assert!(warm > 1_000, "{io}: warm-up delivered only {warm}");
+        let before = rig.await_counters("the warm-up's drops", |c| c.dropped_total() >= 2_000);
 
         ALLOCATIONS.open();
-        let delivered = pump(&mut rig, &mut frames, FRAMES, &mut rx);
+        let delivered = pump(&mut rig, &mut frames, &mut bad, FRAMES, &mut rx);
         let allocations = ALLOCATIONS.close();
+
+        // Every reason the bad frames stand for was hit during the window.
+        let d = rig
+            .await_counters("the window's drops", |c| {
+                c.dropped_total() >= before.dropped_total() + FRAMES as u64
+            })
+            .since(&before);
+        for b in &bad {
+            assert!(
+                d.dropped(b.reason) > 0,
+                "{io}: no {:?} drop: {d:?}",
+                b.reason
+            );
+        }
 
         assert!(delivered > FRAMES / 2, "{io}: only {delivered} delivered");
         assert_eq!(
