@@ -254,4 +254,68 @@ mod tests {
         sink.reset();
         assert_eq!(sink.counts(), SinkCounts::default());
     }
+
+    /// A hop link as the connector's handshake would give it: the relay
+    /// tags frames to it with `RECV`.
+    const RECV: [u8; 32] = [0x42; 32];
+    const LOCAL: ReceiverIndex = ReceiverIndex(7);
+
+    fn link() -> HopLink {
+        let pki = crate::pki::Pki::new(1_800_000_000);
+        let relay = pki
+            .node(1000, "relay-1", proto::identity::Role::Relay, &[])
+            .unwrap();
+        HopLink::from_keys(proto::handshake::HopSessionKeys {
+            local_index: LOCAL,
+            remote_index: ReceiverIndex(9),
+            send_key: [0x21; 32],
+            recv_key: RECV,
+            peer: relay.certificate().clone(),
+            established_at: Instant::now(),
+        })
+    }
+
+    /// `frame` as the relay delivers it on `link()`'s session: receiver
+    /// index, hop counter `hop_counter`, tag.
+    fn delivered(mut frame: Vec<u8>, hop_counter: u64) -> Vec<u8> {
+        let mut f = Frame::new_unchecked(&mut frame[..]);
+        f.set_receiver(LOCAL);
+        f.set_counter(hop_counter);
+        let tag = proto::hoptag::HopKey::new(&RECV).tag(f.tagged());
+        f.set_tag(&tag);
+        frame
+    }
+
+    #[test]
+    fn frames_with_a_bad_hop_tag_or_a_replayed_counter_are_bad_hop() {
+        let mut sink = Sink::new(Some(link()), vec![key()], 1, Instant::now());
+        let good = delivered(frame(&key(), ServiceId(1), POOL_COUNTER), 0);
+        sink.on_frame(&mut good.clone());
+        assert_eq!((sink.counts().verified, sink.counts().bad_hop), (1, 0));
+        let mut forged = delivered(frame(&key(), ServiceId(1), POOL_COUNTER), 1);
+        forged[24] ^= 1;
+        sink.on_frame(&mut forged);
+        sink.on_frame(&mut good.clone());
+        let c = sink.counts();
+        assert_eq!((c.frames, c.bad_hop, c.verified), (3, 2, 1), "{c:?}");
+        // Without the relay (hop check off), the same bytes are judged end
+        // to end only.
+        sink.set_hop_check(false);
+        sink.on_frame(&mut good.clone());
+        assert_eq!(sink.counts().verified, 2);
+    }
+
+    #[test]
+    fn a_tampered_sample_is_corrupt_and_not_timed() {
+        // verify_every 0: pool records are not opened, samples always.
+        let mut sink = Sink::new(None, vec![key()], 0, Instant::now());
+        let mut f = frame(&key(), ServiceId(1), SAMPLE_BIT | 5);
+        f[150] ^= 1;
+        sink.on_frame(&mut f);
+        let c = sink.counts();
+        assert_eq!((c.corrupt, c.verified, c.samples), (1, 0, 0), "{c:?}");
+        assert_eq!(sink.latency().len(), 0);
+        sink.on_frame(&mut frame(&key(), ServiceId(1), SAMPLE_BIT | 6));
+        assert_eq!(sink.counts().samples, 1);
+    }
 }
