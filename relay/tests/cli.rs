@@ -311,3 +311,139 @@ fn the_ca_lifecycle_refuses_overwrites_lists_renews_and_revokes() {
     assert_eq!(std::fs::read_to_string(&policy).unwrap(), text);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Lines of `reader`, read on a thread of their own, so a test can wait
+/// for one with a deadline.
+fn lines(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line containing `what`; fails on EOF or after `within`.
+fn await_line(rx: &std::sync::mpsc::Receiver<String>, what: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    let mut seen = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(what) => return line,
+            Ok(line) => {
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            Err(e) => panic!("no line with {what:?} ({e}); before it:\n{seen}"),
+        }
+    }
+}
+
+#[test]
+fn a_sighup_right_after_the_ready_line_reloads_even_under_load() {
+    let d = scratch("hup");
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    ok(relay()
+        .args(["ca", "init", "--dir", &s(&d)])
+        .output()
+        .unwrap());
+    ok(relay()
+        .args(["keygen", "--out", &s(&d.join("relay.key"))])
+        .output()
+        .unwrap());
+    ok(relay()
+        .args([
+            "ca", "issue", "--role", "relay", "--id", "1000", "--name", "relay-1",
+        ])
+        .args([
+            "--ca-key",
+            &s(&d.join("ca.key")),
+            "--key",
+            &s(&d.join("relay.key")),
+        ])
+        .args(["--out", &s(&d.join("relay.cert"))])
+        .output()
+        .unwrap());
+    let policy = d.join("policy.toml");
+    std::fs::copy(example_policy(), &policy).unwrap();
+
+    // Every core busy while the relays start: the window between the
+    // ready line and the handlers, were there one, is widest then.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let load: Vec<_> = (0..cores)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for round in 0..20 {
+        let mut child = relay()
+            .args([
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "1",
+                "--io",
+                "mmsg",
+            ])
+            .args([
+                "--no-pin",
+                "--policy",
+                &s(&policy),
+                "--ca",
+                &s(&d.join("ca.pub")),
+            ])
+            .args([
+                "--cert",
+                &s(&d.join("relay.cert")),
+                "--key",
+                &s(&d.join("relay.key")),
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let stderr = lines(child.stderr.take().unwrap());
+        let mut ready = String::new();
+        stdout.read_line(&mut ready).unwrap();
+        assert!(ready.starts_with("relay listening on"), "{ready}");
+        // At once: no wait between the line and the signal.
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid, with a valid signal.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+        let reloaded = std::panic::catch_unwind(|| {
+            await_line(&stderr, "policy reloaded", Duration::from_secs(10))
+        });
+        match (reloaded, child.try_wait().unwrap()) {
+            (Ok(_), None) => {}
+            (r, status) => failures.push(format!(
+                "round {round}: reloaded {}, exit status {status:?}",
+                r.is_ok()
+            )),
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let _ = child.wait();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&d);
+    assert!(failures.is_empty(), "{failures:#?}");
+}
