@@ -263,6 +263,7 @@ impl E2eResponder {
             &self.trust,
             &same_user,
             &mut self.timestamps,
+            None,
             unix_nanos,
         )?;
         let mut reply = Vec::with_capacity(E2E_RESPONSE_HEADER_LEN + noise.len());

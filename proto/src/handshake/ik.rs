@@ -17,9 +17,11 @@
 //! or the responder's certificate). Each side checks the peer certificate
 //! against the CA, the validity window, the allowed roles, and that the
 //! certificate's `static_key` is the static key Noise authenticated. The
-//! responder also requires the initiator's timestamp to be greater than any
-//! it accepted before from that static key, so a captured initiation cannot
-//! be replayed (WireGuard's TAI64N rule).
+//! responder also requires the initiator's timestamp to be fresh (hop
+//! handshakes: [`super::timestamp::Freshness`]) and greater than any it
+//! accepted before from that static key, so a captured initiation cannot
+//! be replayed (WireGuard's TAI64N rule); it checks that before the
+//! certificate's signature.
 //!
 //! Keys come from snow's raw split: the first key protects initiator ->
 //! responder traffic, the second responder -> initiator.
@@ -27,7 +29,7 @@
 use snow::params::NoiseParams;
 use snow::{Builder, HandshakeState};
 
-use super::timestamp::TimestampTable;
+use super::timestamp::{Freshness, TimestampTable};
 use super::HandshakeError;
 use crate::identity::{CaPublicKey, Certificate, Role};
 use crate::ids::ReceiverIndex;
@@ -264,10 +266,16 @@ impl IkInitiator {
 }
 
 /// Reads a first message, whose frame named `remote_index` as the
-/// initiator's index, checks the initiator (certificate, binding, replay),
-/// runs the caller's extra check `accept` on the verified certificate, and
-/// writes the second message carrying `local_index`. `timestamps` is
-/// updated only when everything checked out.
+/// initiator's index, checks the initiator (timestamp, then certificate and
+/// binding), runs the caller's extra check `accept` on the verified
+/// certificate, and writes the second message carrying `local_index`.
+///
+/// The timestamp is checked first, as soon as Noise has decrypted the
+/// payload and authenticated the initiator's static key (the `es` and
+/// `ss` DH of the first message): against `freshness` if given, then
+/// against the last one accepted from that static key. So a replayed or
+/// stale initiation costs two DH, never the certificate's signature
+/// verification. `timestamps` is updated only when everything checked out.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn respond(
     local: &LocalIdentity,
@@ -278,6 +286,7 @@ pub(crate) fn respond(
     trust: &Trust,
     accept: &dyn Fn(&Certificate) -> Result<(), HandshakeError>,
     timestamps: &mut TimestampTable,
+    freshness: Option<&Freshness>,
     unix_nanos: u64,
 ) -> Result<(Established, Vec<u8>), HandshakeError> {
     let mut state = Builder::new(params()?)
@@ -299,10 +308,20 @@ pub(crate) fn respond(
     let mut ts_bytes = [0u8; TIMESTAMP_LEN];
     ts_bytes.copy_from_slice(ts);
     let timestamp = u64::from_be_bytes(ts_bytes);
+    let remote_static: [u8; 32] = state
+        .get_remote_static()
+        .and_then(|k| k.try_into().ok())
+        .ok_or(HandshakeError::BadPayload(
+            "Noise gave no 32-byte static key for the initiator",
+        ))?;
+    // Cheap checks before the certificate's signature (see above).
+    if let Some(f) = freshness {
+        f.check(timestamp, unix_nanos)?;
+    }
+    timestamps.check(&remote_static, timestamp)?;
     let cert = Certificate::from_bytes(take_index(rest, remote_index)?)?;
-    trust.check(&cert, state.get_remote_static(), unix_nanos)?;
+    trust.check(&cert, Some(&remote_static[..]), unix_nanos)?;
     accept(&cert)?;
-    timestamps.check(&cert, timestamp)?;
 
     let mut reply_payload = Vec::with_capacity(INDEX_LEN + local.cert_bytes.len());
     reply_payload.extend_from_slice(&local_index.0.to_be_bytes());
@@ -316,7 +335,7 @@ pub(crate) fn respond(
         return Err(HandshakeError::BadPayload("Noise handshake not finished"));
     }
     let (i_to_r, r_to_i) = state.dangerously_get_raw_split();
-    timestamps.record(&cert, timestamp);
+    timestamps.record(&remote_static, timestamp);
     Ok((
         Established {
             send_key: r_to_i,

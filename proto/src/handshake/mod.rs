@@ -36,6 +36,7 @@ pub use hop::{HopInitiator, HopResponder, HopSessionKeys, InitOutcome};
 pub use ik::{LocalIdentity, StaticKeypair, Trust, NOISE_PARAMS};
 pub use rate_limiter::RateLimiter;
 pub use timers::SessionTimers;
+pub use timestamp::{Freshness, MAX_CLOCK_SKEW};
 
 use std::net::IpAddr;
 
@@ -90,15 +91,28 @@ pub enum HandshakeError {
         name: String,
     },
     /// An initiation whose timestamp is not newer than the last accepted
-    /// one from the same peer.
-    #[error("handshake initiation from `{name}` replayed or out of order (timestamp {timestamp} <= last accepted {last}); check the peer's clock if this repeats")]
+    /// one from the same peer. Checked before the certificate, so the peer
+    /// is named by its static key.
+    #[error("handshake initiation from static key {peer}... replayed or out of order (timestamp {timestamp} <= last accepted {last}); check the peer's clock if this repeats")]
     Replay {
-        /// Certificate name.
-        name: String,
+        /// The first bytes of the peer's static key, in hex.
+        peer: String,
         /// Timestamp in the rejected initiation, unix ns.
         timestamp: u64,
         /// Greatest accepted so far, unix ns.
         last: u64,
+    },
+    /// An initiation whose timestamp is outside the freshness window
+    /// ([`timestamp::Freshness`]): too far from our clock, or made before
+    /// this node started (a captured initiation replayed after a restart).
+    #[error("handshake initiation timestamp {timestamp} is more than {skew_secs} s from this node's clock ({now}) or older than its start; a replay, or a peer whose clock is off: run NTP on both")]
+    StaleTimestamp {
+        /// Timestamp in the rejected initiation, unix ns.
+        timestamp: u64,
+        /// Our clock, unix ns.
+        now: u64,
+        /// The allowed skew, seconds.
+        skew_secs: u64,
     },
     /// A response or cookie reply addressed to another handshake.
     #[error("handshake frame is for receiver index {got}, not this handshake's {expected}")]
