@@ -4,6 +4,7 @@
 //! classify -> [handshake kinds] check (kind, length), hand to the control thread
 //!          -> check header -> session by receiver index
 //!   -> [vpn, ztna] replay pre-check, hop tag, replay mark
+//!   -> first frame on the session: queue its confirmation
 //!   -> [ztna] ids bound to the hop's peer, policy(user, service)
 //!   -> route (by service upstream, by user downstream)
 //!   -> rewrite header for the next hop in place, tag it
@@ -29,7 +30,7 @@ use std::net::SocketAddr;
 use crate::handshake::frames::{self, HandshakeKind};
 use crate::policy::CompiledPolicy;
 use crate::route::RouteTable;
-use crate::session::{AuthFailure, HopId, Peer, SessionTable, TxCounters};
+use crate::session::{AuthFailure, Confirmations, HopId, Peer, SessionTable, TxCounters};
 use crate::wire::{self, Direction, Frame, WireError};
 
 /// How much a relay checks per frame.
@@ -265,6 +266,9 @@ pub struct Datapath<'a> {
     pub tx: &'a mut TxCounters,
     /// This worker's counters.
     pub counters: &'a mut Counters,
+    /// Sessions whose first authenticated frame this worker saw (key
+    /// confirmation), for the control thread.
+    pub confirmations: &'a mut Confirmations,
 }
 
 impl Datapath<'_> {
@@ -306,6 +310,13 @@ impl Datapath<'_> {
                     AuthFailure::BadTag => DropReason::BadTag,
                     AuthFailure::Replay => DropReason::Replay,
                 })?;
+        }
+        // Key confirmation: the first frame that passed the tag (in
+        // `forward` mode, which authenticates nothing, any frame). Queued
+        // for the control thread, which then routes to the session; when
+        // the queue is full the next frame tries again.
+        if !session.is_confirmed() && self.confirmations.push(frame.receiver()) {
+            session.confirm();
         }
         let Some(direction) = kind.direction() else {
             return Ok(Verdict::Local);
@@ -355,7 +366,7 @@ mod tests {
     use super::*;
     use crate::hoptag::HopKey;
     use crate::ids::{ReceiverIndex, ServiceId, UserId};
-    use crate::session::{RxSession, TxHop};
+    use crate::session::{Confirmations, RxSession, TxHop};
     use crate::testkit::{user_index, user_key, write_frame, Fixture, CONNECTOR_HOP};
     use crate::wire::{Kind, HEADER_LEN};
     use std::sync::Arc;
@@ -862,7 +873,154 @@ mod tests {
         assert_eq!(fx.counters.handshakes, 0);
     }
 
+    /// A new session of user 0 (as a relay installs one when it answers
+    /// an initiation), unconfirmed, under index `NEW`.
+    const NEW: ReceiverIndex = ReceiverIndex(0x7777);
+    const NEW_KEY: [u8; 32] = [0x77; 32];
+
+    fn with_new_session(fx: &mut Fixture) {
+        fx.sessions.install(
+            NEW,
+            RxSession::new(&NEW_KEY, Peer::User(UserId(0)), HopId(1)),
+        );
+    }
+
+    fn on_new(kind: Kind, counter: u64, key: &[u8; 32]) -> Vec<u8> {
+        let mut buf = vec![0; 100];
+        write_frame(
+            &mut buf,
+            kind,
+            NEW,
+            counter,
+            UserId(0),
+            ServiceId(ALLOWED),
+            &HopKey::new(key),
+        );
+        buf
+    }
+
+    #[test]
+    fn the_first_frame_that_passes_the_tag_confirms_a_session_once() {
+        let mut fx = Fixture::new(1, 8);
+        with_new_session(&mut fx);
+        // A forged frame (bad tag) and a replay confirm nothing.
+        let mut forged = on_new(Kind::Keepalive, 0, &[0x66; 32]);
+        assert_eq!(
+            fx.datapath(Mode::Ztna).process(&mut forged),
+            Verdict::Drop(DropReason::BadTag)
+        );
+        assert!(fx.confirmations.is_empty());
+        assert!(!fx.sessions.get(NEW).unwrap().is_confirmed());
+        // The keepalive an initiator sends right after the response does.
+        let mut keepalive = on_new(Kind::Keepalive, 0, &NEW_KEY);
+        assert_eq!(
+            fx.datapath(Mode::Ztna).process(&mut keepalive),
+            Verdict::Local
+        );
+        assert!(fx.sessions.get(NEW).unwrap().is_confirmed());
+        assert_eq!(fx.confirmations.pop(), Some(NEW));
+        // Its replay does nothing more, nor does later traffic.
+        let mut replay = on_new(Kind::Keepalive, 0, &NEW_KEY);
+        assert_eq!(
+            fx.datapath(Mode::Ztna).process(&mut replay),
+            Verdict::Drop(DropReason::Replay)
+        );
+        let mut data = on_new(Kind::DataUp, 1, &NEW_KEY);
+        assert!(matches!(
+            fx.datapath(Mode::Ztna).process(&mut data),
+            Verdict::Forward { .. }
+        ));
+        assert!(fx.confirmations.is_empty());
+        // The fixture's sessions were confirmed from the start.
+        let mut old = frame(&mut fx, 0, ALLOWED);
+        fx.datapath(Mode::Ztna).process(&mut old);
+        assert!(fx.confirmations.is_empty());
+    }
+
+    #[test]
+    fn a_data_frame_confirms_too_and_is_still_judged() {
+        // Whatever the frame's fate after the tag (here: a denied
+        // service), the key is confirmed.
+        let mut fx = Fixture::new(1, 8);
+        with_new_session(&mut fx);
+        let mut buf = vec![0; 100];
+        write_frame(
+            &mut buf,
+            Kind::DataUp,
+            NEW,
+            0,
+            UserId(0),
+            ServiceId(DENIED),
+            &HopKey::new(&NEW_KEY),
+        );
+        assert_eq!(
+            fx.datapath(Mode::Ztna).process(&mut buf),
+            Verdict::Drop(DropReason::Denied)
+        );
+        assert_eq!(fx.confirmations.pop(), Some(NEW));
+    }
+
+    #[test]
+    fn a_full_confirmation_queue_leaves_the_session_to_the_next_frame() {
+        let mut fx = Fixture::new(1, 8);
+        for i in 0..Confirmations::CAPACITY as u32 {
+            fx.sessions.install(
+                ReceiverIndex(0x10_0000 + i),
+                RxSession::new(&NEW_KEY, Peer::User(UserId(0)), HopId(1)),
+            );
+            let mut f = vec![0; 100];
+            write_frame(
+                &mut f,
+                Kind::Keepalive,
+                ReceiverIndex(0x10_0000 + i),
+                0,
+                UserId(0),
+                ServiceId(ALLOWED),
+                &HopKey::new(&NEW_KEY),
+            );
+            fx.datapath(Mode::Ztna).process(&mut f);
+        }
+        assert_eq!(fx.confirmations.len(), Confirmations::CAPACITY);
+        with_new_session(&mut fx);
+        let mut first = on_new(Kind::Keepalive, 0, &NEW_KEY);
+        assert_eq!(fx.datapath(Mode::Ztna).process(&mut first), Verdict::Local);
+        assert!(!fx.sessions.get(NEW).unwrap().is_confirmed(), "not lost");
+        assert_eq!(fx.confirmations.pop(), Some(ReceiverIndex(0x10_0000)));
+        let mut second = on_new(Kind::Keepalive, 1, &NEW_KEY);
+        fx.datapath(Mode::Ztna).process(&mut second);
+        assert!(fx.sessions.get(NEW).unwrap().is_confirmed());
+        // A confirmation given back (not delivered yet) goes first.
+        let head = fx.confirmations.pop().unwrap();
+        fx.confirmations.unpop(head);
+        assert_eq!(fx.confirmations.pop(), Some(head));
+    }
+
     proptest::proptest! {
+        /// Only a frame tagged with the session's key confirms it, whatever
+        /// else is sent first.
+        #[test]
+        fn only_a_valid_tag_confirms(
+            junk in proptest::collection::vec((proptest::prelude::any::<[u8; 32]>(), 0u64..64, 0..3usize), 0..8),
+            then_valid in proptest::prelude::any::<bool>(),
+        ) {
+            let mut fx = Fixture::new(1, 8);
+            with_new_session(&mut fx);
+            for (key, counter, kind) in junk {
+                proptest::prop_assume!(key != NEW_KEY);
+                let kind = [Kind::Keepalive, Kind::DataUp, Kind::Control][kind];
+                let mut f = on_new(kind, counter, &key);
+                fx.datapath(Mode::Ztna).process(&mut f);
+            }
+            proptest::prop_assert!(fx.confirmations.is_empty());
+            proptest::prop_assert!(!fx.sessions.get(NEW).unwrap().is_confirmed());
+            if then_valid {
+                let mut f = on_new(Kind::Keepalive, 100, &NEW_KEY);
+                fx.datapath(Mode::Ztna).process(&mut f);
+                proptest::prop_assert_eq!(fx.confirmations.pop(), Some(NEW));
+                proptest::prop_assert!(fx.sessions.get(NEW).unwrap().is_confirmed());
+            }
+        }
+
         #[test]
         fn any_bytes_get_a_verdict_without_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), mode in 0..3usize) {
             let mut fx = Fixture::new(2, 8);

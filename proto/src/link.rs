@@ -130,6 +130,18 @@ impl HopLink {
         f.set_tag(&tag);
     }
 
+    /// A `Keepalive` frame (hop header, empty body, ids 0) with the next
+    /// counter. An initiator sends one at once after the handshake
+    /// response: it confirms the keys to the relay, which routes nothing
+    /// to a new session before a frame on it passed the hop tag
+    /// (`docs/security.md` §3). The agent sends a control `Ping` instead,
+    /// which confirms as well.
+    pub fn keepalive(&mut self) -> Vec<u8> {
+        let mut frame = vec![0u8; HEADER_LEN];
+        self.write_header(&mut frame, Kind::Keepalive, UserId(0), ServiceId(0));
+        frame
+    }
+
     /// Checks a frame the relay sent on this link: shape, receiver index,
     /// replay pre-check, tag, then the counter is marked seen. A frame with
     /// a bad tag never moves the window.
@@ -188,6 +200,18 @@ mod tests {
             &HopKey::new(&RECV),
         );
         f
+    }
+
+    #[test]
+    fn keepalive_is_a_tagged_empty_frame_with_the_next_counter() {
+        let mut l = link();
+        let k = l.keepalive();
+        let f = Frame::new_checked(&k[..]).unwrap();
+        assert_eq!(f.kind(), Kind::Keepalive);
+        assert_eq!((f.receiver(), f.counter()), (ReceiverIndex(9), 0));
+        assert!(f.body().is_empty());
+        assert!(HopKey::new(&SEND).verify(f.tagged(), f.tag()));
+        assert_eq!(l.next_counter(), 1);
     }
 
     #[test]

@@ -11,10 +11,22 @@
 //!   peer. Its counter is the only shared mutable state on the datapath, and
 //!   workers reserve it a block at a time ([`TxCounters`]), so the atomic is
 //!   touched once per [`COUNTER_BLOCK`] frames, not per frame.
+//!
+//! **Key confirmation.** A session a node *responded* to is installed
+//! unconfirmed: anyone who can send an initiation with a valid mac1 from
+//! any source address gets one, and only the first frame that passes the
+//! session's hop tag proves the peer holds the keys (it received the
+//! response at the initiation's source). The worker that sees that frame
+//! marks the session confirmed and queues its index in its
+//! [`Confirmations`] (preallocated: nothing on the datapath allocates); the
+//! relay's control thread then routes to the session. A session this node
+//! initiated is confirmed by the response itself
+//! ([`RxSession::already_confirmed`]).
 
 use core::fmt;
 use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use crate::hoptag::HopKey;
@@ -198,11 +210,13 @@ pub struct RxSession {
     peer: Peer,
     reply_hop: HopId,
     frames: u64,
+    confirmed: bool,
 }
 
 impl RxSession {
     /// A session receiving with the handshake's receive key, from `peer`,
-    /// answered through `reply_hop`.
+    /// answered through `reply_hop`. It is unconfirmed until the first
+    /// frame that passes its tag (see the module docs).
     pub fn new(recv_key: &[u8; 32], peer: Peer, reply_hop: HopId) -> RxSession {
         RxSession {
             key: HopKey::new(recv_key),
@@ -210,7 +224,29 @@ impl RxSession {
             peer,
             reply_hop,
             frames: 0,
+            confirmed: false,
         }
+    }
+
+    /// The same session, confirmed from the start: one this node initiated,
+    /// whose keys the peer's response proved.
+    pub fn already_confirmed(mut self) -> RxSession {
+        self.confirmed = true;
+        self
+    }
+
+    /// Whether a frame passed this session's tag (or it was confirmed from
+    /// the start).
+    #[inline]
+    pub fn is_confirmed(&self) -> bool {
+        self.confirmed
+    }
+
+    /// Marks the session confirmed: after a frame passed its tag and the
+    /// confirmation was queued.
+    #[inline]
+    pub(crate) fn confirm(&mut self) {
+        self.confirmed = true;
     }
 
     /// The verified peer.
@@ -252,6 +288,67 @@ impl RxSession {
         }
         self.frames += 1;
         Ok(())
+    }
+}
+
+/// Receiver indices of sessions a worker saw confirmed (their first frame
+/// passed the hop tag), for the worker to tell its control thread. Sized
+/// once ([`Confirmations::CAPACITY`]); when full, a session stays
+/// unconfirmed and its next frame tries again, so nothing is lost and
+/// nothing allocates.
+#[derive(Debug)]
+pub struct Confirmations {
+    queue: VecDeque<ReceiverIndex>,
+}
+
+impl Default for Confirmations {
+    fn default() -> Confirmations {
+        Confirmations::new()
+    }
+}
+
+impl Confirmations {
+    /// Confirmations a worker holds before it delivers them.
+    pub const CAPACITY: usize = 1024;
+
+    /// An empty queue with room for [`Confirmations::CAPACITY`].
+    pub fn new() -> Confirmations {
+        Confirmations {
+            queue: VecDeque::with_capacity(Self::CAPACITY),
+        }
+    }
+
+    /// Queues `index`; false (and nothing queued) when full.
+    #[inline]
+    pub(crate) fn push(&mut self, index: ReceiverIndex) -> bool {
+        if self.queue.len() >= Self::CAPACITY {
+            return false;
+        }
+        self.queue.push_back(index);
+        true
+    }
+
+    /// The oldest queued confirmation.
+    pub fn pop(&mut self) -> Option<ReceiverIndex> {
+        self.queue.pop_front()
+    }
+
+    /// Puts back a confirmation [`Confirmations::pop`] gave, which could
+    /// not be delivered yet: it is the next one popped.
+    pub fn unpop(&mut self, index: ReceiverIndex) {
+        if self.queue.len() < Self::CAPACITY {
+            self.queue.push_front(index);
+        }
+    }
+
+    /// Queued confirmations.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether none is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
     }
 }
 

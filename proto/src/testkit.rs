@@ -12,7 +12,7 @@ use crate::hoptag::HopKey;
 use crate::ids::{ReceiverIndex, ServiceId, UserId};
 use crate::policy::{CompiledPolicy, Connector, Group, PolicyFile, Protocol, Rule, Service, User};
 use crate::route::RouteTable;
-use crate::session::{HopId, Peer, RxSession, SessionTable, TxCounters, TxHop};
+use crate::session::{Confirmations, HopId, Peer, RxSession, SessionTable, TxCounters, TxHop};
 use crate::wire::{Frame, HeaderRepr, Kind, DATA_OVERHEAD, DEFAULT_TTL, HEADER_LEN};
 
 /// Hop id of the connector in the fixture's route table.
@@ -31,6 +31,9 @@ pub struct Fixture {
     pub tx: TxCounters,
     /// The worker's counters.
     pub counters: Counters,
+    /// Sessions the worker saw confirmed (the fixture's own sessions are
+    /// confirmed from the start, as the routes to them imply).
+    pub confirmations: Confirmations,
     /// Whether the relay sends hop initiations (is in a mesh); `false`
     /// unless a test sets it.
     pub initiates: bool,
@@ -68,7 +71,7 @@ impl Fixture {
         let mut sessions = SessionTable::new();
         sessions.install(
             ReceiverIndex(0xc0c0),
-            RxSession::new(&[0xcd; 32], Peer::Connector(1), CONNECTOR_HOP),
+            RxSession::new(&[0xcd; 32], Peer::Connector(1), CONNECTOR_HOP).already_confirmed(),
         );
         for s in 0..services {
             routes.set_service(ServiceId(s), vec![CONNECTOR_HOP]);
@@ -87,7 +90,7 @@ impl Fixture {
             routes.set_user(UserId(u), hop);
             sessions.install(
                 user_index(u),
-                RxSession::new(&user_key(u), Peer::User(UserId(u)), hop),
+                RxSession::new(&user_key(u), Peer::User(UserId(u)), hop).already_confirmed(),
             );
         }
         let policy = CompiledPolicy::compile(&policy_file(users, services))
@@ -99,6 +102,7 @@ impl Fixture {
             sessions,
             tx,
             counters: Counters::default(),
+            confirmations: Confirmations::new(),
             initiates: false,
             users,
             next_counter: vec![0; users as usize],
@@ -116,6 +120,7 @@ impl Fixture {
             sessions: &mut self.sessions,
             tx: &mut self.tx,
             counters: &mut self.counters,
+            confirmations: &mut self.confirmations,
         }
     }
 

@@ -24,11 +24,18 @@
 //!   of each) to the first relay on the path ([`RouteTable::add_group`]);
 //! * a session whose peer stopped answering probes
 //!   ([`RouteBuilder::set_alive`]) carries no route until it answers again.
-//!   Users are not probed.
+//!   Users are not probed;
+//! * a session inserted unconfirmed ([`RouteBuilder::insert_unconfirmed`]:
+//!   one the relay answered, whose peer has not yet sent a frame that
+//!   passed its hop tag) carries no route until
+//!   [`RouteBuilder::confirm`]: until then the peer's previous confirmed
+//!   session keeps them (key confirmation, `docs/security.md` §3). So
+//!   "newest" above means the newest confirmed one.
 //!
 //! # What an update costs
 //!
-//! * A session added, removed, or marked alive or silent: that peer's few
+//! * A session added, removed, confirmed, or marked alive or silent: that
+//!   peer's few
 //!   sessions (at most a handful: the current one and those a rekey
 //!   replaces); for a connector whose chosen session changed, also the
 //!   local and mesh lists of each service it serves. Nothing else is
@@ -141,6 +148,14 @@ struct Session {
     link: usize,
     established: Instant,
     alive: bool,
+    confirmed: bool,
+}
+
+impl Session {
+    /// Whether it may carry routes.
+    fn routable(&self) -> bool {
+        self.alive && self.confirmed
+    }
 }
 
 /// A session's age: the newest of a peer's sessions is the largest.
@@ -187,8 +202,43 @@ impl RouteBuilder {
     }
 
     /// Adds the session with transmit hop `hop` (replacing one with the
-    /// same id). It is alive until [`RouteBuilder::set_alive`] says not.
+    /// same id), confirmed: one whose keys the peer already proved (a
+    /// session this node initiated, proved by the response). It is alive
+    /// until [`RouteBuilder::set_alive`] says not.
     pub fn insert(&mut self, hop: HopId, session: RouteSession) {
+        self.insert_as(hop, session, true);
+    }
+
+    /// Adds the session with transmit hop `hop` (replacing one with the
+    /// same id), unconfirmed: it carries no route until
+    /// [`RouteBuilder::confirm`]. What a responder does with a session
+    /// whose peer has sent nothing on it yet.
+    pub fn insert_unconfirmed(&mut self, hop: HopId, session: RouteSession) {
+        self.insert_as(hop, session, false);
+    }
+
+    /// The session `hop`'s peer sent a frame that passed its hop tag: it
+    /// may carry routes now (and, being the newest, takes them). Returns
+    /// whether it was unconfirmed until now.
+    pub fn confirm(&mut self, hop: HopId) -> bool {
+        let Some(s) = self.sessions.get_mut(&hop) else {
+            return false;
+        };
+        if s.confirmed {
+            return false;
+        }
+        s.confirmed = true;
+        let s = *s;
+        self.update_peer(&s);
+        true
+    }
+
+    /// Whether the session `hop` is confirmed (`None`: no such session).
+    pub fn is_confirmed(&self, hop: HopId) -> Option<bool> {
+        self.sessions.get(&hop).map(|s| s.confirmed)
+    }
+
+    fn insert_as(&mut self, hop: HopId, session: RouteSession, confirmed: bool) {
         self.remove(hop);
         let i = hop.0 as usize;
         if self.hops.len() <= i {
@@ -201,6 +251,7 @@ impl RouteBuilder {
             link: session.link,
             established: session.established,
             alive: true,
+            confirmed,
         };
         self.sessions.insert(hop, s);
         let age = (s.established, hop);
@@ -278,6 +329,15 @@ impl RouteBuilder {
                 let key = s.static_key;
                 self.update_relay(key);
             }
+        }
+    }
+
+    /// Recomputes the routes of `s`'s peer.
+    fn update_peer(&mut self, s: &Session) {
+        match s.peer {
+            Peer::User(u) => self.update_user(u),
+            Peer::Connector(c) => self.update_connector(c),
+            Peer::Relay(_) => self.update_relay(s.static_key),
         }
     }
 
@@ -414,17 +474,23 @@ impl RouteBuilder {
     }
 
     fn update_user(&mut self, user: UserId) {
+        // Users are not probed: only confirmation matters.
         let newest = self
             .user_sessions
             .get(&user)
-            .and_then(|ages| ages.iter().max())
+            .into_iter()
+            .flatten()
+            .filter(|(_, hop)| self.sessions.get(hop).is_some_and(|s| s.confirmed))
+            .max()
             .map(|&(_, hop)| hop);
+        if self.user_sessions.get(&user).is_some_and(Vec::is_empty) {
+            self.user_sessions.remove(&user);
+        }
         match newest {
             Some(hop) => {
                 self.users.insert(user, hop);
             }
             None => {
-                self.user_sessions.remove(&user);
                 self.users.remove(&user);
             }
         }
@@ -436,7 +502,7 @@ impl RouteBuilder {
             .get(&c)
             .into_iter()
             .flatten()
-            .filter(|(_, hop)| self.sessions.get(hop).is_some_and(|s| s.alive))
+            .filter(|(_, hop)| self.sessions.get(hop).is_some_and(Session::routable))
             .max()
             .and_then(|&(_, hop)| Some((hop, self.sessions.get(&hop)?.static_key)));
         if self.connector_sessions.get(&c).is_some_and(Vec::is_empty) {
@@ -478,7 +544,7 @@ impl RouteBuilder {
             .flat_map(|links| links.values())
             .filter_map(|ages| {
                 ages.iter()
-                    .filter(|(_, hop)| self.sessions.get(hop).is_some_and(|s| s.alive))
+                    .filter(|(_, hop)| self.sessions.get(hop).is_some_and(Session::routable))
                     .max()
                     .map(|&(_, hop)| hop)
             })
@@ -630,6 +696,64 @@ mod tests {
         }
         assert_eq!(b.table().to_user(u, ServiceId(0)), None);
         assert_eq!(b.local_users().count(), 0);
+    }
+
+    #[test]
+    fn an_unconfirmed_session_takes_no_route_until_confirmed() {
+        let mut b = RouteBuilder::new();
+        b.set_connector_services([(5, vec![ServiceId(10)])]);
+        let u = UserId(1);
+        add(&mut b, 1, Peer::User(u), [1; 32], 0, 10);
+        add(&mut b, 2, Peer::Connector(5), [5; 32], 0, 10);
+        add(&mut b, 3, Peer::Relay(7), A, 0, 10);
+        // Newer sessions of each, answered but not confirmed: the routes
+        // stay on the confirmed ones (a spoofed initiation moves nothing).
+        for (hop, peer, key) in [
+            (11, Peer::User(u), [1; 32]),
+            (12, Peer::Connector(5), [5; 32]),
+            (13, Peer::Relay(7), A),
+        ] {
+            b.insert_unconfirmed(HopId(hop), session(peer, key, 0, 20, hop));
+            assert_eq!(b.is_confirmed(HopId(hop)), Some(false));
+        }
+        let t = b.table();
+        assert_eq!(t.to_user(u, ServiceId(10)), Some(HopId(1)));
+        assert_eq!(t.to_service(ServiceId(10), u), Some(HopId(2)));
+        assert!(!t.serves(HopId(12), ServiceId(10)));
+        assert!(b.is_linked(&A));
+        b.set_mesh(MeshRoutes {
+            me: 0,
+            services: BTreeMap::new(),
+            users: vec![(UserId(9), A)],
+        });
+        assert_eq!(b.table().to_user(UserId(9), ServiceId(0)), Some(HopId(3)));
+        // Confirmed (the first frame passed its tag): the routes move.
+        for hop in [11, 12, 13] {
+            assert!(b.confirm(HopId(hop)));
+            assert!(!b.confirm(HopId(hop)), "once");
+        }
+        let t = b.table();
+        assert_eq!(t.to_user(u, ServiceId(10)), Some(HopId(11)));
+        assert_eq!(t.to_service(ServiceId(10), u), Some(HopId(12)));
+        assert!(t.serves(HopId(12), ServiceId(10)));
+        assert_eq!(t.to_user(UserId(9), ServiceId(0)), Some(HopId(13)));
+        assert!(!b.confirm(HopId(99)), "no such session");
+        // A peer with no earlier session gets its routes on confirmation
+        // only.
+        let v = UserId(2);
+        b.insert_unconfirmed(HopId(20), session(Peer::User(v), [2; 32], 0, 30, 20));
+        assert_eq!(b.table().to_user(v, ServiceId(10)), None);
+        assert_eq!(b.local_users().filter(|x| *x == v).count(), 0);
+        b.confirm(HopId(20));
+        assert_eq!(b.table().to_user(v, ServiceId(10)), Some(HopId(20)));
+        // Removing the only confirmed session of a user whose newer one is
+        // unconfirmed leaves it without a route (not with the unconfirmed
+        // one).
+        b.insert_unconfirmed(HopId(21), session(Peer::User(v), [2; 32], 0, 40, 21));
+        b.remove(HopId(20));
+        assert_eq!(b.table().to_user(v, ServiceId(10)), None);
+        b.remove(HopId(21));
+        assert_eq!(b.local_users().filter(|x| *x == v).count(), 0);
     }
 
     #[test]
@@ -798,7 +922,9 @@ mod tests {
             id: u8,
             link: usize,
             ms: u64,
+            confirmed: bool,
         },
+        Confirm(u32),
         Remove(u32),
         Alive(u32, bool),
         Policy(Vec<(u32, Vec<ServiceId>)>),
@@ -809,8 +935,9 @@ mod tests {
         use proptest::prelude::*;
         let services = || proptest::collection::vec((0..4u32).prop_map(ServiceId), 0..3);
         prop_oneof![
-            4 => (0..12u32, 0..3u8, 0..4u8, 0..2usize, 0..4u64)
-                .prop_map(|(hop, peer, id, link, ms)| Op::Insert { hop, peer, id, link, ms }),
+            4 => (0..12u32, 0..3u8, 0..4u8, 0..2usize, 0..4u64, any::<bool>())
+                .prop_map(|(hop, peer, id, link, ms, confirmed)| Op::Insert { hop, peer, id, link, ms, confirmed }),
+            2 => (0..12u32).prop_map(Op::Confirm),
             2 => (0..12u32).prop_map(Op::Remove),
             2 => (0..12u32, any::<bool>()).prop_map(|(h, a)| Op::Alive(h, a)),
             1 => proptest::collection::vec((0..4u32, services()), 0..4).prop_map(Op::Policy),
@@ -876,16 +1003,28 @@ mod tests {
         #[test]
         fn incremental_updates_match_a_fresh_build(ops in proptest::collection::vec(op(), 0..40)) {
             let mut b = RouteBuilder::new();
-            let mut live: BTreeMap<u32, (RouteSession, bool)> = BTreeMap::new();
+            // Per hop: the session, alive, confirmed.
+            let mut live: BTreeMap<u32, (RouteSession, bool, bool)> = BTreeMap::new();
             let mut policy = Vec::new();
             let mut mesh = None;
             for op in ops {
                 match op {
-                    Op::Insert { hop, peer, id, link, ms } => {
+                    Op::Insert { hop, peer, id, link, ms, confirmed } => {
                         let (peer, key) = peer_of(peer, id);
                         let s = session(peer, key, link, ms, hop);
-                        b.insert(HopId(hop), s.clone());
-                        live.insert(hop, (s, true));
+                        if confirmed {
+                            b.insert(HopId(hop), s.clone());
+                        } else {
+                            b.insert_unconfirmed(HopId(hop), s.clone());
+                        }
+                        live.insert(hop, (s, true, confirmed));
+                    }
+                    Op::Confirm(hop) => {
+                        let was = live.get(&hop).map(|s| !s.2).unwrap_or(false);
+                        proptest::prop_assert_eq!(b.confirm(HopId(hop)), was);
+                        if let Some(s) = live.get_mut(&hop) {
+                            s.2 = true;
+                        }
                     }
                     Op::Remove(hop) => {
                         b.remove(HopId(hop));
@@ -913,8 +1052,12 @@ mod tests {
             if let Some(input) = mesh {
                 fresh.set_mesh(input);
             }
-            for (hop, (s, alive)) in live.into_iter().rev() {
-                fresh.insert(HopId(hop), s);
+            for (hop, (s, alive, confirmed)) in live.into_iter().rev() {
+                if confirmed {
+                    fresh.insert(HopId(hop), s);
+                } else {
+                    fresh.insert_unconfirmed(HopId(hop), s);
+                }
                 fresh.set_alive(HopId(hop), alive);
             }
             proptest::prop_assert_eq!(observe(&b), observe(&fresh));
