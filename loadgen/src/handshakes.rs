@@ -124,7 +124,12 @@ pub fn hop_handshakes(
                             .initiator
                             .handle_response(bytes, Instant::now(), unix_nanos())
                             .context("relay's hop handshake response")?;
-                        links[p.slot] = Some(HopLink::from_keys(keys));
+                        // Confirm the keys at once: the relay routes
+                        // nothing to the session before a frame on it
+                        // passed the tag.
+                        let mut link = HopLink::from_keys(keys);
+                        io.send_to(relay, &link.keepalive())?;
+                        links[p.slot] = Some(link);
                         done += 1;
                     }
                 }
@@ -140,6 +145,8 @@ pub fn hop_handshakes(
             }
         }
     }
+    // The last keepalives are still queued.
+    io.flush()?;
     Ok(links.into_iter().flatten().collect())
 }
 

@@ -19,7 +19,9 @@ pub const HANDSHAKE_ATTEMPTS: u32 = 4;
 /// Runs the hop handshake with the relay at `relay` (static key
 /// `relay_static`) from `socket`, as `me`, naming our side `local_index`.
 /// Blocking; resends up to [`HANDSHAKE_ATTEMPTS`] times and answers a cookie
-/// reply. Datagrams that are not the answer are ignored.
+/// reply. Datagrams that are not the answer are ignored. The link's first
+/// frame, a keepalive, is sent before it is returned (key confirmation: the
+/// relay routes to the session only after it).
 pub fn handshake(
     socket: &UdpSocket,
     relay: SocketAddr,
@@ -59,7 +61,11 @@ pub fn handshake(
                         Instant::now(),
                         relay::control::unix_nanos(),
                     )?;
-                    return Ok(HopLink::from_keys(keys));
+                    // Confirm the keys at once: the relay routes nothing
+                    // to the session before a frame on it passed the tag.
+                    let mut link = HopLink::from_keys(keys);
+                    socket.send_to(&link.keepalive(), relay)?;
+                    return Ok(link);
                 }
                 Ok(Kind::CookieReply) => {
                     initiator.handle_cookie_reply(&buf[..n], &mut jar, Instant::now())?;

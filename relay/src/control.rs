@@ -7,7 +7,20 @@
 //! source address. It answers through the same worker (so the reply leaves
 //! from the socket the peer's flow hashes to), installs the receive half of
 //! a new session into that worker *before* the reply is sent, and publishes
-//! a new routing snapshot when sessions come or go. It reloads the policy on
+//! a new routing snapshot when sessions come or go.
+//!
+//! **Key confirmation.** A session the relay answered carries no route
+//! until its peer proved it holds the keys: the worker holding it reports
+//! the first frame that passed its hop tag ([`FromWorker::Confirmed`]; an
+//! authenticated control message counts too), and only then do the peer's
+//! routes move to it. Until then they stay on the peer's previous confirmed
+//! session, so an initiation sent from a spoofed address (valid mac1, a
+//! real certificate, a replay) moves nothing: its response goes to that
+//! address, and only whoever receives it there can make a valid tag. The
+//! session's send address is the initiation's source, which confirmation
+//! proves (see `docs/security.md` §3). A session not confirmed within
+//! [`CONFIRM_WITHIN`] is removed. Sessions this relay initiated (mesh
+//! links) are confirmed by the response. It reloads the policy on
 //! SIGHUP, on [`Shared::reload`], and when the file's modification time
 //! changes; a bad file is logged and the last good policy stays.
 //!
@@ -70,6 +83,12 @@ pub const POLICY_POLL: Duration = Duration::from_millis(50);
 /// being replaced by rekeys); a new one beyond this evicts the oldest, so
 /// one certificate cannot exhaust a worker's receiver indices.
 pub const MAX_SESSIONS_PER_PEER: usize = 3;
+/// A session the relay answered must be confirmed (a frame on it passed
+/// its hop tag) within this long, or it is removed: an initiator sends a
+/// frame at once after the response, so only initiations from spoofed
+/// addresses and replays wait this long, and they hold a receiver index
+/// no longer.
+pub const CONFIRM_WITHIN: Duration = Duration::from_secs(10);
 
 /// One live hop session as the control thread tracks it.
 #[derive(Debug)]
@@ -83,6 +102,9 @@ struct SessionEntry {
     /// The peer's X25519 static key, from its certificate (what agents
     /// need of a connector for the end-to-end handshake).
     static_key: [u8; 32],
+    /// Whether a frame on this session passed its tag (or this relay
+    /// initiated it): until then it carries no route.
+    confirmed: bool,
     /// Whether a ping arrived on this session: until then nothing is sent
     /// on it (key confirmation).
     pinged: bool,
@@ -151,6 +173,10 @@ pub struct ControlStats {
     pub peers_lost: u64,
     /// Handshakes refused because the certificate is revoked.
     pub revoked_refused: u64,
+    /// Sessions confirmed by their peer (a first frame passed the tag).
+    pub sessions_confirmed: u64,
+    /// Sessions removed unconfirmed after [`CONFIRM_WITHIN`].
+    pub sessions_unconfirmed: u64,
     /// Sessions closed because a reload revoked their certificate.
     pub revoked_closed: u64,
     /// Renewed certificates of this relay taken from its files.
@@ -359,6 +385,31 @@ impl Control {
                 index,
                 bytes,
             } => self.control(worker, index, &bytes),
+            FromWorker::Confirmed { worker, index } => {
+                if let Some(&slot) = self.by_index.get(&(worker, index)) {
+                    self.confirm(slot);
+                }
+            }
+        }
+    }
+
+    /// The peer of the session in `slot` proved it holds the keys: its
+    /// routes move to the session (it is the newest).
+    fn confirm(&mut self, slot: usize) {
+        let Some(e) = self.sessions.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if e.confirmed {
+            return;
+        }
+        e.confirmed = true;
+        self.stats.sessions_confirmed += 1;
+        tracing::debug!(peer = %e.name, index = %e.index, worker = e.worker, "hop session confirmed; routes move to it");
+        if self.routing.confirm(HopId(slot as u32)) {
+            self.routes_dirty = true;
+            if !matches!(e.peer, Peer::User(_)) {
+                self.directories_dirty = true;
+            }
         }
     }
 
@@ -430,7 +481,10 @@ impl Control {
                 tracing::debug!(worker, %from, peer = %keys.peer.body.name, id = keys.peer.body.id, "relay handshake refused: its key is in no relay record of the mesh view");
             }
             Ok(InitOutcome::Established { response, keys }) => {
-                self.establish(worker, from, keys, now);
+                // Unconfirmed: no route until the initiator's first frame
+                // passes the tag. Its address is `from`, which that frame
+                // proves (the response goes there).
+                self.establish(worker, from, keys, now, false);
                 self.send(worker, from, response);
             }
             Ok(InitOutcome::CookieReply(reply)) => {
@@ -447,12 +501,16 @@ impl Control {
     }
 
     /// Installs a new session in `worker` and the routes; returns its slot.
+    /// `confirmed`: the peer already proved its keys (this relay initiated
+    /// the session); otherwise the session carries no route until the
+    /// worker reports its first authenticated frame.
     fn establish(
         &mut self,
         worker: usize,
         from: SocketAddr,
         keys: HopSessionKeys,
         now: Instant,
+        confirmed: bool,
     ) -> usize {
         let peer = match keys.peer.body.role {
             Role::User => Peer::User(UserId(keys.peer.body.id)),
@@ -476,6 +534,11 @@ impl Control {
         };
         let hop_id = HopId(slot);
         let session = RxSession::new(&keys.recv_key, peer, hop_id);
+        let session = if confirmed {
+            session.already_confirmed()
+        } else {
+            session
+        };
         // Install before the reply leaves: the peer's first data frame can
         // only follow the reply, and the worker applies its inbox in order.
         let _ = self.workers[worker].send(ToWorker::Install {
@@ -493,16 +556,18 @@ impl Control {
             index = %keys.local_index,
             "hop session established"
         );
-        self.routing.insert(
-            hop_id,
-            RouteSession {
-                peer,
-                static_key: keys.peer.body.static_key,
-                link: worker,
-                established: now,
-                tx: Arc::clone(&hop),
-            },
-        );
+        let route = RouteSession {
+            peer,
+            static_key: keys.peer.body.static_key,
+            link: worker,
+            established: now,
+            tx: Arc::clone(&hop),
+        };
+        if confirmed {
+            self.routing.insert(hop_id, route);
+        } else {
+            self.routing.insert_unconfirmed(hop_id, route);
+        }
         self.sessions[slot as usize] = Some(SessionEntry {
             peer,
             name: keys.peer.body.name,
@@ -511,6 +576,7 @@ impl Control {
             hop,
             established: now,
             static_key: keys.peer.body.static_key,
+            confirmed,
             pinged: false,
             sent_digest: 0,
             ping_tokens: PING_BURST,
@@ -518,9 +584,12 @@ impl Control {
             health: health::Health::new(now),
         });
         self.stats.handshakes_ok += 1;
-        self.routes_dirty = true;
-        if !matches!(peer, Peer::User(_)) {
-            self.directories_dirty = true;
+        if confirmed {
+            self.stats.sessions_confirmed += 1;
+            self.routes_dirty = true;
+            if !matches!(peer, Peer::User(_)) {
+                self.directories_dirty = true;
+            }
         }
         slot as usize
     }
@@ -529,34 +598,42 @@ impl Control {
         let _ = self.workers[worker].send(ToWorker::Send { to, bytes });
     }
 
-    /// Removes sessions older than `REJECT_AFTER_TIME`: their keys may no
-    /// longer be used, and the peer has rekeyed by now if it is alive.
+    /// Removes sessions older than `REJECT_AFTER_TIME` (their keys may no
+    /// longer be used, and the peer has rekeyed by now if it is alive) and
+    /// sessions still unconfirmed after [`CONFIRM_WITHIN`].
     fn expire(&mut self, now: Instant) {
         for slot in 0..self.sessions.len() {
-            let expired = self.sessions[slot]
-                .as_ref()
-                .is_some_and(|s| now.duration_since(s.established) >= REJECT_AFTER_TIME);
-            if expired {
+            let Some(s) = self.sessions[slot].as_ref() else {
+                continue;
+            };
+            let age = now.duration_since(s.established);
+            if age >= REJECT_AFTER_TIME {
                 self.remove(slot, "expired");
                 self.stats.sessions_expired += 1;
+            } else if !s.confirmed && age >= CONFIRM_WITHIN {
+                self.remove(slot, "never confirmed");
+                self.stats.sessions_unconfirmed += 1;
             }
         }
     }
 
     /// Makes room for one more session of `peer`: evicts its oldest while it
-    /// holds [`MAX_SESSIONS_PER_PEER`] or more. A peer relay holds one link
-    /// per worker: its limit counts per worker.
+    /// holds [`MAX_SESSIONS_PER_PEER`] or more, the oldest unconfirmed one
+    /// first (so initiations from spoofed addresses, which are never
+    /// confirmed, evict each other and not the session that carries the
+    /// peer's routes). A peer relay holds one link per worker: its limit
+    /// counts per worker.
     fn evict_beyond_limit(&mut self, peer: Peer, worker: usize) {
         let relay = matches!(peer, Peer::Relay(_));
         loop {
             let mine = self.sessions.iter().enumerate().filter_map(|(i, e)| {
                 e.as_ref()
                     .filter(|e| e.peer == peer && (!relay || e.worker == worker))
-                    .map(|e| (e.established, i))
+                    .map(|e| ((e.confirmed, e.established), i))
             });
             let (count, oldest) = mine.fold(
                 (0, None),
-                |(n, old): (usize, Option<(Instant, usize)>), cur| {
+                |(n, old): (usize, Option<((bool, Instant), usize)>), cur| {
                     (n + 1, Some(old.map_or(cur, |o| o.min(cur))))
                 },
             );
@@ -735,6 +812,9 @@ impl Control {
             self.stats.control_rejected += 1;
             return;
         };
+        // The frame passed the session's tag: the key is confirmed (the
+        // worker reports it too, after its batch; this may come first).
+        self.confirm(slot);
         let now = Instant::now();
         let digest = match ControlMessage::parse(body) {
             Ok(ControlMessage::Ping { digest }) => digest,
@@ -815,12 +895,14 @@ impl Control {
         Directory::new(policy.connection_mode(user), services)
     }
 
-    /// Sends every user whose newest session has pinged its directory, if
-    /// it differs from the last one sent on that session.
+    /// Sends every user whose newest confirmed session has pinged its
+    /// directory, if it differs from the last one sent on that session.
     fn push_directories(&mut self) {
         let mut newest: HashMap<UserId, (Instant, usize)> = HashMap::new();
         for (slot, entry) in self.sessions.iter().enumerate() {
-            let Some(e) = entry else { continue };
+            let Some(e) = entry.as_ref().filter(|e| e.confirmed) else {
+                continue;
+            };
             if let Peer::User(u) = e.peer {
                 if newest.get(&u).is_none_or(|n| n.0 <= e.established) {
                     newest.insert(u, (e.established, slot));

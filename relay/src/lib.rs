@@ -37,7 +37,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use proto::datapath::Mode;
-use proto::handshake::{HopResponder, LocalIdentity, Trust};
+use proto::handshake::{Freshness, HopResponder, LocalIdentity, Trust};
 use proto::identity::{CaPublicKey, Role};
 
 use crate::control::{Control, ControlStats};
@@ -351,12 +351,15 @@ impl Relay {
         } else {
             &[Role::User, Role::Connector]
         };
+        // Initiations made before this start (minus the allowed clock
+        // skew) are refused: the replay table starts empty.
         let responder = HopResponder::new(
             opts.identity,
             Trust::new(opts.ca, roles),
             secret,
             Instant::now(),
-        );
+        )
+        .with_freshness(Freshness::new(control::unix_nanos()));
         let registry = match &opts.mesh {
             None => None,
             Some(m) => Some(start_registry(m, local_addr, &link_ports, &public_key)?),

@@ -216,6 +216,8 @@ impl Collector for RelayCollector {
         for (name, help, value) in [
             ("ztna_cookie_replies", "Cookie replies sent while under load.", c.cookie_replies),
             ("ztna_sessions_expired", "Hop sessions removed after REJECT_AFTER_TIME.", c.sessions_expired),
+            ("ztna_sessions_confirmed", "Hop sessions confirmed by their peer (a first frame passed the hop tag; sessions this relay initiated count at once): only these carry routes.", c.sessions_confirmed),
+            ("ztna_sessions_unconfirmed", "Hop sessions removed because no frame on them passed the hop tag within CONFIRM_WITHIN (initiations from spoofed addresses, replays).", c.sessions_unconfirmed),
             ("ztna_control_received", "Control messages received (authenticated).", c.control_received),
             ("ztna_control_rejected", "Control messages that did not parse, came on a session that is gone, or were not for a relay.", c.control_rejected),
             ("ztna_pings_rate_limited", "Pings dropped for exceeding the per-session rate.", c.pings_rate_limited),

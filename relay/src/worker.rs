@@ -6,7 +6,9 @@
 //! forwarded frames grouped by next hop. Hop handshakes the datapath
 //! accepted and authenticated control frames are copied to the control
 //! thread; those are the only
-//! per-frame copies, and they are off the data path.
+//! per-frame copies, and they are off the data path. After each batch the
+//! worker tells the control thread which sessions it saw confirmed (their
+//! first frame passed the tag), from a preallocated queue.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use proto::datapath::{Counters, Datapath, Mode, Verdict};
 use proto::ids::ReceiverIndex;
-use proto::session::{RxSession, SessionTable, TxCounters};
+use proto::session::{Confirmations, RxSession, SessionTable, TxCounters};
 use proto::wire::{Frame, Kind, HEADER_LEN};
 
 use crate::io::{Action, Io};
@@ -74,6 +76,14 @@ pub enum FromWorker {
         /// The frame.
         bytes: Vec<u8>,
     },
+    /// The first frame on a hop session passed its tag (key confirmation):
+    /// the control thread may route to the session now.
+    Confirmed {
+        /// The worker holding the session.
+        worker: usize,
+        /// The session's receiver index on that worker.
+        index: ReceiverIndex,
+    },
     /// A control frame arrived on a hop session and authenticated (tag and
     /// replay window checked by the datapath).
     Control {
@@ -99,6 +109,7 @@ pub fn run(
     let mut tx = TxCounters::default();
     let mut counters = Counters::default();
     let mut tally = Tally::default();
+    let mut confirmations = Confirmations::new();
     let mut last_publish = Instant::now();
     // A relay in a mesh initiates hop handshakes with other relays, from
     // each worker's link port: only then may responses and cookie replies
@@ -141,6 +152,7 @@ pub fn run(
                 sessions: &mut sessions,
                 tx: &mut tx,
                 counters: &mut counters,
+                confirmations: &mut confirmations,
             }
             .process(frame);
             match verdict {
@@ -191,6 +203,7 @@ pub fn run(
             tracing::error!(worker = id, error = %e, "I/O failed; worker stops");
             break;
         }
+        deliver_confirmations(id, &mut confirmations, &control);
         if last_publish.elapsed() >= PUBLISH_EVERY {
             last_publish = Instant::now();
             shared.publish(id, stats(&counters, &io, tally, &sessions));
@@ -200,6 +213,27 @@ pub fn run(
     let last = stats(&counters, &io, tally, &sessions);
     shared.publish(id, last.clone());
     last
+}
+
+/// Tells the control thread which sessions this worker saw confirmed. A
+/// confirmation the full queue does not take stays for the next round (a
+/// lost one would leave its session without routes); nothing allocates.
+fn deliver_confirmations(
+    worker: usize,
+    confirmations: &mut Confirmations,
+    control: &Sender<FromWorker>,
+) {
+    while let Some(index) = confirmations.pop() {
+        match control.try_send(FromWorker::Confirmed { worker, index }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                confirmations.unpop(index);
+                return;
+            }
+            // The control thread is gone: the relay is stopping.
+            Err(TrySendError::Disconnected(_)) => return,
+        }
+    }
 }
 
 /// What the worker counts beside the datapath: frames for the control

@@ -487,7 +487,8 @@ impl Control {
         // The link's frames go to the peer's link port (the response may
         // come from its shared port).
         let to = out.to;
-        let slot = self.establish(worker, to, keys, now);
+        // Confirmed: the response proved the peer's keys to us.
+        let slot = self.establish(worker, to, keys, now, true);
         // The response confirmed the keys to us; a ping confirms them to
         // the peer (which sends nothing before it) and starts keepalives.
         if let Some(e) = self.sessions[slot].as_mut() {

@@ -39,6 +39,10 @@ pub enum HandshakeReject {
     /// The initiation's timestamp is not newer than the last accepted one
     /// of that key (a replayed initiation).
     Replay,
+    /// The initiation's timestamp is outside the freshness window: off
+    /// from this relay's clock by more than the allowed skew, or made
+    /// before the relay started (a capture replayed after a restart).
+    StaleTimestamp,
     /// A response or cookie reply that answers no initiation of ours (mesh
     /// links only).
     Unanswered,
@@ -48,7 +52,7 @@ pub enum HandshakeReject {
 
 impl HandshakeReject {
     /// Number of reasons.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
     /// All reasons, in counter order.
     pub const ALL: [HandshakeReject; Self::COUNT] = [
         HandshakeReject::Malformed,
@@ -60,6 +64,7 @@ impl HandshakeReject {
         HandshakeReject::Role,
         HandshakeReject::StaticKey,
         HandshakeReject::Replay,
+        HandshakeReject::StaleTimestamp,
         HandshakeReject::Unanswered,
         HandshakeReject::Other,
     ];
@@ -76,6 +81,7 @@ impl HandshakeReject {
             HandshakeReject::Role => "role",
             HandshakeReject::StaticKey => "static_key",
             HandshakeReject::Replay => "replay",
+            HandshakeReject::StaleTimestamp => "stale_timestamp",
             HandshakeReject::Unanswered => "unanswered",
             HandshakeReject::Other => "other",
         }
@@ -94,6 +100,7 @@ impl HandshakeReject {
             HandshakeError::RoleNotAllowed { .. } => HandshakeReject::Role,
             HandshakeError::StaticKeyMismatch { .. } => HandshakeReject::StaticKey,
             HandshakeError::Replay { .. } => HandshakeReject::Replay,
+            HandshakeError::StaleTimestamp { .. } => HandshakeReject::StaleTimestamp,
             HandshakeError::WrongReceiver { .. }
             | HandshakeError::BadCookieReply
             | HandshakeError::Finished => HandshakeReject::Unanswered,
