@@ -154,16 +154,17 @@ fn revocation_stops_the_flow_within_one_batch() {
 
         // Frames sent after the swap: at most the batch in flight may still
         // see the old policy; then every frame is denied.
-        // Two handshakes and the first data frame were judged before.
+        // Two handshakes, the keepalives that confirmed them and the first
+        // data frame were judged before.
         let before = rig
-            .await_counters("the first frame", |c| c.frames >= 3)
+            .await_counters("the first frame", |c| c.frames >= 5)
             .dropped(DropReason::Denied);
         let mut sent = 0;
         loop {
             let f = rig.user_frame(ALLOWED, &payload(100, 2));
             rig.send_from_user(&f);
             sent += 1;
-            let c = rig.await_counters("a verdict", |c| c.frames >= 3 + sent as u64);
+            let c = rig.await_counters("a verdict", |c| c.frames >= 5 + sent as u64);
             if c.dropped(DropReason::Denied) > before {
                 break;
             }
