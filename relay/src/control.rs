@@ -626,17 +626,16 @@ impl Control {
     fn evict_beyond_limit(&mut self, peer: Peer, worker: usize) {
         let relay = matches!(peer, Peer::Relay(_));
         loop {
+            // Unconfirmed (false) before confirmed, then oldest first.
+            type Rank = ((bool, Instant), usize);
             let mine = self.sessions.iter().enumerate().filter_map(|(i, e)| {
                 e.as_ref()
                     .filter(|e| e.peer == peer && (!relay || e.worker == worker))
                     .map(|e| ((e.confirmed, e.established), i))
             });
-            let (count, oldest) = mine.fold(
-                (0, None),
-                |(n, old): (usize, Option<((bool, Instant), usize)>), cur| {
-                    (n + 1, Some(old.map_or(cur, |o| o.min(cur))))
-                },
-            );
+            let (count, oldest) = mine.fold((0, None), |(n, old): (usize, Option<Rank>), cur| {
+                (n + 1, Some(old.map_or(cur, |o| o.min(cur))))
+            });
             match oldest {
                 Some((_, slot)) if count >= MAX_SESSIONS_PER_PEER => self.remove(slot, "replaced"),
                 _ => return,
