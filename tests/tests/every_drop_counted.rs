@@ -124,15 +124,16 @@ fn every_frame_received_is_forwarded_local_handed_over_or_dropped_by_reason() {
         .serve_metrics("127.0.0.1:0".parse().unwrap())
         .unwrap();
     let relay_addr = rig.world.relay_addr();
-    // The rig's two handshakes, published by the workers and the control
-    // thread.
+    // The rig's two handshakes and the keepalives that confirm them,
+    // published by the workers and the control thread.
     let mut before = String::new();
     await_until(
         "the rig's handshakes on /metrics",
         Duration::from_secs(5),
         || {
             before = scrape(metrics);
-            metric_sum(&before, "ztna_frames_total", "") == 2
+            metric_sum(&before, "ztna_frames_total", "") == 4
+                && metric_sum(&before, "ztna_keepalive_frames_total", "") == 2
                 && metric_sum(&before, "ztna_handshakes_total", "result=\"ok\"") == 2
         },
     );

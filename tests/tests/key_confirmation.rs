@@ -21,6 +21,7 @@ use proto::hoptag::HopKey;
 use proto::identity::{CaPublicKey, Role};
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
 use proto::wire::{Kind, HEADER_LEN};
+use relay::control::HandshakeReject;
 use tests::{await_until, backends, payload, receive, Rig, ALLOWED, USER};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -175,6 +176,7 @@ fn start_relay(pki: &Pki, dir: &ScratchDir, identity: LocalIdentity) -> relay::R
         io_config: relay::io::IoConfig::default(),
         mode: proto::datapath::Mode::Ztna,
         identity,
+        renewal: None,
         ca: pki.ca(),
         policy,
         mesh: None,
@@ -229,13 +231,16 @@ fn a_captured_connector_initiation_replayed_after_a_restart_takes_no_service() {
         .send_to(&captured_long_ago, relay.local_addr())
         .unwrap();
     await_until("the stale initiation refused", WAIT, || {
-        stats().handshakes_stale == 1
+        stats()
+            .handshakes_rejected
+            .get(HandshakeReject::StaleTimestamp)
+            == 1
     });
     assert_eq!(stats().handshakes_ok, 0);
     assert_eq!(next_datagram(&attacker, Duration::from_millis(100)), None);
     let scrape = || relay::http::get(metrics, "/metrics").unwrap().body;
     await_until("the stale counter exported", WAIT, || {
-        scrape().contains("ztna_handshake_rejects_total{reason=\"stale_timestamp\"} 1\n")
+        scrape().contains("ztna_handshakes_rejected_total{reason=\"stale_timestamp\"} 1\n")
     });
 
     // Made within the skew: accepted once (the relay cannot tell), but the
@@ -266,10 +271,15 @@ fn a_captured_connector_initiation_replayed_after_a_restart_takes_no_service() {
     // Replayed again now: not newer than the real one's, refused.
     attacker.send_to(&captured, relay.local_addr()).unwrap();
     await_until("the replay refused", WAIT, || {
-        stats().handshakes_replayed == 1
+        stats().handshakes_rejected.get(HandshakeReject::Replay) == 1
     });
     assert_eq!(stats().sessions_confirmed, 1);
-    assert_eq!(stats().handshakes_stale, 1);
+    assert_eq!(
+        stats()
+            .handshakes_rejected
+            .get(HandshakeReject::StaleTimestamp),
+        1
+    );
     // The link works (a keepalive was its first frame).
     let _ = link.keepalive();
     relay.stop();

@@ -66,6 +66,7 @@ fn sessions_expire_at_reject_after_time_and_not_before() {
             established_at: now,
         },
         now,
+        true,
     );
     assert!(matches!(
         worker.try_recv(),
