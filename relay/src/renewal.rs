@@ -97,6 +97,9 @@ pub struct IdentityFiles {
     /// Hash of the contents last refused (`Some(None)`: unreadable), so
     /// each is reported once.
     reported: Option<Option<u64>>,
+    /// Reused by every poll, so looking at unchanged files allocates
+    /// nothing (the poll runs in the agent's packet loop).
+    scratch: Vec<u8>,
 }
 
 impl IdentityFiles {
@@ -104,7 +107,7 @@ impl IdentityFiles {
     /// loaded from them at start) under `ca`.
     pub fn new(key: &Path, cert: &Path, ca: CaPublicKey, current: &LocalIdentity) -> Self {
         let body = &current.certificate().body;
-        IdentityFiles {
+        let mut files = IdentityFiles {
             key: key.to_owned(),
             cert: cert.to_owned(),
             ca,
@@ -112,9 +115,12 @@ impl IdentityFiles {
             role: body.role,
             static_key: body.static_key,
             cert_bytes: current.certificate().to_bytes(),
-            seen: contents_hash(key, cert),
+            seen: None,
             reported: None,
-        }
+            scratch: Vec::with_capacity(SCRATCH),
+        };
+        files.seen = contents_hash(&files.key, &files.cert, &mut files.scratch);
+        files
     }
 
     /// The certificate file.
@@ -125,7 +131,7 @@ impl IdentityFiles {
     /// Looks at the files: two small reads and a hash when nothing
     /// changed, so it can run every second.
     pub fn poll(&mut self, now_unix: u64) -> Renewal {
-        let hash = contents_hash(&self.key, &self.cert);
+        let hash = contents_hash(&self.key, &self.cert, &mut self.scratch);
         if hash.is_some() && hash == self.seen {
             return Renewal::Unchanged;
         }
@@ -187,13 +193,22 @@ impl IdentityFiles {
     }
 }
 
+/// Room for a key or certificate file (both are well under 1 KiB); a
+/// larger file grows the buffer once.
+const SCRATCH: usize = 4096;
+
 /// A hash of both files' contents; `None` when either cannot be read.
-fn contents_hash(key: &Path, cert: &Path) -> Option<u64> {
+/// Reads into `scratch`, which keeps its capacity.
+fn contents_hash(key: &Path, cert: &Path, scratch: &mut Vec<u8>) -> Option<u64> {
+    use std::io::Read;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for path in [key, cert] {
-        let bytes = std::fs::read(path).ok()?;
-        h.write_usize(bytes.len());
-        h.write(&bytes);
+        scratch.clear();
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_to_end(scratch))
+            .ok()?;
+        h.write_usize(scratch.len());
+        h.write(scratch);
     }
     Some(h.finish())
 }
