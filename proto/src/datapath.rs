@@ -27,6 +27,7 @@
 
 use std::net::SocketAddr;
 
+use crate::audit::{Access, AuditTable};
 use crate::handshake::frames::{self, HandshakeKind};
 use crate::policy::CompiledPolicy;
 use crate::route::RouteTable;
@@ -269,6 +270,9 @@ pub struct Datapath<'a> {
     /// Sessions whose first authenticated frame this worker saw (key
     /// confirmation), for the control thread.
     pub confirmations: &'a mut Confirmations,
+    /// This worker's audit table: every policy decision (`ztna` mode) is
+    /// counted there by (user, service, verdict). `None`: audit off.
+    pub audit: Option<&'a mut AuditTable>,
 }
 
 impl Datapath<'_> {
@@ -286,6 +290,7 @@ impl Datapath<'_> {
 
     #[inline]
     fn judge(&mut self, buf: &mut [u8]) -> Result<Verdict, DropReason> {
+        let len = buf.len();
         let kind = wire::classify(buf).map_err(|_: WireError| DropReason::Malformed)?;
         if !kind.has_hop_header() {
             // By (kind, length), as the control thread will parse it: what
@@ -334,7 +339,12 @@ impl Datapath<'_> {
             if !bound {
                 return Err(DropReason::Spoofed);
             }
-            if !self.policy.allowed(user, service) {
+            let allowed = self.policy.allowed(user, service);
+            if let Some(audit) = self.audit.as_deref_mut() {
+                let access = if allowed { Access::Allow } else { Access::Deny };
+                audit.record(user, service, access, len);
+            }
+            if !allowed {
                 return Err(DropReason::Denied);
             }
         }
@@ -448,6 +458,66 @@ mod tests {
             forward(&fx, CONNECTOR_HOP)
         );
         assert_eq!(fx.counters.dropped(DropReason::Denied), 1);
+    }
+
+    #[test]
+    fn ztna_counts_each_policy_decision_in_the_audit_table() {
+        use crate::audit::{Access, AuditTable, Counts};
+        let mut fx = Fixture::new(2, 8);
+        fx.audit = Some(AuditTable::new(64, 1));
+        let mut frames = [
+            frame(&mut fx, 1, ALLOWED),
+            frame(&mut fx, 1, ALLOWED),
+            frame(&mut fx, 1, DENIED),
+        ];
+        for f in &mut frames {
+            fx.datapath(Mode::Ztna).process(f);
+        }
+        // A spoofed frame is no policy decision: not audited.
+        let mut spoofed = vec![0; 100];
+        write_frame(
+            &mut spoofed,
+            Kind::DataUp,
+            user_index(0),
+            0,
+            UserId(1),
+            ServiceId(ALLOWED),
+            &HopKey::new(&user_key(0)),
+        );
+        fx.datapath(Mode::Ztna).process(&mut spoofed);
+        // Neither is a frame judged in vpn mode (no policy there).
+        let mut vpn = frame(&mut fx, 0, DENIED);
+        fx.datapath(Mode::Vpn).process(&mut vpn);
+
+        let table = fx.audit.as_ref().expect("set above");
+        let mut entries: Vec<_> = table
+            .entries()
+            .map(|e| (e.user, e.service, e.access, e.counts))
+            .collect();
+        entries.sort_by_key(|e| e.2);
+        assert_eq!(
+            entries,
+            [
+                (
+                    UserId(1),
+                    ServiceId(ALLOWED),
+                    Access::Allow,
+                    Counts {
+                        frames: 2,
+                        bytes: 400
+                    }
+                ),
+                (
+                    UserId(1),
+                    ServiceId(DENIED),
+                    Access::Deny,
+                    Counts {
+                        frames: 1,
+                        bytes: 200
+                    }
+                ),
+            ]
+        );
     }
 
     #[test]

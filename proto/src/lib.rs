@@ -16,6 +16,8 @@
 //! * [`policy`]: the access-policy model and its compiled O(1) lookup table.
 //! * [`datapath`]: the verdict on one frame (`Datapath::process`), which a
 //!   relay worker asks for each frame it receives.
+//! * [`audit`]: a worker's fixed-size counters of policy decisions per
+//!   (user, service, verdict), for the relay's audit log.
 //! * [`aead`]: end-to-end AES-256-GCM between agent and connector.
 //! * [`identity`]: the offline Ed25519 CA and node certificates.
 //! * [`handshake`]: Noise IK state machines for hop and end-to-end sessions,
@@ -30,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aead;
+pub mod audit;
 pub mod control;
 pub mod datapath;
 pub mod handshake;

@@ -37,6 +37,8 @@ pub struct Fixture {
     /// Whether the relay sends hop initiations (is in a mesh); `false`
     /// unless a test sets it.
     pub initiates: bool,
+    /// The worker's audit table; `None` (audit off) unless a test sets it.
+    pub audit: Option<crate::audit::AuditTable>,
     users: u32,
     next_counter: Vec<u64>,
     user_keys: Vec<HopKey>,
@@ -104,6 +106,7 @@ impl Fixture {
             counters: Counters::default(),
             confirmations: Confirmations::new(),
             initiates: false,
+            audit: None,
             users,
             next_counter: vec![0; users as usize],
             user_keys: (0..users).map(|u| HopKey::new(&user_key(u))).collect(),
@@ -121,6 +124,7 @@ impl Fixture {
             tx: &mut self.tx,
             counters: &mut self.counters,
             confirmations: &mut self.confirmations,
+            audit: self.audit.as_mut(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The datapath must not touch the heap: a counting global allocator watches
-//! 100 k frames go through every mode and sees zero allocations.
+//! 100 k frames go through every mode, with the audit table recording, and
+//! sees zero allocations.
 
 use std::cell::Cell;
 
@@ -29,6 +30,10 @@ const BATCH: usize = 64;
 fn datapath_makes_no_heap_allocation() {
     for mode in Mode::ALL {
         let mut fx = Fixture::new(16, 64);
+        fx.audit = Some(proto::audit::AuditTable::new(
+            proto::audit::DEFAULT_SLOTS,
+            7,
+        ));
         // Frames prepared up front: 1400 B and 64 B, allowed, denied and
         // forged, so every branch of the datapath runs.
         let mut bufs: Vec<Vec<u8>> = (0..FRAMES)
@@ -62,5 +67,13 @@ fn datapath_makes_no_heap_allocation() {
             "{mode:?}: {:?}",
             fx.counters
         );
+        if mode == Mode::Ztna {
+            let audit = fx.audit.as_ref().expect("set above");
+            let audited: u64 = audit.entries().map(|e| e.counts.frames).sum();
+            assert!(
+                audited > FRAMES as u64 / 2,
+                "the audit table recorded only {audited} decisions"
+            );
+        }
     }
 }
