@@ -17,6 +17,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(version, long_about = ABOUT)]
 struct Cli {
+    /// Log lines on stderr as text, or as one JSON object per line (for
+    /// log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = relay::logs::LogFormat::Text)]
+    log_format: relay::logs::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -203,23 +207,16 @@ enum Command {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: a log file or journal gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    if let Err(e) = real_main() {
+    let cli = Cli::parse();
+    relay::logs::init(cli.log_format);
+    if let Err(e) = real_main(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn real_main() -> Result<()> {
-    match Cli::parse().command {
+fn real_main(cli: Cli) -> Result<()> {
+    match cli.command {
         Command::Run { config } => {
             let cfg = AgentConfig::load(&config)?;
             let stop = Arc::new(AtomicBool::new(false));

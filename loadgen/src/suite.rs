@@ -297,6 +297,8 @@ fn start_path(
         relay_core: cfg.relay_core,
         mesh: None,
         topology: topology.clone(),
+        // The relay as deployed: the audit counts every ztna decision.
+        audit: relay::audit::AuditConfig::default(),
     })?;
     let actual = world.relay.backend();
     if world.relays().iter().any(|r| r.backend() != backend) {

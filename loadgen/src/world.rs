@@ -75,6 +75,8 @@ pub struct WorldConfig {
     pub mesh: Option<relay::MeshOptions>,
     /// One relay, or two in a mesh.
     pub topology: Topology,
+    /// The relays' audit log of access decisions.
+    pub audit: relay::audit::AuditConfig,
 }
 
 impl Default for WorldConfig {
@@ -88,6 +90,7 @@ impl Default for WorldConfig {
             relay_core: None,
             mesh: None,
             topology: Topology::OneRelay,
+            audit: relay::audit::AuditConfig::default(),
         }
     }
 }
@@ -138,6 +141,7 @@ impl World {
                 ca: pki.ca(),
                 policy: policy_path.clone(),
                 mesh,
+                audit: cfg.audit.clone(),
             })
             .map_err(anyhow::Error::from)
         };

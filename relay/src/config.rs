@@ -10,6 +10,14 @@
 //! certificate = "/etc/ztna/relay.cert"
 //! key = "/etc/ztna/relay.key"
 //! metrics = "127.0.0.1:9100" # optional Prometheus endpoint
+//! log_format = "text"        # or "json": one JSON object per log line
+//!
+//! [audit]                    # the audit log of access decisions (optional)
+//! enabled = true
+//! interval_ms = 1000         # aggregates written every interval
+//! max_lines = 1000           # pair lines per interval at most, then a summary
+//! table_slots = 4096         # per worker: (user, service, verdict) counters
+//! remember = 65536           # pairs remembered as already reported
 //! ```
 //!
 //! Command-line flags override the file (see `relay run --help`).
@@ -20,7 +28,9 @@ use std::path::{Path, PathBuf};
 use proto::datapath::Mode;
 use serde::Deserialize;
 
+use crate::audit::AuditConfig;
 use crate::io::{Backend, IoConfig};
+use crate::logs::LogFormat;
 
 /// Default UDP port of the relay.
 pub const DEFAULT_PORT: u16 = 51820;
@@ -68,6 +78,54 @@ pub struct Config {
     /// Registration in the mesh's etcd; absent: a standalone relay.
     #[serde(default)]
     pub mesh: Option<MeshConfig>,
+    /// How log lines are written on stderr.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// The audit log of access decisions.
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+/// `[audit]`: the audit log of access decisions (see [`crate::audit`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// Count and log access decisions at all.
+    pub enabled: bool,
+    /// How often the aggregates are written, in milliseconds.
+    pub interval_ms: u64,
+    /// Pair lines per interval at most; the rest go into one summary line.
+    pub max_lines: usize,
+    /// Slots of each worker's table of (user, service, verdict) counters.
+    pub table_slots: usize,
+    /// Pairs remembered as already reported.
+    pub remember: usize,
+}
+
+impl Default for AuditSection {
+    fn default() -> AuditSection {
+        let d = AuditConfig::default();
+        AuditSection {
+            enabled: d.enabled,
+            interval_ms: d.interval.as_millis() as u64,
+            max_lines: d.max_lines,
+            table_slots: d.table_slots,
+            remember: d.remember,
+        }
+    }
+}
+
+impl AuditSection {
+    /// The relay's audit settings.
+    pub fn to_config(&self) -> AuditConfig {
+        AuditConfig {
+            enabled: self.enabled,
+            interval: std::time::Duration::from_millis(self.interval_ms),
+            max_lines: self.max_lines,
+            table_slots: self.table_slots,
+            remember: self.remember,
+        }
+    }
 }
 
 /// `[mesh]`: where the mesh's membership lives and who this relay is in it.
@@ -182,6 +240,10 @@ impl Config {
                 self.buffer_size
             )));
         }
+        self.audit
+            .to_config()
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
     }
 }
@@ -271,6 +333,37 @@ mod tests {
         let e = Config::load(&path).unwrap_err().to_string();
         assert!(e.contains("unknown mode `fast`"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn audit_and_log_format_parse_with_defaults_and_checks() {
+        let dir = std::env::temp_dir().join(format!("relay-config-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.toml");
+        let base = "policy = \"p\"\nca = \"c\"\ncertificate = \"r\"\nkey = \"k\"\n";
+        std::fs::write(&path, base).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.audit.to_config(), AuditConfig::default());
+        std::fs::write(
+            &path,
+            format!("{base}log_format = \"json\"\n[audit]\ninterval_ms = 250\nmax_lines = 10\n"),
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        let a = c.audit.to_config();
+        assert_eq!(
+            (a.enabled, a.interval.as_millis(), a.max_lines),
+            (true, 250, 10)
+        );
+        std::fs::write(&path, format!("{base}[audit]\nmax_lines = 0\n")).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("max_lines must be at least 1"), "{e}");
+        std::fs::write(&path, format!("{base}[audit]\nintervall_ms = 5\n")).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("intervall_ms"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -186,6 +186,8 @@ pub struct ControlStats {
     /// End of validity of the certificate this relay presents, unix
     /// seconds (0: unknown).
     pub cert_not_after: u64,
+    /// The audit log's counters ([`crate::audit`]).
+    pub audit: crate::audit::AuditStats,
 }
 
 impl ControlStats {
@@ -232,6 +234,10 @@ pub struct Control {
     mesh: Option<MeshLinks>,
     /// This relay's key and certificate files, watched for a renewal.
     renewal: Option<IdentityFiles>,
+    /// The audit log of access decisions, if on.
+    audit: Option<crate::audit::Auditor>,
+    /// When the audit last wrote its lines.
+    last_audit: Instant,
 }
 
 impl Control {
@@ -274,6 +280,8 @@ impl Control {
             view: Arc::new(MeshView::default()),
             mesh: None,
             renewal: None,
+            audit: None,
+            last_audit: Instant::now(),
         }
     }
 
@@ -281,6 +289,14 @@ impl Control {
     /// ([`crate::renewal`]).
     pub fn with_renewal(mut self, files: Option<IdentityFiles>) -> Control {
         self.renewal = files;
+        self
+    }
+
+    /// Writes the audit log of the workers' access decisions
+    /// ([`crate::audit`]); the workers' hand-off slots must exist
+    /// ([`Shared::with_audit`]).
+    pub fn with_audit(mut self, audit: Option<crate::audit::Auditor>) -> Control {
+        self.audit = audit;
         self
     }
 
@@ -334,8 +350,12 @@ impl Control {
             if self.routes_dirty {
                 self.publish_routes();
             }
+            self.audit_tick(now, false);
             self.shared.publish_control(&self.stats);
         }
+        // What the workers handed over last is written before the end.
+        self.audit_tick(Instant::now(), true);
+        self.shared.publish_control(&self.stats);
         // A clean stop withdraws this relay from the mesh at once (the
         // lease is revoked) instead of after its TTL.
         if let Some(registry) = self.registry.take() {
@@ -370,6 +390,24 @@ impl Control {
                     tracing::error!(%error);
                 }
             }
+        }
+    }
+
+    /// Takes what the workers handed over; writes the audit lines when the
+    /// interval is up (or `now` when `last`).
+    fn audit_tick(&mut self, now: Instant, last: bool) {
+        let Some(auditor) = self.audit.as_mut() else {
+            return;
+        };
+        for worker in 0..self.shared.workers() {
+            self.shared
+                .drain_audit(worker, |table| auditor.absorb(table));
+        }
+        self.stats.audit = auditor.stats();
+        if last || now.duration_since(self.last_audit) >= auditor.config().interval {
+            self.last_audit = now;
+            auditor.flush(&self.shared.policy.load(), &mut crate::audit::TracingSink);
+            self.stats.audit = auditor.stats();
         }
     }
 

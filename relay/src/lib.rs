@@ -18,11 +18,13 @@
 //!         snapshots loaded once per batch)
 //! ```
 
+pub mod audit;
 pub mod config;
 pub mod control;
 pub mod http;
 pub mod io;
 pub mod keys;
+pub mod logs;
 pub mod mesh;
 pub mod metrics;
 pub mod policy_source;
@@ -88,6 +90,8 @@ pub struct RelayOptions {
     pub policy: PathBuf,
     /// Registration in the mesh's etcd (`None`: a standalone relay).
     pub mesh: Option<MeshOptions>,
+    /// The audit log of access decisions ([`audit`]).
+    pub audit: audit::AuditConfig,
 }
 
 /// How a relay registers itself in the mesh's etcd.
@@ -231,6 +235,9 @@ impl Relay {
         if opts.workers == 0 {
             return Err(StartError::Invalid("workers must be at least 1".into()));
         }
+        opts.audit
+            .validate()
+            .map_err(|e| StartError::Invalid(e.to_string()))?;
         let mut source = PolicySource::new(&opts.policy);
         let loaded = source.load()?;
         tracing::info!(
@@ -240,7 +247,11 @@ impl Relay {
             took_ms = loaded.took.as_millis() as u64,
             "policy loaded"
         );
-        let shared = Arc::new(Shared::new(loaded.policy, opts.workers));
+        let mut shared = Shared::new(loaded.policy, opts.workers);
+        if opts.audit.enabled {
+            shared = shared.with_audit(opts.audit.table_slots);
+        }
+        let shared = Arc::new(shared);
         let (to_control, control_inbox) = crossbeam_channel::bounded(CONTROL_QUEUE);
         let cores = allowed_cores();
 
@@ -338,6 +349,16 @@ impl Relay {
         }
 
         let public_key = *opts.identity.public_key();
+        let auditor = opts.audit.enabled.then(|| {
+            let cert = &opts.identity.certificate().body;
+            audit::Auditor::new(
+                opts.audit.clone(),
+                audit::RelayName {
+                    id: cert.id,
+                    name: cert.name.clone(),
+                },
+            )
+        });
         let mesh_identity = opts.mesh.as_ref().map(|_| opts.identity.clone());
         let mut secret = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
@@ -377,7 +398,8 @@ impl Relay {
         )
         .with_registry(registry)
         .with_mesh(links)
-        .with_renewal(opts.renewal);
+        .with_renewal(opts.renewal)
+        .with_audit(auditor);
         let control = std::thread::Builder::new()
             .name("relay-control".into())
             .spawn(move || control.run())

@@ -24,6 +24,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
+    /// Log lines on stderr as text, or as one JSON object per line (for
+    /// log shippers); audit lines are those of target "audit". Default:
+    /// the config's log_format, else text.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<relay::logs::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,7 +36,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the relay (until SIGINT/SIGTERM; SIGHUP reloads the policy).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Generate a node's X25519 static key; prints the public key (hex),
     /// which goes into the node's certificate.
     Keygen {
@@ -197,29 +202,46 @@ struct RunArgs {
     /// link with every relay registered in etcd.
     #[arg(long = "peer", value_name = "RELAY_ID")]
     peers: Vec<String>,
+    /// Write the audit log's aggregates every this many milliseconds
+    /// (default 1000; [audit] interval_ms).
+    #[arg(long, value_name = "MS")]
+    audit_interval_ms: Option<u64>,
+    /// Audit lines (one per active user, service and verdict) per interval
+    /// at most; the rest are counted in one summary line (default 1000;
+    /// [audit] max_lines).
+    #[arg(long, value_name = "N")]
+    audit_max_lines: Option<usize>,
+    /// Do not count or log access decisions ([audit] enabled = false).
+    #[arg(long)]
+    no_audit: bool,
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: a log file or journal gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match Cli::parse().command {
-        Command::Run(args) => run(args),
+    let cli = Cli::parse();
+    let log_format = cli.log_format;
+    // `run` starts logging once it has read the config (which may choose
+    // the format); everything else logs as the flag says.
+    if !matches!(cli.command, Command::Run(_)) {
+        relay::logs::init(log_format.unwrap_or_default());
+    }
+    match cli.command {
+        Command::Run(args) => run(*args, log_format),
         Command::Keygen { out, force } => keygen(&out, force),
         Command::Ca(cmd) => ca(cmd),
         Command::CheckPolicy { file } => check_policy(&file),
     }
 }
 
-fn run(args: RunArgs) -> Result<()> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
+fn run(args: RunArgs, log_format: Option<relay::logs::LogFormat>) -> Result<()> {
+    let loaded = args.config.as_deref().map(Config::load);
+    relay::logs::init(log_format.unwrap_or_else(|| {
+        loaded
+            .as_ref()
+            .and_then(|c| c.as_ref().ok())
+            .map_or_else(Default::default, |c| c.log_format)
+    }));
+    let mut config = match loaded {
+        Some(config) => config?,
         None => Config {
             listen: std::net::SocketAddr::from(([0, 0, 0, 0], relay::config::DEFAULT_PORT)),
             workers: 0,
@@ -247,6 +269,8 @@ fn run(args: RunArgs) -> Result<()> {
             buffers: 64,
             buffer_size: 65536,
             mesh: None,
+            log_format: Default::default(),
+            audit: Default::default(),
         },
     };
     if let Some(etcd) = &args.etcd {
@@ -289,6 +313,15 @@ fn run(args: RunArgs) -> Result<()> {
     }
     if args.no_pin {
         config.pin = false;
+    }
+    if let Some(v) = args.audit_interval_ms {
+        config.audit.interval_ms = v;
+    }
+    if let Some(v) = args.audit_max_lines {
+        config.audit.max_lines = v;
+    }
+    if args.no_audit {
+        config.audit.enabled = false;
     }
     config.validate()?;
 
@@ -348,6 +381,7 @@ fn run(args: RunArgs) -> Result<()> {
                     .transpose()?,
             }),
         },
+        audit: config.audit.to_config(),
     })?;
     // Handlers before the "listening" line: whoever waits for that line
     // may signal at once (a SIGHUP before them would kill the relay).

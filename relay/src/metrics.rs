@@ -234,6 +234,29 @@ impl Collector for RelayCollector {
         ] {
             counter(&mut e, name, help, None, value)?;
         }
+        {
+            let mut family = e.encode_descriptor(
+                "ztna_audit_lines",
+                "Audit log lines written, by kind: first (a pair's first line), aggregate (its counts in a later interval), summary (what the line bound or full tables left out).",
+                None,
+                MetricType::Counter,
+            )?;
+            let a = &c.audit;
+            for (kind, n) in [
+                ("first", a.first_lines),
+                ("aggregate", a.aggregate_lines),
+                ("summary", a.summary_lines),
+            ] {
+                ConstCounter::new(n).encode(family.encode_family(&[("kind", kind)])?)?;
+            }
+        }
+        for (name, help, value) in [
+            ("ztna_audit_decisions", "Policy decisions (frames) the audit log counted.", c.audit.decisions),
+            ("ztna_audit_suppressed_pairs", "Audit lines of (user, service, verdict) pairs left out by the per-interval line bound (counted in summary lines).", c.audit.suppressed_pairs),
+            ("ztna_audit_overflow_frames", "Decisions of pairs that found no room in a worker's audit table or the interval's map (counted in summary lines only).", c.audit.overflow_frames),
+        ] {
+            counter(&mut e, name, help, None, value)?;
+        }
         gauge(
             &mut e,
             "ztna_cert_not_after_seconds",
@@ -297,6 +320,36 @@ mod tests {
     use super::*;
     use crate::io::IoStats;
     use crate::shared::WorkerStats;
+
+    #[test]
+    fn audit_counters_are_rendered() {
+        let shared = Arc::new(Shared::new(
+            proto::policy::CompiledPolicy::compile(&proto::policy::PolicyFile::default()).unwrap(),
+            1,
+        ));
+        shared.publish_control(&crate::control::ControlStats {
+            audit: crate::audit::AuditStats {
+                decisions: 11,
+                first_lines: 2,
+                aggregate_lines: 3,
+                summary_lines: 4,
+                suppressed_pairs: 5,
+                overflow_frames: 6,
+            },
+            ..crate::control::ControlStats::default()
+        });
+        let text = render(&shared);
+        for line in [
+            "ztna_audit_lines_total{kind=\"first\"} 2\n",
+            "ztna_audit_lines_total{kind=\"aggregate\"} 3\n",
+            "ztna_audit_lines_total{kind=\"summary\"} 4\n",
+            "ztna_audit_decisions_total 11\n",
+            "ztna_audit_suppressed_pairs_total 5\n",
+            "ztna_audit_overflow_frames_total 6\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+    }
 
     #[test]
     fn io_drop_counters_are_rendered_per_worker() {

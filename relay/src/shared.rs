@@ -1,13 +1,15 @@
 //! State shared between the control thread and the workers: the immutable
-//! snapshots (swapped whole, read once per batch), the stop flag, and each
+//! snapshots (swapped whole, read once per batch), the stop flag, each
 //! worker's published statistics ([`WorkerStats`], added up by
-//! [`Shared::totals`]).
+//! [`Shared::totals`]) and each worker's audit hand-off slot
+//! ([`Shared::hand_off_audit`], [`Shared::drain_audit`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use proto::audit::AuditTable;
 use proto::datapath::Counters;
 use proto::policy::CompiledPolicy;
 use proto::route::RouteTable;
@@ -128,6 +130,11 @@ pub struct Shared {
     /// The control thread's counters, as of its last loop.
     control: Mutex<crate::control::ControlStats>,
     stats: Vec<Mutex<WorkerStats>>,
+    /// Per worker, the audit table it last handed over (empty once the
+    /// control thread drained it). No slots: audit off.
+    audit: Vec<Mutex<AuditTable>>,
+    /// Slots of every audit table.
+    audit_table_slots: usize,
 }
 
 impl Shared {
@@ -145,7 +152,66 @@ impl Shared {
             mesh: MeshStatus::default(),
             control: Mutex::default(),
             stats: (0..workers).map(|_| Mutex::default()).collect(),
+            audit: Vec::new(),
+            audit_table_slots: 0,
         }
+    }
+
+    /// Turns the audit on: each worker gets a hand-off slot holding an
+    /// empty table of `table_slots` slots (see [`crate::audit`]).
+    pub fn with_audit(mut self, table_slots: usize) -> Shared {
+        self.audit_table_slots = table_slots;
+        self.audit = (0..self.stats.len())
+            .map(|_| Mutex::new(AuditTable::new(table_slots, rand::random())))
+            .collect();
+        self
+    }
+
+    /// A new audit table for a worker to record into; `None`: audit off.
+    /// Allocates (once, at the worker's start).
+    pub fn new_audit_table(&self) -> Option<AuditTable> {
+        (!self.audit.is_empty()).then(|| AuditTable::new(self.audit_table_slots, rand::random()))
+    }
+
+    /// Worker `id` offers its audit table, between batches: when its slot
+    /// is free and empty (drained), the two tables are swapped and the
+    /// worker goes on with the empty one. Never waits (a slot the control
+    /// thread holds, or has not drained yet, leaves the worker counting in
+    /// its own table) and never allocates. Returns whether it handed over.
+    pub fn hand_off_audit(&self, id: usize, table: &mut AuditTable) -> bool {
+        if table.is_empty() {
+            return false;
+        }
+        let Some(slot) = self.audit.get(id) else {
+            return false;
+        };
+        let mut slot = match slot.try_lock() {
+            Ok(s) => s,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return false,
+        };
+        if !slot.is_empty() {
+            return false;
+        }
+        std::mem::swap(&mut *slot, table);
+        true
+    }
+
+    /// The control thread drains worker `id`'s hand-off slot: `f` sees the
+    /// table if it holds anything; then it is cleared for the next hand-off.
+    pub fn drain_audit(&self, id: usize, f: impl FnOnce(&AuditTable)) {
+        if let Some(slot) = self.audit.get(id) {
+            let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            if !slot.is_empty() {
+                f(&slot);
+                slot.clear();
+            }
+        }
+    }
+
+    /// Workers (and hand-off slots).
+    pub fn workers(&self) -> usize {
+        self.stats.len()
     }
 
     /// Replaces the policy; the next batch of every worker uses it.
@@ -229,5 +295,35 @@ mod tests {
         );
         // Worker 1 did not tell its CPU time: the others' add up.
         assert_eq!(t.cpu, Some(Duration::from_millis(101)));
+    }
+
+    #[test]
+    fn audit_tables_are_handed_over_only_into_a_drained_slot() {
+        use proto::audit::Access;
+        use proto::ids::{ServiceId, UserId};
+        let policy =
+            CompiledPolicy::compile(&proto::policy::PolicyFile::default()).expect("empty policy");
+        assert!(Shared::new(policy.clone(), 1).new_audit_table().is_none());
+        let shared = Shared::new(policy, 2).with_audit(64);
+        let mut t = shared.new_audit_table().expect("audit on");
+        assert!(!shared.hand_off_audit(0, &mut t), "nothing to hand over");
+        t.record(UserId(1), ServiceId(2), Access::Allow, 10);
+        assert!(shared.hand_off_audit(0, &mut t));
+        assert!(
+            t.is_empty(),
+            "the worker goes on with the slot's empty table"
+        );
+        // Not drained yet: the worker keeps counting in its own table.
+        t.record(UserId(1), ServiceId(2), Access::Allow, 10);
+        assert!(!shared.hand_off_audit(0, &mut t));
+        assert_eq!(t.len(), 1);
+        let mut seen = Vec::new();
+        shared.drain_audit(0, |table| seen.extend(table.entries()));
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].counts.frames, 1);
+        shared.drain_audit(0, |_| panic!("drained already"));
+        shared.drain_audit(1, |_| panic!("worker 1 handed nothing over"));
+        assert!(shared.hand_off_audit(0, &mut t));
+        shared.drain_audit(0, |table| assert_eq!(table.len(), 1));
     }
 }

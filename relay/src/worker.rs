@@ -9,6 +9,11 @@
 //! per-frame copies, and they are off the data path. After each batch the
 //! worker tells the control thread which sessions it saw confirmed (their
 //! first frame passed the tag), from a preallocated queue.
+//!
+//! With the audit on, the datapath counts its policy decisions in the
+//! worker's own fixed-size audit table; the worker hands the table to the
+//! control thread when it publishes its counters, by swapping it with an
+//! empty one ([`Shared::hand_off_audit`]): nothing per frame but a counter.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -111,6 +116,7 @@ pub fn run(
     let mut tally = Tally::default();
     let mut confirmations = Confirmations::new();
     let mut last_publish = Instant::now();
+    let mut audit = shared.new_audit_table();
     // A relay in a mesh initiates hop handshakes with other relays, from
     // each worker's link port: only then may responses and cookie replies
     // reach the control thread.
@@ -153,6 +159,7 @@ pub fn run(
                 tx: &mut tx,
                 counters: &mut counters,
                 confirmations: &mut confirmations,
+                audit: audit.as_mut(),
             }
             .process(frame);
             match verdict {
@@ -207,7 +214,13 @@ pub fn run(
         if last_publish.elapsed() >= PUBLISH_EVERY {
             last_publish = Instant::now();
             shared.publish(id, stats(&counters, &io, tally, &sessions));
+            if let Some(table) = audit.as_mut() {
+                shared.hand_off_audit(id, table);
+            }
         }
+    }
+    if let Some(table) = audit.as_mut() {
+        shared.hand_off_audit(id, table);
     }
     let _ = io.flush();
     let last = stats(&counters, &io, tally, &sessions);

@@ -322,6 +322,7 @@ impl<'a> MeshRelay<'a> {
                 ttl: Duration::from_secs(2),
                 peers: self.peers.map(|p| p.iter().map(|s| id(s)).collect()),
             }),
+            audit: relay::audit::AuditConfig::default(),
         })
         .unwrap()
     }

@@ -219,6 +219,7 @@ impl World {
             ca: self.pki.ca(),
             policy: self.path("policy.toml"),
             mesh,
+            audit: relay::audit::AuditConfig::default(),
         }
     }
 
