@@ -177,9 +177,10 @@ pub enum AuditLine<'a> {
 
 /// Where audit lines go.
 pub trait AuditSink {
-    /// Writes one line. `relay` names this relay; `interval` is the
-    /// interval the counts cover.
-    fn line(&mut self, relay: &RelayName, interval: Duration, line: &AuditLine<'_>);
+    /// Writes one line. `relay` names this relay; `interval` is the length
+    /// of the interval the counts cover and `seq` its number (1 for the
+    /// first since the relay started): the lines of one interval share it.
+    fn line(&mut self, relay: &RelayName, interval: Duration, seq: u64, line: &AuditLine<'_>);
 }
 
 /// This relay, as audit lines name it (its certificate's id and name).
@@ -198,7 +199,7 @@ pub struct RelayName {
 pub struct TracingSink;
 
 impl AuditSink for TracingSink {
-    fn line(&mut self, relay: &RelayName, interval: Duration, line: &AuditLine<'_>) {
+    fn line(&mut self, relay: &RelayName, interval: Duration, seq: u64, line: &AuditLine<'_>) {
         let interval_ms = interval.as_millis() as u64;
         match *line {
             AuditLine::Pair {
@@ -224,6 +225,7 @@ impl AuditSink for TracingSink {
                 frames = counts.frames,
                 bytes = counts.bytes,
                 interval_ms,
+                interval_seq = seq,
                 "access {}", access.name()
             ),
             AuditLine::Summary {
@@ -241,6 +243,7 @@ impl AuditSink for TracingSink {
                 overflow_frames = overflow.frames,
                 overflow_bytes = overflow.bytes,
                 interval_ms,
+                interval_seq = seq,
                 "{suppressed_pairs} pairs suppressed by the audit line bound"
             ),
         }
@@ -321,6 +324,8 @@ pub struct Auditor {
     reported: Reported,
     /// Reused each interval: the lines in the order they are written.
     order: Vec<(Access, bool, Pair, Counts)>,
+    /// Intervals flushed so far.
+    seq: u64,
     stats: AuditStats,
 }
 
@@ -334,6 +339,7 @@ impl Auditor {
             active: [HashMap::new(), HashMap::new()],
             overflow: Counts::default(),
             order: Vec::new(),
+            seq: 0,
             stats: AuditStats::default(),
         }
     }
@@ -381,8 +387,11 @@ impl Auditor {
             overflow,
             reported,
             order,
+            seq,
             stats,
         } = self;
+        *seq += 1;
+        let seq = *seq;
         order.clear();
         for (access, map) in Access::ALL.into_iter().zip(active.iter_mut()) {
             for (&pair, &counts) in map.iter() {
@@ -416,6 +425,7 @@ impl Auditor {
             sink.line(
                 relay,
                 config.interval,
+                seq,
                 &AuditLine::Pair {
                     kind,
                     user,
@@ -435,6 +445,7 @@ impl Auditor {
             sink.line(
                 relay,
                 config.interval,
+                seq,
                 &AuditLine::Summary {
                     suppressed_pairs,
                     suppressed,
@@ -489,7 +500,7 @@ mod tests {
     }
 
     impl AuditSink for Lines {
-        fn line(&mut self, relay: &RelayName, _: Duration, line: &AuditLine<'_>) {
+        fn line(&mut self, relay: &RelayName, _: Duration, _: u64, line: &AuditLine<'_>) {
             assert_eq!(relay.name, "relay-test");
             self.0.push(match *line {
                 AuditLine::Pair {

@@ -18,21 +18,36 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber: `RUST_LOG` filters (default `info`),
-/// stderr, `format`. Call once, first thing.
+/// stderr, `format`. Call once, first thing (a second call changes
+/// nothing).
 pub fn init(format: LogFormat) {
+    // Colours only on a terminal: a log file or journal gets plain text.
+    let _ = try_init_with(format, std::io::stderr, std::io::stderr().is_terminal());
+}
+
+/// [`init`] with another writer (tests capture the lines with it), ANSI
+/// colours in text only when `ansi`. Fails when a global subscriber is set
+/// already.
+pub fn try_init_with<W>(
+    format: LogFormat,
+    writer: W,
+    ansi: bool,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
-        // Colours only on a terminal: a log file or journal gets plain text.
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text => builder.with_ansi(ansi).try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .init(),
+            .try_init(),
     }
 }
