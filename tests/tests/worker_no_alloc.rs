@@ -6,14 +6,21 @@
 //! either. The test thread itself sends pre-built frames (re-tagged in
 //! place) and receives into a fixed buffer, so every allocation counted
 //! would be the relay's.
+//!
+//! The audit log is on, with a short interval: the worker counts every
+//! policy decision in its table and hands it over, and the control thread
+//! writes the pairs' aggregates several times inside the window (no
+//! subscriber is installed, so the lines themselves go nowhere).
 
 use std::time::{Duration, Instant};
 
 use alloc_counter::{CountingAlloc, Window};
+use loadgen::world::WorldConfig;
 use proto::datapath::DropReason;
 use proto::ids::UserId;
 use proto::wire::{Kind, HEADER_LEN};
-use tests::{backends, payload, Rig, ALLOWED, DENIED, USER};
+use relay::audit::AuditConfig;
+use tests::{await_until, backends, payload, Rig, ALLOWED, DENIED, USER};
 
 /// Every thread's allocations count while it is open.
 static ALLOCATIONS: Window = Window::new();
@@ -125,7 +132,17 @@ fn pump(
 #[test]
 fn worker_steady_state_does_not_allocate() {
     for io in backends() {
-        let mut rig = Rig::start(io).unwrap();
+        let mut rig = Rig::start_with(&WorldConfig {
+            io,
+            audit: AuditConfig {
+                interval: Duration::from_millis(20),
+                ..AuditConfig::default()
+            },
+            ..WorldConfig::default()
+        })
+        .unwrap();
+        let shared = std::sync::Arc::clone(rig.world.relay.shared());
+        let audit = || shared.control_stats().audit;
         let mut frames: Vec<Vec<u8>> = (0..WINDOW)
             .map(|i| {
                 rig.user_frame(
@@ -140,10 +157,17 @@ fn worker_steady_state_does_not_allocate() {
         let warm = pump(&mut rig, &mut frames, &mut bad, 2_000, &mut rx);
         assert!(warm > 1_000, "{io}: warm-up delivered only {warm}");
         let before = rig.await_counters("the warm-up's drops", |c| c.dropped_total() >= 2_000);
+        // ... and the audit's first lines of the allowed and the denied
+        // pair (its maps grow once).
+        await_until("the audit's first lines", Duration::from_secs(5), || {
+            audit().first_lines >= 2
+        });
 
+        let audit_before = audit();
         ALLOCATIONS.open();
         let delivered = pump(&mut rig, &mut frames, &mut bad, FRAMES, &mut rx);
         let allocations = ALLOCATIONS.close();
+        let audit_during = audit();
 
         // Every reason the bad frames stand for was hit during the window.
         let d = rig
@@ -163,6 +187,21 @@ fn worker_steady_state_does_not_allocate() {
         assert_eq!(
             allocations, 0,
             "{io}: {allocations} allocations for {delivered} frames"
+        );
+        assert!(
+            audit_during.aggregate_lines > audit_before.aggregate_lines,
+            "{io}: no audit line written inside the window: {audit_before:?} -> {audit_during:?}"
+        );
+        // The audit recorded every policy decision of the window (handed
+        // over in time, or soon after): each delivered frame, and the
+        // denied ones.
+        await_until(
+            "the window's decisions in the audit",
+            Duration::from_secs(5),
+            || {
+                audit().decisions - audit_before.decisions
+                    >= delivered as u64 + d.dropped(DropReason::Denied)
+            },
         );
     }
 }
