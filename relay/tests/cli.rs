@@ -46,6 +46,10 @@ fn help_explains_every_command() {
         "--mode",
         "--policy",
         "--metrics",
+        "--log-format",
+        "--audit-interval-ms",
+        "--audit-max-lines",
+        "--no-audit",
     ] {
         assert!(run.contains(flag), "{run}");
     }
@@ -446,4 +450,100 @@ fn a_sighup_right_after_the_ready_line_reloads_even_under_load() {
     }
     let _ = std::fs::remove_dir_all(&d);
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn log_format_json_writes_one_json_object_per_stderr_line() {
+    let d = scratch("json");
+    ok(relay()
+        .args(["ca", "init", "--dir"])
+        .arg(&d)
+        .output()
+        .unwrap());
+    ok(relay()
+        .args(["keygen", "--out"])
+        .arg(d.join("relay.key"))
+        .output()
+        .unwrap());
+    ok(relay()
+        .args([
+            "ca", "issue", "--role", "relay", "--id", "1000", "--name", "relay-1", "--ca-key",
+        ])
+        .arg(d.join("ca.key"))
+        .arg("--key")
+        .arg(d.join("relay.key"))
+        .arg("--out")
+        .arg(d.join("relay.cert"))
+        .output()
+        .unwrap());
+    let mut child = relay()
+        .args([
+            "run",
+            "--log-format",
+            "json",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--io",
+            "mmsg",
+            "--no-pin",
+            "--audit-interval-ms",
+            "100",
+        ])
+        .arg("--policy")
+        .arg(example_policy())
+        .arg("--ca")
+        .arg(d.join("ca.pub"))
+        .arg("--cert")
+        .arg(d.join("relay.cert"))
+        .arg("--key")
+        .arg(d.join("relay.key"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.starts_with("relay listening on 127.0.0.1:"), "{line}");
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", out.status);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let serving = lines
+        .iter()
+        .find(|l| l["message"] == "relay serving")
+        .unwrap_or_else(|| panic!("no 'relay serving' line in:\n{stderr}"));
+    assert_eq!(serving["level"], "INFO", "{serving}");
+    assert_eq!(serving["target"], "relay", "{serving}");
+    assert_eq!(serving["mode"], "ztna", "{serving}");
+    assert!(serving["timestamp"].is_string(), "{serving}");
+    // Nobody sent anything: no audit line.
+    assert!(lines.iter().all(|l| l["target"] != "audit"), "{stderr}");
+    // Bad audit settings are refused with what to fix.
+    let out = relay()
+        .args(["run", "--audit-max-lines", "0", "--policy"])
+        .arg(example_policy())
+        .arg("--ca")
+        .arg(d.join("ca.pub"))
+        .arg("--cert")
+        .arg(d.join("relay.cert"))
+        .arg("--key")
+        .arg(d.join("relay.key"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_lines must be at least 1"), "{err}");
+    std::fs::remove_dir_all(&d).unwrap();
 }
