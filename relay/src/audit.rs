@@ -10,9 +10,10 @@
 //! Workers count every policy decision of the `ztna` datapath by (user,
 //! service, verdict) in a preallocated [`AuditTable`]; a full table counts
 //! further new pairs as overflow instead of allocating. Between batches a
-//! worker swaps its table with its hand-off slot in [`Shared`] when the slot
-//! is empty (a `try_lock`: a worker never waits for the control thread, and
-//! a slot still full means the worker keeps counting into its own table).
+//! worker swaps its table with its hand-off slot in
+//! [`Shared`](crate::shared::Shared) when the slot is empty (a `try_lock`:
+//! a worker never waits for the control thread, and a slot still full means
+//! the worker keeps counting into its own table).
 //!
 //! The [`Auditor`] (control thread) adds the drained tables up and, once per
 //! interval, writes one line per (user, service, verdict) active in it:
