@@ -251,9 +251,11 @@ fn every_frame_received_is_forwarded_local_handed_over_or_dropped_by_reason() {
     .unwrap();
     sent.frames += 2;
     sent.handshakes += 2;
+    // The initiation, then the keepalive that confirms the session.
     rig.world.connect(&hs, &user2).unwrap();
-    sent.frames += 1;
+    sent.frames += 2;
     sent.handshakes += 1;
+    sent.keepalives += 1;
 
     let mut after = String::new();
     await_until("every frame on /metrics", Duration::from_secs(5), || {

@@ -177,6 +177,7 @@ fn start_relay(pki: &Pki, dir: &ScratchDir, identity: LocalIdentity) -> relay::R
         mode: proto::datapath::Mode::Ztna,
         identity,
         renewal: None,
+        audit: relay::audit::AuditConfig::default(),
         ca: pki.ca(),
         policy,
         mesh: None,
