@@ -7,19 +7,19 @@
 //! hop link then writes and tags the hop header in front. Opening is the
 //! reverse, also in place: the packet is left at `HEADROOM..len - TAG`.
 //!
-//! The receive side checks the counter against a replay window before
-//! opening and marks it only after the tag verified (as WireGuard does), so
-//! a forged frame cannot move the window.
+//! The keys live in `proto`'s endpoint types: [`E2eSender`] owns the send
+//! counter (no counter is sealed twice), [`E2eReceiver`] the replay window,
+//! checked before opening and marked only after the tag verified (as
+//! WireGuard does), so a forged frame cannot move it.
 
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use proto::aead::{Aad, E2eKey};
+use proto::aead::{Aad, E2eReceiver, E2eSender, ReceiveError};
 use proto::handshake::timers::{REJECT_AFTER_TIME, REKEY_AFTER_TIME};
 use proto::handshake::E2eSessionKeys;
 use proto::identity::Certificate;
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
-use proto::replay::ReplayWindow;
 use proto::wire::{E2eRecord, Frame, Kind, E2E_TAG_LEN, HEADER_LEN};
 
 use crate::pool::{HEADROOM, TAILROOM};
@@ -49,10 +49,8 @@ pub enum OpenDrop {
 pub struct E2eSession {
     local_index: ReceiverIndex,
     remote_index: ReceiverIndex,
-    send: E2eKey,
-    recv: E2eKey,
-    next_counter: u64,
-    window: ReplayWindow,
+    send: E2eSender,
+    recv: E2eReceiver,
     established: Instant,
     last_recv: Option<Instant>,
     peer: Certificate,
@@ -63,7 +61,7 @@ impl std::fmt::Debug for E2eSession {
         f.debug_struct("E2eSession")
             .field("local_index", &self.local_index)
             .field("remote_index", &self.remote_index)
-            .field("next_counter", &self.next_counter)
+            .field("next_counter", &self.send.next_counter())
             .field("peer", &self.peer.body.name)
             .finish_non_exhaustive()
     }
@@ -75,10 +73,8 @@ impl E2eSession {
         E2eSession {
             local_index: keys.local_index,
             remote_index: keys.remote_index,
-            send: E2eKey::new(&keys.send_key),
-            recv: E2eKey::new(&keys.recv_key),
-            next_counter: 0,
-            window: ReplayWindow::default(),
+            send: E2eSender::new(&keys.send_key),
+            recv: E2eReceiver::new(&keys.recv_key),
             established: now,
             last_recv: None,
             peer: keys.peer,
@@ -102,7 +98,7 @@ impl E2eSession {
 
     /// Frames sealed so far.
     pub fn sent(&self) -> u64 {
-        self.next_counter
+        self.send.next_counter()
     }
 
     /// Whether a frame has been opened on this session (key confirmation).
@@ -113,13 +109,13 @@ impl E2eSession {
     /// Whether the initiator should start a new handshake.
     pub fn should_rekey(&self, now: Instant) -> bool {
         now.duration_since(self.established) >= REKEY_AFTER_TIME
-            || self.next_counter >= REKEY_AFTER_FRAMES
+            || self.send.next_counter() >= REKEY_AFTER_FRAMES
     }
 
     /// Whether the keys may no longer be used at all.
     pub fn expired(&self, now: Instant) -> bool {
         now.duration_since(self.established) >= REJECT_AFTER_TIME
-            || self.next_counter >= proto::aead::CONFIDENTIALITY_LIMIT
+            || self.send.next_counter() >= proto::aead::CONFIDENTIALITY_LIMIT
     }
 
     /// Time since the last frame was opened (or since establishment).
@@ -145,8 +141,6 @@ impl E2eSession {
         if buf.len() < frame_len {
             return 0;
         }
-        let counter = self.next_counter;
-        self.next_counter += 1;
         let aad = Aad {
             user,
             service,
@@ -159,9 +153,13 @@ impl E2eSession {
         let Ok(mut record) = E2eRecord::new_checked(body) else {
             return 0;
         };
-        record.set_header(self.remote_index, counter);
         let (payload, tag) = record.payload_and_tag_mut();
-        *tag = self.send.seal_in_place(counter, &aad, payload);
+        // A spent key seals nothing (`expired` says so before this).
+        let Ok((counter, sealed)) = self.send.seal(&aad, payload) else {
+            return 0;
+        };
+        *tag = sealed;
+        record.set_header(self.remote_index, counter);
         frame_len
     }
 
@@ -191,20 +189,17 @@ impl E2eSession {
             let record = E2eRecord::new_checked(&*body).map_err(|_| OpenDrop::Truncated)?;
             record.counter()
         };
-        if !self.window.check(counter) {
-            return Err(OpenDrop::Replay);
-        }
         let Ok(mut record) = E2eRecord::new_checked(body) else {
             return Err(OpenDrop::Truncated);
         };
         let (payload, tag) = record.payload_and_tag_mut();
         let tag = *tag;
         self.recv
-            .open_in_place(counter, &aad, payload, &tag)
-            .map_err(|_| OpenDrop::BadTag)?;
-        if !self.window.update(counter) {
-            return Err(OpenDrop::Replay);
-        }
+            .open(counter, &aad, payload, &tag)
+            .map_err(|e| match e {
+                ReceiveError::Replay => OpenDrop::Replay,
+                _ => OpenDrop::BadTag,
+            })?;
         self.last_recv = Some(now);
         Ok(HEADROOM..end)
     }

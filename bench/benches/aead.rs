@@ -8,6 +8,7 @@ use criterion::{
 use proto::aead::backend::{Aes256GcmBackend, RustCrypto};
 use proto::aead::{nonce, Aad, E2eKey};
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
+use proto::testkit::{open_with_counter, seal_with_counter};
 
 const KEY: [u8; 32] = [0x6b; 32];
 const SIZES: [usize; 2] = [64, 1400];
@@ -61,17 +62,16 @@ fn e2e(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("seal", size), &size, |b, _| {
             b.iter(|| {
                 counter += 1;
-                key.seal_in_place(counter, black_box(&a), black_box(&mut buf))
+                seal_with_counter(&key, counter, black_box(&a), black_box(&mut buf))
             })
         });
         let mut sealed = vec![0xa5u8; size];
-        let tag = key.seal_in_place(7, &a, &mut sealed);
+        let tag = seal_with_counter(&key, 7, &a, &mut sealed);
         g.bench_with_input(BenchmarkId::new("open", size), &size, |b, _| {
             b.iter_batched_ref(
                 || sealed.clone(),
                 |buf| {
-                    key.open_in_place(7, black_box(&a), black_box(buf), &tag)
-                        .expect("opens")
+                    open_with_counter(&key, 7, black_box(&a), black_box(buf), &tag).expect("opens")
                 },
                 BatchSize::SmallInput,
             )

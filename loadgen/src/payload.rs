@@ -4,21 +4,38 @@
 //! Plaintext is a pattern derived from the flow, so the receiver can check
 //! every byte it opens. Two kinds of records travel:
 //! - **pool records**, sealed once per (flow, size) with counter
-//!   [`POOL_COUNTER`] and resent as they are (the relay never looks past the
-//!   hop header, so a resent record costs it exactly what a fresh one does);
+//!   [`pool_counter`]`(size index)` (one counter per size: the same counter
+//!   under one key for two plaintexts would be a GCM nonce reuse) and resent
+//!   as they are (the relay never looks past the hop header, so a resent
+//!   record costs it exactly what a fresh one does);
 //! - **samples**, sealed fresh as the first frame of every train, whose
 //!   counter is [`SAMPLE_BIT`] | the send time in nanoseconds since the
 //!   run's epoch. The counter is the AEAD nonce, so the timestamp is
 //!   authenticated, never repeats, and gives the one-way latency.
+//!
+//! Resending sealed records is a replay by design, and the counter carries
+//! a value, so the generator seals and opens through `proto::testkit`'s
+//! caller-counter functions instead of the endpoint types a real agent uses
+//! (`proto::aead::{E2eSender, E2eReceiver}`, which own the counter and the
+//! replay window).
 
 use proto::aead::{Aad, E2eKey};
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
+use proto::testkit::{open_with_counter, seal_with_counter};
 use proto::wire::{E2eRecord, Kind};
 
 /// Marks a sample's counter; the low 63 bits are its send time.
 pub const SAMPLE_BIT: u64 = 1 << 63;
-/// The counter of every pool record.
+/// The counter of the pool records of the first size; the `i`-th size's
+/// records take [`pool_counter`]`(i)`.
 pub const POOL_COUNTER: u64 = 1;
+
+/// The counter of a flow's pool record of size index `size_idx`: distinct
+/// per size, never a sample's.
+#[inline]
+pub fn pool_counter(size_idx: usize) -> u64 {
+    POOL_COUNTER + size_idx as u64
+}
 
 /// Byte `i` of flow `flow`'s plaintext.
 #[inline]
@@ -66,7 +83,7 @@ impl FlowKey {
             *b = pattern_byte(self.flow, i);
         }
         let aad = aad(self.user, self.service, self.receiver);
-        *tag_out = self.key.seal_in_place(counter, &aad, payload);
+        *tag_out = seal_with_counter(&self.key, counter, &aad, payload);
         true
     }
 
@@ -82,11 +99,7 @@ impl FlowKey {
         let (payload, tag) = rec.payload_and_tag_mut();
         let tag = *tag;
         let aad = aad(self.user, self.service, self.receiver);
-        if self
-            .key
-            .open_in_place(counter, &aad, payload, &tag)
-            .is_err()
-        {
+        if open_with_counter(&self.key, counter, &aad, payload, &tag).is_err() {
             return false;
         }
         payload
@@ -132,6 +145,13 @@ mod tests {
         let mut body = vec![0u8; 64];
         assert!(key(1).seal(&mut body, POOL_COUNTER));
         assert!(!key(2).open_and_check(&mut body));
+    }
+
+    #[test]
+    fn pool_records_of_different_sizes_never_share_a_counter() {
+        let counters: std::collections::BTreeSet<u64> = (0..16).map(pool_counter).collect();
+        assert_eq!(counters.len(), 16);
+        assert!(counters.iter().all(|c| c & SAMPLE_BIT == 0));
     }
 
     #[test]

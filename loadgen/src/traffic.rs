@@ -14,7 +14,7 @@ use proto::link::HopLink;
 use proto::wire::{HeaderRepr, Kind, DEFAULT_TTL, HEADER_LEN};
 use relay::io::{MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD};
 
-use crate::payload::{FlowKey, POOL_COUNTER, SAMPLE_BIT};
+use crate::payload::{pool_counter, FlowKey, SAMPLE_BIT};
 use crate::scenario::Plan;
 
 /// Trains kept built at once; users × sizes beyond it rebuild on use.
@@ -166,7 +166,7 @@ impl Traffic {
             let flow = &flows[f];
             let record = self.pool[(base + f) * n_sizes + size_idx].get_or_insert_with(|| {
                 let mut body = vec![0u8; size - HEADER_LEN].into_boxed_slice();
-                flow.key.seal(&mut body, POOL_COUNTER);
+                flow.key.seal(&mut body, pool_counter(size_idx));
                 body
             });
             header(frame, &self.links[user], flow.key.user, flow.key.service);

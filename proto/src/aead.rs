@@ -115,22 +115,29 @@ impl E2eKey {
 
     /// Encrypts `buf` in place under `counter` and returns the tag.
     ///
-    /// `counter` must never repeat under this key: the caller takes it from
-    /// the session's send counter.
+    /// `counter` must never repeat under this key, which is why only
+    /// [`E2eSender`] (which owns the counter) calls it; measurement code
+    /// that resends fixed records reaches it through `testkit`.
     ///
     /// # Panics
     ///
     /// If `buf` is longer than GCM allows (about 64 GiB).
     #[inline]
-    pub fn seal_in_place(&self, counter: u64, aad: &Aad, buf: &mut [u8]) -> [u8; E2E_TAG_LEN] {
+    pub(crate) fn seal_in_place(
+        &self,
+        counter: u64,
+        aad: &Aad,
+        buf: &mut [u8],
+    ) -> [u8; E2E_TAG_LEN] {
         self.inner.seal_raw(&nonce(counter), &aad.to_bytes(), buf)
     }
 
-    /// Checks `tag` and decrypts `buf` in place.
+    /// Checks `tag` and decrypts `buf` in place, with no replay check
+    /// (that is [`E2eReceiver`]'s).
     ///
     /// On error `buf` holds garbage and the frame must be dropped.
     #[inline]
-    pub fn open_in_place(
+    pub(crate) fn open_in_place(
         &self,
         counter: u64,
         aad: &Aad,
@@ -148,6 +155,114 @@ impl fmt::Debug for E2eKey {
         f.debug_struct("E2eKey")
             .field("backend", &DefaultBackend::NAME)
             .finish_non_exhaustive()
+    }
+}
+
+/// The sender's half of an end-to-end session: the key and the counter it
+/// owns, so that no counter is ever sealed twice under the key (a repeated
+/// GCM nonce would reveal the XOR of two plaintexts and the hash key).
+#[derive(Debug, Clone)]
+pub struct E2eSender {
+    key: E2eKey,
+    next: u64,
+}
+
+/// The sender's key has sealed [`CONFIDENTIALITY_LIMIT`] records: the
+/// session must rekey before sending more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("end-to-end key used up ({CONFIDENTIALITY_LIMIT} records sealed): rekey the session")]
+pub struct KeyExhausted;
+
+impl E2eSender {
+    /// A sender for the 32-byte key of a Noise split, counting from 0.
+    pub fn new(key: &[u8; 32]) -> Self {
+        Self {
+            key: E2eKey::new(key),
+            next: 0,
+        }
+    }
+
+    /// The counter the next record gets: also how many counters were
+    /// spent.
+    pub fn next_counter(&self) -> u64 {
+        self.next
+    }
+
+    /// Seals `buf` in place under the next counter; returns the counter
+    /// (to write into the record header) and the tag.
+    pub fn seal(
+        &mut self,
+        aad: &Aad,
+        buf: &mut [u8],
+    ) -> Result<(u64, [u8; E2E_TAG_LEN]), KeyExhausted> {
+        let counter = self.next;
+        if counter >= CONFIDENTIALITY_LIMIT {
+            return Err(KeyExhausted);
+        }
+        self.next = counter + 1;
+        Ok((counter, self.key.seal_in_place(counter, aad, buf)))
+    }
+
+    /// A sender whose next counter is `next` (to test the limit without
+    /// sealing 2^23 records).
+    #[cfg(test)]
+    fn starting_at(key: &[u8; 32], next: u64) -> Self {
+        Self {
+            key: E2eKey::new(key),
+            next,
+        }
+    }
+}
+
+/// Why [`E2eReceiver::open`] refused a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReceiveError {
+    /// The counter was seen already, or is too old for the window.
+    #[error("end-to-end record replayed (or too old for the replay window)")]
+    Replay,
+    /// The record failed authentication.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+}
+
+/// The receiver's half of an end-to-end session: the key and its replay
+/// window, together, so no record is opened without the window's check.
+/// The window is checked before the open and moved only after the tag
+/// verified, so a forged record cannot move it.
+#[derive(Debug, Clone)]
+pub struct E2eReceiver {
+    key: E2eKey,
+    window: crate::replay::ReplayWindow,
+}
+
+impl E2eReceiver {
+    /// A receiver for the 32-byte key of a Noise split.
+    pub fn new(key: &[u8; 32]) -> Self {
+        Self {
+            key: E2eKey::new(key),
+            window: crate::replay::ReplayWindow::new(),
+        }
+    }
+
+    /// Opens `buf` in place if `counter` is new to the window and the tag
+    /// verifies; on error `buf` may hold garbage and the record must be
+    /// dropped.
+    pub fn open(
+        &mut self,
+        counter: u64,
+        aad: &Aad,
+        buf: &mut [u8],
+        tag: &[u8; E2E_TAG_LEN],
+    ) -> Result<(), ReceiveError> {
+        if !self.window.check(counter) {
+            return Err(ReceiveError::Replay);
+        }
+        self.key.open_in_place(counter, aad, buf, tag)?;
+        if !self.window.update(counter) {
+            return Err(ReceiveError::Replay);
+        }
+        Ok(())
     }
 }
 
@@ -407,6 +522,56 @@ mod tests {
                 assert_eq!(b[j] != base[j], i == j, "field byte {i} vs {j}");
             }
         }
+    }
+
+    #[test]
+    fn a_sender_never_reuses_a_counter_and_a_receiver_never_opens_one_twice() {
+        let key = [0x42; 32];
+        let mut tx = E2eSender::new(&key);
+        let mut rx = E2eReceiver::new(&key);
+        let a = aad();
+        let mut sealed = Vec::new();
+        for want in 0..5u64 {
+            let mut buf = vec![want as u8; 40];
+            let (counter, tag) = tx.seal(&a, &mut buf).unwrap();
+            assert_eq!(counter, want);
+            sealed.push((counter, buf, tag));
+        }
+        assert_eq!(tx.next_counter(), 5);
+        // Out of order is fine; each once.
+        for (counter, buf, tag) in sealed.iter().rev() {
+            let mut b = buf.clone();
+            rx.open(*counter, &a, &mut b, tag).unwrap();
+            assert_eq!(b, vec![*counter as u8; 40]);
+        }
+        let (counter, buf, tag) = &sealed[2];
+        let mut b = buf.clone();
+        assert_eq!(
+            rx.open(*counter, &a, &mut b, tag),
+            Err(ReceiveError::Replay)
+        );
+        // A forged record under a fresh counter fails and does not move the
+        // window: the real one under that counter still opens.
+        let mut real = vec![7u8; 40];
+        let (c, tag) = tx.seal(&a, &mut real).unwrap();
+        let mut forged = real.clone();
+        forged[0] ^= 1;
+        assert_eq!(
+            rx.open(c, &a, &mut forged, &tag),
+            Err(ReceiveError::Open(OpenError))
+        );
+        rx.open(c, &a, &mut real, &tag).unwrap();
+    }
+
+    #[test]
+    fn a_sender_stops_at_the_confidentiality_limit() {
+        let mut tx = E2eSender::starting_at(&[1; 32], CONFIDENTIALITY_LIMIT - 1);
+        let a = aad();
+        let mut buf = [0u8; 16];
+        let (c, _) = tx.seal(&a, &mut buf).unwrap();
+        assert_eq!(c, CONFIDENTIALITY_LIMIT - 1);
+        assert_eq!(tx.seal(&a, &mut buf), Err(KeyExhausted));
+        assert_eq!(tx.next_counter(), CONFIDENTIALITY_LIMIT);
     }
 
     #[test]
