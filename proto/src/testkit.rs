@@ -5,6 +5,8 @@
 //! connector (peer `Connector(1)`), which serves every service. Frames built
 //! by [`Fixture::upstream`] are what the user's agent would send.
 
+pub mod handshake;
+
 use std::sync::Arc;
 
 use crate::datapath::{Counters, Datapath, Mode};
