@@ -21,7 +21,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(f) = Frame::new_checked(data) {
         let repr = HeaderRepr::parse(&f);
         assert_eq!(repr.frame_len(), data.len());
-        let _ = E2eRecord::new_checked(f.body()).map(|r| (r.receiver(), r.counter(), r.payload_len()));
+        let _ =
+            E2eRecord::new_checked(f.body()).map(|r| (r.receiver(), r.counter(), r.payload_len()));
         control_round_trip(f.body());
     }
     control_round_trip(data);
