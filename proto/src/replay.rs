@@ -314,4 +314,20 @@ mod tests {
             }
         }
     }
+
+    /// The design's reordering tolerance in absolute numbers (thousands of
+    /// counters), not only relative to `WINDOW_SIZE`: a counter 8 000
+    /// below the highest accepted one still passes, once. (Killed the
+    /// mutant `WINDOW_SIZE = (BLOCKS - 1) + BLOCK_BITS`, a 191-counter
+    /// window every other test accepted.)
+    #[test]
+    fn thousands_of_counters_of_reordering_are_tolerated() {
+        assert_eq!(WINDOW_SIZE, 8128);
+        let mut w = ReplayWindow::default();
+        assert!(w.update(10_000));
+        assert!(w.update(2_000));
+        assert!(!w.update(2_000));
+        assert!(w.update(10_000 - 8127));
+        assert!(!w.check(10_000 - 8128));
+    }
 }
