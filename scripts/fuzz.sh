@@ -14,7 +14,7 @@
 # Stable Rust: libFuzzer without a sanitizer (-s none) by default; safe
 # Rust needs none to find panics, overflows (debug assertions are on) and
 # runaway allocations (-rss_limit_mb). Needs cargo-fuzz
-# (`cargo install cargo-fuzz`); FUZZ_REPORT=<file> appends
+# (installed with `cargo install` when missing); FUZZ_REPORT=<file> appends
 # "target executions seconds" lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +26,8 @@ all="frame_parse policy_parse handshake_responder handshake_initiator cookie_rep
 targets="${FUZZ_TARGETS:-$all}"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "fuzz: cargo-fuzz missing: cargo install cargo-fuzz" >&2
-    exit 1
+    echo "fuzz: installing cargo-fuzz" >&2
+    cargo install -q --locked cargo-fuzz
 fi
 # Pin the fuzz crate's dependencies to the workspace's versions (it has its
 # own, uncommitted lock file).

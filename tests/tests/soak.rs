@@ -279,6 +279,9 @@ struct Shared {
 struct Peer {
     socket: UdpSocket,
     link: HopLink,
+    /// The session before the last rekey: the relay may go on using it
+    /// until the new one is confirmed, as for a real agent.
+    prev: Option<HopLink>,
     me: LocalIdentity,
     id: u32,
 }
@@ -303,6 +306,7 @@ impl Peer {
         let mut p = Peer {
             socket,
             link,
+            prev: None,
             me,
             id,
         };
@@ -332,7 +336,7 @@ impl Peer {
                 pki.ca(),
                 next_index(),
             ) {
-                self.link = link;
+                self.prev = Some(std::mem::replace(&mut self.link, link));
                 self.confirm(relay.addr);
                 return;
             }
@@ -376,7 +380,12 @@ fn burst(
         let Ok(kind) = Frame::new_checked(frame).map(|f| f.kind()) else {
             continue;
         };
-        if connector.link.accept(frame).is_err() {
+        let accepted = connector.link.accept(frame).is_ok()
+            || connector
+                .prev
+                .as_mut()
+                .is_some_and(|p| p.accept(frame).is_ok());
+        if !accepted {
             shared.refused.fetch_add(1, Ordering::Relaxed);
             continue;
         }
