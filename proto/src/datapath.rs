@@ -107,11 +107,16 @@ pub enum DropReason {
     /// A handshake response or cookie reply at a node that sends no
     /// initiations (a relay outside a mesh): it answers nothing.
     UnsolicitedHandshake,
+    /// A frame for a session that saw
+    /// [`TAG_FAILURE_LIMIT`](crate::session::TAG_FAILURE_LIMIT) frames
+    /// fail its tag: the session takes nothing more until the peer's next
+    /// handshake replaces it.
+    TagLimit,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
     /// All reasons, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
@@ -125,6 +130,7 @@ impl DropReason {
         DropReason::KeyExhausted,
         DropReason::BadHandshake,
         DropReason::UnsolicitedHandshake,
+        DropReason::TagLimit,
     ];
 
     /// A short, stable name for metrics labels.
@@ -141,6 +147,7 @@ impl DropReason {
             DropReason::KeyExhausted => "key_exhausted",
             DropReason::BadHandshake => "bad_handshake",
             DropReason::UnsolicitedHandshake => "unsolicited_handshake",
+            DropReason::TagLimit => "tag_limit",
         }
     }
 }
@@ -314,6 +321,7 @@ impl Datapath<'_> {
                 .map_err(|e| match e {
                     AuthFailure::BadTag => DropReason::BadTag,
                     AuthFailure::Replay => DropReason::Replay,
+                    AuthFailure::TagLimit => DropReason::TagLimit,
                 })?;
         }
         // Key confirmation: the first frame that passed the tag (in
@@ -690,6 +698,22 @@ mod tests {
                 "{what} changed"
             );
         }
+    }
+
+    #[test]
+    fn a_session_past_its_tag_failure_limit_drops_even_valid_frames() {
+        let mut fx = Fixture::new(3, 8);
+        let good = frame(&mut fx, 1, ALLOWED);
+        let mut forged = good.clone();
+        forged[24] ^= 1;
+        let mut dp = fx.datapath(Mode::Ztna);
+        for _ in 0..crate::session::TAG_FAILURE_LIMIT {
+            let mut f = forged.clone();
+            assert_eq!(dp.process(&mut f), Verdict::Drop(DropReason::BadTag));
+        }
+        let mut f = good;
+        assert_eq!(dp.process(&mut f), Verdict::Drop(DropReason::TagLimit));
+        assert_eq!(dp.counters.dropped(DropReason::TagLimit), 1);
     }
 
     #[test]

@@ -202,6 +202,18 @@ impl TxCounters {
     }
 }
 
+/// Frames failing the hop tag that one receive session takes before it
+/// refuses every frame ([`RxSession`]): a receive-side integrity limit, as
+/// QUIC has one per key. A legitimate peer's frames do not fail the tag
+/// (UDP's checksum catches corruption first), so only forgeries count.
+/// 2^20 forgeries each succeeding with probability 2^-64 give an attacker
+/// at most a 2^-44 chance per session key, and after the limit the
+/// session costs no more MAC computations. The price: whoever sees a
+/// session's receiver index on the path can end the session with 2^20
+/// datagrams (the peer's next rekey replaces it); such an attacker can
+/// already drop its frames.
+pub const TAG_FAILURE_LIMIT: u32 = 1 << 20;
+
 /// The receive half of a hop session, owned by one worker.
 #[derive(Debug)]
 pub struct RxSession {
@@ -211,6 +223,8 @@ pub struct RxSession {
     reply_hop: HopId,
     frames: u64,
     confirmed: bool,
+    /// Frames that failed the tag, up to [`TAG_FAILURE_LIMIT`].
+    tag_failures: u32,
 }
 
 impl RxSession {
@@ -225,6 +239,7 @@ impl RxSession {
             reply_hop,
             frames: 0,
             confirmed: false,
+            tag_failures: 0,
         }
     }
 
@@ -266,8 +281,16 @@ impl RxSession {
         self.frames
     }
 
+    /// Frames that failed this session's tag (at most
+    /// [`TAG_FAILURE_LIMIT`]).
+    pub fn tag_failures(&self) -> u32 {
+        self.tag_failures
+    }
+
     /// Verifies the hop tag, then (only then) runs the counter through the
-    /// replay window. Returns which check failed, if any.
+    /// replay window. Returns which check failed, if any. A session that
+    /// saw [`TAG_FAILURE_LIMIT`] bad tags refuses every frame, before any
+    /// MAC.
     #[inline]
     pub(crate) fn authenticate(
         &mut self,
@@ -275,12 +298,16 @@ impl RxSession {
         tag: &[u8; 8],
         counter: u64,
     ) -> Result<(), AuthFailure> {
+        if self.tag_failures >= TAG_FAILURE_LIMIT {
+            return Err(AuthFailure::TagLimit);
+        }
         // Cheap early reject before the MAC, as boringtun does; the window
         // is only marked after the tag verified.
         if !self.window.check(counter) {
             return Err(AuthFailure::Replay);
         }
         if !self.key.verify(tagged, tag) {
+            self.tag_failures += 1;
             return Err(AuthFailure::BadTag);
         }
         if !self.window.update(counter) {
@@ -357,6 +384,8 @@ impl Confirmations {
 pub(crate) enum AuthFailure {
     BadTag,
     Replay,
+    /// The session saw [`TAG_FAILURE_LIMIT`] bad tags.
+    TagLimit,
 }
 
 /// A worker's receive sessions, found by receiver index with one array
@@ -595,6 +624,35 @@ mod tests {
         // A forged frame must not consume the counter.
         assert_eq!(s.authenticate(&header, &tag, 2), Ok(()));
         assert_eq!(s.frames(), 2);
+    }
+
+    #[test]
+    fn a_session_refuses_everything_after_the_tag_failure_limit() {
+        let key = [7u8; 32];
+        let mut s = RxSession::new(&key, Peer::User(crate::ids::UserId(1)), HopId(0));
+        let header = [3u8; 24];
+        let tag = HopKey::new(&key).tag(&header);
+        for c in 0..u64::from(TAG_FAILURE_LIMIT) - 1 {
+            assert_eq!(
+                s.authenticate(&header, &[0; 8], c),
+                Err(AuthFailure::BadTag)
+            );
+        }
+        // One short of the limit, a valid frame still passes.
+        assert_eq!(s.authenticate(&header, &tag, 1), Ok(()));
+        assert_eq!(
+            s.authenticate(&header, &[0; 8], 2),
+            Err(AuthFailure::BadTag)
+        );
+        assert_eq!(s.tag_failures(), TAG_FAILURE_LIMIT);
+        // Now even a valid tag is refused, and failures stop counting.
+        assert_eq!(s.authenticate(&header, &tag, 3), Err(AuthFailure::TagLimit));
+        assert_eq!(
+            s.authenticate(&header, &[0; 8], 4),
+            Err(AuthFailure::TagLimit)
+        );
+        assert_eq!(s.tag_failures(), TAG_FAILURE_LIMIT);
+        assert_eq!(s.frames(), 1);
     }
 
     #[test]
