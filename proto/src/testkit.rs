@@ -174,6 +174,7 @@ pub fn policy_file(users: u32, services: u32) -> PolicyFile {
         connectors: vec![Connector {
             id: 1,
             name: "connector1".into(),
+            static_key: None,
         }],
         services: (0..services)
             .map(|s| Service {

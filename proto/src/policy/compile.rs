@@ -46,6 +46,7 @@ use super::model::{PolicyFile, Protocol};
 use super::table::{IdMap, PairSet};
 use super::validate::{resolve, Resolved};
 use crate::control::ConnectionMode;
+use crate::identity::Role;
 use crate::ids::{GroupId, ServiceId, UserId};
 
 /// Below this many (class, service) entries (≤ 8 MiB of set) the flat
@@ -143,6 +144,22 @@ pub struct CompiledPolicy {
     group_ids: Vec<(String, GroupId)>,
     /// Static keys of revoked certificates.
     revoked: std::collections::HashSet<[u8; 32]>,
+    /// Every `[[connectors]]` id, with its pinned static key if any.
+    connectors: std::collections::HashMap<u32, Option<[u8; 32]>>,
+}
+
+/// What the policy says of a hop peer's certificate
+/// ([`CompiledPolicy::admits_peer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerVerdict {
+    /// The identity is listed (and its key is the pinned one, if pinned).
+    Allow,
+    /// A user or connector certificate whose id is not in `[[users]]` or
+    /// `[[connectors]]`.
+    NotListed,
+    /// A connector certificate whose static key is not the one its
+    /// `[[connectors]]` entry pins.
+    KeyNotPinned,
 }
 
 /// Validates and compiles `file`, choosing the layout automatically.
@@ -246,8 +263,27 @@ impl CompiledPolicy {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let connectors = file
+            .connectors
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let pin = match &c.static_key {
+                    None => None,
+                    Some(hex) => Some(crate::identity::key_from_hex(hex).ok_or_else(|| {
+                        PolicyError::BadConnectorKey {
+                            number: i + 1,
+                            name: c.name.clone(),
+                            key: hex.clone(),
+                        }
+                    })?),
+                };
+                Ok((c.id, pin))
+            })
+            .collect::<Result<_, PolicyError>>()?;
         Ok(CompiledPolicy {
             revoked,
+            connectors,
             user_class,
             grants,
             classes: class_count,
@@ -275,6 +311,30 @@ impl CompiledPolicy {
     /// How many certificates are revoked.
     pub fn revoked_count(&self) -> usize {
         self.revoked.len()
+    }
+
+    /// Whether a hop peer presenting a certificate of `role`, `id` and
+    /// static `key` is one this policy knows: a user must be in
+    /// `[[users]]`, a connector in `[[connectors]]` and, where that entry
+    /// pins a `static_key`, certify that key. Relays are not in the policy
+    /// (the mesh's etcd view admits them): always [`PeerVerdict::Allow`].
+    /// Revocation is [`CompiledPolicy::is_revoked`].
+    pub fn admits_peer(&self, role: Role, id: u32, key: &[u8; 32]) -> PeerVerdict {
+        match role {
+            Role::User if self.user_ids.binary_search(&id).is_ok() => PeerVerdict::Allow,
+            Role::Connector => match self.connectors.get(&id) {
+                None => PeerVerdict::NotListed,
+                Some(Some(pin)) if pin != key => PeerVerdict::KeyNotPinned,
+                Some(_) => PeerVerdict::Allow,
+            },
+            Role::User => PeerVerdict::NotListed,
+            Role::Relay => PeerVerdict::Allow,
+        }
+    }
+
+    /// How many connectors have a pinned static key.
+    pub fn pinned_count(&self) -> usize {
+        self.connectors.values().filter(|p| p.is_some()).count()
     }
 
     /// Whether `user` may reach `service`. Unknown users and services are
@@ -573,6 +633,56 @@ mod tests {
     use proptest::prelude::*;
 
     const EXAMPLE: &str = include_str!("../../../examples/policy.toml");
+
+    #[test]
+    fn peers_must_be_listed_and_connectors_hold_their_pinned_key() {
+        let mut file = example();
+        let key = [7u8; 32];
+        let c = file.connectors[0].id;
+        let user = file.users[0].id.0;
+        let p = CompiledPolicy::compile(&file).unwrap();
+        assert_eq!(p.admits_peer(Role::User, user, &key), PeerVerdict::Allow);
+        assert_eq!(
+            p.admits_peer(Role::User, 999_999, &key),
+            PeerVerdict::NotListed
+        );
+        assert_eq!(
+            p.admits_peer(Role::Connector, c, &key),
+            PeerVerdict::Allow,
+            "not pinned"
+        );
+        assert_eq!(
+            p.admits_peer(Role::Connector, 999_999, &key),
+            PeerVerdict::NotListed
+        );
+        // A user id is not a connector id, and relays are not listed.
+        assert_eq!(
+            p.admits_peer(Role::Relay, 999_999, &key),
+            PeerVerdict::Allow
+        );
+        assert_eq!(p.pinned_count(), 0);
+
+        file.connectors[0].static_key = Some(crate::identity::to_hex(&key));
+        let p = CompiledPolicy::compile(&file).unwrap();
+        assert_eq!(p.admits_peer(Role::Connector, c, &key), PeerVerdict::Allow);
+        assert_eq!(
+            p.admits_peer(Role::Connector, c, &[8u8; 32]),
+            PeerVerdict::KeyNotPinned
+        );
+        assert_eq!(p.pinned_count(), 1);
+        // The pin survives a round trip through TOML.
+        let text = file.to_toml_string();
+        assert!(text.contains("static_key"), "{text}");
+        assert_eq!(PolicyFile::from_toml_str(&text).unwrap(), file);
+
+        file.connectors[0].static_key = Some("abc".into());
+        let e = CompiledPolicy::compile(&file).unwrap_err();
+        assert!(
+            matches!(e, PolicyError::BadConnectorKey { number: 1, .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("static_key"), "{e}");
+    }
 
     #[test]
     fn revoked_keys_are_known_and_malformed_ones_rejected() {
@@ -1041,6 +1151,7 @@ mod tests {
             connectors: vec![Connector {
                 id: 1,
                 name: "c".into(),
+                static_key: None,
             }],
             services: services_v,
             rules,

@@ -162,6 +162,17 @@ pub enum PolicyError {
         key: String,
     },
 
+    /// A `[[connectors]]` entry whose `static_key` is not 64 hex digits.
+    #[error("[[connectors]] entry #{number} ({name:?}) has static_key {key:?}, which is not a static key: give the 64 hex digits `relay ca show` prints as \"static key\" for the connector's certificate, or leave static_key out")]
+    BadConnectorKey {
+        /// 1-based position among the `[[connectors]]` entries.
+        number: usize,
+        /// The connector's name.
+        name: String,
+        /// The key as written.
+        key: String,
+    },
+
     /// A name that cannot be used as a label.
     #[error("{kind} entry #{number} has name {name:?}, which is not allowed: {reason}")]
     BadName {

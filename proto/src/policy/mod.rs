@@ -22,6 +22,8 @@ pub mod synth;
 mod table;
 mod validate;
 
-pub use compile::{compile, CompiledPolicy, Layout, PolicyStats, ServiceInfo, FLAT_ALWAYS_ENTRIES};
+pub use compile::{
+    compile, CompiledPolicy, Layout, PeerVerdict, PolicyStats, ServiceInfo, FLAT_ALWAYS_ENTRIES,
+};
 pub use error::{EntryKind, Location, PolicyError};
 pub use model::{Connector, Group, PolicyFile, Protocol, Revoked, Rule, Service, User};

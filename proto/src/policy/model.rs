@@ -99,6 +99,13 @@ pub struct Connector {
     pub id: u32,
     /// Unique name, used by services.
     pub name: String,
+    /// The connector's X25519 static key, 64 hex digits (`relay ca show`
+    /// prints it as "static key"), if pinned: relays then refuse hop
+    /// handshakes from connector certificates of this id that certify
+    /// another key, and close such sessions at the reload that changes
+    /// the pin. Unset: any CA-signed certificate of this id is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub static_key: Option<String>,
 }
 
 /// Transport protocol of a service.

@@ -121,6 +121,7 @@ pub fn generate(p: &SynthParams) -> PolicyFile {
         .map(|i| Connector {
             id: i + 1,
             name: format!("conn-{i}"),
+            static_key: None,
         })
         .collect();
     let services = (0..p.services)
