@@ -104,7 +104,10 @@ fn pad_key(cookie: &[u8; COOKIE_LEN]) -> [u8; 32] {
     k
 }
 
-/// The responder's side: checks macs and makes cookie replies.
+/// The responder's side: checks macs and makes cookie replies. A clone
+/// checks and answers exactly as the original (same master secret, same
+/// epochs): a relay's workers each hold one ([`super::gate`]).
+#[derive(Clone)]
 pub struct CookieChecker {
     mac1_key: [u8; 32],
     seal_key: [u8; 32],

@@ -253,6 +253,17 @@ impl HopResponder {
         self
     }
 
+    /// A gate for a relay worker ([`super::gate`]): it checks mac1 and
+    /// mac2 exactly as this responder does (a copy of its cookie checker:
+    /// same secret, same epochs) and makes the same cookie replies.
+    pub fn gate(
+        &self,
+        limits: super::gate::GateLimits,
+        now: Instant,
+    ) -> super::gate::HandshakeGate {
+        super::gate::HandshakeGate::new(self.cookies.clone(), limits, now)
+    }
+
     /// Replaces the rate limiter (e.g. to size it for a deployment).
     pub fn with_rate_limiter(mut self, limiter: RateLimiter) -> HopResponder {
         self.limiter = limiter;
@@ -273,6 +284,35 @@ impl HopResponder {
         now: Instant,
         unix_nanos: u64,
         rng: &mut R,
+    ) -> Result<InitOutcome, HandshakeError> {
+        self.handle_init_checked(
+            frame,
+            source,
+            under_load,
+            local_index,
+            now,
+            unix_nanos,
+            rng,
+            &|_| Ok(()),
+        )
+    }
+
+    /// [`HopResponder::handle_init`] with the caller's own check of the
+    /// initiator's verified certificate (a relay asks its policy: is the
+    /// id listed, is a connector's key the pinned one). `accept` runs after
+    /// the certificate verified and before the response is made or the
+    /// initiation's timestamp is recorded; its error is the handshake's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_init_checked<R: RngCore + CryptoRng>(
+        &mut self,
+        frame: &[u8],
+        source: SocketAddr,
+        under_load: bool,
+        local_index: ReceiverIndex,
+        now: Instant,
+        unix_nanos: u64,
+        rng: &mut R,
+        accept: &dyn Fn(&Certificate) -> Result<(), HandshakeError>,
     ) -> Result<InitOutcome, HandshakeError> {
         let HandshakeFrame::Init(init) = parse(frame)? else {
             return Err(HandshakeError::UnexpectedKind);
@@ -301,7 +341,7 @@ impl HopResponder {
             init.sender,
             local_index,
             &self.trust,
-            &|_| Ok(()),
+            accept,
             &mut self.timestamps,
             Some(&self.freshness),
             unix_nanos,

@@ -16,6 +16,8 @@
 //!   prologue that binds the (user, service) pair.
 //! * [`frames`]: the wire layout of the hop handshake frames.
 //! * [`cookie`]: mac1, mac2 and cookie replies.
+//! * [`gate`]: a relay worker's checks before it queues an initiation
+//!   (mac1, mac2 under load, a fair share per source).
 //! * [`rate_limiter`]: per-source token buckets for initiations.
 //! * [`timestamp`]: replay protection for initiations.
 //! * [`timers`]: WireGuard's rekey and keepalive timing.
@@ -23,6 +25,7 @@
 pub mod cookie;
 pub mod e2e;
 pub mod frames;
+pub mod gate;
 pub mod hop;
 pub mod ik;
 pub mod rate_limiter;
@@ -32,6 +35,7 @@ pub mod timestamp;
 pub use cookie::{CookieChecker, CookieJar};
 pub use e2e::{E2eInitiator, E2eResponder, E2eSessionKeys};
 pub use frames::{parse, HandshakeFrame};
+pub use gate::{Gate, GateDrop, GateLimits, HandshakeGate};
 pub use hop::{HopInitiator, HopResponder, HopSessionKeys, InitOutcome};
 pub use ik::{LocalIdentity, StaticKeypair, Trust, NOISE_PARAMS};
 pub use rate_limiter::RateLimiter;
@@ -159,6 +163,29 @@ pub enum HandshakeError {
         got_user: UserId,
         /// Service in the frame.
         got_service: ServiceId,
+    },
+    /// The responder's policy does not list the certificate's id (a
+    /// user not in `[[users]]`, a connector not in `[[connectors]]`).
+    #[error("the {role} certificate of `{name}` (id {id}) is valid but its id is not in this node's policy; add it to the policy, or issue the certificate for a listed id")]
+    NotInPolicy {
+        /// Certificate name.
+        name: String,
+        /// The certificate's role.
+        role: Role,
+        /// The certificate's id.
+        id: u32,
+    },
+    /// A connector certificate whose static key is not the one the
+    /// responder's policy pins for its id (`static_key` of its
+    /// `[[connectors]]` entry): another certificate issued for that id.
+    #[error("the connector certificate of `{name}` (id {id}) certifies static key {key}..., not the key the policy pins for connector {id}; if the connector was re-keyed on purpose, put its new key in static_key, else revoke this certificate")]
+    KeyNotPinned {
+        /// Certificate name.
+        name: String,
+        /// The certificate's id.
+        id: u32,
+        /// The first 8 hex digits of the key it certifies.
+        key: String,
     },
     /// snow refused to build or run the handshake (a bug or a bad key
     /// length, not a peer problem).
