@@ -56,11 +56,14 @@ use proto::control::{
     ControlMessage, Directory, ServiceEntry, DEFAULT_MAX_BODY, MAX_PARTS, MAX_SERVICES,
 };
 use proto::handshake::timers::REJECT_AFTER_TIME;
-use proto::handshake::{frames, HandshakeFrame, HopResponder, HopSessionKeys, InitOutcome};
+use proto::handshake::{
+    frames, HandshakeError, HandshakeFrame, HopResponder, HopSessionKeys, InitOutcome,
+};
 use proto::hoptag::HopKey;
+use proto::identity::Certificate;
 use proto::identity::Role;
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
-use proto::policy::CompiledPolicy;
+use proto::policy::{CompiledPolicy, PeerVerdict};
 use proto::route::{RouteBuilder, RouteSession};
 use proto::session::{HopId, IndexAllocator, Peer, RxSession, TxHop};
 use proto::wire::{Frame, HeaderRepr, Kind, DEFAULT_TTL, HEADER_LEN};
@@ -179,6 +182,9 @@ pub struct ControlStats {
     pub sessions_unconfirmed: u64,
     /// Sessions closed because a reload revoked their certificate.
     pub revoked_closed: u64,
+    /// Connector sessions closed because a reload pinned another static
+    /// key for their id.
+    pub pinned_closed: u64,
     /// Renewed certificates of this relay taken from its files.
     pub cert_renewals: u64,
     /// Changed key or certificate files refused (see the log).
@@ -480,7 +486,11 @@ impl Control {
         };
         let under_load = self.inbox.len() > UNDER_LOAD_QUEUE;
         let now = Instant::now();
-        let outcome = self.responder.handle_init(
+        // The policy in force decides who may hold a session: a user or
+        // connector it does not list, or a connector certificate for
+        // another key than the pinned one, is refused before the response.
+        let policy = self.shared.policy.load();
+        let outcome = self.responder.handle_init_checked(
             frame,
             from,
             under_load,
@@ -488,6 +498,7 @@ impl Control {
             now,
             unix_nanos(),
             &mut self.rng,
+            &|cert| policy_admits(&policy, cert),
         );
         match outcome {
             Ok(InitOutcome::Established { keys, .. })
@@ -532,8 +543,18 @@ impl Control {
             }
             Err(e) => {
                 self.allocators[worker].release(index);
-                self.stats.reject(HandshakeReject::of(&e));
-                tracing::debug!(worker, %from, error = %e, "hop handshake rejected");
+                let reason = HandshakeReject::of(&e);
+                self.stats.reject(reason);
+                if matches!(
+                    reason,
+                    HandshakeReject::NotInPolicy | HandshakeReject::PinnedKey
+                ) {
+                    // A CA-signed certificate the policy refuses: worth an
+                    // operator's look (a stolen or stale certificate).
+                    tracing::info!(worker, %from, reason = reason.name(), error = %e, "hop handshake refused by the policy");
+                } else {
+                    tracing::debug!(worker, %from, error = %e, "hop handshake rejected");
+                }
             }
         }
     }
@@ -722,12 +743,26 @@ impl Control {
                         self.stats.revoked_closed += 1;
                     }
                 }
+                // Sessions of connectors whose pin moved away from their
+                // key end now too (a stolen certificate of a listed id).
+                for slot in 0..self.sessions.len() {
+                    let unpinned = self.sessions[slot].as_ref().is_some_and(|e| {
+                        matches!(e.peer, Peer::Connector(id)
+                            if policy.admits_peer(Role::Connector, id, &e.static_key)
+                                == PeerVerdict::KeyNotPinned)
+                    });
+                    if unpinned {
+                        self.remove(slot, "connector key no longer pinned");
+                        self.stats.pinned_closed += 1;
+                    }
+                }
                 tracing::info!(
                     path = %self.policy_source.path().display(),
                     epoch = self.stats.policy_epoch,
                     users = stats.users,
                     services = stats.services,
                     revoked = policy.revoked_count(),
+                    pinned = policy.pinned_count(),
                     took_ms = loaded.took.as_millis() as u64,
                     "policy reloaded"
                 );
@@ -1029,6 +1064,28 @@ impl Control {
         }
         let (worker, to) = (e.worker, e.hop.endpoint());
         self.send(worker, to, frame);
+    }
+}
+
+/// The policy's word on a hop initiator's verified certificate
+/// ([`CompiledPolicy::admits_peer`]), as a handshake error.
+fn policy_admits(policy: &CompiledPolicy, cert: &Certificate) -> Result<(), HandshakeError> {
+    let body = &cert.body;
+    match policy.admits_peer(body.role, body.id, &body.static_key) {
+        PeerVerdict::Allow => Ok(()),
+        PeerVerdict::NotListed => Err(HandshakeError::NotInPolicy {
+            name: body.name.clone(),
+            role: body.role,
+            id: body.id,
+        }),
+        PeerVerdict::KeyNotPinned => Err(HandshakeError::KeyNotPinned {
+            name: body.name.clone(),
+            id: body.id,
+            key: proto::identity::to_hex(&body.static_key)
+                .chars()
+                .take(8)
+                .collect(),
+        }),
     }
 }
 

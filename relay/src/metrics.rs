@@ -162,6 +162,21 @@ impl Collector for RelayCollector {
         }
         {
             let mut family = e.encode_descriptor(
+                "ztna_handshakes_gated",
+                "Hop initiations a worker did not queue for the control thread, by what it did instead: dropped for a bad mac1, shed under load beyond the source's fair share, answered with a cookie reply, or dropped for want of cookie replies in the batch.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (i, w) in workers.iter().enumerate() {
+                let worker = i.to_string();
+                for (reason, n) in w.handshakes_gated.by_reason() {
+                    let labels = [("worker", worker.as_str()), ("reason", reason)];
+                    ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut family = e.encode_descriptor(
                 "ztna_io_batches",
                 "Polls by datagrams received, in power-of-two buckets: min is the bucket's lower bound (inclusive), the next bucket's min its exclusive upper bound.",
                 None,
@@ -228,6 +243,7 @@ impl Collector for RelayCollector {
             ("ztna_probes_sent", "Keepalive probes sent to connectors and peer relays.", c.probes_sent),
             ("ztna_peers_lost", "Connectors and peer relays taken out of the routes for not answering probes.", c.peers_lost),
             ("ztna_revoked_refused", "Handshakes refused because the certificate is revoked.", c.revoked_refused),
+            ("ztna_pinned_closed", "Connector sessions closed by a policy reload that pins another static key for their id.", c.pinned_closed),
             ("ztna_revoked_closed", "Sessions closed because a reload revoked their certificate.", c.revoked_closed),
             ("ztna_cert_renewals", "Renewed certificates of this relay taken from its files without a restart.", c.cert_renewals),
             ("ztna_cert_renewals_refused", "Changed key or certificate files refused (the log says why).", c.cert_renewals_refused),

@@ -48,11 +48,17 @@ pub enum HandshakeReject {
     Unanswered,
     /// Anything else (a Noise library error, a pair mismatch).
     Other,
+    /// A valid user or connector certificate whose id the current policy
+    /// does not list: it holds no session slot.
+    NotInPolicy,
+    /// A connector certificate whose static key is not the one its
+    /// `[[connectors]]` entry pins (`static_key`).
+    PinnedKey,
 }
 
 impl HandshakeReject {
     /// Number of reasons.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 14;
     /// All reasons, in counter order.
     pub const ALL: [HandshakeReject; Self::COUNT] = [
         HandshakeReject::Malformed,
@@ -67,6 +73,8 @@ impl HandshakeReject {
         HandshakeReject::StaleTimestamp,
         HandshakeReject::Unanswered,
         HandshakeReject::Other,
+        HandshakeReject::NotInPolicy,
+        HandshakeReject::PinnedKey,
     ];
 
     /// A short, stable name for metrics labels.
@@ -84,6 +92,8 @@ impl HandshakeReject {
             HandshakeReject::StaleTimestamp => "stale_timestamp",
             HandshakeReject::Unanswered => "unanswered",
             HandshakeReject::Other => "other",
+            HandshakeReject::NotInPolicy => "not_in_policy",
+            HandshakeReject::PinnedKey => "pinned_key",
         }
     }
 
@@ -104,6 +114,8 @@ impl HandshakeReject {
             HandshakeError::WrongReceiver { .. }
             | HandshakeError::BadCookieReply
             | HandshakeError::Finished => HandshakeReject::Unanswered,
+            HandshakeError::NotInPolicy { .. } => HandshakeReject::NotInPolicy,
+            HandshakeError::KeyNotPinned { .. } => HandshakeReject::PinnedKey,
             _ => HandshakeReject::Other,
         }
     }
