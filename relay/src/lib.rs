@@ -18,6 +18,7 @@
 //!         snapshots loaded once per batch)
 //! ```
 
+pub mod admission;
 pub mod audit;
 pub mod config;
 pub mod control;
@@ -39,7 +40,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use proto::datapath::Mode;
-use proto::handshake::{Freshness, HopResponder, LocalIdentity, Trust};
+use proto::handshake::{Freshness, GateLimits, HopResponder, LocalIdentity, Trust};
 use proto::identity::{CaPublicKey, Role};
 
 use crate::control::{Control, ControlStats};
@@ -255,6 +256,39 @@ impl Relay {
         let (to_control, control_inbox) = crossbeam_channel::bounded(CONTROL_QUEUE);
         let cores = allowed_cores();
 
+        let public_key = *opts.identity.public_key();
+        let auditor = opts.audit.enabled.then(|| {
+            let cert = &opts.identity.certificate().body;
+            audit::Auditor::new(
+                opts.audit.clone(),
+                audit::RelayName {
+                    id: cert.id,
+                    name: cert.name.clone(),
+                },
+            )
+        });
+        let mesh_identity = opts.mesh.as_ref().map(|_| opts.identity.clone());
+        let mut secret = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+        // A standalone relay refuses relay peers: their frames skip the
+        // id-binding check, so a leaked relay certificate must not be
+        // usable on the public port (docs/security.md). In a mesh, relay
+        // peers are accepted only with a key registered in etcd (the
+        // control thread checks it against the current view).
+        let roles: &[Role] = if opts.mesh.is_some() {
+            &[Role::User, Role::Connector, Role::Relay]
+        } else {
+            &[Role::User, Role::Connector]
+        };
+        // Initiations made before this start (minus the allowed clock
+        // skew) are refused: the replay table starts empty.
+        let responder = HopResponder::new(
+            opts.identity,
+            Trust::new(opts.ca, roles),
+            secret,
+            Instant::now(),
+        )
+        .with_freshness(Freshness::new(control::unix_nanos()));
         let mut workers = Vec::with_capacity(opts.workers);
         let mut inboxes = Vec::with_capacity(opts.workers);
         let mut local_addr = opts.listen;
@@ -306,6 +340,15 @@ impl Relay {
                 opts.mode,
                 opts.io,
             );
+            // The worker checks initiations before it queues them, with a
+            // copy of the responder's cookie checker (docs/security.md §7).
+            let admission = admission::Admission::new(responder.gate(
+                GateLimits {
+                    under_load: control::UNDER_LOAD_QUEUE,
+                    ..GateLimits::default()
+                },
+                Instant::now(),
+            ));
             let handle = std::thread::Builder::new()
                 .name(format!("relay-worker-{k}"))
                 .spawn(move || {
@@ -323,7 +366,7 @@ impl Relay {
                     match Io::start_with_link(want, socket, link, io_config) {
                         Ok(io) => {
                             let _ = ready_tx.send(Ok(io.backend()));
-                            worker::run(k, io, mode, worker_shared, rx, control)
+                            worker::run(k, io, mode, worker_shared, rx, control, admission)
                         }
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -348,39 +391,6 @@ impl Relay {
             workers.push(handle);
         }
 
-        let public_key = *opts.identity.public_key();
-        let auditor = opts.audit.enabled.then(|| {
-            let cert = &opts.identity.certificate().body;
-            audit::Auditor::new(
-                opts.audit.clone(),
-                audit::RelayName {
-                    id: cert.id,
-                    name: cert.name.clone(),
-                },
-            )
-        });
-        let mesh_identity = opts.mesh.as_ref().map(|_| opts.identity.clone());
-        let mut secret = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
-        // A standalone relay refuses relay peers: their frames skip the
-        // id-binding check, so a leaked relay certificate must not be
-        // usable on the public port (docs/security.md). In a mesh, relay
-        // peers are accepted only with a key registered in etcd (the
-        // control thread checks it against the current view).
-        let roles: &[Role] = if opts.mesh.is_some() {
-            &[Role::User, Role::Connector, Role::Relay]
-        } else {
-            &[Role::User, Role::Connector]
-        };
-        // Initiations made before this start (minus the allowed clock
-        // skew) are refused: the replay table starts empty.
-        let responder = HopResponder::new(
-            opts.identity,
-            Trust::new(opts.ca, roles),
-            secret,
-            Instant::now(),
-        )
-        .with_freshness(Freshness::new(control::unix_nanos()));
         let registry = match &opts.mesh {
             None => None,
             Some(m) => Some(start_registry(m, local_addr, &link_ports, &public_key)?),

@@ -28,6 +28,9 @@ pub struct WorkerStats {
     pub handshakes_shed: u64,
     /// Control frames dropped because the control thread's queue was full.
     pub control_shed: u64,
+    /// Hop initiations the worker's gate kept out of the control queue
+    /// (bad mac1, fair share, answered with a cookie reply).
+    pub handshakes_gated: crate::admission::GateCounts,
     /// Authenticated keepalive frames (of the datapath's local frames).
     pub keepalives: u64,
     /// Authenticated control frames (the other local frames; those not
@@ -48,6 +51,7 @@ impl WorkerStats {
             io,
             handshakes_shed,
             control_shed,
+            handshakes_gated,
             keepalives,
             control_frames,
             sessions,
@@ -57,6 +61,7 @@ impl WorkerStats {
         self.io += io;
         self.handshakes_shed += handshakes_shed;
         self.control_shed += control_shed;
+        self.handshakes_gated.add(handshakes_gated);
         self.keepalives += keepalives;
         self.control_frames += control_frames;
         self.sessions += sessions;
@@ -276,6 +281,10 @@ mod tests {
             let mut s = WorkerStats {
                 handshakes_shed: n,
                 control_shed: 2 * n,
+                handshakes_gated: crate::admission::GateCounts {
+                    fair_shed: 6 * n,
+                    ..Default::default()
+                },
                 sessions: n as usize,
                 cpu: (id != 1).then(|| Duration::from_millis(n)),
                 ..WorkerStats::default()
@@ -289,6 +298,7 @@ mod tests {
         let t = shared.totals();
         assert_eq!((t.datapath.frames, t.datapath.forwarded), (111, 333));
         assert_eq!((t.io.send_dropped, t.io.recv_errors), (444, 555));
+        assert_eq!(t.handshakes_gated.total(), 666);
         assert_eq!(
             (t.handshakes_shed, t.control_shed, t.sessions),
             (111, 222, 111)

@@ -4,8 +4,9 @@
 //! for a batch, judge every frame with `proto`'s datapath against the
 //! snapshots loaded once for that batch, and let the backend send the
 //! forwarded frames grouped by next hop. Hop handshakes the datapath
-//! accepted and authenticated control frames are copied to the control
-//! thread; those are the only
+//! accepted and the worker's gate admitted ([`crate::admission`]: mac1,
+//! under load mac2 and a fair share per source) and authenticated control
+//! frames are copied to the control thread; those are the only
 //! per-frame copies, and they are off the data path. After each batch the
 //! worker tells the control thread which sessions it saw confirmed (their
 //! first frame passed the tag), from a preallocated queue.
@@ -26,6 +27,7 @@ use proto::ids::ReceiverIndex;
 use proto::session::{Confirmations, RxSession, SessionTable, TxCounters};
 use proto::wire::{Frame, Kind, HEADER_LEN};
 
+use crate::admission::Admission;
 use crate::io::{Action, Io};
 use crate::shared::{Shared, WorkerStats};
 
@@ -109,6 +111,7 @@ pub fn run(
     shared: Arc<Shared>,
     inbox: Receiver<ToWorker>,
     control: Sender<FromWorker>,
+    mut admission: Admission,
 ) -> WorkerStats {
     let mut sessions = SessionTable::new();
     let mut tx = TxCounters::default();
@@ -169,6 +172,11 @@ pub fn run(
                 // control thread parses them and drops what answers
                 // nothing it sent.
                 Verdict::Handshake(_) => {
+                    // mac1, and under load mac2 and the source's fair
+                    // share, before anything is copied (crate::admission).
+                    if !admission.judge(frame, from, control.len(), Instant::now()) {
+                        return Action::Consume;
+                    }
                     let msg = FromWorker::Handshake {
                         worker: id,
                         from,
@@ -210,10 +218,11 @@ pub fn run(
             tracing::error!(worker = id, error = %e, "I/O failed; worker stops");
             break;
         }
+        admission.send_cookie_replies(id, &mut io);
         deliver_confirmations(id, &mut confirmations, &control);
         if last_publish.elapsed() >= PUBLISH_EVERY {
             last_publish = Instant::now();
-            shared.publish(id, stats(&counters, &io, tally, &sessions));
+            shared.publish(id, stats(&counters, &io, tally, &sessions, &admission));
             if let Some(table) = audit.as_mut() {
                 shared.hand_off_audit(id, table);
             }
@@ -223,7 +232,7 @@ pub fn run(
         shared.hand_off_audit(id, table);
     }
     let _ = io.flush();
-    let last = stats(&counters, &io, tally, &sessions);
+    let last = stats(&counters, &io, tally, &sessions, &admission);
     shared.publish(id, last.clone());
     last
 }
@@ -263,12 +272,19 @@ struct Tally {
     control_frames: u64,
 }
 
-fn stats(counters: &Counters, io: &Io, tally: Tally, sessions: &SessionTable) -> WorkerStats {
+fn stats(
+    counters: &Counters,
+    io: &Io,
+    tally: Tally,
+    sessions: &SessionTable,
+    admission: &Admission,
+) -> WorkerStats {
     WorkerStats {
         datapath: counters.clone(),
         io: *io.stats(),
         handshakes_shed: tally.handshakes,
         control_shed: tally.control,
+        handshakes_gated: admission.counts(),
         keepalives: tally.keepalives,
         control_frames: tally.control_frames,
         sessions: sessions.len(),
