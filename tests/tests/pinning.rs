@@ -1,0 +1,200 @@
+//! Who may hold a hop session, per the policy in force (issue 13, "a
+//! stolen certificate wins by id"; docs/security.md §3, §7b, §11):
+//!
+//! * a `[[connectors]]` entry's `static_key` pins the connector's key: a
+//!   reload that pins another key closes the connector's sessions; a
+//!   CA-signed certificate for the same id but another key (a stolen or
+//!   second certificate) gets no session and moves no route; the pinned
+//!   connector's rekey keeps the service's routes on its own id and key;
+//! * the hop responder consults the policy: a valid user or connector
+//!   certificate whose id the policy does not list gets no session (no
+//!   slot held), counted as `not_in_policy`; once listed, it connects.
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use proto::handshake::{CookieJar, HopInitiator, LocalIdentity, Trust};
+use proto::identity::{to_hex, CaPublicKey, Role};
+use proto::ids::ReceiverIndex;
+use proto::link::HopLink;
+use relay::control::HandshakeReject;
+use relay::io::Backend;
+use tests::{await_until, payload, receive, Rig, ALLOWED, USER};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn initiation(me: &LocalIdentity, relay: &[u8; 32], ca: CaPublicKey, index: u32) -> Vec<u8> {
+    HopInitiator::new(
+        me,
+        relay,
+        Trust::new(ca, &[Role::Relay]),
+        ReceiverIndex(index),
+        &CookieJar::new(relay),
+        Instant::now(),
+        relay::control::unix_nanos(),
+    )
+    .unwrap()
+    .1
+}
+
+fn rejected(rig: &Rig, reason: HandshakeReject) -> u64 {
+    rig.world
+        .relay
+        .shared()
+        .control_stats()
+        .handshakes_rejected
+        .get(reason)
+}
+
+/// Writes `policy` and waits until the relay runs it.
+fn reload(rig: &Rig, policy: &proto::policy::PolicyFile) {
+    let epoch = rig.world.relay.shared().control_stats().policy_epoch;
+    rig.world.write_policy(&policy.to_toml_string()).unwrap();
+    rig.world.relay.reload_policy();
+    await_until("the reload", WAIT, || {
+        rig.world.relay.shared().control_stats().policy_epoch > epoch
+    });
+}
+
+/// The static key and remote index of the session the relay routes
+/// `ALLOWED` (for `USER`) to.
+fn service_route(rig: &Rig) -> Option<ReceiverIndex> {
+    let routes = rig.world.relay.shared().routes.load();
+    let hop = routes.to_service(ALLOWED, USER)?;
+    Some(routes.hop(hop)?.remote_index())
+}
+
+/// The user sends a frame to `ALLOWED`; true if `link` at `socket` got it.
+fn reaches(rig: &mut Rig, socket: &UdpSocket, link: &mut HopLink, seed: u8) -> bool {
+    let f = rig.user_frame(ALLOWED, &payload(64, seed));
+    rig.send_from_user(&f);
+    receive(socket, link, 1, Duration::from_millis(500)).len() == 1
+}
+
+#[test]
+fn a_pinned_connector_keeps_its_service_against_a_second_certificate_for_its_id() {
+    let mut rig = Rig::start(Backend::Mmsg).unwrap();
+    let relay_key = *rig.world.relay.public_key();
+    let ca = rig.world.pki.ca();
+
+    // The operator pins a connector key: not the key of the connector up
+    // now, whose sessions end with the reload.
+    let pinned = rig.world.connector_identity().unwrap();
+    let mut policy = rig.world.policy.clone();
+    policy.connectors[0].static_key = Some(to_hex(pinned.public_key()));
+    reload(&rig, &policy);
+    assert_eq!(
+        rig.world.relay.shared().control_stats().pinned_closed,
+        1,
+        "the unpinned connector's session was not closed"
+    );
+    await_until("the old connector's route gone", WAIT, || {
+        service_route(&rig).is_none()
+    });
+
+    // The pinned connector connects and gets the service.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut link = rig.world.connect(&socket, &pinned).unwrap();
+    let first = link.local_index();
+    await_until("the pinned connector's route", WAIT, || {
+        service_route(&rig) == Some(first)
+    });
+    assert!(reaches(&mut rig, &socket, &mut link, 1));
+
+    // A CA-signed certificate for the same connector id, another key:
+    // refused before any response, counted, and it moves nothing.
+    let thief = rig.world.connector_identity().unwrap();
+    assert_eq!(thief.certificate().body.id, pinned.certificate().body.id);
+    let thief_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    thief_socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    thief_socket
+        .send_to(
+            &initiation(&thief, &relay_key, ca, 0x7e),
+            rig.world.relay_addr(),
+        )
+        .unwrap();
+    await_until("the thief's refusal", WAIT, || {
+        rejected(&rig, HandshakeReject::PinnedKey) == 1
+    });
+    let mut buf = [0u8; 2048];
+    assert!(
+        thief_socket.recv_from(&mut buf).is_err(),
+        "the relay answered a certificate whose key is not the pinned one"
+    );
+    let ok = rig.world.relay.shared().control_stats().handshakes_ok;
+    assert_eq!(service_route(&rig), Some(first));
+    assert!(reaches(&mut rig, &socket, &mut link, 2));
+
+    // The pinned connector rekeys: the routes follow it to the new session,
+    // of the same certificate id and key.
+    let mut rekeyed = rig.world.connect(&socket, &pinned).unwrap();
+    let second = rekeyed.local_index();
+    assert_ne!(first, second);
+    await_until("the rekeyed route", WAIT, || {
+        service_route(&rig) == Some(second)
+    });
+    assert_eq!(
+        rig.world.relay.shared().control_stats().handshakes_ok,
+        ok + 1
+    );
+    let routes = rig.world.relay.shared().routes.load();
+    let hop = routes.to_service(ALLOWED, USER).unwrap();
+    assert_eq!(routes.hop(hop).unwrap().remote_index(), second);
+    drop(routes);
+    assert!(reaches(&mut rig, &socket, &mut rekeyed, 3));
+}
+
+#[test]
+fn identities_the_policy_does_not_list_get_no_session_until_listed() {
+    let rig = Rig::start(Backend::Mmsg).unwrap();
+    let relay_key = *rig.world.relay.public_key();
+    let ca = rig.world.pki.ca();
+    let sessions = || rig.world.relay.shared().control_stats().handshakes_ok;
+    let before = sessions();
+
+    // Valid certificates, ids the policy does not list.
+    let stranger = rig.world.user_identity(50).unwrap();
+    let other_connector = rig
+        .world
+        .pki
+        .node(77, "connector77", Role::Connector, &[])
+        .unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    for (n, me) in [&stranger, &other_connector].into_iter().enumerate() {
+        socket
+            .send_to(
+                &initiation(me, &relay_key, ca, 0x100 + n as u32),
+                rig.world.relay_addr(),
+            )
+            .unwrap();
+    }
+    await_until("two refusals", WAIT, || {
+        rejected(&rig, HandshakeReject::NotInPolicy) == 2
+    });
+    let mut buf = [0u8; 2048];
+    assert!(
+        socket.recv_from(&mut buf).is_err(),
+        "a stranger got an answer"
+    );
+    assert_eq!(sessions(), before, "a stranger holds a session");
+
+    // Listed now: the same certificate connects.
+    let mut policy = rig.world.policy.clone();
+    policy.users.push(proto::policy::User {
+        id: proto::ids::UserId(50),
+        name: "user50".into(),
+        groups: vec!["everyone".into()],
+    });
+    reload(&rig, &policy);
+    rig.world.connect(&socket, &stranger).unwrap();
+    assert_eq!(sessions(), before + 1);
+    assert_eq!(rejected(&rig, HandshakeReject::NotInPolicy), 2);
+}
