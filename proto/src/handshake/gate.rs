@@ -27,16 +27,19 @@
 //!    instead of behind the queue.
 //! 3. **Fair share per source** (mac2 valid, so the source address is
 //!    proven): sources are keyed by IPv4 address or IPv6 /64, as the rate
-//!    limiter keys them ([`super::rate_limiter`]), and counted per window
-//!    ([`GateLimits::window`]). While the queue is below
-//!    [`GateLimits::fair_depth`] every proven initiation is admitted.
-//!    Above it a source is admitted only while its count in the window
-//!    is below its fair share, `max(1, share_budget / active sources)`:
-//!    the heaviest sources are shed first ([`GateDrop::Shed`]), and a
-//!    source that sends one initiation per retransmit interval is always
-//!    below its share. Everything admitted is then subject to the control
-//!    thread's own checks (mac1 and mac2 again, the per-source token
-//!    bucket, Noise, the certificate).
+//!    limiter keys them ([`super::rate_limiter`]). A source's *weight* is
+//!    the number of proven initiations it sent in the current and the
+//!    previous window ([`GateLimits::window`]), admitted or not. While the
+//!    queue is below [`GateLimits::fair_depth`] every proven initiation is
+//!    admitted. Above it a source is admitted only while its weight is
+//!    within its fair share, `max(2, share_budget / active sources)`: the
+//!    heaviest sources are shed first ([`GateDrop::Shed`]), and an
+//!    initiator that sends one initiation per retransmit interval (a
+//!    weight of one or two) always gets in. A flood of heavy sources thus
+//!    keeps the queue near `fair_depth`, and a light initiation waits
+//!    behind at most that many frames. Everything admitted is then subject
+//!    to the control thread's own checks (mac1 and mac2 again, the
+//!    per-source token bucket, Noise, the certificate).
 //!
 //! # Trade-offs
 //!
@@ -48,9 +51,10 @@
 //!   [`SOURCE_SLOTS`] proven sources in one window) is treated as heavy:
 //!   admitted below `fair_depth` only.
 //! * **The queue stays one FIFO.** Admission, not reordering: a light
-//!   source waits behind at most `fair_depth` frames plus one per active
-//!   source (each source's share of a fresh window), which the control
-//!   thread works through in a fraction of a second.
+//!   source waits behind about `fair_depth` frames, which the control
+//!   thread works through in a fraction of a second (docs/security.md §7
+//!   has the figures). Weights span two windows, so a window's start
+//!   lets no burst of heavy sources in.
 //! * **Many users behind one address** (a NAT) share one source's share
 //!   under load; below `fair_depth` nothing changes for them.
 //! * **Cookie replies to unproven sources** cost one AES-GCM seal and go
@@ -75,20 +79,24 @@ const _: () = assert!(SOURCE_SLOTS.is_power_of_two());
 /// are taken with a probability near 0.25^16).
 pub const PROBES: usize = 16;
 
+/// The least fair share of a source: an initiation and its retransmit.
+pub const MIN_SHARE: u32 = 2;
+
 /// Where a gate's thresholds lie, in frames waiting in the control queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GateLimits {
     /// Above this depth the relay is under load: mac2 is required (the
     /// control thread's threshold, `UNDER_LOAD_QUEUE` in the relay).
     pub under_load: usize,
-    /// Above this depth a source is admitted only below its fair share.
+    /// Above this depth a source is admitted only within its fair share.
     pub fair_depth: usize,
-    /// Initiations per window shared out among the active sources once
-    /// the queue is above `fair_depth` (each gets at least one).
+    /// Weight shared out among the sources active in the window once the
+    /// queue is above `fair_depth` (each gets at least two).
     pub share_budget: u32,
-    /// The window sources are counted in. A legitimate initiator
-    /// retransmits once per second, so a window of a second or less sees
-    /// at most one or two of its initiations.
+    /// The window sources are counted in (a weight spans this one and
+    /// the previous one). A legitimate initiator retransmits once per
+    /// second, so two windows of a second see two or three of its
+    /// initiations at most.
     pub window: Duration,
 }
 
@@ -96,7 +104,7 @@ impl Default for GateLimits {
     fn default() -> GateLimits {
         GateLimits {
             under_load: 64,
-            fair_depth: 256,
+            fair_depth: 96,
             share_budget: 1024,
             window: Duration::from_secs(1),
         }
@@ -193,15 +201,14 @@ impl HandshakeGate {
             return Gate::CookieReply(self.cookies.reply(init.sender, init.mac1, source, now, rng));
         }
         let window = self.window(now);
-        let heavy = |count: u32, active: u32, limits: &GateLimits| {
-            depth >= limits.fair_depth && count >= (limits.share_budget / active.max(1)).max(1)
-        };
-        match self.sources.entry(source_key(source.ip()), window) {
-            Some((count, active)) if !heavy(*count, active, &self.limits) => {
-                *count += 1;
+        let limits = self.limits;
+        match self.sources.arrive(source_key(source.ip()), window) {
+            _ if depth < limits.fair_depth => Gate::Admit,
+            Some((weight, active))
+                if weight <= (limits.share_budget / active.max(1)).max(MIN_SHARE) =>
+            {
                 Gate::Admit
             }
-            None if depth < self.limits.fair_depth => Gate::Admit,
             _ => Gate::Drop(GateDrop::Shed),
         }
     }
@@ -228,19 +235,26 @@ fn source_key(ip: IpAddr) -> u128 {
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
     key: u128,
-    /// The window the count belongs to (0: never used).
+    /// The window `current` counts in (0: never used).
     window: u32,
-    count: u32,
+    /// Proven initiations in `window`.
+    current: u32,
+    /// Proven initiations in the window before `window`.
+    previous: u32,
 }
 
-/// Admissions per source in the current window: fixed size, open
-/// addressing with a random hash key.
+/// Proven initiations per source in the current and previous window:
+/// fixed size, open addressing with a random hash key.
 struct SourceTable {
     slots: Box<[Slot]>,
     hasher: std::collections::hash_map::RandomState,
     start: Instant,
     window: u32,
     active: u32,
+    /// Sources active in the previous window: the share is computed
+    /// with the larger of the two, so a new window's first arrivals do
+    /// not see a near-empty table and a share of the whole budget.
+    previous_active: u32,
 }
 
 impl SourceTable {
@@ -251,13 +265,23 @@ impl SourceTable {
             start,
             window: 0,
             active: 0,
+            previous_active: 0,
         }
     }
 
-    /// The count of `key` in `window` and the number of active sources in
-    /// it (this one included); `None` when no slot is free in its probes.
-    fn entry(&mut self, key: u128, window: u32) -> Option<(&mut u32, u32)> {
+    /// Counts an initiation of `key` in `window`; returns the source's
+    /// weight (this window's initiations and the previous window's) and
+    /// the number of sources active (in this window or the previous one,
+    /// whichever saw more). `None` when the
+    /// source has no slot and none is free in its probes. A slot whose
+    /// counts are older than the previous window is free.
+    fn arrive(&mut self, key: u128, window: u32) -> Option<(u32, u32)> {
         if window != self.window {
+            self.previous_active = if self.window + 1 == window {
+                self.active
+            } else {
+                0
+            };
             self.window = window;
             self.active = 0;
         }
@@ -265,26 +289,45 @@ impl SourceTable {
         // An odd stride visits distinct slots of the power-of-two table.
         let (start, stride) = (h as usize, (h >> 32) as usize | 1);
         let mut free = None;
+        let mut found = None;
         for p in 0..PROBES {
             let i = start.wrapping_add(p.wrapping_mul(stride)) % SOURCE_SLOTS;
             let s = &self.slots[i];
-            if s.window == window && s.key == key {
-                let active = self.active;
-                return Some((&mut self.slots[i].count, active));
+            let live = s.window != 0 && s.window.saturating_add(1) >= window;
+            if live && s.key == key {
+                found = Some(i);
+                break;
             }
-            if s.window != window && free.is_none() {
+            if !live && free.is_none() {
                 free = Some(i);
             }
         }
-        let i = free?;
-        self.active += 1;
-        self.slots[i] = Slot {
-            key,
-            window,
-            count: 0,
+        let i = match found {
+            Some(i) => i,
+            None => {
+                let i = free?;
+                self.slots[i] = Slot {
+                    key,
+                    window,
+                    current: 0,
+                    previous: 0,
+                };
+                i
+            }
         };
-        let active = self.active;
-        Some((&mut self.slots[i].count, active))
+        let s = &mut self.slots[i];
+        if s.window != window {
+            // The previous window's counts move back one window.
+            s.previous = if s.window + 1 == window { s.current } else { 0 };
+            s.current = 0;
+            s.window = window;
+        }
+        if s.current == 0 {
+            self.active += 1;
+        }
+        s.current = s.current.saturating_add(1);
+        let active = self.active.max(self.previous_active);
+        Some((s.current.saturating_add(s.previous), active))
     }
 }
 
@@ -387,39 +430,46 @@ mod tests {
     fn heavy_sources_are_shed_first_and_a_light_one_gets_in() {
         let mut b = bed();
         let limits = b.gate.limits();
-        let deep = limits.fair_depth + 1;
-        // 1000 bots, each sending 40 in one window, at a deep queue.
+        let deep = limits.fair_depth;
+        // 1000 bots, 40 initiations each per window, at a deep queue.
         let bots: Vec<(SocketAddr, Vec<u8>)> =
             (0..1000).map(|i| (addr(i), b.proven(addr(i)))).collect();
-        let mut admitted = 0;
-        for _ in 0..40 {
-            for (a, f) in &bots {
-                if b.check(f, *a, deep) == Gate::Admit {
-                    admitted += 1;
-                }
-            }
-        }
-        // Each bot got its share (the budget over 1000 sources: 1).
-        assert_eq!(admitted, 1000, "bots admitted");
-        // A source that sent nothing yet is admitted, once per share.
         let legit = addr(5000);
         let f = b.proven(legit);
-        assert_eq!(b.check(&f, legit, deep), Gate::Admit);
-        assert_eq!(b.check(&f, legit, deep), Gate::Drop(GateDrop::Shed));
-        // Below the fair depth everyone proven is admitted.
-        assert_eq!(
-            b.check(&bots[0].1, bots[0].0, limits.fair_depth - 1),
-            Gate::Admit
-        );
-        // A new window gives every source its share again.
-        b.now += limits.window;
-        assert_eq!(b.check(&f, legit, deep), Gate::Admit);
+        for window in 0..3 {
+            let mut admitted = 0;
+            for round in 0..40 {
+                for (a, bot) in &bots {
+                    if b.check(bot, *a, deep) == Gate::Admit {
+                        admitted += 1;
+                    }
+                }
+                // The legitimate initiator: one initiation per window,
+                // amid the flood, always admitted.
+                if round == 20 {
+                    assert_eq!(b.check(&f, legit, deep), Gate::Admit, "window {window}");
+                }
+            }
+            // Each bot got in while its weight was within the least share
+            // (2): twice in the first window, never after (its weight
+            // carries over from the window before).
+            let expected = if window == 0 { 2000 } else { 0 };
+            assert_eq!(admitted, expected, "bots admitted in window {window}");
+            b.now += limits.window;
+        }
+        // Below the fair depth every proven initiation is admitted.
+        assert_eq!(b.check(&bots[0].1, bots[0].0, deep - 1), Gate::Admit);
+        // A source silent for two windows is light again.
+        b.now += 2 * limits.window;
+        for _ in 0..MIN_SHARE {
+            assert_eq!(b.check(&bots[0].1, bots[0].0, deep), Gate::Admit);
+        }
     }
 
     #[test]
     fn few_sources_share_the_budget() {
         let mut b = bed();
-        let deep = b.gate.limits().fair_depth + 1;
+        let deep = b.gate.limits().fair_depth;
         let (a, c) = (addr(1), addr(2));
         let (fa, fc) = (b.proven(a), b.proven(c));
         assert_eq!(b.check(&fc, c, deep), Gate::Admit);
@@ -450,14 +500,31 @@ mod tests {
         let mut t = SourceTable::new(Instant::now());
         let mut none = 0;
         for k in 0..(SOURCE_SLOTS as u128 * 2) {
-            if t.entry(k, 1).is_none() {
+            if t.arrive(k, 1).is_none() {
                 none += 1;
             }
         }
         assert!(none >= SOURCE_SLOTS, "{none}");
         assert_eq!(t.active as usize, 2 * SOURCE_SLOTS - none);
-        // The next window frees every slot.
-        assert!(t.entry(1, 2).is_some());
+        // Two windows later every slot is free again.
+        assert!(t.arrive(SOURCE_SLOTS as u128 * 3, 2).is_none());
+        assert_eq!(t.arrive(SOURCE_SLOTS as u128 * 3, 3).map(|w| w.0), Some(1));
+    }
+
+    #[test]
+    fn weights_span_the_current_and_the_previous_window() {
+        let mut t = SourceTable::new(Instant::now());
+        for n in 1..=3 {
+            assert_eq!(t.arrive(7, 1), Some((n, 1)));
+        }
+        assert_eq!(t.arrive(7, 2), Some((4, 1)), "3 before, 1 now");
+        assert_eq!(t.arrive(8, 2), Some((1, 2)));
+        assert_eq!(
+            t.arrive(7, 3),
+            Some((2, 2)),
+            "1 before, 1 now; 2 active before"
+        );
+        assert_eq!(t.arrive(7, 5), Some((1, 1)), "a gap forgets");
     }
 
     #[test]
@@ -465,7 +532,7 @@ mod tests {
         for _ in 0..20 {
             let mut t = SourceTable::new(Instant::now());
             for k in 0..1000u128 {
-                assert!(t.entry(k, 1).is_some(), "source {k}");
+                assert!(t.arrive(k, 1).is_some(), "source {k}");
             }
         }
     }

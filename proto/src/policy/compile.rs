@@ -637,6 +637,9 @@ mod tests {
     #[test]
     fn peers_must_be_listed_and_connectors_hold_their_pinned_key() {
         let mut file = example();
+        // The example pins its first connector; start unpinned.
+        assert!(file.connectors[0].static_key.is_some());
+        file.connectors[0].static_key = None;
         let key = [7u8; 32];
         let c = file.connectors[0].id;
         let user = file.users[0].id.0;
