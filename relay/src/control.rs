@@ -78,6 +78,10 @@ use crate::worker::{FromWorker, ToWorker};
 /// Handshakes waiting in the queue above which the relay counts itself
 /// under load and asks initiators for a cookie round trip first.
 pub const UNDER_LOAD_QUEUE: usize = 64;
+/// How long the control thread works through its queue before it
+/// publishes routes and counters and looks at the policy, expiry and the
+/// mesh again (a flood keeps the queue from ever emptying).
+pub const DRAIN_FOR: Duration = Duration::from_millis(20);
 /// How often the policy file is checked for a change (a `stat`, and a
 /// hash of its content while it was modified recently; see
 /// [`crate::policy_source`]): the bound on revocation latency.
@@ -328,8 +332,15 @@ impl Control {
                 Ok(msg) => {
                     self.handle(msg);
                     // Drain what else is queued before publishing routes,
-                    // so a burst of handshakes costs one snapshot.
-                    while let Ok(msg) = self.inbox.try_recv() {
+                    // so a burst of handshakes costs one snapshot; but for
+                    // [`DRAIN_FOR`] at most: under a handshake flood the
+                    // queue never empties, and routes, policy reloads,
+                    // expiry and the published counters must go on.
+                    let started = Instant::now();
+                    while started.elapsed() < DRAIN_FOR {
+                        let Ok(msg) = self.inbox.try_recv() else {
+                            break;
+                        };
                         self.handle(msg);
                     }
                 }
