@@ -168,6 +168,7 @@ fn a_reload_rebuilds_which_connector_serves_what() {
     moved.connectors.push(proto::policy::Connector {
         id: 2,
         name: "connector2".into(),
+        static_key: None,
     });
     let service = moved.services.iter_mut().find(|s| s.id == ALLOWED).unwrap();
     service.connectors = vec!["connector2".into()];
