@@ -132,6 +132,7 @@ fn to_file(p: &GenPolicy) -> PolicyFile {
         connectors: vec![Connector {
             id: 1,
             name: "connector".into(),
+            static_key: None,
         }],
         services: p
             .service_ids
