@@ -226,6 +226,7 @@ pub fn relay_io_config() -> relay::io::IoConfig {
         buffer_size: 65_536,
         gro: true,
         gso: true,
+        ..relay::io::IoConfig::default()
     }
 }
 

@@ -30,7 +30,21 @@ pub(crate) struct Group {
 }
 
 impl Group {
+    /// A placeholder (no bytes, unspecified destination).
+    pub(crate) const EMPTY: Group = Group {
+        dst: SocketAddr::V4(std::net::SocketAddrV4::new(
+            std::net::Ipv4Addr::UNSPECIFIED,
+            0,
+        )),
+        buf: 0,
+        addr: 0,
+        len: 0,
+        segment: 0,
+        count: 0,
+    };
+
     /// Whether the kernel must split it (`UDP_SEGMENT` cmsg needed).
+    #[cfg(test)]
     pub(crate) fn is_gso(&self) -> bool {
         self.count > 1
     }

@@ -1,10 +1,11 @@
 //! The `mmsg` backend: `recvmmsg` into a few large buffers with `UDP_GRO`,
-//! `sendmmsg` with one message per forward group (`UDP_SEGMENT`).
+//! `sendmmsg` with one message per gathered send (`UDP_SEGMENT`, an iovec
+//! per stretch).
 //!
 //! For hosts where io_uring is blocked. Each `recvmmsg` fills up to
 //! `buffers` buffers, each with one datagram or one coalesced run; the
-//! groups built from them are sent before the buffers are received into
-//! again, so every buffer is free at the next call.
+//! sends gathered from all of them are made before the buffers are
+//! received into again, so every buffer is free at the next call.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
@@ -77,8 +78,9 @@ impl MmsgIo {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
         };
-        // Groups per receive: at most one per datagram.
-        let max_groups = if cfg.gro { n * MAX_GSO_SEGMENTS } else { n };
+        // Datagrams per receive (so sends and stretches, at most one each
+        // per datagram).
+        let max_datagrams = if cfg.gro { n * MAX_GSO_SEGMENTS } else { n };
         Ok(Self {
             fd: socket.as_raw_fd(),
             socket,
@@ -91,7 +93,12 @@ impl MmsgIo {
             iovs: vec![zero_iov; n].into_boxed_slice(),
             names: vec![RawAddr::new(); n].into_boxed_slice(),
             cmsgs: vec![CmsgBuf::new(); n].into_boxed_slice(),
-            outbound: Outbound::new(max_groups, max_groups.min(1024), cfg.gso)?,
+            outbound: Outbound::new(
+                max_datagrams,
+                max_datagrams.min(1024),
+                cfg.gso,
+                cfg.grouping,
+            )?,
             stats: IoStats::default(),
         })
     }
@@ -195,19 +202,19 @@ impl MmsgIo {
             for i in 0..n {
                 self.dispatch(i, handle, ps);
             }
-            // SAFETY: groups point into buffers received above; no slice of
-            // them is alive and they are not received into until this
+            // SAFETY: the sends point into buffers received above; no slice
+            // of them is alive and they are not received into until this
             // synchronous send returns.
             let out = unsafe {
                 self.outbound.tx.send(
                     self.fd,
-                    self.outbound.grouper.groups(),
-                    self.outbound.grouper.gso_enabled(),
+                    &self.outbound.gather,
+                    self.outbound.gather.gso_enabled(),
                     Backpressure::FORWARD,
                     &mut self.stats,
                 )
             };
-            self.outbound.grouper.clear();
+            self.outbound.gather.clear();
             self.outbound.account(ps, out);
             if ps.received >= self.batch {
                 return Ok(());
@@ -265,8 +272,8 @@ impl MmsgIo {
         };
         let segment = cmsg::gro_segment_size(&self.cmsgs[i].0[..controllen]);
         // SAFETY: the kernel finished writing buffer `i` when recvmmsg
-        // returned; it is not received into again before the groups made
-        // from it are sent, and this is the only slice of it.
+        // returned; it is not received into again before the sends made
+        // from it are done, and this is the only slice of it.
         let run = unsafe { self.mem.slice_mut(i * self.stride, len) };
         dispatch_run(
             run,
@@ -274,7 +281,7 @@ impl MmsgIo {
             src,
             segment,
             handle,
-            &mut self.outbound.grouper,
+            &mut self.outbound.gather,
             ps,
         );
     }

@@ -5,8 +5,9 @@
 //! backend. [`Io::poll`] receives a batch, hands every datagram (each
 //! `UDP_GRO` segment separately) to a callback that may rewrite it in place
 //! and answers with an [`Action`], then sends the forwarded datagrams straight
-//! from the buffers they arrived in, one send per run of equal-size datagrams
-//! to the same destination (`UDP_SEGMENT`).
+//! from the buffers they arrived in, gathered per destination across the
+//! batch: one `UDP_SEGMENT` send of equal-size datagrams, an iovec per
+//! stretch of them, wherever they lie (`gather`).
 //!
 //! Two backends (see DESIGN.md §3):
 //! - [`Backend::Uring`]: io_uring with a multishot `RecvMsg` into a small
@@ -25,7 +26,7 @@
 //! re-exports); `config` ([`Backend`], [`IoConfig`]), `error` ([`IoError`]),
 //! `limits` (the kernel's UDP send limits) and `dispatch` (what both
 //! backends do with a received run) are its vocabulary; `uring` and `mmsg`
-//! are the backends; `group`, `tx`, `staging` and `outbound` the send side
+//! are the backends; `gather`, `group`, `tx`, `staging` and `outbound` the send side
 //! they share; `cmsg`, `sockaddr`, `region` and `socket` the kernel-facing
 //! pieces. No module below this one imports from it: siblings use each
 //! other by their own paths.
@@ -34,6 +35,7 @@ mod cmsg;
 mod config;
 mod dispatch;
 mod error;
+mod gather;
 mod group;
 mod limits;
 mod mmsg;
@@ -50,7 +52,7 @@ mod uring;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-pub use config::{Backend, IoConfig, BUFFERS};
+pub use config::{Backend, Grouping, IoConfig, BUFFERS};
 pub use dispatch::Action;
 pub use error::IoError;
 pub use limits::{MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD};
@@ -185,9 +187,10 @@ impl Io {
     /// Waits up to `timeout` for datagrams, hands every one of them (each GRO
     /// segment separately, as exactly its bytes, with its source) to
     /// `handle` in arrival order, then sends those that got
-    /// [`Action::Forward`] from the buffer they arrived in, grouping
-    /// consecutive same-destination same-length datagrams of one receive
-    /// buffer into one `UDP_SEGMENT` send. Datagrams queued with
+    /// [`Action::Forward`] from the buffers they arrived in, gathering the
+    /// batch's equal-length datagrams for one destination, in order, into
+    /// `UDP_SEGMENT` sends (as [`IoConfig::grouping`] says). Datagrams
+    /// queued with
     /// [`Io::send_to`] go out too.
     ///
     /// Returns early once datagrams arrived; returns with nothing received

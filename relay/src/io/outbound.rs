@@ -1,31 +1,37 @@
-//! The synchronous send side both backends share: the grouper that turns
-//! forwarded datagrams into GSO groups, the `sendmmsg` sender, and the
+//! The synchronous send side both backends share: the gather that turns
+//! forwarded datagrams into GSO sends, the `sendmmsg` sender, and the
 //! staging area for `send_to` copies. Each backend owns one and hands it its
 //! socket and counters.
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
+use super::config::Grouping;
 use super::error::IoError;
-use super::group::Grouper;
+use super::gather::Gather;
 use super::staging::Staging;
 use super::stats::{IoStats, PollStats};
 use super::tx::{SyncTx, TxOutcome};
 
-/// Grouper, sender and staging of one backend.
+/// Gather, sender and staging of one backend.
 #[derive(Debug)]
 pub(crate) struct Outbound {
-    pub(crate) grouper: Grouper,
+    pub(crate) gather: Gather,
     pub(crate) tx: SyncTx,
     pub(crate) staging: Staging,
 }
 
 impl Outbound {
-    /// A send side grouping up to `max_groups` groups per poll, with a
-    /// `sendmmsg` vector of `tx_capacity`.
-    pub(crate) fn new(max_groups: usize, tx_capacity: usize, gso: bool) -> Result<Self, IoError> {
+    /// A send side gathering up to `max_datagrams` forwarded datagrams per
+    /// batch as `grouping` says, with a `sendmmsg` vector of `tx_capacity`.
+    pub(crate) fn new(
+        max_datagrams: usize,
+        tx_capacity: usize,
+        gso: bool,
+        grouping: Grouping,
+    ) -> Result<Self, IoError> {
         Ok(Outbound {
-            grouper: Grouper::new(max_groups, gso),
+            gather: Gather::new(max_datagrams, gso, grouping),
             tx: SyncTx::new(tx_capacity),
             staging: Staging::new(gso)?,
         })
@@ -37,7 +43,7 @@ impl Outbound {
         ps.send_calls += out.send_calls;
         ps.syscalls += out.syscalls;
         if out.gso_refused {
-            self.grouper.disable_gso();
+            self.gather.disable_gso();
             self.staging.disable_gso();
         }
     }

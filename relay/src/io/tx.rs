@@ -1,7 +1,9 @@
 //! Synchronous batched sending: `sendmmsg` with one message per group, each
 //! with a `UDP_SEGMENT` control message when it carries several datagrams.
+//! A message is a contiguous [`Group`] (one iovec) or a gathered [`Send`]
+//! (an iovec per stretch): both are [`Messages`].
 //!
-//! The `mmsg` backend sends forwarded groups this way; both backends send
+//! The `mmsg` backend sends forwarded (gathered) datagrams this way; both backends send
 //! `send_to` queues this way, and [`super::train`] sends trains this way,
 //! since those borrow or reuse memory the caller gets back as soon as the
 //! call returns.
@@ -16,6 +18,7 @@ use std::time::Duration;
 
 use super::cmsg::CmsgBuf;
 use super::error::IoError;
+use super::gather::{Gather, Send};
 use super::group::Group;
 use super::limits::{MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD};
 use super::sockaddr::RawAddr;
@@ -70,6 +73,130 @@ pub(crate) struct TxOutcome {
     pub(crate) gso_refused: bool,
 }
 
+/// What [`SyncTx::send`] sends: a list of messages, each one `sendmsg`'s
+/// worth (one destination, equal-size datagrams but the last).
+pub(crate) trait Messages {
+    /// Messages in the list.
+    fn len(&self) -> usize;
+    /// Message `i` (`i < len()`).
+    fn message(&self, i: usize) -> Message;
+    /// Writes message `i`'s iovecs into `out` (room for
+    /// `message(i).pieces`).
+    fn iovecs(&self, i: usize, out: &mut [libc::iovec]);
+    /// Calls `emit` with message `i` as contiguous groups, each of whole
+    /// datagrams, in order: what resending it without GSO starts from.
+    fn pieces(&self, i: usize, emit: impl FnMut(Group));
+}
+
+/// The shape of one message.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Message {
+    pub(crate) dst: SocketAddr,
+    pub(crate) segment: usize,
+    pub(crate) count: usize,
+    pub(crate) len: usize,
+    /// iovecs.
+    pub(crate) pieces: usize,
+}
+
+impl Message {
+    fn is_gso(&self) -> bool {
+        self.count > 1
+    }
+}
+
+impl Messages for [Group] {
+    fn len(&self) -> usize {
+        <[Group]>::len(self)
+    }
+
+    fn message(&self, i: usize) -> Message {
+        let g = &self[i];
+        Message {
+            dst: g.dst,
+            segment: g.segment,
+            count: g.count,
+            len: g.len,
+            pieces: 1,
+        }
+    }
+
+    fn iovecs(&self, i: usize, out: &mut [libc::iovec]) {
+        out[0] = iovec(self[i].addr, self[i].len);
+    }
+
+    fn pieces(&self, i: usize, mut emit: impl FnMut(Group)) {
+        emit(self[i]);
+    }
+}
+
+impl Messages for Gather {
+    fn len(&self) -> usize {
+        self.sends().len()
+    }
+
+    fn message(&self, i: usize) -> Message {
+        let s = &self.sends()[i];
+        Message {
+            dst: s.dst,
+            segment: s.segment,
+            count: s.count,
+            len: s.len,
+            pieces: s.stretches,
+        }
+    }
+
+    fn iovecs(&self, i: usize, out: &mut [libc::iovec]) {
+        for (slot, t) in out.iter_mut().zip(self.stretches(&self.sends()[i])) {
+            *slot = iovec(t.addr, t.len);
+        }
+    }
+
+    fn pieces(&self, i: usize, mut emit: impl FnMut(Group)) {
+        let s: &Send = &self.sends()[i];
+        for t in self.stretches(s) {
+            emit(Group {
+                dst: s.dst,
+                buf: t.buf,
+                addr: t.addr,
+                len: t.len,
+                segment: s.segment,
+                count: t.len.div_ceil(s.segment.max(1)),
+            });
+        }
+    }
+}
+
+/// Message `.1` of `.0` alone.
+#[derive(Debug)]
+pub(crate) struct One<'a, M: ?Sized>(pub(crate) &'a M, pub(crate) usize);
+
+impl<M: Messages + ?Sized> Messages for One<'_, M> {
+    fn len(&self) -> usize {
+        usize::from(self.1 < self.0.len())
+    }
+
+    fn message(&self, _: usize) -> Message {
+        self.0.message(self.1)
+    }
+
+    fn iovecs(&self, _: usize, out: &mut [libc::iovec]) {
+        self.0.iovecs(self.1, out);
+    }
+
+    fn pieces(&self, _: usize, emit: impl FnMut(Group)) {
+        self.0.pieces(self.1, emit);
+    }
+}
+
+/// An iovec for `len` bytes at `addr`.
+pub(crate) fn iovec(addr: usize, len: usize) -> libc::iovec {
+    libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: len,
+    }
+}
+
 /// Preallocated `sendmmsg` vectors.
 pub(crate) struct SyncTx {
     /// Groups of the train `send_train` is sending (reused).
@@ -90,9 +217,12 @@ impl std::fmt::Debug for SyncTx {
 
 impl SyncTx {
     /// Room for `capacity` messages per `sendmmsg` (at least 1, at most
-    /// `UIO_MAXIOV`).
+    /// `UIO_MAXIOV`), and for four iovecs per message (a gathered message
+    /// takes one per stretch: a `sendmmsg` carries fewer messages when they
+    /// take more).
     pub(crate) fn new(capacity: usize) -> Self {
         let cap = capacity.clamp(1, 1024);
+        let iov_cap = (cap * 4).max(MAX_GSO_SEGMENTS);
         // SAFETY: mmsghdr and iovec are plain C structs for which all-zero
         // (null pointers, zero lengths) is a valid value.
         let zero_hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
@@ -103,25 +233,25 @@ impl SyncTx {
         Self {
             scratch: Vec::with_capacity(64),
             hdrs: vec![zero_hdr; cap].into_boxed_slice(),
-            iovs: vec![zero_iov; cap].into_boxed_slice(),
+            iovs: vec![zero_iov; iov_cap].into_boxed_slice(),
             names: vec![RawAddr::new(); cap].into_boxed_slice(),
             cmsgs: vec![CmsgBuf::new(); cap].into_boxed_slice(),
         }
     }
 
-    /// Sends every group, in order, counting what was sent and what failed
-    /// into `stats`. Failures drop the group (counted); they are not
-    /// returned.
+    /// Sends every message, in order, counting what was sent and what
+    /// failed into `stats`. Failures drop the message (counted); they are
+    /// not returned.
     ///
     /// # Safety
     ///
-    /// For every group, `addr .. addr + len` must be initialised memory that
-    /// stays valid and unwritten for the duration of the call, and `fd` must
-    /// be an open UDP socket.
-    pub(crate) unsafe fn send(
+    /// For every message, the memory its iovecs name must be initialised
+    /// and stay valid and unwritten for the duration of the call, and `fd`
+    /// must be an open UDP socket.
+    pub(crate) unsafe fn send<M: Messages + ?Sized>(
         &mut self,
         fd: RawFd,
-        groups: &[Group],
+        msgs: &M,
         gso: bool,
         policy: Backpressure,
         stats: &mut IoStats,
@@ -130,22 +260,24 @@ impl SyncTx {
         let mut gso = gso;
         let mut i = 0;
         let mut waits = 0;
-        while i < groups.len() {
-            if !gso && groups[i].is_gso() {
-                // GSO is off (refused earlier): resend this group datagram by
-                // datagram. A group never holds more than MAX_GSO_SEGMENTS.
-                let g = groups[i];
-                let mut parts = [g; MAX_GSO_SEGMENTS];
+        while i < msgs.len() {
+            if !gso && msgs.message(i).is_gso() {
+                // GSO is off (refused earlier): resend this message datagram
+                // by datagram. A message never holds more than
+                // MAX_GSO_SEGMENTS.
+                let mut parts = [Group::EMPTY; MAX_GSO_SEGMENTS];
                 let mut n = 0;
-                split_for_no_gso(&g, |p| {
-                    if n < parts.len() {
-                        parts[n] = p;
-                        n += 1;
-                    }
+                msgs.pieces(i, |piece| {
+                    split_for_no_gso(&piece, |p| {
+                        if n < parts.len() {
+                            parts[n] = p;
+                            n += 1;
+                        }
+                    });
                 });
-                // SAFETY: the parts cover the same memory as `g`, valid per
-                // this function's contract; none is a GSO group, so this
-                // recursion is one level deep.
+                // SAFETY: the parts cover the same memory as message `i`,
+                // valid per this function's contract; none is a GSO group,
+                // so this recursion is one level deep.
                 let sub = unsafe { self.send(fd, &parts[..n], false, policy, stats) };
                 out.send_calls += sub.send_calls;
                 out.datagrams += sub.datagrams;
@@ -154,34 +286,48 @@ impl SyncTx {
                 i += 1;
                 continue;
             }
-            let mut end = groups.len().min(i + self.hdrs.len());
-            if !gso {
-                end = i + groups[i..end].iter().take_while(|g| !g.is_gso()).count();
-            }
-            let chunk = &groups[i..end];
-            for (k, g) in chunk.iter().enumerate() {
-                self.fill(k, g);
-            }
-            // SAFETY: the first `chunk.len()` headers point at iovecs, names
-            // and control buffers owned by `self` (not moved or touched during
-            // the call) and at group memory valid per this function's contract.
-            let n = unsafe {
-                libc::sendmmsg(fd, self.hdrs.as_mut_ptr(), chunk.len() as libc::c_uint, 0)
-            };
-            out.syscalls += 1;
-            if n > 0 {
-                for g in &chunk[..n as usize] {
-                    out.send_calls += 1;
-                    out.datagrams += g.count;
-                    stats.datagrams_out += g.count as u64;
-                    stats.bytes_out += g.len as u64;
+            // As many messages as the headers and iovecs hold (at least one:
+            // a message has at most MAX_GSO_SEGMENTS iovecs).
+            let mut n = 0;
+            let mut iov_at = 0;
+            while i + n < msgs.len() && n < self.hdrs.len() {
+                let m = msgs.message(i + n);
+                if (!gso && m.is_gso()) || iov_at + m.pieces > self.iovs.len() {
+                    break;
                 }
-                i += n as usize;
+                self.fill(n, &m);
+                msgs.iovecs(i + n, &mut self.iovs[iov_at..iov_at + m.pieces]);
+                iov_at += m.pieces;
+                n += 1;
+            }
+            // Point the headers at their iovecs only now: `iovs` is not
+            // touched again until the call.
+            let mut at = 0;
+            for k in 0..n {
+                let pieces = msgs.message(i + k).pieces;
+                self.hdrs[k].msg_hdr.msg_iov = self.iovs[at..].as_mut_ptr();
+                at += pieces;
+            }
+            // SAFETY: the first `n` headers point at iovecs, names and
+            // control buffers owned by `self` (not moved or touched during
+            // the call) and at message memory valid per this function's
+            // contract.
+            let sent = unsafe { libc::sendmmsg(fd, self.hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
+            out.syscalls += 1;
+            if sent > 0 {
+                for k in i..i + sent as usize {
+                    let m = msgs.message(k);
+                    out.send_calls += 1;
+                    out.datagrams += m.count;
+                    stats.datagrams_out += m.count as u64;
+                    stats.bytes_out += m.len as u64;
+                }
+                i += sent as usize;
                 waits = 0;
                 continue;
             }
             let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-            let g = &chunk[0];
+            let m = msgs.message(i);
             match errno {
                 libc::EINTR => continue,
                 libc::EAGAIN if waits < policy.attempts => {
@@ -191,7 +337,7 @@ impl SyncTx {
                     continue;
                 }
                 libc::EAGAIN if policy.stop_when_full => break,
-                libc::EIO | libc::EINVAL if g.is_gso() => {
+                libc::EIO | libc::EINVAL if m.is_gso() => {
                     stats.send_errors.count(errno);
                     stats.gso_fallbacks += 1;
                     tracing::warn!(
@@ -200,12 +346,12 @@ impl SyncTx {
                     );
                     gso = false;
                     out.gso_refused = true;
-                    // The next turn resends this group datagram by datagram.
+                    // The next turn resends this message datagram by datagram.
                 }
                 _ => {
                     stats.send_errors.count(errno);
-                    stats.send_dropped += g.count as u64;
-                    out.dropped += g.count;
+                    stats.send_dropped += m.count as u64;
+                    out.dropped += m.count;
                     i += 1;
                     waits = 0;
                 }
@@ -235,27 +381,24 @@ impl SyncTx {
         train_groups(dst, buf, segment, gso, |g| scratch.push(g));
         // SAFETY: every group points into `buf`, borrowed (so unwritten) for
         // the whole call.
-        let out = unsafe { self.send(fd, &scratch, gso, policy, stats) };
+        let out = unsafe { self.send(fd, &scratch[..], gso, policy, stats) };
         self.scratch = scratch;
         Ok(out)
     }
 
-    /// Fills message `k` for group `g`, with a `UDP_SEGMENT` control
-    /// message when it carries several datagrams.
-    fn fill(&mut self, k: usize, g: &Group) {
-        let namelen = self.names[k].encode(g.dst);
-        self.iovs[k] = libc::iovec {
-            iov_base: g.addr as *mut libc::c_void,
-            iov_len: g.len,
-        };
+    /// Fills header `k` for message `m` (its iovecs are pointed at by the
+    /// caller once all are written), with a `UDP_SEGMENT` control message
+    /// when it carries several datagrams.
+    fn fill(&mut self, k: usize, m: &Message) {
+        let namelen = self.names[k].encode(m.dst);
         let hdr = &mut self.hdrs[k].msg_hdr;
         hdr.msg_name = self.names[k].as_mut_ptr();
         hdr.msg_namelen = namelen;
-        hdr.msg_iov = &mut self.iovs[k];
-        hdr.msg_iovlen = 1;
+        hdr.msg_iov = std::ptr::null_mut();
+        hdr.msg_iovlen = m.pieces as _;
         hdr.msg_flags = 0;
-        if g.is_gso() {
-            let len = self.cmsgs[k].encode_segment(g.segment as u16);
+        if m.is_gso() {
+            let len = self.cmsgs[k].encode_segment(m.segment as u16);
             hdr.msg_control = self.cmsgs[k].0.as_mut_ptr().cast();
             hdr.msg_controllen = len as _;
         } else {

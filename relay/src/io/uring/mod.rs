@@ -42,7 +42,7 @@ use super::limits::MAX_GSO_SEGMENTS;
 use super::outbound::Outbound;
 use super::sockaddr;
 use super::stats::{IoStats, PollStats};
-use super::tx::Backpressure;
+use super::tx::{Backpressure, One};
 
 /// Why a ring could not be built: the error, and the socket back so the
 /// caller can fall back to another backend.
@@ -132,7 +132,7 @@ impl UringIo {
             sizes,
             batch: cfg.batch,
             flags,
-            outbound: Outbound::new(cfg.batch + MAX_GSO_SEGMENTS, 64, cfg.gso)?,
+            outbound: Outbound::new(cfg.batch + MAX_GSO_SEGMENTS, 64, cfg.gso, cfg.grouping)?,
             pending: None,
         };
         // SAFETY: the buffer ring moves into the `UringIo` with the ring and
@@ -349,37 +349,38 @@ impl UringIo {
             src,
             segment,
             handle,
-            &mut self.outbound.grouper,
+            &mut self.outbound.gather,
             ps,
         );
     }
 
-    /// One send completed (or failed).
+    /// One send completed (or failed): its buffers lose a reference each.
     fn on_send(&mut self, slot: u32, res: i32) {
-        let Some(g) = self.slots.complete(slot) else {
+        let Some(sent) = self.slots.complete(slot) else {
             return;
         };
+        let m = sent.message;
         if res < 0 {
             let errno = -res;
             // Counted as sent when submitted; take it back.
-            self.stats.datagrams_out -= g.count as u64;
-            self.stats.bytes_out -= g.len as u64;
+            self.stats.datagrams_out -= m.count as u64;
+            self.stats.bytes_out -= m.len as u64;
             self.stats.send_errors.count(errno);
-            if matches!(errno, libc::EIO | libc::EINVAL) && g.is_gso() {
+            if matches!(errno, libc::EIO | libc::EINVAL) && m.count > 1 {
                 self.stats.gso_fallbacks += 1;
                 tracing::warn!(
                     errno,
                     "the kernel refused a UDP GSO send; sending one datagram per call from now on"
                 );
-                self.outbound.grouper.disable_gso();
+                self.outbound.gather.disable_gso();
                 self.outbound.staging.disable_gso();
-                // SAFETY: the group's buffer still holds our reference
-                // (dropped just below), so its bytes are intact and not in
+                // SAFETY: the send's buffers still hold its references
+                // (dropped just below), so their bytes are intact and not in
                 // the ring.
                 let out = unsafe {
                     self.outbound.tx.send(
                         self.fd,
-                        &[g],
+                        &sent,
                         false,
                         Backpressure::FORWARD,
                         &mut self.stats,
@@ -388,26 +389,34 @@ impl UringIo {
                 self.stats.send_calls += out.send_calls as u64;
                 self.stats.syscalls += out.syscalls as u64;
             } else {
-                self.stats.send_dropped += g.count as u64;
+                self.stats.send_dropped += m.count as u64;
             }
         }
-        self.bufs.release(g.buf);
+        sent.release(|b| self.bufs.release(b));
     }
 
-    /// Turns this poll's groups into `SendMsg` submissions.
+    /// Turns this poll's gathered sends into `SendMsg` submissions, each
+    /// holding a reference on every buffer it points into.
     fn queue_sends(&mut self, ps: &mut PollStats) -> Result<(), IoError> {
-        for k in 0..self.outbound.grouper.groups().len() {
-            let g = self.outbound.grouper.groups()[k];
-            let Some((slot, hdr)) = self.slots.prepare(&g) else {
-                // Every slot in flight (more groups than the sizing allows
+        for k in 0..self.outbound.gather.sends().len() {
+            let (count, len) = {
+                let s = &self.outbound.gather.sends()[k];
+                (s.count, s.len)
+            };
+            let bufs = &mut self.bufs;
+            let Some((slot, hdr)) = self
+                .slots
+                .prepare(&self.outbound.gather, k, |b| bufs.hold(b))
+            else {
+                // Every slot in flight (more sends than the sizing allows
                 // for): send this one synchronously rather than wait.
-                // SAFETY: the buffer holds its handling reference until
+                // SAFETY: its buffers hold their handling references until
                 // `release_handled`, after this synchronous call.
                 let out = unsafe {
                     self.outbound.tx.send(
                         self.fd,
-                        &[g],
-                        self.outbound.grouper.gso_enabled(),
+                        &One(&self.outbound.gather, k),
+                        self.outbound.gather.gso_enabled(),
                         Backpressure::FORWARD,
                         &mut self.stats,
                     )
@@ -419,14 +428,13 @@ impl UringIo {
                 .build()
                 .user_data(Token::Send(slot).encode());
             self.push(&sqe)?;
-            self.bufs.hold(g.buf);
             ps.send_calls += 1;
             // Counted when handed over, so the counters are current when the
             // poll returns; a failed completion takes them back.
-            self.stats.datagrams_out += g.count as u64;
-            self.stats.bytes_out += g.len as u64;
+            self.stats.datagrams_out += count as u64;
+            self.stats.bytes_out += len as u64;
         }
-        self.outbound.grouper.clear();
+        self.outbound.gather.clear();
         Ok(())
     }
 
