@@ -11,6 +11,11 @@
 //! policy decision in its table and hands it over, and the control thread
 //! writes the pairs' aggregates several times inside the window (no
 //! subscriber is installed, so the lines themselves go nowhere).
+//!
+//! A second test covers gathered sends: GSO trains in which every third
+//! frame is denied, and trains the other way at the same time, so the
+//! relay's batches hold forwarded frames with gaps between them, for two
+//! destinations, gathered into multi-piece `UDP_SEGMENT` sends.
 
 use std::time::{Duration, Instant};
 
@@ -20,10 +25,13 @@ use proto::datapath::DropReason;
 use proto::ids::UserId;
 use proto::wire::{Kind, HEADER_LEN};
 use relay::audit::AuditConfig;
+use relay::io::train::TrainSender;
 use tests::{await_until, backends, payload, Rig, ALLOWED, DENIED, USER};
 
 /// Every thread's allocations count while it is open.
 static ALLOCATIONS: Window = Window::new();
+/// The window counts the whole process: one test at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc::new(|_, _| ALLOCATIONS.note());
@@ -131,6 +139,7 @@ fn pump(
 
 #[test]
 fn worker_steady_state_does_not_allocate() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for io in backends() {
         let mut rig = Rig::start_with(&WorldConfig {
             io,
@@ -202,6 +211,122 @@ fn worker_steady_state_does_not_allocate() {
                 audit().decisions - audit_before.decisions
                     >= delivered as u64 + d.dropped(DropReason::Denied)
             },
+        );
+    }
+}
+
+/// Frames per train in the gathered test, their size, and trains.
+const TRAIN: usize = 24;
+const TRAIN_FRAME: usize = 300;
+const TRAINS: usize = 1_000;
+
+/// Receives what arrived at `socket` (non-blocking); returns the count.
+fn drain(socket: &std::net::UdpSocket, rx: &mut [u8]) -> usize {
+    let mut n = 0;
+    while socket.recv_from(rx).is_ok() {
+        n += 1;
+    }
+    n
+}
+
+/// Sends `trains` rounds of one upstream train (every third frame denied)
+/// and one downstream train, keeping at most 4 rounds in flight. Returns
+/// the frames received (up, down).
+fn pump_trains(
+    rig: &mut Rig,
+    up: &mut [u8],
+    down: &mut [u8],
+    sender: &mut TrainSender,
+    trains: usize,
+    rx: &mut [u8],
+) -> (usize, usize) {
+    let up_due = (0..TRAIN).filter(|k| k % 3 != 2).count();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let relay = rig.world.relay_addr();
+    let (mut sent, mut got_up, mut got_down) = (0, 0, 0);
+    while (got_up < trains * up_due || got_down < trains * TRAIN) && Instant::now() < deadline {
+        if sent < trains && got_up + 4 * up_due >= sent * up_due {
+            for f in up.chunks_mut(TRAIN_FRAME) {
+                rig.user.retag(f);
+            }
+            for f in down.chunks_mut(TRAIN_FRAME) {
+                rig.connector.retag(f);
+            }
+            let u = sender
+                .send(&rig.user_socket, relay, up, TRAIN_FRAME)
+                .unwrap();
+            let d = sender
+                .send(&rig.connector_socket, relay, down, TRAIN_FRAME)
+                .unwrap();
+            assert_eq!((u.sent, d.sent), (TRAIN, TRAIN));
+            sent += 1;
+        }
+        let (u, d) = (
+            drain(&rig.connector_socket, rx),
+            drain(&rig.user_socket, rx),
+        );
+        got_up += u;
+        got_down += d;
+        if u + d == 0 && sent == trains {
+            // Everything sent: wait a little for the rest (bounded by the
+            // deadline).
+            std::thread::yield_now();
+        }
+    }
+    (got_up, got_down)
+}
+
+#[test]
+fn gathered_sends_do_not_allocate() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for io in backends() {
+        let mut rig = Rig::start(io).unwrap();
+        let mut up = vec![0u8; TRAIN * TRAIN_FRAME];
+        for (k, f) in up.chunks_mut(TRAIN_FRAME).enumerate() {
+            let service = if k % 3 == 2 { DENIED } else { ALLOWED };
+            let frame = rig.user_frame(service, &payload(TRAIN_FRAME - HEADER_LEN, k as u8));
+            f.copy_from_slice(&frame);
+        }
+        let mut down = vec![0u8; TRAIN * TRAIN_FRAME];
+        for (k, f) in down.chunks_mut(TRAIN_FRAME).enumerate() {
+            f[HEADER_LEN..].copy_from_slice(&payload(TRAIN_FRAME - HEADER_LEN, k as u8));
+            rig.connector.write_header(f, Kind::DataDown, USER, ALLOWED);
+        }
+        for s in [&rig.user_socket, &rig.connector_socket] {
+            s.set_nonblocking(true).unwrap();
+        }
+        let mut sender = TrainSender::new(true);
+        let mut rx = vec![0u8; 65536];
+        let warm = pump_trains(&mut rig, &mut up, &mut down, &mut sender, 50, &mut rx);
+        assert!(warm.0 > 0 && warm.1 > 0, "{io}: warm-up delivered {warm:?}");
+        let before = rig.world.relay.totals();
+
+        ALLOCATIONS.open();
+        let (got_up, got_down) =
+            pump_trains(&mut rig, &mut up, &mut down, &mut sender, TRAINS, &mut rx);
+        let allocations = ALLOCATIONS.close();
+
+        let after = rig.world.relay.totals();
+        let out = after.io.datagrams_out - before.io.datagrams_out;
+        let sends = after.io.send_calls - before.io.send_calls;
+        let denied = after.datapath.dropped(DropReason::Denied)
+            - before.datapath.dropped(DropReason::Denied);
+        eprintln!("{io}: up {got_up}, down {got_down}, {out} datagrams out in {sends} sends, {denied} denied");
+        assert!(
+            got_up > TRAINS * TRAIN / 2 && got_down > TRAINS * TRAIN / 2,
+            "{io}: only {got_up} up and {got_down} down delivered"
+        );
+        assert!(denied > 0, "{io}: no frame was denied");
+        // Gathered: a denied frame every third does not split the sends.
+        assert!(
+            sends * 4 < out,
+            "{io}: {out} datagrams in {sends} sends: not gathered"
+        );
+        assert_eq!(
+            allocations,
+            0,
+            "{io}: {allocations} allocations for {} frames",
+            got_up + got_down
         );
     }
 }
