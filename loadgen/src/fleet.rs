@@ -3,9 +3,18 @@
 //! end-to-end session established with real handshakes. Users attach to
 //! the world's first relay, the connector to its last (the same one in a
 //! one-relay world).
+//!
+//! With several connectors (`fan-out`), each has its own address,
+//! 127.0.0.k, on one port, so the relay sees as many next hops; all of
+//! them are received by one socket bound to the wildcard address on that
+//! port. Each connector's handshakes run on a socket bound to its own
+//! address first (the relay answers there, and records it as the
+//! connector's endpoint); once they are done those sockets close and the
+//! wildcard socket receives everything, so the load generator drains one
+//! socket whatever the fan-out.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -16,7 +25,7 @@ use relay::io::{bind_socket, Backend, Io, IoConfig};
 
 use crate::handshakes::{self, AgentEnd, ConnectorEnd, E2eRequest};
 use crate::payload::FlowKey;
-use crate::scenario::Plan;
+use crate::scenario::{connector_of, Plan};
 use crate::sink::Sink;
 use crate::traffic::{SendFlow, Traffic};
 use crate::world::World;
@@ -44,9 +53,19 @@ pub struct Fleet {
 /// wait cost half the thread's time there (perf, 2026-11-23), making the
 /// load generator and not the relay the bound at 64 B.
 pub fn open_socket() -> anyhow::Result<Io> {
+    open_socket_at(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// [`open_socket`] bound to `addr`.
+fn open_socket_at(addr: SocketAddr) -> anyhow::Result<Io> {
     let cfg = IoConfig::default();
-    let socket = bind_socket(SocketAddr::from(([127, 0, 0, 1], 0)), &cfg)?;
+    let socket = bind_socket(addr, &cfg)?;
     Ok(Io::start(Backend::Mmsg, socket, cfg)?)
+}
+
+/// The address of connector `k` (0-based) of several: 127.0.0.(k + 1).
+fn connector_ip(k: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::LOCALHOST) + k)
 }
 
 impl Fleet {
@@ -63,8 +82,26 @@ impl Fleet {
         let (entry, exit) = (&world.relay, world.connector_relay());
         let ca = world.pki.ca();
         let mut sender = open_socket().context("load generator's user socket")?;
-        let mut receiver = open_socket().context("load generator's connector socket")?;
-        let receiver_addr = receiver.local_addr()?;
+        let n = plan.connectors.max(1);
+        // One connector: its socket is the receiver. Several: a wildcard
+        // receiver, and one socket per connector address for the
+        // handshakes.
+        let (mut receiver, mut own): (Io, Vec<Io>) = if n == 1 {
+            (
+                open_socket().context("load generator's connector socket")?,
+                Vec::new(),
+            )
+        } else {
+            let wild = open_socket_at(SocketAddr::from(([0, 0, 0, 0], 0)))
+                .context("load generator's connectors' socket")?;
+            let port = wild.local_addr()?.port();
+            let own = (0..n)
+                .map(|k| open_socket_at(SocketAddr::from((connector_ip(k), port))))
+                .collect::<anyhow::Result<Vec<_>>>()
+                .context("a connector's own socket (127.0.0.k on the shared port)")?;
+            (wild, own)
+        };
+        let receiver_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, receiver.local_addr()?.port()));
 
         let users: Vec<UserId> = plan
             .flows
@@ -75,7 +112,9 @@ impl Fleet {
             .iter()
             .map(|u| world.user_identity(u.0))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let connector_id = world.connector_identity()?;
+        let connector_ids = (1..=n)
+            .map(|id| world.nth_connector_identity(id))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut links = handshakes::hop_handshakes(
             &mut sender,
             entry.local_addr(),
@@ -85,17 +124,22 @@ impl Fleet {
             1,
         )
         .context("users' hop handshakes")?;
-        let mut connector = handshakes::hop_handshakes(
-            &mut receiver,
-            exit.local_addr(),
-            exit.public_key(),
-            ca,
-            std::slice::from_ref(&connector_id),
-            1,
-        )
-        .context("connector's hop handshake")?
-        .pop()
-        .context("connector's hop handshake gave no link")?;
+        let mut connectors = Vec::with_capacity(n as usize);
+        for (k, id) in connector_ids.iter().enumerate() {
+            let io = own.get_mut(k).unwrap_or(&mut receiver);
+            let link = handshakes::hop_handshakes(
+                io,
+                exit.local_addr(),
+                exit.public_key(),
+                ca,
+                std::slice::from_ref(id),
+                k as u32 + 1,
+            )
+            .context("connector's hop handshake")?
+            .pop()
+            .context("connector's hop handshake gave no link")?;
+            connectors.push(link);
+        }
 
         let services: BTreeSet<ServiceId> = plan
             .flows
@@ -126,23 +170,55 @@ impl Fleet {
                 flow_id += 1;
             }
         }
-        let sessions = handshakes::e2e_handshakes(
-            AgentEnd {
-                relay: entry.local_addr(),
-                io: &mut sender,
-                links: &mut links,
-                ids: &ids,
-            },
-            ConnectorEnd {
-                relay: exit.local_addr(),
-                io: &mut receiver,
-                link: &mut connector,
-                identity: &connector_id,
-            },
-            ca,
-            &requests,
-        )
-        .context("end-to-end handshakes through the relays")?;
+        // Each connector answers the handshakes of its services' flows.
+        let mut agent_keys: Vec<Option<_>> = requests.iter().map(|_| None).collect();
+        let mut connector_keys: Vec<Option<_>> = requests.iter().map(|_| None).collect();
+        let mut next_index = 1u32;
+        for (k, (link, identity)) in connectors.iter_mut().zip(&connector_ids).enumerate() {
+            let mine: Vec<usize> = (0..requests.len())
+                .filter(|&r| connector_of(requests[r].service, n) == k as u32 + 1)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let subset: Vec<E2eRequest> = mine.iter().map(|&r| requests[r]).collect();
+            let sessions = handshakes::e2e_handshakes(
+                AgentEnd {
+                    relay: entry.local_addr(),
+                    io: &mut sender,
+                    links: &mut links,
+                    ids: &ids,
+                },
+                ConnectorEnd {
+                    relay: exit.local_addr(),
+                    io: own.get_mut(k).unwrap_or(&mut receiver),
+                    link,
+                    identity,
+                    first_index: next_index,
+                },
+                ca,
+                &subset,
+            )
+            .context("end-to-end handshakes through the relays")?;
+            next_index += subset.len() as u32;
+            for ((&r, a), c) in mine.iter().zip(sessions.agent).zip(sessions.connector) {
+                agent_keys[r] = Some(a);
+                connector_keys[r] = Some(c);
+            }
+        }
+        // Handshakes done: from now on the wildcard socket receives what
+        // the relay sends to every connector address.
+        drop(own);
+        let sessions = handshakes::E2eSessions {
+            agent: agent_keys.into_iter().flatten().collect(),
+            connector: connector_keys.into_iter().flatten().collect(),
+        };
+        anyhow::ensure!(
+            sessions.agent.len() == requests.len(),
+            "end-to-end handshakes: {} sessions for {} flows",
+            sessions.agent.len(),
+            requests.len()
+        );
 
         let mut agent_keys = sessions.agent.iter().zip(&request_flow).peekable();
         let nobody = E2eKey::new(&[0; 32]);
@@ -191,7 +267,7 @@ impl Fleet {
             receiver,
             receiver_addr,
             traffic: Traffic::new(plan, links, send_flows, epoch),
-            sink: Sink::new(Some(connector), sink_flows, verify_every, epoch),
+            sink: Sink::with_links(connectors, sink_flows, verify_every, epoch),
         })
     }
 }

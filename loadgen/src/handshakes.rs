@@ -187,6 +187,9 @@ pub struct ConnectorEnd<'a> {
     pub link: &'a mut HopLink,
     /// Its identity.
     pub identity: &'a LocalIdentity,
+    /// Its end-to-end receiver indices are handed out from this one up
+    /// (several connectors sharing a sink need distinct ones).
+    pub first_index: u32,
 }
 
 /// The agents' side of the end-to-end handshakes.
@@ -206,7 +209,7 @@ pub struct AgentEnd<'a> {
 /// the connector on `connector`, every message through the relays each end
 /// is attached to (one relay, or two in a mesh). Agent-side index of
 /// request `k` is `k + 1`, connector-side indices are handed out in
-/// arrival order.
+/// arrival order from `connector.first_index`.
 pub fn e2e_handshakes(
     agents: AgentEnd<'_>,
     connector: ConnectorEnd<'_>,
@@ -227,7 +230,7 @@ pub fn e2e_handshakes(
     let mut pending: HashMap<u32, PendingE2e> = HashMap::new();
     let mut next = 0usize;
     let mut done = 0usize;
-    let mut next_connector_index = 1u32;
+    let mut next_connector_index = connector.first_index.max(1);
     let mut answers = Vec::new();
     let deadline = deadline_for(requests.len());
 

@@ -18,7 +18,7 @@ use loadgen::report::{self, Report, RunResult};
 use loadgen::scenario::Scenario;
 use loadgen::suite::{run_suite, Observer, SuiteConfig};
 use proto::datapath::Mode;
-use relay::io::Backend;
+use relay::io::{Backend, Grouping};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -62,7 +62,9 @@ struct Cli {
 
     /// Scenarios (comma separated): bulk (1400 B, few flows), small (64 B),
     /// imix (64/576/1400 B, 7:4:1), many-flows (10 000 users x 1 000
-    /// services, 64 B), deny-mix (bulk with --deny-share of frames denied).
+    /// services, 64 B), deny-mix (bulk with --deny-share of frames denied,
+    /// spread evenly), fan-out (bulk, each train round robin over
+    /// --fan-out connectors).
     #[arg(long = "scenario", value_delimiter = ',', default_value = "bulk,small")]
     scenarios: Vec<Scenario>,
 
@@ -96,9 +98,22 @@ struct Cli {
     #[arg(long)]
     no_direct: bool,
 
-    /// Share of frames to denied services in deny-mix (0..0.95).
-    #[arg(long, default_value_t = 0.1)]
-    deny_share: f64,
+    /// Shares of frames to denied services in deny-mix (0..0.95, comma
+    /// separated: deny-mix runs once per share, labelled deny-mix-PERCENT).
+    #[arg(long, value_delimiter = ',', default_value = "0.1")]
+    deny_share: Vec<f64>,
+
+    /// Connectors fan-out spreads each train over (1..=256, comma
+    /// separated: fan-out runs once per count, labelled fan-out-N).
+    #[arg(long, value_delimiter = ',', default_value = "8")]
+    fan_out: Vec<u32>,
+
+    /// How the relay groups forwarded frames into sends: gather (per
+    /// destination across the batch), contiguous (runs back to back in one
+    /// buffer, as before gathering) or compact (contiguous, closing gaps by
+    /// copying). For measuring the choice.
+    #[arg(long, default_value = "gather")]
+    grouping: Grouping,
 
     /// Open one in N resent payloads end to end at the receiver, besides
     /// the timestamped sample leading every train (0: samples only).
@@ -214,6 +229,21 @@ impl Cli {
                 loadgen::scenario::MAX_FRAME
             );
         }
+        anyhow::ensure!(!self.deny_share.is_empty(), "--deny-share names no share");
+        for &share in &self.deny_share {
+            anyhow::ensure!(
+                (0.0..=0.95).contains(&share),
+                "--deny-share: {share} is not between 0 and 0.95"
+            );
+        }
+        anyhow::ensure!(!self.fan_out.is_empty(), "--fan-out names no count");
+        for &n in &self.fan_out {
+            anyhow::ensure!(
+                (1..=loadgen::scenario::MAX_FAN_OUT).contains(&n),
+                "--fan-out: {n} is not between 1 and {}",
+                loadgen::scenario::MAX_FAN_OUT
+            );
+        }
         anyhow::ensure!(!self.relays.is_empty(), "--relays names no path");
         for (k, &n) in self.relays.iter().enumerate() {
             anyhow::ensure!(
@@ -246,7 +276,9 @@ impl Cli {
             loads: parse_loads(&self.loads)?,
             repeat: self.repeat,
             direct: !self.no_direct,
-            deny_share: self.deny_share,
+            deny_shares: self.deny_share.clone(),
+            fan_outs: self.fan_out.clone(),
+            grouping: self.grouping,
             verify_every: self.verify_every,
             train: self.train,
             window: (self.window > 0).then_some(self.window),

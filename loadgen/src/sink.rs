@@ -48,10 +48,14 @@ impl SinkCounts {
     }
 }
 
-/// The connector's end of a run.
+/// The connectors' end of a run (one connector, or several sharing one
+/// socket: frames are checked with the hop session their receiver index
+/// names).
 #[derive(Debug)]
 pub struct Sink {
-    link: Option<HopLink>,
+    /// Hop sessions by receiver index − `first_link`.
+    links: Vec<HopLink>,
+    first_link: u32,
     check_hop: bool,
     flows: Vec<Option<FlowKey>>,
     verify_every: u64,
@@ -86,8 +90,10 @@ impl Sink {
             let i = f.receiver.0 as usize;
             by_index[i] = Some(f);
         }
+        let first_link = link.as_ref().map_or(0, |l| l.local_index().0);
         Sink {
-            link,
+            links: link.into_iter().collect(),
+            first_link,
             check_hop: true,
             flows: by_index,
             verify_every,
@@ -98,6 +104,25 @@ impl Sink {
             latency: Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3)
                 .expect("constant histogram bounds are valid"),
         }
+    }
+
+    /// A sink for several connectors on one socket: `links` are their hop
+    /// sessions, with receiver indices `links[0]`'s and up, one apart.
+    /// Otherwise as [`Sink::new`].
+    pub fn with_links(
+        links: Vec<HopLink>,
+        flows: Vec<FlowKey>,
+        verify_every: u64,
+        epoch: Instant,
+    ) -> Sink {
+        let mut sink = Sink::new(None, flows, verify_every, epoch);
+        sink.first_link = links.first().map_or(0, |l| l.local_index().0);
+        debug_assert!(links
+            .iter()
+            .enumerate()
+            .all(|(k, l)| l.local_index().0 == sink.first_link + k as u32));
+        sink.links = links;
+        sink
     }
 
     /// Counts so far.
@@ -133,7 +158,14 @@ impl Sink {
         self.counts.frames += 1;
         self.lifetime += 1;
         self.counts.bytes += frame.len() as u64;
-        if let Some(link) = self.link.as_mut().filter(|_| self.check_hop) {
+        if self.check_hop && !self.links.is_empty() {
+            let k = Frame::new_checked(&*frame)
+                .ok()
+                .and_then(|f| f.receiver().0.checked_sub(self.first_link));
+            let Some(link) = k.and_then(|k| self.links.get_mut(k as usize)) else {
+                self.counts.bad_hop += 1;
+                return;
+            };
             if link.accept(frame).is_err() {
                 self.counts.bad_hop += 1;
                 return;

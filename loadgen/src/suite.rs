@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use proto::datapath::Mode;
-use relay::io::Backend;
+use relay::io::{Backend, Grouping, IoConfig};
 
 use crate::fleet::Fleet;
 use crate::mesh;
@@ -51,8 +51,12 @@ pub struct SuiteConfig {
     pub repeat: usize,
     /// Whether to measure the no-relay ceiling.
     pub direct: bool,
-    /// Share of denied flows in `deny-mix`.
-    pub deny_share: f64,
+    /// Shares of denied flows in `deny-mix`: one run of it per share.
+    pub deny_shares: Vec<f64>,
+    /// Connectors of `fan-out`: one run of it per count.
+    pub fan_outs: Vec<u32>,
+    /// How the relays group forwarded frames into sends.
+    pub grouping: Grouping,
     /// Open one in this many pool records end to end (0: samples only).
     pub verify_every: u64,
     /// Frames per GSO train at full rate.
@@ -74,7 +78,28 @@ impl SuiteConfig {
     pub fn runs(&self) -> usize {
         let per_world = 1 + self.loads.len();
         let relay_runs = self.modes.len() * self.backends.len() * per_world * self.relays.len();
-        self.repeat * self.scenarios.len() * (relay_runs + usize::from(self.direct))
+        self.repeat * self.plans().len() * (relay_runs + usize::from(self.direct))
+    }
+
+    /// The plans, in run order: one per scenario, `deny-mix` once per deny
+    /// share and `fan-out` once per connector count.
+    pub fn plans(&self) -> Vec<Plan> {
+        let mut plans = Vec::new();
+        for &scenario in &self.scenarios {
+            let size = self.size.unwrap_or(scenario.default_size());
+            match scenario {
+                Scenario::DenyMix => plans.extend(
+                    self.deny_shares
+                        .iter()
+                        .map(|&share| Plan::new(scenario, size, share)),
+                ),
+                Scenario::FanOut => {
+                    plans.extend(self.fan_outs.iter().map(|&n| Plan::fan_out(size, n)))
+                }
+                _ => plans.push(Plan::new(scenario, size, 0.0)),
+            }
+        }
+        plans
     }
 }
 
@@ -128,13 +153,10 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut report = Report::default();
+    let plans = cfg.plans();
     for repeat in 0..cfg.repeat {
-        for &scenario in &cfg.scenarios {
-            let plan = Plan::new(
-                scenario,
-                cfg.size.unwrap_or(scenario.default_size()),
-                cfg.deny_share,
-            );
+        for plan in &plans {
+            let scenario = plan.label.as_str();
             let size = plan.mean_size();
             let mut direct_done = !cfg.direct;
             for &backend in &cfg.backends {
@@ -144,7 +166,7 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                         if obs.interrupted() {
                             return Err(Interrupted.into());
                         }
-                        paths.push(start_path(cfg, obs, &plan, topology, mode, backend, epoch)?);
+                        paths.push(start_path(cfg, obs, plan, topology, mode, backend, epoch)?);
                     }
                     let full = RunSpec {
                         secs: cfg.secs,
@@ -159,7 +181,7 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                         let labels = Labels {
                             mode: "direct",
                             backend: "none",
-                            scenario: scenario.name(),
+                            scenario,
                             size,
                             load: None,
                             repeat,
@@ -193,7 +215,7 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                             .map(|(backend, relays)| Labels {
                                 mode: &mode_name,
                                 backend,
-                                scenario: scenario.name(),
+                                scenario,
                                 size,
                                 load,
                                 repeat,
@@ -279,14 +301,19 @@ fn start_path(
     let setup = Instant::now();
     let relays = topology.relays();
     obs.note(&format!(
-        "{mode} {backend} {}: starting {}, {} users, {} services",
-        plan.scenario,
+        "{mode} {backend} {}: starting {}, {} users, {} services{}",
+        plan.label,
         match relays {
             1 => "a relay".to_owned(),
             n => format!("{n} relays in a mesh (users on the first, the connector on the last)"),
         },
         plan.users,
-        plan.services
+        plan.services,
+        if plan.connectors > 1 {
+            format!(", {} connectors", plan.connectors)
+        } else {
+            String::new()
+        }
     ));
     let world = World::start(&WorldConfig {
         users: plan.users,
@@ -299,6 +326,11 @@ fn start_path(
         topology: topology.clone(),
         // The relay as deployed: the audit counts every ztna decision.
         audit: relay::audit::AuditConfig::default(),
+        connectors: plan.connectors,
+        io_config: IoConfig {
+            grouping: cfg.grouping,
+            ..IoConfig::default()
+        },
     })?;
     let actual = world.relay.backend();
     if world.relays().iter().any(|r| r.backend() != backend) {

@@ -9,7 +9,9 @@
 //! The policy is `proto::testkit::policy_file`: users `0..users` in group
 //! `everyone`, services `0..services` behind connector 1, every service
 //! whose id is not a multiple of 4 allowed to everyone (so service 4k is a
-//! known-denied pair for every user).
+//! known-denied pair for every user). With [`WorldConfig::connectors`] > 1
+//! the services are spread over connectors `1..=connectors`
+//! ([`crate::scenario::connector_of`]).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -23,6 +25,8 @@ use proto::ids::ReceiverIndex;
 use proto::link::HopLink;
 use proto::policy::PolicyFile;
 use relay::io::{Backend, IoConfig};
+
+use crate::scenario::connector_of;
 use relay::{Relay, RelayOptions};
 
 use crate::mesh;
@@ -77,6 +81,10 @@ pub struct WorldConfig {
     pub topology: Topology,
     /// The relays' audit log of access decisions.
     pub audit: relay::audit::AuditConfig,
+    /// Connectors the services are spread over (1: all behind connector 1).
+    pub connectors: u32,
+    /// The relays' I/O settings (backend aside).
+    pub io_config: IoConfig,
 }
 
 impl Default for WorldConfig {
@@ -91,6 +99,8 @@ impl Default for WorldConfig {
             mesh: None,
             topology: Topology::OneRelay,
             audit: relay::audit::AuditConfig::default(),
+            connectors: 1,
+            io_config: IoConfig::default(),
         }
     }
 }
@@ -124,7 +134,10 @@ impl World {
     pub fn start(cfg: &WorldConfig) -> anyhow::Result<World> {
         let dir = ScratchDir::new("world")?;
         let pki = Pki::new(relay::control::unix_nanos() / 1_000_000_000);
-        let policy = proto::testkit::policy_file(cfg.users, cfg.services);
+        let mut policy = proto::testkit::policy_file(cfg.users, cfg.services);
+        if cfg.connectors > 1 {
+            spread_services(&mut policy, cfg.connectors);
+        }
         let policy_path = dir.path().join("policy.toml");
         std::fs::write(&policy_path, policy.to_toml_string())?;
         let start = |cert_id: u32, name: &str, mesh: Option<relay::MeshOptions>| {
@@ -134,7 +147,7 @@ impl World {
                 first_core: cfg.relay_core.unwrap_or(0),
                 pin: cfg.relay_core.is_some(),
                 io: cfg.io,
-                io_config: IoConfig::default(),
+                io_config: cfg.io_config,
                 mode: cfg.mode,
                 identity: pki.node(cert_id, name, Role::Relay, &[])?,
                 renewal: None,
@@ -216,8 +229,13 @@ impl World {
 
     /// A new identity for the connector serving every service.
     pub fn connector_identity(&self) -> anyhow::Result<LocalIdentity> {
+        self.nth_connector_identity(CONNECTOR_ID)
+    }
+
+    /// A new identity for connector `id` (1-based, as in the policy).
+    pub fn nth_connector_identity(&self, id: u32) -> anyhow::Result<LocalIdentity> {
         self.pki
-            .node(CONNECTOR_ID, "connector1", Role::Connector, &[])
+            .node(id, &format!("connector{id}"), Role::Connector, &[])
     }
 
     /// Runs a hop handshake for `me` from `socket`.
@@ -269,6 +287,20 @@ impl World {
             }
             std::thread::yield_now();
         }
+    }
+}
+
+/// Puts each service of `policy` behind connector
+/// [`connector_of`]`(service, connectors)` alone.
+fn spread_services(policy: &mut PolicyFile, connectors: u32) {
+    policy.connectors = (1..=connectors)
+        .map(|id| proto::policy::Connector {
+            id,
+            name: format!("connector{id}"),
+        })
+        .collect();
+    for service in &mut policy.services {
+        service.connectors = vec![format!("connector{}", connector_of(service.id, connectors))];
     }
 }
 

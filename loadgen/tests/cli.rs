@@ -67,7 +67,9 @@ fn a_short_run_delivers_intact_frames_in_every_mode_and_backend() {
             "--io",
             io,
             "--scenario",
-            "bulk,small,deny-mix",
+            "bulk,small,deny-mix,fan-out",
+            "--fan-out",
+            "3",
             "--loads",
             "50",
             "--verify-every",
@@ -89,7 +91,12 @@ fn a_short_run_delivers_intact_frames_in_every_mode_and_backend() {
     };
     for backend in backends {
         for mode in ["ztna", "vpn", "forward"] {
-            for (scenario, size) in [("bulk", 1400), ("small", 64), ("deny-mix", 1400)] {
+            for (scenario, size) in [
+                ("bulk", 1400),
+                ("small", 64),
+                ("deny-mix-10", 1400),
+                ("fan-out-3", 1400),
+            ] {
                 let runs: Vec<_> = report
                     .results
                     .iter()
@@ -111,11 +118,11 @@ fn a_short_run_delivers_intact_frames_in_every_mode_and_backend() {
                     assert!(r.verified > 0, "nothing opened end to end: {r:?}");
                     assert_eq!(r.corrupt, 0, "{r:?}");
                     assert!(r.lat_us.p50 > 0.0 && r.lat_us.max >= r.lat_us.p99, "{r:?}");
-                    if scenario == "deny-mix" && mode == "ztna" {
+                    if scenario == "deny-mix-10" && mode == "ztna" {
                         assert!(r.relay_denied > 0, "policy dropped nothing: {r:?}");
                         assert_eq!(r.denied_delivered, 0, "{r:?}");
                     }
-                    if scenario == "deny-mix" && mode != "ztna" {
+                    if scenario == "deny-mix-10" && mode != "ztna" {
                         assert!(
                             r.denied_delivered > 0,
                             "{mode} does not check policy: {r:?}"
@@ -125,7 +132,7 @@ fn a_short_run_delivers_intact_frames_in_every_mode_and_backend() {
             }
         }
     }
-    assert_eq!(report.direct.len(), 3, "one no-relay run per scenario");
+    assert_eq!(report.direct.len(), 4, "one no-relay run per scenario");
     assert!(report
         .direct
         .iter()
@@ -201,6 +208,7 @@ fn bad_arguments_say_what_to_fix_before_running() {
         "--baseline",
         "--io",
         "deny-mix",
+        "fan-out",
         "Exit status",
         "--relays",
         "etcd",
