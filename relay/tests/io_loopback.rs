@@ -848,3 +848,161 @@ fn forward_rate_1400() {
         );
     }
 }
+
+/// Forwarder CPU per forwarded frame for each send grouping, on the shapes
+/// of issue 12: 1400-byte GSO trains of 46 frames with every tenth frame
+/// dropped (deny-mix 10 %), and trains spread round robin over 1, 8 and 64
+/// destinations (fan-out). The groupings take turns in 1 s slices (A B C,
+/// C B A, ...), the forwarder pinned to one core, sender and receivers to
+/// the other, so the VM's drift falls on all alike; CPU time is the
+/// forwarder thread's own. The handler does nothing but route, so this is
+/// the I/O path's cost alone.
+/// `cargo test -p relay --release --test io_loopback grouping_cost -- --ignored --nocapture`
+#[test]
+#[ignore = "measurement, not a check"]
+fn grouping_cost_per_frame() {
+    const SLICE: Duration = Duration::from_secs(1);
+    const ROUNDS: usize = 4;
+    fn pin(k: usize) {
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        if let Some(c) = cores.get(k % cores.len().max(1)) {
+            core_affinity::set_for_current(*c);
+        }
+    }
+    // (label, destinations, drop every)
+    let shapes: [(&str, usize, usize); 4] = [
+        ("deny-mix-10", 1, 10),
+        ("fan-out-1", 1, 0),
+        ("fan-out-8", 8, 0),
+        ("fan-out-64", 64, 0),
+    ];
+    let groupings = [Grouping::Gather, Grouping::Contiguous, Grouping::Compact];
+    for backend in BACKENDS {
+        if !backend_available(backend) {
+            continue;
+        }
+        for (label, dsts, drop_every) in shapes {
+            // ns/frame and frames/send per grouping, per round.
+            let mut ns: Vec<Vec<f64>> = vec![Vec::new(); groupings.len()];
+            let mut per_send: Vec<Vec<f64>> = vec![Vec::new(); groupings.len()];
+            for round in 0..ROUNDS {
+                let order: Vec<usize> = if round % 2 == 0 {
+                    (0..groupings.len()).collect()
+                } else {
+                    (0..groupings.len()).rev().collect()
+                };
+                for g in order {
+                    let (cpu_ns, frames, sends) =
+                        grouping_slice(backend, groupings[g], dsts, drop_every, SLICE, pin);
+                    ns[g].push(cpu_ns / frames.max(1) as f64);
+                    per_send[g].push(frames as f64 / sends.max(1) as f64);
+                }
+            }
+            for (g, grouping) in groupings.iter().enumerate() {
+                let mut v = ns[g].clone();
+                v.sort_by(f64::total_cmp);
+                eprintln!(
+                    "{backend} {label:<11} {grouping:<10}: {:>6.0} ns/frame (median of {ROUNDS}; {:.0}..{:.0}), {:.1} frames/send",
+                    v[v.len() / 2],
+                    v[0],
+                    v[v.len() - 1],
+                    per_send[g].iter().sum::<f64>() / per_send[g].len() as f64
+                );
+            }
+        }
+    }
+}
+
+/// One slice of [`grouping_cost_per_frame`]: returns the forwarder's CPU
+/// ns, frames forwarded and sends made while measuring.
+fn grouping_slice(
+    backend: Backend,
+    grouping: Grouping,
+    dsts: usize,
+    drop_every: usize,
+    slice: Duration,
+    pin: fn(usize),
+) -> (f64, u64, u64) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let rxs: Vec<UdpSocket> = (0..dsts)
+        .map(|_| bind_socket(localhost(), &IoConfig::default()).unwrap())
+        .collect();
+    let dst_addrs: Vec<SocketAddr> = rxs.iter().map(|r| r.local_addr().unwrap()).collect();
+    let fwd_sock = bind_socket(localhost(), &IoConfig::default()).unwrap();
+    let fwd_addr = fwd_sock.local_addr().unwrap();
+    let drainer = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            pin(0);
+            let mut b = vec![0u8; 65_536];
+            while !stop.load(Ordering::Relaxed) {
+                let mut got = 0;
+                for r in &rxs {
+                    while r.recv_from(&mut b).is_ok() {
+                        got += 1;
+                    }
+                }
+                if got == 0 {
+                    thread::yield_now();
+                }
+            }
+        })
+    };
+    let sender = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            pin(0);
+            let s = bind_socket(localhost(), &IoConfig::default()).unwrap();
+            let mut trains = TrainSender::new(true);
+            let mut train = vec![0u8; 1400 * 46];
+            let mut k = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                for d in train.chunks_mut(1400) {
+                    let drop = drop_every != 0 && k % drop_every == drop_every - 1;
+                    d[0] = if drop { DROP } else { 0 };
+                    d[1] = (k % dsts) as u8;
+                    k += 1;
+                }
+                let _ = trains.try_send(&s, fwd_addr, &train, 1400);
+            }
+        })
+    };
+    let forwarder = thread::spawn(move || {
+        pin(1);
+        let cfg = IoConfig {
+            grouping,
+            ..IoConfig::default()
+        };
+        let mut io = Io::new(backend, fwd_sock, cfg).unwrap();
+        let mut handler = move |_: SocketAddr, d: &mut [u8]| {
+            if d[0] == DROP {
+                return Action::Consume;
+            }
+            Action::Forward(dst_addrs[usize::from(d[1]) % dst_addrs.len()])
+        };
+        let warm = Instant::now();
+        while warm.elapsed() < Duration::from_millis(200) {
+            io.poll(Duration::from_millis(20), &mut handler).unwrap();
+        }
+        let before = *io.stats();
+        let cpu0 = relay::worker::thread_cpu_time().unwrap_or_default();
+        let start = Instant::now();
+        while start.elapsed() < slice {
+            io.poll(Duration::from_millis(20), &mut handler).unwrap();
+        }
+        let cpu = relay::worker::thread_cpu_time().unwrap_or_default() - cpu0;
+        let after = *io.stats();
+        (
+            cpu.as_nanos() as f64,
+            after.datagrams_out - before.datagrams_out,
+            after.send_calls - before.send_calls,
+        )
+    });
+    let out = forwarder.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    drainer.join().unwrap();
+    out
+}
