@@ -280,7 +280,18 @@ fn pump_trains(
 fn gathered_sends_do_not_allocate() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for io in backends() {
-        let mut rig = Rig::start(io).unwrap();
+        // The audit as in the test above: lines written inside the window.
+        let mut rig = Rig::start_with(&WorldConfig {
+            io,
+            audit: AuditConfig {
+                interval: Duration::from_millis(20),
+                ..AuditConfig::default()
+            },
+            ..WorldConfig::default()
+        })
+        .unwrap();
+        let shared = std::sync::Arc::clone(rig.world.relay.shared());
+        let audit = || shared.control_stats().audit;
         let mut up = vec![0u8; TRAIN * TRAIN_FRAME];
         for (k, f) in up.chunks_mut(TRAIN_FRAME).enumerate() {
             let service = if k % 3 == 2 { DENIED } else { ALLOWED };
@@ -299,6 +310,16 @@ fn gathered_sends_do_not_allocate() {
         let mut rx = vec![0u8; 65536];
         let warm = pump_trains(&mut rig, &mut up, &mut down, &mut sender, 50, &mut rx);
         assert!(warm.0 > 0 && warm.1 > 0, "{io}: warm-up delivered {warm:?}");
+        // The audit's first lines of the allowed and the denied pair (its
+        // maps grow once), then one more aggregate write.
+        await_until("the audit's first lines", Duration::from_secs(5), || {
+            audit().first_lines >= 2
+        });
+        let lines = audit().aggregate_lines;
+        pump_trains(&mut rig, &mut up, &mut down, &mut sender, 10, &mut rx);
+        await_until("an audit aggregate line", Duration::from_secs(5), || {
+            audit().aggregate_lines > lines
+        });
         let before = rig.world.relay.totals();
 
         ALLOCATIONS.open();
