@@ -297,6 +297,7 @@ fn spread_services(policy: &mut PolicyFile, connectors: u32) {
         .map(|id| proto::policy::Connector {
             id,
             name: format!("connector{id}"),
+            static_key: None,
         })
         .collect();
     for service in &mut policy.services {
