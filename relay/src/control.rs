@@ -964,7 +964,10 @@ impl Control {
             .services()
             .filter(|s| policy.allowed(user, s.id))
             .filter_map(|s| {
-                let (connector, connector_key) = self.routing.connector_for(user, s.id)?;
+                let (connector, connector_key) = self
+                    .routing
+                    .connector_for(user, s.id)
+                    .or_else(|| self.unconfirmed_connector(&s.connectors))?;
                 Some(ServiceEntry {
                     id: s.id,
                     name: s.name.clone(),
@@ -976,6 +979,25 @@ impl Control {
             })
             .collect();
         Directory::new(policy.connection_mode(user), services)
+    }
+
+    /// A connector of `serving` that holds a session not confirmed yet
+    /// (its first frame is on its way), with the key its CA-signed
+    /// certificate names. Right after a relay restart the users and the
+    /// connectors handshake in any order: without this, a user that gets
+    /// its directory between a connector's handshake and its first frame
+    /// would be told the service is gone and close its connections. The
+    /// entry routes nothing until the session is confirmed; the directory
+    /// is pushed again once it is.
+    fn unconfirmed_connector(&self, serving: &[u32]) -> Option<(u32, [u8; 32])> {
+        self.sessions
+            .iter()
+            .flatten()
+            .filter(|e| !e.confirmed)
+            .find_map(|e| match e.peer {
+                Peer::Connector(id) if serving.contains(&id) => Some((id, e.static_key)),
+                _ => None,
+            })
     }
 
     /// Sends every user whose newest confirmed session has pinged its
