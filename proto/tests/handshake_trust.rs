@@ -323,3 +323,19 @@ fn a_stolen_certificate_opens_no_session() {
         "{out:?}"
     );
 }
+
+/// A static key pair prints its public key and never its private key.
+/// (Killed the cargo-mutants survivor that made `Debug` print nothing.)
+#[test]
+fn a_static_keypair_prints_its_public_key_only() {
+    let kp = static_keypair(5);
+    let text = format!("{kp:?}");
+    assert!(
+        text.contains(&format!("{:?}", kp.public)),
+        "public key missing: {text}"
+    );
+    assert!(
+        !text.contains(&format!("{:?}", kp.private)),
+        "private key printed: {text}"
+    );
+}
