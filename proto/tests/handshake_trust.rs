@@ -339,3 +339,38 @@ fn a_static_keypair_prints_its_public_key_only() {
         "private key printed: {text}"
     );
 }
+
+/// Initiation payloads too short for the timestamp or the sender index
+/// are refused with the error naming what is missing, never a panic (a
+/// decryptable payload needs only the responder's public key). Killed the
+/// cargo-mutants survivors `payload.len() == TIMESTAMP_LEN` (a panic on a
+/// 1..7-byte payload) and `payload.len() <= TIMESTAMP_LEN` in `respond`.
+#[test]
+fn short_initiation_payloads_are_refused_by_what_they_lack() {
+    let n = Nodes::new();
+    let now = Instant::now();
+    let src: SocketAddr = "192.0.2.1:1".parse().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    for len in 0..12 {
+        let (_, noise) = RawNoise::initiate(
+            n.agent.private_key(),
+            n.relay.public_key(),
+            HOP_PROLOGUE,
+            &vec![0u8; len],
+        )
+        .unwrap();
+        let frame = hop_init_frame(ReceiverIndex(0), &noise, n.relay.public_key()).unwrap();
+        let mut r = HopResponder::new(n.relay.clone(), n.relay_trust(), [7; 32], now);
+        let out = r.handle_init(&frame, src, false, ReceiverIndex(1), now, NOW_NS, &mut rng);
+        let want = if len < 8 {
+            "initiation payload lacks a timestamp"
+        } else {
+            "payload lacks the sender index"
+        };
+        assert_eq!(
+            out,
+            Err(proto::handshake::HandshakeError::BadPayload(want)),
+            "{len}-byte payload"
+        );
+    }
+}
