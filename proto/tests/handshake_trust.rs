@@ -17,10 +17,11 @@ use std::time::Instant;
 
 use proptest::prelude::*;
 use proto::handshake::frames::MACS_LEN;
+use proto::handshake::HandshakeError;
 use proto::handshake::{
     CookieJar, E2eInitiator, E2eResponder, HopInitiator, HopResponder, InitOutcome, Trust,
 };
-use proto::identity::{CertificateBody, Role};
+use proto::identity::{CertError, CertificateBody, Role};
 use proto::ids::ReceiverIndex;
 use proto::testkit::handshake::{
     e2e_prologue, hop_init_frame, hop_response_frame, init_payload, issue, other_ca,
@@ -344,14 +345,15 @@ fn a_static_keypair_prints_its_public_key_only() {
 /// are refused with the error naming what is missing, never a panic (a
 /// decryptable payload needs only the responder's public key). Killed the
 /// cargo-mutants survivors `payload.len() == TIMESTAMP_LEN` (a panic on a
-/// 1..7-byte payload) and `payload.len() <= TIMESTAMP_LEN` in `respond`.
+/// 1..7-byte payload) and `payload.len() <= TIMESTAMP_LEN` in `respond`,
+/// and the same two in `take_index` (`INDEX_LEN`).
 #[test]
 fn short_initiation_payloads_are_refused_by_what_they_lack() {
     let n = Nodes::new();
     let now = Instant::now();
     let src: SocketAddr = "192.0.2.1:1".parse().unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    for len in 0..12 {
+    for len in 0..=12 {
         let (_, noise) = RawNoise::initiate(
             n.agent.private_key(),
             n.relay.public_key(),
@@ -362,15 +364,12 @@ fn short_initiation_payloads_are_refused_by_what_they_lack() {
         let frame = hop_init_frame(ReceiverIndex(0), &noise, n.relay.public_key()).unwrap();
         let mut r = HopResponder::new(n.relay.clone(), n.relay_trust(), [7; 32], now);
         let out = r.handle_init(&frame, src, false, ReceiverIndex(1), now, NOW_NS, &mut rng);
-        let want = if len < 8 {
-            "initiation payload lacks a timestamp"
-        } else {
-            "payload lacks the sender index"
+        let want = match len {
+            0..8 => HandshakeError::BadPayload("initiation payload lacks a timestamp"),
+            8..12 => HandshakeError::BadPayload("payload lacks the sender index"),
+            // Timestamp and index, and an empty certificate.
+            _ => HandshakeError::Cert(CertError::Truncated),
         };
-        assert_eq!(
-            out,
-            Err(proto::handshake::HandshakeError::BadPayload(want)),
-            "{len}-byte payload"
-        );
+        assert_eq!(out, Err(want), "{len}-byte payload");
     }
 }
