@@ -338,9 +338,13 @@ impl Datapath<'_> {
         if self.mode == Mode::Ztna {
             let bound = match (direction, session.peer()) {
                 (Direction::ToService, Peer::User(u)) => u == user,
-                (Direction::ToUser, Peer::Connector(_)) => {
-                    self.routes.serves(session.reply_hop(), service)
-                }
+                // By the certificate id the session was made with, against
+                // the live policy, not by the session the routes name: a
+                // connector that rekeyed answers on its new session before
+                // the control thread moved the routes to it (and any
+                // session of a listed connector is its own; pinning,
+                // docs/security.md §7b, keeps other keys out).
+                (Direction::ToUser, Peer::Connector(c)) => self.policy.connector_serves(c, service),
                 (_, Peer::Relay(_)) => true,
                 _ => false,
             };

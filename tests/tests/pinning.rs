@@ -198,3 +198,37 @@ fn identities_the_policy_does_not_list_get_no_session_until_listed() {
     assert_eq!(sessions(), before + 1);
     assert_eq!(rejected(&rig, HandshakeReject::NotInPolicy), 2);
 }
+
+/// A connector that rekeys answers on its new session at once (its first
+/// frame there confirms it): its replies must reach the user, not be
+/// dropped as `spoofed` while the relay's routes still name the previous
+/// session; the routes then follow it, to the same certificate id and key.
+#[test]
+fn a_connector_answers_on_its_new_session_right_after_a_rekey() {
+    let mut rig = Rig::start(Backend::Mmsg).unwrap();
+    let mut policy = rig.world.policy.clone();
+    let connector = rig.world.connector_identity().unwrap();
+    policy.connectors[0].static_key = Some(to_hex(connector.public_key()));
+    reload(&rig, &policy);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let first = rig.world.connect(&socket, &connector).unwrap();
+    await_until("the connector's route", WAIT, || {
+        service_route(&rig) == Some(first.local_index())
+    });
+    for round in 0..5u8 {
+        let mut link = rig.world.connect(&socket, &connector).unwrap();
+        // Replies at once, on the new session.
+        for i in 0..8u8 {
+            let mut reply = vec![0u8; proto::wire::HEADER_LEN + 64];
+            reply[proto::wire::HEADER_LEN..].copy_from_slice(&payload(64, i));
+            link.write_header(&mut reply, proto::wire::Kind::DataDown, USER, ALLOWED);
+            socket.send_to(&reply, rig.world.relay_addr()).unwrap();
+        }
+        let got = rig.user_receive(8, WAIT).len();
+        let spoofed = rig.counters().dropped(proto::datapath::DropReason::Spoofed);
+        assert_eq!((got, spoofed), (8, 0), "round {round}");
+        await_until("the rekeyed route", WAIT, || {
+            service_route(&rig) == Some(link.local_index())
+        });
+    }
+}

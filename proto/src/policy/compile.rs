@@ -371,6 +371,16 @@ impl CompiledPolicy {
         self.services.get(i as usize)
     }
 
+    /// Whether the connector with certificate id `connector` is listed for
+    /// `service` (a service's `connectors`): what a connector's hop session
+    /// may answer for. One id lookup and a scan of the service's few
+    /// connectors: fit for the per-packet path.
+    #[inline]
+    pub fn connector_serves(&self, connector: u32, service: ServiceId) -> bool {
+        self.service(service)
+            .is_some_and(|s| s.connectors.contains(&connector))
+    }
+
     /// The name of user `id`, for audit logs. A binary search: not for the
     /// per-packet path.
     pub fn user_name(&self, id: UserId) -> Option<&str> {
