@@ -17,7 +17,8 @@
 //! slower (about 40 handshakes a second on the project's machine), so
 //! even the few dozen frames a light source waits behind take longer than
 //! a retransmit. Run it with
-//! `cargo test --release -p tests --test botnet -- --include-ignored`.
+//! `cargo test --profile ci-opt -p tests --test botnet` (as `.ci/run`
+//! does; `--release` too).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -173,7 +174,7 @@ fn legitimate_handshake(world: &World, socket: &UdpSocket) -> (Duration, u32) {
 #[test]
 #[cfg_attr(
     debug_assertions,
-    ignore = "needs an optimised build: cargo test --release -p tests --test botnet"
+    ignore = "needs an optimised build: cargo test --profile ci-opt -p tests --test botnet"
 )]
 fn a_legitimate_handshake_completes_within_one_retransmit_under_a_botnet() {
     let world = World::start(&WorldConfig {
