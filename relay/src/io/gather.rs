@@ -4,7 +4,7 @@
 //! shorter) for one destination, but not contiguous memory: `sendmsg`
 //! takes an iovec per piece. So the forwarded datagrams of a batch are
 //! gathered per destination, wherever they lie in the receive buffers, into
-//! [`Send`]s of up to [`MAX_GSO_SEGMENTS`] datagrams, each a chain of
+//! [`GatherSend`]s of up to [`MAX_GSO_SEGMENTS`] datagrams, each a chain of
 //! [`Stretch`]es: runs of datagrams lying back to back in one buffer (a GRO
 //! run forwarded whole is one stretch). A dropped datagram between two
 //! forwarded ones, or datagrams for other next hops between them, no longer
@@ -55,7 +55,7 @@ pub(crate) struct Stretch {
 /// One `sendmsg`: `count` datagrams of `segment` bytes (the last may be
 /// shorter), `len` bytes in all, in `stretches` pieces, for `dst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Send {
+pub(crate) struct GatherSend {
     /// Destination of every datagram in it.
     pub(crate) dst: SocketAddr,
     /// Size of every datagram but possibly the last.
@@ -70,7 +70,7 @@ pub(crate) struct Send {
     tail: u32,
 }
 
-impl Send {
+impl GatherSend {
     /// Whether the kernel must split it (`UDP_SEGMENT` cmsg needed).
     #[cfg(test)]
     pub(crate) fn is_gso(&self) -> bool {
@@ -102,7 +102,7 @@ struct Slot {
 /// Builds the sends of one batch as forwarded datagrams come in.
 #[derive(Debug)]
 pub(crate) struct Gather {
-    sends: Vec<Send>,
+    sends: Vec<GatherSend>,
     stretches: Vec<Stretch>,
     table: Box<[Slot]>,
     generation: u32,
@@ -186,7 +186,7 @@ impl Gather {
             next: NONE,
         });
         let i = self.sends.len() as u32;
-        self.sends.push(Send {
+        self.sends.push(GatherSend {
             dst,
             segment: len,
             count: 1,
@@ -199,12 +199,12 @@ impl Gather {
     }
 
     /// The sends built so far, in the order they were opened.
-    pub(crate) fn sends(&self) -> &[Send] {
+    pub(crate) fn sends(&self) -> &[GatherSend] {
         &self.sends
     }
 
     /// The stretches of `send`, in order.
-    pub(crate) fn stretches<'a>(&'a self, send: &Send) -> Stretches<'a> {
+    pub(crate) fn stretches<'a>(&'a self, send: &GatherSend) -> Stretches<'a> {
         Stretches {
             all: &self.stretches,
             next: send.head,
@@ -364,7 +364,7 @@ mod tests {
                 (2, 100, 3, vec![(0, 400, 100), (0, 600, 100), (1, 0, 100)]),
             ]
         );
-        assert!(g.sends().iter().all(Send::is_gso));
+        assert!(g.sends().iter().all(GatherSend::is_gso));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Synchronous batched sending: `sendmmsg` with one message per group, each
 //! with a `UDP_SEGMENT` control message when it carries several datagrams.
-//! A message is a contiguous [`Group`] (one iovec) or a gathered [`Send`]
+//! A message is a contiguous [`Group`] (one iovec) or a gathered [`GatherSend`]
 //! (an iovec per stretch): both are [`Messages`].
 //!
 //! The `mmsg` backend sends forwarded (gathered) datagrams this way; both backends send
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use super::cmsg::CmsgBuf;
 use super::error::IoError;
-use super::gather::{Gather, Send};
+use super::gather::{Gather, GatherSend};
 use super::group::Group;
 use super::limits::{MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD};
 use super::sockaddr::RawAddr;
@@ -153,7 +153,7 @@ impl Messages for Gather {
     }
 
     fn pieces(&self, i: usize, mut emit: impl FnMut(Group)) {
-        let s: &Send = &self.sends()[i];
+        let s: &GatherSend = &self.sends()[i];
         for t in self.stretches(s) {
             emit(Group {
                 dst: s.dst,
