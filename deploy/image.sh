@@ -179,7 +179,7 @@ for role in connector client; do
     chmod a+r "$vol/$role.toml"
     run_bg "$role" /usr/local/bin/agent run --config "/work/$role.toml"
 done
-await "the client's directory" sh -c "curl -sf http://127.0.0.1:$status_a/status | grep -q '\"name\":\"web\"'"
+await "the client's directory" sh -c "curl -sf http://127.0.0.1:$status_a/status | grep -Eq '\"name\": ?\"web\"'"
 got=$(curl -sS --max-time 10 "http://127.0.0.1:$listen_port/")
 if [ "$got" != "served through the image" ]; then
     echo "deploy/image: curl through the image's relay and agents got: $got" >&2
