@@ -95,6 +95,26 @@ run_bg() { # name, command...
     esac
     pids+=($!)
 }
+# run_bg, again (3 tries at most) when buildah fails to start the container
+# itself: under load its chroot runner sometimes cannot seal its memfd copy
+# ("Close_Fd sealing memfd copy: Device or resource busy"), which says
+# nothing about the image. The error shows at once, so 2 s of watching
+# the log is enough.
+start() { # name, command...
+    local name=$1
+    for try in 1 2 3; do
+        run_bg "$@"
+        local failed=0
+        for _ in $(seq 10); do
+            if grep -q 'sealing memfd' "$work/$name.log" 2> /dev/null; then failed=1; break; fi
+            sleep 0.2
+        done
+        [ $failed = 0 ] && return 0
+        echo "deploy/image: buildah could not start $name (try $try: sealing memfd busy); again" >&2
+    done
+    echo "deploy/image: buildah could not start $name" >&2
+    exit 1
+}
 # Waits (bounded) until `cond` succeeds.
 await() { # what, cond...
     local what=$1
@@ -160,7 +180,7 @@ echo "served through the image" > "$work/index.html"
 (cd "$work" && exec python3 -m http.server --bind 127.0.0.1 "$web_port") > "$work/web.log" 2>&1 &
 pids+=($!)
 
-run_bg relay /usr/local/bin/relay run --config /work/relay.toml
+start relay /usr/local/bin/relay run --config /work/relay.toml
 await "the relay's metrics" curl -sf "http://127.0.0.1:$metrics_port/metrics"
 relay_key=$(grep -o 'public key [0-9a-f]*' "$work/relay.log" | cut -d' ' -f3)
 for role in connector client; do
@@ -177,7 +197,7 @@ for role in connector client; do
         fi
     } > "$vol/$role.toml"
     chmod a+r "$vol/$role.toml"
-    run_bg "$role" /usr/local/bin/agent run --config "/work/$role.toml"
+    start "$role" /usr/local/bin/agent run --config "/work/$role.toml"
 done
 await "the client's directory" sh -c "curl -sf http://127.0.0.1:$status_a/status | grep -Eq '\"name\": ?\"web\"'"
 got=$(curl -sS --max-time 10 "http://127.0.0.1:$listen_port/")
@@ -185,5 +205,11 @@ if [ "$got" != "served through the image" ]; then
     echo "deploy/image: curl through the image's relay and agents got: $got" >&2
     exit 1
 fi
-forwarded=$(curl -sS "http://127.0.0.1:$metrics_port/metrics" | awk '/^ztna_forwarded_frames_total/ {s += $2} END {print s + 0}')
+forwarded_frames() {
+    curl -sS "http://127.0.0.1:$metrics_port/metrics" | awk '/^ztna_forwarded_frames_total/ {s += $2} END {print s + 0}'
+}
+forwarded_some() { [ "$(forwarded_frames)" -gt 0 ]; }
+# The workers publish their counters a few times a second.
+await "the relay's forwarded frames on /metrics" forwarded_some
+forwarded=$(forwarded_frames)
 echo "deploy/image: ok: curl -> client -> relay -> connector -> web server, all from the image ($forwarded frames forwarded by the relay)"
