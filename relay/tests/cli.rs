@@ -316,6 +316,32 @@ fn the_ca_lifecycle_refuses_overwrites_lists_renews_and_revokes() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// A CA in `d` and a relay key and certificate from it (`relay.key`,
+/// `relay.cert`, id 1000), made with the CLI.
+fn relay_identity(d: &Path) {
+    ok(relay()
+        .args(["ca", "init", "--dir"])
+        .arg(d)
+        .output()
+        .unwrap());
+    ok(relay()
+        .args(["keygen", "--out"])
+        .arg(d.join("relay.key"))
+        .output()
+        .unwrap());
+    ok(relay()
+        .args([
+            "ca", "issue", "--role", "relay", "--id", "1000", "--name", "relay-1", "--ca-key",
+        ])
+        .arg(d.join("ca.key"))
+        .arg("--key")
+        .arg(d.join("relay.key"))
+        .arg("--out")
+        .arg(d.join("relay.cert"))
+        .output()
+        .unwrap());
+}
+
 /// Lines of `reader`, read on a thread of their own, so a test can wait
 /// for one with a deadline.
 fn lines(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
@@ -352,27 +378,7 @@ fn await_line(rx: &std::sync::mpsc::Receiver<String>, what: &str, within: Durati
 fn a_sighup_right_after_the_ready_line_reloads_even_under_load() {
     let d = scratch("hup");
     let s = |p: &Path| p.to_str().unwrap().to_owned();
-    ok(relay()
-        .args(["ca", "init", "--dir", &s(&d)])
-        .output()
-        .unwrap());
-    ok(relay()
-        .args(["keygen", "--out", &s(&d.join("relay.key"))])
-        .output()
-        .unwrap());
-    ok(relay()
-        .args([
-            "ca", "issue", "--role", "relay", "--id", "1000", "--name", "relay-1",
-        ])
-        .args([
-            "--ca-key",
-            &s(&d.join("ca.key")),
-            "--key",
-            &s(&d.join("relay.key")),
-        ])
-        .args(["--out", &s(&d.join("relay.cert"))])
-        .output()
-        .unwrap());
+    relay_identity(&d);
     let policy = d.join("policy.toml");
     std::fs::copy(example_policy(), &policy).unwrap();
 
@@ -455,27 +461,7 @@ fn a_sighup_right_after_the_ready_line_reloads_even_under_load() {
 #[test]
 fn log_format_json_writes_one_json_object_per_stderr_line() {
     let d = scratch("json");
-    ok(relay()
-        .args(["ca", "init", "--dir"])
-        .arg(&d)
-        .output()
-        .unwrap());
-    ok(relay()
-        .args(["keygen", "--out"])
-        .arg(d.join("relay.key"))
-        .output()
-        .unwrap());
-    ok(relay()
-        .args([
-            "ca", "issue", "--role", "relay", "--id", "1000", "--name", "relay-1", "--ca-key",
-        ])
-        .arg(d.join("ca.key"))
-        .arg("--key")
-        .arg(d.join("relay.key"))
-        .arg("--out")
-        .arg(d.join("relay.cert"))
-        .output()
-        .unwrap());
+    relay_identity(&d);
     let mut child = relay()
         .args([
             "run",
