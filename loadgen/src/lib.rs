@@ -12,10 +12,12 @@
 //!   checks and latency in.
 //! * [`fleet`], [`run`], [`suite`]: one connected set of peers, one
 //!   measurement, a whole invocation.
-//! * [`report`]: JSON, the table, and the baseline check.
+//! * [`report`], [`interval`]: JSON, the table, paired ratios with their
+//!   bootstrap intervals, and the baseline check.
 
 pub mod fleet;
 pub mod handshakes;
+pub mod interval;
 pub mod link;
 pub mod mesh;
 pub mod payload;

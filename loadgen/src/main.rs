@@ -36,9 +36,13 @@ const EXIT_INTERRUPTED: u8 = 130;
 /// delivered packets/s, Gb/s, loss and latency in each forwarding mode.
 ///
 /// With no arguments: modes ztna, vpn and forward on the uring backend,
-/// scenarios bulk (1400 B) and small (64 B), 2 s each at full rate, then
-/// paced runs at 10/50/90 % of that rate for latency, and one run without
-/// the relay as the machine's ceiling.
+/// scenarios bulk (1400 B) and small (64 B), 3 s per mode at full rate,
+/// then paced runs at 10/50/90 % of that rate for latency, and one run
+/// without the relay as the machine's ceiling. Each mode has its own
+/// relay, all up at once on one core, and the measurements take turns
+/// across them in 200 ms slices: the ratios between modes are medians of
+/// per-round ratios with 95 % bootstrap intervals, which resolve
+/// differences of about 1 % on a noisy machine.
 ///
 /// With --relays 1,2: the same traffic also crosses two relays in a mesh,
 /// interleaved with the one-relay runs, and the table adds what the second
@@ -72,13 +76,22 @@ struct Cli {
     #[arg(long)]
     size: Option<usize>,
 
-    /// Seconds measured per full-rate run.
-    #[arg(long, default_value_t = 2.0)]
+    /// Seconds measured per full-rate run (per mode: the modes take turns
+    /// in --slice-ms slices within it).
+    #[arg(long, default_value_t = 3.0)]
     secs: f64,
 
     /// Seconds measured per paced (latency) run.
     #[arg(long, default_value_t = 1.0)]
     latency_secs: f64,
+
+    /// Length of one slice in milliseconds. Every mode (and path) has its
+    /// own relay, all up at once on the same core; measurements take turns
+    /// across them slice by slice (A B C, C B A, ...), and each ratio
+    /// between modes is the median of the per-round ratios, with a 95 %
+    /// bootstrap interval (20..=10000).
+    #[arg(long, default_value_t = 200)]
+    slice_ms: u64,
 
     /// Seconds sent before measuring each run.
     #[arg(long, default_value_t = 0.3)]
@@ -141,7 +154,7 @@ struct Cli {
     /// 1, or 2: users attached to relay A, the connector to relay B, every
     /// frame forwarded A -> B over their mesh link and checked against
     /// the policy on both. "1,2" runs both paths with the same traffic,
-    /// interleaved in 0.5 s slices, and reports the per-hop cost. 2 needs
+    /// interleaved slice by slice, and reports the per-hop cost. 2 needs
     /// the etcd binary (Debian: etcd-server), started on loopback for the
     /// run unless --etcd names one.
     #[arg(long, value_delimiter = ',', default_value = "1")]
@@ -244,6 +257,11 @@ impl Cli {
                 loadgen::scenario::MAX_FAN_OUT
             );
         }
+        anyhow::ensure!(
+            (20..=10_000).contains(&self.slice_ms),
+            "--slice-ms must be between 20 and 10000, not {}",
+            self.slice_ms
+        );
         anyhow::ensure!(!self.relays.is_empty(), "--relays names no path");
         for (k, &n) in self.relays.iter().enumerate() {
             anyhow::ensure!(
@@ -285,6 +303,7 @@ impl Cli {
             relay_core,
             relays: self.relays.clone(),
             etcd: self.etcd.clone(),
+            slice: Duration::from_millis(self.slice_ms),
         })
     }
 }

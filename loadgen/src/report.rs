@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::interval::Interval;
 use crate::run::Measurement;
 
 /// Latency percentiles in microseconds.
@@ -126,6 +127,26 @@ pub struct RunResult {
     /// Frames for denied pairs that arrived anyway.
     #[serde(default)]
     pub denied_delivered: u64,
+    /// Each slice of an interleaved run, in round order (empty when the
+    /// run was not sliced): what the paired ratios are computed from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slices: Vec<SliceFigures>,
+}
+
+/// One slice of an interleaved run: slice `k` of every rig measured in the
+/// same invocation ran in the same round, within a fraction of a second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SliceFigures {
+    /// Frames delivered per second in the slice.
+    pub recv_pps: f64,
+    /// Relay worker CPU time per frame judged in the slice, ns (all relays
+    /// of the path added), when readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_ns: Option<f64>,
+    /// Median one-way latency of the slice's samples, µs (0 without
+    /// samples).
+    #[serde(default)]
+    pub p50_us: f64,
 }
 
 /// What a `--json` file holds.
@@ -227,7 +248,39 @@ impl RunResult {
             verified: m.sink.verified,
             corrupt: m.sink.corrupt + m.sink.bad_hop,
             denied_delivered: m.sink.denied_delivered,
+            slices: Vec::new(),
         }
+    }
+
+    /// The result with the figures of each of its slices (a run measured in
+    /// one piece keeps none: there is nothing to pair).
+    pub fn with_slices(mut self, slices: &[Measurement]) -> RunResult {
+        if slices.len() > 1 {
+            self.slices = slices
+                .iter()
+                .map(|m| {
+                    let one = RunResult::new(
+                        Labels {
+                            mode: &self.mode,
+                            backend: &self.backend,
+                            scenario: &self.scenario,
+                            size: self.size,
+                            load: self.load,
+                            repeat: self.repeat,
+                            enforces_policy: false,
+                            relays: self.relays,
+                        },
+                        m,
+                    );
+                    SliceFigures {
+                        recv_pps: one.recv_pps,
+                        relay_ns: one.relay_ns_per_frame,
+                        p50_us: one.lat_us.p50,
+                    }
+                })
+                .collect();
+        }
+        self
     }
 
     /// The key runs are matched by across repeats and against a baseline.
@@ -372,7 +425,8 @@ impl Report {
 
     /// Ratios that describe a report independently of the machine's speed
     /// that day: every relay run's median rate over the median rate of a
-    /// reference run of the same invocation. References: the `direct` run
+    /// reference run of the same invocation (for rigs that were
+    /// interleaved, the median of the per-round ratios, [`paired`]). References: the `direct` run
     /// of the same scenario and size, the `forward` and `vpn` runs of the
     /// same backend, scenario, size, load and relays, and for a run through
     /// several relays, the same run through one.
@@ -384,6 +438,10 @@ impl Report {
                 .and_then(|rs| Spread::of(rs.iter().map(|r| r.recv_pps)))
                 .map(|s| s.median)
         };
+        let paired_rates: BTreeMap<(RunKey, String), f64> = paired(self)
+            .into_iter()
+            .filter_map(|p| Some(((p.key, p.against), p.rate?.median)))
+            .collect();
         let mut out = BTreeMap::new();
         for key in groups
             .keys()
@@ -420,7 +478,20 @@ impl Report {
                 }
             }
             for (name, rk) in refs {
-                if let Some(base) = median(&rk).filter(|b| *b > 0.0) {
+                // Interleaved rigs: the median of the per-round ratios,
+                // which drift does not move; otherwise the ratio of the
+                // medians.
+                let paired = paired_rates
+                    .get(&(key.clone(), name.to_owned()))
+                    .copied()
+                    .or_else(|| {
+                        paired_rates
+                            .get(&(rk.clone(), key.mode.clone()))
+                            .map(|r| 1.0 / r)
+                    });
+                if let Some(r) = paired {
+                    out.insert(format!("{key} / {name}"), r);
+                } else if let Some(base) = median(&rk).filter(|b| *b > 0.0) {
                     out.insert(format!("{key} / {name}"), pps / base);
                 }
             }
@@ -446,6 +517,152 @@ impl Report {
             })
             .collect()
     }
+}
+
+/// Modes in the order they are compared: each with every one before it
+/// (`vpn` against `forward`, `ztna` against `vpn` and `forward`, and all
+/// three against `bare`, the floor, when it ran).
+pub const COMPARED: [&str; 4] = ["bare", "forward", "vpn", "ztna"];
+
+/// One rig against another of the same invocation, round by round: the
+/// same scenario, size, backend, load, path and repeat, in another mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Paired {
+    /// The run.
+    pub key: RunKey,
+    /// The mode it is compared with.
+    pub against: String,
+    /// Rounds paired (over all repeats).
+    pub rounds: usize,
+    /// Delivered rate over the other's, per round.
+    pub rate: Option<Interval>,
+    /// Relay CPU per frame over the other's, per round.
+    pub relay_ns: Option<Interval>,
+    /// Median latency minus the other's, µs, per round (paced runs).
+    pub added_p50_us: Option<Interval>,
+}
+
+impl Paired {
+    /// Whether the rate interval resolves a difference (excludes 1.0).
+    pub fn rate_resolved(&self) -> Option<bool> {
+        self.rate.map(|i| !i.contains(1.0))
+    }
+}
+
+/// Every paired comparison `report` allows: for each sliced run, each mode
+/// before its own in [`COMPARED`] that ran beside it.
+pub fn paired(report: &Report) -> Vec<Paired> {
+    let mut pairs: BTreeMap<(RunKey, String), Vec<(&SliceFigures, &SliceFigures)>> =
+        BTreeMap::new();
+    for run in report.results.iter().filter(|r| !r.slices.is_empty()) {
+        let Some(rank) = COMPARED.iter().position(|m| *m == run.mode) else {
+            continue;
+        };
+        for &other_mode in &COMPARED[..rank] {
+            let twin = RunKey {
+                mode: other_mode.to_owned(),
+                ..run.key()
+            };
+            let Some(other) = report
+                .results
+                .iter()
+                .find(|o| o.repeat == run.repeat && o.key() == twin)
+            else {
+                continue;
+            };
+            if other.slices.len() != run.slices.len() {
+                continue;
+            }
+            pairs
+                .entry((run.key(), other_mode.to_owned()))
+                .or_default()
+                .extend(run.slices.iter().zip(&other.slices));
+        }
+    }
+    pairs
+        .into_iter()
+        .map(|((key, against), rounds)| {
+            let ratio = |f: fn(&SliceFigures) -> Option<f64>| {
+                let v: Vec<f64> = rounds
+                    .iter()
+                    .filter_map(|(a, b)| Some(f(a)? / f(b).filter(|x| *x > 0.0)?))
+                    .collect();
+                Interval::of_median(&v)
+            };
+            let added = if key.load_pct.is_some() {
+                let v: Vec<f64> = rounds
+                    .iter()
+                    .filter(|(a, b)| a.p50_us > 0.0 && b.p50_us > 0.0)
+                    .map(|(a, b)| a.p50_us - b.p50_us)
+                    .collect();
+                Interval::of_median(&v)
+            } else {
+                None
+            };
+            Paired {
+                rounds: rounds.len(),
+                rate: ratio(|s| Some(s.recv_pps)),
+                relay_ns: ratio(|s| s.relay_ns),
+                added_p50_us: added,
+                key,
+                against,
+            }
+        })
+        .collect()
+}
+
+/// An interval, marked `~` when it contains `neutral` (no difference
+/// resolved).
+fn interval_text(i: Option<Interval>, neutral: f64, signed: bool) -> String {
+    match i {
+        None => "-".to_owned(),
+        Some(i) => {
+            let mark = if i.contains(neutral) { " ~" } else { "" };
+            if signed {
+                format!("{:+.1} [{:+.1}, {:+.1}]{mark}", i.median, i.low, i.high)
+            } else {
+                format!("{i}{mark}")
+            }
+        }
+    }
+}
+
+/// The paired lines of the table (empty when nothing was interleaved).
+fn paired_text(report: &Report) -> String {
+    let all = paired(report);
+    let mut out = String::new();
+    if all.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\npaired comparisons (rigs interleaved slice by slice in one invocation; median of\n\
+         per-round ratios or differences, [95 % bootstrap interval], ~ = the interval holds 1.0\n\
+         (or 0 us): no difference resolved):"
+    );
+    for p in all {
+        // Paced rigs are all offered the same rate: their rate ratio says
+        // nothing, their latency does.
+        let line = if p.key.load_pct.is_some() {
+            format!(
+                "  {} vs {}: p50 {} us, relay ns/frame {}",
+                p.key,
+                p.against,
+                interval_text(p.added_p50_us, 0.0, true),
+                interval_text(p.relay_ns, 1.0, false)
+            )
+        } else {
+            format!(
+                "  {} vs {}: rate {}, relay ns/frame {}",
+                p.key,
+                p.against,
+                interval_text(p.rate, 1.0, false),
+                interval_text(p.relay_ns, 1.0, false)
+            )
+        };
+        let _ = writeln!(out, "{line} ({} rounds)", p.rounds);
+    }
+    out
 }
 
 /// What the relays added to a path cost: a run through several relays
@@ -686,6 +903,7 @@ pub fn table(report: &Report) -> String {
             let _ = writeln!(out, "  {name:<52} {r:>6.3}");
         }
     }
+    out.push_str(&paired_text(report));
     out.push_str(&per_hop_text(report));
     out
 }
@@ -716,6 +934,7 @@ mod tests {
             verified: 0,
             corrupt: 0,
             denied_delivered: 0,
+            slices: Vec::new(),
         }
     }
 
@@ -866,5 +1085,131 @@ mod tests {
         );
         // Without a two-relay run, no per-hop lines.
         assert!(!table(&self::report(90.0)).contains("per-hop"));
+    }
+
+    /// A run sliced into rounds with these delivered rates and relay ns.
+    fn sliced(mode: &str, rates: &[f64], ns: f64) -> RunResult {
+        let mut r = result(
+            mode,
+            "uring",
+            rates.iter().sum::<f64>() / rates.len() as f64,
+        );
+        r.slices = rates
+            .iter()
+            .map(|&recv_pps| SliceFigures {
+                recv_pps,
+                relay_ns: Some(ns),
+                p50_us: 0.0,
+            })
+            .collect();
+        r
+    }
+
+    #[test]
+    fn paired_ratios_are_medians_of_per_round_ratios() {
+        // The machine slows down 30 % over the run; ztna is 2 % slower
+        // than vpn in every round, forward 0.1 % faster.
+        let drift: Vec<f64> = (0..15)
+            .map(|k| 100.0 * (1.0 - 0.02 * f64::from(k)))
+            .collect();
+        let vpn_rates: Vec<f64> = drift.clone();
+        let ztna_rates: Vec<f64> = drift.iter().map(|r| r * 0.98).collect();
+        let fwd_rates: Vec<f64> = drift.iter().map(|r| r * 1.001).collect();
+        let report = Report {
+            results: vec![
+                sliced("ztna", &ztna_rates, 420.0),
+                sliced("vpn", &vpn_rates, 400.0),
+                sliced("forward", &fwd_rates, 380.0),
+            ],
+            direct: Vec::new(),
+        };
+        let all = paired(&report);
+        let find = |mode: &str, against: &str| {
+            all.iter()
+                .find(|p| p.key.mode == mode && p.against == against)
+                .unwrap_or_else(|| panic!("no {mode} vs {against} in {all:?}"))
+        };
+        let zv = find("ztna", "vpn");
+        assert_eq!(zv.rounds, 15);
+        let rate = zv.rate.unwrap();
+        assert!((rate.median - 0.98).abs() < 1e-9, "{rate}");
+        assert!(
+            !rate.contains(1.0),
+            "a 2 % difference every round is resolved: {rate}"
+        );
+        assert_eq!(zv.rate_resolved(), Some(true));
+        assert!((zv.relay_ns.unwrap().median - 1.05).abs() < 1e-9);
+        // 0.1 % in every round is still resolved (no scatter at all) ...
+        let fv = find("vpn", "forward");
+        assert!((fv.rate.unwrap().median - 1.0 / 1.001).abs() < 1e-9);
+        // ... and the ratios the baseline check uses are the paired ones.
+        let ratios = report.ratios();
+        assert!((ratios["ztna uring bulk 1400B max / vpn"] - 0.98).abs() < 1e-9);
+        assert!((ratios["forward uring bulk 1400B max / vpn"] - 1.001).abs() < 1e-9);
+        let text = table(&report);
+        assert!(
+            text.contains("ztna uring bulk 1400B max vs vpn: rate 0.980 [0.980, 0.980]"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_unresolved_difference_is_marked() {
+        // vpn over forward scatters ±3 % around 1.0.
+        let fwd: Vec<f64> = vec![100.0; 12];
+        let vpn: Vec<f64> = (0..12)
+            .map(|k| if k % 2 == 0 { 103.0 } else { 97.0 })
+            .collect();
+        let report = Report {
+            results: vec![sliced("vpn", &vpn, 400.0), sliced("forward", &fwd, 400.0)],
+            direct: Vec::new(),
+        };
+        let p = &paired(&report)[0];
+        assert_eq!(p.rate_resolved(), Some(false), "{p:?}");
+        let text = table(&report);
+        assert!(
+            text.contains("vs forward: rate 1.000 [0.970, 1.030] ~"),
+            "{text}"
+        );
+        // Relay CPU per frame identical every round: a zero-width interval at 1.0, unresolved too.
+        assert!(
+            text.contains("relay ns/frame 1.000 [1.000, 1.000] ~"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn runs_without_slices_or_with_other_round_counts_are_not_paired() {
+        let mut short = sliced("vpn", &[1.0, 1.0, 1.0], 1.0);
+        let report = Report {
+            results: vec![sliced("ztna", &[1.0; 4], 1.0), short.clone()],
+            direct: Vec::new(),
+        };
+        assert!(paired(&report).is_empty());
+        short.slices.clear();
+        assert!(paired(&Report {
+            results: vec![short.clone(), short],
+            direct: Vec::new()
+        })
+        .is_empty());
+        assert!(!table(&report).contains("paired comparisons"));
+    }
+
+    #[test]
+    fn paced_runs_pair_their_median_latency() {
+        let mut ztna = sliced("ztna", &[100.0; 5], 1.0);
+        let mut bare = sliced("bare", &[100.0; 5], 1.0);
+        for (k, (z, b)) in ztna.slices.iter_mut().zip(&mut bare.slices).enumerate() {
+            b.p50_us = 20.0 + k as f64;
+            z.p50_us = b.p50_us + 4.0;
+        }
+        ztna.load = Some(0.1);
+        bare.load = Some(0.1);
+        let p = &paired(&Report {
+            results: vec![ztna, bare],
+            direct: Vec::new(),
+        })[0];
+        assert_eq!(p.against, "bare");
+        assert!((p.added_p50_us.unwrap().median - 4.0).abs() < 1e-9, "{p:?}");
     }
 }

@@ -1,12 +1,15 @@
-//! A whole invocation: for every repeat, scenario, backend and mode, start a
-//! relay (or one per path compared: one relay, two relays in a mesh),
-//! connect a fleet to each, measure the full rate, then the paced latency
-//! runs; plus one run without a relay per scenario and repeat.
+//! A whole invocation: for every repeat, scenario and backend, start one
+//! rig per mode and path (a relay, or two in a mesh, each with its own
+//! fleet of users and connectors, every relay worker on the same core),
+//! measure the full rate, then the paced latency runs; plus one run
+//! without a relay per scenario and repeat.
 //!
-//! When several paths are compared, they are all up at once and each
-//! measurement alternates between them in slices of [`SLICE`] (first path
-//! first, then last first, and so on), so that the VM's drift over a run
-//! falls on every path alike; each path's slices add up to one result.
+//! The rigs are all up at once and each measurement alternates between
+//! them in slices of [`SLICE`] by default (A B C, then C B A, and so on), so
+//! that the VM's drift over a run falls on every rig alike. Each rig's
+//! slices add up to its result, and are also kept one by one: round `k` of
+//! two rigs ran within a fraction of a second of each other, and the
+//! per-round ratios give the paired comparisons of [`crate::report`].
 
 use std::time::{Duration, Instant};
 
@@ -20,13 +23,15 @@ use crate::run::{run, Interrupted, Measurement, RunSpec};
 use crate::scenario::{Plan, Scenario};
 use crate::world::{Topology, World, WorldConfig};
 
-/// Length of one slice when paths are interleaved. Long against the relay's
-/// 100 ms statistics period (each slice's relay figures come from two
-/// snapshots of it), short against the VM's drift.
-pub const SLICE: Duration = Duration::from_millis(500);
-/// Warm-up of every slice after a path's first: enough to refill the
+/// Default length of one slice when rigs are interleaved: short against
+/// the VM's drift, so that the rigs of one round see the same machine, and
+/// twice the relay's 100 ms statistics period (each slice's relay figures
+/// come from two snapshots of it, taken together, so CPU per frame stays
+/// consistent).
+pub const SLICE: Duration = Duration::from_millis(200);
+/// Warm-up of every slice after a rig's first: enough to refill the
 /// in-flight window, the sessions and caches are already warm.
-const SLICE_WARMUP: Duration = Duration::from_millis(50);
+const SLICE_WARMUP: Duration = Duration::from_millis(30);
 
 /// Everything an invocation measures.
 #[derive(Debug, Clone)]
@@ -71,6 +76,8 @@ pub struct SuiteConfig {
     pub relays: Vec<usize>,
     /// etcd for two-relay paths (client URL); `None`: start one.
     pub etcd: Option<String>,
+    /// Length of one slice when rigs take turns.
+    pub slice: Duration,
 }
 
 impl SuiteConfig {
@@ -123,6 +130,7 @@ pub trait Observer {
 
 /// One path under test: its relays and the fleet attached to them.
 struct PathRig {
+    mode: Mode,
     world: World,
     fleet: Fleet,
     relays: usize,
@@ -160,125 +168,132 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
             let size = plan.mean_size();
             let mut direct_done = !cfg.direct;
             for &backend in &cfg.backends {
+                // Every (mode, path) of this plan and backend is up at once,
+                // each with its own fleet, all relays on the same core; the
+                // measurements take turns slice by slice.
+                let mut rigs = Vec::with_capacity(cfg.modes.len() * topologies.len());
                 for &mode in &cfg.modes {
-                    let mut paths = Vec::with_capacity(topologies.len());
                     for topology in &topologies {
                         if obs.interrupted() {
                             return Err(Interrupted.into());
                         }
-                        paths.push(start_path(cfg, obs, plan, topology, mode, backend, epoch)?);
+                        rigs.push(start_path(cfg, obs, plan, topology, mode, backend, epoch)?);
                     }
-                    let full = RunSpec {
-                        secs: cfg.secs,
-                        warmup: cfg.warmup,
-                        rate: None,
-                        train: cfg.train,
-                        window: cfg.window,
-                        denied_arrive: mode != Mode::Ztna,
+                }
+                let full = |mode: Mode| RunSpec {
+                    secs: cfg.secs,
+                    warmup: cfg.warmup,
+                    rate: None,
+                    train: cfg.train,
+                    window: cfg.window,
+                    denied_arrive: mode != Mode::Ztna,
+                };
+                if !direct_done {
+                    direct_done = true;
+                    let labels = Labels {
+                        mode: "direct",
+                        backend: "none",
+                        scenario,
+                        size,
+                        load: None,
+                        repeat,
+                        enforces_policy: false,
+                        relays: 0,
                     };
-                    if !direct_done {
-                        direct_done = true;
-                        let labels = Labels {
-                            mode: "direct",
-                            backend: "none",
+                    let fleet = &mut rigs[0].fleet;
+                    fleet.sink.set_hop_check(false);
+                    let target = fleet.receiver_addr;
+                    // Without a relay every frame arrives.
+                    let spec = RunSpec {
+                        denied_arrive: true,
+                        ..full(Mode::Forward)
+                    };
+                    let m = measure(obs, &labels, |p| run(fleet, target, &spec, &[], p))?;
+                    fleet.sink.set_hop_check(true);
+                    let r = RunResult::new(labels, &m);
+                    obs.finish(&r);
+                    report.direct.push(r);
+                }
+                // Labels of each rig, owned: the runs borrow the rigs
+                // mutably.
+                let names: Vec<(Mode, String, usize)> = rigs
+                    .iter()
+                    .map(|p| (p.mode, p.backend.clone(), p.relays))
+                    .collect();
+                let mode_names: Vec<String> = names.iter().map(|(m, ..)| m.to_string()).collect();
+                let labels = |load: Option<f64>| -> Vec<Labels<'_>> {
+                    names
+                        .iter()
+                        .zip(&mode_names)
+                        .map(|((mode, backend, relays), mode_name)| Labels {
+                            mode: mode_name,
+                            backend,
                             scenario,
                             size,
-                            load: None,
+                            load,
                             repeat,
-                            enforces_policy: false,
-                            relays: 0,
-                        };
-                        let fleet = &mut paths[0].fleet;
-                        fleet.sink.set_hop_check(false);
-                        let target = fleet.receiver_addr;
-                        // Without a relay every frame arrives.
-                        let spec = RunSpec {
-                            denied_arrive: true,
-                            ..full
-                        };
-                        let m = measure(obs, &labels, |p| run(fleet, target, &spec, &[], p))?;
-                        fleet.sink.set_hop_check(true);
-                        let r = RunResult::new(labels, &m);
-                        obs.finish(&r);
-                        report.direct.push(r);
-                    }
-                    let mode_name = mode.to_string();
-                    // (backend, relays) of each path, owned: the runs
-                    // borrow the paths mutably.
-                    let names: Vec<(String, usize)> = paths
-                        .iter()
-                        .map(|p| (p.backend.clone(), p.relays))
-                        .collect();
-                    let labels = |load: Option<f64>| -> Vec<Labels<'_>> {
-                        names
-                            .iter()
-                            .map(|(backend, relays)| Labels {
-                                mode: &mode_name,
-                                backend,
-                                scenario,
-                                size,
-                                load,
-                                repeat,
-                                enforces_policy: mode == Mode::Ztna,
-                                relays: *relays,
-                            })
-                            .collect()
-                    };
-                    let all_labels = labels(None);
-                    let specs = vec![full; paths.len()];
-                    let ms = interleaved(obs, &mut paths, &specs, &all_labels)?;
-                    // Paced runs offer a share of what the relay delivered at most
-                    // (scaled back up by the frames policy drops); comparing
-                    // paths, the same rate to each: a share of the slower's.
-                    let delivered_share = if mode == Mode::Ztna {
+                            enforces_policy: *mode == Mode::Ztna,
+                            relays: *relays,
+                        })
+                        .collect()
+                };
+                let all_labels = labels(None);
+                let specs: Vec<RunSpec> = names.iter().map(|(m, ..)| full(*m)).collect();
+                let ms = interleaved(obs, cfg.slice, &mut rigs, &specs, &all_labels)?;
+                // Paced runs offer every rig the same rate, so that their
+                // latencies compare like for like: a share of the slowest
+                // rig's maximum (scaled back up by the frames policy
+                // drops, for ztna).
+                let mut max_pps = f64::INFINITY;
+                for ((l, m), (mode, ..)) in all_labels.iter().zip(&ms).zip(&names) {
+                    let delivered_share = if *mode == Mode::Ztna {
                         (1.0 - plan.denied_share()).max(0.05)
                     } else {
                         1.0
                     };
-                    let mut max_pps = f64::INFINITY;
-                    for (l, m) in all_labels.iter().zip(&ms) {
-                        let max = RunResult::new(*l, m);
-                        obs.finish(&max);
-                        max_pps = max_pps.min(max.sent_pps.min(max.recv_pps / delivered_share));
-                        report.results.push(max);
-                    }
-                    for &load in &cfg.loads {
-                        let paced = RunSpec {
+                    let max = RunResult::new(*l, &m.total).with_slices(&m.slices);
+                    obs.finish(&max);
+                    max_pps = max_pps.min(max.sent_pps.min(max.recv_pps / delivered_share));
+                    report.results.push(max);
+                }
+                for &load in &cfg.loads {
+                    let specs: Vec<RunSpec> = names
+                        .iter()
+                        .map(|(mode, ..)| RunSpec {
                             secs: cfg.latency_secs,
                             warmup: cfg.warmup,
                             rate: Some((max_pps * load).max(1000.0)),
                             train: cfg.train,
                             window: None,
-                            denied_arrive: mode != Mode::Ztna,
-                        };
-                        let all_labels = labels(Some(load));
-                        let specs = vec![paced; paths.len()];
-                        let ms = interleaved(obs, &mut paths, &specs, &all_labels)?;
-                        for (l, m) in all_labels.iter().zip(&ms) {
-                            let r = RunResult::new(*l, m);
-                            obs.finish(&r);
-                            report.results.push(r);
-                        }
+                            denied_arrive: *mode != Mode::Ztna,
+                        })
+                        .collect();
+                    let all_labels = labels(Some(load));
+                    let ms = interleaved(obs, cfg.slice, &mut rigs, &specs, &all_labels)?;
+                    for (l, m) in all_labels.iter().zip(&ms) {
+                        let r = RunResult::new(*l, &m.total).with_slices(&m.slices);
+                        obs.finish(&r);
+                        report.results.push(r);
                     }
-                    for path in paths {
-                        drop(path.fleet);
-                        for (r, relay_report) in path.world.stop().iter().enumerate() {
-                            for (k, w) in relay_report.workers.iter().enumerate() {
-                                let io = &w.io;
-                                tracing::debug!(
-                                    relay = r,
-                                    worker = k,
-                                    datagrams_in = io.datagrams_in,
-                                    gro_runs = io.gro_runs,
-                                    datagrams_out = io.datagrams_out,
-                                    send_calls = io.send_calls,
-                                    syscalls = io.syscalls,
-                                    empty_polls = io.empty_polls,
-                                    recv_no_buffers = io.recv_no_buffers,
-                                    send_dropped = io.send_dropped,
-                                    "relay worker I/O"
-                                );
-                            }
+                }
+                for rig in rigs {
+                    drop(rig.fleet);
+                    for (r, relay_report) in rig.world.stop().iter().enumerate() {
+                        for (k, w) in relay_report.workers.iter().enumerate() {
+                            let io = &w.io;
+                            tracing::debug!(
+                                relay = r,
+                                worker = k,
+                                datagrams_in = io.datagrams_in,
+                                gro_runs = io.gro_runs,
+                                datagrams_out = io.datagrams_out,
+                                send_calls = io.send_calls,
+                                syscalls = io.syscalls,
+                                empty_polls = io.empty_polls,
+                                recv_no_buffers = io.recv_no_buffers,
+                                send_dropped = io.send_dropped,
+                                "relay worker I/O"
+                            );
                         }
                     }
                 }
@@ -345,6 +360,7 @@ fn start_path(
         setup.elapsed().as_secs_f64()
     ));
     Ok(PathRig {
+        mode,
         world,
         fleet,
         relays,
@@ -352,28 +368,38 @@ fn start_path(
     })
 }
 
-/// Runs `specs[i]` on `paths[i]` for every path, one result each. With
-/// one path, one run. With several, each run's measured time is cut into
-/// slices of about [`SLICE`], and the paths take turns slice by slice,
-/// the order reversed every other slice (A B, B A, A B, ...); a path's
-/// slices are merged into its result.
+/// What one rig measured in an interleaved run: the whole, and each
+/// slice on its own (for the paired ratios).
+struct Interleaved {
+    /// Every slice merged.
+    total: Measurement,
+    /// Each slice, in round order.
+    slices: Vec<Measurement>,
+}
+
+/// Runs `specs[i]` on `rigs[i]` for every rig, one result each. With one
+/// rig, one run. With several, each run's measured time is cut into
+/// slices of about `slice`, and the rigs take turns slice by slice, the
+/// order reversed every other round (A B C, C B A, A B C, ...), so that
+/// whatever drifts over a round falls on every rig alike.
 fn interleaved(
     obs: &mut dyn Observer,
-    paths: &mut [PathRig],
+    slice: Duration,
+    rigs: &mut [PathRig],
     specs: &[RunSpec],
     labels: &[Labels<'_>],
-) -> anyhow::Result<Vec<Measurement>> {
-    let n = paths.len().min(specs.len());
+) -> anyhow::Result<Vec<Interleaved>> {
+    let n = rigs.len().min(specs.len());
     let secs = specs.iter().map(|s| s.secs).max().unwrap_or_default();
     let slices: u32 = if n > 1 {
-        ((secs.as_secs_f64() / SLICE.as_secs_f64()).round() as u32).max(1)
+        ((secs.as_secs_f64() / slice.as_secs_f64().max(1e-3)).round() as u32).max(1)
     } else {
         1
     };
     let title: Vec<String> = labels.iter().map(|l| l.key().to_string()).collect();
     obs.start(&title.join(" | "));
     let total = f64::from(slices) * n as f64;
-    let mut out: Vec<Option<Measurement>> = (0..n).map(|_| None).collect();
+    let mut out: Vec<Vec<Measurement>> = (0..n).map(|_| Vec::new()).collect();
     for k in 0..slices {
         if obs.interrupted() {
             return Err(Interrupted.into());
@@ -394,19 +420,28 @@ fn interleaved(
                 ..specs[i]
             };
             let done = f64::from(k) * n as f64 + j as f64;
-            let PathRig { world, fleet, .. } = &mut paths[i];
+            let PathRig { world, fleet, .. } = &mut rigs[i];
             let relays = world.relays();
             let m = run(fleet, world.relay_addr(), &spec, &relays, &mut |p| {
                 obs.progress((done + p) / total);
                 !obs.interrupted()
             })?;
-            match &mut out[i] {
-                Some(acc) => acc.merge(&m)?,
-                slot => *slot = Some(m),
-            }
+            out[i].push(m);
         }
     }
-    Ok(out.into_iter().flatten().collect())
+    out.into_iter()
+        .map(|slices| {
+            let mut it = slices.iter();
+            let mut total = it
+                .next()
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("an interleaved run measured no slice"))?;
+            for m in it {
+                total.merge(m)?;
+            }
+            Ok(Interleaved { total, slices })
+        })
+        .collect()
 }
 
 fn measure(

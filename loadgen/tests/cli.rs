@@ -36,6 +36,15 @@ fn io_arg() -> &'static str {
     }
 }
 
+/// The backend results are labelled with first, for an `--io` argument.
+fn backend_of(io: &str) -> &str {
+    if io == "both" {
+        "uring"
+    } else {
+        io
+    }
+}
+
 fn short_run(json: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "--secs",
@@ -74,6 +83,9 @@ fn a_short_run_delivers_intact_frames_in_every_mode_and_backend() {
             "50",
             "--verify-every",
             "4",
+            // 0.2 s per mode in 50 ms slices: 4 rounds to pair.
+            "--slice-ms",
+            "50",
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -82,6 +94,17 @@ fn a_short_run_delivers_intact_frames_in_every_mode_and_backend() {
         stdout.contains("ratios of median delivered rates"),
         "{stdout}"
     );
+    assert!(stdout.contains("paired comparisons"), "{stdout}");
+    for pair in [
+        "max vs vpn: rate ",
+        "max vs forward: rate ",
+        "@50% vs vpn: p50 ",
+    ] {
+        assert!(
+            stdout.contains(&format!("ztna {} bulk 1400B {pair}", backend_of(io))),
+            "no {pair:?} line:\n{stdout}"
+        );
+    }
 
     let report = read_report(&json);
     let backends: &[&str] = if io == "both" {
@@ -114,6 +137,11 @@ fn a_short_run_delivers_intact_frames_in_every_mode_and_backend() {
                     text(&out)
                 );
                 for r in runs {
+                    // Every rig of a plan took turns: 4 rounds at full rate, 2 paced,
+                    // slice delivering.
+                    let rounds = if r.load.is_some() { 2 } else { 4 };
+                    assert_eq!(r.slices.len(), rounds, "{r:?}");
+                    assert!(r.slices.iter().all(|s| s.recv_pps > 0.0), "{r:?}");
                     assert!(r.recv_pps > 0.0, "{r:?}");
                     assert!(r.verified > 0, "nothing opened end to end: {r:?}");
                     assert_eq!(r.corrupt, 0, "{r:?}");
