@@ -1,53 +1,42 @@
-//! The in-memory batch datapath: batches of 64 frames at 64 B and 1400 B in
-//! each mode. Frames are rebuilt (fresh counters, valid tags) in the untimed
-//! part of every iteration, since the replay window rightly rejects a frame
-//! seen before; only the datapath over the batch is timed (`iter_custom`).
+//! The in-memory batch datapath: batches of 64 frames of every
+//! [`bench::rig::Case`] (the three modes at 64 B and 1400 B, `ztna` with
+//! 10 % denied at 1400 B), judged by [`bench::rig::Rig`] as a relay worker
+//! judges them. Frames are re-armed (fresh counters, valid tags) in the
+//! untimed part of every iteration, since the replay window rightly
+//! rejects a frame seen before; only [`Rig::process_batch`] is timed
+//! (`iter_custom`): the function `scripts/instructions.sh` counts the
+//! instructions of under callgrind.
 
 use std::time::{Duration, Instant};
 
+use bench::rig::{Case, Rig, BATCH};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use proto::datapath::{Mode, Verdict};
-use proto::testkit::Fixture;
-
-const BATCH: usize = 64;
-const USERS: u32 = 16;
-const SERVICES: u32 = 64;
 
 fn datapath(c: &mut Criterion) {
     for size in [64usize, 1400] {
         let mut group = c.benchmark_group(format!("datapath/batch64/{size}B"));
         group.throughput(Throughput::Elements(BATCH as u64));
-        for mode in Mode::ALL {
-            let mut fx = Fixture::new(USERS, SERVICES);
-            let mut bufs = vec![vec![0u8; size]; BATCH];
-            let mut verdicts = [Verdict::Local; BATCH];
-            let mut i = 0u32;
-            group.bench_function(mode.name(), |b| {
+        for case in Case::ALL.into_iter().filter(|c| c.size == size) {
+            let mut rig = Rig::new(case);
+            let id = match case.deny_percent {
+                0 => case.mode.name().to_owned(),
+                pct => format!("{}-deny{pct}", case.mode),
+            };
+            group.bench_function(id, |b| {
                 b.iter_custom(|iters| {
                     let mut spent = Duration::ZERO;
                     for _ in 0..iters {
-                        for buf in bufs.iter_mut() {
-                            // Allowed pairs only: odd services.
-                            fx.upstream(i % USERS, (i % SERVICES) | 1, buf, size);
-                            i = i.wrapping_add(1);
-                        }
+                        rig.arm();
                         let start = Instant::now();
-                        let mut dp = fx.datapath(mode);
-                        for (v, buf) in verdicts.iter_mut().zip(bufs.iter_mut()) {
-                            *v = dp.process(buf);
-                        }
+                        black_box(rig.process_batch());
                         spent += start.elapsed();
-                        black_box(&verdicts);
                     }
                     spent
                 });
             });
-            assert_eq!(
-                fx.counters.dropped_total(),
-                0,
-                "{mode:?}: {:?}",
-                fx.counters
-            );
+            if let Err(e) = rig.check() {
+                panic!("{e}");
+            }
         }
         group.finish();
     }
