@@ -222,7 +222,11 @@ mod tests {
     fn the_committed_figures_parse_and_cover_every_case() {
         let recorded = recorded().expect("bench/instructions.json parses");
         for case in Case::ALL {
-            assert!(recorded.get(case).is_some(), "{} not recorded", case.label());
+            assert!(
+                recorded.get(case).is_some(),
+                "{} not recorded",
+                case.label()
+            );
         }
     }
 
@@ -244,14 +248,28 @@ mod tests {
 
     #[test]
     fn growth_beyond_the_threshold_regresses() {
-        let base = figures(&[("forward/64B", 100.0), ("ztna/64B", 200.0), ("vpn/64B", 150.0)]);
-        let now = figures(&[("forward/64B", 101.9), ("ztna/64B", 204.2), ("ztna/1400B", 1.0)]);
+        let base = figures(&[
+            ("forward/64B", 100.0),
+            ("ztna/64B", 200.0),
+            ("vpn/64B", 150.0),
+        ]);
+        let now = figures(&[
+            ("forward/64B", 101.9),
+            ("ztna/64B", 204.2),
+            ("ztna/1400B", 1.0),
+        ]);
         let cmp = Comparison::new(&base, &now, 2.0);
         let regressed: Vec<&str> = cmp.regressions().map(|c| c.case.as_str()).collect();
         assert_eq!(regressed, ["ztna/64B"]);
         let text = cmp.to_string();
-        assert!(text.contains("ztna/64B") && text.contains("+2.10 %") && text.contains("REGRESSED"), "{text}");
-        assert!(text.contains("not in the baseline") && text.contains("not counted now"), "{text}");
+        assert!(
+            text.contains("ztna/64B") && text.contains("+2.10 %") && text.contains("REGRESSED"),
+            "{text}"
+        );
+        assert!(
+            text.contains("not in the baseline") && text.contains("not counted now"),
+            "{text}"
+        );
         // Shrinking never regresses.
         let cmp = Comparison::new(&now, &base, 2.0);
         assert_eq!(cmp.regressions().count(), 0, "{cmp}");

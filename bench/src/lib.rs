@@ -11,5 +11,7 @@
 //! * [`cost`]: the policy's cost side by side (ns, instructions) for
 //!   `loadgen`'s report.
 
+pub mod cost;
+pub mod hw;
 pub mod instructions;
 pub mod rig;

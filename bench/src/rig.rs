@@ -123,8 +123,7 @@ impl std::str::FromStr for Case {
             size,
             deny_percent,
         };
-        if !(proto::wire::DATA_OVERHEAD..=u16::MAX as usize).contains(&size) || deny_percent > 100
-        {
+        if !(proto::wire::DATA_OVERHEAD..=u16::MAX as usize).contains(&size) || deny_percent > 100 {
             return Err(bad());
         }
         Ok(case)
@@ -190,8 +189,7 @@ impl Rig {
             let len = buf.len();
             self.fx.upstream(user, service, buf, len);
         }
-        self.last_forwards =
-            self.case.forwarded_of(self.next) - self.case.forwarded_of(first);
+        self.last_forwards = self.case.forwarded_of(self.next) - self.case.forwarded_of(first);
         self.armed_forwards += self.last_forwards;
     }
 
@@ -243,8 +241,7 @@ impl Rig {
             self.armed_forwards - self.last_forwards
         };
         let judged_once = c.frames == self.next || c.frames + BATCH as u64 == self.next;
-        if !judged_once || c.forwarded != expected_forwarded || c.forwarded + denied != c.frames
-        {
+        if !judged_once || c.forwarded != expected_forwarded || c.forwarded + denied != c.frames {
             return Err(RigError {
                 case: self.case.label(),
                 counters: c.clone(),
@@ -333,7 +330,16 @@ mod tests {
             assert_eq!(case.label().parse::<Case>(), Ok(case));
         }
         assert_eq!("vpn/64".parse::<Case>(), Ok(Case::allowed(Mode::Vpn, 64)));
-        for bad in ["", "ztna", "ztna/", "ztna/1B", "fast/64B", "ztna-deny/64B", "ztna-deny101/64B", "ztna/70000B"] {
+        for bad in [
+            "",
+            "ztna",
+            "ztna/",
+            "ztna/1B",
+            "fast/64B",
+            "ztna-deny/64B",
+            "ztna-deny101/64B",
+            "ztna/70000B",
+        ] {
             assert!(bad.parse::<Case>().is_err(), "{bad:?}");
         }
     }

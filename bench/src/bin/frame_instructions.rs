@@ -229,10 +229,7 @@ fn measure(cases: &[Case], n1: u64, n2: u64, out_dir: &Path) -> anyhow::Result<F
 /// The instructions callgrind counted in [`MEASURED`] over `frames` frames
 /// of `case`.
 fn callgrind(exe: &Path, case: Case, frames: u64, out_dir: &Path) -> anyhow::Result<u64> {
-    let out = out_dir.join(format!(
-        "{}.{frames}.out",
-        case.label().replace('/', "_")
-    ));
+    let out = out_dir.join(format!("{}.{frames}.out", case.label().replace('/', "_")));
     let status = Command::new("valgrind")
         .arg("--tool=callgrind")
         .arg("--quiet")
@@ -247,8 +244,8 @@ fn callgrind(exe: &Path, case: Case, frames: u64, out_dir: &Path) -> anyhow::Res
         "{}: the run under callgrind failed ({status})",
         case.label()
     );
-    let text = std::fs::read_to_string(&out)
-        .with_context(|| format!("cannot read {}", out.display()))?;
+    let text =
+        std::fs::read_to_string(&out).with_context(|| format!("cannot read {}", out.display()))?;
     parse_total(&text).with_context(|| format!("{}: no instruction total", out.display()))
 }
 
@@ -302,7 +299,8 @@ mod tests {
 
     #[test]
     fn reads_the_total_of_a_callgrind_file() {
-        let text = "version: 1\ncmd: x\nevents: Ir\nsummary: 1234\nfl=(1) a.rs\n0 5\ntotals: 1234\n";
+        let text =
+            "version: 1\ncmd: x\nevents: Ir\nsummary: 1234\nfl=(1) a.rs\n0 5\ntotals: 1234\n";
         assert_eq!(parse_total(text).unwrap(), 1234);
         assert_eq!(parse_total("events: Ir\nsummary: 77\n").unwrap(), 77);
         assert!(parse_total("events: Ir\n").is_err());
