@@ -217,6 +217,12 @@ impl Rig {
         self.process_batch()
     }
 
+    /// The batch's frames: as armed, or as judged (forwarded ones
+    /// rewritten and tagged for the next hop).
+    pub fn frames(&self) -> impl Iterator<Item = &[u8]> {
+        self.bufs.iter().map(Vec::as_slice)
+    }
+
     /// The verdicts of the last batch.
     pub fn verdicts(&self) -> &[Verdict; BATCH] {
         &self.verdicts
