@@ -177,6 +177,12 @@ struct Cli {
     /// With --baseline: fail when a ratio fell by more than this percent.
     #[arg(long, default_value_t = 5.0)]
     max_regression: f64,
+
+    /// Seconds per case of the in-memory datapath timed after the runs,
+    /// printed with the recorded callgrind instructions per frame and the
+    /// hardware counters where there are some (0: skip).
+    #[arg(long, default_value_t = 0.25)]
+    cost_secs: f64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -414,6 +420,7 @@ fn main() -> ExitCode {
 fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let cfg = cli.suite()?;
+    let cost_secs = seconds("cost-secs", cli.cost_secs)?;
     // Read the baseline first: a typo should not cost a whole run.
     let baseline: Option<Report> = match &cli.baseline {
         Some(path) => {
@@ -452,6 +459,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e),
     };
     println!("{}", report::table(&report));
+    if !cost_secs.is_zero() {
+        println!("{}", bench::cost::measure(cost_secs)?);
+    }
     if let Some(path) = &cli.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text + "\n")
