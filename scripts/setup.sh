@@ -5,6 +5,8 @@
 # systemd (systemd-analyze verifies deploy/systemd/), etcd-server (a real
 # etcd for the mesh's membership tests; binary `etcd`),
 # buildah (deploy/image.sh builds and runs the container image, daemonless),
+# valgrind (scripts/instructions.sh counts instructions per frame under
+# callgrind; scripts/sanitize.sh's memcheck),
 # and kubernetes-validate from PyPI (deploy/check.sh validates the Kubernetes
 # manifests with it, offline: the package ships the schemas).
 # Debian/Ubuntu only; needs root (or sudo) for apt-get. Idempotent.
@@ -19,6 +21,7 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # deploy/image.sh builds and runs the container image daemonless.
 command -v buildah >/dev/null 2>&1 || need+=(buildah)
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 command -v kubernetes-validate >/dev/null 2>&1 || python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 
 if [ ${#need[@]} -gt 0 ]; then
