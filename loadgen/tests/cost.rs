@@ -79,7 +79,7 @@ fn the_policy_cost_follows_the_table() {
         "{}",
         text(&out)
     );
-    let out = loadgen(&["--cost-secs", "-1"]);
+    let out = loadgen(&["--cost-secs=-1"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("--cost-secs"), "{}", text(&out));
     assert!(!text(&out).contains("starting a relay"), "{}", text(&out));
