@@ -250,7 +250,7 @@ impl Rig {
         if !judged_once || c.forwarded != expected_forwarded || c.forwarded + denied != c.frames {
             return Err(RigError {
                 case: self.case.label(),
-                counters: c.clone(),
+                counters: Box::new(c.clone()),
                 armed: self.next,
                 expected_forwarded,
             });
@@ -264,7 +264,7 @@ impl Rig {
 #[error("{case}: of {armed} frames armed, every batch judged once, {expected_forwarded} forwarded and the rest denied expected; the datapath counted {counters:?}")]
 pub struct RigError {
     case: String,
-    counters: Counters,
+    counters: Box<Counters>,
     armed: u64,
     expected_forwarded: u64,
 }
