@@ -15,7 +15,9 @@
 //! product. Every frame gets a [`Verdict`]; every drop is counted by
 //! [`DropReason`]. Nothing here allocates, locks or makes a syscall: the
 //! function only reads the snapshots it is given and rewrites 32 header
-//! bytes in place. The payload is never touched.
+//! bytes in place. Of the body it reads (never changes) what the hop tag
+//! covers ([`crate::hoptag`]): a data frame's end-to-end record header and
+//! AEAD tag, any other kind's whole body.
 //!
 //! The entry point is one call per frame, [`Datapath::process`]: a relay
 //! worker judges each frame inside its I/O backend's receive callback, where
@@ -316,13 +318,11 @@ impl Datapath<'_> {
             .get_mut(frame.receiver())
             .ok_or(DropReason::UnknownSession)?;
         if self.mode != Mode::Forward {
-            session
-                .authenticate(frame.tagged(), frame.tag(), frame.counter())
-                .map_err(|e| match e {
-                    AuthFailure::BadTag => DropReason::BadTag,
-                    AuthFailure::Replay => DropReason::Replay,
-                    AuthFailure::TagLimit => DropReason::TagLimit,
-                })?;
+            session.authenticate(&frame).map_err(|e| match e {
+                AuthFailure::BadTag => DropReason::BadTag,
+                AuthFailure::Replay => DropReason::Replay,
+                AuthFailure::TagLimit => DropReason::TagLimit,
+            })?;
         }
         // Key confirmation: the first frame that passed the tag (in
         // `forward` mode, which authenticates nothing, any frame). Queued
@@ -374,8 +374,7 @@ impl Datapath<'_> {
         let hop = self.routes.hop(hop_id).ok_or(DropReason::NoRoute)?;
         let counter = self.tx.next(hop_id, hop).ok_or(DropReason::KeyExhausted)?;
         frame.rewrite_for_next_hop(hop.remote_index(), counter);
-        let tag = hop.key().tag(frame.tagged());
-        frame.set_tag(&tag);
+        hop.key().seal_frame(&mut frame);
         Ok(Verdict::Forward {
             hop: hop_id,
             to: hop.endpoint(),
@@ -451,7 +450,7 @@ mod tests {
         assert_eq!(f.receiver(), ReceiverIndex(0xc0));
         assert_eq!(f.ttl(), wire::DEFAULT_TTL - 1);
         assert_eq!((f.user(), f.service()), (UserId(1), ServiceId(ALLOWED)));
-        assert!(HopKey::new(&[0xcc; 32]).verify(f.tagged(), f.tag()));
+        assert!(HopKey::new(&[0xcc; 32]).verify_frame(&f));
         assert_eq!(buf[HEADER_LEN..], before[HEADER_LEN..], "payload untouched");
         assert_eq!(fx.counters.forwarded, 1);
     }
@@ -560,6 +559,147 @@ mod tests {
         }
     }
 
+    /// A data frame from user 0 to `ALLOWED` with hop counter `counter`,
+    /// carrying an end-to-end record with counter `e2e_counter`: receiver
+    /// index 0x11, a payload and an AEAD tag that differ per record (the
+    /// relay cannot open them; it only reads them).
+    fn data_with_record(counter: u64, e2e_counter: u64) -> Vec<u8> {
+        let mut buf = vec![0u8; 100];
+        let body = &mut buf[HEADER_LEN..];
+        body[..4].copy_from_slice(&0x11u32.to_be_bytes());
+        body[4..12].copy_from_slice(&e2e_counter.to_be_bytes());
+        let n = body.len();
+        body[12..n - 16].fill(0x40 ^ e2e_counter as u8);
+        body[n - 16..].fill(0x90 ^ e2e_counter as u8);
+        write_frame(
+            &mut buf,
+            Kind::DataUp,
+            user_index(0),
+            counter,
+            UserId(0),
+            ServiceId(ALLOWED),
+            &HopKey::new(&user_key(0)),
+        );
+        buf
+    }
+
+    /// A `Control` frame (a `Ping`) from user 0 with hop counter `counter`.
+    fn control_ping(counter: u64) -> Vec<u8> {
+        let mut body = Vec::new();
+        crate::control::ControlMessage::Ping {
+            digest: 0x0102_0304_0506_0708,
+        }
+        .emit(&mut body);
+        let mut buf = vec![0u8; HEADER_LEN + body.len()];
+        buf[HEADER_LEN..].copy_from_slice(&body);
+        write_frame(
+            &mut buf,
+            Kind::Control,
+            user_index(0),
+            counter,
+            UserId(0),
+            ServiceId(0),
+            &HopKey::new(&user_key(0)),
+        );
+        buf
+    }
+
+    /// The hop tag binds a data frame's end-to-end record header
+    /// (receiver index, counter: body bytes 0..12) and its AEAD tag (the
+    /// last 16 bytes): any byte of them changed under a valid hop tag is
+    /// `bad_tag`, and none of those forgeries burns the hop counter.
+    #[test]
+    fn e2e_record_header_and_aead_tag_changed_under_a_valid_tag_fail_the_tag() {
+        for mode in [Mode::Vpn, Mode::Ztna] {
+            let mut fx = Fixture::new(1, 8);
+            let good = data_with_record(0, 7);
+            let n = good.len();
+            let bound = (HEADER_LEN..HEADER_LEN + 12).chain(n - 16..n);
+            for i in bound {
+                for flip in [0x01, 0x80] {
+                    let mut bad = good.clone();
+                    bad[i] ^= flip;
+                    assert_eq!(
+                        fx.datapath(mode).process(&mut bad),
+                        Verdict::Drop(DropReason::BadTag),
+                        "{mode}: byte {i} ^ {flip:#x}"
+                    );
+                }
+            }
+            let mut real = good.clone();
+            assert_eq!(
+                fx.datapath(mode).process(&mut real),
+                forward(&fx, CONNECTOR_HOP),
+                "{mode}: the forgeries left the counter to the real frame"
+            );
+            assert_eq!(real[HEADER_LEN..], good[HEADER_LEN..], "body untouched");
+        }
+    }
+
+    /// An on-path attacker without keys captures a fresh frame's header and
+    /// races it, ahead of the real frame, with an older end-to-end record
+    /// of the same pair and length (an end-to-end replay). The relay
+    /// refuses it as `bad_tag`, does not mark the hop counter, and the real
+    /// frame passes after it.
+    #[test]
+    fn a_captured_header_raced_with_an_older_record_is_bad_tag_and_the_real_frame_passes() {
+        for mode in [Mode::Vpn, Mode::Ztna] {
+            let mut fx = Fixture::new(1, 8);
+            let mut old = data_with_record(0, 5);
+            let old_record = old[HEADER_LEN..].to_vec();
+            assert_eq!(
+                fx.datapath(mode).process(&mut old),
+                forward(&fx, CONNECTOR_HOP)
+            );
+            let real = data_with_record(1, 6);
+            let mut raced = real.clone();
+            raced[HEADER_LEN..].copy_from_slice(&old_record);
+            assert_eq!(
+                fx.datapath(mode).process(&mut raced),
+                Verdict::Drop(DropReason::BadTag),
+                "{mode}"
+            );
+            let mut delivered = real.clone();
+            assert_eq!(
+                fx.datapath(mode).process(&mut delivered),
+                forward(&fx, CONNECTOR_HOP),
+                "{mode}: the real frame still passes"
+            );
+            assert_eq!(delivered[HEADER_LEN..], real[HEADER_LEN..]);
+            // And the forwarded frame's tag binds the same record for the
+            // next hop.
+            let f = Frame::new_checked(&delivered[..]).unwrap();
+            assert!(HopKey::new(&[0xcc; 32]).verify_frame(&f));
+            let mut swapped = delivered.clone();
+            swapped[HEADER_LEN..].copy_from_slice(&old_record);
+            assert!(
+                !HopKey::new(&[0xcc; 32]).verify_frame(&Frame::new_checked(&swapped[..]).unwrap())
+            );
+        }
+    }
+
+    /// A control body is authenticated in full: any byte flipped is
+    /// `bad_tag` (and burns nothing); the real frame is then for this node.
+    #[test]
+    fn any_byte_of_a_control_body_flipped_is_bad_tag() {
+        for mode in [Mode::Vpn, Mode::Ztna] {
+            let mut fx = Fixture::new(1, 8);
+            let good = control_ping(0);
+            for i in HEADER_LEN..good.len() {
+                for flip in [0x01, 0x80] {
+                    let mut bad = good.clone();
+                    bad[i] ^= flip;
+                    assert_eq!(
+                        fx.datapath(mode).process(&mut bad),
+                        Verdict::Drop(DropReason::BadTag),
+                        "{mode}: byte {i} ^ {flip:#x}"
+                    );
+                }
+            }
+            assert_eq!(fx.datapath(mode).process(&mut good.clone()), Verdict::Local);
+        }
+    }
+
     #[test]
     fn forward_mode_does_not_authenticate() {
         let mut fx = Fixture::new(1, 8);
@@ -639,7 +779,7 @@ mod tests {
         );
         let f = Frame::new_checked(&buf[..]).unwrap();
         assert_eq!(f.receiver(), ReceiverIndex(0x1002));
-        assert!(HopKey::new(&user_key(2)).verify(f.tagged(), f.tag()));
+        assert!(HopKey::new(&user_key(2)).verify_frame(&f));
     }
 
     #[test]
@@ -679,8 +819,7 @@ mod tests {
                 &key,
             );
             buf[1] = ttl;
-            let tag = key.tag(Frame::new_unchecked(&buf[..]).tagged());
-            buf[24..32].copy_from_slice(&tag);
+            key.seal_frame(&mut Frame::new_unchecked(&mut buf[..]));
             assert_eq!(
                 fx.datapath(Mode::Ztna).process(&mut buf),
                 Verdict::Drop(DropReason::TtlExpired),
@@ -839,8 +978,7 @@ mod tests {
             &key,
         );
         ttl[1] = 1;
-        let tag = key.tag(Frame::new_unchecked(&ttl[..]).tagged());
-        ttl[24..32].copy_from_slice(&tag);
+        key.seal_frame(&mut Frame::new_unchecked(&mut ttl[..]));
         dp_frames.push((ttl, DropReason::TtlExpired));
         let mut noroute = vec![0; 100];
         write_frame(
@@ -1117,6 +1255,38 @@ mod tests {
                 proptest::prop_assert_eq!(fx.confirmations.pop(), Some(NEW));
                 proptest::prop_assert!(fx.sessions.get(NEW).unwrap().is_confirmed());
             }
+        }
+
+        /// A valid data or control frame from a user, any bit flipped
+        /// anywhere the hop tag covers (header, a data frame's record
+        /// header and AEAD tag, a control frame's whole body): the relay
+        /// refuses it without marking the counter, then takes the real one.
+        #[test]
+        fn a_bit_flip_where_the_tag_covers_is_never_accepted(
+            control in proptest::prelude::any::<bool>(),
+            e2e_counter in 0u64..1000,
+            counter in 0u64..1000,
+            pick: usize,
+            bit in 0u8..8,
+        ) {
+            let good = if control { control_ping(counter) } else { data_with_record(counter, e2e_counter) };
+            let n = good.len();
+            let covered: Vec<usize> = if control {
+                (0..n).collect()
+            } else {
+                (0..HEADER_LEN + 12).chain(n - 16..n).collect()
+            };
+            let i = covered[pick % covered.len()];
+            let mut bad = good.clone();
+            bad[i] ^= 1 << bit;
+            let mut fx = Fixture::new(1, 8);
+            let v = fx.datapath(Mode::Ztna).process(&mut bad);
+            proptest::prop_assert!(
+                matches!(v, Verdict::Drop(DropReason::BadTag | DropReason::Malformed | DropReason::UnknownSession)),
+                "byte {} bit {}: {:?}", i, bit, v
+            );
+            let want = if control { Verdict::Local } else { forward(&fx, CONNECTOR_HOP) };
+            proptest::prop_assert_eq!(fx.datapath(Mode::Ztna).process(&mut good.clone()), want);
         }
 
         #[test]

@@ -1,11 +1,34 @@
-//! The per-hop MAC over the fixed frame header.
+//! The per-hop MAC: what it covers in a frame, and the key that computes it.
 //!
-//! Every data-plane frame carries an 8-byte tag at bytes `24..32` that
-//! authenticates the first [`TAGGED_LEN`] bytes of its header (version|kind,
-//! ttl, length, hop receiver index, hop counter, user id, service id) under the
+//! Every data-plane frame carries an 8-byte tag at bytes `24..32` under the
 //! key of one hop session. A relay verifies the tag of each received frame,
 //! rewrites the header for the next hop and tags it again, so both operations
 //! sit on the per-packet path twice per frame and must cost a few nanoseconds.
+//!
+//! # What the tag covers
+//!
+//! The tag input is the first [`TAGGED_LEN`](crate::wire::TAGGED_LEN) header bytes (version|kind, ttl,
+//! length, hop receiver index, hop counter, user id, service id), followed
+//! by what the kind (byte 0, itself covered) says of the body:
+//!
+//! | kind | after the 24 header bytes |
+//! | --- | --- |
+//! | `DataUp`, `DataDown` | body bytes `0..12` (end-to-end receiver index and counter), then the body's last 16 bytes (the end-to-end AEAD tag): [`DATA_BOUND_LEN`] bytes |
+//! | `Control`, `E2eHandshakeUp`, `E2eHandshakeDown`, `Keepalive` | the whole body (empty for a keepalive) |
+//!
+//! A data frame's ciphertext is left out to keep the tag cheap: the
+//! end-to-end AEAD tag, which a relay cannot forge, already binds it to the
+//! record header the hop tag covers. So a captured hop header cannot be
+//! raced with another end-to-end record (an older one of the same pair
+//! would otherwise be an end-to-end replay that burns the real frame's hop
+//! counter). Everything else is covered in full: a control body is read by
+//! the receiving node itself, and handshake bodies are rare and short.
+//!
+//! [`HopKey::tag_frame`] and [`HopKey::verify_frame`] take the whole frame
+//! and apply this rule; nothing else computes a hop tag, so no caller can
+//! tag the wrong bytes. The body pieces go to the MAC as they lie in the
+//! frame (a data frame's 28 bytes through a stack array), without
+//! allocation.
 //!
 //! # Choice of MAC
 //!
@@ -14,15 +37,16 @@
 //! can compare them on the machine at hand. [`HopKey`] is the one chosen:
 //! **SipHash-2-4** with a 128-bit key derived from the 32-byte hop key by
 //! BLAKE3 `derive_key`, computed by [`candidates::SipHash24Fixed`] (SipHash
-//! specialised to the 24-byte input, checked equal to the `siphasher` crate).
-//! On the project's machine (2-core AMD EPYC VM, AES-NI/VAES) it tags a
-//! header in ≈17 ns, against ≈18 ns for the general `siphasher` code,
-//! 63–81 ns for AES-GMAC (via `aes-gcm` or `ring`: their per-call set-up
-//! dominates a 24-byte input) and 84–90 ns for keyed BLAKE3; figures in
-//! `docs/perf.md` ("Hop tag"). SipHash is also the most forgiving: it is
-//! a PRF, so its security does not depend on the counter never repeating,
-//! whereas a repeated nonce under GMAC reveals the hash key and lets anyone
-//! forge tags.
+//! with the header taken as three whole words, checked equal to the
+//! `siphasher` crate). On the project's machine (2-core AMD EPYC VM,
+//! AES-NI/VAES), over the 24 header bytes alone (the input before the
+//! payload was bound), it took ≈17 ns, against ≈18 ns for the general
+//! `siphasher` code, 63–81 ns for AES-GMAC (via `aes-gcm` or `ring`: their
+//! per-call set-up dominates a short input) and 84–90 ns for keyed BLAKE3;
+//! figures in `docs/perf.md` ("Hop tag"). SipHash is also the most
+//! forgiving: it is a PRF, so its security does not depend on the counter
+//! never repeating, whereas a repeated nonce under GMAC reveals the hash key
+//! and lets anyone forge tags.
 //!
 //! The hop counter inside the tagged bytes makes every tagged header unique,
 //! and the replay window ([`crate::replay`]) rejects a header seen before, so a
@@ -30,19 +54,23 @@
 
 pub mod candidates;
 
-use crate::wire::{HOP_TAG_LEN, TAGGED_LEN};
+use crate::wire::{Frame, Kind, E2E_HEADER_LEN, E2E_TAG_LEN, HOP_TAG_LEN};
 use candidates::HopMac;
 use core::fmt;
+
+/// Body bytes of a data frame the tag covers: the end-to-end record header
+/// (receiver index and counter) and the end-to-end AEAD tag.
+pub const DATA_BOUND_LEN: usize = E2E_HEADER_LEN + E2E_TAG_LEN;
 
 /// The MAC used for hop tags; see the module documentation for why.
 type Chosen = candidates::SipHash24Fixed;
 
-/// Key of one direction of a hop session: tags and verifies frame headers.
+/// Key of one direction of a hop session: tags and verifies frames.
 ///
 /// Built once per session from the 32 bytes of the Noise split; everything the
 /// MAC needs (the 128-bit SipHash key) is derived at construction, so
-/// [`tag`](Self::tag) and [`verify`](Self::verify) do no key schedule and no
-/// allocation.
+/// [`tag_frame`](Self::tag_frame) and [`verify_frame`](Self::verify_frame)
+/// do no key schedule and no allocation.
 #[derive(Clone)]
 pub struct HopKey {
     mac: Chosen,
@@ -56,7 +84,8 @@ impl HopKey {
     /// with probability about `v / 2^64` for a PRF such as SipHash (and
     /// `v·(ℓ+1) / 2^64` for GMAC with ℓ = 2 blocks of input). NIST SP 800-38D,
     /// appendix C, table 2 allows 2^32 invocations for 64-bit tags over inputs
-    /// of at most 2^15 bytes; our input is 24 bytes. Staying a factor of two
+    /// of at most 2^15 bytes; our input is 52 bytes for data frames, at most
+    /// one datagram otherwise. Staying a factor of two
     /// under that keeps the forgery probability per key below about 2^-31
     /// (each success buys a single frame, still end-to-end authenticated) and
     /// keeps the hop counter far from wrapping. The limit is reached after
@@ -72,19 +101,45 @@ impl HopKey {
         }
     }
 
-    /// Computes the tag of the first [`TAGGED_LEN`] bytes of a header.
+    /// The hop tag of `frame` under this key: the MAC of the bytes the
+    /// module documentation lists for the frame's kind. The tag field
+    /// itself (bytes `24..32`) is not read.
+    ///
+    /// Like every accessor of an unchecked [`Frame`], it panics only on a
+    /// buffer shorter than the header; a data frame whose body is shorter
+    /// than [`DATA_BOUND_LEN`] (which [`Frame::new_checked`] refuses) is
+    /// tagged over its whole body.
     #[inline]
-    pub fn tag(&self, header: &[u8; TAGGED_LEN]) -> [u8; HOP_TAG_LEN] {
-        self.mac.tag(header)
+    pub fn tag_frame<T: AsRef<[u8]>>(&self, frame: &Frame<T>) -> [u8; HOP_TAG_LEN] {
+        let header = frame.tagged();
+        let body = frame.body();
+        match frame.kind() {
+            Kind::DataUp | Kind::DataDown if body.len() >= DATA_BOUND_LEN => {
+                let mut bound = [0u8; DATA_BOUND_LEN];
+                bound[..E2E_HEADER_LEN].copy_from_slice(&body[..E2E_HEADER_LEN]);
+                bound[E2E_HEADER_LEN..].copy_from_slice(&body[body.len() - E2E_TAG_LEN..]);
+                self.mac.tag_parts(header, &bound)
+            }
+            _ => self.mac.tag_parts(header, body),
+        }
     }
 
-    /// Whether `tag` is the tag of `header` under this key.
+    /// Whether `frame` carries its right tag under this key.
     ///
     /// The comparison takes the same time whichever bytes differ, so a
     /// forger learns nothing from timing.
     #[inline]
-    pub fn verify(&self, header: &[u8; TAGGED_LEN], tag: &[u8; HOP_TAG_LEN]) -> bool {
-        self.mac.verify(header, tag)
+    pub fn verify_frame<T: AsRef<[u8]>>(&self, frame: &Frame<T>) -> bool {
+        candidates::ct_eq(&self.tag_frame(frame), frame.tag())
+    }
+
+    /// Computes `frame`'s tag and writes it into the tag field: the last
+    /// step of building or rewriting a frame (everything the tag covers
+    /// must be in place).
+    #[inline]
+    pub fn seal_frame<T: AsRef<[u8]> + AsMut<[u8]>>(&self, frame: &mut Frame<T>) {
+        let tag = self.tag_frame(frame);
+        frame.set_tag(&tag);
     }
 }
 
@@ -100,69 +155,184 @@ impl fmt::Debug for HopKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{HEADER_LEN, TAGGED_LEN, VERSION};
 
     const KEY: [u8; 32] = [0x42; 32];
 
-    fn header(counter: u64) -> [u8; TAGGED_LEN] {
-        let mut h = [0u8; TAGGED_LEN];
-        h[0] = 0x11; // version 1, kind data
-        h[1] = 64; // ttl
-        h[2..4].copy_from_slice(&1400u16.to_be_bytes());
-        h[4..8].copy_from_slice(&7u32.to_be_bytes());
-        h[8..16].copy_from_slice(&counter.to_be_bytes());
-        h[16..20].copy_from_slice(&1001u32.to_be_bytes());
-        h[20..24].copy_from_slice(&2002u32.to_be_bytes());
-        h
+    /// A frame of `kind` with a `body_len`-byte body of varied bytes,
+    /// tagged under `KEY`.
+    fn frame(kind: Kind, counter: u64, body_len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; HEADER_LEN + body_len];
+        f[0] = kind.byte0();
+        f[1] = 16;
+        f[2..4].copy_from_slice(&u16::try_from(body_len).unwrap().to_be_bytes());
+        f[4..8].copy_from_slice(&7u32.to_be_bytes());
+        f[8..16].copy_from_slice(&counter.to_be_bytes());
+        f[16..20].copy_from_slice(&1001u32.to_be_bytes());
+        f[20..24].copy_from_slice(&2002u32.to_be_bytes());
+        for (i, b) in f[HEADER_LEN..].iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(31) ^ 0x5a;
+        }
+        HopKey::new(&KEY).seal_frame(&mut Frame::new_unchecked(&mut f[..]));
+        f
+    }
+
+    fn verifies(key: &HopKey, f: &[u8]) -> bool {
+        key.verify_frame(&Frame::new_checked(f).expect("well-formed"))
+    }
+
+    /// Which body bytes of a frame of `kind` with a body of `len` bytes the
+    /// tag must cover (module documentation, "What the tag covers").
+    fn covered(kind: Kind, len: usize, i: usize) -> bool {
+        match kind {
+            Kind::DataUp | Kind::DataDown => i < E2E_HEADER_LEN || i >= len - E2E_TAG_LEN,
+            _ => true,
+        }
     }
 
     #[test]
     fn round_trip() {
         let key = HopKey::new(&KEY);
         for counter in [0, 1, 0x0102_0304_0506_0708, u64::MAX] {
-            let h = header(counter);
-            assert!(key.verify(&h, &key.tag(&h)));
+            assert!(verifies(&key, &frame(Kind::DataUp, counter, 60)));
         }
+        assert_eq!(VERSION, 2, "the version that binds the payload");
     }
 
     #[test]
-    fn any_bit_flip_in_header_fails() {
+    fn any_bit_flip_in_header_or_tag_fails() {
         let key = HopKey::new(&KEY);
-        let h = header(99);
-        let tag = key.tag(&h);
-        for bit in 0..TAGGED_LEN * 8 {
-            let mut bad = h;
-            bad[bit / 8] ^= 1 << (bit % 8);
-            assert!(!key.verify(&bad, &tag), "flip of header bit {bit} passed");
+        for kind in [Kind::DataUp, Kind::Control, Kind::Keepalive] {
+            let len = if kind == Kind::Keepalive { 0 } else { 40 };
+            let f = frame(kind, 99, len);
+            for bit in 0..HEADER_LEN * 8 {
+                let mut bad = f.clone();
+                bad[bit / 8] ^= 1 << (bit % 8);
+                // Flips that make it malformed (version, kind, length) are
+                // refused before any tag is looked at.
+                if let Ok(bad) = Frame::new_checked(&bad[..]) {
+                    assert!(
+                        !key.verify_frame(&bad),
+                        "{kind:?}: flip of bit {bit} passed"
+                    );
+                }
+            }
         }
     }
 
+    /// The binding, byte by byte: a data frame's end-to-end record header
+    /// and AEAD tag and every byte of any other kind's body are covered;
+    /// a data frame's ciphertext is not (the AEAD tag binds it).
     #[test]
-    fn any_bit_flip_in_tag_fails() {
+    fn the_tag_covers_exactly_the_bytes_of_its_kind() {
         let key = HopKey::new(&KEY);
-        let h = header(99);
-        let tag = key.tag(&h);
-        for bit in 0..HOP_TAG_LEN * 8 {
-            let mut bad = tag;
-            bad[bit / 8] ^= 1 << (bit % 8);
-            assert!(!key.verify(&h, &bad), "flip of tag bit {bit} passed");
+        for kind in [
+            Kind::DataUp,
+            Kind::DataDown,
+            Kind::Control,
+            Kind::E2eHandshakeUp,
+            Kind::E2eHandshakeDown,
+            Kind::Keepalive,
+        ] {
+            for len in [28, 29, 45, 200] {
+                let f = frame(kind, 5, len);
+                assert!(verifies(&key, &f));
+                for i in 0..len {
+                    let mut bad = f.clone();
+                    bad[HEADER_LEN + i] ^= 0x01;
+                    assert_eq!(
+                        verifies(&key, &bad),
+                        !covered(kind, len, i),
+                        "{kind:?}, body of {len}: byte {i}"
+                    );
+                }
+            }
         }
+    }
+
+    /// The tag input is the header and the covered bytes where they lie:
+    /// the same bytes given contiguously to the chosen MAC give the same
+    /// tag (so the bench of contiguous inputs measures the real thing).
+    #[test]
+    fn tag_frame_is_the_mac_of_the_documented_input() {
+        let mac = Chosen::new(&KEY);
+        let key = HopKey::new(&KEY);
+        let data = frame(Kind::DataUp, 3, 100);
+        let mut input = data[..TAGGED_LEN].to_vec();
+        input.extend_from_slice(&data[HEADER_LEN..HEADER_LEN + E2E_HEADER_LEN]);
+        input.extend_from_slice(&data[data.len() - E2E_TAG_LEN..]);
+        assert_eq!(input.len(), TAGGED_LEN + DATA_BOUND_LEN);
+        assert_eq!(
+            key.tag_frame(&Frame::new_checked(&data[..]).unwrap()),
+            mac.tag(&input)
+        );
+        let control = frame(Kind::Control, 3, 30);
+        let mut input = control[..TAGGED_LEN].to_vec();
+        input.extend_from_slice(&control[HEADER_LEN..]);
+        assert_eq!(
+            key.tag_frame(&Frame::new_checked(&control[..]).unwrap()),
+            mac.tag(&input)
+        );
+    }
+
+    #[test]
+    fn the_tag_field_is_not_input() {
+        let key = HopKey::new(&KEY);
+        let mut f = frame(Kind::DataUp, 1, 40);
+        let tag = key.tag_frame(&Frame::new_checked(&f[..]).unwrap());
+        f[24..32].copy_from_slice(&[0xee; 8]);
+        assert_eq!(key.tag_frame(&Frame::new_checked(&f[..]).unwrap()), tag);
     }
 
     #[test]
     fn different_keys_differ() {
-        let h = header(5);
+        let f = frame(Kind::DataUp, 5, 40);
         let mut other = KEY;
         other[31] ^= 1;
         let a = HopKey::new(&KEY);
         let b = HopKey::new(&other);
-        assert_ne!(a.tag(&h), b.tag(&h));
-        assert!(!b.verify(&h, &a.tag(&h)));
+        let view = Frame::new_checked(&f[..]).unwrap();
+        assert_ne!(a.tag_frame(&view), b.tag_frame(&view));
+        assert!(!b.verify_frame(&view));
     }
 
     #[test]
     fn counter_changes_the_tag() {
-        let key = HopKey::new(&KEY);
-        assert_ne!(key.tag(&header(1)), key.tag(&header(2)));
+        let (a, b) = (frame(Kind::DataUp, 1, 40), frame(Kind::DataUp, 2, 40));
+        assert_ne!(a[24..32], b[24..32]);
+    }
+
+    proptest::proptest! {
+        /// Any single bit flipped anywhere in a tagged frame that still
+        /// parses fails verification, unless it is in a data frame's
+        /// ciphertext.
+        #[test]
+        fn random_frames_and_bit_flips(
+            kind_i in 0usize..6,
+            len in 28usize..300,
+            counter: u64,
+            bit: usize,
+        ) {
+            let kind = [
+                Kind::DataUp,
+                Kind::DataDown,
+                Kind::E2eHandshakeUp,
+                Kind::E2eHandshakeDown,
+                Kind::Keepalive,
+                Kind::Control,
+            ][kind_i];
+            let key = HopKey::new(&KEY);
+            let f = frame(kind, counter, len);
+            proptest::prop_assert!(verifies(&key, &f));
+            let bit = bit % (f.len() * 8);
+            let mut bad = f.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            let byte = bit / 8;
+            if let Ok(view) = Frame::new_checked(&bad[..]) {
+                let exempt = byte >= HEADER_LEN && !covered(kind, len, byte - HEADER_LEN);
+                proptest::prop_assert_eq!(key.verify_frame(&view), exempt, "byte {}", byte);
+            }
+        }
     }
 
     #[test]

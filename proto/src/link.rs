@@ -94,10 +94,10 @@ impl HopLink {
         self.next_counter
     }
 
-    /// Writes a hop header for a frame filling all of `frame` (body already
-    /// in place or written later: the tag covers only the header) and tags
-    /// it with the next counter. A `frame` shorter than [`HEADER_LEN`] is
-    /// left alone.
+    /// Writes a hop header for a frame filling all of `frame` and tags it
+    /// with the next counter. The body must already be in place: the tag
+    /// covers it ([`crate::hoptag`]). A `frame` shorter than [`HEADER_LEN`]
+    /// is left alone.
     pub fn write_header(&mut self, frame: &mut [u8], kind: Kind, user: UserId, service: ServiceId) {
         let body_len = u16::try_from(frame.len().saturating_sub(HEADER_LEN)).unwrap_or(u16::MAX);
         let repr = HeaderRepr {
@@ -114,10 +114,11 @@ impl HopLink {
         }
     }
 
-    /// Gives an already built frame the next counter and a fresh tag: how
-    /// the load generator resends pre-built frames at line rate. `frame`
-    /// must be at least [`HEADER_LEN`] long (the caller built it);
-    /// a shorter one is left alone.
+    /// Gives an already built frame (body included: the tag covers it) the
+    /// next counter and a fresh tag: how the load generator resends
+    /// pre-built frames at line rate. `frame` must be at least
+    /// [`HEADER_LEN`] long (the caller built it); a shorter one is left
+    /// alone.
     #[inline]
     pub fn retag(&mut self, frame: &mut [u8]) {
         if frame.len() < HEADER_LEN {
@@ -126,8 +127,7 @@ impl HopLink {
         let mut f = Frame::new_unchecked(frame);
         f.set_counter(self.next_counter);
         self.next_counter += 1;
-        let tag = self.send.tag(f.tagged());
-        f.set_tag(&tag);
+        self.send.seal_frame(&mut f);
     }
 
     /// A `Keepalive` frame (hop header, empty body, ids 0) with the next
@@ -154,7 +154,7 @@ impl HopLink {
         if !self.window.check(f.counter()) {
             return Err(LinkDrop::Replay);
         }
-        if !self.recv.verify(f.tagged(), f.tag()) {
+        if !self.recv.verify_frame(&f) {
             return Err(LinkDrop::BadTag);
         }
         if !self.window.update(f.counter()) {
@@ -210,7 +210,7 @@ mod tests {
         assert_eq!(f.kind(), Kind::Keepalive);
         assert_eq!((f.receiver(), f.counter()), (ReceiverIndex(9), 0));
         assert!(f.body().is_empty());
-        assert!(HopKey::new(&SEND).verify(f.tagged(), f.tag()));
+        assert!(HopKey::new(&SEND).verify_frame(&f));
         assert_eq!(l.next_counter(), 1);
     }
 
@@ -238,13 +238,13 @@ mod tests {
                 30
             )
         );
-        assert!(HopKey::new(&SEND).verify(frame.tagged(), frame.tag()));
+        assert!(HopKey::new(&SEND).verify_frame(&frame));
         assert_eq!(&f[HEADER_LEN..], &[0xee; 30], "body untouched");
 
         l.retag(&mut f);
         let frame = Frame::new_checked(&f[..]).unwrap();
         assert_eq!(frame.counter(), 1);
-        assert!(HopKey::new(&SEND).verify(frame.tagged(), frame.tag()));
+        assert!(HopKey::new(&SEND).verify_frame(&frame));
         assert_eq!(l.next_counter(), 2);
 
         // Too short for a header: nothing written, no counter used.

@@ -32,6 +32,7 @@ use std::net::SocketAddr;
 use crate::hoptag::HopKey;
 use crate::ids::{ReceiverIndex, UserId};
 use crate::replay::ReplayWindow;
+use crate::wire::Frame;
 
 /// Counters a worker reserves from a [`TxHop`] at a time. Small next to the
 /// receiver's replay window, so blocks sent by different workers interleave
@@ -287,17 +288,17 @@ impl RxSession {
         self.tag_failures
     }
 
-    /// Verifies the hop tag, then (only then) runs the counter through the
-    /// replay window. Returns which check failed, if any. A session that
-    /// saw [`TAG_FAILURE_LIMIT`] bad tags refuses every frame, before any
-    /// MAC.
+    /// Verifies the hop tag of `frame` (a checked frame: what the tag
+    /// covers is [`crate::hoptag`]'s rule), then (only then) runs its
+    /// counter through the replay window. Returns which check failed, if
+    /// any. A session that saw [`TAG_FAILURE_LIMIT`] bad tags refuses
+    /// every frame, before any MAC.
     #[inline]
-    pub(crate) fn authenticate(
+    pub(crate) fn authenticate<T: AsRef<[u8]>>(
         &mut self,
-        tagged: &[u8; 24],
-        tag: &[u8; 8],
-        counter: u64,
+        frame: &Frame<T>,
     ) -> Result<(), AuthFailure> {
+        let counter = frame.counter();
         if self.tag_failures >= TAG_FAILURE_LIMIT {
             return Err(AuthFailure::TagLimit);
         }
@@ -306,7 +307,7 @@ impl RxSession {
         if !self.window.check(counter) {
             return Err(AuthFailure::Replay);
         }
-        if !self.key.verify(tagged, tag) {
+        if !self.key.verify_frame(frame) {
             self.tag_failures += 1;
             return Err(AuthFailure::BadTag);
         }
@@ -609,20 +610,46 @@ mod tests {
         assert_eq!(table.len(), 1);
     }
 
+    /// A checked keepalive frame with `counter`, tagged under `key`, or
+    /// with a zero tag when `forged`.
+    fn keepalive(key: &[u8; 32], counter: u64, forged: bool) -> [u8; crate::wire::HEADER_LEN] {
+        let mut buf = [0u8; crate::wire::HEADER_LEN];
+        crate::wire::HeaderRepr {
+            kind: crate::wire::Kind::Keepalive,
+            ttl: 1,
+            receiver: ReceiverIndex(1),
+            counter,
+            user: UserId(0),
+            service: crate::ids::ServiceId(0),
+            body_len: 0,
+        }
+        .emit(&mut buf)
+        .unwrap();
+        if !forged {
+            HopKey::new(key).seal_frame(&mut Frame::new_unchecked(&mut buf[..]));
+        }
+        buf
+    }
+
+    fn auth(s: &mut RxSession, frame: &[u8]) -> Result<(), AuthFailure> {
+        s.authenticate(&Frame::new_checked(frame).unwrap())
+    }
+
     #[test]
     fn authenticate_rejects_bad_tag_and_replay() {
         let key = [7u8; 32];
         let mut s = RxSession::new(&key, Peer::Relay(1), HopId(0));
-        let header = [3u8; 24];
-        let tag = HopKey::new(&key).tag(&header);
-        assert_eq!(s.authenticate(&header, &tag, 1), Ok(()));
-        assert_eq!(s.authenticate(&header, &tag, 1), Err(AuthFailure::Replay));
+        assert_eq!(auth(&mut s, &keepalive(&key, 1, false)), Ok(()));
         assert_eq!(
-            s.authenticate(&header, &[0; 8], 2),
+            auth(&mut s, &keepalive(&key, 1, false)),
+            Err(AuthFailure::Replay)
+        );
+        assert_eq!(
+            auth(&mut s, &keepalive(&key, 2, true)),
             Err(AuthFailure::BadTag)
         );
         // A forged frame must not consume the counter.
-        assert_eq!(s.authenticate(&header, &tag, 2), Ok(()));
+        assert_eq!(auth(&mut s, &keepalive(&key, 2, false)), Ok(()));
         assert_eq!(s.frames(), 2);
     }
 
@@ -630,25 +657,26 @@ mod tests {
     fn a_session_refuses_everything_after_the_tag_failure_limit() {
         let key = [7u8; 32];
         let mut s = RxSession::new(&key, Peer::User(crate::ids::UserId(1)), HopId(0));
-        let header = [3u8; 24];
-        let tag = HopKey::new(&key).tag(&header);
         for c in 0..u64::from(TAG_FAILURE_LIMIT) - 1 {
             assert_eq!(
-                s.authenticate(&header, &[0; 8], c),
+                auth(&mut s, &keepalive(&key, c, true)),
                 Err(AuthFailure::BadTag)
             );
         }
         // One short of the limit, a valid frame still passes.
-        assert_eq!(s.authenticate(&header, &tag, 1), Ok(()));
+        assert_eq!(auth(&mut s, &keepalive(&key, 1, false)), Ok(()));
         assert_eq!(
-            s.authenticate(&header, &[0; 8], 2),
+            auth(&mut s, &keepalive(&key, 2, true)),
             Err(AuthFailure::BadTag)
         );
         assert_eq!(s.tag_failures(), TAG_FAILURE_LIMIT);
         // Now even a valid tag is refused, and failures stop counting.
-        assert_eq!(s.authenticate(&header, &tag, 3), Err(AuthFailure::TagLimit));
         assert_eq!(
-            s.authenticate(&header, &[0; 8], 4),
+            auth(&mut s, &keepalive(&key, 3, false)),
+            Err(AuthFailure::TagLimit)
+        );
+        assert_eq!(
+            auth(&mut s, &keepalive(&key, 4, true)),
             Err(AuthFailure::TagLimit)
         );
         assert_eq!(s.tag_failures(), TAG_FAILURE_LIMIT);

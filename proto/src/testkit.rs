@@ -198,8 +198,8 @@ pub fn policy_file(users: u32, services: u32) -> PolicyFile {
     }
 }
 
-/// Writes the hop header of a frame filling all of `buf` and tags it with
-/// `key`. Returns `buf.len()`.
+/// Writes the hop header of a frame filling all of `buf` (body already in
+/// place: the tag covers it) and tags it with `key`. Returns `buf.len()`.
 pub fn write_frame(
     buf: &mut [u8],
     kind: Kind,
@@ -221,9 +221,7 @@ pub fn write_frame(
     }
     .emit(buf)
     .expect("buffer holds a header");
-    let mut frame = Frame::new_unchecked(&mut *buf);
-    let tag = key.tag(frame.tagged());
-    frame.set_tag(&tag);
+    key.seal_frame(&mut Frame::new_unchecked(&mut *buf));
     buf.len()
 }
 

@@ -13,9 +13,11 @@
 //!  8  u64     hop counter (nonce of the hop tag, input to the replay window)
 //! 16  u32     user id (source)
 //! 20  u32     service id (destination)
-//! 24  [u8;8]  hop tag over bytes 0..24
-//! 32  ...     end-to-end part (opaque to relays)
+//! 24  [u8;8]  hop tag over bytes 0..24 and, by kind, parts of the body
+//! 32  ...     end-to-end part (relays read, never change, what the tag covers)
 //! ```
+//!
+//! What the hop tag covers, per kind, is [`crate::hoptag`]'s rule.
 //!
 //! For [`Kind::DataUp`] and [`Kind::DataDown`] the end-to-end part is an
 //! [`E2eRecord`]: receiver index (u32), counter (u64), ciphertext, 16-byte
@@ -35,10 +37,15 @@
 use crate::ids::{ReceiverIndex, ServiceId, UserId};
 
 /// The protocol version this crate speaks, in the high nibble of byte 0.
-pub const VERSION: u8 = 1;
+///
+/// 2 since the hop tag covers part of the body ([`crate::hoptag`]): a node
+/// of version 1 tags the header alone, so its frames (and its hop
+/// handshakes) are refused as malformed rather than failing as bad tags.
+pub const VERSION: u8 = 2;
 /// Length of the fixed hop header.
 pub const HEADER_LEN: usize = 32;
-/// Bytes of the hop header covered by the hop tag.
+/// Bytes of the hop header covered by the hop tag (all before the tag);
+/// the tag covers parts of the body as well ([`crate::hoptag`]).
 pub const TAGGED_LEN: usize = 24;
 /// Length of the hop tag.
 pub const HOP_TAG_LEN: usize = 8;
@@ -316,9 +323,10 @@ impl<T: AsRef<[u8]>> Frame<T> {
         ServiceId(be_u32(&self.buffer.as_ref()[field::SERVICE]))
     }
 
-    /// The header bytes the hop tag covers.
+    /// The header bytes the hop tag covers (it covers body bytes too:
+    /// [`crate::hoptag::HopKey::tag_frame`] is the one reader).
     #[inline]
-    pub fn tagged(&self) -> &[u8; TAGGED_LEN] {
+    pub(crate) fn tagged(&self) -> &[u8; TAGGED_LEN] {
         self.buffer.as_ref()[..TAGGED_LEN]
             .try_into()
             .expect("checked frame is at least HEADER_LEN long")
@@ -390,7 +398,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
 
     /// Rewrites the header for the next hop in place: new receiver index and
     /// counter, ttl decremented by one. The caller then computes and sets the
-    /// tag with the next hop's key. Returns `false` (and leaves the frame
+    /// tag with the next hop's key ([`crate::hoptag::HopKey::seal_frame`]). Returns `false` (and leaves the frame
     /// alone) when the ttl is already zero or one, i.e. the frame may not
     /// take another hop.
     #[inline]
@@ -533,7 +541,7 @@ mod tests {
     // 16-byte e2e tag.
     #[rustfmt::skip]
     const DATA: [u8; 62] = [
-        0x11, 0x10, 0x00, 0x1e,
+        0x21, 0x10, 0x00, 0x1e,
         0x01, 0x02, 0x03, 0x04,
         0, 0, 0, 0, 0, 0, 0, 5,
         0, 0, 0, 7,
@@ -579,11 +587,14 @@ mod tests {
             assert!(Frame::new_checked(&DATA[..len]).is_err(), "len {len}");
         }
         let mut bad = DATA;
-        bad[0] = 0x21;
+        bad[0] = 0x31;
         assert_eq!(Frame::new_checked(&bad[..]), Err(WireError::BadVersion));
-        bad[0] = 0x17;
+        // Version 1 tagged the header alone: refused as another version.
+        bad[0] = 0x11;
+        assert_eq!(Frame::new_checked(&bad[..]), Err(WireError::BadVersion));
+        bad[0] = 0x27;
         assert_eq!(Frame::new_checked(&bad[..]), Err(WireError::BadKind));
-        bad[0] = 0x18; // handshake kinds have no hop header
+        bad[0] = 0x28; // handshake kinds have no hop header
         assert_eq!(Frame::new_checked(&bad[..]), Err(WireError::BadKind));
         let mut bad = DATA;
         bad[3] = 0x1f;

@@ -1089,9 +1089,9 @@ impl Control {
         if header.emit(&mut frame).is_err() {
             return;
         }
-        let mut f = Frame::new_unchecked(&mut frame[..]);
-        let tag = e.hop.key().tag(f.tagged());
-        f.set_tag(&tag);
+        e.hop
+            .key()
+            .seal_frame(&mut Frame::new_unchecked(&mut frame[..]));
         if matches!(msg, ControlMessage::Pong { .. }) {
             self.stats.pongs_sent += 1;
         }

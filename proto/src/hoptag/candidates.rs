@@ -4,6 +4,15 @@
 //! criterion bench compares all of them on the machine at hand and the choice
 //! in [`super::HopKey`] can be revisited with numbers. Each takes the 32-byte
 //! hop key from the Noise split and derives what it needs at construction.
+//!
+//! A hop tag's input is the 24 tagged header bytes followed by part or all
+//! of the body ([`super`] says which, per kind). [`HopMac::tag_parts`] takes
+//! it in those two pieces, so no caller copies a frame to tag it;
+//! [`HopMac::tag`] is the same function over one contiguous message (for
+//! the reference vectors and the bench). The GMAC candidates only take
+//! messages that fit [`GMAC_MAX_INPUT`] (GCM's associated data is one
+//! slice, and they assemble it on the stack); they were measured and not
+//! chosen, and stay for comparison on the data-frame input.
 
 use crate::aead::backend::{self, Aes256GcmBackend};
 use crate::wire::{HOP_TAG_LEN, TAGGED_LEN};
@@ -13,7 +22,13 @@ use core::fmt;
 /// 32-byte hop key (BLAKE3 `derive_key` contexts must be unique per use).
 const SIPHASH_KEY_CONTEXT: &str = "ztna-mesh 2026-11 hop tag SipHash-2-4 key";
 
-/// A MAC that tags the fixed header of a frame.
+/// The longest message the GMAC candidates tag: the data-frame tag input
+/// (24 header bytes, 12 bytes of end-to-end record header, the 16-byte
+/// end-to-end tag) rounded up to a multiple of 16. Longer messages get an
+/// all-zero tag, which never verifies a real frame.
+pub const GMAC_MAX_INPUT: usize = 64;
+
+/// A MAC that tags a frame's tag input.
 pub trait HopMac: Clone + Send + Sync + fmt::Debug {
     /// Short name, used in bench ids and `Debug` output.
     const NAME: &'static str;
@@ -21,13 +36,24 @@ pub trait HopMac: Clone + Send + Sync + fmt::Debug {
     /// Builds the MAC, running any key schedule now rather than per frame.
     fn new(key: &[u8; 32]) -> Self;
 
-    /// The truncated tag of the first [`TAGGED_LEN`] header bytes.
-    fn tag(&self, header: &[u8; TAGGED_LEN]) -> [u8; HOP_TAG_LEN];
+    /// The truncated tag of `header ‖ rest`, without concatenating them.
+    fn tag_parts(&self, header: &[u8; TAGGED_LEN], rest: &[u8]) -> [u8; HOP_TAG_LEN];
 
-    /// Whether `tag` is the tag of `header`, compared in constant time.
+    /// The truncated tag of one contiguous message (at least
+    /// [`TAGGED_LEN`] bytes for a real frame's input; any length works):
+    /// `tag_parts` of its first 24 bytes and the rest.
+    fn tag(&self, msg: &[u8]) -> [u8; HOP_TAG_LEN];
+
+    /// Whether `tag` is the tag of `header ‖ rest`, compared in constant
+    /// time.
     #[inline]
-    fn verify(&self, header: &[u8; TAGGED_LEN], tag: &[u8; HOP_TAG_LEN]) -> bool {
-        ct_eq(&self.tag(header), tag)
+    fn verify_parts(
+        &self,
+        header: &[u8; TAGGED_LEN],
+        rest: &[u8],
+        tag: &[u8; HOP_TAG_LEN],
+    ) -> bool {
+        ct_eq(&self.tag_parts(header, rest), tag)
     }
 }
 
@@ -39,8 +65,8 @@ pub fn ct_eq(a: &[u8; HOP_TAG_LEN], b: &[u8; HOP_TAG_LEN]) -> bool {
     core::hint::black_box(diff) == 0
 }
 
-/// The 12-byte GCM nonce of a header: 4 zero bytes, then the hop counter
-/// (bytes `8..16`, big-endian on the wire, copied as is).
+/// The 12-byte GCM nonce of a message: 4 zero bytes, then the hop counter
+/// (bytes `8..16` of the header, big-endian on the wire, copied as is).
 #[inline]
 fn gmac_nonce(header: &[u8; TAGGED_LEN]) -> [u8; 12] {
     let mut nonce = [0u8; 12];
@@ -56,7 +82,17 @@ fn truncate(full: &[u8]) -> [u8; HOP_TAG_LEN] {
     tag
 }
 
-/// AES-256-GMAC via RustCrypto `aes-gcm`: GCM with the header as associated
+/// Splits a contiguous message into the header and the rest; a message
+/// shorter than the header is zero-padded to it (then the rest is empty).
+#[inline]
+fn split_msg(msg: &[u8]) -> ([u8; TAGGED_LEN], &[u8]) {
+    let mut header = [0u8; TAGGED_LEN];
+    let n = msg.len().min(TAGGED_LEN);
+    header[..n].copy_from_slice(&msg[..n]);
+    (header, msg.get(TAGGED_LEN..).unwrap_or(&[]))
+}
+
+/// AES-256-GMAC via RustCrypto `aes-gcm`: GCM with the message as associated
 /// data and an empty plaintext, the hop counter as nonce, tag truncated to
 /// 64 bits. Uses the end-to-end AEAD backend of the same crate.
 ///
@@ -69,7 +105,8 @@ pub type GmacAesGcm = Gmac<backend::RustCrypto>;
 #[cfg(feature = "ring")]
 pub type GmacRing = Gmac<backend::Ring>;
 
-/// AES-256-GMAC over the header with any AES-256-GCM backend.
+/// AES-256-GMAC over the message with any AES-256-GCM backend, for
+/// messages of at most [`GMAC_MAX_INPUT`] bytes.
 #[derive(Clone)]
 pub struct Gmac<B> {
     gcm: B,
@@ -83,9 +120,33 @@ impl<B: Aes256GcmBackend> HopMac for Gmac<B> {
     }
 
     #[inline]
-    fn tag(&self, header: &[u8; TAGGED_LEN]) -> [u8; HOP_TAG_LEN] {
-        let full = self.gcm.seal_raw(&gmac_nonce(header), header, &mut []);
+    fn tag_parts(&self, header: &[u8; TAGGED_LEN], rest: &[u8]) -> [u8; HOP_TAG_LEN] {
+        let len = TAGGED_LEN + rest.len();
+        if len > GMAC_MAX_INPUT {
+            return [0; HOP_TAG_LEN];
+        }
+        let mut aad = [0u8; GMAC_MAX_INPUT];
+        aad[..TAGGED_LEN].copy_from_slice(header);
+        aad[TAGGED_LEN..len].copy_from_slice(rest);
+        let full = self.gcm.seal_raw(&gmac_nonce(header), &aad[..len], &mut []);
         truncate(&full)
+    }
+
+    #[inline]
+    fn tag(&self, msg: &[u8]) -> [u8; HOP_TAG_LEN] {
+        let (header, rest) = split_msg(msg);
+        self.tag_parts(&header, rest)
+    }
+
+    #[inline]
+    fn verify_parts(
+        &self,
+        header: &[u8; TAGGED_LEN],
+        rest: &[u8],
+        tag: &[u8; HOP_TAG_LEN],
+    ) -> bool {
+        // The all-zero tag of an over-long message must not verify.
+        TAGGED_LEN + rest.len() <= GMAC_MAX_INPUT && ct_eq(&self.tag_parts(header, rest), tag)
     }
 }
 
@@ -96,7 +157,8 @@ impl<B: Aes256GcmBackend> fmt::Debug for Gmac<B> {
 }
 
 /// SipHash-2-4 with a 128-bit key derived from the hop key by BLAKE3
-/// `derive_key`; its 64-bit output, little-endian, is the tag.
+/// `derive_key`; its 64-bit output, little-endian, is the tag. The general
+/// code of the `siphasher` crate, as the reference for [`SipHash24Fixed`].
 ///
 /// A PRF: the tag stays sound even if a counter were ever repeated (the replay
 /// window would then drop the frame, nothing leaks about the key).
@@ -113,8 +175,18 @@ impl HopMac for SipHash24 {
     }
 
     #[inline]
-    fn tag(&self, header: &[u8; TAGGED_LEN]) -> [u8; HOP_TAG_LEN] {
-        self.hasher.hash(header).to_le_bytes()
+    fn tag_parts(&self, header: &[u8; TAGGED_LEN], rest: &[u8]) -> [u8; HOP_TAG_LEN] {
+        use core::hash::Hasher;
+        // `write` streams bytes: two writes hash the concatenation.
+        let mut h = self.hasher;
+        h.write(header);
+        h.write(rest);
+        h.finish().to_le_bytes()
+    }
+
+    #[inline]
+    fn tag(&self, msg: &[u8]) -> [u8; HOP_TAG_LEN] {
+        self.hasher.hash(msg).to_le_bytes()
     }
 }
 
@@ -140,28 +212,58 @@ impl fmt::Debug for SipHash24 {
     }
 }
 
-/// SipHash-2-4 specialised to the 24-byte header: the same function as
-/// [`SipHash24`] (same derived key, same tag), computed over three fixed
-/// message words with the key-dependent initial state precomputed.
+/// SipHash-2-4 with the key-dependent initial state precomputed and the
+/// 24-byte header taken as three whole message words: the same function as
+/// [`SipHash24`] (same derived key, same tag, checked equal on random keys
+/// and inputs below), without the general code's input buffering.
 ///
-/// The general `siphasher` code buffers its input and handles a tail; with a
-/// fixed length both go away, which is what makes it the fastest candidate.
-/// Equality with [`SipHash24`] on random keys and headers is a test below.
+/// The header is exactly three words, so the rest of the input starts on a
+/// word boundary: whole words straight from the caller's slice, then one
+/// final word with the tail bytes and the length.
 #[derive(Clone)]
 pub struct SipHash24Fixed {
     /// `v0..v3` after keying, before any message word.
     init: [u64; 4],
 }
 
+/// One SipRound.
+#[inline(always)]
+fn sip_round(v: &mut [u64; 4]) {
+    v[0] = v[0].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(13) ^ v[0];
+    v[0] = v[0].rotate_left(32);
+    v[2] = v[2].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(16) ^ v[2];
+    v[0] = v[0].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(21) ^ v[0];
+    v[2] = v[2].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(17) ^ v[2];
+    v[2] = v[2].rotate_left(32);
+}
+
+/// Absorbs one message word: two SipRounds ("2" of SipHash-2-4).
+#[inline(always)]
+fn sip_compress(v: &mut [u64; 4], m: u64) {
+    v[3] ^= m;
+    sip_round(v);
+    sip_round(v);
+    v[0] ^= m;
+}
+
+/// Little-endian word from exactly 8 bytes.
+#[inline(always)]
+fn le_word(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(b);
+    u64::from_le_bytes(w)
+}
+
 impl SipHash24Fixed {
     /// Keys SipHash-2-4 directly with a 128-bit key, as
     /// [`SipHash24::with_sip_key`].
     pub fn with_sip_key(key: &[u8; 16]) -> Self {
-        let mut k = [0u8; 8];
-        k.copy_from_slice(&key[..8]);
-        let k0 = u64::from_le_bytes(k);
-        k.copy_from_slice(&key[8..]);
-        let k1 = u64::from_le_bytes(k);
+        let k0 = le_word(&key[..8]);
+        let k1 = le_word(&key[8..]);
         // The initialisation constants of the SipHash paper, section 2.
         Self {
             init: [
@@ -173,41 +275,42 @@ impl SipHash24Fixed {
         }
     }
 
-    /// SipHash-2-4 of a 24-byte input.
+    /// SipHash-2-4 of `header ‖ rest`.
     #[inline]
-    pub fn hash24(&self, input: &[u8; TAGGED_LEN]) -> u64 {
-        let [mut v0, mut v1, mut v2, mut v3] = self.init;
-        #[inline(always)]
-        fn round(v0: &mut u64, v1: &mut u64, v2: &mut u64, v3: &mut u64) {
-            *v0 = v0.wrapping_add(*v1);
-            *v1 = v1.rotate_left(13) ^ *v0;
-            *v0 = v0.rotate_left(32);
-            *v2 = v2.wrapping_add(*v3);
-            *v3 = v3.rotate_left(16) ^ *v2;
-            *v0 = v0.wrapping_add(*v3);
-            *v3 = v3.rotate_left(21) ^ *v0;
-            *v2 = v2.wrapping_add(*v1);
-            *v1 = v1.rotate_left(17) ^ *v2;
-            *v2 = v2.rotate_left(32);
+    pub fn hash_parts(&self, header: &[u8; TAGGED_LEN], rest: &[u8]) -> u64 {
+        let mut v = self.init;
+        for w in header.chunks_exact(8) {
+            sip_compress(&mut v, le_word(w));
         }
-        let word = |i: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&input[8 * i..8 * i + 8]);
-            u64::from_le_bytes(w)
-        };
-        // Three message words, then the final word carrying the length
-        // (24) in its top byte and no tail bytes.
-        for m in [word(0), word(1), word(2), (TAGGED_LEN as u64) << 56] {
-            v3 ^= m;
-            round(&mut v0, &mut v1, &mut v2, &mut v3);
-            round(&mut v0, &mut v1, &mut v2, &mut v3);
-            v0 ^= m;
+        self.finish(v, TAGGED_LEN, rest)
+    }
+
+    /// SipHash-2-4 of any contiguous input.
+    #[inline]
+    pub fn hash(&self, input: &[u8]) -> u64 {
+        self.finish(self.init, 0, input)
+    }
+
+    /// Absorbs `rest` after `done` bytes (a multiple of 8) were absorbed
+    /// into `v`, then the final word and the finalisation rounds.
+    #[inline(always)]
+    fn finish(&self, mut v: [u64; 4], done: usize, rest: &[u8]) -> u64 {
+        let mut words = rest.chunks_exact(8);
+        for w in &mut words {
+            sip_compress(&mut v, le_word(w));
         }
-        v2 ^= 0xff;
+        let tail = words.remainder();
+        let mut last = [0u8; 8];
+        last[..tail.len()].copy_from_slice(tail);
+        // The final word: the tail bytes, and the total length mod 256 in
+        // its top byte.
+        last[7] = (done.wrapping_add(rest.len()) & 0xff) as u8;
+        sip_compress(&mut v, u64::from_le_bytes(last));
+        v[2] ^= 0xff;
         for _ in 0..4 {
-            round(&mut v0, &mut v1, &mut v2, &mut v3);
+            sip_round(&mut v);
         }
-        v0 ^ v1 ^ v2 ^ v3
+        v[0] ^ v[1] ^ v[2] ^ v[3]
     }
 }
 
@@ -219,8 +322,13 @@ impl HopMac for SipHash24Fixed {
     }
 
     #[inline]
-    fn tag(&self, header: &[u8; TAGGED_LEN]) -> [u8; HOP_TAG_LEN] {
-        self.hash24(header).to_le_bytes()
+    fn tag_parts(&self, header: &[u8; TAGGED_LEN], rest: &[u8]) -> [u8; HOP_TAG_LEN] {
+        self.hash_parts(header, rest).to_le_bytes()
+    }
+
+    #[inline]
+    fn tag(&self, msg: &[u8]) -> [u8; HOP_TAG_LEN] {
+        self.hash(msg).to_le_bytes()
     }
 }
 
@@ -252,8 +360,16 @@ impl HopMac for Blake3Keyed {
     }
 
     #[inline]
-    fn tag(&self, header: &[u8; TAGGED_LEN]) -> [u8; HOP_TAG_LEN] {
-        truncate(blake3::keyed_hash(&self.key, header).as_bytes())
+    fn tag_parts(&self, header: &[u8; TAGGED_LEN], rest: &[u8]) -> [u8; HOP_TAG_LEN] {
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        h.update(header);
+        h.update(rest);
+        truncate(h.finalize().as_bytes())
+    }
+
+    #[inline]
+    fn tag(&self, msg: &[u8]) -> [u8; HOP_TAG_LEN] {
+        truncate(blake3::keyed_hash(&self.key, msg).as_bytes())
     }
 }
 
@@ -273,49 +389,83 @@ mod tests {
     fn siphash24_paper_vector() {
         let key: [u8; 16] = core::array::from_fn(|i| i as u8);
         let msg: [u8; 15] = core::array::from_fn(|i| i as u8);
-        let mac = SipHash24::with_sip_key(&key);
-        assert_eq!(mac.hash(&msg), 0xa129_ca61_49be_45e5);
+        assert_eq!(
+            SipHash24::with_sip_key(&key).hash(&msg),
+            0xa129_ca61_49be_45e5
+        );
+        assert_eq!(
+            SipHash24Fixed::with_sip_key(&key).hash(&msg),
+            0xa129_ca61_49be_45e5
+        );
     }
 
-    /// The first entries of the reference `vectors.h` of the SipHash
-    /// implementation (key 00..0f, message 00..(n-1)), as little-endian bytes.
+    /// Entries of the reference `vectors.h` of the SipHash implementation
+    /// (key 00..0f, message 00..(n-1)), as little-endian bytes: both
+    /// implementations, contiguous and (from 24 bytes on) in two parts.
     #[test]
     fn siphash24_reference_vectors() {
         let key: [u8; 16] = core::array::from_fn(|i| i as u8);
-        let mac = SipHash24::with_sip_key(&key);
+        let general = SipHash24::with_sip_key(&key);
+        let fixed = SipHash24Fixed::with_sip_key(&key);
         let expected = [
             (0usize, "310e0edd47db6f72"),
             (1, "fd67dc93c539f874"),
             (2, "5a4fa9d909806c0d"),
             (8, "6224939a79f5f593"),
+            (24, "94af49f6c650adb8"),
+            (63, "724506eb4c328a95"),
         ];
-        let msg: [u8; 8] = core::array::from_fn(|i| i as u8);
+        let msg: [u8; 64] = core::array::from_fn(|i| i as u8);
         for (len, hex_le) in expected {
-            let out = mac.hash(&msg[..len]).to_le_bytes();
-            assert_eq!(hex::encode(out), hex_le, "length {len}");
+            let m = &msg[..len];
+            assert_eq!(
+                hex::encode(general.hash(m).to_le_bytes()),
+                hex_le,
+                "length {len}"
+            );
+            assert_eq!(
+                hex::encode(fixed.hash(m).to_le_bytes()),
+                hex_le,
+                "length {len}"
+            );
+            if len >= TAGGED_LEN {
+                let header: &[u8; TAGGED_LEN] = m[..TAGGED_LEN].try_into().unwrap();
+                let rest = &m[TAGGED_LEN..];
+                let parts = fixed.hash_parts(header, rest).to_le_bytes();
+                assert_eq!(hex::encode(parts), hex_le, "length {len}, in parts");
+                assert_eq!(
+                    hex::encode(general.tag_parts(header, rest)),
+                    hex_le,
+                    "length {len}, siphasher in parts"
+                );
+            }
         }
-    }
-
-    /// Row 24 of the reference `vectors.h` (key 00..0f, message 00..17):
-    /// the specialised code on the one length it accepts.
-    #[test]
-    fn siphash24_fixed_reference_vector() {
-        let key: [u8; 16] = core::array::from_fn(|i| i as u8);
-        let msg: [u8; TAGGED_LEN] = core::array::from_fn(|i| i as u8);
-        let out = SipHash24Fixed::with_sip_key(&key)
-            .hash24(&msg)
-            .to_le_bytes();
-        assert_eq!(hex::encode(out), "94af49f6c650adb8");
-        assert_eq!(SipHash24::with_sip_key(&key).hash(&msg).to_le_bytes(), out);
     }
 
     proptest::proptest! {
         #[test]
-        fn siphash24_fixed_equals_general(key: [u8; 32], header: [u8; TAGGED_LEN]) {
-            proptest::prop_assert_eq!(
-                SipHash24Fixed::new(&key).tag(&header),
-                SipHash24::new(&key).tag(&header)
-            );
+        fn siphash24_fixed_equals_general(
+            key: [u8; 32],
+            header: [u8; TAGGED_LEN],
+            rest in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            let mut msg = header.to_vec();
+            msg.extend_from_slice(&rest);
+            let reference = SipHash24::new(&key).tag(&msg);
+            proptest::prop_assert_eq!(SipHash24Fixed::new(&key).tag_parts(&header, &rest), reference);
+            proptest::prop_assert_eq!(SipHash24Fixed::new(&key).tag(&msg), reference);
+            proptest::prop_assert_eq!(SipHash24::new(&key).tag_parts(&header, &rest), reference);
+        }
+
+        #[test]
+        fn blake3_parts_equal_contiguous(
+            header: [u8; TAGGED_LEN],
+            rest in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            let mut msg = header.to_vec();
+            msg.extend_from_slice(&rest);
+            let mac = Blake3Keyed::new(&[3; 32]);
+            proptest::prop_assert_eq!(mac.tag_parts(&header, &rest), mac.tag(&msg));
         }
     }
 
@@ -325,38 +475,86 @@ mod tests {
     #[test]
     fn gmac_candidates_agree() {
         let key = [7u8; 32];
-        let header: [u8; TAGGED_LEN] = core::array::from_fn(|i| (i * 3) as u8);
-        let a = GmacAesGcm::new(&key).tag(&header);
+        let msg: [u8; 52] = core::array::from_fn(|i| (i * 3) as u8);
+        let header: [u8; TAGGED_LEN] = msg[..TAGGED_LEN].try_into().unwrap();
+        let a = GmacAesGcm::new(&key).tag(&msg);
+        assert_eq!(
+            a,
+            GmacAesGcm::new(&key).tag_parts(&header, &msg[TAGGED_LEN..])
+        );
         #[cfg(feature = "ring")]
-        assert_eq!(a, GmacRing::new(&key).tag(&header));
+        assert_eq!(a, GmacRing::new(&key).tag(&msg));
         use aes_gcm::aead::{AeadInOut, KeyInit};
         let cipher = aes_gcm::Aes256Gcm::new((&key).into());
         let full = cipher
-            .encrypt_inout_detached(&gmac_nonce(&header).into(), &header, (&mut [][..]).into())
+            .encrypt_inout_detached(&gmac_nonce(&header).into(), &msg, (&mut [][..]).into())
             .unwrap();
         assert_eq!(a[..], full[..HOP_TAG_LEN]);
+    }
+
+    #[test]
+    fn gmac_refuses_over_long_input() {
+        let mac = GmacAesGcm::new(&[7; 32]);
+        let header = [1u8; TAGGED_LEN];
+        let rest = [2u8; GMAC_MAX_INPUT - TAGGED_LEN + 1];
+        let tag = mac.tag_parts(&header, &rest);
+        assert_eq!(tag, [0; HOP_TAG_LEN]);
+        assert!(!mac.verify_parts(&header, &rest, &tag));
     }
 
     fn exercise<M: HopMac>() {
         let key = [9u8; 32];
         let mac = M::new(&key);
         let header: [u8; TAGGED_LEN] = core::array::from_fn(|i| i as u8);
-        let tag = mac.tag(&header);
-        assert!(mac.verify(&header, &tag), "{}", M::NAME);
-        assert!(mac.clone().verify(&header, &tag), "{} clone", M::NAME);
+        let rest: [u8; 28] = core::array::from_fn(|i| (100 + i) as u8);
+        let tag = mac.tag_parts(&header, &rest);
+        assert!(mac.verify_parts(&header, &rest, &tag), "{}", M::NAME);
+        assert!(
+            mac.clone().verify_parts(&header, &rest, &tag),
+            "{} clone",
+            M::NAME
+        );
         for bit in 0..TAGGED_LEN * 8 {
             let mut bad = header;
             bad[bit / 8] ^= 1 << (bit % 8);
-            assert!(!mac.verify(&bad, &tag), "{} header bit {bit}", M::NAME);
+            assert!(
+                !mac.verify_parts(&bad, &rest, &tag),
+                "{} header bit {bit}",
+                M::NAME
+            );
         }
+        for bit in 0..rest.len() * 8 {
+            let mut bad = rest;
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                !mac.verify_parts(&header, &bad, &tag),
+                "{} rest bit {bit}",
+                M::NAME
+            );
+        }
+        // A shorter rest is another message, even with a matching prefix.
+        assert!(
+            !mac.verify_parts(&header, &rest[..27], &tag),
+            "{} length",
+            M::NAME
+        );
         for bit in 0..HOP_TAG_LEN * 8 {
             let mut bad = tag;
             bad[bit / 8] ^= 1 << (bit % 8);
-            assert!(!mac.verify(&header, &bad), "{} tag bit {bit}", M::NAME);
+            assert!(
+                !mac.verify_parts(&header, &rest, &bad),
+                "{} tag bit {bit}",
+                M::NAME
+            );
         }
         let mut other = key;
         other[0] ^= 0x80;
-        assert_ne!(M::new(&other).tag(&header), tag, "{} key", M::NAME);
+        assert_ne!(
+            M::new(&other).tag_parts(&header, &rest),
+            tag,
+            "{} key",
+            M::NAME
+        );
         assert!(!format!("{mac:?}").contains("9, 9"), "{} Debug", M::NAME);
     }
 
