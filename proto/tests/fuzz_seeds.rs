@@ -16,12 +16,15 @@ use std::time::Instant;
 
 use proto::control::{ConnectionMode, ControlMessage, Directory, ServiceEntry};
 use proto::handshake::{frames, CookieJar, HopInitiator, HopResponder, InitOutcome};
+use proto::hoptag::HopKey;
 use proto::identity::{CaKeypair, Role};
-use proto::ids::{ReceiverIndex, ServiceId};
+use proto::ids::{ReceiverIndex, ServiceId, UserId};
 use proto::policy::Protocol;
 use proto::testkit::handshake::{
     body, init_payload, issue, other_ca, response_payload, Nodes, NOW_NS, NOW_UNIX,
 };
+use proto::testkit::{user_index, user_key, write_frame};
+use proto::wire::{Kind, HEADER_LEN};
 use rand::SeedableRng;
 
 /// How a committed seed is checked.
@@ -197,8 +200,48 @@ fn seeds() -> Vec<Seed> {
             v
         }),
     ];
+    out.extend(tagged_frames());
     out.extend(random_frames(&n));
     out
+}
+
+/// frame_parse: frames that pass the hop tag at the target's fixture
+/// (`Fixture::new(4, 8)`, user 0), so the fuzzer starts past
+/// authentication: a data frame to an allowed service and a control ping.
+/// (The other seeds of the target, `*.bin`, carry made-up tags.)
+fn tagged_frames() -> Vec<Seed> {
+    let key = HopKey::new(&user_key(0));
+    let mut data = vec![0u8; 80];
+    data[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&0x11u32.to_be_bytes());
+    data[HEADER_LEN + 4..HEADER_LEN + 12].copy_from_slice(&1u64.to_be_bytes());
+    let n = data.len();
+    data[n - 16..].fill(0xee);
+    write_frame(
+        &mut data,
+        Kind::DataUp,
+        user_index(0),
+        0,
+        UserId(0),
+        ServiceId(1),
+        &key,
+    );
+    let mut body = Vec::new();
+    ControlMessage::Ping { digest: 0 }.emit(&mut body);
+    let mut ping = vec![0u8; HEADER_LEN];
+    ping.extend_from_slice(&body);
+    write_frame(
+        &mut ping,
+        Kind::Control,
+        user_index(0),
+        1,
+        UserId(0),
+        ServiceId(0),
+        &key,
+    );
+    vec![
+        exact("frame_parse", "data_up_tagged", data),
+        exact("frame_parse", "control_ping_tagged", ping),
+    ]
 }
 
 fn v4_source() -> [u8; 18] {
@@ -313,5 +356,23 @@ fn fuzz_seeds_are_current() {
         problems.is_empty(),
         "fuzz seeds out of date (rewrite them with FUZZ_SEEDS_WRITE=1 cargo test -p proto --test fuzz_seeds):\n{}",
         problems.join("\n")
+    );
+}
+
+/// The tagged frame_parse seeds get past authentication at the target's
+/// fixture, in order (their hop counters are 0 and 1), as the fuzzer's
+/// first inputs would.
+#[test]
+fn tagged_frame_seeds_pass_the_fixture() {
+    use proto::datapath::{Mode, Verdict};
+    let mut fx = proto::testkit::Fixture::new(4, 8);
+    let mut verdicts = Vec::new();
+    for s in tagged_frames() {
+        let mut buf = s.bytes.clone();
+        verdicts.push(fx.datapath(Mode::Ztna).process(&mut buf));
+    }
+    assert!(
+        matches!(verdicts[..], [Verdict::Forward { .. }, Verdict::Local]),
+        "{verdicts:?}"
     );
 }
