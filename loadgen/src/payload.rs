@@ -6,8 +6,9 @@
 //! - **pool records**, sealed once per (flow, size) with counter
 //!   [`pool_counter`]`(size index)` (one counter per size: the same counter
 //!   under one key for two plaintexts would be a GCM nonce reuse) and resent
-//!   as they are (the relay never looks past the hop header, so a resent
-//!   record costs it exactly what a fresh one does);
+//!   as they are (the relay reads only a record's header and AEAD tag,
+//!   which the hop tag covers, never opens it, so a resent record costs it
+//!   exactly what a fresh one does);
 //! - **samples**, sealed fresh as the first frame of every train, whose
 //!   counter is [`SAMPLE_BIT`] | the send time in nanoseconds since the
 //!   run's epoch. The counter is the AEAD nonce, so the timestamp is

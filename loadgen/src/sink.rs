@@ -313,8 +313,7 @@ mod tests {
         let mut f = Frame::new_unchecked(&mut frame[..]);
         f.set_receiver(LOCAL);
         f.set_counter(hop_counter);
-        let tag = proto::hoptag::HopKey::new(&RECV).tag(f.tagged());
-        f.set_tag(&tag);
+        proto::hoptag::HopKey::new(&RECV).seal_frame(&mut f);
         frame
     }
 

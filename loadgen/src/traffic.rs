@@ -3,7 +3,9 @@
 //! A train is what one agent hands its socket in one `UDP_SEGMENT` send:
 //! frames of one size from one user, cycling through that user's flows.
 //! Trains are built once into a small cache and then only re-tagged (new
-//! hop counter, new hop tag: 32 header bytes per frame) before each send,
+//! hop counter, new hop tag: 16 header bytes written per frame, the tag
+//! computed over the header and the record's header and AEAD tag, as
+//! `proto::hoptag` says) before each send,
 //! the way a GSO-capable agent would emit them; the first frame of every
 //! train is a fresh timestamped sample (see [`crate::payload`]).
 
@@ -126,11 +128,14 @@ impl Traffic {
         let link = &mut self.links[user];
         let train = &mut self.cache[slot];
         let bytes = &mut train.buf[..segments * size];
-        for frame in bytes.chunks_exact_mut(size) {
+        for frame in bytes.chunks_exact_mut(size).skip(1) {
             link.retag(frame);
         }
         // The sample goes last, so its stamp is as close to the send as
-        // the build allows.
+        // the build allows; its hop tag (which covers the record header
+        // and the AEAD tag the sealing just wrote) after it. The sample
+        // thus carries the train's highest hop counter while it is sent
+        // first: well inside the relay's replay window.
         let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let stamp = now.max(self.last_stamp + 1) & !SAMPLE_BIT;
         self.last_stamp = stamp;
@@ -138,6 +143,7 @@ impl Traffic {
         first
             .key
             .seal(&mut bytes[HEADER_LEN..size], SAMPLE_BIT | stamp);
+        link.retag(&mut bytes[..size]);
         let allowed = if segments == train.segments {
             train.allowed
         } else {
@@ -197,4 +203,78 @@ fn header(frame: &mut [u8], link: &HopLink, user: proto::ids::UserId, service: S
     };
     // The frame is at least a header long: sizes are clamped by the plan.
     let _ = repr.emit(frame);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Scenario;
+    use proto::aead::E2eKey;
+    use proto::hoptag::HopKey;
+    use proto::ids::ReceiverIndex;
+    use proto::wire::{E2eRecord, Frame};
+
+    const SEND: [u8; 32] = [0x21; 32];
+
+    /// Each user's link as a handshake would give it.
+    fn link() -> HopLink {
+        let pki = crate::pki::Pki::new(1_800_000_000);
+        let relay = pki
+            .node(1000, "relay-1", proto::identity::Role::Relay, &[])
+            .unwrap();
+        HopLink::from_keys(proto::handshake::HopSessionKeys {
+            local_index: ReceiverIndex(7),
+            remote_index: ReceiverIndex(9),
+            send_key: SEND,
+            recv_key: [0x42; 32],
+            peer: relay.certificate().clone(),
+            established_at: Instant::now(),
+        })
+    }
+
+    /// The relay checks each frame's hop tag over the bytes sent,
+    /// including the sample's freshly sealed record header and AEAD tag:
+    /// every frame of every train must verify as sent, with a hop counter
+    /// seen once.
+    #[test]
+    fn every_frame_sent_carries_the_tag_of_its_final_bytes() {
+        let plan = Plan::new(Scenario::Imix, 0, 0.0);
+        let flows: Vec<Vec<SendFlow>> = plan
+            .flows
+            .iter()
+            .map(|user_flows| {
+                user_flows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| SendFlow {
+                        key: FlowKey {
+                            flow: i,
+                            user: f.user,
+                            service: f.service,
+                            receiver: ReceiverIndex(i as u32 + 1),
+                            key: E2eKey::new(&[i as u8; 32]),
+                        },
+                        allowed: f.allowed,
+                    })
+                    .collect()
+            })
+            .collect();
+        let links = flows.iter().map(|_| link()).collect();
+        let mut traffic = Traffic::new(&plan, links, flows, Instant::now());
+        let key = HopKey::new(&SEND);
+        let mut seen = std::collections::HashSet::new();
+        for round in 0..3 * plan.flows.len() * plan.sizes.len() {
+            let ready = traffic.next_train(4);
+            for (j, frame) in ready.bytes.chunks_exact(ready.size).enumerate() {
+                let f = Frame::new_checked(frame).expect("well-formed");
+                assert!(key.verify_frame(&f), "train {round}, frame {j}");
+                assert!(
+                    seen.insert((f.user(), f.counter())),
+                    "train {round}, frame {j}: hop counter reused"
+                );
+                let sample = E2eRecord::new_checked(f.body()).unwrap().counter() & SAMPLE_BIT;
+                assert_eq!(sample != 0, j == 0, "train {round}, frame {j}");
+            }
+        }
+    }
 }
