@@ -23,7 +23,8 @@ fn parse(c: &mut Criterion) {
             black_box(HeaderRepr::parse(&f))
         })
     });
-    let garbage = vec![0x11u8; 1400];
+    // Version 2, kind DataUp, then a length field that does not match.
+    let garbage = vec![0x21u8; 1400];
     c.bench_function("wire/reject_bad_length", |b| {
         b.iter(|| Frame::new_checked(black_box(&garbage[..])).is_err())
     });
