@@ -6,6 +6,7 @@ use std::net::UdpSocket;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use proto::control::ControlMessage;
 use proto::datapath::DropReason;
 use proto::handshake::{CookieJar, HopInitiator, Trust};
 use proto::identity::Role;
@@ -13,7 +14,7 @@ use proto::ids::{ReceiverIndex, ServiceId, UserId};
 use proto::wire::{Kind, HEADER_LEN};
 use relay::control::HandshakeReject;
 use relay::io::Backend;
-use tests::{await_until, ids, payload, Rig, ALLOWED, DENIED, USER};
+use tests::{await_until, ids, payload, receive_directory, Rig, ALLOWED, DENIED, USER};
 
 /// Sends an allowed frame from the user and waits until the connector has
 /// it: every frame the user sent before has been judged by then.
@@ -98,6 +99,67 @@ fn ids_changed_under_a_correct_tag_fail_the_tag() {
     let c = rig.await_counters("the altered frames", |c| c.dropped(DropReason::BadTag) >= 2);
     assert_eq!(c.dropped(DropReason::BadTag), 2, "{c:?}");
     assert_eq!(c.forwarded, 1, "an altered frame was forwarded: {c:?}");
+}
+
+/// An on-path attacker without keys captures a fresh frame and races its
+/// header, ahead of it, with an older end-to-end record of the same pair
+/// and length (an end-to-end replay). The hop tag covers the record's
+/// header and AEAD tag, so the relay drops the raced frame as `bad_tag`
+/// without marking the hop counter, and the real frame, same header,
+/// passes after it.
+#[test]
+fn a_captured_header_raced_with_an_older_record_is_bad_tag_and_the_real_frame_passes() {
+    let mut rig = Rig::start(Backend::Mmsg).unwrap();
+    let old = rig.user_frame(ALLOWED, &payload(64, 10));
+    rig.send_from_user(&old);
+    let got = rig.connector_receive(1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1, "the old frame was not delivered");
+    let real = rig.user_frame(ALLOWED, &payload(64, 11));
+    let mut raced = real.clone();
+    raced[HEADER_LEN..].copy_from_slice(&old[HEADER_LEN..]);
+    rig.send_from_user(&raced);
+    rig.send_from_user(&real);
+    let got = rig.connector_receive(1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1, "the real frame was not delivered");
+    assert_eq!(
+        &got[0][HEADER_LEN..],
+        &real[HEADER_LEN..],
+        "the older record was delivered in its place"
+    );
+    let c = rig.await_counters("the raced frame", |c| {
+        c.dropped(DropReason::BadTag) >= 1 && c.forwarded >= 2
+    });
+    assert_eq!(c.dropped(DropReason::BadTag), 1, "{c:?}");
+    assert_eq!(c.dropped(DropReason::Replay), 0, "{c:?}");
+    assert_eq!(c.forwarded, 2, "the raced frame was forwarded: {c:?}");
+}
+
+/// A control body is authenticated in full: a correctly tagged `Ping`
+/// with any one byte of its body changed is `bad_tag` (the relay answers
+/// none of them), and none burns the hop counter: the real frame, sent
+/// last with the same header, gets its answer.
+#[test]
+fn a_control_body_changed_under_a_correct_tag_fails_the_tag() {
+    let mut rig = Rig::start(Backend::Mmsg).unwrap();
+    let mut body = Vec::new();
+    ControlMessage::Ping { digest: 0 }.emit(&mut body);
+    let mut real = vec![0u8; HEADER_LEN + body.len()];
+    real[HEADER_LEN..].copy_from_slice(&body);
+    rig.user
+        .write_header(&mut real, Kind::Control, USER, ServiceId(0));
+    for i in HEADER_LEN..real.len() {
+        let mut f = real.clone();
+        f[i] ^= 0x01;
+        rig.send_from_user(&f);
+    }
+    rig.send_from_user(&real);
+    let directory = receive_directory(&rig.user_socket, &mut rig.user, Duration::from_secs(5));
+    assert!(directory.is_some(), "the real ping got no answer");
+    let c = rig.await_counters("the altered control frames", |c| {
+        c.dropped(DropReason::BadTag) >= body.len() as u64
+    });
+    assert_eq!(c.dropped(DropReason::BadTag), body.len() as u64, "{c:?}");
+    assert_eq!(c.dropped(DropReason::Replay), 0, "{c:?}");
 }
 
 #[test]
