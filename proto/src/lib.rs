@@ -9,7 +9,7 @@
 //!
 //! * [`wire`]: zero-copy views over frames and owned `Repr`s to build them.
 //! * [`ids`]: user, service and receiver-index newtypes.
-//! * [`hoptag`]: the per-hop MAC over the fixed header.
+//! * [`hoptag`]: the per-hop MAC over the header and what it binds of the body.
 //! * [`replay`]: the anti-replay bitmap window.
 //! * [`session`]: hop sessions (keys, counters, replay state) and their table.
 //! * [`route`]: the routing snapshot: next hop by service or by user.
