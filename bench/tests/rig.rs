@@ -61,7 +61,7 @@ fn every_round_passes_the_replay_window_and_is_forwarded_to_the_connector() {
                 let f = Frame::new_checked(frame).expect("a forwarded frame is well formed");
                 assert_eq!(f.receiver(), CONNECTOR_INDEX, "{}", case.label());
                 assert!(
-                    connector.verify(f.tagged(), f.tag()),
+                    connector.verify_frame(&f),
                     "{} frame {n}: tagged for the connector",
                     case.label()
                 );
