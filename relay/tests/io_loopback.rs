@@ -711,6 +711,173 @@ fn poll_returns_after_timeout_when_idle() {
     }
 }
 
+/// `recv_from` on a blocking socket, again when interrupted: a thread
+/// that set up and dropped an io_uring ring (`backend_available` does) may
+/// see its next blocking receive end with `EINTR` while the kernel tears
+/// the ring down.
+fn recv_retrying(rx: &UdpSocket, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match rx.recv_from(buf) {
+            Ok((n, _)) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Ping-pong through a forwarder built with `busy_poll`: one datagram at a
+/// time, the next sent `gap` after the last came back, so the forwarder's
+/// polls wait between datagrams. (Without a gap the next datagram is
+/// often there before the forwarder's next poll: its send syscall
+/// delivers on loopback and wakes this thread, which answers within it.)
+/// Returns the forwarder's counters; every datagram must come back
+/// byte-exact and in order.
+fn ping_pong(backend: Backend, busy_poll: Option<Duration>, count: u32, gap: Duration) -> IoStats {
+    let cfg = IoConfig {
+        busy_poll,
+        ..IoConfig::default()
+    };
+    let rx = receiver();
+    let (fwd, handle) = spawn_forwarder(
+        backend,
+        cfg,
+        rx.local_addr().unwrap(),
+        u64::from(count),
+        Duration::ZERO,
+    );
+    let tx = UdpSocket::bind(localhost()).unwrap();
+    let mut sent = vec![0u8; 200];
+    let mut got = [0u8; 512];
+    for seq in 0..count {
+        fill(&mut sent, 1, seq, false);
+        // Pacing, not synchronisation: the forwarder is polling again
+        // (spinning, with busy polling) when the datagram arrives.
+        let t = Instant::now();
+        while t.elapsed() < gap {
+            std::hint::spin_loop();
+        }
+        tx.send_to(&sent, fwd).unwrap();
+        let n = recv_retrying(&rx, &mut got)
+            .unwrap_or_else(|e| panic!("{backend}: datagram {seq} did not come back: {e}"));
+        let mut want = sent.clone();
+        want[0] = MARK;
+        want[199] ^= 0xFF;
+        assert_eq!(n, 200, "{backend}: datagram {seq}");
+        assert!(
+            got[..n] == want[..],
+            "{backend}: datagram {seq} came back altered or out of order"
+        );
+    }
+    let (_, stats) = handle.join().unwrap();
+    assert_eq!(stats.datagrams_in, u64::from(count));
+    stats
+}
+
+#[test]
+fn busy_polling_delivers_and_takes_datagrams_while_spinning() {
+    for backend in BACKENDS {
+        if !backend_available(backend) {
+            continue;
+        }
+        // A budget far above the gap: the next datagram arrives while
+        // the forwarder spins, unless one of the two threads is
+        // descheduled meanwhile (on a machine whose cores are busy, many
+        // polls). A spin that cannot see datagrams serves none at all.
+        let s = ping_pong(
+            backend,
+            Some(Duration::from_millis(5)),
+            200,
+            Duration::from_micros(200),
+        );
+        eprintln!(
+            "{backend}: busy poll served {}, missed {}, spun {} us, {} syscalls",
+            s.busy_poll_served,
+            s.busy_poll_missed,
+            s.busy_poll_time_ns / 1000,
+            s.syscalls
+        );
+        assert!(
+            s.busy_poll_served > 0,
+            "{backend}: none of 200 datagrams was taken while spinning: {s:?}"
+        );
+        assert!(s.busy_poll_time_ns > 0, "{backend}: no spin time: {s:?}");
+    }
+}
+
+#[test]
+fn without_busy_polling_nothing_spins() {
+    for backend in BACKENDS {
+        if !backend_available(backend) {
+            continue;
+        }
+        let s = ping_pong(backend, None, 50, Duration::from_micros(200));
+        assert_eq!(
+            (s.busy_poll_served, s.busy_poll_missed, s.busy_poll_time_ns),
+            (0, 0, 0),
+            "{backend}: spun with busy polling off"
+        );
+    }
+}
+
+/// CPU time of the calling thread, to the nanosecond.
+fn thread_cpu_ns() -> Duration {
+    relay::worker::thread_cpu_time().expect("CLOCK_THREAD_CPUTIME_ID is readable on Linux")
+}
+
+#[test]
+fn busy_polling_sleeps_once_the_budget_is_spent() {
+    for backend in BACKENDS {
+        if !backend_available(backend) {
+            continue;
+        }
+        let cfg = IoConfig {
+            busy_poll: Some(Duration::from_millis(2)),
+            ..IoConfig::default()
+        };
+        let sock = bind_socket(localhost(), &cfg).unwrap();
+        let mut io = make_io(backend, sock, cfg).unwrap();
+        let (start, cpu) = (Instant::now(), thread_cpu_ns());
+        let ps = io
+            .poll(Duration::from_millis(200), &mut |_, _: &mut [u8]| {
+                Action::Consume
+            })
+            .unwrap();
+        let (took, cpu) = (start.elapsed(), thread_cpu_ns() - cpu);
+        assert_eq!(ps.received, 0);
+        assert!(
+            took >= Duration::from_millis(190),
+            "{backend}: an idle poll returned after {took:?}"
+        );
+        assert!(
+            took < Duration::from_secs(10),
+            "{backend}: hung for {took:?}"
+        );
+        // Spinning the whole 200 ms would cost about that much CPU.
+        assert!(
+            cpu < Duration::from_millis(100),
+            "{backend}: the poll used {cpu:?} of CPU in {took:?}: it spun instead of sleeping"
+        );
+        assert_eq!(ps.busy_poll, relay::io::BusyPoll::Missed, "{backend}");
+        assert!(
+            ps.spin_time >= Duration::from_millis(2) && ps.spin_time < Duration::from_millis(100),
+            "{backend}: spun {:?}",
+            ps.spin_time
+        );
+        let s = io.stats();
+        assert_eq!(
+            (s.busy_poll_served, s.busy_poll_missed),
+            (0, 1),
+            "{backend}"
+        );
+        // A poll that may not wait does not spin either.
+        let ps = io
+            .poll(Duration::ZERO, &mut |_, _: &mut [u8]| Action::Consume)
+            .unwrap();
+        assert_eq!(ps.busy_poll, relay::io::BusyPoll::NoSpin, "{backend}");
+        assert_eq!(io.stats().busy_poll_missed, 1, "{backend}");
+    }
+}
+
 #[test]
 fn start_prefers_uring() {
     let sock = bind_socket(localhost(), &IoConfig::default()).unwrap();

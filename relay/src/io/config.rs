@@ -3,6 +3,7 @@
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::str::FromStr;
+use std::time::Duration;
 
 use super::error::IoError;
 
@@ -101,6 +102,12 @@ impl FromStr for Grouping {
 /// the count, and small rings are the fast ones (DESIGN.md §3).
 pub const BUFFERS: RangeInclusive<usize> = 2..=4096;
 
+/// The longest busy-poll budget a worker accepts ([`IoConfig::busy_poll`]):
+/// past a few hundred microseconds spinning buys no latency that sleeping
+/// costs, only CPU; 10 ms is a generous bound that still catches a value
+/// given in the wrong unit.
+pub const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
+
 /// Sizes and switches of one worker's I/O.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IoConfig {
@@ -121,6 +128,14 @@ pub struct IoConfig {
     pub gso: bool,
     /// How forwarded datagrams are grouped into sends.
     pub grouping: Grouping,
+    /// Busy polling: before a poll blocks in the kernel waiting for
+    /// datagrams, spin for up to this long looking for them (as poll-mode
+    /// drivers do), so a datagram arriving meanwhile is taken without a
+    /// sleep and a wake-up. `None` (the default): wait in the kernel at
+    /// once. Spinning burns the core: the thread's CPU time counts it, and
+    /// [`super::IoStats::busy_poll_time_ns`] says how much of it was
+    /// spinning. At most [`MAX_BUSY_POLL`].
+    pub busy_poll: Option<Duration>,
 }
 
 impl Default for IoConfig {
@@ -132,6 +147,7 @@ impl Default for IoConfig {
             gro: true,
             gso: true,
             grouping: Grouping::Gather,
+            busy_poll: None,
         }
     }
 }
@@ -151,6 +167,18 @@ impl IoConfig {
         }
     }
 
+    /// Checks a busy-poll budget against [`MAX_BUSY_POLL`]; the relay's
+    /// config file is checked with this too.
+    pub fn check_busy_poll(budget: Option<Duration>) -> Result<(), IoError> {
+        match budget {
+            Some(b) if b > MAX_BUSY_POLL => Err(IoError::BusyPoll {
+                micros: b.as_micros(),
+                max: MAX_BUSY_POLL.as_micros(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks the sizes; both backends call it.
     pub(crate) fn validate(&self) -> Result<(), IoError> {
         if self.batch == 0 {
@@ -162,6 +190,7 @@ impl IoConfig {
                 "buffer_size must be between 2048 and 1 MiB (65536 holds any GRO run)",
             ));
         }
+        Self::check_busy_poll(self.busy_poll)?;
         Ok(())
     }
 }
@@ -221,5 +250,30 @@ mod tests {
         }
         let err = IoConfig::check_buffers(1).unwrap_err().to_string();
         assert_eq!(err, "buffers = 1 must be between 2 and 4096");
+    }
+
+    #[test]
+    fn busy_poll_budget_is_bounded() {
+        for (budget, ok) in [
+            (None, true),
+            (Some(Duration::ZERO), true),
+            (Some(Duration::from_micros(50)), true),
+            (Some(MAX_BUSY_POLL), true),
+            (Some(MAX_BUSY_POLL + Duration::from_nanos(1)), false),
+            (Some(Duration::from_secs(1)), false),
+        ] {
+            let cfg = IoConfig {
+                busy_poll: budget,
+                ..IoConfig::default()
+            };
+            assert_eq!(cfg.validate().is_ok(), ok, "busy_poll = {budget:?}");
+        }
+        let err = IoConfig::check_busy_poll(Some(Duration::from_secs(1)))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "busy poll of 1000000 us is more than 10000 us: the budget is in microseconds"
+        );
     }
 }

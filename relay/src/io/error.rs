@@ -23,6 +23,15 @@ pub enum IoError {
         /// The most allowed.
         max: usize,
     },
+    /// [`IoConfig::busy_poll`](super::IoConfig::busy_poll) is above
+    /// [`MAX_BUSY_POLL`](super::MAX_BUSY_POLL).
+    #[error("busy poll of {micros} us is more than {max} us: the budget is in microseconds")]
+    BusyPoll {
+        /// The budget given, in microseconds.
+        micros: u128,
+        /// The most allowed, in microseconds.
+        max: u128,
+    },
     /// The socket could not be created or bound.
     #[error("cannot bind a UDP socket to {addr}: {source} (is the address local and the port free of non-SO_REUSEPORT users?)")]
     Bind {

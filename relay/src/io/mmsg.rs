@@ -19,6 +19,7 @@ use super::limits::MAX_GSO_SEGMENTS;
 use super::outbound::Outbound;
 use super::region::Region;
 use super::sockaddr::{self, RawAddr, NAME_LEN};
+use super::spin::Spin;
 use super::stats::IoStats;
 use super::stats::PollStats;
 use super::tx::Backpressure;
@@ -34,6 +35,8 @@ pub(crate) struct MmsgIo {
     /// relay's per-worker link port); sends always leave from `socket`.
     link: Option<UdpSocket>,
     batch: usize,
+    /// Spin this long retrying the receive before waiting in `poll(2)`.
+    busy_poll: Option<Duration>,
     buffer_size: usize,
     stride: usize,
     mem: Region,
@@ -86,6 +89,7 @@ impl MmsgIo {
             socket,
             link,
             batch: cfg.batch,
+            busy_poll: cfg.busy_poll,
             buffer_size: cfg.buffer_size,
             stride,
             mem,
@@ -129,7 +133,9 @@ impl MmsgIo {
     {
         let deadline = Instant::now().checked_add(timeout);
         let mut ps = PollStats::default();
-        let result = self.receive_loop(deadline, handle, &mut ps);
+        let mut spin = Spin::new(self.busy_poll, timeout);
+        let result = self.receive_loop(deadline, &mut spin, handle, &mut ps);
+        spin.record(&mut ps);
         self.outbound.finish_poll(self.fd, &mut self.stats, &mut ps);
         result.map(|()| ps)
     }
@@ -137,6 +143,7 @@ impl MmsgIo {
     fn receive_loop<F>(
         &mut self,
         deadline: Option<Instant>,
+        spin: &mut Spin,
         handle: &mut F,
         ps: &mut PollStats,
     ) -> Result<(), IoError>
@@ -159,6 +166,12 @@ impl MmsgIo {
                 let left = remaining(deadline);
                 if ps.received > 0 || left.is_zero() {
                     return Ok(());
+                }
+                // Busy polling: try the (non-blocking) receives again
+                // rather than sleep, while the budget lasts.
+                if spin.again() {
+                    drained = [false, nfds < 2];
+                    continue;
                 }
                 ps.syscalls += 1;
                 if !wait_readable_any(&fds[..nfds], left)? {
@@ -199,6 +212,9 @@ impl MmsgIo {
                 }
             }
             let n = n as usize;
+            if n > 0 {
+                spin.found();
+            }
             for i in 0..n {
                 self.dispatch(i, handle, ps);
             }

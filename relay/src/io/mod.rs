@@ -24,8 +24,9 @@
 //!
 //! Where things are: this file is the entry point ([`Io`] and what it
 //! re-exports); `config` ([`Backend`], [`IoConfig`]), `error` ([`IoError`]),
-//! `limits` (the kernel's UDP send limits) and `dispatch` (what both
-//! backends do with a received run) are its vocabulary; `uring` and `mmsg`
+//! `limits` (the kernel's UDP send limits), `dispatch` (what both
+//! backends do with a received run) and `spin` (busy polling's budget)
+//! are its vocabulary; `uring` and `mmsg`
 //! are the backends; `gather`, `group`, `tx`, `staging` and `outbound` the send side
 //! they share; `cmsg`, `sockaddr`, `region` and `socket` the kernel-facing
 //! pieces. No module below this one imports from it: siblings use each
@@ -43,6 +44,7 @@ mod outbound;
 mod region;
 mod sockaddr;
 mod socket;
+mod spin;
 mod staging;
 mod stats;
 pub mod train;
@@ -52,12 +54,12 @@ mod uring;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-pub use config::{Backend, Grouping, IoConfig, BUFFERS};
+pub use config::{Backend, Grouping, IoConfig, BUFFERS, MAX_BUSY_POLL};
 pub use dispatch::Action;
 pub use error::IoError;
 pub use limits::{MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD};
 pub use socket::bind_socket;
-pub use stats::{ErrnoCounts, IoStats, PollStats, BATCH_BUCKETS};
+pub use stats::{BusyPoll, ErrnoCounts, IoStats, PollStats, BATCH_BUCKETS};
 
 /// One worker's I/O: a socket and the backend driving it.
 ///
@@ -194,7 +196,9 @@ impl Io {
     /// [`Io::send_to`] go out too.
     ///
     /// Returns early once datagrams arrived; returns with nothing received
-    /// when the timeout passes. Per-datagram send errors are counted in
+    /// when the timeout passes. With [`IoConfig::busy_poll`], the wait
+    /// spins for up to that long (never longer than `timeout`) before it
+    /// blocks in the kernel. Per-datagram send errors are counted in
     /// [`IoStats`], never returned.
     pub fn poll<F>(&mut self, timeout: Duration, handle: &mut F) -> Result<PollStats, IoError>
     where

@@ -1,10 +1,25 @@
 //! Counters of one worker's I/O, for the metrics endpoint and for tests.
 
 use std::ops::AddAssign;
+use std::time::Duration;
 
 /// Buckets of the batch-size histogram: bucket `i` counts polls that
 /// received `2^i ..= 2^(i+1) - 1` datagrams; the last also takes larger ones.
 pub const BATCH_BUCKETS: usize = 16;
+
+/// What busy polling ([`super::IoConfig::busy_poll`]) did in one poll.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BusyPoll {
+    /// The poll did not spin: busy polling is off, the poll was not
+    /// allowed to wait, or datagrams were there at the first look.
+    #[default]
+    NoSpin,
+    /// Datagrams arrived while the poll spun: it never slept.
+    Served,
+    /// The spin budget ran out with nothing received: the poll then waited
+    /// in the kernel (or returned empty at its deadline).
+    Missed,
+}
 
 /// What one [`super::Io::poll`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -23,6 +38,11 @@ pub struct PollStats {
     pub gro_segments: usize,
     /// System calls made (`io_uring_enter`, `recvmmsg`, `sendmmsg`, `poll`).
     pub syscalls: usize,
+    /// What busy polling did.
+    pub busy_poll: BusyPoll,
+    /// Time spent spinning before datagrams were found or the budget ran
+    /// out (zero without busy polling).
+    pub spin_time: Duration,
 }
 
 /// Send errors, by `errno`. Counted, never fatal.
@@ -101,6 +121,16 @@ pub struct IoStats {
     pub recv_truncated: u64,
     /// Receive completions that failed otherwise (or had no usable source).
     pub recv_errors: u64,
+    /// Busy polling: polls served by spinning (datagrams arrived within
+    /// the spin budget, no sleep in the kernel).
+    pub busy_poll_served: u64,
+    /// Busy polling: polls whose spin budget ran out with nothing
+    /// received, which then waited in the kernel.
+    pub busy_poll_missed: u64,
+    /// Busy polling: nanoseconds spent spinning, in all. The thread's CPU
+    /// time includes them (a spinning core is busy); this says how much of
+    /// it was spinning rather than work.
+    pub busy_poll_time_ns: u64,
 }
 
 impl IoStats {
@@ -123,6 +153,12 @@ impl AddAssign<&PollStats> for IoStats {
         self.syscalls += p.syscalls as u64;
         self.gro_runs += p.gro_runs as u64;
         self.gro_segments += p.gro_segments as u64;
+        match p.busy_poll {
+            BusyPoll::NoSpin => {}
+            BusyPoll::Served => self.busy_poll_served += 1,
+            BusyPoll::Missed => self.busy_poll_missed += 1,
+        }
+        self.busy_poll_time_ns += u64::try_from(p.spin_time.as_nanos()).unwrap_or(u64::MAX);
     }
 }
 
@@ -161,6 +197,9 @@ impl AddAssign<&IoStats> for IoStats {
             recv_no_buffers,
             recv_truncated,
             recv_errors,
+            busy_poll_served,
+            busy_poll_missed,
+            busy_poll_time_ns,
         } = o;
         self.datagrams_in += datagrams_in;
         self.bytes_in += bytes_in;
@@ -180,6 +219,9 @@ impl AddAssign<&IoStats> for IoStats {
         self.recv_no_buffers += recv_no_buffers;
         self.recv_truncated += recv_truncated;
         self.recv_errors += recv_errors;
+        self.busy_poll_served += busy_poll_served;
+        self.busy_poll_missed += busy_poll_missed;
+        self.busy_poll_time_ns += busy_poll_time_ns;
     }
 }
 
@@ -200,6 +242,25 @@ mod tests {
         assert_eq!(s.batch_hist[3], 1);
         assert_eq!(s.batch_hist[10], 1);
         assert_eq!(s.batch_hist[BATCH_BUCKETS - 1], 1);
+    }
+
+    #[test]
+    fn polls_add_their_busy_poll_outcome() {
+        let mut s = IoStats::default();
+        for (outcome, us) in [
+            (BusyPoll::NoSpin, 0),
+            (BusyPoll::Served, 3),
+            (BusyPoll::Missed, 50),
+            (BusyPoll::Served, 1),
+        ] {
+            s += &PollStats {
+                busy_poll: outcome,
+                spin_time: Duration::from_micros(us),
+                ..PollStats::default()
+            };
+        }
+        assert_eq!((s.busy_poll_served, s.busy_poll_missed), (2, 1));
+        assert_eq!(s.busy_poll_time_ns, 54_000);
     }
 
     #[test]
@@ -229,6 +290,9 @@ mod tests {
             recv_no_buffers: 6,
             recv_truncated: 7,
             recv_errors: 8,
+            busy_poll_served: 9,
+            busy_poll_missed: 10,
+            busy_poll_time_ns: 11,
             ..IoStats::default()
         };
         b.batch_hist[3] = 40;
@@ -246,6 +310,10 @@ mod tests {
             (5, 6, 7, 10)
         );
         assert_eq!(a.batch_hist[3], 44);
+        assert_eq!(
+            (a.busy_poll_served, a.busy_poll_missed, a.busy_poll_time_ns),
+            (9, 10, 11)
+        );
         assert_eq!((a.send_errors.other, a.send_errors.eagain), (2, 1));
         assert_eq!(a.send_errors.last_other, libc::EACCES);
     }

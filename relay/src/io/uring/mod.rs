@@ -41,6 +41,7 @@ use super::error::{errno_of, IoError};
 use super::limits::MAX_GSO_SEGMENTS;
 use super::outbound::Outbound;
 use super::sockaddr;
+use super::spin::Spin;
 use super::stats::{IoStats, PollStats};
 use super::tx::{Backpressure, One};
 
@@ -61,6 +62,8 @@ pub(crate) struct UringIo {
     socket: UdpSocket,
     fd: RawFd,
     batch: usize,
+    /// Spin this long looking for completions before waiting in the kernel.
+    busy_poll: Option<Duration>,
     /// Receive buffers and the ring offering them (kernel memory: see the
     /// module's invariant).
     bufs: ManuallyDrop<BufRing>,
@@ -135,6 +138,7 @@ impl UringIo {
             slots: SendSlots::new(sizes.slots),
             sizes,
             batch: cfg.batch,
+            busy_poll: cfg.busy_poll,
             flags,
             outbound: Outbound::new(cfg.batch + MAX_GSO_SEGMENTS, 64, cfg.gso, cfg.grouping)?,
             pending: None,
@@ -221,6 +225,7 @@ impl UringIo {
     {
         let deadline = Instant::now().checked_add(timeout);
         let mut ps = PollStats::default();
+        let mut spin = Spin::new(self.busy_poll, timeout);
         loop {
             // Re-arm only with a buffer in the ring: armed without one, the
             // receive fails with ENOBUFS at once and this loop would spin
@@ -232,7 +237,10 @@ impl UringIo {
                 self.arm_link()?;
             }
             let mut timed_out = false;
-            if self.pending.is_none() {
+            if self.pending.is_none() && spin.active() && self.spin(&mut spin, &mut ps)? {
+                // Completions are queued, or deferred work that makes
+                // them is: taken below without waiting.
+            } else if self.pending.is_none() {
                 let ts = types::Timespec::from(remaining(deadline));
                 let args = types::SubmitArgs::new().timespec(&ts);
                 ps.syscalls += 1;
@@ -258,6 +266,7 @@ impl UringIo {
                 break;
             }
         }
+        spin.record(&mut ps);
         self.queue_sends(&mut ps)?;
         self.bufs.release_handled();
         self.bufs.publish();
@@ -270,6 +279,58 @@ impl UringIo {
         }
         self.outbound.finish_poll(self.fd, &mut self.stats, &mut ps);
         Ok(ps)
+    }
+
+    /// Busy polling: looks for completions without entering the kernel
+    /// while `spin` lasts. `true` once there is something to reap: entries
+    /// in the completion queue, or deferred task work (receive completions
+    /// the kernel produces only inside `io_uring_enter` on a
+    /// `DEFER_TASKRUN` ring), which the ring flags with `IORING_SQ_TASKRUN`
+    /// (set up with `TASKRUN_FLAG`) and which one non-waiting enter then
+    /// runs. `false`: the budget ran out; the caller waits in the kernel.
+    ///
+    /// A look is two loads from the rings' shared memory; the only
+    /// syscalls are a submit of what is queued first (a re-arm: without it
+    /// there is nothing to wait for) and the enter that runs found work.
+    fn spin(&mut self, spin: &mut Spin, ps: &mut PollStats) -> Result<bool, IoError> {
+        if !self.ring.submission().is_empty() {
+            ps.syscalls += 1;
+            self.ring.submit().map_err(|source| IoError::Sys {
+                op: "io_uring_enter",
+                source,
+            })?;
+        }
+        loop {
+            let work = {
+                let sq = self.ring.submission();
+                sq.taskrun() || sq.cq_overflow()
+            };
+            if work {
+                spin.found();
+                // Not waiting: with the task-run (or overflow) flag up,
+                // the submit enters with GETEVENTS and runs the deferred
+                // work, which posts its completions.
+                ps.syscalls += 1;
+                match self.ring.submit() {
+                    Ok(_) => {}
+                    Err(e) if matches!(errno_of(&e), libc::EINTR | libc::EBUSY) => {}
+                    Err(source) => {
+                        return Err(IoError::Sys {
+                            op: "io_uring_enter",
+                            source,
+                        })
+                    }
+                }
+                return Ok(true);
+            }
+            if !self.ring.completion().is_empty() {
+                spin.found();
+                return Ok(true);
+            }
+            if !spin.again() {
+                return Ok(false);
+            }
+        }
     }
 
     /// Handles completions until the queue is empty or the batch is full.
@@ -550,6 +611,7 @@ struct Parts {
     slots: SendSlots,
     sizes: Sizes,
     batch: usize,
+    busy_poll: Option<Duration>,
     flags: &'static str,
     outbound: Outbound,
     /// A completion seen while probing the receive, to handle first.
@@ -565,6 +627,7 @@ impl Parts {
             slots,
             sizes,
             batch,
+            busy_poll,
             flags,
             outbound,
             pending,
@@ -581,6 +644,7 @@ impl Parts {
             ring,
             socket,
             batch,
+            busy_poll,
             bufs: ManuallyDrop::new(bufs),
             recv_hdr: ManuallyDrop::new(recv_hdr),
             slots: ManuallyDrop::new(slots),

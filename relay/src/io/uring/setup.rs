@@ -3,7 +3,10 @@
 //! The ring is set up `SINGLE_ISSUER | DEFER_TASKRUN` where the kernel
 //! allows (completions are then produced only while this thread waits in
 //! `io_uring_enter`, so receives batch up naturally), else with fewer
-//! flags. Every refusal becomes an [`IoError`] that says what is missing
+//! flags. `TASKRUN_FLAG` goes with either task-run mode: the kernel then
+//! raises `IORING_SQ_TASKRUN` in the ring's shared memory when work for
+//! this thread is pending, which busy polling reads instead of entering
+//! the kernel to find out. Every refusal becomes an [`IoError`] that says what is missing
 //! and on which kernel it appeared, so `Io::start` can fall back to `mmsg`
 //! and say why.
 
@@ -76,11 +79,13 @@ type SetFlags = fn(&mut io_uring::Builder);
 /// name, for the log.
 pub(crate) fn make_ring(cq_entries: u32) -> Result<(IoUring, &'static str), IoError> {
     let attempts: [(&'static str, SetFlags); 3] = [
-        ("SINGLE_ISSUER|DEFER_TASKRUN", |b| {
-            b.setup_single_issuer().setup_defer_taskrun();
+        ("SINGLE_ISSUER|DEFER_TASKRUN|TASKRUN_FLAG", |b| {
+            b.setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_taskrun_flag();
         }),
-        ("COOP_TASKRUN", |b| {
-            b.setup_coop_taskrun();
+        ("COOP_TASKRUN|TASKRUN_FLAG", |b| {
+            b.setup_coop_taskrun().setup_taskrun_flag();
         }),
         ("none", |_| {}),
     ];
