@@ -10,6 +10,8 @@
 //! certificate = "/etc/ztna/relay.cert"
 //! key = "/etc/ztna/relay.key"
 //! metrics = "127.0.0.1:9100" # optional Prometheus endpoint
+//! batch = 1024               # datagrams handled per poll, at most
+//! busy_poll_us = 0           # spin this long for datagrams before sleeping (0: off)
 //! log_format = "text"        # or "json": one JSON object per log line
 //!
 //! [audit]                    # the audit log of access decisions (optional)
@@ -75,6 +77,15 @@ pub struct Config {
     /// Size of each receive buffer; 65536 holds a full GRO run.
     #[serde(default = "default_buffer_size")]
     pub buffer_size: usize,
+    /// Datagrams a worker handles per poll, at most (see
+    /// [`IoConfig::batch`]).
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Busy polling: microseconds a worker spins looking for datagrams
+    /// before it sleeps in the kernel (0: off, the default; see
+    /// [`IoConfig::busy_poll`]). At most [`crate::io::MAX_BUSY_POLL`].
+    #[serde(default)]
+    pub busy_poll_us: u64,
     /// Registration in the mesh's etcd; absent: a standalone relay.
     #[serde(default)]
     pub mesh: Option<MeshConfig>,
@@ -168,6 +179,9 @@ fn default_buffers() -> usize {
 fn default_buffer_size() -> usize {
     65536
 }
+fn default_batch() -> usize {
+    IoConfig::default().batch
+}
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +254,14 @@ impl Config {
                 self.buffer_size
             )));
         }
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            return Err(ConfigError::Invalid(format!(
+                "batch = {} must be between 1 and {MAX_BATCH}",
+                self.batch
+            )));
+        }
+        IoConfig::check_busy_poll(self.busy_poll())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.audit
             .to_config()
             .validate()
@@ -247,6 +269,28 @@ impl Config {
         Ok(())
     }
 }
+
+impl Config {
+    /// The busy-poll budget (`None`: off).
+    pub fn busy_poll(&self) -> Option<std::time::Duration> {
+        (self.busy_poll_us > 0).then(|| std::time::Duration::from_micros(self.busy_poll_us))
+    }
+
+    /// The workers' I/O settings.
+    pub fn io_config(&self) -> IoConfig {
+        IoConfig {
+            buffers: self.buffers,
+            buffer_size: self.buffer_size,
+            batch: self.batch,
+            busy_poll: self.busy_poll(),
+            ..IoConfig::default()
+        }
+    }
+}
+
+/// The largest `batch` the config accepts: far more than the receive
+/// buffers of a poll hold at once.
+pub const MAX_BATCH: usize = 65_536;
 
 /// (De)serializes a `FromStr + Display` value as a string.
 mod serde_str {
@@ -363,6 +407,35 @@ mod tests {
         std::fs::write(&path, format!("{base}[audit]\nintervall_ms = 5\n")).unwrap();
         let e = Config::load(&path).unwrap_err().to_string();
         assert!(e.contains("intervall_ms"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn batch_and_busy_poll_parse_with_defaults_and_bounds() {
+        let dir = std::env::temp_dir().join(format!("relay-config-poll-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.toml");
+        let base = "policy = \"p\"\nca = \"c\"\ncertificate = \"r\"\nkey = \"k\"\n";
+        std::fs::write(&path, base).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.io_config(), IoConfig::default(), "off by default");
+        std::fs::write(&path, format!("{base}batch = 8\nbusy_poll_us = 50\n")).unwrap();
+        let io = Config::load(&path).unwrap().io_config();
+        assert_eq!(
+            (io.batch, io.busy_poll),
+            (8, Some(std::time::Duration::from_micros(50)))
+        );
+        for (line, want) in [
+            ("batch = 0", "batch = 0 must be between 1 and 65536"),
+            (
+                "busy_poll_us = 10001",
+                "busy poll of 10001 us is more than 10000 us",
+            ),
+        ] {
+            std::fs::write(&path, format!("{base}{line}\n")).unwrap();
+            let e = Config::load(&path).unwrap_err().to_string();
+            assert!(e.contains(want), "{line}: {e}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -179,6 +179,16 @@ struct RunArgs {
     /// Do not pin workers to cores.
     #[arg(long)]
     no_pin: bool,
+    /// Datagrams a worker handles per poll, at most (default 1024; batch
+    /// in the config file).
+    #[arg(long, value_name = "N")]
+    batch: Option<usize>,
+    /// Busy polling: a worker spins this many microseconds looking for
+    /// datagrams before it sleeps in the kernel (at most 10000), trading a
+    /// core's idle time for the wake-up latency. 0: off (the default;
+    /// busy_poll_us in the config file).
+    #[arg(long, value_name = "MICROSECONDS")]
+    busy_poll: Option<u64>,
     /// Register this relay and the services of its connectors in the
     /// mesh's etcd at this client URL (e.g. http://127.0.0.1:2379) and
     /// link with the other relays there; see docs/design.md "Routing
@@ -268,6 +278,8 @@ fn run(args: RunArgs, log_format: Option<relay::logs::LogFormat>) -> Result<()> 
             metrics: None,
             buffers: 64,
             buffer_size: 65536,
+            batch: IoConfig::default().batch,
+            busy_poll_us: 0,
             mesh: None,
             log_format: Default::default(),
             audit: Default::default(),
@@ -314,6 +326,12 @@ fn run(args: RunArgs, log_format: Option<relay::logs::LogFormat>) -> Result<()> 
     if args.no_pin {
         config.pin = false;
     }
+    if let Some(v) = args.batch {
+        config.batch = v;
+    }
+    if let Some(v) = args.busy_poll {
+        config.busy_poll_us = v;
+    }
     if let Some(v) = args.audit_interval_ms {
         config.audit.interval_ms = v;
     }
@@ -348,11 +366,7 @@ fn run(args: RunArgs, log_format: Option<relay::logs::LogFormat>) -> Result<()> 
         first_core: config.first_core,
         pin: config.pin,
         io: config.io,
-        io_config: IoConfig {
-            buffers: config.buffers,
-            buffer_size: config.buffer_size,
-            ..IoConfig::default()
-        },
+        io_config: config.io_config(),
         mode: config.mode,
         identity,
         renewal: Some(renewal),
@@ -398,11 +412,16 @@ fn run(args: RunArgs, log_format: Option<relay::logs::LogFormat>) -> Result<()> 
             .with_context(|| format!("cannot serve metrics on {addr}: is the port free?"))?;
     }
     println!(
-        "relay listening on {} ({} workers, io {}, mode {}), public key {}",
+        "relay listening on {} ({} workers, io {}, mode {}, batch {}, busy poll {}), public key {}",
         relay.local_addr(),
         config.workers,
         relay.backend(),
         config.mode.name(),
+        config.batch,
+        match config.busy_poll_us {
+            0 => "off".to_owned(),
+            us => format!("{us} us"),
+        },
         to_hex(relay.public_key())
     );
     while !relay.stopping() {
@@ -452,6 +471,14 @@ fn print_report(report: &RelayReport) {
         t.io.recv_truncated,
         t.io.recv_errors
     );
+    if t.io.busy_poll_served + t.io.busy_poll_missed > 0 {
+        println!(
+            "busy poll: {} polls served while spinning, {} slept after the budget, {:.3} s spun",
+            t.io.busy_poll_served,
+            t.io.busy_poll_missed,
+            t.io.busy_poll_time_ns as f64 / 1e9
+        );
+    }
     let c = &report.control;
     let rejected: Vec<String> = HandshakeReject::ALL
         .iter()

@@ -141,8 +141,23 @@ impl Collector for RelayCollector {
             (("ztna_io_recv_no_buffers", "Receives that found no free buffer (the kernel dropped what arrived meanwhile).", None), |w| w.io.recv_no_buffers),
             (("ztna_io_recv_truncated", "Received datagrams dropped for being cut short by a too-small receive buffer.", None), |w| w.io.recv_truncated),
             (("ztna_io_recv_errors", "Receive completions that failed otherwise or had no usable source address.", None), |w| w.io.recv_errors),
+            (("ztna_io_busy_poll_served", "Busy polling: polls that received datagrams while spinning, without sleeping in the kernel.", None), |w| w.io.busy_poll_served),
+            (("ztna_io_busy_poll_missed", "Busy polling: polls whose spin budget ran out with nothing received; they then slept in the kernel.", None), |w| w.io.busy_poll_missed),
         ] {
             per_worker(&mut e, &workers, desc, value)?;
+        }
+        {
+            let mut family = e.encode_descriptor(
+                "ztna_io_busy_poll",
+                "Busy polling: time spent spinning for datagrams (part of the worker's CPU time).",
+                Some(&Unit::Seconds),
+                MetricType::Counter,
+            )?;
+            for (i, w) in workers.iter().enumerate() {
+                let worker = i.to_string();
+                ConstCounter::new(w.io.busy_poll_time_ns as f64 / 1e9)
+                    .encode(family.encode_family(&[("worker", worker.as_str())])?)?;
+            }
         }
         {
             let mut family = e.encode_descriptor(
@@ -379,6 +394,9 @@ mod tests {
                 recv_no_buffers: base + 2,
                 recv_truncated: base + 3,
                 recv_errors: base + 4,
+                busy_poll_served: base + 5,
+                busy_poll_missed: base + 6,
+                busy_poll_time_ns: base * 100_000_000,
                 ..IoStats::default()
             };
             shared.publish(
@@ -395,6 +413,8 @@ mod tests {
             ("io_recv_no_buffers_total", 2),
             ("io_recv_truncated_total", 3),
             ("io_recv_errors_total", 4),
+            ("io_busy_poll_served_total", 5),
+            ("io_busy_poll_missed_total", 6),
         ] {
             assert!(
                 text.contains(&format!(
@@ -407,6 +427,13 @@ mod tests {
                 let line = format!("ztna_{name}{{worker=\"{worker}\"}} {}\n", base + offset);
                 assert!(text.contains(&line), "missing {line:?} in:\n{text}");
             }
+        }
+        for line in [
+            "# TYPE ztna_io_busy_poll_seconds counter\n",
+            "ztna_io_busy_poll_seconds_total{worker=\"0\"} 1.0\n",
+            "ztna_io_busy_poll_seconds_total{worker=\"1\"} 2.0\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
     }
 

@@ -50,9 +50,38 @@ fn help_explains_every_command() {
         "--audit-interval-ms",
         "--audit-max-lines",
         "--no-audit",
+        "--batch",
+        "--busy-poll",
     ] {
         assert!(run.contains(flag), "{run}");
     }
+}
+
+#[test]
+fn a_busy_poll_budget_beyond_the_bound_is_refused_before_anything_starts() {
+    // Refused while checking the settings: the files are never read.
+    let out = relay()
+        .args([
+            "run",
+            "--policy",
+            "p",
+            "--ca",
+            "c",
+            "--cert",
+            "r",
+            "--key",
+            "k",
+            "--busy-poll",
+            "20000",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("busy poll of 20000 us is more than 10000 us"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -114,6 +143,10 @@ fn tooling_then_a_relay_process_that_reloads_and_stops_cleanly() {
             "--io",
             "mmsg",
             "--no-pin",
+            "--batch",
+            "64",
+            "--busy-poll",
+            "20",
         ])
         .arg("--policy")
         .arg(&policy)
@@ -133,6 +166,7 @@ fn tooling_then_a_relay_process_that_reloads_and_stops_cleanly() {
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     assert!(line.starts_with("relay listening on 127.0.0.1:"), "{line}");
+    assert!(line.contains("batch 64, busy poll 20 us"), "{line}");
 
     // A broken policy on SIGHUP is rejected, loudly, and the relay goes on.
     std::fs::write(&policy, "[[users]]\nid = 1\n").unwrap();
