@@ -20,6 +20,7 @@
 
 pub mod admission;
 pub mod audit;
+pub mod bare;
 pub mod config;
 pub mod control;
 pub mod http;
