@@ -26,6 +26,7 @@ use proto::ids::UserId;
 use proto::wire::{Kind, HEADER_LEN};
 use relay::audit::AuditConfig;
 use relay::io::train::TrainSender;
+use relay::io::IoConfig;
 use tests::{await_until, backends, payload, Rig, ALLOWED, DENIED, USER};
 
 /// Every thread's allocations count while it is open.
@@ -141,78 +142,105 @@ fn pump(
 fn worker_steady_state_does_not_allocate() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for io in backends() {
-        let mut rig = Rig::start_with(&WorldConfig {
-            io,
-            audit: AuditConfig {
-                interval: Duration::from_millis(20),
-                ..AuditConfig::default()
-            },
-            ..WorldConfig::default()
-        })
-        .unwrap();
-        let shared = std::sync::Arc::clone(rig.world.relay.shared());
-        let audit = || shared.control_stats().audit;
-        let mut frames: Vec<Vec<u8>> = (0..WINDOW)
-            .map(|i| {
-                rig.user_frame(
-                    ALLOWED,
-                    &payload(if i % 2 == 0 { 1400 } else { 64 }, i as u8),
-                )
-            })
-            .collect();
-        let mut bad = bad_frames(&mut rig);
-        let mut rx = vec![0u8; 65536];
-        // Warm-up: first batches grow per-worker tables, publish stats...
-        let warm = pump(&mut rig, &mut frames, &mut bad, 2_000, &mut rx);
-        assert!(warm > 1_000, "{io}: warm-up delivered only {warm}");
-        let before = rig.await_counters("the warm-up's drops", |c| c.dropped_total() >= 2_000);
-        // ... and the audit's first lines of the allowed and the denied
-        // pair (its maps grow once).
-        await_until("the audit's first lines", Duration::from_secs(5), || {
-            audit().first_lines >= 2
-        });
+        steady_state(io, IoConfig::default());
+    }
+}
 
-        let audit_before = audit();
-        ALLOCATIONS.open();
-        let delivered = pump(&mut rig, &mut frames, &mut bad, FRAMES, &mut rx);
-        let allocations = ALLOCATIONS.close();
-        let audit_during = audit();
-
-        // Every reason the bad frames stand for was hit during the window.
-        let d = rig
-            .await_counters("the window's drops", |c| {
-                c.dropped_total() >= before.dropped_total() + FRAMES as u64
-            })
-            .since(&before);
-        for b in &bad {
-            assert!(
-                d.dropped(b.reason) > 0,
-                "{io}: no {:?} drop: {d:?}",
-                b.reason
-            );
-        }
-
-        assert!(delivered > FRAMES / 2, "{io}: only {delivered} delivered");
-        assert_eq!(
-            allocations, 0,
-            "{io}: {allocations} allocations for {delivered} frames"
-        );
+/// The same with busy polling: the worker spins between batches, and
+/// neither the spin nor what it counts allocates.
+#[test]
+fn busy_polling_worker_does_not_allocate() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for io in backends() {
+        let io_config = IoConfig {
+            busy_poll: Some(Duration::from_micros(50)),
+            ..IoConfig::default()
+        };
+        let rig = steady_state(io, io_config);
+        let s = rig.world.relay.totals().io;
         assert!(
-            audit_during.aggregate_lines > audit_before.aggregate_lines,
-            "{io}: no audit line written inside the window: {audit_before:?} -> {audit_during:?}"
-        );
-        // The audit recorded every policy decision of the window (handed
-        // over in time, or soon after): each delivered frame, and the
-        // denied ones.
-        await_until(
-            "the window's decisions in the audit",
-            Duration::from_secs(5),
-            || {
-                audit().decisions - audit_before.decisions
-                    >= delivered as u64 + d.dropped(DropReason::Denied)
-            },
+            s.busy_poll_served + s.busy_poll_missed > 0,
+            "{io}: the worker never spun: {s:?}"
         );
     }
+}
+
+/// Runs the window through a relay with `io_config`, checks that nothing
+/// allocated, and returns the rig.
+fn steady_state(io: relay::io::Backend, io_config: IoConfig) -> Rig {
+    let mut rig = Rig::start_with(&WorldConfig {
+        io,
+        io_config,
+        audit: AuditConfig {
+            interval: Duration::from_millis(20),
+            ..AuditConfig::default()
+        },
+        ..WorldConfig::default()
+    })
+    .unwrap();
+    let shared = std::sync::Arc::clone(rig.world.relay.shared());
+    let audit = || shared.control_stats().audit;
+    let mut frames: Vec<Vec<u8>> = (0..WINDOW)
+        .map(|i| {
+            rig.user_frame(
+                ALLOWED,
+                &payload(if i % 2 == 0 { 1400 } else { 64 }, i as u8),
+            )
+        })
+        .collect();
+    let mut bad = bad_frames(&mut rig);
+    let mut rx = vec![0u8; 65536];
+    // Warm-up: first batches grow per-worker tables, publish stats...
+    let warm = pump(&mut rig, &mut frames, &mut bad, 2_000, &mut rx);
+    assert!(warm > 1_000, "{io}: warm-up delivered only {warm}");
+    let before = rig.await_counters("the warm-up's drops", |c| c.dropped_total() >= 2_000);
+    // ... and the audit's first lines of the allowed and the denied
+    // pair (its maps grow once).
+    await_until("the audit's first lines", Duration::from_secs(5), || {
+        audit().first_lines >= 2
+    });
+
+    let audit_before = audit();
+    ALLOCATIONS.open();
+    let delivered = pump(&mut rig, &mut frames, &mut bad, FRAMES, &mut rx);
+    let allocations = ALLOCATIONS.close();
+    let audit_during = audit();
+
+    // Every reason the bad frames stand for was hit during the window.
+    let d = rig
+        .await_counters("the window's drops", |c| {
+            c.dropped_total() >= before.dropped_total() + FRAMES as u64
+        })
+        .since(&before);
+    for b in &bad {
+        assert!(
+            d.dropped(b.reason) > 0,
+            "{io}: no {:?} drop: {d:?}",
+            b.reason
+        );
+    }
+
+    assert!(delivered > FRAMES / 2, "{io}: only {delivered} delivered");
+    assert_eq!(
+        allocations, 0,
+        "{io}: {allocations} allocations for {delivered} frames"
+    );
+    assert!(
+        audit_during.aggregate_lines > audit_before.aggregate_lines,
+        "{io}: no audit line written inside the window: {audit_before:?} -> {audit_during:?}"
+    );
+    // The audit recorded every policy decision of the window (handed
+    // over in time, or soon after): each delivered frame, and the
+    // denied ones.
+    await_until(
+        "the window's decisions in the audit",
+        Duration::from_secs(5),
+        || {
+            audit().decisions - audit_before.decisions
+                >= delivered as u64 + d.dropped(DropReason::Denied)
+        },
+    );
+    rig
 }
 
 /// Frames per train in the gathered test, their size, and trains.
@@ -349,5 +377,70 @@ fn gathered_sends_do_not_allocate() {
             "{io}: {allocations} allocations for {} frames",
             got_up + got_down
         );
+    }
+}
+
+/// The bare hop (the floor loadgen measures the relay against) allocates
+/// nothing per datagram either, with busy polling or without: otherwise
+/// the floor would carry a cost the relay does not.
+#[test]
+fn bare_hop_does_not_allocate() {
+    use relay::bare::{Bare, BareOptions};
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for io in backends() {
+        for busy_poll in [None, Some(Duration::from_micros(50))] {
+            let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            rx.set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let bare = Bare::start(BareOptions {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                destination: rx.local_addr().unwrap(),
+                core: None,
+                io,
+                io_config: IoConfig {
+                    busy_poll,
+                    ..IoConfig::default()
+                },
+            })
+            .unwrap();
+            let frame = payload(1400, 7);
+            let mut buf = vec![0u8; 2048];
+            // Sends `count` datagrams, at most WINDOW in flight; returns
+            // those received.
+            let mut pump = |count: usize| {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let (mut sent, mut received) = (0, 0);
+                while received < count && Instant::now() < deadline {
+                    while sent < count && sent - received < WINDOW {
+                        tx.send_to(&frame, bare.local_addr()).unwrap();
+                        sent += 1;
+                    }
+                    match rx.recv_from(&mut buf) {
+                        Ok(_) => received += 1,
+                        // A lost datagram: let the window slide on.
+                        Err(_) => received += 1.min(sent - received),
+                    }
+                }
+                received
+            };
+            // Warm-up: the first polls, the first publication.
+            assert!(pump(2_000) > 1_000, "{io}: warm-up");
+            ALLOCATIONS.open();
+            let delivered = pump(FRAMES);
+            let allocations = ALLOCATIONS.close();
+            let stats = bare.stop();
+            assert!(delivered > FRAMES / 2, "{io}: only {delivered} delivered");
+            assert_eq!(
+                allocations, 0,
+                "{io} busy poll {busy_poll:?}: {allocations} allocations for {delivered} datagrams"
+            );
+            assert_eq!(
+                stats.io.busy_poll_served + stats.io.busy_poll_missed > 0,
+                busy_poll.is_some(),
+                "{io}: {:?}",
+                stats.io
+            );
+        }
     }
 }
