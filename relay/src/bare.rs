@@ -88,6 +88,9 @@ impl Bare {
                 // Created on the thread that polls it, as a worker's.
                 match Io::start(opts.io, socket, opts.io_config) {
                     Ok(io) => {
+                        // Before `start` returns: a reader's first snapshot
+                        // has the CPU time later ones are measured from.
+                        publish(&mut WorkerStats::default(), &io, &thread_stats);
                         let _ = ready_tx.send(Ok(io.backend()));
                         run(io, opts.destination, &thread_stop, &thread_stats)
                     }
