@@ -17,8 +17,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use loadgen::report::{self, Report, RunResult};
 use loadgen::scenario::Scenario;
 use loadgen::suite::{run_suite, Observer, SuiteConfig};
-use proto::datapath::Mode;
-use relay::io::{Backend, Grouping};
+use loadgen::world::Forwarder;
+use relay::io::{Backend, Grouping, IoConfig};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -56,9 +56,12 @@ const EXIT_INTERRUPTED: u8 = 130;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// Relay modes to compare (comma separated): ztna, vpn, forward.
+    /// Relay modes to compare (comma separated): ztna, vpn, forward; and
+    /// bare: instead of a relay, the bare hop (relay::bare: the same I/O
+    /// backend, settings and core, every datagram sent on unchanged, no
+    /// datapath), the floor the relay's latency and cost are read against.
     #[arg(long, value_delimiter = ',', default_value = "ztna,vpn,forward")]
-    modes: Vec<Mode>,
+    modes: Vec<Forwarder>,
 
     /// Relay I/O backend: uring, mmsg, or both.
     #[arg(long, default_value = "uring")]
@@ -165,6 +168,17 @@ struct Cli {
     /// register under /ztna/v1/ like a real mesh's.
     #[arg(long, value_name = "URL")]
     etcd: Option<String>,
+
+    /// Datagrams a relay worker (and bare hop) handles per poll, at most:
+    /// the batch limit (relay run --batch).
+    #[arg(long, value_name = "N", default_value_t = IoConfig::default().batch)]
+    batch: usize,
+
+    /// Busy polling on the relays (and bare hops): spin this many
+    /// microseconds for datagrams before sleeping (relay run --busy-poll;
+    /// 0: off). Spinning shows in relay busy.
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
+    busy_poll: u64,
 
     /// Write every result as JSON: {"results": [...], "direct": [...]}.
     #[arg(long)]
@@ -280,6 +294,13 @@ impl Cli {
             self.etcd.is_none() || self.relays.contains(&2),
             "--etcd is only used with --relays 2"
         );
+        anyhow::ensure!(
+            (1..=relay::config::MAX_BATCH).contains(&self.batch),
+            "--batch must be between 1 and {}",
+            relay::config::MAX_BATCH
+        );
+        let busy_poll = (self.busy_poll > 0).then(|| Duration::from_micros(self.busy_poll));
+        IoConfig::check_busy_poll(busy_poll).context("--busy-poll")?;
         let relay_core = match self.relay_core.as_str() {
             "none" => None,
             n => Some(n.parse::<usize>().with_context(|| {
@@ -310,6 +331,8 @@ impl Cli {
             relays: self.relays.clone(),
             etcd: self.etcd.clone(),
             slice: Duration::from_millis(self.slice_ms),
+            batch: self.batch,
+            busy_poll,
         })
     }
 }
@@ -348,7 +371,7 @@ impl Observer for Console {
         }
         self.done += 1;
         eprintln!(
-            "[{}/{}] {}: {:.3} Mpps delivered, {:.2} Gb/s, loss {:.2} %, p99 {:.1} us{}",
+            "[{}/{}] {}: {:.3} Mpps delivered, {:.2} Gb/s, loss {:.2} %, p99 {:.1} us{}{}",
             self.done,
             self.total,
             r.key(),
@@ -358,6 +381,8 @@ impl Observer for Console {
             r.lat_us.p99,
             r.relay_busy
                 .map_or_else(String::new, |b| format!(", relay busy {:.0} %", b * 100.0)),
+            r.relay_spin
+                .map_or_else(String::new, |s| format!(" (spinning {:.0} %)", s * 100.0)),
         );
     }
 

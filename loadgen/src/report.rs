@@ -112,6 +112,10 @@ pub struct RunResult {
     /// core when pinned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_busy: Option<f64>,
+    /// Of `relay_busy`, the share spent busy polling (spinning for
+    /// datagrams); absent when nothing spun.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_spin: Option<f64>,
     /// Each relay's figures, users' side first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub per_relay: Vec<RelayFigures>,
@@ -241,6 +245,8 @@ impl RunResult {
             relays: labels.relays,
             relay_ns_per_frame: sum(|r| r.ns_per_frame),
             relay_busy: sum(|r| r.busy),
+            relay_spin: Some(m.relays.iter().map(|r| r.spin.as_secs_f64()).sum::<f64>() / secs)
+                .filter(|s| *s > 0.0),
             relay_denied: m.relays.iter().fold(0, |n, r| {
                 n + r.counters.dropped(proto::datapath::DropReason::Denied)
             }),
@@ -929,6 +935,7 @@ mod tests {
             relays: 1,
             relay_ns_per_frame: None,
             relay_busy: None,
+            relay_spin: None,
             per_relay: Vec::new(),
             relay_denied: 0,
             verified: 0,

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use proto::datapath::Counters;
+use relay::bare::Bare;
 use relay::io::{Action, Io};
+use relay::shared::WorkerStats;
 use relay::Relay;
 
 use crate::fleet::Fleet;
@@ -59,14 +61,36 @@ const DRAIN_QUIET: Duration = Duration::from_millis(30);
 #[error("interrupted")]
 pub struct Interrupted;
 
+/// A forwarder on a run's path whose worker statistics the run reports: a
+/// relay, or the bare hop standing in for one.
+pub trait Hop {
+    /// Its workers' statistics as last published, added up.
+    fn totals(&self) -> WorkerStats;
+}
+
+impl Hop for Relay {
+    fn totals(&self) -> WorkerStats {
+        Relay::totals(self)
+    }
+}
+
+impl Hop for Bare {
+    fn totals(&self) -> WorkerStats {
+        Bare::totals(self)
+    }
+}
+
 /// The relay's view of a run, from its published worker statistics (they
 /// are refreshed every 100 ms, which bounds their precision).
 #[derive(Debug, Clone, Default)]
 pub struct RelaySide {
     /// Datapath counters accumulated during the run.
     pub counters: Counters,
-    /// Worker CPU time during the run, where the OS reports it.
+    /// Worker CPU time during the run, where the OS reports it (busy
+    /// polling's spinning included).
     pub cpu: Option<Duration>,
+    /// Of that, time spent busy polling (spinning for datagrams).
+    pub spin: Duration,
 }
 
 /// What one run measured.
@@ -109,6 +133,7 @@ impl Measurement {
             .map_err(|e| anyhow::anyhow!("latency histograms do not merge: {e:?}"))?;
         for (mine, theirs) in self.relays.iter_mut().zip(&other.relays) {
             mine.counters.add(&theirs.counters);
+            mine.spin += theirs.spin;
             mine.cpu = match (mine.cpu, theirs.cpu) {
                 (Some(a), Some(b)) => Some(a + b),
                 _ => None,
@@ -118,11 +143,12 @@ impl Measurement {
     }
 }
 
-fn relay_snapshot(relay: &Relay) -> RelaySide {
+fn relay_snapshot<H: Hop + ?Sized>(relay: &H) -> RelaySide {
     let t = relay.totals();
     RelaySide {
         counters: t.datapath,
         cpu: t.cpu,
+        spin: Duration::from_nanos(t.io.busy_poll_time_ns),
     }
 }
 
@@ -130,6 +156,7 @@ fn relay_delta(before: &RelaySide, after: &RelaySide) -> RelaySide {
     RelaySide {
         counters: after.counters.since(&before.counters),
         cpu: after.cpu.zip(before.cpu).map(|(a, b)| a.saturating_sub(b)),
+        spin: after.spin.saturating_sub(before.spin),
     }
 }
 
@@ -146,13 +173,13 @@ fn drain(receiver: &mut Io, sink: &mut Sink, wait: Duration) -> anyhow::Result<u
 /// Runs `spec` from `fleet` to `target` (the users' relay, or the fleet's
 /// own receiver for a run without relay), calling `progress` with the share
 /// of the run done now and then; when it answers `false` the run stops
-/// there with [`Interrupted`]. `relays`: the relays on the path, whose
-/// statistics the measurement reports.
-pub fn run(
+/// there with [`Interrupted`]. `relays`: the relays (or bare hops) on the
+/// path, whose statistics the measurement reports.
+pub fn run<H: Hop + ?Sized>(
     fleet: &mut Fleet,
     target: SocketAddr,
     spec: &RunSpec,
-    relays: &[&Relay],
+    relays: &[&H],
     progress: &mut dyn FnMut(f64) -> bool,
 ) -> anyhow::Result<Measurement> {
     let train = match spec.rate {
@@ -183,7 +210,7 @@ pub fn run(
             fleet.sink.reset();
             sent = 0;
             sent_allowed = 0;
-            before = relays.iter().map(|r| relay_snapshot(r)).collect();
+            before = relays.iter().map(|r| relay_snapshot(*r)).collect();
         }
         if now >= end {
             break;
@@ -272,7 +299,7 @@ pub fn run(
             quiet_since = Instant::now();
         }
     }
-    let after = relays.iter().map(|r| relay_snapshot(r));
+    let after = relays.iter().map(|r| relay_snapshot(*r));
     let _ = progress(1.0);
     Ok(Measurement {
         secs: window.as_secs_f64(),

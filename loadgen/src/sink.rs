@@ -146,6 +146,11 @@ impl Sink {
         self.check_hop = on;
     }
 
+    /// Whether frames are checked for the relay's hop tag.
+    pub fn hop_check(&self) -> bool {
+        self.check_hop
+    }
+
     /// Starts a new measurement window: counts and latency from zero.
     pub fn reset(&mut self) {
         self.counts = SinkCounts::default();

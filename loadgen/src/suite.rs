@@ -13,15 +13,14 @@
 
 use std::time::{Duration, Instant};
 
-use proto::datapath::Mode;
 use relay::io::{Backend, Grouping, IoConfig};
 
 use crate::fleet::Fleet;
 use crate::mesh;
 use crate::report::{Labels, Report, RunResult};
-use crate::run::{run, Interrupted, Measurement, RunSpec};
+use crate::run::{run, Hop, Interrupted, Measurement, RunSpec};
 use crate::scenario::{Plan, Scenario};
-use crate::world::{Topology, World, WorldConfig};
+use crate::world::{Forwarder, Topology, World, WorldConfig};
 
 /// Default length of one slice when rigs are interleaved: short against
 /// the VM's drift, so that the rigs of one round see the same machine, and
@@ -36,8 +35,8 @@ const SLICE_WARMUP: Duration = Duration::from_millis(30);
 /// Everything an invocation measures.
 #[derive(Debug, Clone)]
 pub struct SuiteConfig {
-    /// Relay modes, in run order.
-    pub modes: Vec<Mode>,
+    /// Relay modes (or the bare hop), in run order.
+    pub modes: Vec<Forwarder>,
     /// Relay backends.
     pub backends: Vec<Backend>,
     /// Scenarios.
@@ -78,6 +77,10 @@ pub struct SuiteConfig {
     pub etcd: Option<String>,
     /// Length of one slice when rigs take turns.
     pub slice: Duration,
+    /// Datagrams a relay worker (or bare hop) handles per poll, at most.
+    pub batch: usize,
+    /// The relays' (and bare hops') busy polling ([`IoConfig::busy_poll`]).
+    pub busy_poll: Option<Duration>,
 }
 
 impl SuiteConfig {
@@ -130,7 +133,7 @@ pub trait Observer {
 
 /// One path under test: its relays and the fleet attached to them.
 struct PathRig {
-    mode: Mode,
+    mode: Forwarder,
     world: World,
     fleet: Fleet,
     relays: usize,
@@ -180,13 +183,13 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                         rigs.push(start_path(cfg, obs, plan, topology, mode, backend, epoch)?);
                     }
                 }
-                let full = |mode: Mode| RunSpec {
+                let full = |mode: Forwarder| RunSpec {
                     secs: cfg.secs,
                     warmup: cfg.warmup,
                     rate: None,
                     train: cfg.train,
                     window: cfg.window,
-                    denied_arrive: mode != Mode::Ztna,
+                    denied_arrive: !mode.enforces_policy(),
                 };
                 if !direct_done {
                     direct_done = true;
@@ -201,22 +204,25 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                         relays: 0,
                     };
                     let fleet = &mut rigs[0].fleet;
+                    let hop_check = fleet.sink.hop_check();
                     fleet.sink.set_hop_check(false);
                     let target = fleet.receiver_addr;
                     // Without a relay every frame arrives.
                     let spec = RunSpec {
                         denied_arrive: true,
-                        ..full(Mode::Forward)
+                        ..full(Forwarder::Bare)
                     };
-                    let m = measure(obs, &labels, |p| run(fleet, target, &spec, &[], p))?;
-                    fleet.sink.set_hop_check(true);
+                    let m = measure(obs, &labels, |p| {
+                        run::<dyn Hop>(fleet, target, &spec, &[], p)
+                    })?;
+                    fleet.sink.set_hop_check(hop_check);
                     let r = RunResult::new(labels, &m);
                     obs.finish(&r);
                     report.direct.push(r);
                 }
                 // Labels of each rig, owned: the runs borrow the rigs
                 // mutably.
-                let names: Vec<(Mode, String, usize)> = rigs
+                let names: Vec<(Forwarder, String, usize)> = rigs
                     .iter()
                     .map(|p| (p.mode, p.backend.clone(), p.relays))
                     .collect();
@@ -232,7 +238,7 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                             size,
                             load,
                             repeat,
-                            enforces_policy: *mode == Mode::Ztna,
+                            enforces_policy: mode.enforces_policy(),
                             relays: *relays,
                         })
                         .collect()
@@ -246,7 +252,7 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                 // drops, for ztna).
                 let mut max_pps = f64::INFINITY;
                 for ((l, m), (mode, ..)) in all_labels.iter().zip(&ms).zip(&names) {
-                    let delivered_share = if *mode == Mode::Ztna {
+                    let delivered_share = if mode.enforces_policy() {
                         (1.0 - plan.denied_share()).max(0.05)
                     } else {
                         1.0
@@ -265,7 +271,7 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                             rate: Some((max_pps * load).max(1000.0)),
                             train: cfg.train,
                             window: None,
-                            denied_arrive: *mode != Mode::Ztna,
+                            denied_arrive: !mode.enforces_policy(),
                         })
                         .collect();
                     let all_labels = labels(Some(load));
@@ -309,7 +315,7 @@ fn start_path(
     obs: &mut dyn Observer,
     plan: &Plan,
     topology: &Topology,
-    mode: Mode,
+    mode: Forwarder,
     backend: Backend,
     epoch: Instant,
 ) -> anyhow::Result<PathRig> {
@@ -330,10 +336,10 @@ fn start_path(
             String::new()
         }
     ));
-    let world = World::start(&WorldConfig {
+    let mut world = World::start(&WorldConfig {
         users: plan.users,
         services: plan.services,
-        mode,
+        mode: mode.relay_mode(),
         io: backend,
         workers: 1,
         relay_core: cfg.relay_core,
@@ -344,6 +350,8 @@ fn start_path(
         connectors: plan.connectors,
         io_config: IoConfig {
             grouping: cfg.grouping,
+            batch: cfg.batch,
+            busy_poll: cfg.busy_poll,
             ..IoConfig::default()
         },
     })?;
@@ -353,18 +361,26 @@ fn start_path(
             "the relay could not use {backend} and runs on {actual}; results are labelled {actual}"
         ));
     }
-    let fleet = Fleet::connect(&world, plan, cfg.verify_every, epoch)?;
+    let mut fleet = Fleet::connect(&world, plan, cfg.verify_every, epoch)?;
+    if mode == Forwarder::Bare {
+        // The relays did the handshakes; the bare hops carry the traffic,
+        // unchanged: the frames keep the users' hop header and tag, which
+        // the connector cannot check (the end-to-end records it can).
+        world.start_bare(fleet.receiver_addr)?;
+        fleet.sink.set_hop_check(false);
+    }
     obs.note(&format!(
         "{} hop and end-to-end sessions up in {:.2} s",
         plan.flows.len(),
         setup.elapsed().as_secs_f64()
     ));
+    let labelled = world.backend().to_string();
     Ok(PathRig {
         mode,
         world,
         fleet,
         relays,
-        backend: actual.to_string(),
+        backend: labelled,
     })
 }
 
@@ -421,8 +437,8 @@ fn interleaved(
             };
             let done = f64::from(k) * n as f64 + j as f64;
             let PathRig { world, fleet, .. } = &mut rigs[i];
-            let relays = world.relays();
-            let m = run(fleet, world.relay_addr(), &spec, &relays, &mut |p| {
+            let relays = world.hops();
+            let m = run(fleet, world.target(), &spec, &relays, &mut |p| {
                 obs.progress((done + p) / total);
                 !obs.interrupted()
             })?;

@@ -6,6 +6,12 @@
 //! users attach to the first, the connector to the second, and every frame
 //! crosses both, checked against the same policy on each.
 //!
+//! For a [`Forwarder::Bare`] run the relays only carry the handshakes:
+//! once the fleet is connected, [`World::start_bare`] starts a bare hop per
+//! relay of the topology (`relay::bare`: same backend, I/O settings and
+//! core, no datapath) chained to the connector's socket, and the traffic
+//! goes through them instead ([`World::target`], [`World::hops`]).
+//!
 //! The policy is `proto::testkit::policy_file`: users `0..users` in group
 //! `everyone`, services `0..services` behind connector 1, every service
 //! whose id is not a multiple of 4 allowed to everyone (so service 4k is a
@@ -13,8 +19,10 @@
 //! the services are spread over connectors `1..=connectors`
 //! ([`crate::scenario::connector_of`]).
 
+use std::fmt;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -26,7 +34,9 @@ use proto::link::HopLink;
 use proto::policy::PolicyFile;
 use relay::io::{Backend, IoConfig};
 
+use crate::run::Hop;
 use crate::scenario::connector_of;
+use relay::bare::{Bare, BareOptions};
 use relay::{Relay, RelayOptions};
 
 use crate::mesh;
@@ -34,6 +44,56 @@ use crate::pki::Pki;
 
 /// The connector id every synthetic service is served by.
 pub const CONNECTOR_ID: u32 = 1;
+
+/// What forwards a run's frames: a relay in one of its modes, or the bare
+/// hop (`relay::bare`), the floor a relay's latency and cost are read
+/// against. Named on the command line as the relay modes are, plus `bare`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarder {
+    /// A relay in this mode.
+    Relay(Mode),
+    /// A bare hop per relay of the topology: every datagram sent on
+    /// unchanged, nothing checked.
+    Bare,
+}
+
+impl Forwarder {
+    /// Whether frames to pairs the policy denies are dropped on the way.
+    pub fn enforces_policy(self) -> bool {
+        self == Forwarder::Relay(Mode::Ztna)
+    }
+
+    /// The mode of the relays the world starts (for a bare run, they only
+    /// carry the handshakes: `forward`).
+    pub fn relay_mode(self) -> Mode {
+        match self {
+            Forwarder::Relay(mode) => mode,
+            Forwarder::Bare => Mode::Forward,
+        }
+    }
+}
+
+impl fmt::Display for Forwarder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Forwarder::Relay(mode) => mode.fmt(f),
+            Forwarder::Bare => f.write_str("bare"),
+        }
+    }
+}
+
+impl FromStr for Forwarder {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "bare" => Ok(Forwarder::Bare),
+            other => other.parse::<Mode>().map(Forwarder::Relay).map_err(|_| {
+                format!("unknown mode `{other}`: expected ztna, vpn, forward or bare")
+            }),
+        }
+    }
+}
 
 /// Which relays a world's frames cross.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -118,6 +178,11 @@ pub struct World {
     pub exit: Option<Relay>,
     /// The policy the relay started with.
     pub policy: PolicyFile,
+    /// Bare hops standing in for the relays ([`World::start_bare`]),
+    /// users' side first; empty: frames go through the relays.
+    pub bare: Vec<Bare>,
+    /// How the relays were started (the bare hops are started alike).
+    config: WorldConfig,
     next_index: AtomicU32,
     /// Scratch directory holding the policy file; removed on drop. Last:
     /// fields drop in order, and a relay that outlived its policy file
@@ -183,8 +248,61 @@ impl World {
             relay,
             exit,
             policy,
+            bare: Vec::new(),
+            config: cfg.clone(),
             next_index: AtomicU32::new(1),
         })
+    }
+
+    /// Starts a bare hop per relay of the topology, chained, the last
+    /// sending to `sink` (the connector's socket), each on the relays'
+    /// core with their backend and I/O settings. From now on frames go
+    /// through them: [`World::target`] is the first, [`World::hops`] lists
+    /// them. The relays stay up, idle (their sessions are what the
+    /// fleet's keys came from).
+    pub fn start_bare(&mut self, sink: SocketAddr) -> anyhow::Result<()> {
+        anyhow::ensure!(self.bare.is_empty(), "the bare hops are already up");
+        let mut destination = sink;
+        let mut hops = Vec::new();
+        for _ in 0..self.config.topology.relays() {
+            let hop = Bare::start(BareOptions {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                destination,
+                core: self.config.relay_core,
+                io: self.config.io,
+                io_config: self.config.io_config,
+            })?;
+            destination = hop.local_addr();
+            hops.push(hop);
+        }
+        hops.reverse();
+        self.bare = hops;
+        Ok(())
+    }
+
+    /// Where the users' frames go: the first bare hop if there are any,
+    /// else the users' relay.
+    pub fn target(&self) -> SocketAddr {
+        self.bare
+            .first()
+            .map_or_else(|| self.relay_addr(), Bare::local_addr)
+    }
+
+    /// What the frames cross, users' side first: the bare hops if there
+    /// are any, else the relays.
+    pub fn hops(&self) -> Vec<&dyn Hop> {
+        if self.bare.is_empty() {
+            self.relays().into_iter().map(|r| r as &dyn Hop).collect()
+        } else {
+            self.bare.iter().map(|b| b as &dyn Hop).collect()
+        }
+    }
+
+    /// The I/O backend the frames' forwarders use (after any fallback).
+    pub fn backend(&self) -> Backend {
+        self.bare
+            .first()
+            .map_or_else(|| self.relay.backend(), Bare::backend)
     }
 
     /// The relays every frame crosses, users' side first.
@@ -197,8 +315,18 @@ impl World {
         self.exit.as_ref().unwrap_or(&self.relay)
     }
 
-    /// Stops every relay, users' side first, and returns what each did.
+    /// Stops every relay (and bare hop), users' side first, and returns
+    /// what each relay did.
     pub fn stop(self) -> Vec<relay::RelayReport> {
+        for hop in self.bare {
+            let s = hop.stop();
+            tracing::debug!(
+                frames = s.datapath.frames,
+                busy_poll_served = s.io.busy_poll_served,
+                busy_poll_missed = s.io.busy_poll_missed,
+                "bare hop stopped"
+            );
+        }
         std::iter::once(self.relay)
             .chain(self.exit)
             .map(Relay::stop)

@@ -246,6 +246,82 @@ fn bad_arguments_say_what_to_fix_before_running() {
 }
 
 #[test]
+fn the_bare_hop_runs_beside_a_relay_with_the_batch_and_busy_poll_given() {
+    let dir = ScratchDir::new("loadgen-bare").unwrap();
+    let json = dir.path().join("out.json");
+    let io = io_arg();
+    let out = short_run(
+        &json,
+        &[
+            "--io",
+            io,
+            "--modes",
+            "forward,bare",
+            "--scenario",
+            "bulk",
+            "--loads",
+            "50",
+            "--no-direct",
+            "--batch",
+            "8",
+            "--busy-poll",
+            "20",
+            "--verify-every",
+            "4",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let report = read_report(&json);
+    let backends: &[&str] = if io == "both" {
+        &["uring", "mmsg"]
+    } else {
+        &["mmsg"]
+    };
+    for backend in backends {
+        for mode in ["forward", "bare"] {
+            let runs: Vec<_> = report
+                .results
+                .iter()
+                .filter(|r| r.mode == mode && r.backend == *backend)
+                .collect();
+            assert_eq!(
+                runs.len(),
+                2,
+                "{mode} {backend}: one full-rate and one paced run\n{}",
+                text(&out)
+            );
+            for r in runs {
+                assert!(r.recv_pps > 0.0, "{r:?}");
+                // The bare hop leaves the frames as the users sent them:
+                // opened end to end at the connector, and timed.
+                assert!(r.verified > 0, "nothing opened end to end: {r:?}");
+                assert_eq!(r.corrupt, 0, "{r:?}");
+                assert!(r.lat_us.p50 > 0.0, "{r:?}");
+                // The forwarder's own statistics, as a relay's.
+                assert_eq!(r.per_relay.len(), 1, "{r:?}");
+                assert!(r.per_relay[0].forwarded > 0, "{r:?}");
+                assert!(r.relay_busy.is_some_and(|b| b > 0.0), "{r:?}");
+                // Busy polling was on: some of that was spinning.
+                assert!(r.relay_spin.is_some_and(|s| s > 0.0), "{r:?}");
+            }
+        }
+    }
+
+    for (args, says) in [
+        (
+            &["--modes", "bare,nope"][..],
+            "expected ztna, vpn, forward or bare",
+        ),
+        (&["--busy-poll", "20000"][..], "busy poll of 20000 us"),
+        (&["--batch", "0"][..], "--batch must be between 1"),
+    ] {
+        let out = loadgen(args);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
+    }
+}
+
+#[test]
 fn one_and_two_relays_run_side_by_side_and_give_the_hop_cost() {
     let Some(etcd) = etcd_server::for_test() else {
         return;
