@@ -878,6 +878,39 @@ fn busy_polling_sleeps_once_the_budget_is_spent() {
     }
 }
 
+/// A wait shorter than a millisecond ends when it should, not at the next
+/// whole millisecond: a paced load generator waits for its next train's
+/// time this way, and a millisecond too long bunches its trains. The
+/// shortest of several waits is compared (a busy machine may delay any
+/// one of them).
+#[test]
+fn short_waits_are_not_rounded_up_to_a_millisecond() {
+    for backend in BACKENDS {
+        if !backend_available(backend) {
+            continue;
+        }
+        let sock = bind_socket(localhost(), &IoConfig::default()).unwrap();
+        let mut io = make_io(backend, sock, IoConfig::default()).unwrap();
+        let wait = Duration::from_micros(200);
+        let shortest = (0..20)
+            .map(|_| {
+                let start = Instant::now();
+                let ps = io
+                    .poll(wait, &mut |_, _: &mut [u8]| Action::Consume)
+                    .unwrap();
+                assert_eq!(ps.received, 0);
+                start.elapsed()
+            })
+            .min()
+            .unwrap();
+        assert!(shortest >= wait, "{backend}: returned after {shortest:?}");
+        assert!(
+            shortest < Duration::from_micros(900),
+            "{backend}: a {wait:?} wait took at least {shortest:?}"
+        );
+    }
+}
+
 #[test]
 fn start_prefers_uring() {
     let sock = bind_socket(localhost(), &IoConfig::default()).unwrap();

@@ -327,10 +327,16 @@ pub(crate) fn wait_readable_any(fds: &[RawFd], wait: Duration) -> Result<bool, I
     for (p, fd) in pfds.iter_mut().zip(fds) {
         p.fd = *fd;
     }
-    // Round up so a sub-millisecond wait still waits.
-    let ms = wait.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: `n` valid pollfds, for the duration of the call.
-    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, ms) };
+    // `ppoll`, not `poll`: `poll`'s whole milliseconds would turn every
+    // shorter wait (a paced sender waiting for its next train's time, say)
+    // into a full millisecond when nothing arrives.
+    let ts = libc::timespec {
+        tv_sec: wait.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: wait.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `n` valid pollfds and a valid timespec, for the duration of
+    // the call; a null signal mask leaves the thread's as it is.
+    let rc = unsafe { libc::ppoll(pfds.as_mut_ptr(), n as libc::nfds_t, &ts, std::ptr::null()) };
     if rc < 0 {
         let err = std::io::Error::last_os_error();
         if errno_of(&err) == libc::EINTR {
