@@ -112,7 +112,8 @@ fn live_per_frame(
 }
 
 impl Cost {
-    fn row(&self, mode: Mode, size: usize) -> Option<&CaseCost> {
+    /// The row of `mode` at `size` with every frame allowed.
+    pub fn row(&self, mode: Mode, size: usize) -> Option<&CaseCost> {
         self.rows
             .iter()
             .find(|r| r.case == Case::allowed(mode, size))

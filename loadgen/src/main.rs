@@ -35,10 +35,13 @@ const EXIT_INTERRUPTED: u8 = 130;
 /// end-to-end handshakes, real hop tags and ciphertext) and measures
 /// delivered packets/s, Gb/s, loss and latency in each forwarding mode.
 ///
-/// With no arguments: modes ztna, vpn and forward on the uring backend,
-/// scenarios bulk (1400 B) and small (64 B), 3 s per mode at full rate,
-/// then paced runs at 10/50/90 % of that rate for latency, and one run
-/// without the relay as the machine's ceiling. Each mode has its own
+/// With no arguments: modes ztna, vpn and forward, and the bare hop (a
+/// forwarder on the relay's core that only receives and sends: the floor),
+/// on the uring backend, scenarios bulk (1400 B) and small (64 B), 3 s per
+/// mode at full rate, then paced runs at 10/50/90 % of that rate for
+/// latency, and one run without the relay as the machine's ceiling; then
+/// the policy's cost in memory (ns/frame now, callgrind instructions/frame
+/// as recorded with the build). Each mode has its own
 /// relay, all up at once on one core, and the measurements take turns
 /// across them in 200 ms slices: the ratios between modes are medians of
 /// per-round ratios with 95 % bootstrap intervals, which resolve
@@ -60,7 +63,7 @@ struct Cli {
     /// bare: instead of a relay, the bare hop (relay::bare: the same I/O
     /// backend, settings and core, every datagram sent on unchanged, no
     /// datapath), the floor the relay's latency and cost are read against.
-    #[arg(long, value_delimiter = ',', default_value = "ztna,vpn,forward")]
+    #[arg(long, value_delimiter = ',', default_value = "ztna,vpn,forward,bare")]
     modes: Vec<Forwarder>,
 
     /// Relay I/O backend: uring, mmsg, or both.
@@ -174,9 +177,10 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = IoConfig::default().batch)]
     batch: usize,
 
-    /// Busy polling on the relays (and bare hops): spin this many
-    /// microseconds for datagrams before sleeping (relay run --busy-poll;
-    /// 0: off). Spinning shows in relay busy.
+    /// Busy polling on the relays (and bare hops) and on the load
+    /// generator's own receiver: spin this many microseconds for datagrams
+    /// before sleeping (relay run --busy-poll; 0: off). Spinning shows in
+    /// relay busy.
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
     busy_poll: u64,
 
@@ -485,7 +489,24 @@ fn real_main() -> anyhow::Result<ExitCode> {
     };
     println!("{}", report::table(&report));
     if !cost_secs.is_zero() {
-        println!("{}", bench::cost::measure(cost_secs)?);
+        let cost = bench::cost::measure(cost_secs)?;
+        println!("{cost}");
+        let three_ways: Vec<report::PolicyCost> = [64, 1400]
+            .into_iter()
+            .map(|size| {
+                let pair = |f: fn(&bench::cost::CaseCost) -> Option<f64>| {
+                    let z = cost.row(proto::datapath::Mode::Ztna, size).and_then(f)?;
+                    let v = cost.row(proto::datapath::Mode::Vpn, size).and_then(f)?;
+                    Some((z, v))
+                };
+                report::PolicyCost {
+                    size,
+                    ns: pair(|r| Some(r.ns_per_frame)),
+                    instructions: pair(|r| r.recorded),
+                }
+            })
+            .collect();
+        print!("{}", report::policy_cost_text(&report, &three_ways));
     }
     if let Some(path) = &cli.json {
         let text = serde_json::to_string_pretty(&report)?;

@@ -633,7 +633,21 @@ fn interval_text(i: Option<Interval>, neutral: f64, signed: bool) -> String {
     }
 }
 
-/// The paired lines of the table (empty when nothing was interleaved).
+/// The comparisons shown at full rate, cheapest pair first: what each
+/// step up costs (`forward` over the floor, the hop tag and replay window,
+/// the policy), then each mode over the floor.
+const SHOWN_AT_MAX: [(&str, &str); 5] = [
+    ("forward", "bare"),
+    ("vpn", "forward"),
+    ("ztna", "vpn"),
+    ("vpn", "bare"),
+    ("ztna", "bare"),
+];
+
+/// The paired tables (empty when nothing was interleaved): at full rate,
+/// rate and relay CPU ratios of the steps in [`SHOWN_AT_MAX`]; paced, each
+/// mode's median latency over the floor's (`bare` when it ran, else
+/// `forward`).
 fn paired_text(report: &Report) -> String {
     let all = paired(report);
     let mut out = String::new();
@@ -642,31 +656,142 @@ fn paired_text(report: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "\npaired comparisons (rigs interleaved slice by slice in one invocation; median of\n\
-         per-round ratios or differences, [95 % bootstrap interval], ~ = the interval holds 1.0\n\
-         (or 0 us): no difference resolved):"
+        "\npaired comparisons: every rig interleaved slice by slice in this invocation; median of the\n\
+         per-round ratios (or differences) [95 % bootstrap interval]; ~ = the interval holds 1\n\
+         (or 0 us): no difference resolved"
     );
-    for p in all {
-        // Paced rigs are all offered the same rate: their rate ratio says
-        // nothing, their latency does.
-        let line = if p.key.load_pct.is_some() {
-            format!(
-                "  {} vs {}: p50 {} us, relay ns/frame {}",
-                p.key,
-                p.against,
-                interval_text(p.added_p50_us, 0.0, true),
-                interval_text(p.relay_ns, 1.0, false)
-            )
-        } else {
-            format!(
-                "  {} vs {}: rate {}, relay ns/frame {}",
-                p.key,
-                p.against,
+    let at_max: Vec<&Paired> = SHOWN_AT_MAX
+        .iter()
+        .flat_map(|(mode, against)| {
+            all.iter().filter(move |p| {
+                p.key.load_pct.is_none() && p.key.mode == *mode && p.against == *against
+            })
+        })
+        .collect();
+    if !at_max.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:<14} {:<34} {:<26} {:<26} {:>6}",
+            "full rate", "run", "delivered rate", "relay ns/frame", "rounds"
+        );
+        for p in at_max {
+            let _ = writeln!(
+                out,
+                "{:<14} {:<34} {:<26} {:<26} {:>6}",
+                format!("{}/{}", p.key.mode, p.against),
+                run_name(&p.key),
                 interval_text(p.rate, 1.0, false),
-                interval_text(p.relay_ns, 1.0, false)
+                interval_text(p.relay_ns, 1.0, false),
+                p.rounds
+            );
+        }
+    }
+    let floor = if all.iter().any(|p| p.against == "bare") {
+        "bare"
+    } else {
+        "forward"
+    };
+    let paced: Vec<&Paired> = all
+        .iter()
+        .filter(|p| p.key.load_pct.is_some() && p.against == floor)
+        .collect();
+    if !paced.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:<14} {:<34} {:<26} {:<26} {:>6}",
+            "paced",
+            "run",
+            format!("p50 over {floor}, us"),
+            "relay ns/frame",
+            "rounds"
+        );
+        for p in paced {
+            let _ = writeln!(
+                out,
+                "{:<14} {:<34} {:<26} {:<26} {:>6}",
+                format!("{}/{}", p.key.mode, p.against),
+                run_name(&p.key),
+                interval_text(p.added_p50_us, 0.0, true),
+                interval_text(p.relay_ns, 1.0, false),
+                p.rounds
+            );
+        }
+    }
+    out
+}
+
+/// A run's key without its mode (the pair column names it).
+fn run_name(key: &RunKey) -> String {
+    let mut name = format!("{} {} {}B", key.backend, key.scenario, key.size);
+    match key.load_pct {
+        Some(p) => {
+            let _ = write!(name, " @{p}%");
+        }
+        None => name.push_str(" max"),
+    }
+    if key.relays > 1 {
+        let _ = write!(name, " via {}", key.relays);
+    }
+    name
+}
+
+/// The policy's cost (`ztna` over `vpn`) in memory at one frame size, as
+/// `(ztna, vpn)` pairs; [`policy_cost_text`] adds the whole relay's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PolicyCost {
+    /// Frame size.
+    pub size: usize,
+    /// In-memory ns per frame, ztna and vpn.
+    pub ns: Option<(f64, f64)>,
+    /// Callgrind instructions per frame as recorded, ztna and vpn.
+    pub instructions: Option<(f64, f64)>,
+}
+
+/// The policy's cost three ways, one line per size of `costs`: in memory
+/// (ns/frame measured now, callgrind instructions/frame as recorded) and
+/// through the whole relay (the paired delivered-rate and relay CPU
+/// ratios of `report`'s first full-rate `ztna`-over-`vpn` run at that size,
+/// through one relay). Empty when `costs` is.
+pub fn policy_cost_text(report: &Report, costs: &[PolicyCost]) -> String {
+    let pairs = paired(report);
+    let mut out = String::new();
+    let rows: Vec<String> = costs
+        .iter()
+        .map(|c| {
+            let relay = pairs.iter().find(|p| {
+                p.key.mode == "ztna"
+                    && p.against == "vpn"
+                    && p.key.size == c.size
+                    && p.key.load_pct.is_none()
+                    && p.key.relays == 1
+            });
+            let diff = |v: Option<(f64, f64)>, decimals: usize| {
+                v.map_or_else(
+                    || "-".to_owned(),
+                    |(z, b)| format!("{:+.decimals$} ({:+.1} %)", z - b, (z / b - 1.0) * 100.0),
+                )
+            };
+            format!(
+                "  {:>5}B  {:<20} {:<22} {:<24} {}",
+                c.size,
+                diff(c.ns, 1),
+                diff(c.instructions, 0),
+                interval_text(relay.and_then(|p| p.rate), 1.0, false),
+                interval_text(relay.and_then(|p| p.relay_ns), 1.0, false),
             )
-        };
-        let _ = writeln!(out, "{line} ({} rounds)", p.rounds);
+        })
+        .collect();
+    if rows.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "the policy's cost, ztna over vpn, three ways (in memory: ztna − vpn per frame; whole relay:\n\
+         paired ratios at full rate [95 %], ~ = not resolved):\n  {:>6}  {:<20} {:<22} {:<24} relay ns/frame",
+        "size", "ns/frame (memory)", "instructions/frame", "delivered rate"
+    );
+    for r in rows {
+        let _ = writeln!(out, "{r}");
     }
     out
 }
@@ -1154,10 +1279,14 @@ mod tests {
         assert!((ratios["ztna uring bulk 1400B max / vpn"] - 0.98).abs() < 1e-9);
         assert!((ratios["forward uring bulk 1400B max / vpn"] - 1.001).abs() < 1e-9);
         let text = table(&report);
-        assert!(
-            text.contains("ztna uring bulk 1400B max vs vpn: rate 0.980 [0.980, 0.980]"),
-            "{text}"
-        );
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("ztna/vpn "))
+            .unwrap_or_else(|| panic!("no ztna/vpn line:\n{text}"));
+        assert!(line.contains("uring bulk 1400B max"), "{line}");
+        assert!(line.contains("0.980 [0.980, 0.980] "), "{line}");
+        assert!(line.contains("1.050 [1.050, 1.050] "), "{line}");
+        assert!(!line.contains('~'), "{line}");
     }
 
     #[test]
@@ -1174,15 +1303,14 @@ mod tests {
         let p = &paired(&report)[0];
         assert_eq!(p.rate_resolved(), Some(false), "{p:?}");
         let text = table(&report);
-        assert!(
-            text.contains("vs forward: rate 1.000 [0.970, 1.030] ~"),
-            "{text}"
-        );
-        // Relay CPU per frame identical every round: a zero-width interval at 1.0, unresolved too.
-        assert!(
-            text.contains("relay ns/frame 1.000 [1.000, 1.000] ~"),
-            "{text}"
-        );
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("vpn/forward "))
+            .unwrap_or_else(|| panic!("no vpn/forward line:\n{text}"));
+        assert!(line.contains("1.000 [0.970, 1.030] ~"), "{line}");
+        // Relay CPU per frame identical every round: a zero-width
+        // interval at 1.0, unresolved too.
+        assert!(line.contains("1.000 [1.000, 1.000] ~"), "{line}");
     }
 
     #[test]
@@ -1218,5 +1346,48 @@ mod tests {
         })[0];
         assert_eq!(p.against, "bare");
         assert!((p.added_p50_us.unwrap().median - 4.0).abs() < 1e-9, "{p:?}");
+    }
+
+    #[test]
+    fn the_policy_cost_is_shown_three_ways() {
+        let report = Report {
+            results: vec![
+                sliced("ztna", &[98.0, 97.0, 99.0, 98.0], 420.0),
+                sliced("vpn", &[100.0; 4], 400.0),
+            ],
+            direct: Vec::new(),
+        };
+        let costs = [
+            PolicyCost {
+                size: 1400,
+                ns: Some((170.0, 160.0)),
+                instructions: Some((1100.0, 1000.0)),
+            },
+            PolicyCost {
+                size: 64,
+                ns: None,
+                instructions: None,
+            },
+        ];
+        let text = policy_cost_text(&report, &costs);
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("1400B"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains("+10.0 (+6.2 %)"), "{line}");
+        assert!(line.contains("+100 (+10.0 %)"), "{line}");
+        assert!(line.contains("0.980 ["), "{line}");
+        assert!(line.contains("1.050 [1.050, 1.050]"), "{line}");
+        // Nothing measured at 64 B: dashes, not zeros.
+        let small = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("64B"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(
+            small.split_whitespace().filter(|w| *w == "-").count(),
+            4,
+            "{small}"
+        );
+        assert!(policy_cost_text(&report, &[]).is_empty());
     }
 }

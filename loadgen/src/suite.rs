@@ -13,6 +13,8 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+
 use relay::io::{Backend, Grouping, IoConfig};
 
 use crate::fleet::Fleet;
@@ -362,6 +364,13 @@ fn start_path(
         ));
     }
     let mut fleet = Fleet::connect(&world, plan, cfg.verify_every, epoch)?;
+    // The receiver waits the way the relays do: with busy polling, a
+    // sample's latency holds no wake-up of the load generator's core
+    // either (it spins on a core of its own).
+    fleet
+        .receiver
+        .set_busy_poll(cfg.busy_poll)
+        .context("--busy-poll")?;
     if mode == Forwarder::Bare {
         // The relays did the handshakes; the bare hops carry the traffic,
         // unchanged: the frames keep the users' hop header and tag, which

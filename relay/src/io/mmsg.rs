@@ -36,7 +36,7 @@ pub(crate) struct MmsgIo {
     link: Option<UdpSocket>,
     batch: usize,
     /// Spin this long retrying the receive before waiting in `poll(2)`.
-    busy_poll: Option<Duration>,
+    pub(super) busy_poll: Option<Duration>,
     buffer_size: usize,
     stride: usize,
     mem: Region,

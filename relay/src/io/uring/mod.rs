@@ -63,7 +63,7 @@ pub(crate) struct UringIo {
     fd: RawFd,
     batch: usize,
     /// Spin this long looking for completions before waiting in the kernel.
-    busy_poll: Option<Duration>,
+    pub(super) busy_poll: Option<Duration>,
     /// Receive buffers and the ring offering them (kernel memory: see the
     /// module's invariant).
     bufs: ManuallyDrop<BufRing>,
