@@ -66,7 +66,8 @@ struct Cli {
     #[arg(long, value_delimiter = ',', default_value = "ztna,vpn,forward,bare")]
     modes: Vec<Forwarder>,
 
-    /// Relay I/O backend: uring, mmsg, or both.
+    /// Relay I/O backend: uring, mmsg, glommio (needs a build with the
+    /// `glommio` feature), both (uring and mmsg) or all (the three).
     #[arg(long, default_value = "uring")]
     io: IoChoice,
 
@@ -206,7 +207,10 @@ struct Cli {
 #[derive(Debug, Clone, Copy)]
 enum IoChoice {
     One(Backend),
+    /// uring and mmsg.
     Both,
+    /// uring, mmsg and glommio.
+    All,
 }
 
 impl std::str::FromStr for IoChoice {
@@ -214,10 +218,10 @@ impl std::str::FromStr for IoChoice {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "both" => Ok(IoChoice::Both),
-            other => other
-                .parse::<Backend>()
-                .map(IoChoice::One)
-                .map_err(|_| format!("unknown backend {other:?}: use uring, mmsg or both")),
+            "all" => Ok(IoChoice::All),
+            other => other.parse::<Backend>().map(IoChoice::One).map_err(|_| {
+                format!("unknown backend {other:?}: use uring, mmsg, glommio, both or all")
+            }),
         }
     }
 }
@@ -316,6 +320,7 @@ impl Cli {
             backends: match self.io {
                 IoChoice::One(b) => vec![b],
                 IoChoice::Both => vec![Backend::Uring, Backend::Mmsg],
+                IoChoice::All => vec![Backend::Uring, Backend::Mmsg, Backend::Glommio],
             },
             scenarios: self.scenarios.clone(),
             size: self.size,

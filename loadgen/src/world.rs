@@ -222,6 +222,17 @@ impl World {
                 audit: cfg.audit.clone(),
             })
             .map_err(anyhow::Error::from)
+            .and_then(|relay| {
+                // A backend that could not start fell back (the relay
+                // warned why): its numbers would carry the wrong name.
+                anyhow::ensure!(
+                    relay.backend() == cfg.io,
+                    "the relay runs the {} backend, not {} as asked (see its warning)",
+                    relay.backend(),
+                    cfg.io
+                );
+                Ok(relay)
+            })
         };
         let (relay, exit) = match &cfg.topology {
             Topology::OneRelay => (start(1000, "relay-1", cfg.mesh.clone())?, None),

@@ -200,6 +200,31 @@ pub fn classify(buf: &[u8]) -> Result<Kind, WireError> {
     Kind::from_nibble(b & 0x0f).ok_or(WireError::BadKind)
 }
 
+/// The length a datagram of this protocol says it has, from its first
+/// bytes alone: [`HEADER_LEN`] plus the length field for the kinds with a
+/// hop header, the Noise message's length plus the fixed parts for a hop
+/// handshake initiation or response, and the fixed size of a cookie reply.
+/// `None` when the first bytes do not say: too short to hold the field,
+/// another version, or an unknown kind.
+///
+/// Nothing else is checked: a datagram whose declared length is right may
+/// still be malformed. For a receiver that gets datagrams back to back in
+/// one buffer without their sizes (a `UDP_GRO` run read without its control
+/// message, as glommio's sockets read): see relay's `io::glommio`.
+pub fn declared_len(datagram: &[u8]) -> Option<usize> {
+    use crate::handshake::frames::{
+        COOKIE_REPLY_LEN, INIT_HEADER_LEN, MACS_LEN, RESPONSE_HEADER_LEN,
+    };
+    let kind = classify(datagram).ok()?;
+    let field = |at: usize| datagram.get(at..at + 2).map(|b| usize::from(be_u16(b)));
+    match kind {
+        Kind::HandshakeInit => Some(INIT_HEADER_LEN + field(8)? + MACS_LEN),
+        Kind::HandshakeResponse => Some(RESPONSE_HEADER_LEN + field(12)? + MACS_LEN),
+        Kind::CookieReply => Some(COOKIE_REPLY_LEN),
+        _ => Some(HEADER_LEN + field(2)?),
+    }
+}
+
 #[inline]
 fn be_u16(b: &[u8]) -> u16 {
     u16::from_be_bytes([b[0], b[1]])
@@ -552,6 +577,36 @@ mod tests {
         0xde, 0xad,
         0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
     ];
+
+    #[test]
+    fn declared_len_reads_each_kinds_own_length() {
+        use crate::handshake::frames::{COOKIE_REPLY_LEN, MACS_LEN};
+        assert_eq!(declared_len(&DATA), Some(DATA.len()));
+        // A keepalive: the header alone.
+        let mut keepalive = [0u8; HEADER_LEN];
+        keepalive[0] = Kind::Keepalive.byte0();
+        assert_eq!(declared_len(&keepalive), Some(HEADER_LEN));
+        // The length field is all that is read: 4 bytes suffice.
+        assert_eq!(declared_len(&[0x11, 0, 0x01, 0x00]), Some(HEADER_LEN + 256));
+        let mut init = [0u8; 10];
+        init[0] = Kind::HandshakeInit.byte0();
+        init[8..10].copy_from_slice(&96u16.to_be_bytes());
+        assert_eq!(declared_len(&init), Some(10 + 96 + MACS_LEN));
+        let mut response = [0u8; 14];
+        response[0] = Kind::HandshakeResponse.byte0();
+        response[12..14].copy_from_slice(&48u16.to_be_bytes());
+        assert_eq!(declared_len(&response), Some(14 + 48 + MACS_LEN));
+        assert_eq!(
+            declared_len(&[Kind::CookieReply.byte0()]),
+            Some(COOKIE_REPLY_LEN)
+        );
+        // Too short for the field, another version, an unknown kind.
+        assert_eq!(declared_len(&[]), None);
+        assert_eq!(declared_len(&DATA[..3]), None);
+        assert_eq!(declared_len(&init[..9]), None);
+        assert_eq!(declared_len(&[0x21, 0, 0, 0]), None);
+        assert_eq!(declared_len(&[0x17, 0, 0, 0]), None);
+    }
 
     #[test]
     fn parses_data_frame() {

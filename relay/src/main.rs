@@ -153,8 +153,9 @@ struct RunArgs {
     /// Worker threads, one per core (0: all cores).
     #[arg(long)]
     workers: Option<usize>,
-    /// I/O backend: uring (falls back to mmsg if io_uring cannot start) or
-    /// mmsg.
+    /// I/O backend: uring (falls back to mmsg if io_uring cannot start),
+    /// mmsg, or glommio (a comparison; needs a build with the `glommio`
+    /// feature, else falls back to uring).
     #[arg(long)]
     io: Option<Backend>,
     /// What each frame is checked for: ztna (tag, replay, identity, policy),

@@ -14,6 +14,10 @@ pub enum Backend {
     Uring,
     /// `recvmmsg`/`sendmmsg` with GRO/GSO.
     Mmsg,
+    /// A glommio executor on the worker's thread, its `UdpSocket` reading
+    /// GRO runs and sending `UDP_SEGMENT` stretches: a comparison backend,
+    /// built with the relay's `glommio` feature.
+    Glommio,
 }
 
 impl Backend {
@@ -22,6 +26,7 @@ impl Backend {
         match self {
             Self::Uring => "uring",
             Self::Mmsg => "mmsg",
+            Self::Glommio => "glommio",
         }
     }
 }
@@ -39,6 +44,7 @@ impl FromStr for Backend {
         match s {
             "uring" => Ok(Self::Uring),
             "mmsg" => Ok(Self::Mmsg),
+            "glommio" => Ok(Self::Glommio),
             other => Err(IoError::UnknownBackend(other.to_owned())),
         }
     }
@@ -201,11 +207,12 @@ mod tests {
 
     #[test]
     fn backend_names_round_trip() {
-        for b in [Backend::Uring, Backend::Mmsg] {
+        for b in [Backend::Uring, Backend::Mmsg, Backend::Glommio] {
             assert_eq!(b.to_string().parse::<Backend>().unwrap(), b);
         }
         let err = "epoll".parse::<Backend>().unwrap_err();
         assert!(err.to_string().contains("uring"), "{err}");
+        assert!(err.to_string().contains("glommio"), "{err}");
     }
 
     #[test]

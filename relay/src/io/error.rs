@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 #[non_exhaustive]
 pub enum IoError {
     /// `--io` named something else.
-    #[error("unknown I/O backend {0:?}: use \"uring\" or \"mmsg\"")]
+    #[error("unknown I/O backend {0:?}: use \"uring\", \"mmsg\" or \"glommio\"")]
     UnknownBackend(String),
     /// A size in [`IoConfig`](super::IoConfig) is out of range.
     #[error("invalid I/O configuration: {0}")]
@@ -64,6 +64,20 @@ pub enum IoError {
         /// What the kernel said.
         source: std::io::Error,
     },
+    /// The glommio backend cannot start here.
+    #[error("the glommio backend cannot start: {reason} ({hint}); or use --io uring or mmsg")]
+    GlommioUnavailable {
+        /// What glommio or the kernel said.
+        reason: String,
+        /// What to fix.
+        hint: &'static str,
+    },
+    /// This build has no glommio backend.
+    #[error("this build has no glommio backend: build with the relay crate's `glommio` feature (cargo build --features glommio), or use --io uring or mmsg")]
+    GlommioNotBuilt,
+    /// The backend cannot receive from a second socket (a mesh link port).
+    #[error("the {0} backend takes one socket: a mesh relay's link ports need --io uring or mmsg")]
+    NoLinkSocket(&'static str),
     /// Buffer memory could not be allocated.
     #[error("cannot allocate {bytes} bytes of I/O buffers; lower buffers or buffer_size")]
     Alloc {

@@ -9,25 +9,31 @@
 //! batch: one `UDP_SEGMENT` send of equal-size datagrams, an iovec per
 //! stretch of them, wherever they lie (`gather`).
 //!
-//! Two backends (see DESIGN.md §3):
+//! Three backends (see DESIGN.md §3):
 //! - [`Backend::Uring`]: io_uring with a multishot `RecvMsg` into a small
 //!   provided-buffer ring, `SendMsg` per group, one submit per batch.
 //! - [`Backend::Mmsg`]: `recvmmsg`/`sendmmsg`, where io_uring is blocked
 //!   (seccomp profiles of container runtimes often block it).
+//! - [`Backend::Glommio`] (with the crate's `glommio` feature): a glommio
+//!   executor on the worker's thread, reading GRO runs with its `UdpSocket`
+//!   and splitting them by the frames' own lengths, sending `UDP_SEGMENT`
+//!   stretches; a measured comparison (`glommio`'s module docs say what it
+//!   cannot do).
 //!
-//! [`Io::start`] prefers the first and falls back to the second, saying so
-//! once. Linux only. All buffers are allocated at construction: the steady
-//! state allocates nothing.
+//! [`Io::start`] prefers the one asked for and falls back (glommio to
+//! uring, uring to mmsg), saying so once. Linux only. All buffers are
+//! allocated at construction: the steady state of `uring` and `mmsg`
+//! allocates nothing (glommio allocates per batch inside its executor).
 //!
 //! An `Io` must be created on the thread that polls it (the io_uring ring is
 //! set up `SINGLE_ISSUER`); it is deliberately not `Send`.
 //!
 //! Where things are: this file is the entry point ([`Io`] and what it
 //! re-exports); `config` ([`Backend`], [`IoConfig`]), `error` ([`IoError`]),
-//! `limits` (the kernel's UDP send limits), `dispatch` (what both
-//! backends do with a received run) and `spin` (busy polling's budget)
-//! are its vocabulary; `uring` and `mmsg`
-//! are the backends; `gather`, `group`, `tx`, `staging` and `outbound` the send side
+//! `limits` (the kernel's UDP send limits), `dispatch` (what every
+//! backend does with a received run) and `spin` (busy polling's budget)
+//! are its vocabulary; `uring`, `mmsg` and `glommio` are the backends;
+//! `gather`, `group`, `tx`, `staging` and `outbound` the send side
 //! they share; `cmsg`, `sockaddr`, `region` and `socket` the kernel-facing
 //! pieces. No module below this one imports from it: siblings use each
 //! other by their own paths.
@@ -37,6 +43,8 @@ mod config;
 mod dispatch;
 mod error;
 mod gather;
+#[cfg(feature = "glommio")]
+mod glommio;
 mod group;
 mod limits;
 mod mmsg;
@@ -75,6 +83,8 @@ pub struct Io {
 enum Inner {
     Uring(Box<uring::UringIo>),
     Mmsg(Box<mmsg::MmsgIo>),
+    #[cfg(feature = "glommio")]
+    Glommio(Box<self::glommio::GlommioIo>),
 }
 
 impl std::os::fd::AsFd for Io {
@@ -83,6 +93,8 @@ impl std::os::fd::AsFd for Io {
         match &self.inner {
             Inner::Uring(u) => u.socket().as_fd(),
             Inner::Mmsg(m) => m.socket().as_fd(),
+            #[cfg(feature = "glommio")]
+            Inner::Glommio(g) => g.socket().as_fd(),
         }
     }
 }
@@ -90,7 +102,10 @@ impl std::os::fd::AsFd for Io {
 impl Io {
     /// Builds exactly the `backend` asked for on `socket` (from
     /// [`bind_socket`]). `Uring` fails with [`IoError::UringUnavailable`] or
-    /// [`IoError::UringFeature`] where io_uring cannot do the job.
+    /// [`IoError::UringFeature`] where io_uring cannot do the job;
+    /// `Glommio` with [`IoError::GlommioUnavailable`] (e.g. too little
+    /// locked memory) or, in a build without the `glommio` feature,
+    /// [`IoError::GlommioNotBuilt`].
     pub fn new(backend: Backend, socket: UdpSocket, cfg: IoConfig) -> Result<Self, IoError> {
         Self::new_with_link(backend, socket, None, cfg)
     }
@@ -111,12 +126,37 @@ impl Io {
                 uring::UringIo::new(socket, link, cfg).map_err(|f| f.error)?,
             )),
             Backend::Mmsg => Inner::Mmsg(Box::new(mmsg::MmsgIo::new(socket, link, cfg)?)),
+            Backend::Glommio => Self::glommio(socket, link, cfg).map_err(|(error, _, _)| error)?,
         };
         Ok(Self { inner })
     }
 
+    /// The glommio backend, or why not with the sockets back.
+    #[allow(clippy::type_complexity)]
+    fn glommio(
+        socket: UdpSocket,
+        link: Option<UdpSocket>,
+        cfg: IoConfig,
+    ) -> Result<Inner, (IoError, UdpSocket, Option<UdpSocket>)> {
+        if link.is_some() {
+            return Err((IoError::NoLinkSocket("glommio"), socket, link));
+        }
+        #[cfg(feature = "glommio")]
+        {
+            self::glommio::GlommioIo::new(socket, cfg)
+                .map(|g| Inner::Glommio(Box::new(g)))
+                .map_err(|f| (f.error, f.socket, None))
+        }
+        #[cfg(not(feature = "glommio"))]
+        {
+            let _ = cfg;
+            Err((IoError::GlommioNotBuilt, socket, None))
+        }
+    }
+
     /// Like [`Io::new`], but when `Uring` cannot start, logs one warning
-    /// saying why and uses `Mmsg` instead.
+    /// saying why and uses `Mmsg` instead; when `Glommio` cannot start,
+    /// logs one warning saying why and does the same as for `Uring`.
     pub fn start(backend: Backend, socket: UdpSocket, cfg: IoConfig) -> Result<Self, IoError> {
         Self::start_with_link(backend, socket, None, cfg)
     }
@@ -129,9 +169,21 @@ impl Io {
         cfg: IoConfig,
     ) -> Result<Self, IoError> {
         cfg.validate()?;
+        let (socket, link) = match backend {
+            Backend::Glommio => match Self::glommio(socket, link, cfg) {
+                Ok(inner) => return Ok(Self { inner }),
+                Err((error, socket, link)) => {
+                    tracing::warn!(
+                        "glommio backend cannot start ({error}); falling back to the uring backend"
+                    );
+                    (socket, link)
+                }
+            },
+            _ => (socket, link),
+        };
         match backend {
             Backend::Mmsg => Self::new_with_link(Backend::Mmsg, socket, link, cfg),
-            Backend::Uring => match uring::UringIo::new(socket, link, cfg) {
+            Backend::Uring | Backend::Glommio => match uring::UringIo::new(socket, link, cfg) {
                 Ok(u) => Ok(Self {
                     inner: Inner::Uring(Box::new(u)),
                 }),
@@ -151,6 +203,8 @@ impl Io {
         match self.inner {
             Inner::Uring(_) => Backend::Uring,
             Inner::Mmsg(_) => Backend::Mmsg,
+            #[cfg(feature = "glommio")]
+            Inner::Glommio(_) => Backend::Glommio,
         }
     }
 
@@ -159,6 +213,8 @@ impl Io {
         let socket = match &self.inner {
             Inner::Uring(u) => u.socket(),
             Inner::Mmsg(m) => m.socket(),
+            #[cfg(feature = "glommio")]
+            Inner::Glommio(g) => g.socket(),
         };
         socket.local_addr().map_err(|source| IoError::Sys {
             op: "getsockname",
@@ -171,6 +227,8 @@ impl Io {
         let link = match &self.inner {
             Inner::Uring(u) => u.link(),
             Inner::Mmsg(m) => m.link(),
+            #[cfg(feature = "glommio")]
+            Inner::Glommio(_) => None,
         };
         link.and_then(|l| l.local_addr().ok())
     }
@@ -182,6 +240,8 @@ impl Io {
         let link = match &self.inner {
             Inner::Uring(u) => u.link(),
             Inner::Mmsg(m) => m.link(),
+            #[cfg(feature = "glommio")]
+            Inner::Glommio(_) => None,
         };
         link.is_some_and(|l| l.send_to(bytes, dst).is_ok())
     }
@@ -207,6 +267,8 @@ impl Io {
         match &mut self.inner {
             Inner::Uring(u) => u.poll(timeout, handle),
             Inner::Mmsg(m) => m.poll(timeout, handle),
+            #[cfg(feature = "glommio")]
+            Inner::Glommio(g) => g.poll(timeout, handle),
         }
     }
 
@@ -225,6 +287,8 @@ impl Io {
         match &mut self.inner {
             Inner::Uring(u) => u.flush(),
             Inner::Mmsg(m) => m.flush(),
+            #[cfg(feature = "glommio")]
+            Inner::Glommio(g) => g.flush(),
         }
     }
 
@@ -232,6 +296,8 @@ impl Io {
         match &mut self.inner {
             Inner::Uring(u) => u.outbound(),
             Inner::Mmsg(m) => m.outbound(),
+            #[cfg(feature = "glommio")]
+            Inner::Glommio(g) => g.outbound(),
         }
     }
 
@@ -252,6 +318,8 @@ impl Io {
         match &self.inner {
             Inner::Uring(u) => u.stats(),
             Inner::Mmsg(m) => m.stats(),
+            #[cfg(feature = "glommio")]
+            Inner::Glommio(g) => g.stats(),
         }
     }
 }

@@ -70,7 +70,6 @@ pub fn bind_socket(addr: SocketAddr, cfg: &IoConfig) -> Result<UdpSocket, IoErro
     Ok(socket.into())
 }
 
-/// `setsockopt` with an `int` value.
 /// Puts a socket in non-blocking mode: every backend polls, none may block
 /// in a receive or send.
 pub(crate) fn set_nonblocking(socket: &impl AsFd) -> Result<(), IoError> {
@@ -83,7 +82,8 @@ pub(crate) fn set_nonblocking(socket: &impl AsFd) -> Result<(), IoError> {
         })
 }
 
-fn set_int(
+/// `setsockopt` with an `int` value.
+pub(crate) fn set_int(
     fd: RawFd,
     level: libc::c_int,
     name: libc::c_int,

@@ -102,6 +102,10 @@ pub struct IoStats {
     pub gro_runs: u64,
     /// Datagrams that arrived inside such runs.
     pub gro_segments: u64,
+    /// Reads longer than the frame they start with that did not split into
+    /// frames of equal declared length, handed over whole (the glommio
+    /// backend, which cannot see the GRO segment size; always 0 elsewhere).
+    pub gro_unsplit: u64,
     /// Polls by datagrams received, in power-of-two buckets.
     pub batch_hist: [u64; BATCH_BUCKETS],
     /// Polls that received nothing.
@@ -189,6 +193,7 @@ impl AddAssign<&IoStats> for IoStats {
             syscalls,
             gro_runs,
             gro_segments,
+            gro_unsplit,
             batch_hist,
             empty_polls,
             send_dropped,
@@ -209,6 +214,7 @@ impl AddAssign<&IoStats> for IoStats {
         self.syscalls += syscalls;
         self.gro_runs += gro_runs;
         self.gro_segments += gro_segments;
+        self.gro_unsplit += gro_unsplit;
         for (mine, theirs) in self.batch_hist.iter_mut().zip(batch_hist) {
             *mine += theirs;
         }
