@@ -1,4 +1,4 @@
-//! Both I/O backends on real loopback sockets: a sender sends single
+//! The I/O backends on real loopback sockets: a sender sends single
 //! datagrams and GSO trains to an `Io`-driven forwarder, which rewrites each
 //! in place and forwards it to a receiver; the receiver must get every
 //! forwarded datagram byte-exact and in order per flow.
@@ -15,6 +15,14 @@ use relay::io::train::TrainSender;
 use relay::io::{bind_socket, Action, Backend, Grouping, Io, IoConfig, IoStats};
 
 const BACKENDS: [Backend; 2] = [Backend::Uring, Backend::Mmsg];
+/// Backends for the cases where no GRO run arrives (single datagrams, or
+/// GRO off), so datagrams need not be frames: the glommio backend splits
+/// runs by the frames' declared lengths (its own runs are tested in
+/// tests/io_glommio.rs).
+#[cfg(feature = "glommio")]
+const NO_RUNS: [Backend; 3] = [Backend::Uring, Backend::Mmsg, Backend::Glommio];
+#[cfg(not(feature = "glommio"))]
+const NO_RUNS: [Backend; 2] = BACKENDS;
 /// First byte of a datagram the forwarder must drop.
 const DROP: u8 = 0x01;
 /// First byte the forwarder writes into what it forwards.
@@ -506,7 +514,7 @@ fn forwards_without_gro_gso_and_with_tiny_buffer_ring() {
         batch: 16,
         ..IoConfig::default()
     };
-    for backend in BACKENDS {
+    for backend in NO_RUNS {
         if !backend_available(backend) {
             continue;
         }
@@ -540,7 +548,7 @@ fn slow_handler_with_two_buffers_loses_nothing() {
 
 #[test]
 fn consume_sends_nothing() {
-    for backend in BACKENDS {
+    for backend in NO_RUNS {
         if !backend_available(backend) {
             continue;
         }
@@ -637,7 +645,7 @@ fn a_second_socket_is_received_from_and_forwards_leave_from_the_first() {
 
 #[test]
 fn send_to_queues_and_groups_equal_sizes() {
-    for backend in BACKENDS {
+    for backend in NO_RUNS {
         if !backend_available(backend) {
             continue;
         }
@@ -681,7 +689,7 @@ fn send_to_queues_and_groups_equal_sizes() {
 
 #[test]
 fn poll_returns_after_timeout_when_idle() {
-    for backend in BACKENDS {
+    for backend in NO_RUNS {
         if !backend_available(backend) {
             continue;
         }
@@ -909,6 +917,18 @@ fn short_waits_are_not_rounded_up_to_a_millisecond() {
             "{backend}: a {wait:?} wait took at least {shortest:?}"
         );
     }
+
+/// Without the `glommio` feature the backend is named but not built: a
+/// typed error says how to get it, and `start` falls back.
+#[cfg(not(feature = "glommio"))]
+#[test]
+fn glommio_without_the_feature_says_how_to_build_it() {
+    let sock = bind_socket(localhost(), &IoConfig::default()).unwrap();
+    let err = Io::new(Backend::Glommio, sock, IoConfig::default()).unwrap_err();
+    assert!(err.to_string().contains("--features glommio"), "{err}");
+    let sock = bind_socket(localhost(), &IoConfig::default()).unwrap();
+    let io = Io::start(Backend::Glommio, sock, IoConfig::default()).unwrap();
+    assert_ne!(io.backend(), Backend::Glommio);
 }
 
 #[test]
