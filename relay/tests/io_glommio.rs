@@ -308,7 +308,7 @@ fn the_gso_option_never_splits_a_later_single_datagram() {
         fill(&mut buf[k * 100..(k + 1) * 100], 0, k as u32, false);
     }
     fill(&mut buf[800..1300], 0, 8, false);
-    let mut forward = |io: &mut Io, n: usize| {
+    let forward = |io: &mut Io, n: usize| {
         let mut seen = 0;
         for _ in 0..100 {
             if seen == n {
