@@ -917,6 +917,7 @@ fn short_waits_are_not_rounded_up_to_a_millisecond() {
             "{backend}: a {wait:?} wait took at least {shortest:?}"
         );
     }
+}
 
 /// Without the `glommio` feature the backend is named but not built: a
 /// typed error says how to get it, and `start` falls back.
