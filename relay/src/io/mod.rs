@@ -303,12 +303,16 @@ impl Io {
 
     /// Changes the busy-poll budget ([`IoConfig::busy_poll`]) from the next
     /// poll on: for a receiver whose caller decides late how it waits (the
-    /// load generator's, measuring with the relays' wait strategy).
+    /// load generator's, measuring with the relays' wait strategy). The
+    /// glommio backend does not busy poll and ignores it.
     pub fn set_busy_poll(&mut self, budget: Option<Duration>) -> Result<(), IoError> {
         IoConfig::check_busy_poll(budget)?;
         match &mut self.inner {
             Inner::Uring(u) => u.busy_poll = budget,
             Inner::Mmsg(m) => m.busy_poll = budget,
+            // glommio's executor decides how it waits: no busy polling.
+            #[cfg(feature = "glommio")]
+            Inner::Glommio(_) => {}
         }
         Ok(())
     }
