@@ -6,9 +6,13 @@
 #     (scripts/instructions.sh against bench/instructions.json): fails
 #     when a case grew by more than INSTR_THRESHOLD percent (default 2).
 #     Deterministic: any machine, any load.
-#  2. Delivered-rate ratios between the modes through a real relay on
-#     loopback (loadgen --baseline loadgen/baseline.json): fails when a
-#     ratio fell by more than RATIO_MAX_REGRESSION percent (default 5).
+#  2. Paired ratios between the modes through a real relay on loopback
+#     (loadgen --baseline loadgen/baseline.json; the modes' relays take
+#     turns in 200 ms slices): fails when a delivered-rate ratio fell, or a
+#     relay CPU-per-frame ratio rose, by more than RATIO_MAX_REGRESSION
+#     percent (default 10: two sittings minutes apart on the same code
+#     differed by up to 10 % on this VM) with the whole 95 % interval
+#     beyond that limit.
 #     Timing: run it on a quiet machine.
 #
 #   scripts/regress.sh            # both halves (about 1 minute after the builds)
@@ -22,13 +26,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
 instr_threshold="${INSTR_THRESHOLD:-2}"
-ratio_max="${RATIO_MAX_REGRESSION:-5}"
+ratio_max="${RATIO_MAX_REGRESSION:-10}"
 baseline=loadgen/baseline.json
 # The loadgen half: 64-byte frames (where the policy's share of the work is
 # largest) and bulk with 10 % of the flows denied; ratios between the modes
-# of the same invocation, 3 repeats, no paced runs, no in-memory table.
+# of the same invocation, 30 rounds each, no paced runs, no in-memory table.
 loadgen_args=(--scenario small,deny-mix --modes ztna,vpn,forward --loads none
-    --no-direct --secs 1 --repeat 3 --cost-secs 0)
+    --no-direct --secs 6 --cost-secs 0)
 
 write=0
 case "${1:-}" in
