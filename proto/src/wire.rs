@@ -587,7 +587,10 @@ mod tests {
         keepalive[0] = Kind::Keepalive.byte0();
         assert_eq!(declared_len(&keepalive), Some(HEADER_LEN));
         // The length field is all that is read: 4 bytes suffice.
-        assert_eq!(declared_len(&[0x11, 0, 0x01, 0x00]), Some(HEADER_LEN + 256));
+        assert_eq!(
+            declared_len(&[Kind::DataUp.byte0(), 0, 0x01, 0x00]),
+            Some(HEADER_LEN + 256)
+        );
         let mut init = [0u8; 10];
         init[0] = Kind::HandshakeInit.byte0();
         init[8..10].copy_from_slice(&96u16.to_be_bytes());
@@ -604,8 +607,8 @@ mod tests {
         assert_eq!(declared_len(&[]), None);
         assert_eq!(declared_len(&DATA[..3]), None);
         assert_eq!(declared_len(&init[..9]), None);
-        assert_eq!(declared_len(&[0x21, 0, 0, 0]), None);
-        assert_eq!(declared_len(&[0x17, 0, 0, 0]), None);
+        assert_eq!(declared_len(&[0x11, 0, 0, 0]), None);
+        assert_eq!(declared_len(&[0x2f, 0, 0, 0]), None);
     }
 
     #[test]
