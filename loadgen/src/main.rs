@@ -44,8 +44,8 @@ const EXIT_INTERRUPTED: u8 = 130;
 /// as recorded with the build). Each mode has its own
 /// relay, all up at once on one core, and the measurements take turns
 /// across them in 200 ms slices: the ratios between modes are medians of
-/// per-round ratios with 95 % bootstrap intervals, which resolve
-/// differences of about 1 % on a noisy machine.
+/// per-round ratios with 95 % bootstrap intervals (with --secs 12, about
+/// ±2 % on the relay's CPU per frame on a 2-core VM; docs/perf.md).
 ///
 /// With --relays 1,2: the same traffic also crosses two relays in a mesh,
 /// interleaved with the one-relay runs, and the table adds what the second
