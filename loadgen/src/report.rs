@@ -131,6 +131,14 @@ pub struct RunResult {
     /// Frames for denied pairs that arrived anyway.
     #[serde(default)]
     pub denied_delivered: u64,
+    /// Relay worker instructions per frame judged, from the hardware
+    /// counters on its thread, where the machine has them; through several
+    /// relays, the sum of each relay's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_instructions_per_frame: Option<f64>,
+    /// Relay worker cycles per frame judged, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_cycles_per_frame: Option<f64>,
     /// Each slice of an interleaved run, in round order (empty when the
     /// run was not sliced): what the paired ratios are computed from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -161,6 +169,10 @@ pub struct Report {
     /// Runs straight from sender to receiver: the machine's ceiling for the
     /// load generator.
     pub direct: Vec<RunResult>,
+    /// Why the relay workers' hardware counters counted nothing, where
+    /// they did not (no PMU in a VM, `perf_event_paranoid`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_counters_unavailable: Option<String>,
 }
 
 /// Labels of one run.
@@ -254,6 +266,8 @@ impl RunResult {
             verified: m.sink.verified,
             corrupt: m.sink.corrupt + m.sink.bad_hop,
             denied_delivered: m.sink.denied_delivered,
+            relay_instructions_per_frame: hw_per_frame(m, |h| h.instructions),
+            relay_cycles_per_frame: hw_per_frame(m, |h| h.cycles),
             slices: Vec::new(),
         }
     }
@@ -300,6 +314,21 @@ impl RunResult {
         )
         .through(self.relays)
     }
+}
+
+/// A hardware count per frame judged, added up over the path's relays
+/// (`None` unless every relay's counters counted and judged frames).
+fn hw_per_frame(m: &Measurement, f: fn(&bench::hw::HwReading) -> u64) -> Option<f64> {
+    if m.relays.is_empty() {
+        return None;
+    }
+    m.relays
+        .iter()
+        .map(|r| {
+            let hw = r.hw.as_ref()?;
+            (r.counters.frames > 0).then(|| f(hw) as f64 / r.counters.frames as f64)
+        })
+        .sum()
 }
 
 /// Identifies a run up to repetition.
@@ -1086,6 +1115,43 @@ pub fn table(report: &Report) -> String {
     }
     out.push_str(&paired_text(report));
     out.push_str(&per_hop_text(report));
+    out.push_str(&counters_text(report));
+    out
+}
+
+/// The relay workers' hardware counters per frame, run by run, or why
+/// there are none (empty for a report without relay runs).
+fn counters_text(report: &Report) -> String {
+    let mut out = String::new();
+    let counted: Vec<&RunResult> = report
+        .results
+        .iter()
+        .filter(|r| r.relay_instructions_per_frame.is_some())
+        .collect();
+    if counted.is_empty() {
+        if let Some(why) = &report.relay_counters_unavailable {
+            let _ = writeln!(
+                out,
+                "\nrelay worker hardware counters: not available ({why})"
+            );
+        }
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\nrelay worker hardware counters (perf_event_open on the worker's thread, user space):\n  {:<44} {:>12} {:>12}",
+        "run", "instr/frame", "cycles/frame"
+    );
+    for r in counted {
+        let v = |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |x| format!("{x:.0}"));
+        let _ = writeln!(
+            out,
+            "  {:<44} {:>12} {:>12}",
+            format!("{} (repeat {})", r.key(), r.repeat),
+            v(r.relay_instructions_per_frame),
+            v(r.relay_cycles_per_frame)
+        );
+    }
     out
 }
 
@@ -1116,6 +1182,8 @@ mod tests {
             verified: 0,
             corrupt: 0,
             denied_delivered: 0,
+            relay_instructions_per_frame: None,
+            relay_cycles_per_frame: None,
             slices: Vec::new(),
         }
     }
@@ -1128,6 +1196,7 @@ mod tests {
                 result("forward", "uring", 110.0),
             ],
             direct: vec![result("direct", "none", 200.0)],
+            relay_counters_unavailable: None,
         }
     }
 
@@ -1245,6 +1314,7 @@ mod tests {
                 through(2, 1, 48.0, 400.0, 70.0),
             ],
             direct: vec![result("direct", "none", 200.0)],
+            relay_counters_unavailable: None,
         };
         let costs = per_hop(&report);
         assert_eq!(costs.len(), 1);
@@ -1304,6 +1374,7 @@ mod tests {
                 sliced("forward", &fwd_rates, 380.0),
             ],
             direct: Vec::new(),
+            relay_counters_unavailable: None,
         };
         let all = paired(&report);
         let find = |mode: &str, against: &str| {
@@ -1350,6 +1421,7 @@ mod tests {
         let report = Report {
             results: vec![sliced("vpn", &vpn, 400.0), sliced("forward", &fwd, 400.0)],
             direct: Vec::new(),
+            relay_counters_unavailable: None,
         };
         let p = &paired(&report)[0];
         assert_eq!(p.rate_resolved(), Some(false), "{p:?}");
@@ -1370,12 +1442,13 @@ mod tests {
         let report = Report {
             results: vec![sliced("ztna", &[1.0; 4], 1.0), short.clone()],
             direct: Vec::new(),
+            relay_counters_unavailable: None,
         };
         assert!(paired(&report).is_empty());
         short.slices.clear();
         assert!(paired(&Report {
             results: vec![short.clone(), short],
-            direct: Vec::new()
+            ..Report::default()
         })
         .is_empty());
         assert!(!table(&report).contains("paired comparisons"));
@@ -1394,6 +1467,7 @@ mod tests {
         let p = &paired(&Report {
             results: vec![ztna, bare],
             direct: Vec::new(),
+            relay_counters_unavailable: None,
         })[0];
         assert_eq!(p.against, "bare");
         assert!((p.added_p50_us.unwrap().median - 4.0).abs() < 1e-9, "{p:?}");
@@ -1407,6 +1481,7 @@ mod tests {
                 sliced("vpn", &[100.0; 4], 400.0),
             ],
             direct: Vec::new(),
+            relay_counters_unavailable: None,
         };
         let costs = [
             PolicyCost {
@@ -1450,6 +1525,7 @@ mod tests {
                 sliced("vpn", &[100.0; 8], 400.0),
             ],
             direct: Vec::new(),
+            relay_counters_unavailable: None,
         };
         // The median fell 5.6 %, but the rounds scatter from 0.70 to 1.04:
         // the interval reaches above the limit (0.98 × 0.95), no verdict.
@@ -1460,6 +1536,7 @@ mod tests {
                 sliced("vpn", &[100.0; 8], 400.0),
             ],
             direct: Vec::new(),
+            relay_counters_unavailable: None,
         };
         let (diff, regressed) = compare(&base, &now, 5.0);
         assert!(!regressed, "{diff}");
@@ -1471,6 +1548,7 @@ mod tests {
                 sliced("vpn", &[100.0; 8], 400.0),
             ],
             direct: Vec::new(),
+            relay_counters_unavailable: None,
         };
         let (diff, regressed) = compare(&base, &slower, 5.0);
         assert!(regressed && diff.contains("REGRESSED"), "{diff}");
@@ -1482,6 +1560,7 @@ mod tests {
                 sliced("vpn", &[100.0; 8], 400.0),
             ],
             direct: Vec::new(),
+            relay_counters_unavailable: None,
         };
         let (diff, regressed) = compare(&base, &costlier, 5.0);
         assert!(regressed, "{diff}");
@@ -1490,5 +1569,32 @@ mod tests {
             .find(|l| l.contains("(relay ns/frame)") && l.contains("REGRESSED"))
             .unwrap_or_else(|| panic!("{diff}"));
         assert!(line.contains("/ vpn"), "{line}");
+    }
+
+    #[test]
+    fn relay_counters_show_per_run_or_say_why_not() {
+        let mut counted = result("ztna", "uring", 100.0);
+        counted.relay_instructions_per_frame = Some(1234.4);
+        counted.relay_cycles_per_frame = Some(987.6);
+        let text = table(&Report {
+            results: vec![counted],
+            ..Report::default()
+        });
+        let line = text
+            .lines()
+            .find(|l| l.contains("ztna uring bulk 1400B max (repeat 0)"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains("1234") && line.contains("988"), "{line}");
+        let text = table(&Report {
+            results: vec![result("ztna", "uring", 100.0)],
+            relay_counters_unavailable: Some("perf_event_open(instructions): ENOENT".into()),
+            ..Report::default()
+        });
+        assert!(
+            text.contains(
+                "relay worker hardware counters: not available (perf_event_open(instructions): ENOENT)"
+            ),
+            "{text}"
+        );
     }
 }

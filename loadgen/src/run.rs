@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bench::hw::{HwCounters, HwReading};
 use hdrhistogram::Histogram;
 use proto::datapath::Counters;
 use relay::bare::Bare;
@@ -91,6 +92,31 @@ pub struct RelaySide {
     pub cpu: Option<Duration>,
     /// Of that, time spent busy polling (spinning for datagrams).
     pub spin: Duration,
+    /// The worker thread's instructions and cycles during the run, from
+    /// the hardware counters (`None` where the machine has none, or the
+    /// relay has more than one worker).
+    pub hw: Option<HwReading>,
+}
+
+/// A relay worker's hardware counters, opened on its thread for one run.
+type WorkerCounters = Result<(HwCounters, HwReading), String>;
+
+/// Opens and reads the hardware counters of `relay`'s worker thread, or
+/// says why not.
+fn open_counters<H: Hop + ?Sized>(relay: &H) -> WorkerCounters {
+    let thread = relay
+        .totals()
+        .thread
+        .ok_or_else(|| "the relay has more than one worker".to_owned())?;
+    let mut counters = HwCounters::open(thread).map_err(|e| e.to_string())?;
+    let start = counters.read().map_err(|e| e.to_string())?;
+    Ok((counters, start))
+}
+
+/// What the counters opened by [`open_counters`] counted since.
+fn counted(counters: &mut WorkerCounters) -> Result<HwReading, String> {
+    let (c, start) = counters.as_mut().map_err(|e| e.clone())?;
+    Ok(c.read().map_err(|e| e.to_string())?.since(start))
 }
 
 /// What one run measured.
@@ -111,6 +137,9 @@ pub struct Measurement {
     /// Each relay's side, in path order (users' side first); empty for a
     /// run without relay.
     pub relays: Vec<RelaySide>,
+    /// Why a relay worker's hardware counters gave nothing, if they did
+    /// not (the first reason).
+    pub hw_unavailable: Option<String>,
 }
 
 impl Measurement {
@@ -138,6 +167,16 @@ impl Measurement {
                 (Some(a), Some(b)) => Some(a + b),
                 _ => None,
             };
+            mine.hw = match (mine.hw, theirs.hw) {
+                (Some(a), Some(b)) => Some(HwReading {
+                    instructions: a.instructions + b.instructions,
+                    cycles: a.cycles + b.cycles,
+                }),
+                _ => None,
+            };
+        }
+        if self.hw_unavailable.is_none() {
+            self.hw_unavailable.clone_from(&other.hw_unavailable);
         }
         Ok(())
     }
@@ -149,6 +188,7 @@ fn relay_snapshot<H: Hop + ?Sized>(relay: &H) -> RelaySide {
         counters: t.datapath,
         cpu: t.cpu,
         spin: Duration::from_nanos(t.io.busy_poll_time_ns),
+        hw: None,
     }
 }
 
@@ -157,6 +197,7 @@ fn relay_delta(before: &RelaySide, after: &RelaySide) -> RelaySide {
         counters: after.counters.since(&before.counters),
         cpu: after.cpu.zip(before.cpu).map(|(a, b)| a.saturating_sub(b)),
         spin: after.spin.saturating_sub(before.spin),
+        hw: None,
     }
 }
 
@@ -192,6 +233,7 @@ pub fn run<H: Hop + ?Sized>(
     let total = (end - start).as_secs_f64();
     let mut measuring = false;
     let mut before: Vec<RelaySide> = Vec::new();
+    let mut counters: Vec<WorkerCounters> = Vec::new();
     let (mut sent, mut sent_allowed) = (0u64, 0u64);
     let mut next_due = start;
     let mut last_progress = start;
@@ -211,6 +253,7 @@ pub fn run<H: Hop + ?Sized>(
             sent = 0;
             sent_allowed = 0;
             before = relays.iter().map(|r| relay_snapshot(*r)).collect();
+            counters = relays.iter().map(|r| open_counters(*r)).collect();
         }
         if now >= end {
             break;
@@ -300,6 +343,17 @@ pub fn run<H: Hop + ?Sized>(
         }
     }
     let after = relays.iter().map(|r| relay_snapshot(*r));
+    let mut hw_unavailable = None;
+    let hw: Vec<Option<HwReading>> = counters
+        .iter_mut()
+        .map(|c| match counted(c) {
+            Ok(reading) => Some(reading),
+            Err(why) => {
+                hw_unavailable.get_or_insert(why);
+                None
+            }
+        })
+        .collect();
     let _ = progress(1.0);
     Ok(Measurement {
         secs: window.as_secs_f64(),
@@ -310,7 +364,12 @@ pub fn run<H: Hop + ?Sized>(
         latency,
         relays: after
             .zip(&before)
-            .map(|(a, b)| relay_delta(b, &a))
+            .zip(hw)
+            .map(|((a, b), hw)| RelaySide {
+                hw,
+                ..relay_delta(b, &a)
+            })
             .collect(),
+        hw_unavailable,
     })
 }

@@ -259,6 +259,11 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                     } else {
                         1.0
                     };
+                    if report.relay_counters_unavailable.is_none() {
+                        report
+                            .relay_counters_unavailable
+                            .clone_from(&m.total.hw_unavailable);
+                    }
                     let max = RunResult::new(*l, &m.total).with_slices(&m.slices);
                     obs.finish(&max);
                     max_pps = max_pps.min(max.sent_pps.min(max.recv_pps / delivered_share));

@@ -636,6 +636,17 @@ fn the_policy_cost_follows_the_table() {
         );
     }
     assert!(stdout.contains("ztna − vpn 64B"), "{stdout}");
+    // The relay worker's own counters, opened on its thread (one worker:
+    // loadgen knows which): counted, or the kernel's reason, never that
+    // the thread was unknown.
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("relay worker hardware counters"))
+        .unwrap_or_else(|| panic!("no relay counters line:\n{stdout}"));
+    assert!(
+        line.contains("(perf_event_open"),
+        "neither counted nor the kernel's reason: {line}"
+    );
     // Then the three ways side by side (no vpn relay ran: the whole-relay
     // columns say so with dashes).
     let three = stdout

@@ -209,6 +209,7 @@ fn run(
 fn publish(stats: &mut WorkerStats, io: &Io, slot: &Mutex<WorkerStats>) {
     stats.io = *io.stats();
     stats.cpu = thread_cpu_time();
+    stats.thread = Some(worker::thread_id());
     slot.lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone_from(stats);

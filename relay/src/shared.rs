@@ -41,6 +41,11 @@ pub struct WorkerStats {
     /// CPU time the worker thread has used, where the OS tells (in a sum:
     /// the total of the workers that told).
     pub cpu: Option<Duration>,
+    /// The worker thread's Linux thread id, for per-thread counters
+    /// (`perf_event_open`: the load generator reads the worker's
+    /// instructions and cycles where the machine has them). In a sum: the
+    /// one worker's, and none for several.
+    pub thread: Option<i32>,
 }
 
 impl WorkerStats {
@@ -56,6 +61,8 @@ impl WorkerStats {
             control_frames,
             sessions,
             cpu,
+            // Not additive: `sum` keeps the thread of a single worker.
+            thread: _,
         } = other;
         self.datapath.add(datapath);
         self.io += io;
@@ -75,8 +82,14 @@ impl WorkerStats {
     /// summed (for [`Shared::totals`] and a stopped relay's report).
     pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerStats>) -> WorkerStats {
         let mut total = WorkerStats::default();
+        let mut threads = 0;
         for w in workers {
             total.add(w);
+            threads += 1;
+            total.thread = w.thread;
+        }
+        if threads != 1 {
+            total.thread = None;
         }
         total
     }
@@ -305,6 +318,33 @@ mod tests {
         );
         // Worker 1 did not tell its CPU time: the others' add up.
         assert_eq!(t.cpu, Some(Duration::from_millis(101)));
+    }
+
+    #[test]
+    fn a_sum_names_a_thread_only_for_a_single_worker() {
+        let one = WorkerStats {
+            thread: Some(41),
+            ..WorkerStats::default()
+        };
+        let other = WorkerStats {
+            thread: Some(42),
+            ..WorkerStats::default()
+        };
+        assert_eq!(WorkerStats::sum([&one]).thread, Some(41));
+        assert_eq!(WorkerStats::sum([&one, &other]).thread, None);
+        assert_eq!(WorkerStats::sum([]).thread, None);
+    }
+
+    #[test]
+    fn a_worker_publishes_its_own_thread() {
+        // The id a per-thread counter is opened on: this thread's, not the
+        // process's.
+        let main = crate::worker::thread_id();
+        let spawned = std::thread::spawn(crate::worker::thread_id)
+            .join()
+            .expect("thread ran");
+        assert_ne!(main, spawned);
+        assert_eq!(main, crate::worker::thread_id());
     }
 
     #[test]
