@@ -145,11 +145,12 @@ fn a_short_run_delivers_intact_frames_in_every_mode_and_backend() {
                     text(&out)
                 );
                 for r in runs {
-                    // Every rig of a plan took turns: 4 rounds at full rate, 2 paced,
-                    // slice delivering.
+                    // Every rig of a plan took turns: 4 rounds at full
+                    // rate, 2 paced, each slice kept. (A 50 ms slice may
+                    // deliver nothing on a loaded machine; the run did.)
                     let rounds = if r.load.is_some() { 2 } else { 4 };
                     assert_eq!(r.slices.len(), rounds, "{r:?}");
-                    assert!(r.slices.iter().all(|s| s.recv_pps > 0.0), "{r:?}");
+                    assert!(r.slices.iter().any(|s| s.recv_pps > 0.0), "{r:?}");
                     assert!(r.recv_pps > 0.0, "{r:?}");
                     assert!(r.verified > 0, "nothing opened end to end: {r:?}");
                     assert_eq!(r.corrupt, 0, "{r:?}");
