@@ -96,7 +96,8 @@ struct Cli {
     /// own relay, all up at once on the same core; measurements take turns
     /// across them slice by slice (A B C, C B A, ...), and each ratio
     /// between modes is the median of the per-round ratios, with a 95 %
-    /// bootstrap interval (20..=10000).
+    /// bootstrap interval (100..=10000: the relays publish their counters
+    /// every 100 ms, and a slice must see at least one publication).
     #[arg(long, default_value_t = 200)]
     slice_ms: u64,
 
@@ -286,8 +287,9 @@ impl Cli {
             );
         }
         anyhow::ensure!(
-            (20..=10_000).contains(&self.slice_ms),
-            "--slice-ms must be between 20 and 10000, not {}",
+            (100..=10_000).contains(&self.slice_ms),
+            "--slice-ms must be between 100 and 10000, not {} (the relays publish their \
+             counters every 100 ms: a shorter slice can miss them all)",
             self.slice_ms
         );
         anyhow::ensure!(!self.relays.is_empty(), "--relays names no path");

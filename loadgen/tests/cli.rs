@@ -45,17 +45,20 @@ fn backend_of(io: &str) -> &str {
     }
 }
 
+/// A short run writing its JSON to `json`; `extra` may set `--secs` and
+/// `--latency-secs` itself (0.2 and 0.1 otherwise).
 fn short_run(json: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
-        "--secs",
-        "0.2",
-        "--latency-secs",
-        "0.1",
         "--warmup",
         "0.05",
         "--json",
         json.to_str().expect("utf-8 temp path"),
     ];
+    for (flag, default) in [("--secs", "0.2"), ("--latency-secs", "0.1")] {
+        if !extra.contains(&flag) {
+            args.extend([flag, default]);
+        }
+    }
     args.extend_from_slice(extra);
     loadgen(&args)
 }
@@ -86,9 +89,14 @@ fn a_short_run_delivers_intact_frames_in_every_mode_and_backend() {
             // The bare hop has its own test.
             "--modes",
             "ztna,vpn,forward",
-            // 0.2 s per mode in 50 ms slices: 4 rounds to pair.
+            // 0.4 s per mode (0.2 paced) in 100 ms slices: 4 rounds to
+            // pair (2 paced).
+            "--secs",
+            "0.4",
+            "--latency-secs",
+            "0.2",
             "--slice-ms",
-            "50",
+            "100",
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -146,7 +154,7 @@ fn a_short_run_delivers_intact_frames_in_every_mode_and_backend() {
                 );
                 for r in runs {
                     // Every rig of a plan took turns: 4 rounds at full
-                    // rate, 2 paced, each slice kept. (A 50 ms slice may
+                    // rate, 2 paced, each slice kept. (A 100 ms slice may
                     // deliver nothing on a loaded machine; the run did.)
                     let rounds = if r.load.is_some() { 2 } else { 4 };
                     assert_eq!(r.slices.len(), rounds, "{r:?}");
@@ -198,7 +206,7 @@ fn a_short_glommio_run_delivers_intact_frames() {
             "--verify-every",
             "4",
             "--slice-ms",
-            "50",
+            "100",
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -306,6 +314,13 @@ fn bad_arguments_say_what_to_fix_before_running() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("--loads"), "{}", text(&out));
 
+    // Slices shorter than the relays' statistics period would pair
+    // counters that never moved.
+    let out = loadgen(&["--slice-ms", "50"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("every 100 ms"), "{}", text(&out));
+    assert!(!text(&out).contains("starting a relay"), "{}", text(&out));
+
     let out = loadgen(&["--help"]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
@@ -318,6 +333,8 @@ fn bad_arguments_say_what_to_fix_before_running() {
         "Exit status",
         "--relays",
         "etcd",
+        "--slice-ms",
+        "bootstrap",
     ] {
         assert!(help.contains(word), "--help lacks {word}:\n{help}");
     }
