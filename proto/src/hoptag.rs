@@ -250,6 +250,32 @@ mod tests {
         }
     }
 
+    /// An unchecked data frame whose body is too short for the binding
+    /// (which `Frame::new_checked` refuses) is tagged over its whole body,
+    /// as documented, and never panics: the guard on the body's length is
+    /// what keeps the binding's slices inside it.
+    #[test]
+    fn a_data_frame_too_short_for_the_binding_is_tagged_whole() {
+        let key = HopKey::new(&KEY);
+        for len in [0, 1, 12, DATA_BOUND_LEN - 1] {
+            let f = frame(Kind::DataUp, 9, len);
+            let unchecked = Frame::new_unchecked(&f[..]);
+            let mut body_changed = f.clone();
+            if let Some(b) = body_changed.get_mut(HEADER_LEN) {
+                *b ^= 0x80;
+            }
+            let tag = key.tag_frame(&unchecked);
+            assert_eq!(&tag, unchecked.tag(), "body of {len}");
+            if len > 0 {
+                assert_ne!(
+                    key.tag_frame(&Frame::new_unchecked(&body_changed[..])),
+                    tag,
+                    "body of {len}: its first byte is covered"
+                );
+            }
+        }
+    }
+
     /// The tag input is the header and the covered bytes where they lie:
     /// the same bytes given contiguously to the chosen MAC give the same
     /// tag (so the bench of contiguous inputs measures the real thing).
