@@ -270,12 +270,8 @@ impl UringIo {
         self.queue_sends(&mut ps)?;
         self.bufs.release_handled();
         self.bufs.publish();
-        if !self.ring.submission().is_empty() {
+        if self.submit_queued()? {
             ps.syscalls += 1;
-            self.ring.submit().map_err(|source| IoError::Sys {
-                op: "io_uring_enter",
-                source,
-            })?;
         }
         self.outbound.finish_poll(self.fd, &mut self.stats, &mut ps);
         Ok(ps)
@@ -293,12 +289,8 @@ impl UringIo {
     /// syscalls are a submit of what is queued first (a re-arm: without it
     /// there is nothing to wait for) and the enter that runs found work.
     fn spin(&mut self, spin: &mut Spin, ps: &mut PollStats) -> Result<bool, IoError> {
-        if !self.ring.submission().is_empty() {
+        if self.submit_queued()? {
             ps.syscalls += 1;
-            self.ring.submit().map_err(|source| IoError::Sys {
-                op: "io_uring_enter",
-                source,
-            })?;
         }
         loop {
             let work = {
@@ -521,14 +513,24 @@ impl UringIo {
     /// See [`super::Io::flush`].
     pub(crate) fn flush(&mut self) -> Result<(), IoError> {
         self.outbound.flush(self.fd, &mut self.stats);
-        if !self.ring.submission().is_empty() {
+        if self.submit_queued()? {
             self.stats.syscalls += 1;
-            self.ring.submit().map_err(|source| IoError::Sys {
-                op: "io_uring_enter",
-                source,
-            })?;
         }
         Ok(())
+    }
+
+    /// Submits what the submission queue holds, if anything, without
+    /// waiting; `true` when that took a syscall (the caller counts it where
+    /// it counts its syscalls).
+    fn submit_queued(&mut self) -> Result<bool, IoError> {
+        if self.ring.submission().is_empty() {
+            return Ok(false);
+        }
+        self.ring.submit().map_err(|source| IoError::Sys {
+            op: "io_uring_enter",
+            source,
+        })?;
+        Ok(true)
     }
 }
 
