@@ -88,3 +88,23 @@ fn is_timeout(e: &std::io::Error) -> bool {
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
     )
 }
+
+/// A hop link with fixed keys, as a handshake with a relay would give it
+/// (receiver index 7 here, 9 at the relay), for unit tests of what sends
+/// and receives on one.
+#[cfg(test)]
+pub(crate) fn test_link(send_key: [u8; 32], recv_key: [u8; 32]) -> HopLink {
+    use proto::ids::ReceiverIndex;
+    let pki = crate::pki::Pki::new(1_800_000_000);
+    let relay = pki
+        .node(1000, "relay-1", proto::identity::Role::Relay, &[])
+        .expect("a relay certificate");
+    HopLink::from_keys(proto::handshake::HopSessionKeys {
+        local_index: ReceiverIndex(7),
+        remote_index: ReceiverIndex(9),
+        send_key,
+        recv_key,
+        peer: relay.certificate().clone(),
+        established_at: std::time::Instant::now(),
+    })
+}

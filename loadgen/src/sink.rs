@@ -295,21 +295,11 @@ mod tests {
     /// A hop link as the connector's handshake would give it: the relay
     /// tags frames to it with `RECV`.
     const RECV: [u8; 32] = [0x42; 32];
+    /// `test_link`'s own receiver index.
     const LOCAL: ReceiverIndex = ReceiverIndex(7);
 
     fn link() -> HopLink {
-        let pki = crate::pki::Pki::new(1_800_000_000);
-        let relay = pki
-            .node(1000, "relay-1", proto::identity::Role::Relay, &[])
-            .unwrap();
-        HopLink::from_keys(proto::handshake::HopSessionKeys {
-            local_index: LOCAL,
-            remote_index: ReceiverIndex(9),
-            send_key: [0x21; 32],
-            recv_key: RECV,
-            peer: relay.certificate().clone(),
-            established_at: Instant::now(),
-        })
+        crate::link::test_link([0x21; 32], RECV)
     }
 
     /// `frame` as the relay delivers it on `link()`'s session: receiver

@@ -218,18 +218,7 @@ mod tests {
 
     /// Each user's link as a handshake would give it.
     fn link() -> HopLink {
-        let pki = crate::pki::Pki::new(1_800_000_000);
-        let relay = pki
-            .node(1000, "relay-1", proto::identity::Role::Relay, &[])
-            .unwrap();
-        HopLink::from_keys(proto::handshake::HopSessionKeys {
-            local_index: ReceiverIndex(7),
-            remote_index: ReceiverIndex(9),
-            send_key: SEND,
-            recv_key: [0x42; 32],
-            peer: relay.certificate().clone(),
-            established_at: Instant::now(),
-        })
+        crate::link::test_link(SEND, [0x42; 32])
     }
 
     /// The relay checks each frame's hop tag over the bytes sent,
