@@ -159,6 +159,10 @@ pub struct SliceFigures {
     /// samples).
     #[serde(default)]
     pub p50_us: f64,
+    /// 99th percentile of the slice's one-way latency samples, µs (0
+    /// without samples).
+    #[serde(default)]
+    pub p99_us: f64,
 }
 
 /// What a `--json` file holds.
@@ -296,6 +300,7 @@ impl RunResult {
                         recv_pps: one.recv_pps,
                         relay_ns: one.relay_ns_per_frame,
                         p50_us: one.lat_us.p50,
+                        p99_us: one.lat_us.p99,
                     }
                 })
                 .collect();
@@ -578,6 +583,10 @@ pub struct Paired {
     pub relay_ns: Option<Interval>,
     /// Median latency minus the other's, µs, per round (paced runs).
     pub added_p50_us: Option<Interval>,
+    /// 99th percentile latency minus the other's, µs, per round (paced
+    /// runs): a tail that one rig shows and its twin in the same rounds
+    /// does not is the rig's, not the machine's.
+    pub added_p99_us: Option<Interval>,
 }
 
 impl Paired {
@@ -627,21 +636,20 @@ pub fn paired(report: &Report) -> Vec<Paired> {
                     .collect();
                 Interval::of_median(&v)
             };
-            let added = if key.load_pct.is_some() {
+            let added = |f: fn(&SliceFigures) -> f64| {
                 let v: Vec<f64> = rounds
                     .iter()
-                    .filter(|(a, b)| a.p50_us > 0.0 && b.p50_us > 0.0)
-                    .map(|(a, b)| a.p50_us - b.p50_us)
+                    .filter(|(a, b)| f(a) > 0.0 && f(b) > 0.0)
+                    .map(|(a, b)| f(a) - f(b))
                     .collect();
-                Interval::of_median(&v)
-            } else {
-                None
+                key.load_pct.and(Interval::of_median(&v))
             };
             Paired {
                 rounds: rounds.len(),
                 rate: ratio(|s| Some(s.recv_pps)),
                 relay_ns: ratio(|s| s.relay_ns),
-                added_p50_us: added,
+                added_p50_us: added(|s| s.p50_us),
+                added_p99_us: added(|s| s.p99_us),
                 key,
                 against,
             }
@@ -730,20 +738,22 @@ fn paired_text(report: &Report) -> String {
     if !paced.is_empty() {
         let _ = writeln!(
             out,
-            "{:<14} {:<34} {:<26} {:<26} {:>6}",
+            "{:<14} {:<34} {:<26} {:<30} {:<26} {:>6}",
             "paced",
             "run",
             format!("p50 over {floor}, us"),
+            format!("p99 over {floor}, us"),
             "relay ns/frame",
             "rounds"
         );
         for p in paced {
             let _ = writeln!(
                 out,
-                "{:<14} {:<34} {:<26} {:<26} {:>6}",
+                "{:<14} {:<34} {:<26} {:<30} {:<26} {:>6}",
                 format!("{}/{}", p.key.mode, p.against),
                 run_name(&p.key),
                 interval_text(p.added_p50_us, 0.0, true),
+                interval_text(p.added_p99_us, 0.0, true),
                 interval_text(p.relay_ns, 1.0, false),
                 p.rounds
             );
@@ -1352,6 +1362,7 @@ mod tests {
                 recv_pps,
                 relay_ns: Some(ns),
                 p50_us: 0.0,
+                p99_us: 0.0,
             })
             .collect();
         r
@@ -1455,22 +1466,33 @@ mod tests {
     }
 
     #[test]
-    fn paced_runs_pair_their_median_latency() {
+    fn paced_runs_pair_their_median_and_tail_latency() {
         let mut ztna = sliced("ztna", &[100.0; 5], 1.0);
         let mut bare = sliced("bare", &[100.0; 5], 1.0);
         for (k, (z, b)) in ztna.slices.iter_mut().zip(&mut bare.slices).enumerate() {
             b.p50_us = 20.0 + k as f64;
             z.p50_us = b.p50_us + 4.0;
+            // Tails that swing by milliseconds from round to round, the
+            // relay's 300 µs above the bare hop's in every round.
+            b.p99_us = 100.0 + 1000.0 * (k % 2) as f64;
+            z.p99_us = b.p99_us + 300.0;
         }
         ztna.load = Some(0.1);
         bare.load = Some(0.1);
-        let p = &paired(&Report {
+        let report = Report {
             results: vec![ztna, bare],
             direct: Vec::new(),
             relay_counters_unavailable: None,
-        })[0];
+        };
+        let p = &paired(&report)[0];
         assert_eq!(p.against, "bare");
         assert!((p.added_p50_us.unwrap().median - 4.0).abs() < 1e-9, "{p:?}");
+        let tail = p.added_p99_us.unwrap();
+        assert!((tail.median - 300.0).abs() < 1e-9, "{p:?}");
+        assert!(!tail.contains(0.0), "{p:?}");
+        let text = table(&report);
+        assert!(text.contains("p99 over bare, us"), "{text}");
+        assert!(text.contains("+300.0 [+300.0, +300.0]"), "{text}");
     }
 
     #[test]
