@@ -366,6 +366,47 @@ mod tests {
     }
 
     #[test]
+    fn macs_differing_in_bits_that_cancel_out_are_unequal() {
+        // Two bytes flipped by the same bit: their differences XOR to
+        // zero, so only an OR of the differences sees them.
+        let a = [0x5a; MAC_LEN];
+        let mut b = a;
+        b[0] ^= 1;
+        b[1] ^= 1;
+        assert!(ct_eq(&a, &a));
+        assert!(!ct_eq(&a, &b));
+        let now = Instant::now();
+        let mut f = frame();
+        let mac1 = CookieJar::new(&STATIC).stamp(&mut f, now);
+        let mut forged = mac1;
+        forged[3] ^= 0x40;
+        forged[9] ^= 0x40;
+        let checker = CookieChecker::new(&STATIC, [1; 32], now);
+        assert!(checker.check_mac1(&f, &mac1));
+        assert!(!checker.check_mac1(&f, &forged));
+    }
+
+    #[test]
+    fn a_cookie_reply_opens_only_for_the_responder_it_came_from() {
+        // The reply is sealed under a key derived from the responder's
+        // static key: a jar for another responder, even with the right
+        // mac1, cannot open it.
+        let now = Instant::now();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let checker = CookieChecker::new(&STATIC, [1; 32], now);
+        let mac1 = [5; 16];
+        let reply = checker.reply(ReceiverIndex(1), &mac1, src(), now, &mut rng);
+        let HandshakeFrame::CookieReply(view) = parse(&reply).unwrap() else {
+            panic!("not a cookie reply")
+        };
+        assert_eq!(
+            CookieJar::new(&[4; 32]).accept(&view, &mac1, now),
+            Err(HandshakeError::BadCookieReply)
+        );
+        assert_eq!(CookieJar::new(&STATIC).accept(&view, &mac1, now), Ok(()));
+    }
+
+    #[test]
     fn tampered_cookie_reply_is_rejected() {
         let now = Instant::now();
         let mut rng = rand::rngs::StdRng::seed_from_u64(4);
