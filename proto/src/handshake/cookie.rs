@@ -407,6 +407,33 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_source_gets_a_cookie_bound_to_its_address_and_port() {
+        let now = Instant::now();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        let from: SocketAddr = "[2001:db8::1]:51820".parse().unwrap();
+        let checker = CookieChecker::new(&STATIC, [1; 32], now);
+        let mut jar = CookieJar::new(&STATIC);
+        let mut f = frame();
+        let mac1 = jar.stamp(&mut f, now);
+        let reply = checker.reply(ReceiverIndex(1), &mac1, from, now, &mut rng);
+        let HandshakeFrame::CookieReply(view) = parse(&reply).unwrap() else {
+            panic!("not a cookie reply")
+        };
+        jar.accept(&view, &mac1, now).unwrap();
+        jar.stamp(&mut f, now);
+        let m2: [u8; 16] = f[f.len() - 16..].try_into().unwrap();
+        assert!(checker.check_mac2(&f, &m2, from, now));
+        for other in [
+            "[2001:db8::1]:51821",
+            "[2001:db8::2]:51820",
+            "192.0.2.1:51820",
+        ] {
+            let other: SocketAddr = other.parse().unwrap();
+            assert!(!checker.check_mac2(&f, &m2, other, now), "{other}");
+        }
+    }
+
+    #[test]
     fn tampered_cookie_reply_is_rejected() {
         let now = Instant::now();
         let mut rng = rand::rngs::StdRng::seed_from_u64(4);

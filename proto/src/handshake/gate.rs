@@ -398,6 +398,27 @@ mod tests {
     }
 
     #[test]
+    fn drop_reasons_keep_their_metric_labels() {
+        // The labels of `ztna_handshakes_gated_total` (docs/security.md),
+        // which dashboards and alerts select on.
+        assert_eq!(GateDrop::BadMac1.name(), "bad_mac1");
+        assert_eq!(GateDrop::Shed.name(), "fair_shed");
+    }
+
+    #[test]
+    fn a_gate_keeps_the_limits_it_was_given() {
+        let now = Instant::now();
+        let limits = GateLimits {
+            under_load: 3,
+            fair_depth: 5,
+            share_budget: 7,
+            window: Duration::from_millis(250),
+        };
+        let gate = HandshakeGate::new(CookieChecker::new(&RELAY, [9; 32], now), limits, now);
+        assert_eq!(gate.limits(), limits);
+    }
+
+    #[test]
     fn bad_mac1_is_dropped_at_any_depth() {
         let mut b = bed();
         let mut f = init();
