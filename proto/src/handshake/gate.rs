@@ -232,6 +232,16 @@ fn source_key(ip: IpAddr) -> u128 {
     }
 }
 
+/// The [`PROBES`] slots probed, in order, for a source whose keyed hash
+/// is `h` (double hashing): the start from the hash's low bits, the
+/// stride from its high bits. An odd stride visits distinct slots of the
+/// power-of-two table, and sources that share a start slot part after
+/// it (no long clusters).
+fn probe_slots(h: u64) -> impl Iterator<Item = usize> {
+    let (start, stride) = (h as usize, (h >> 32) as usize | 1);
+    (0..PROBES).map(move |p| start.wrapping_add(p.wrapping_mul(stride)) % SOURCE_SLOTS)
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
     key: u128,
@@ -285,13 +295,9 @@ impl SourceTable {
             self.window = window;
             self.active = 0;
         }
-        let h = self.hasher.hash_one(key);
-        // An odd stride visits distinct slots of the power-of-two table.
-        let (start, stride) = (h as usize, (h >> 32) as usize | 1);
         let mut free = None;
         let mut found = None;
-        for p in 0..PROBES {
-            let i = start.wrapping_add(p.wrapping_mul(stride)) % SOURCE_SLOTS;
+        for i in probe_slots(self.hasher.hash_one(key)) {
             let s = &self.slots[i];
             let live = s.window != 0 && s.window.saturating_add(1) >= window;
             if live && s.key == key {
@@ -546,6 +552,27 @@ mod tests {
             "1 before, 1 now; 2 active before"
         );
         assert_eq!(t.arrive(7, 5), Some((1, 1)), "a gap forgets");
+    }
+
+    #[test]
+    fn probes_are_distinct_and_part_sources_that_share_a_start() {
+        for h in [
+            0u64,
+            1,
+            1 << 32,
+            2 << 32,
+            3 << 32,
+            u64::MAX,
+            0x1234_5678_9abc_def0,
+        ] {
+            let slots: std::collections::HashSet<usize> = probe_slots(h).collect();
+            assert_eq!(slots.len(), PROBES, "hash {h:#x}");
+        }
+        // The same start slot, other high bits: another stride.
+        let a: Vec<usize> = probe_slots(5).collect();
+        let b: Vec<usize> = probe_slots(5 | (2 << 32)).collect();
+        assert_eq!(a[0], b[0]);
+        assert_ne!(a[1..], b[1..]);
     }
 
     #[test]
