@@ -325,6 +325,35 @@ mod tests {
     }
 
     #[test]
+    fn bodies_shorter_than_a_noise_message_are_truncated_not_a_panic() {
+        let init_min = E2E_INIT_HEADER_LEN + NOISE_INIT_MIN_LEN;
+        let resp_min = E2E_RESPONSE_HEADER_LEN + NOISE_RESPONSE_MIN_LEN;
+        let bytes: Vec<u8> = (0..=255).collect();
+        for len in 0..init_min {
+            assert_eq!(
+                E2eInitBody::parse(&bytes[..len]),
+                Err(WireError::Truncated),
+                "init body of {len} bytes"
+            );
+        }
+        for len in 0..resp_min {
+            assert_eq!(
+                E2eResponseBody::parse(&bytes[..len]),
+                Err(WireError::Truncated),
+                "response body of {len} bytes"
+            );
+        }
+        // The shortest bodies parse, their indices read big-endian.
+        let init = E2eInitBody::parse(&bytes[..init_min]).unwrap();
+        assert_eq!(init.sender, ReceiverIndex(0x0001_0203));
+        assert_eq!(init.noise, &bytes[E2E_INIT_HEADER_LEN..init_min]);
+        let resp = E2eResponseBody::parse(&bytes[..resp_min]).unwrap();
+        assert_eq!(resp.sender, ReceiverIndex(0x0001_0203));
+        assert_eq!(resp.receiver, ReceiverIndex(0x0405_0607));
+        assert_eq!(resp.noise, &bytes[E2E_RESPONSE_HEADER_LEN..resp_min]);
+    }
+
+    #[test]
     fn round_trip_keys_cross_match() {
         let mut s = setup();
         let (mut init, body) = start(&s, U, S, NOW_NS);
