@@ -358,6 +358,7 @@ mod tests {
         let mut s = setup();
         let (mut init, body) = start(&s, U, S, NOW_NS);
         assert_eq!(&body[..4], &11u32.to_be_bytes());
+        assert_eq!(init.local_index(), ReceiverIndex(11));
         let (reply, c_keys) = s
             .responder
             .handle_init(&body, U, S, ReceiverIndex(22), NOW_NS)
