@@ -354,6 +354,41 @@ mod tests {
     }
 
     #[test]
+    fn renewed_responder_answers_with_the_new_certificate_only_for_the_same_key() {
+        let mut s = setup();
+        let key = *s.connector.private_key();
+        let public = *s.connector.public_key();
+        let renewed = node_with_key(
+            &ca(),
+            900,
+            "pg-connector-renewed",
+            Role::Connector,
+            key,
+            public,
+        );
+        // Another key under the same id is not a renewal: refused, and the
+        // responder keeps answering with the old certificate.
+        let other = node(&ca(), 900, "pg-connector-other-key", Role::Connector);
+        assert!(!s.responder.renew(other));
+        let (mut init, body) = start(&s, U, S, NOW_NS);
+        let (reply, _) = s
+            .responder
+            .handle_init(&body, U, S, ReceiverIndex(22), NOW_NS)
+            .unwrap();
+        let keys = init.handle_response(&reply, U, S, NOW_NS).unwrap();
+        assert_eq!(keys.peer.body.name, "pg-connector");
+
+        assert!(s.responder.renew(renewed));
+        let (mut init, body) = start(&s, U, S, NOW_NS + 1);
+        let (reply, _) = s
+            .responder
+            .handle_init(&body, U, S, ReceiverIndex(23), NOW_NS + 1)
+            .unwrap();
+        let keys = init.handle_response(&reply, U, S, NOW_NS + 1).unwrap();
+        assert_eq!(keys.peer.body.name, "pg-connector-renewed");
+    }
+
+    #[test]
     fn round_trip_keys_cross_match() {
         let mut s = setup();
         let (mut init, body) = start(&s, U, S, NOW_NS);
