@@ -452,6 +452,7 @@ mod tests {
     fn full_handshake_keys_cross_match() {
         let mut p = pair();
         let (mut init, frame, _) = p.start(NOW_NS);
+        assert_eq!(init.local_index(), ReceiverIndex(100));
         let (response, r_keys) = established(p.respond(&frame, false).unwrap());
         let i_keys = init.handle_response(&response, p.now, NOW_NS).unwrap();
         assert_eq!(i_keys.send_key, r_keys.recv_key);
