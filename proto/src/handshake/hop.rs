@@ -562,6 +562,28 @@ mod tests {
     }
 
     #[test]
+    fn a_renewal_needs_both_the_private_key_and_the_certificate_key() {
+        let mut p = pair();
+        let key = *p.relay.private_key();
+        let public = *p.relay.public_key();
+        let fresh = StaticKeypair::generate().unwrap();
+        // The same private key with a certificate for another key (the
+        // wrong certificate installed) would make every peer refuse the
+        // handshake; another private key under the right certificate
+        // could not complete one. Neither is a renewal.
+        let wrong_cert = node_with_key(&ca(), 1, "relay-1-cert", Role::Relay, key, fresh.public);
+        let wrong_key = node_with_key(&ca(), 1, "relay-1-key", Role::Relay, fresh.private, public);
+        assert!(!p.relay.same_key(&wrong_cert));
+        assert!(!p.relay.same_key(&wrong_key));
+        assert!(!p.responder.renew(wrong_cert));
+        assert!(!p.responder.renew(wrong_key));
+        let (mut init, frame, _) = p.start(NOW_NS);
+        let (response, _) = established(p.respond(&frame, false).unwrap());
+        let keys = init.handle_response(&response, p.now, NOW_NS).unwrap();
+        assert_eq!(keys.peer.body.name, "relay-1");
+    }
+
+    #[test]
     fn initiator_rejects_responder_with_wrong_role() {
         let mut p = pair();
         let (_, frame, _) = p.start(NOW_NS);
