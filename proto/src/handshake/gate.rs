@@ -213,13 +213,14 @@ impl HandshakeGate {
         }
     }
 
-    /// The number of the window `now` falls in (1 for the first).
+    /// The number of the window `now` falls in (1 for the first),
+    /// stopping at `u32::MAX` (after 49.7 days of 1 ms windows).
     fn window(&self, now: Instant) -> u32 {
         let ms = self.limits.window.as_millis().max(1);
         let since = now
             .saturating_duration_since(self.sources.start)
             .as_millis();
-        u32::try_from(since / ms).unwrap_or(u32::MAX - 1) + 1
+        u32::try_from(since / ms + 1).unwrap_or(u32::MAX)
     }
 }
 
@@ -573,6 +574,27 @@ mod tests {
         let b: Vec<usize> = probe_slots(5 | (2 << 32)).collect();
         assert_eq!(a[0], b[0]);
         assert_ne!(a[1..], b[1..]);
+    }
+
+    #[test]
+    fn the_window_number_saturates_after_two_to_the_32_windows() {
+        // 1 ms windows run out of u32 after 49.7 days of uptime: the
+        // window number stops at u32::MAX instead of overflowing.
+        let mut b = bed();
+        b.gate.limits.window = Duration::from_millis(1);
+        let start = b.now;
+        assert_eq!(b.gate.window(start), 1);
+        let last = start + Duration::from_millis(u64::from(u32::MAX) - 2);
+        assert_eq!(b.gate.window(last), u32::MAX - 1);
+        for ms in [u64::from(u32::MAX), 2 * u64::from(u32::MAX)] {
+            assert_eq!(b.gate.window(start + Duration::from_millis(ms)), u32::MAX);
+        }
+        b.now = start + Duration::from_millis(2 * u64::from(u32::MAX));
+        let f = b.proven(addr(1));
+        assert_eq!(
+            b.check(&f, addr(1), b.gate.limits().fair_depth),
+            Gate::Admit
+        );
     }
 
     #[test]
