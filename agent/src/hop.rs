@@ -820,6 +820,25 @@ mod tests {
         assert!(!Hop::is_probe(&s.frame_from_relay(0)));
     }
 
+    /// An agent sends two control messages, its ping and the pong that
+    /// answers a relay's probe: both fixed-size, far within the bound a
+    /// relay holds control frames to (`MAX_CONTROL_BODY`), and the relay's
+    /// side takes the ping.
+    #[test]
+    fn the_agents_control_messages_fit_the_control_frame_bound() {
+        use proto::wire::MAX_CONTROL_BODY;
+        let mut s = Sim::new();
+        s.establish();
+        s.hop.digest = u64::MAX;
+        let mut out = Vec::new();
+        s.hop.ping_now(s.now, &mut out);
+        let ping = only(&out, Kind::Control);
+        assert!(s.relay_accepts(0, &ping));
+        assert_eq!(ping.len() - HEADER_LEN, proto::control::PING_LEN);
+        assert_eq!(pong_body().len(), proto::control::PING_LEN);
+        assert!(proto::control::PING_LEN <= MAX_CONTROL_BODY);
+    }
+
     #[test]
     fn silence_brings_a_ping_after_ping_after() {
         let mut s = Sim::new();

@@ -82,7 +82,8 @@ impl core::str::FromStr for Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum DropReason {
-    /// Not a well-formed frame (length, version, kind, length field).
+    /// Not a well-formed frame (length, version, kind, length field, a
+    /// body longer than its kind allows: [`wire::Kind::max_body_len`]).
     Malformed = 0,
     /// The receiver index names no session of this worker.
     UnknownSession,
@@ -1122,7 +1123,8 @@ mod tests {
     }
 
     fn on_new(kind: Kind, counter: u64, key: &[u8; 32]) -> Vec<u8> {
-        let mut buf = vec![0; 100];
+        // 100 bytes, or as many as the kind allows (a keepalive: 32).
+        let mut buf = vec![0; HEADER_LEN + kind.max_body_len().min(100 - HEADER_LEN)];
         write_frame(
             &mut buf,
             kind,
@@ -1204,7 +1206,7 @@ mod tests {
                 ReceiverIndex(0x10_0000 + i),
                 RxSession::new(&NEW_KEY, Peer::User(UserId(0)), HopId(1)),
             );
-            let mut f = vec![0; 100];
+            let mut f = vec![0; HEADER_LEN];
             write_frame(
                 &mut f,
                 Kind::Keepalive,

@@ -62,6 +62,43 @@ pub const MAX_BODY_LEN: usize = 65_507 - HEADER_LEN;
 // The framing budget: header + end-to-end part around the payload.
 const _: () = assert!(DATA_OVERHEAD <= 64);
 
+/// The longest body of a [`Kind::Keepalive`] frame: none. A keepalive is a
+/// hop header alone (`HopLink::keepalive` sends nothing else).
+pub const MAX_KEEPALIVE_BODY: usize = 0;
+/// The longest body of a [`Kind::Control`] frame.
+///
+/// Derived from the senders: an agent sends `Ping`s and `Pong`s
+/// ([`crate::control::PING_LEN`], 9 bytes); a relay sends those and
+/// directory parts, which it splits at
+/// [`crate::control::DEFAULT_MAX_BODY`] (1200 bytes, so that a control
+/// frame fits the IPv6 minimum MTU; a part holding a single longest entry
+/// is 315 bytes). The bound adds a margin of 32 bytes and is the same
+/// 1232 the hop handshake frames are held to
+/// ([`crate::handshake::frames::INIT_MAX_LEN`]). The hop tag covers a
+/// control body whole, so this bounds what a forged one costs the receiver
+/// (`docs/security.md` §7).
+pub const MAX_CONTROL_BODY: usize = 1232;
+/// The longest body of a [`Kind::E2eHandshakeUp`] or
+/// [`Kind::E2eHandshakeDown`] frame.
+///
+/// Derived from the end-to-end handshake: an `E2eHandshakeUp` body is at
+/// most [`crate::handshake::e2e::E2E_INIT_MAX_LEN`] (1080 bytes: a 4-byte index
+/// and a Noise IK first message whose payload is a timestamp, an index and
+/// the largest certificate, [`crate::identity::MAX_CERT_LEN`] = 968
+/// bytes), an `E2eHandshakeDown` body at most
+/// [`crate::handshake::e2e::E2E_RESPONSE_MAX_LEN`] (1028 bytes). The bound
+/// leaves a margin of 152 bytes above the longer and, like
+/// [`MAX_CONTROL_BODY`], is 1232.
+pub const MAX_E2E_HANDSHAKE_BODY: usize = 1232;
+// Every sender's largest body is within its kind's bound (the tests of
+// `control`, `handshake::e2e` and the relay's control thread build them).
+const _: () = assert!(crate::control::DEFAULT_MAX_BODY <= MAX_CONTROL_BODY);
+const _: () =
+    assert!(crate::control::PART_HEADER_LEN + crate::control::MAX_ENTRY_LEN <= MAX_CONTROL_BODY);
+const _: () = assert!(crate::control::PING_LEN <= MAX_CONTROL_BODY);
+const _: () = assert!(crate::handshake::e2e::E2E_INIT_MAX_LEN <= MAX_E2E_HANDSHAKE_BODY);
+const _: () = assert!(crate::handshake::e2e::E2E_RESPONSE_MAX_LEN <= MAX_E2E_HANDSHAKE_BODY);
+
 /// Default initial ttl: bounds any path through the mesh.
 pub const DEFAULT_TTL: u8 = 16;
 
@@ -97,6 +134,9 @@ pub enum WireError {
     /// The length field disagrees with the datagram's length.
     #[error("length field does not match the datagram length")]
     BadLength,
+    /// The body is longer than its kind allows ([`Kind::max_body_len`]).
+    #[error("frame body longer than its kind allows")]
+    TooLong,
 }
 
 /// Direction of a routed frame through the mesh.
@@ -164,6 +204,26 @@ impl Kind {
             self,
             Kind::HandshakeInit | Kind::HandshakeResponse | Kind::CookieReply
         )
+    }
+
+    /// The longest body a frame of this kind may have after its hop header:
+    /// [`MAX_KEEPALIVE_BODY`], [`MAX_CONTROL_BODY`],
+    /// [`MAX_E2E_HANDSHAKE_BODY`], and for data whatever the 16-bit length
+    /// field describes (the datagram bounds it; the hop tag covers 28 bytes
+    /// of a data body whatever its length). The hop handshake kinds have no
+    /// hop header; [`crate::handshake::frames`] bounds them.
+    #[inline]
+    pub const fn max_body_len(self) -> usize {
+        match self {
+            Kind::Keepalive => MAX_KEEPALIVE_BODY,
+            Kind::Control => MAX_CONTROL_BODY,
+            Kind::E2eHandshakeUp | Kind::E2eHandshakeDown => MAX_E2E_HANDSHAKE_BODY,
+            Kind::DataUp
+            | Kind::DataDown
+            | Kind::HandshakeInit
+            | Kind::HandshakeResponse
+            | Kind::CookieReply => u16::MAX as usize,
+        }
     }
 
     /// Direction for kinds that relays forward; `None` for kinds that end
@@ -258,8 +318,11 @@ impl<T: AsRef<[u8]>> Frame<T> {
     }
 
     /// Wraps a buffer and checks that it is a well-formed data-plane frame:
-    /// long enough, right version, a kind that has a hop header, and a
-    /// length field equal to the body's real length.
+    /// long enough, right version, a kind that has a hop header, a length
+    /// field equal to the body's real length, and a body no longer than
+    /// the kind allows ([`Kind::max_body_len`]: a relay refuses a longer
+    /// keepalive, control or end-to-end handshake frame before it looks up
+    /// the session or computes a MAC over the body).
     #[inline]
     pub fn new_checked(buffer: T) -> Result<Frame<T>, WireError> {
         let frame = Self::new_unchecked(buffer);
@@ -287,6 +350,9 @@ impl<T: AsRef<[u8]>> Frame<T> {
         };
         if buf.len() - HEADER_LEN < min_body {
             return Err(WireError::Truncated);
+        }
+        if buf.len() - HEADER_LEN > kind.max_body_len() {
+            return Err(WireError::TooLong);
         }
         Ok(())
     }
@@ -677,6 +743,47 @@ mod tests {
             Frame::new_checked(&buf[..]).unwrap().kind(),
             Kind::Keepalive
         );
+    }
+
+    /// A frame of `kind` with a body of `len` bytes, its length field right.
+    fn of_len(kind: Kind, len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; HEADER_LEN + len];
+        f[0] = kind.byte0();
+        f[2..4].copy_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn bodies_longer_than_their_kind_allows_are_refused() {
+        for (kind, max) in [
+            (Kind::Keepalive, MAX_KEEPALIVE_BODY),
+            (Kind::Control, MAX_CONTROL_BODY),
+            (Kind::E2eHandshakeUp, MAX_E2E_HANDSHAKE_BODY),
+            (Kind::E2eHandshakeDown, MAX_E2E_HANDSHAKE_BODY),
+        ] {
+            assert_eq!(kind.max_body_len(), max);
+            assert!(
+                Frame::new_checked(&of_len(kind, max)[..]).is_ok(),
+                "{kind:?}"
+            );
+            assert_eq!(
+                Frame::new_checked(&of_len(kind, max + 1)[..]),
+                Err(WireError::TooLong),
+                "{kind:?}"
+            );
+            assert_eq!(
+                Frame::new_checked(&of_len(kind, MAX_BODY_LEN)[..]),
+                Err(WireError::TooLong),
+                "{kind:?}"
+            );
+        }
+        // Data is bounded by the length field (and the datagram) alone.
+        for kind in [Kind::DataUp, Kind::DataDown] {
+            assert_eq!(kind.max_body_len(), usize::from(u16::MAX));
+            assert!(Frame::new_checked(&of_len(kind, MAX_BODY_LEN)[..]).is_ok());
+        }
+        assert_eq!((MAX_KEEPALIVE_BODY, MAX_CONTROL_BODY), (0, 1232));
+        assert_eq!(MAX_E2E_HANDSHAKE_BODY, 1232);
     }
 
     #[test]

@@ -33,6 +33,17 @@ use crate::wire::WireError;
 pub const E2E_INIT_HEADER_LEN: usize = 4;
 /// Bytes of an `E2eHandshakeDown` body before the Noise message.
 pub const E2E_RESPONSE_HEADER_LEN: usize = 8;
+/// The longest `E2eHandshakeUp` body: the header and a Noise IK first
+/// message whose payload is the timestamp (8), the sender index (4) and
+/// the largest certificate (the hop initiation's Noise message, at most
+/// as long). Within [`crate::wire::MAX_E2E_HANDSHAKE_BODY`].
+pub const E2E_INIT_MAX_LEN: usize =
+    E2E_INIT_HEADER_LEN + NOISE_INIT_MIN_LEN + 8 + 4 + crate::identity::MAX_CERT_LEN;
+/// The longest `E2eHandshakeDown` body: the header and a Noise IK second
+/// message whose payload is the sender index (4) and the largest
+/// certificate. Within [`crate::wire::MAX_E2E_HANDSHAKE_BODY`].
+pub const E2E_RESPONSE_MAX_LEN: usize =
+    E2E_RESPONSE_HEADER_LEN + NOISE_RESPONSE_MIN_LEN + 4 + crate::identity::MAX_CERT_LEN;
 
 const E2E_PROLOGUE_LABEL: &[u8] = b"ztna-mesh e2e handshake v1";
 
@@ -622,6 +633,67 @@ mod tests {
             Err(HandshakeError::Malformed(WireError::Truncated))
         );
         assert!(init.handle_response(&reply, U, S, NOW_NS).is_ok());
+    }
+
+    /// A node whose certificate is as long as a certificate can be:
+    /// the longest name and the most groups of the longest names.
+    fn largest(id: u32, role: Role) -> LocalIdentity {
+        use crate::identity::{
+            CertificateBody, MAX_CERT_LEN, MAX_GROUPS, MAX_GROUP_LEN, MAX_NAME_LEN,
+        };
+        let kp = super::super::StaticKeypair::generate().unwrap();
+        let cert = ca()
+            .issue(CertificateBody {
+                id,
+                name: "n".repeat(MAX_NAME_LEN),
+                role,
+                groups: (0..MAX_GROUPS)
+                    .map(|g| format!("{g:0>width$}", width = MAX_GROUP_LEN))
+                    .collect(),
+                static_key: kp.public,
+                not_before: NOW_UNIX - 60,
+                not_after: NOW_UNIX + 3600,
+            })
+            .unwrap();
+        assert_eq!(cert.to_bytes().len(), MAX_CERT_LEN);
+        LocalIdentity::new(kp.private, cert)
+    }
+
+    /// The end-to-end handshake's two senders at their largest (both
+    /// certificates as long as certificates get) write bodies of exactly
+    /// the documented maxima, which the frame bound admits: a relay or a
+    /// connector never refuses a genuine handshake as too long.
+    #[test]
+    fn the_largest_handshake_bodies_fit_the_frame_bound() {
+        use crate::wire::{Frame, Kind, HEADER_LEN, MAX_E2E_HANDSHAKE_BODY};
+        let agent = largest(42, Role::User);
+        let connector = largest(900, Role::Connector);
+        let mut responder =
+            E2eResponder::new(connector.clone(), Trust::new(ca().public(), &[Role::User]));
+        let (mut init, up) = E2eInitiator::new(
+            &agent,
+            connector.public_key(),
+            Trust::new(ca().public(), &[Role::Connector]),
+            U,
+            S,
+            ReceiverIndex(11),
+            NOW_NS,
+        )
+        .unwrap();
+        assert_eq!(up.len(), E2E_INIT_MAX_LEN);
+        let (down, _) = responder
+            .handle_init(&up, U, S, ReceiverIndex(22), NOW_NS)
+            .unwrap();
+        assert_eq!(down.len(), E2E_RESPONSE_MAX_LEN);
+        assert!(init.handle_response(&down, U, S, NOW_NS).is_ok());
+        for (kind, body) in [(Kind::E2eHandshakeUp, &up), (Kind::E2eHandshakeDown, &down)] {
+            assert!(body.len() <= MAX_E2E_HANDSHAKE_BODY);
+            let mut frame = vec![0u8; HEADER_LEN + body.len()];
+            frame[0] = kind.byte0();
+            frame[2..4].copy_from_slice(&u16::try_from(body.len()).unwrap().to_be_bytes());
+            frame[HEADER_LEN..].copy_from_slice(body);
+            assert!(Frame::new_checked(&frame[..]).is_ok(), "{kind:?}");
+        }
     }
 
     proptest::proptest! {
