@@ -17,10 +17,10 @@ use std::time::Instant;
 
 use proptest::prelude::*;
 use proto::handshake::frames::MACS_LEN;
-use proto::handshake::HandshakeError;
 use proto::handshake::{
     CookieJar, E2eInitiator, E2eResponder, HopInitiator, HopResponder, InitOutcome, Trust,
 };
+use proto::handshake::{Freshness, HandshakeError};
 use proto::identity::{CertError, CertificateBody, Role};
 use proto::ids::ReceiverIndex;
 use proto::testkit::handshake::{
@@ -186,8 +186,15 @@ fn run(c: &Case) -> (bool, bool) {
         Side::HopResponder | Side::E2eResponder => {
             let mut payload = init_payload(NOW_NS, idx, &peer_cert(c, &n, agent.public));
             // The first 8 bytes are the initiator's timestamp: any value
-            // passes a fresh responder.
-            let harmless = mutate(&mut payload, c).is_none_or(|i| i < 8);
+            // passes a fresh end-to-end responder; the hop responder
+            // takes only a fresh one (within MAX_CLOCK_SKEW of its clock).
+            let mutated = mutate(&mut payload, c);
+            let mut ts = [0u8; 8];
+            ts.copy_from_slice(&payload[..8]);
+            let fresh = Freshness::new(0)
+                .check(u64::from_be_bytes(ts), NOW_NS)
+                .is_ok();
+            let harmless = mutated.is_none_or(|i| i < 8 && (fresh || c.side == Side::E2eResponder));
             if c.side == Side::HopResponder {
                 let trust = Trust::new(n.ca.public(), &c.hop_roles);
                 let mut r = HopResponder::new(n.relay.clone(), trust, [7; 32], now);
