@@ -5,7 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proto::policy::{CompiledPolicy, Layout, PolicyFile};
+use proto::identity::{key_from_hex, Role};
+use proto::policy::{CompiledPolicy, Layout, PeerVerdict, PolicyFile};
 
 fuzz_target!(|data: &[u8]| {
     // Policy files are UTF-8; other input is rejected before the parser.
@@ -26,6 +27,20 @@ fuzz_target!(|data: &[u8]| {
     for u in file.users.iter().take(16) {
         let _ = auto.user_name(u.id);
         assert_eq!(auto.connection_mode(u.id), file.evaluate_mode(u.id));
+        // A pinned user (`static_keys`) is admitted with each of its keys
+        // and with no other; an unpinned one with any key.
+        let pins: Option<Vec<[u8; 32]>> = u
+            .static_keys
+            .as_ref()
+            .map(|keys| keys.iter().filter_map(|k| key_from_hex(k)).collect());
+        let other = [0xa5; 32];
+        for key in pins.iter().flatten().chain([&other]) {
+            let want = match &pins {
+                Some(pins) if !pins.contains(key) => PeerVerdict::KeyNotPinned,
+                _ => PeerVerdict::Allow,
+            };
+            assert_eq!(auto.admits_peer(Role::User, u.id.0, key), want);
+        }
         for s in file.services.iter().take(16) {
             let want = file.evaluate(u.id, s.id);
             assert_eq!(auto.allowed(u.id, s.id), want);

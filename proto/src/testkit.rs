@@ -164,6 +164,7 @@ pub fn policy_file(users: u32, services: u32) -> PolicyFile {
                 id: UserId(u),
                 name: format!("user{u}"),
                 groups: vec!["everyone".into()],
+                static_keys: None,
             })
             .collect(),
         groups: vec![Group {

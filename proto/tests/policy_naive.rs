@@ -120,6 +120,7 @@ fn to_file(p: &GenPolicy) -> PolicyFile {
                 id: UserId(id),
                 name: format!("user-{id}"),
                 groups: gs.iter().map(|g| format!("group-{g}")).collect(),
+                static_keys: None,
             })
             .collect(),
         groups: (0..p.groups)

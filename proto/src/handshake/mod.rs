@@ -175,13 +175,16 @@ pub enum HandshakeError {
         /// The certificate's id.
         id: u32,
     },
-    /// A connector certificate whose static key is not the one the
+    /// A connector or user certificate whose static key is not one the
     /// responder's policy pins for its id (`static_key` of its
-    /// `[[connectors]]` entry): another certificate issued for that id.
-    #[error("the connector certificate of `{name}` (id {id}) certifies static key {key}..., not the key the policy pins for connector {id}; if the connector was re-keyed on purpose, put its new key in static_key, else revoke this certificate")]
+    /// `[[connectors]]` entry, `static_keys` of its `[[users]]` entry):
+    /// another certificate issued for that id.
+    #[error("the {role} certificate of `{name}` (id {id}) certifies static key {key}..., not a key the policy pins for {role} {id}; if it was re-keyed or is a new device on purpose, put its key in the pin ({}), else revoke this certificate", pin_key(*role))]
     KeyNotPinned {
         /// Certificate name.
         name: String,
+        /// The certificate's role.
+        role: Role,
         /// The certificate's id.
         id: u32,
         /// The first 8 hex digits of the key it certifies.
@@ -191,6 +194,15 @@ pub enum HandshakeError {
     /// length, not a peer problem).
     #[error("Noise protocol error: {0}")]
     Noise(snow::Error),
+}
+
+/// Where the policy pins a key for a certificate of `role`, for
+/// [`HandshakeError::KeyNotPinned`]'s message.
+fn pin_key(role: Role) -> &'static str {
+    match role {
+        Role::User => "static_keys of its [[users]] entry",
+        Role::Connector | Role::Relay => "static_key of its [[connectors]] entry",
+    }
 }
 
 #[cfg(test)]

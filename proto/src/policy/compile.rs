@@ -146,6 +146,9 @@ pub struct CompiledPolicy {
     revoked: std::collections::HashSet<[u8; 32]>,
     /// Every `[[connectors]]` id, with its pinned static key if any.
     connectors: std::collections::HashMap<u32, Option<[u8; 32]>>,
+    /// The users that pin their static keys (`static_keys`), with the
+    /// keys; users without a pin are not here.
+    user_pins: std::collections::HashMap<u32, Vec<[u8; 32]>>,
 }
 
 /// What the policy says of a hop peer's certificate
@@ -158,7 +161,8 @@ pub enum PeerVerdict {
     /// `[[connectors]]`.
     NotListed,
     /// A connector certificate whose static key is not the one its
-    /// `[[connectors]]` entry pins.
+    /// `[[connectors]]` entry pins, or a user certificate whose static key
+    /// is not among those its `[[users]]` entry pins.
     KeyNotPinned,
 }
 
@@ -281,9 +285,33 @@ impl CompiledPolicy {
                 Ok((c.id, pin))
             })
             .collect::<Result<_, PolicyError>>()?;
+        let mut user_pins = std::collections::HashMap::new();
+        for (i, u) in file.users.iter().enumerate() {
+            let Some(hexes) = &u.static_keys else {
+                continue;
+            };
+            if hexes.is_empty() {
+                return Err(PolicyError::EmptyUserKeys {
+                    number: i + 1,
+                    name: u.name.clone(),
+                });
+            }
+            let keys = hexes
+                .iter()
+                .map(|hex| {
+                    crate::identity::key_from_hex(hex).ok_or_else(|| PolicyError::BadUserKey {
+                        number: i + 1,
+                        name: u.name.clone(),
+                        key: hex.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            user_pins.insert(u.id.0, keys);
+        }
         Ok(CompiledPolicy {
             revoked,
             connectors,
+            user_pins,
             user_class,
             grants,
             classes: class_count,
@@ -315,19 +343,23 @@ impl CompiledPolicy {
 
     /// Whether a hop peer presenting a certificate of `role`, `id` and
     /// static `key` is one this policy knows: a user must be in
-    /// `[[users]]`, a connector in `[[connectors]]` and, where that entry
+    /// `[[users]]` and, where that entry pins `static_keys`, certify one of
+    /// them; a connector must be in `[[connectors]]` and, where that entry
     /// pins a `static_key`, certify that key. Relays are not in the policy
     /// (the mesh's etcd view admits them): always [`PeerVerdict::Allow`].
     /// Revocation is [`CompiledPolicy::is_revoked`].
     pub fn admits_peer(&self, role: Role, id: u32, key: &[u8; 32]) -> PeerVerdict {
         match role {
-            Role::User if self.user_ids.binary_search(&id).is_ok() => PeerVerdict::Allow,
+            Role::User if self.user_ids.binary_search(&id).is_err() => PeerVerdict::NotListed,
+            Role::User => match self.user_pins.get(&id) {
+                Some(pins) if !pins.contains(key) => PeerVerdict::KeyNotPinned,
+                _ => PeerVerdict::Allow,
+            },
             Role::Connector => match self.connectors.get(&id) {
                 None => PeerVerdict::NotListed,
                 Some(Some(pin)) if pin != key => PeerVerdict::KeyNotPinned,
                 Some(_) => PeerVerdict::Allow,
             },
-            Role::User => PeerVerdict::NotListed,
             Role::Relay => PeerVerdict::Allow,
         }
     }
@@ -335,6 +367,11 @@ impl CompiledPolicy {
     /// How many connectors have a pinned static key.
     pub fn pinned_count(&self) -> usize {
         self.connectors.values().filter(|p| p.is_some()).count()
+    }
+
+    /// How many users have pinned static keys.
+    pub fn pinned_user_count(&self) -> usize {
+        self.user_pins.len()
     }
 
     /// Whether `user` may reach `service`. Unknown users and services are
@@ -695,6 +732,100 @@ mod tests {
             "{e:?}"
         );
         assert!(e.to_string().contains("static_key"), "{e}");
+    }
+
+    #[test]
+    fn pinned_users_hold_one_of_their_keys() {
+        let mut file = example();
+        // The example pins carol, not alice or bob.
+        let pinned_before = compile(&file).unwrap().pinned_user_count();
+        assert_eq!(pinned_before, 1);
+        assert!(file.users[0].static_keys.is_none() && file.users[1].static_keys.is_none());
+        let (laptop, phone, stolen) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let (alice, bob) = (file.users[0].id.0, file.users[1].id.0);
+        file.users[0].static_keys = Some(vec![
+            crate::identity::to_hex(&laptop),
+            crate::identity::to_hex(&phone).to_uppercase(),
+        ]);
+        let p = CompiledPolicy::compile(&file).unwrap();
+        for key in [&laptop, &phone] {
+            assert_eq!(p.admits_peer(Role::User, alice, key), PeerVerdict::Allow);
+        }
+        assert_eq!(
+            p.admits_peer(Role::User, alice, &stolen),
+            PeerVerdict::KeyNotPinned
+        );
+        // Another user is not pinned by alice's list; an unlisted id is
+        // still unlisted, whatever its key.
+        assert_eq!(p.admits_peer(Role::User, bob, &stolen), PeerVerdict::Allow);
+        assert_eq!(
+            p.admits_peer(Role::User, 999_999, &laptop),
+            PeerVerdict::NotListed
+        );
+        // A user's pins say nothing of connectors.
+        assert_eq!(
+            p.admits_peer(Role::Connector, alice, &laptop),
+            PeerVerdict::NotListed
+        );
+        assert_eq!((p.pinned_user_count(), p.pinned_count()), (2, 1));
+        // The list survives a round trip through TOML.
+        let text = file.to_toml_string();
+        assert!(text.contains("static_keys"), "{text}");
+        assert_eq!(PolicyFile::from_toml_str(&text).unwrap(), file);
+
+        // Bad keys name the user, the key and the fix.
+        let name = file.users[0].name.clone();
+        file.users[0].static_keys = Some(vec![crate::identity::to_hex(&laptop), "abc".into()]);
+        let e = CompiledPolicy::compile(&file).unwrap_err();
+        assert_eq!(
+            e,
+            PolicyError::BadUserKey {
+                number: 1,
+                name: name.clone(),
+                key: "abc".into()
+            }
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("static_keys") && msg.contains("\"abc\""),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&name) && msg.contains("relay ca show"),
+            "{msg}"
+        );
+        file.users[0].static_keys = Some(Vec::new());
+        let e = CompiledPolicy::compile(&file).unwrap_err();
+        assert_eq!(e, PolicyError::EmptyUserKeys { number: 1, name });
+        assert!(e.to_string().contains("leave static_keys out"), "{e}");
+    }
+
+    #[test]
+    fn user_static_keys_parse_from_toml_and_a_misspelt_key_is_an_error() {
+        let text = r#"
+            [[users]]
+            id = 1
+            name = "alice"
+            static_keys = [
+                "0101010101010101010101010101010101010101010101010101010101010101",
+                "0202020202020202020202020202020202020202020202020202020202020202",
+            ]
+        "#;
+        let file = PolicyFile::from_toml_str(text).unwrap();
+        let p = CompiledPolicy::compile(&file).unwrap();
+        assert_eq!(p.admits_peer(Role::User, 1, &[2; 32]), PeerVerdict::Allow);
+        assert_eq!(
+            p.admits_peer(Role::User, 1, &[4; 32]),
+            PeerVerdict::KeyNotPinned
+        );
+        // The connectors' singular form on a user is a typo, not a pin.
+        let e = PolicyFile::from_toml_str(&text.replace("static_keys", "static_key")).unwrap_err();
+        assert!(e.to_string().contains("static_key"), "{e}");
+        // A string where a list belongs.
+        assert!(PolicyFile::from_toml_str(
+            "[[users]]\nid = 1\nname = \"a\"\nstatic_keys = \"0101\"\n"
+        )
+        .is_err());
     }
 
     #[test]
@@ -1105,6 +1236,7 @@ mod tests {
                     .filter(|_| coin(&mut rng))
                     .map(|g| format!("g{g}"))
                     .collect(),
+                static_keys: None,
             })
             .collect();
         let services_v: Vec<Service> = (0..services)

@@ -173,6 +173,28 @@ pub enum PolicyError {
         key: String,
     },
 
+    /// A `[[users]]` entry with a `static_keys` entry that is not 64 hex
+    /// digits.
+    #[error("[[users]] entry #{number} ({name:?}) has {key:?} in static_keys, which is not a static key: give the 64 hex digits `relay ca show` prints as \"static key\" for each of the user's certificates, or leave static_keys out")]
+    BadUserKey {
+        /// 1-based position among the `[[users]]` entries.
+        number: usize,
+        /// The user's name.
+        name: String,
+        /// The key as written.
+        key: String,
+    },
+
+    /// A `[[users]]` entry with `static_keys = []`: pinned to no key, it
+    /// could never connect.
+    #[error("[[users]] entry #{number} ({name:?}) has an empty static_keys list, which no certificate could satisfy: list the static key of each of the user's certificates, leave static_keys out to accept any certificate of the user's id, or remove the user to lock it out")]
+    EmptyUserKeys {
+        /// 1-based position among the `[[users]]` entries.
+        number: usize,
+        /// The user's name.
+        name: String,
+    },
+
     /// A name that cannot be used as a label.
     #[error("{kind} entry #{number} has name {name:?}, which is not allowed: {reason}")]
     BadName {

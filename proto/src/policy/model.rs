@@ -71,6 +71,15 @@ pub struct User {
     /// Names of the groups this user belongs to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+    /// The X25519 static keys of the user's certificates, 64 hex digits
+    /// each (`relay ca show` prints them as "static key"), if pinned: one
+    /// per device the user holds a certificate on. Relays then refuse hop
+    /// handshakes from user certificates of this id that certify any other
+    /// key, and close such sessions at the reload that drops their key
+    /// from the list. Unset: any CA-signed certificate of this id is
+    /// accepted. An empty list is an error (remove the user instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub static_keys: Option<Vec<String>>,
 }
 
 /// A named group of users.

@@ -158,6 +158,7 @@ pub fn generate(p: &SynthParams) -> PolicyFile {
                 id: UserId(i + 1),
                 name: format!("user-{i}"),
                 groups: set.iter().map(|g| format!("grp-{g}")).collect(),
+                static_keys: None,
             }
         })
         .collect();
