@@ -186,9 +186,12 @@ pub struct ControlStats {
     pub sessions_unconfirmed: u64,
     /// Sessions closed because a reload revoked their certificate.
     pub revoked_closed: u64,
-    /// Connector sessions closed because a reload pinned another static
-    /// key for their id.
+    /// Connector and user sessions closed because a reload pinned other
+    /// static keys for their id.
     pub pinned_closed: u64,
+    /// User and connector sessions closed because a reload removed their
+    /// identity from the policy (`[[users]]`, `[[connectors]]`).
+    pub unlisted_closed: u64,
     /// Renewed certificates of this relay taken from its files.
     pub cert_renewals: u64,
     /// Changed key or certificate files refused (see the log).
@@ -754,19 +757,11 @@ impl Control {
                         self.stats.revoked_closed += 1;
                     }
                 }
-                // Sessions of connectors whose pin moved away from their
-                // key end now too (a stolen certificate of a listed id).
-                for slot in 0..self.sessions.len() {
-                    let unpinned = self.sessions[slot].as_ref().is_some_and(|e| {
-                        matches!(e.peer, Peer::Connector(id)
-                            if policy.admits_peer(Role::Connector, id, &e.static_key)
-                                == PeerVerdict::KeyNotPinned)
-                    });
-                    if unpinned {
-                        self.remove(slot, "connector key no longer pinned");
-                        self.stats.pinned_closed += 1;
-                    }
-                }
+                // Sessions the new policy no longer admits end now too:
+                // users and connectors it no longer lists, and those whose
+                // pin moved away from their key (a stolen certificate of a
+                // listed id).
+                self.close_unadmitted(&policy);
                 tracing::info!(
                     path = %self.policy_source.path().display(),
                     epoch = self.stats.policy_epoch,
@@ -774,6 +769,7 @@ impl Control {
                     services = stats.services,
                     revoked = policy.revoked_count(),
                     pinned = policy.pinned_count(),
+                    pinned_users = policy.pinned_user_count(),
                     took_ms = loaded.took.as_millis() as u64,
                     "policy reloaded"
                 );
@@ -786,6 +782,45 @@ impl Control {
                     .store(self.stats.policy_rejected, Ordering::Relaxed);
                 tracing::error!(error = %e, "policy reload rejected; the previous policy stays in force");
             }
+        }
+    }
+
+    /// Closes every user and connector session `policy` would not admit
+    /// at a handshake now ([`CompiledPolicy::admits_peer`]): its identity
+    /// is no longer listed (`unlisted_closed`), or the key it holds is no
+    /// longer pinned for its id (`pinned_closed`). Logged once per
+    /// identity, with how many of its sessions closed. Relay sessions are
+    /// the mesh view's business.
+    fn close_unadmitted(&mut self, policy: &CompiledPolicy) {
+        // (role, id, why) -> (certificate name, sessions closed)
+        let mut closed: BTreeMap<(&'static str, u32, &'static str), (String, usize)> =
+            BTreeMap::new();
+        for slot in 0..self.sessions.len() {
+            let Some(e) = self.sessions[slot].as_ref() else {
+                continue;
+            };
+            let (role, id, role_name) = match e.peer {
+                Peer::User(u) => (Role::User, u.0, "user"),
+                Peer::Connector(c) => (Role::Connector, c, "connector"),
+                Peer::Relay(_) => continue,
+            };
+            let why = match policy.admits_peer(role, id, &e.static_key) {
+                PeerVerdict::Allow => continue,
+                PeerVerdict::NotListed => {
+                    self.stats.unlisted_closed += 1;
+                    "no longer in the policy"
+                }
+                PeerVerdict::KeyNotPinned => {
+                    self.stats.pinned_closed += 1;
+                    "key no longer pinned"
+                }
+            };
+            let name = e.name.clone();
+            closed.entry((role_name, id, why)).or_insert((name, 0)).1 += 1;
+            self.remove(slot, why);
+        }
+        for ((role, id, why), (name, sessions)) in closed {
+            tracing::info!(role, id, %name, sessions, "policy reload: the {role}'s hop sessions closed, {why}");
         }
     }
 
@@ -1113,6 +1148,7 @@ fn policy_admits(policy: &CompiledPolicy, cert: &Certificate) -> Result<(), Hand
         }),
         PeerVerdict::KeyNotPinned => Err(HandshakeError::KeyNotPinned {
             name: body.name.clone(),
+            role: body.role,
             id: body.id,
             key: proto::identity::to_hex(&body.static_key)
                 .chars()

@@ -508,6 +508,10 @@ fn print_report(report: &RelayReport) {
         c.directories_pushed,
         c.directory_parts_sent
     );
+    println!(
+        "sessions closed by policy reloads: {} revoked, {} no longer listed, {} key no longer pinned",
+        c.revoked_closed, c.unlisted_closed, c.pinned_closed
+    );
 }
 
 fn keygen(out: &Path, force: bool) -> Result<()> {

@@ -8,7 +8,10 @@
 //!   connector's rekey keeps the service's routes on its own id and key;
 //! * the hop responder consults the policy: a valid user or connector
 //!   certificate whose id the policy does not list gets no session (no
-//!   slot held), counted as `not_in_policy`; once listed, it connects.
+//!   slot held), counted as `not_in_policy`; once listed, it connects;
+//! * a `[[users]]` entry's `static_keys` pins the user's keys (one per
+//!   device): another certificate for the id is refused, and a reload
+//!   that drops a key closes that device's sessions.
 
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
@@ -192,6 +195,7 @@ fn identities_the_policy_does_not_list_get_no_session_until_listed() {
         id: proto::ids::UserId(50),
         name: "user50".into(),
         groups: vec!["everyone".into()],
+        static_keys: None,
     });
     reload(&rig, &policy);
     rig.world.connect(&socket, &stranger).unwrap();
@@ -231,4 +235,106 @@ fn a_connector_answers_on_its_new_session_right_after_a_rekey() {
             service_route(&rig) == Some(link.local_index())
         });
     }
+}
+
+/// A user may pin its certificates' keys (`[[users]] static_keys`, one per
+/// device): a CA-signed certificate for the user's id that certifies
+/// another key is refused at the handshake (`pinned_key`) and holds no
+/// session; each pinned key connects; the reload that drops a key from the
+/// list closes that device's sessions (`pinned_closed`) and only those.
+#[test]
+fn a_pinned_user_connects_with_its_own_keys_only_and_unpinning_closes() {
+    use proto::datapath::DropReason;
+    use proto::ids::UserId;
+    use proto::wire::{Kind, HEADER_LEN};
+
+    const PINNED: UserId = UserId(2);
+    let rig = Rig::start(Backend::Mmsg).unwrap();
+    let relay_key = *rig.world.relay.public_key();
+    let ca = rig.world.pki.ca();
+    let laptop = rig.world.user_identity(PINNED.0).unwrap();
+    let phone = rig.world.user_identity(PINNED.0).unwrap();
+    let thief = rig.world.user_identity(PINNED.0).unwrap();
+    let pin = |keys: &[&LocalIdentity]| {
+        let mut policy = rig.world.policy.clone();
+        let user = policy.users.iter_mut().find(|u| u.id == PINNED).unwrap();
+        user.static_keys = Some(keys.iter().map(|k| to_hex(k.public_key())).collect());
+        policy
+    };
+    reload(&rig, &pin(&[&laptop, &phone]));
+    assert_eq!(rig.world.relay.shared().control_stats().pinned_closed, 0);
+
+    // Another certificate of the same user: no answer, no session.
+    let ok = rig.world.relay.shared().control_stats().handshakes_ok;
+    let thief_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    thief_socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    thief_socket
+        .send_to(
+            &initiation(&thief, &relay_key, ca, 0x7e),
+            rig.world.relay_addr(),
+        )
+        .unwrap();
+    await_until("the thief's refusal", WAIT, || {
+        rejected(&rig, HandshakeReject::PinnedKey) == 1
+    });
+    let mut buf = [0u8; 2048];
+    assert!(
+        thief_socket.recv_from(&mut buf).is_err(),
+        "the relay answered a user certificate whose key is not pinned"
+    );
+    assert_eq!(rig.world.relay.shared().control_stats().handshakes_ok, ok);
+
+    // Both pinned devices connect, and their frames are forwarded.
+    let mut devices: Vec<(UdpSocket, HopLink)> = [&laptop, &phone]
+        .into_iter()
+        .map(|me| {
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let link = rig.world.connect(&socket, me).unwrap();
+            (socket, link)
+        })
+        .collect();
+    let send = |socket: &UdpSocket, link: &mut HopLink| {
+        let mut f = vec![0u8; HEADER_LEN + 40];
+        link.write_header(&mut f, Kind::DataUp, PINNED, ALLOWED);
+        socket.send_to(&f, rig.world.relay_addr()).unwrap();
+    };
+    let forwarded = rig.counters().forwarded;
+    for (socket, link) in &mut devices {
+        send(socket, link);
+    }
+    rig.await_counters("both devices' frames forwarded", |c| {
+        c.forwarded == forwarded + 2
+    });
+
+    // The phone is unpinned: its session closes, the laptop's stays.
+    // User 1, the connector and the two devices (as the worker publishes
+    // them, every 100 ms).
+    let sessions = || rig.world.relay.totals().sessions;
+    await_until("four sessions counted", WAIT, || sessions() == 4);
+    let unknown = rig.counters().dropped(DropReason::UnknownSession);
+    reload(&rig, &pin(&[&laptop]));
+    let stats = rig.world.relay.shared().control_stats();
+    assert_eq!((stats.pinned_closed, stats.unlisted_closed), (1, 0));
+    await_until("the phone's session removed", WAIT, || sessions() == 3);
+    let forwarded = rig.counters().forwarded;
+    for (socket, link) in &mut devices {
+        send(socket, link);
+    }
+    rig.await_counters("the laptop forwarded, the phone unknown", |c| {
+        c.forwarded == forwarded + 1 && c.dropped(DropReason::UnknownSession) == unknown + 1
+    });
+
+    // Unpinned altogether: any certificate of the user connects again.
+    let mut policy = rig.world.policy.clone();
+    policy
+        .users
+        .iter_mut()
+        .find(|u| u.id == PINNED)
+        .unwrap()
+        .static_keys = None;
+    reload(&rig, &policy);
+    rig.world.connect(&thief_socket, &thief).unwrap();
+    assert_eq!(rig.world.relay.shared().control_stats().pinned_closed, 1);
 }
