@@ -836,7 +836,12 @@ mod tests {
         assert!(s.relay_accepts(0, &ping));
         assert_eq!(ping.len() - HEADER_LEN, proto::control::PING_LEN);
         assert_eq!(pong_body().len(), proto::control::PING_LEN);
-        assert!(proto::control::PING_LEN <= MAX_CONTROL_BODY);
+        let mut pong = vec![0u8; HEADER_LEN];
+        pong.extend_from_slice(&pong_body());
+        s.hop
+            .seal_header(&mut pong, Kind::Control, UserId(1001), ServiceId(0));
+        assert!(s.relay_accepts(0, &pong));
+        assert!(pong.len() - HEADER_LEN <= MAX_CONTROL_BODY);
     }
 
     #[test]
