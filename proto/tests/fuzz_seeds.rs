@@ -24,7 +24,7 @@ use proto::testkit::handshake::{
     body, init_payload, issue, other_ca, response_payload, Nodes, NOW_NS, NOW_UNIX,
 };
 use proto::testkit::{user_index, user_key, write_frame};
-use proto::wire::{Kind, HEADER_LEN};
+use proto::wire::{Kind, HEADER_LEN, MAX_CONTROL_BODY};
 use rand::SeedableRng;
 
 /// How a committed seed is checked.
@@ -207,7 +207,9 @@ fn seeds() -> Vec<Seed> {
 
 /// frame_parse: frames that pass the hop tag at the target's fixture
 /// (`Fixture::new(4, 8)`, user 0), so the fuzzer starts past
-/// authentication: a data frame to an allowed service and a control ping.
+/// authentication: a data frame to an allowed service and a control ping;
+/// then a control frame of the largest body its kind allows, and one of a
+/// byte more, which the datapath refuses before the session look-up.
 /// (The other seeds of the target, `*.bin`, carry made-up tags.)
 fn tagged_frames() -> Vec<Seed> {
     let key = HopKey::new(&user_key(0));
@@ -238,9 +240,35 @@ fn tagged_frames() -> Vec<Seed> {
         ServiceId(0),
         &key,
     );
+    // A control frame as long as the kind allows, and one byte longer
+    // (refused as malformed before the session look-up): the bound's two
+    // sides.
+    let control_of = |len: usize, counter: u64| {
+        let mut f = vec![0x5a; HEADER_LEN + len];
+        write_frame(
+            &mut f,
+            Kind::Control,
+            user_index(0),
+            counter,
+            UserId(0),
+            ServiceId(0),
+            &key,
+        );
+        f
+    };
     vec![
         exact("frame_parse", "data_up_tagged", data),
         exact("frame_parse", "control_ping_tagged", ping),
+        exact(
+            "frame_parse",
+            "control_largest_tagged",
+            control_of(MAX_CONTROL_BODY, 2),
+        ),
+        exact(
+            "frame_parse",
+            "control_oversized_tagged",
+            control_of(MAX_CONTROL_BODY + 1, 3),
+        ),
     ]
 }
 
@@ -360,11 +388,11 @@ fn fuzz_seeds_are_current() {
 }
 
 /// The tagged frame_parse seeds get past authentication at the target's
-/// fixture, in order (their hop counters are 0 and 1), as the fuzzer's
-/// first inputs would.
+/// fixture, in order (their hop counters are 0 to 2), as the fuzzer's
+/// first inputs would; the oversized control frame is malformed.
 #[test]
 fn tagged_frame_seeds_pass_the_fixture() {
-    use proto::datapath::{Mode, Verdict};
+    use proto::datapath::{DropReason, Mode, Verdict};
     let mut fx = proto::testkit::Fixture::new(4, 8);
     let mut verdicts = Vec::new();
     for s in tagged_frames() {
@@ -372,7 +400,15 @@ fn tagged_frame_seeds_pass_the_fixture() {
         verdicts.push(fx.datapath(Mode::Ztna).process(&mut buf));
     }
     assert!(
-        matches!(verdicts[..], [Verdict::Forward { .. }, Verdict::Local]),
+        matches!(
+            verdicts[..],
+            [
+                Verdict::Forward { .. },
+                Verdict::Local,
+                Verdict::Local,
+                Verdict::Drop(DropReason::Malformed)
+            ]
+        ),
         "{verdicts:?}"
     );
 }
