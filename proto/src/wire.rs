@@ -206,6 +206,17 @@ impl Kind {
         )
     }
 
+    /// The shortest body a frame of this kind may have after its hop
+    /// header: a data frame's end-to-end header and AEAD tag; nothing for
+    /// the others.
+    #[inline]
+    pub const fn min_body_len(self) -> usize {
+        match self {
+            Kind::DataUp | Kind::DataDown => E2E_HEADER_LEN + E2E_TAG_LEN,
+            _ => 0,
+        }
+    }
+
     /// The longest body a frame of this kind may have after its hop header:
     /// [`MAX_KEEPALIVE_BODY`], [`MAX_CONTROL_BODY`],
     /// [`MAX_E2E_HANDSHAKE_BODY`], and for data whatever the 16-bit length
@@ -344,15 +355,17 @@ impl<T: AsRef<[u8]>> Frame<T> {
         if usize::from(be_u16(&buf[field::LENGTH])) != buf.len() - HEADER_LEN {
             return Err(WireError::BadLength);
         }
-        let min_body = match kind {
-            Kind::DataUp | Kind::DataDown => E2E_HEADER_LEN + E2E_TAG_LEN,
-            _ => 0,
-        };
-        if buf.len() - HEADER_LEN < min_body {
-            return Err(WireError::Truncated);
-        }
-        if buf.len() - HEADER_LEN > kind.max_body_len() {
-            return Err(WireError::TooLong);
+        // One unsigned comparison for both bounds (a body below the
+        // minimum wraps to a huge value); which one failed is sorted out
+        // only on the way out.
+        let body = buf.len() - HEADER_LEN;
+        let min_body = kind.min_body_len();
+        if body.wrapping_sub(min_body) > kind.max_body_len() - min_body {
+            return Err(if body < min_body {
+                WireError::Truncated
+            } else {
+                WireError::TooLong
+            });
         }
         Ok(())
     }
