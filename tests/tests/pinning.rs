@@ -67,6 +67,37 @@ fn service_route(rig: &Rig) -> Option<ReceiverIndex> {
     Some(routes.hop(hop)?.remote_index())
 }
 
+/// `thief`, holding a CA-signed certificate whose key the policy does not
+/// pin for its id, initiates from a socket of its own: the relay refuses it
+/// as `PinnedKey` (the first such refusal) and answers nothing. Returns the
+/// socket.
+fn refused_for_its_key(
+    rig: &Rig,
+    thief: &LocalIdentity,
+    relay_key: &[u8; 32],
+    ca: CaPublicKey,
+) -> UdpSocket {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    socket
+        .send_to(
+            &initiation(thief, relay_key, ca, 0x7e),
+            rig.world.relay_addr(),
+        )
+        .unwrap();
+    await_until("the thief's refusal", WAIT, || {
+        rejected(rig, HandshakeReject::PinnedKey) == 1
+    });
+    let mut buf = [0u8; 2048];
+    assert!(
+        socket.recv_from(&mut buf).is_err(),
+        "the relay answered a certificate whose key the policy does not pin"
+    );
+    socket
+}
+
 /// The user sends a frame to `ALLOWED`; true if `link` at `socket` got it.
 fn reaches(rig: &mut Rig, socket: &UdpSocket, link: &mut HopLink, seed: u8) -> bool {
     let f = rig.user_frame(ALLOWED, &payload(64, seed));
@@ -111,24 +142,7 @@ fn a_pinned_connector_keeps_its_service_against_a_second_certificate_for_its_id(
     // refused before any response, counted, and it moves nothing.
     let thief = rig.world.connector_identity().unwrap();
     assert_eq!(thief.certificate().body.id, pinned.certificate().body.id);
-    let thief_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    thief_socket
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    thief_socket
-        .send_to(
-            &initiation(&thief, &relay_key, ca, 0x7e),
-            rig.world.relay_addr(),
-        )
-        .unwrap();
-    await_until("the thief's refusal", WAIT, || {
-        rejected(&rig, HandshakeReject::PinnedKey) == 1
-    });
-    let mut buf = [0u8; 2048];
-    assert!(
-        thief_socket.recv_from(&mut buf).is_err(),
-        "the relay answered a certificate whose key is not the pinned one"
-    );
+    refused_for_its_key(&rig, &thief, &relay_key, ca);
     let ok = rig.world.relay.shared().control_stats().handshakes_ok;
     assert_eq!(service_route(&rig), Some(first));
     assert!(reaches(&mut rig, &socket, &mut link, 2));
@@ -266,24 +280,7 @@ fn a_pinned_user_connects_with_its_own_keys_only_and_unpinning_closes() {
 
     // Another certificate of the same user: no answer, no session.
     let ok = rig.world.relay.shared().control_stats().handshakes_ok;
-    let thief_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    thief_socket
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    thief_socket
-        .send_to(
-            &initiation(&thief, &relay_key, ca, 0x7e),
-            rig.world.relay_addr(),
-        )
-        .unwrap();
-    await_until("the thief's refusal", WAIT, || {
-        rejected(&rig, HandshakeReject::PinnedKey) == 1
-    });
-    let mut buf = [0u8; 2048];
-    assert!(
-        thief_socket.recv_from(&mut buf).is_err(),
-        "the relay answered a user certificate whose key is not pinned"
-    );
+    let thief_socket = refused_for_its_key(&rig, &thief, &relay_key, ca);
     assert_eq!(rig.world.relay.shared().control_stats().handshakes_ok, ok);
 
     // Both pinned devices connect, and their frames are forwarded.
