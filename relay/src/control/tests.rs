@@ -24,6 +24,12 @@ fn certificate(ca: &CaKeypair, id: u32, role: Role) -> proto::identity::Certific
 
 /// A control thread over one worker, whose inbox the test reads.
 fn control() -> (Control, Receiver<ToWorker>) {
+    let (control, mut workers) = control_over(1);
+    (control, workers.remove(0))
+}
+
+/// A control thread over `n` workers, whose inboxes the test reads.
+fn control_over(n: usize) -> (Control, Vec<Receiver<ToWorker>>) {
     let ca = CaKeypair::from_seed(&[0x42; 32]);
     let shared = Arc::new(Shared::new(
         CompiledPolicy::compile(&PolicyFile::default()).unwrap(),
@@ -37,15 +43,193 @@ fn control() -> (Control, Receiver<ToWorker>) {
         Instant::now(),
     );
     let (_to_control, inbox) = crossbeam_channel::bounded(1);
-    let (to_worker, worker_inbox) = crossbeam_channel::unbounded();
+    let (to_workers, worker_inboxes) = (0..n).map(|_| crossbeam_channel::unbounded()).unzip();
     let control = Control::new(
         shared,
         responder,
         inbox,
-        vec![to_worker],
+        to_workers,
         PolicySource::new(std::path::Path::new("/nonexistent/policy.toml")),
     );
-    (control, worker_inbox)
+    (control, worker_inboxes)
+}
+
+/// Session keys for the peer `id` of `role`, received under `index`.
+fn keys(id: u32, role: Role, index: u32, now: Instant) -> HopSessionKeys {
+    let ca = CaKeypair::from_seed(&[0x42; 32]);
+    HopSessionKeys {
+        local_index: ReceiverIndex(index),
+        remote_index: ReceiverIndex(index + 1000),
+        send_key: [2; 32],
+        recv_key: [3; 32],
+        peer: certificate(&ca, id, role),
+        established_at: now,
+    }
+}
+
+/// The indexes `worker` was told to remove, in order; installs are
+/// skipped.
+fn removed(worker: &Receiver<ToWorker>) -> Vec<u32> {
+    worker
+        .try_iter()
+        .filter_map(|m| match m {
+            ToWorker::Remove { index } => Some(index.0),
+            _ => None,
+        })
+        .collect()
+}
+
+fn from() -> SocketAddr {
+    "127.0.0.1:4000".parse().unwrap()
+}
+
+/// A peer holds at most `MAX_SESSIONS_PER_PEER` sessions; the one evicted
+/// for a new one is its oldest unconfirmed one (an initiation from a
+/// spoofed address), not the older confirmed session carrying its routes,
+/// and no other peer's session. A user's sessions count together across
+/// workers.
+#[test]
+fn a_peer_past_its_session_limit_loses_its_oldest_unconfirmed_session_first() {
+    assert_eq!(MAX_SESSIONS_PER_PEER, 3);
+    let (mut control, workers) = control_over(2);
+    let t = Instant::now();
+    let ms = Duration::from_millis;
+    // Another user's session, older than all: never counted for user 1.
+    control.establish(0, from(), keys(2, Role::User, 50, t), t, true);
+    control.establish(
+        0,
+        from(),
+        keys(1, Role::User, 1, t + ms(1)),
+        t + ms(1),
+        true,
+    );
+    control.establish(
+        1,
+        from(),
+        keys(1, Role::User, 2, t + ms(2)),
+        t + ms(2),
+        false,
+    );
+    control.establish(
+        0,
+        from(),
+        keys(1, Role::User, 3, t + ms(3)),
+        t + ms(3),
+        false,
+    );
+    assert!(removed(&workers[0]).is_empty() && removed(&workers[1]).is_empty());
+    // A fourth: the oldest unconfirmed one (index 2, on worker 1) goes.
+    control.establish(
+        0,
+        from(),
+        keys(1, Role::User, 4, t + ms(4)),
+        t + ms(4),
+        false,
+    );
+    assert_eq!(removed(&workers[1]), [2]);
+    assert!(removed(&workers[0]).is_empty());
+    control.establish(
+        1,
+        from(),
+        keys(1, Role::User, 5, t + ms(5)),
+        t + ms(5),
+        false,
+    );
+    assert_eq!(removed(&workers[0]), [3]);
+    // Only confirmed ones left to evict beside the new: the oldest goes.
+    control.confirm(control.by_index[&(0, ReceiverIndex(4))]);
+    control.confirm(control.by_index[&(1, ReceiverIndex(5))]);
+    control.establish(
+        1,
+        from(),
+        keys(1, Role::User, 6, t + ms(6)),
+        t + ms(6),
+        false,
+    );
+    assert_eq!(removed(&workers[0]), [1]);
+    assert!(removed(&workers[1]).is_empty());
+    let live = control.sessions.iter().flatten().count();
+    assert_eq!(live, 4, "user 2's session and three of user 1's");
+    assert_eq!(control.stats.handshakes_ok, 7);
+}
+
+/// A peer relay holds one link per worker, so its sessions count per
+/// worker: three on one worker evict none on another.
+#[test]
+fn a_peer_relays_session_limit_counts_per_worker() {
+    let (mut control, workers) = control_over(2);
+    let t = Instant::now();
+    let ms = Duration::from_millis;
+    for i in 0..3 {
+        let at = t + ms(i.into());
+        control.establish(0, from(), keys(9, Role::Relay, i + 1, at), at, true);
+    }
+    let at = t + ms(10);
+    control.establish(1, from(), keys(9, Role::Relay, 10, at), at, true);
+    assert!(removed(&workers[0]).is_empty(), "another worker's link");
+    assert!(removed(&workers[1]).is_empty());
+    let at = t + ms(11);
+    control.establish(0, from(), keys(9, Role::Relay, 11, at), at, true);
+    assert_eq!(removed(&workers[0]), [1], "the oldest on the same worker");
+    assert!(removed(&workers[1]).is_empty());
+}
+
+/// A session the relay answered but no frame confirmed ends at
+/// `CONFIRM_WITHIN`, not before; a confirmed one of the same age stays.
+#[test]
+fn unconfirmed_sessions_end_at_confirm_within_and_confirmed_ones_stay() {
+    let (mut control, worker) = control();
+    let now = Instant::now();
+    control.establish(0, from(), keys(1, Role::User, 1, now), now, true);
+    control.establish(0, from(), keys(2, Role::User, 2, now), now, false);
+    control.expire(now + CONFIRM_WITHIN - Duration::from_millis(1));
+    assert!(removed(&worker).is_empty(), "removed before its time");
+    assert_eq!(control.stats.sessions_unconfirmed, 0);
+    control.expire(now + CONFIRM_WITHIN);
+    assert_eq!(removed(&worker), [2]);
+    assert_eq!(control.stats.sessions_unconfirmed, 1);
+    assert_eq!(control.stats.sessions_expired, 0);
+    assert_eq!(control.sessions.iter().flatten().count(), 1);
+}
+
+/// Confirming a session moves its routes once; a user's session changes
+/// no one's directory, a connector's does. The same for establishing and
+/// removing.
+#[test]
+fn confirming_and_removing_sessions_marks_routes_and_only_connectors_mark_directories() {
+    let (mut control, worker) = control();
+    let now = Instant::now();
+    let user = control.establish(0, from(), keys(1, Role::User, 1, now), now, false);
+    assert!(!control.routes_dirty && !control.directories_dirty);
+    control.confirm(user);
+    assert_eq!(control.stats.sessions_confirmed, 1);
+    assert!(control.routes_dirty);
+    assert!(
+        !control.directories_dirty,
+        "a user's session is in no directory"
+    );
+    control.routes_dirty = false;
+    control.confirm(user);
+    assert_eq!(control.stats.sessions_confirmed, 1, "confirmed once");
+    assert!(!control.routes_dirty);
+    control.remove(user, "test");
+    assert_eq!(removed(&worker), [1]);
+    assert!(control.routes_dirty && !control.directories_dirty);
+    control.routes_dirty = false;
+    control.establish(0, from(), keys(3, Role::User, 3, now), now, true);
+    assert!(control.routes_dirty && !control.directories_dirty);
+    assert_eq!(control.stats.sessions_confirmed, 2);
+
+    let connector = control.establish(0, from(), keys(2, Role::Connector, 2, now), now, false);
+    assert!(!control.directories_dirty);
+    control.confirm(connector);
+    assert!(control.directories_dirty, "a connector's services came");
+    control.directories_dirty = false;
+    control.remove(connector, "test");
+    assert!(control.directories_dirty, "a connector's services went");
+    control.directories_dirty = false;
+    control.establish(0, from(), keys(4, Role::Connector, 4, now), now, true);
+    assert!(control.directories_dirty);
 }
 
 #[test]
