@@ -30,19 +30,26 @@ fn control() -> (Control, Receiver<ToWorker>) {
 
 /// A control thread over `n` workers, whose inboxes the test reads.
 fn control_over(n: usize) -> (Control, Vec<Receiver<ToWorker>>) {
+    let (control, workers, _inbox) = control_with_inbox(n);
+    (control, workers)
+}
+
+/// The same, with the sender of the control thread's inbox, whose queue
+/// length decides whether the relay is under load.
+fn control_with_inbox(n: usize) -> (Control, Vec<Receiver<ToWorker>>, Sender<FromWorker>) {
     let ca = CaKeypair::from_seed(&[0x42; 32]);
     let shared = Arc::new(Shared::new(
         CompiledPolicy::compile(&PolicyFile::default()).unwrap(),
         1,
     ));
-    let relay = proto::handshake::LocalIdentity::new([7; 32], certificate(&ca, 1000, Role::Relay));
+    let relay = node(1000, Role::Relay, 7);
     let responder = HopResponder::new(
         relay,
-        proto::handshake::Trust::new(ca.public(), &[Role::User]),
+        proto::handshake::Trust::new(ca.public(), &[Role::User, Role::Connector, Role::Relay]),
         [1; 32],
         Instant::now(),
     );
-    let (_to_control, inbox) = crossbeam_channel::bounded(1);
+    let (to_control, inbox) = crossbeam_channel::bounded(2 * UNDER_LOAD_QUEUE);
     let (to_workers, worker_inboxes) = (0..n).map(|_| crossbeam_channel::unbounded()).unzip();
     let control = Control::new(
         shared,
@@ -51,7 +58,44 @@ fn control_over(n: usize) -> (Control, Vec<Receiver<ToWorker>>) {
         to_workers,
         PolicySource::new(std::path::Path::new("/nonexistent/policy.toml")),
     );
-    (control, worker_inboxes)
+    (control, worker_inboxes, to_control)
+}
+
+/// A node with the real key pair of `seed`, certified by the harness's CA
+/// (valid now, by the wall clock).
+fn node(id: u32, role: Role, seed: u8) -> proto::handshake::LocalIdentity {
+    let ca = CaKeypair::from_seed(&[0x42; 32]);
+    let kp = proto::testkit::handshake::static_keypair(seed);
+    let now = unix_nanos() / 1_000_000_000;
+    let cert = ca
+        .issue(CertificateBody {
+            id,
+            name: format!("node{id}"),
+            role,
+            groups: Vec::new(),
+            static_key: kp.public,
+            not_before: now - 60,
+            not_after: now + 3600,
+        })
+        .unwrap();
+    proto::handshake::LocalIdentity::new(kp.private, cert)
+}
+
+/// `node`'s hop initiation to the harness's relay (private key `[7; 32]`).
+fn initiation(node: &proto::handshake::LocalIdentity) -> Vec<u8> {
+    let ca = CaKeypair::from_seed(&[0x42; 32]);
+    let relay_key = proto::testkit::handshake::static_keypair(7).public;
+    let (_initiator, frame) = proto::handshake::HopInitiator::new(
+        node,
+        &relay_key,
+        proto::handshake::Trust::new(ca.public(), &[Role::Relay]),
+        ReceiverIndex(77),
+        &proto::handshake::CookieJar::new(&relay_key),
+        Instant::now(),
+        unix_nanos(),
+    )
+    .unwrap();
+    frame
 }
 
 /// Session keys for the peer `id` of `role`, received under `index`.
@@ -327,4 +371,45 @@ fn directory_parts_fit_the_control_frame_bound() {
         longest > DEFAULT_MAX_BODY - proto::control::MAX_ENTRY_LEN,
         "{longest}"
     );
+}
+
+/// The relay is under load, and answers initiations without a cookie with
+/// a cookie reply, only while more than `UNDER_LOAD_QUEUE` messages wait
+/// in its inbox; at exactly that many it still does the handshake (here
+/// refused by the policy, which lists no one).
+#[test]
+fn initiations_get_cookie_replies_only_past_the_under_load_queue() {
+    let (mut control, workers, to_control) = control_with_inbox(1);
+    let filler = || FromWorker::Confirmed {
+        worker: 0,
+        index: ReceiverIndex(1),
+    };
+    for _ in 0..UNDER_LOAD_QUEUE {
+        to_control.send(filler()).unwrap();
+    }
+    control.handshake(0, from(), &initiation(&node(1, Role::User, 21)));
+    assert_eq!(control.stats.cookie_replies, 0, "not under load yet");
+    let rejects = control.stats.handshakes_rejected;
+    assert_eq!(rejects.get(HandshakeReject::NotInPolicy), 1, "{rejects:?}");
+    to_control.send(filler()).unwrap();
+    control.handshake(0, from(), &initiation(&node(2, Role::User, 22)));
+    assert_eq!(control.stats.cookie_replies, 1, "under load");
+    assert_eq!(control.stats.handshakes_rejected.total(), 1);
+    let sent = workers[0]
+        .try_iter()
+        .filter(|m| matches!(m, ToWorker::Send { .. }));
+    assert_eq!(sent.count(), 1, "the cookie reply only");
+}
+
+/// A relay certificate completes no session with a relay outside a mesh
+/// (no mesh view admits its key): no session, no response, counted.
+#[test]
+fn a_relay_certificate_gets_no_session_outside_a_mesh() {
+    let (mut control, worker) = control();
+    control.handshake(0, from(), &initiation(&node(2000, Role::Relay, 23)));
+    assert_eq!(control.stats.relay_refused, 1);
+    assert_eq!(control.stats.handshakes_ok, 0);
+    assert!(control.sessions.iter().all(Option::is_none));
+    assert!(worker.try_recv().is_err(), "no install, no response");
+    assert_eq!(control.shared.relay_refused.load(Ordering::Relaxed), 1);
 }
