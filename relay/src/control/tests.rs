@@ -413,3 +413,26 @@ fn a_relay_certificate_gets_no_session_outside_a_mesh() {
     assert!(worker.try_recv().is_err(), "no install, no response");
     assert_eq!(control.shared.relay_refused.load(Ordering::Relaxed), 1);
 }
+
+/// A session that reuses a removed session's slot (its `HopId`) is a new
+/// transmit hop to the workers: their counter blocks reserved from the
+/// old hop are not used for it (which would send counters of the block
+/// that another worker, reserving from the new hop, sends too).
+#[test]
+fn a_session_in_a_reused_slot_takes_fresh_counter_blocks() {
+    use proto::session::TxCounters;
+
+    let (mut control, _worker) = control();
+    let now = Instant::now();
+    let old = control.establish(0, from(), keys(1, Role::User, 1, now), now, true);
+    let mut counters = TxCounters::with_capacity(4);
+    let hop = Arc::clone(&control.sessions[old].as_ref().unwrap().hop);
+    assert_eq!(counters.next(HopId(old as u32), &hop), Some(0));
+    assert_eq!(counters.next(HopId(old as u32), &hop), Some(1));
+    control.remove(old, "test");
+    let new = control.establish(0, from(), keys(1, Role::User, 2, now), now, true);
+    assert_eq!(new, old, "the slot is reused");
+    let hop = Arc::clone(&control.sessions[new].as_ref().unwrap().hop);
+    assert_eq!(counters.next(HopId(new as u32), &hop), Some(0));
+    assert!(hop.counters_used() > 0, "a block reserved from the new hop");
+}
