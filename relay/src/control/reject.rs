@@ -145,6 +145,93 @@ impl HandshakeRejects {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::handshake::HandshakeError as E;
+    use proto::identity::{CertError, Role};
+    use proto::ids::{ReceiverIndex, ServiceId, UserId};
+    use proto::wire::WireError;
+
+    /// Every handshake error is counted under its own reason; the catch-all
+    /// `Other` takes only the errors no reason names.
+    #[test]
+    fn each_handshake_error_is_counted_under_its_reason() {
+        use HandshakeReject as R;
+        let name = || "n".to_owned();
+        let cases = [
+            (E::Malformed(WireError::Truncated), R::Malformed),
+            (E::UnexpectedKind, R::Malformed),
+            (E::BadPayload("x"), R::Malformed),
+            (E::BadMac1, R::BadMac1),
+            (E::RateLimited([127, 0, 0, 1].into()), R::RateLimited),
+            (E::Decrypt, R::Decrypt),
+            (E::Cert(CertError::Truncated), R::Certificate),
+            (
+                E::RoleNotAllowed {
+                    name: name(),
+                    role: Role::Relay,
+                    allowed: vec![Role::User],
+                },
+                R::Role,
+            ),
+            (E::StaticKeyMismatch { name: name() }, R::StaticKey),
+            (
+                E::Replay {
+                    peer: name(),
+                    timestamp: 1,
+                    last: 2,
+                },
+                R::Replay,
+            ),
+            (
+                E::StaleTimestamp {
+                    timestamp: 1,
+                    now: 2,
+                    skew_secs: 3,
+                },
+                R::StaleTimestamp,
+            ),
+            (
+                E::WrongReceiver {
+                    expected: ReceiverIndex(1),
+                    got: ReceiverIndex(2),
+                },
+                R::Unanswered,
+            ),
+            (E::BadCookieReply, R::Unanswered),
+            (E::Finished, R::Unanswered),
+            (
+                E::NotInPolicy {
+                    name: name(),
+                    role: Role::User,
+                    id: 1,
+                },
+                R::NotInPolicy,
+            ),
+            (
+                E::KeyNotPinned {
+                    name: name(),
+                    role: Role::User,
+                    id: 1,
+                    key: name(),
+                },
+                R::PinnedKey,
+            ),
+            (
+                E::WrongPair {
+                    user: UserId(1),
+                    service: ServiceId(2),
+                    got_user: UserId(3),
+                    got_service: ServiceId(4),
+                },
+                R::Other,
+            ),
+        ];
+        for (e, reason) in &cases {
+            assert_eq!(HandshakeReject::of(e), *reason, "{e}");
+        }
+        // Every reason but NoIndex (which no error carries) is reached.
+        let reached: std::collections::BTreeSet<_> = cases.iter().map(|(_, r)| r.name()).collect();
+        assert_eq!(reached.len(), HandshakeReject::COUNT - 1);
+    }
 
     #[test]
     fn names_are_unique_and_in_counter_order() {
