@@ -436,3 +436,42 @@ fn a_session_in_a_reused_slot_takes_fresh_counter_blocks() {
     assert_eq!(counters.next(HopId(new as u32), &hop), Some(0));
     assert!(hop.counters_used() > 0, "a block reserved from the new hop");
 }
+
+/// Control messages the relay cannot act on are counted as rejected and
+/// answered with nothing: one for a session removed while it was queued,
+/// one of a kind only relays send (a directory part), a malformed one.
+#[test]
+fn control_messages_for_no_session_of_another_kind_or_malformed_are_rejected() {
+    use proto::control::{ConnectionMode, ControlMessage};
+
+    let (mut control, worker) = control();
+    let now = Instant::now();
+    let mut ping = Vec::new();
+    ControlMessage::Ping { digest: 1 }.emit(&mut ping);
+    control.control(0, ReceiverIndex(1), &ping);
+    assert_eq!(
+        (
+            control.stats.control_received,
+            control.stats.control_rejected
+        ),
+        (1, 1),
+        "no session under that index"
+    );
+    control.establish(0, from(), keys(1, Role::User, 1, now), now, true);
+    let _ = worker.try_iter().count();
+    let mut part = Vec::new();
+    ControlMessage::DirectoryPart {
+        digest: 1,
+        part: 0,
+        parts: 1,
+        mode: ConnectionMode::Lockdown,
+        services: Vec::new(),
+    }
+    .emit(&mut part);
+    control.control(0, ReceiverIndex(1), &part);
+    assert_eq!(control.stats.control_rejected, 2, "not for a relay");
+    control.control(0, ReceiverIndex(1), &[0xff; 3]);
+    assert_eq!(control.stats.control_rejected, 3, "malformed");
+    assert_eq!(control.stats.control_received, 3);
+    assert!(worker.try_recv().is_err(), "none answered");
+}
