@@ -475,3 +475,43 @@ fn control_messages_for_no_session_of_another_kind_or_malformed_are_rejected() {
     assert_eq!(control.stats.control_received, 3);
     assert!(worker.try_recv().is_err(), "none answered");
 }
+
+/// A session's pings are answered up to `PING_BURST` at once, then at
+/// `PING_RATE` a second: the rest are counted as rate limited and
+/// answered with nothing. (The control thread reads the clock itself: a
+/// burst may earn one ping more if the test thread stalls 100 ms.)
+#[test]
+fn pings_are_answered_up_to_the_burst_then_at_the_rate() {
+    use proto::control::ControlMessage;
+
+    let (mut control, worker) = control();
+    let now = Instant::now();
+    let slot = control.establish(0, from(), keys(2, Role::Connector, 1, now), now, true);
+    let _ = worker.try_iter().count();
+    let mut ping = Vec::new();
+    ControlMessage::Ping { digest: 0 }.emit(&mut ping);
+    let answers = |control: &mut Control| {
+        for _ in 0..10 {
+            control.control(0, ReceiverIndex(1), &ping);
+        }
+        worker.try_iter().count()
+    };
+    let burst = PING_BURST as usize;
+    let mut answered = answers(&mut control);
+    assert!((burst..=burst + 1).contains(&answered), "{answered}");
+    // 0.3 s earns 3 pings back (the bucket is empty): fewer than the burst.
+    let entry = control.sessions[slot].as_mut().unwrap();
+    entry.ping_refilled -= Duration::from_secs_f64(0.3);
+    let earned = (PING_RATE * 0.3) as usize;
+    assert!(earned < burst);
+    let n = answers(&mut control);
+    assert!((earned..=earned + 1).contains(&n), "{n}");
+    answered += n;
+    // A long quiet time earns no more than the burst.
+    let entry = control.sessions[slot].as_mut().unwrap();
+    entry.ping_refilled -= Duration::from_secs(60);
+    let n = answers(&mut control);
+    assert!((burst..=burst + 1).contains(&n), "{n}");
+    answered += n;
+    assert_eq!(control.stats.pings_rate_limited, 30 - answered as u64);
+}
