@@ -515,3 +515,60 @@ fn pings_are_answered_up_to_the_burst_then_at_the_rate() {
     answered += n;
     assert_eq!(control.stats.pings_rate_limited, 30 - answered as u64);
 }
+
+/// Right after a restart a connector's session may be unconfirmed when a
+/// user asks for its directory: the service is listed with that
+/// connector and the key its certificate names, not dropped; a connector
+/// that does not serve it, or none at all, gives no entry.
+#[test]
+fn a_directory_lists_a_service_whose_connector_is_not_confirmed_yet() {
+    let (mut control, _worker) = control();
+    let file = PolicyFile::from_toml_str(
+        r#"
+        [[users]]
+        id = 1
+        name = "a"
+        groups = ["g"]
+        [[groups]]
+        name = "g"
+        [[connectors]]
+        id = 9
+        name = "c"
+        [[connectors]]
+        id = 8
+        name = "d"
+        [[services]]
+        id = 2
+        name = "s"
+        protocol = "udp"
+        target = "[::1]:53"
+        connectors = ["c"]
+        [[rules]]
+        groups = ["g"]
+        services = ["*"]
+        "#,
+    )
+    .unwrap();
+    let policy = CompiledPolicy::compile(&file).unwrap();
+    control
+        .routing
+        .set_connector_services(connector_services(&policy));
+    control.shared.swap_policy(policy);
+    let user = UserId(1);
+    assert!(control.directory(user).services.is_empty(), "no connector");
+    let now = Instant::now();
+    // Connector 8, unconfirmed, serves nothing the user may reach.
+    control.establish(0, from(), keys(8, Role::Connector, 1, now), now, false);
+    assert!(
+        control.directory(user).services.is_empty(),
+        "not its service"
+    );
+    control.establish(0, from(), keys(9, Role::Connector, 2, now), now, false);
+    let directory = control.directory(user);
+    let entries: Vec<_> = directory
+        .services
+        .iter()
+        .map(|s| (s.id, s.connector, s.connector_key))
+        .collect();
+    assert_eq!(entries, [(ServiceId(2), 9, [10; 32])]);
+}
