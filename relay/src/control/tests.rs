@@ -111,6 +111,18 @@ fn keys(id: u32, role: Role, index: u32, now: Instant) -> HopSessionKeys {
     }
 }
 
+/// User `user`'s hop session, received on `worker` under `index` at `at`,
+/// established unconfirmed from [`from`]; its slot.
+fn establish_user(
+    control: &mut Control,
+    worker: usize,
+    user: u32,
+    index: u32,
+    at: Instant,
+) -> usize {
+    control.establish(worker, from(), keys(user, Role::User, index, at), at, false)
+}
+
 /// The indexes `worker` was told to remove, in order; installs are
 /// skipped.
 fn removed(worker: &Receiver<ToWorker>) -> Vec<u32> {
@@ -147,49 +159,19 @@ fn a_peer_past_its_session_limit_loses_its_oldest_unconfirmed_session_first() {
         t + ms(1),
         true,
     );
-    control.establish(
-        1,
-        from(),
-        keys(1, Role::User, 2, t + ms(2)),
-        t + ms(2),
-        false,
-    );
-    control.establish(
-        0,
-        from(),
-        keys(1, Role::User, 3, t + ms(3)),
-        t + ms(3),
-        false,
-    );
+    establish_user(&mut control, 1, 1, 2, t + ms(2));
+    establish_user(&mut control, 0, 1, 3, t + ms(3));
     assert!(removed(&workers[0]).is_empty() && removed(&workers[1]).is_empty());
     // A fourth: the oldest unconfirmed one (index 2, on worker 1) goes.
-    control.establish(
-        0,
-        from(),
-        keys(1, Role::User, 4, t + ms(4)),
-        t + ms(4),
-        false,
-    );
+    establish_user(&mut control, 0, 1, 4, t + ms(4));
     assert_eq!(removed(&workers[1]), [2]);
     assert!(removed(&workers[0]).is_empty());
-    control.establish(
-        1,
-        from(),
-        keys(1, Role::User, 5, t + ms(5)),
-        t + ms(5),
-        false,
-    );
+    establish_user(&mut control, 1, 1, 5, t + ms(5));
     assert_eq!(removed(&workers[0]), [3]);
     // Only confirmed ones left to evict beside the new: the oldest goes.
     control.confirm(control.by_index[&(0, ReceiverIndex(4))]);
     control.confirm(control.by_index[&(1, ReceiverIndex(5))]);
-    control.establish(
-        1,
-        from(),
-        keys(1, Role::User, 6, t + ms(6)),
-        t + ms(6),
-        false,
-    );
+    establish_user(&mut control, 1, 1, 6, t + ms(6));
     assert_eq!(removed(&workers[0]), [1]);
     assert!(removed(&workers[1]).is_empty());
     let live = control.sessions.iter().flatten().count();
@@ -279,20 +261,12 @@ fn confirming_and_removing_sessions_marks_routes_and_only_connectors_mark_direct
 #[test]
 fn sessions_expire_at_reject_after_time_and_not_before() {
     let (mut control, worker) = control();
-    let ca = CaKeypair::from_seed(&[0x42; 32]);
     let now = Instant::now();
     let index = ReceiverIndex(5);
     control.establish(
         0,
         "127.0.0.1:4000".parse().unwrap(),
-        HopSessionKeys {
-            local_index: index,
-            remote_index: ReceiverIndex(9),
-            send_key: [2; 32],
-            recv_key: [3; 32],
-            peer: certificate(&ca, 1, Role::User),
-            established_at: now,
-        },
+        keys(1, Role::User, 5, now),
         now,
         true,
     );
@@ -323,19 +297,11 @@ fn directory_parts_fit_the_control_frame_bound() {
     use proto::wire::MAX_CONTROL_BODY;
 
     let (mut control, worker) = control();
-    let ca = CaKeypair::from_seed(&[0x42; 32]);
     let now = Instant::now();
     let slot = control.establish(
         0,
         "127.0.0.1:4000".parse().unwrap(),
-        HopSessionKeys {
-            local_index: ReceiverIndex(5),
-            remote_index: ReceiverIndex(9),
-            send_key: [2; 32],
-            recv_key: [3; 32],
-            peer: certificate(&ca, 1, Role::User),
-            established_at: now,
-        },
+        keys(1, Role::User, 5, now),
         now,
         true,
     );
