@@ -746,21 +746,11 @@ impl Control {
                     .store(self.stats.policy_epoch, Ordering::Relaxed);
                 self.routes_dirty = true;
                 self.directories_dirty = true;
-                // Sessions of certificates revoked now end now.
+                // Sessions the new policy no longer admits end now: those
+                // of certificates revoked now, users and connectors it no
+                // longer lists, and those whose pin moved away from their
+                // key (a stolen certificate of a listed id).
                 let policy = self.shared.policy.load();
-                for slot in 0..self.sessions.len() {
-                    let revoked = self.sessions[slot]
-                        .as_ref()
-                        .is_some_and(|e| policy.is_revoked(&e.static_key));
-                    if revoked {
-                        self.remove(slot, "certificate revoked");
-                        self.stats.revoked_closed += 1;
-                    }
-                }
-                // Sessions the new policy no longer admits end now too:
-                // users and connectors it no longer lists, and those whose
-                // pin moved away from their key (a stolen certificate of a
-                // listed id).
                 self.close_unadmitted(&policy);
                 tracing::info!(
                     path = %self.policy_source.path().display(),
@@ -785,12 +775,13 @@ impl Control {
         }
     }
 
-    /// Closes every user and connector session `policy` would not admit
-    /// at a handshake now ([`CompiledPolicy::admits_peer`]): its identity
-    /// is no longer listed (`unlisted_closed`), or the key it holds is no
-    /// longer pinned for its id (`pinned_closed`). Logged once per
-    /// identity, with how many of its sessions closed. Relay sessions are
-    /// the mesh view's business.
+    /// Closes, in one pass, every session `policy` would not admit at a
+    /// handshake now: any peer's whose certificate it revokes
+    /// (`revoked_closed`); a user's or connector's
+    /// ([`CompiledPolicy::admits_peer`]) whose identity it no longer lists
+    /// (`unlisted_closed`) or whose key it no longer pins for the id
+    /// (`pinned_closed`), logged once per identity with how many of its
+    /// sessions closed. Other relay sessions are the mesh view's business.
     fn close_unadmitted(&mut self, policy: &CompiledPolicy) {
         // (role, id, why) -> (certificate name, sessions closed)
         let mut closed: BTreeMap<(&'static str, u32, &'static str), (String, usize)> =
@@ -799,6 +790,11 @@ impl Control {
             let Some(e) = self.sessions[slot].as_ref() else {
                 continue;
             };
+            if policy.is_revoked(&e.static_key) {
+                self.remove(slot, "certificate revoked");
+                self.stats.revoked_closed += 1;
+                continue;
+            }
             let (role, id, role_name) = match e.peer {
                 Peer::User(u) => (Role::User, u.0, "user"),
                 Peer::Connector(c) => (Role::Connector, c, "connector"),
