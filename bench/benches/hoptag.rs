@@ -1,9 +1,9 @@
 //! Hop tag: the candidate MACs on a data frame's tag input, and the chosen
 //! one on whole frames as the datapath calls it.
 //!
-//! Ids are `hoptag/<candidate>/{tag,verify}`: the MAC of the 52-byte input
-//! of a data frame (24 header bytes, the end-to-end record header and AEAD
-//! tag: `proto::hoptag`, "What the tag covers"), given in the two pieces
+//! Ids are `hoptag/<candidate>/{tag,verify}`: the MAC of the 40-byte input
+//! of a data frame (24 header bytes and the end-to-end AEAD tag:
+//! `proto::hoptag`, "What the tag covers"), given in the two pieces
 //! `HopMac::tag_parts` takes. `hoptag/chosen/...` is
 //! `proto::hoptag::HopKey`, whatever candidate it wraps, on whole frames:
 //! a 1400-byte data frame (`tag`, `verify`, `tag-batch32`; the cost does
@@ -33,7 +33,7 @@ fn header() -> [u8; TAGGED_LEN] {
     h
 }
 
-/// The body bytes a data frame's tag covers: record header and AEAD tag.
+/// The body bytes a data frame's tag covers: the end-to-end AEAD tag.
 fn bound() -> [u8; DATA_BOUND_LEN] {
     core::array::from_fn(|i| (i as u8).wrapping_mul(37))
 }

@@ -13,23 +13,32 @@
 //!
 //! | kind | after the 24 header bytes |
 //! | --- | --- |
-//! | `DataUp`, `DataDown` | body bytes `0..12` (end-to-end receiver index and counter), then the body's last 16 bytes (the end-to-end AEAD tag): [`DATA_BOUND_LEN`] bytes |
+//! | `DataUp`, `DataDown` | the body's last 16 bytes (the end-to-end AEAD tag): [`DATA_BOUND_LEN`] bytes |
 //! | `Control`, `E2eHandshakeUp`, `E2eHandshakeDown`, `Keepalive` | the whole body (empty for a keepalive) |
 //!
-//! A data frame's ciphertext is left out to keep the tag cheap: the
-//! end-to-end AEAD tag, which a relay cannot forge, already binds it to the
-//! record header the hop tag covers. So a captured hop header cannot be
-//! raced with another end-to-end record (an older one of the same pair
-//! would otherwise be an end-to-end replay that burns the real frame's hop
-//! counter). Everything else is covered in full: a control body is read by
-//! the receiving node itself, and handshake bodies are rare and short.
+//! A data frame's body is bound through its end-to-end AEAD tag alone. That
+//! tag, which no relay and no attacker can compute, already binds the rest
+//! of the record: the record header (receiver index and counter, which
+//! pick the key and the nonce) and the ciphertext. So a captured hop header
+//! cannot be raced with another end-to-end record (an older one of the same
+//! pair would otherwise be an end-to-end replay that burns the real frame's
+//! hop counter): another record carries another AEAD tag. What the hop tag
+//! leaves out, an on-path attacker can change in flight (a record header
+//! or ciphertext under the real AEAD tag), and the receiving endpoint then
+//! refuses the record, exactly as it refuses a record whose ciphertext was
+//! changed; an attacker on the path can drop the frame in any case.
+//! Covering the record header as well (wire version 2) cost one more
+//! SipHash compression per tag, two per forwarded frame, and protected
+//! nothing more. Everything else is covered in full: a control body is
+//! read by the receiving node itself, and handshake bodies are rare and
+//! short.
 //!
 //! [`HopKey::tag_frame`] and [`HopKey::verify_frame`] take the whole frame
 //! and apply this rule; nothing else computes a hop tag, so no caller can
 //! tag the wrong bytes. The body pieces go to the MAC as they lie in the
-//! frame, without copying or allocation: a data frame's two pieces through
-//! [`candidates::HopMac::tag_data`], which the chosen MAC computes as
-//! straight-line code for that one 52-byte layout.
+//! frame, without copying or allocation: a data frame's header and AEAD
+//! tag through [`candidates::HopMac::tag_data`], which the chosen MAC
+//! computes as straight-line code for that one 40-byte layout.
 //!
 //! # Choice of MAC
 //!
@@ -39,7 +48,7 @@
 //! **SipHash-2-4** with a 128-bit key derived from the 32-byte hop key by
 //! BLAKE3 `derive_key`, computed by [`candidates::SipHash24Fixed`] (SipHash
 //! with the header taken as three whole words, and a data frame's input as
-//! seven words read where they lie; checked equal to the `siphasher`
+//! five words read where they lie; checked equal to the `siphasher`
 //! crate). On the project's machine (2-core AMD EPYC VM,
 //! AES-NI/VAES), over the 24 header bytes alone (the input before the
 //! payload was bound), it took ≈17 ns, against ≈18 ns for the general
@@ -56,13 +65,13 @@
 
 pub mod candidates;
 
-use crate::wire::{Frame, Kind, E2E_HEADER_LEN, E2E_TAG_LEN, HOP_TAG_LEN};
+use crate::wire::{Frame, Kind, E2E_TAG_LEN, HOP_TAG_LEN};
 use candidates::HopMac;
 use core::fmt;
 
-/// Body bytes of a data frame the tag covers: the end-to-end record header
-/// (receiver index and counter) and the end-to-end AEAD tag.
-pub const DATA_BOUND_LEN: usize = E2E_HEADER_LEN + E2E_TAG_LEN;
+/// Body bytes of a data frame the tag covers: the end-to-end AEAD tag (the
+/// body's last [`E2E_TAG_LEN`] bytes).
+pub const DATA_BOUND_LEN: usize = E2E_TAG_LEN;
 
 /// The MAC used for hop tags; see the module documentation for why.
 type Chosen = candidates::SipHash24Fixed;
@@ -86,7 +95,7 @@ impl HopKey {
     /// with probability about `v / 2^64` for a PRF such as SipHash (and
     /// `v·(ℓ+1) / 2^64` for GMAC with ℓ = 2 blocks of input). NIST SP 800-38D,
     /// appendix C, table 2 allows 2^32 invocations for 64-bit tags over inputs
-    /// of at most 2^15 bytes; our input is 52 bytes for data frames, at most
+    /// of at most 2^15 bytes; our input is 40 bytes for data frames, at most
     /// one datagram otherwise. Staying a factor of two
     /// under that keeps the forgery probability per key below about 2^-31
     /// (each success buys a single frame, still end-to-end authenticated) and
@@ -116,11 +125,11 @@ impl HopKey {
         let header = frame.tagged();
         let body = frame.body();
         let bound = match frame.kind() {
-            Kind::DataUp | Kind::DataDown => data_bound(body),
+            Kind::DataUp | Kind::DataDown => body.last_chunk::<E2E_TAG_LEN>(),
             _ => None,
         };
         match bound {
-            Some((e2e_header, e2e_tag)) => self.mac.tag_data(header, e2e_header, e2e_tag),
+            Some(e2e_tag) => self.mac.tag_data(header, e2e_tag),
             None => self.mac.tag_parts(header, body),
         }
     }
@@ -142,16 +151,6 @@ impl HopKey {
         let tag = self.tag_frame(frame);
         frame.set_tag(&tag);
     }
-}
-
-/// A data frame's body pieces under the tag: its first
-/// [`E2E_HEADER_LEN`] bytes and, after them, its last [`E2E_TAG_LEN`];
-/// `None` for a body too short to hold both apart.
-#[inline]
-fn data_bound(body: &[u8]) -> Option<(&[u8; E2E_HEADER_LEN], &[u8; E2E_TAG_LEN])> {
-    let (e2e_header, rest) = body.split_first_chunk()?;
-    let (_, e2e_tag) = rest.split_last_chunk()?;
-    Some((e2e_header, e2e_tag))
 }
 
 impl fmt::Debug for HopKey {
@@ -196,7 +195,7 @@ mod tests {
     /// tag must cover (module documentation, "What the tag covers").
     fn covered(kind: Kind, len: usize, i: usize) -> bool {
         match kind {
-            Kind::DataUp | Kind::DataDown => i < E2E_HEADER_LEN || i >= len - E2E_TAG_LEN,
+            Kind::DataUp | Kind::DataDown => i >= len - E2E_TAG_LEN,
             _ => true,
         }
     }
@@ -207,7 +206,10 @@ mod tests {
         for counter in [0, 1, 0x0102_0304_0506_0708, u64::MAX] {
             assert!(verifies(&key, &frame(Kind::DataUp, counter, 60)));
         }
-        assert_eq!(VERSION, 2, "the version that binds the payload");
+        assert_eq!(
+            VERSION, 3,
+            "the version that binds the payload through its AEAD tag"
+        );
     }
 
     #[test]
@@ -231,9 +233,9 @@ mod tests {
         }
     }
 
-    /// The binding, byte by byte: a data frame's end-to-end record header
-    /// and AEAD tag and every byte of any other kind's body are covered;
-    /// a data frame's ciphertext is not (the AEAD tag binds it).
+    /// The binding, byte by byte: a data frame's end-to-end AEAD tag and
+    /// every byte of any other kind's body are covered; a data frame's
+    /// record header and ciphertext are not (the AEAD tag binds them).
     #[test]
     fn the_tag_covers_exactly_the_bytes_of_its_kind() {
         let key = HopKey::new(&KEY);
@@ -297,7 +299,6 @@ mod tests {
         let key = HopKey::new(&KEY);
         let data = frame(Kind::DataUp, 3, 100);
         let mut input = data[..TAGGED_LEN].to_vec();
-        input.extend_from_slice(&data[HEADER_LEN..HEADER_LEN + E2E_HEADER_LEN]);
         input.extend_from_slice(&data[data.len() - E2E_TAG_LEN..]);
         assert_eq!(input.len(), TAGGED_LEN + DATA_BOUND_LEN);
         assert_eq!(

@@ -38,10 +38,12 @@ use crate::ids::{ReceiverIndex, ServiceId, UserId};
 
 /// The protocol version this crate speaks, in the high nibble of byte 0.
 ///
-/// 2 since the hop tag covers part of the body ([`crate::hoptag`]): a node
-/// of version 1 tags the header alone, so its frames (and its hop
-/// handshakes) are refused as malformed rather than failing as bad tags.
-pub const VERSION: u8 = 2;
+/// 3 since a data frame's hop tag covers the end-to-end AEAD tag alone of
+/// its body ([`crate::hoptag`]); version 2 also covered the end-to-end
+/// record header, and version 1 the hop header alone. A node of another
+/// version tags different bytes, so its frames (and its hop handshakes) are
+/// refused as malformed rather than failing as bad tags.
+pub const VERSION: u8 = 3;
 /// Length of the fixed hop header.
 pub const HEADER_LEN: usize = 32;
 /// Bytes of the hop header covered by the hop tag (all before the tag);
@@ -220,7 +222,7 @@ impl Kind {
     /// The longest body a frame of this kind may have after its hop header:
     /// [`MAX_KEEPALIVE_BODY`], [`MAX_CONTROL_BODY`],
     /// [`MAX_E2E_HANDSHAKE_BODY`], and for data whatever the 16-bit length
-    /// field describes (the datagram bounds it; the hop tag covers 28 bytes
+    /// field describes (the datagram bounds it; the hop tag covers 16 bytes
     /// of a data body whatever its length). The hop handshake kinds have no
     /// hop header; [`crate::handshake::frames`] bounds them.
     #[inline]
@@ -645,7 +647,7 @@ mod tests {
     // 16-byte e2e tag.
     #[rustfmt::skip]
     const DATA: [u8; 62] = [
-        0x21, 0x10, 0x00, 0x1e,
+        0x31, 0x10, 0x00, 0x1e,
         0x01, 0x02, 0x03, 0x04,
         0, 0, 0, 0, 0, 0, 0, 5,
         0, 0, 0, 7,
@@ -687,7 +689,7 @@ mod tests {
         assert_eq!(declared_len(&DATA[..3]), None);
         assert_eq!(declared_len(&init[..9]), None);
         assert_eq!(declared_len(&[0x11, 0, 0, 0]), None);
-        assert_eq!(declared_len(&[0x2f, 0, 0, 0]), None);
+        assert_eq!(declared_len(&[0x3f, 0, 0, 0]), None);
     }
 
     #[test]
@@ -724,14 +726,17 @@ mod tests {
             assert!(Frame::new_checked(&DATA[..len]).is_err(), "len {len}");
         }
         let mut bad = DATA;
-        bad[0] = 0x31;
+        bad[0] = 0x41;
         assert_eq!(Frame::new_checked(&bad[..]), Err(WireError::BadVersion));
-        // Version 1 tagged the header alone: refused as another version.
-        bad[0] = 0x11;
-        assert_eq!(Frame::new_checked(&bad[..]), Err(WireError::BadVersion));
-        bad[0] = 0x27;
+        // Version 1 tagged the header alone, version 2 the end-to-end
+        // record header too: refused as other versions.
+        for older in [0x11, 0x21] {
+            bad[0] = older;
+            assert_eq!(Frame::new_checked(&bad[..]), Err(WireError::BadVersion));
+        }
+        bad[0] = 0x37;
         assert_eq!(Frame::new_checked(&bad[..]), Err(WireError::BadKind));
-        bad[0] = 0x28; // handshake kinds have no hop header
+        bad[0] = 0x38; // handshake kinds have no hop header
         assert_eq!(Frame::new_checked(&bad[..]), Err(WireError::BadKind));
         let mut bad = DATA;
         bad[3] = 0x1f;

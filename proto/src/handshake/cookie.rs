@@ -309,7 +309,7 @@ mod tests {
     }
 
     fn frame() -> Vec<u8> {
-        let mut f = vec![0x28, 0, 0, 0, 0, 0, 0, 1, 0, 4, 1, 2, 3, 4];
+        let mut f = vec![0x38, 0, 0, 0, 0, 0, 0, 1, 0, 4, 1, 2, 3, 4];
         f.extend_from_slice(&[0; MACS_LEN]);
         f
     }

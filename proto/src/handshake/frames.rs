@@ -283,7 +283,7 @@ mod tests {
         let n = f.len();
         f[n - 32..n - 16].fill(1);
         f[n - 16..].fill(2);
-        assert_eq!(&f[..10], &[0x28, 0, 0, 0, 1, 2, 3, 4, 0, 99]);
+        assert_eq!(&f[..10], &[0x38, 0, 0, 0, 1, 2, 3, 4, 0, 99]);
         let HandshakeFrame::Init(v) = parse(&f).unwrap() else {
             panic!("not an init")
         };
@@ -367,11 +367,14 @@ mod tests {
         f[2] = 0;
         f[0] = Kind::DataUp.byte0();
         assert_eq!(parse(&f), Err(WireError::BadKind));
-        f[0] = 0x38;
+        f[0] = 0x48;
         assert_eq!(parse(&f), Err(WireError::BadVersion));
-        // Version 1 (the hop tag over the header alone) is another version.
-        f[0] = 0x18;
-        assert_eq!(parse(&f), Err(WireError::BadVersion));
+        // Versions 1 and 2 (the hop tag over other bytes) are other
+        // versions.
+        for older in [0x18, 0x28] {
+            f[0] = older;
+            assert_eq!(parse(&f), Err(WireError::BadVersion));
+        }
     }
 
     proptest::proptest! {

@@ -349,7 +349,7 @@ mod tests {
     fn init() -> Vec<u8> {
         // The smallest well-formed initiation: noise of the minimum length.
         let noise = super::super::frames::NOISE_INIT_MIN_LEN;
-        let mut f = vec![0x28, 0, 0, 0, 0, 0, 0, 7];
+        let mut f = vec![0x38, 0, 0, 0, 0, 0, 0, 7];
         f.extend_from_slice(&(noise as u16).to_be_bytes());
         f.extend_from_slice(&vec![0x5a; noise]);
         f.extend_from_slice(&[0; super::super::frames::MACS_LEN]);
