@@ -292,6 +292,14 @@ pub fn run_suite(cfg: &SuiteConfig, obs: &mut dyn Observer) -> anyhow::Result<Re
                 for rig in rigs {
                     drop(rig.fleet);
                     for (r, relay_report) in rig.world.stop().iter().enumerate() {
+                        // A relay thread that panicked makes every figure
+                        // of this run suspect: say so, fail the run.
+                        if let Some(failure) = relay_report.failures.first() {
+                            anyhow::bail!(
+                                "relay {r} of the {} rig: {failure}; the figures of this run are not valid",
+                                rig.mode
+                            );
+                        }
                         for (k, w) in relay_report.workers.iter().enumerate() {
                             let io = &w.io;
                             tracing::debug!(

@@ -32,12 +32,12 @@ pub mod metrics;
 pub mod policy_source;
 pub mod renewal;
 pub mod shared;
+pub mod threads;
 pub mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use proto::datapath::Mode;
@@ -48,6 +48,7 @@ use crate::control::{Control, ControlStats};
 use crate::io::{Backend, Io, IoConfig};
 use crate::policy_source::{PolicyLoadError, PolicySource};
 use crate::shared::{Shared, WorkerStats};
+use crate::threads::{Joiner, Watched};
 
 /// Queue depth between the workers and the control thread, in handshake
 /// and control frames. Beyond it workers shed them (counted).
@@ -210,8 +211,8 @@ fn start_links(
 #[derive(Debug)]
 pub struct Relay {
     shared: Arc<Shared>,
-    workers: Vec<JoinHandle<WorkerStats>>,
-    control: Option<JoinHandle<ControlStats>>,
+    workers: Vec<Watched<WorkerStats>>,
+    control: Option<Watched<ControlStats>>,
     local_addr: SocketAddr,
     backend: Backend,
     public_key: [u8; 32],
@@ -227,6 +228,9 @@ pub struct RelayReport {
     pub control: ControlStats,
     /// All workers' statistics added up.
     pub total: WorkerStats,
+    /// Threads that panicked (their statistics count as zero above).
+    /// Empty after a clean run.
+    pub failures: Vec<threads::ThreadFailure>,
 }
 
 impl Relay {
@@ -389,7 +393,7 @@ impl Relay {
                     )));
                 }
             }
-            workers.push(handle);
+            workers.push(Watched::new(handle));
         }
 
         let registry = match &opts.mesh {
@@ -419,7 +423,7 @@ impl Relay {
         Ok(Relay {
             shared,
             workers,
-            control: Some(control),
+            control: Some(Watched::new(control)),
             local_addr,
             backend,
             public_key,
@@ -497,22 +501,37 @@ impl Relay {
         self.join()
     }
 
+    /// The name of a relay thread that has ended although the relay was
+    /// not asked to stop (it panicked, or a worker's I/O failed); `None`
+    /// while every thread runs, and once the relay is stopping. The
+    /// `relay` binary checks it as it waits, and stops the relay when a
+    /// thread died ([`crate::threads`] says why).
+    pub fn ended_early(&self) -> Option<&str> {
+        if self.stopping() {
+            return None;
+        }
+        let workers = self.workers.iter().map(|w| (w.name(), w.is_finished()));
+        let control = self.control.iter().map(|c| (c.name(), c.is_finished()));
+        workers
+            .chain(control)
+            .find(|(_, finished)| *finished)
+            .map(|(name, _)| name)
+    }
+
     fn join(&mut self) -> RelayReport {
-        let workers: Vec<WorkerStats> = self
-            .workers
-            .drain(..)
-            .map(|h| h.join().unwrap_or_default())
-            .collect();
+        let mut joiner = Joiner::default();
+        let workers: Vec<WorkerStats> = self.workers.drain(..).map(|w| joiner.join(w)).collect();
         let control = self
             .control
             .take()
-            .map(|h| h.join().unwrap_or_default())
+            .map(|c| joiner.join(c))
             .unwrap_or_default();
         let total = WorkerStats::sum(&workers);
         RelayReport {
             workers,
             control,
             total,
+            failures: joiner.failures,
         }
     }
 }

@@ -425,12 +425,39 @@ fn run(args: RunArgs, log_format: Option<relay::logs::LogFormat>) -> Result<()> 
         },
         to_hex(relay.public_key())
     );
+    // Waiting, and watching: a thread that ends on its own (a panic, a
+    // worker whose I/O failed) stops the whole relay, which then exits
+    // with an error for its supervisor to restart it (relay::threads).
+    let mut died = None;
     while !relay.stopping() {
+        if let Some(thread) = relay.ended_early() {
+            tracing::error!(
+                thread,
+                "a relay thread ended on its own: stopping the relay"
+            );
+            died = Some(thread.to_owned());
+            break;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     tracing::info!("stopping: draining workers");
     let report = relay.stop();
     print_report(&report);
+    for failure in &report.failures {
+        eprintln!("relay: {failure}");
+    }
+    if let Some(thread) = died {
+        anyhow::bail!(
+            "relay thread {thread} ended before the relay was stopped (see the log above); \
+             the relay stopped so that it can be restarted whole"
+        );
+    }
+    if !report.failures.is_empty() {
+        anyhow::bail!(
+            "{} relay thread(s) panicked while stopping (see above)",
+            report.failures.len()
+        );
+    }
     Ok(())
 }
 

@@ -231,7 +231,12 @@ impl World {
 
     pub fn stop_relay(&mut self) {
         if let Some(r) = self.relay.take() {
-            r.stop();
+            let report = r.stop();
+            // A relay thread that panicked fails the test (unless it is
+            // failing already: a second panic would abort).
+            if !std::thread::panicking() {
+                assert_eq!(report.failures, [], "relay threads panicked");
+            }
         }
     }
 
