@@ -27,8 +27,6 @@
 //! its own test, and no measurement says a separate pass over a batch would
 //! pay, so it was removed.
 
-use std::net::SocketAddr;
-
 use crate::audit::{Access, AuditTable};
 use crate::handshake::frames::{self, HandshakeKind};
 use crate::policy::CompiledPolicy;
@@ -158,15 +156,19 @@ impl DropReason {
 /// What to do with one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Send the (rewritten, re-tagged) frame to `to`, the endpoint of the
-    /// next hop `hop`. The datapath resolved both against the routing
-    /// snapshot it judged the frame with, so the caller sends without a
-    /// second look-up (one that could miss and drop the frame unseen).
+    /// Send the (rewritten, re-tagged) frame to the next hop `hop`: its
+    /// endpoint is `routes.hop(hop)` of the routing snapshot the frame was
+    /// judged with, which holds that hop (the datapath just tagged the frame
+    /// with its key), so the look-up cannot miss there. Resolve it against
+    /// that snapshot only: another one may have no hop `hop`, or another
+    /// peer under it.
+    ///
+    /// A word, not the 32-byte [`std::net::SocketAddr`]: the verdict is
+    /// returned per frame, and the address is only needed per send (a relay
+    /// worker resolves it once per gathered send, `relay::io::Handler`).
     Forward {
         /// The next hop the frame was rewritten and tagged for.
         hop: HopId,
-        /// Where to send it: the next hop's endpoint.
-        to: SocketAddr,
     },
     /// An authenticated keepalive or control frame for this node.
     Local,
@@ -176,6 +178,12 @@ pub enum Verdict {
     /// Drop it; it has been counted.
     Drop(DropReason),
 }
+
+// Returned per frame: a word, so it comes back in a register rather than
+// through a stack slot written piecewise and read back whole (a
+// store-forwarding stall each time, docs/perf.md "The 64-byte path").
+const _: () = assert!(std::mem::size_of::<Verdict>() <= 8);
+const _: () = assert!(std::mem::size_of::<Result<Verdict, DropReason>>() <= 8);
 
 /// Per-worker datapath counters. Plain integers: one worker owns them and
 /// publishes copies between batches.
@@ -376,10 +384,7 @@ impl Datapath<'_> {
         let counter = self.tx.next(hop_id, hop).ok_or(DropReason::KeyExhausted)?;
         frame.rewrite_for_next_hop(hop.remote_index(), counter);
         hop.key().seal_frame(&mut frame);
-        Ok(Verdict::Forward {
-            hop: hop_id,
-            to: hop.endpoint(),
-        })
+        Ok(Verdict::Forward { hop: hop_id })
     }
 }
 
@@ -396,10 +401,10 @@ mod tests {
     const ALLOWED: u32 = 1;
     const DENIED: u32 = 4;
 
-    /// The verdict forwarding to `hop` of the fixture's routes.
+    /// The verdict forwarding to `hop`, which the fixture's routes hold.
     fn forward(fx: &Fixture, hop: HopId) -> Verdict {
-        let to = fx.routes.hop(hop).expect("the hop is routed").endpoint();
-        Verdict::Forward { hop, to }
+        assert!(fx.routes.hop(hop).is_some(), "the hop is routed");
+        Verdict::Forward { hop }
     }
 
     fn frame(fx: &mut Fixture, user: u32, service: u32) -> Vec<u8> {
@@ -441,11 +446,13 @@ mod tests {
         let before = buf.clone();
         assert_eq!(
             fx.datapath(Mode::Ztna).process(&mut buf),
-            Verdict::Forward {
-                hop: CONNECTOR_HOP,
-                to: "127.0.0.1:9".parse().unwrap(),
-            },
-            "the connector's hop and its endpoint, from the same snapshot"
+            Verdict::Forward { hop: CONNECTOR_HOP },
+            "the connector's hop"
+        );
+        assert_eq!(
+            fx.routes.hop(CONNECTOR_HOP).map(|h| h.endpoint()),
+            Some("127.0.0.1:9".parse().unwrap()),
+            "which the snapshot resolves to the connector's endpoint"
         );
         let f = Frame::new_checked(&buf[..]).unwrap();
         assert_eq!(f.receiver(), ReceiverIndex(0xc0));
@@ -942,10 +949,11 @@ mod tests {
         };
         assert_eq!(
             from_relay(&mut fx, 1, ALLOWED),
-            Verdict::Forward {
-                hop: link,
-                to: "127.0.0.1:11".parse().unwrap()
-            }
+            Verdict::Forward { hop: link }
+        );
+        assert_eq!(
+            fx.routes.hop(link).map(|h| h.endpoint()),
+            Some("127.0.0.1:11".parse().unwrap())
         );
         assert_eq!(
             from_relay(&mut fx, 1, DENIED),

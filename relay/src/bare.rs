@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::io::{Action, Backend, Io, IoConfig};
+use crate::io::{Action, Backend, Dest, Dests, Io, IoConfig};
 use crate::shared::WorkerStats;
 use crate::worker::{self, thread_cpu_time};
 use crate::StartError;
@@ -184,14 +184,17 @@ fn run(
     let mut last_publish = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let counters = &mut stats.datapath;
-        let result = io.poll(worker::POLL_TIMEOUT, &mut |_, datagram| {
+        // The one destination is key 0, resolved once per send, as a
+        // worker's next hops are.
+        let mut handler = Dests::new([destination], |_, datagram: &mut [u8]| {
             let len = datagram.len() as u64;
             counters.frames += 1;
             counters.bytes += len;
             counters.forwarded += 1;
             counters.forwarded_bytes += len;
-            Action::Forward(destination)
+            Action::Forward(Dest(0))
         });
+        let result = io.poll(worker::POLL_TIMEOUT, &mut handler);
         if let Err(e) = result {
             tracing::error!(error = %e, "I/O failed; the bare hop stops");
             break;

@@ -138,6 +138,7 @@ impl Collector for RelayCollector {
             (("ztna_io_send_calls", "Send calls (one per GSO group).", None), |w| w.io.send_calls),
             (("ztna_io_syscalls", "Syscalls or io_uring submits.", None), |w| w.io.syscalls),
             (("ztna_io_send_dropped", "Datagrams dropped on send: the socket stayed full, or the kernel refused them.", None), |w| w.io.send_dropped),
+            (("ztna_io_unresolved", "Datagrams forwarded to a next hop the worker could not resolve to an address (not sent; never expected).", None), |w| w.io.unresolved),
             (("ztna_io_recv_no_buffers", "Receives that found no free buffer (the kernel dropped what arrived meanwhile).", None), |w| w.io.recv_no_buffers),
             (("ztna_io_recv_truncated", "Received datagrams dropped for being cut short by a too-small receive buffer.", None), |w| w.io.recv_truncated),
             (("ztna_io_recv_errors", "Receive completions that failed otherwise or had no usable source address.", None), |w| w.io.recv_errors),
@@ -397,6 +398,7 @@ mod tests {
                 recv_errors: base + 4,
                 busy_poll_served: base + 5,
                 busy_poll_missed: base + 6,
+                unresolved: base + 7,
                 busy_poll_time_ns: base * 100_000_000,
                 ..IoStats::default()
             };
@@ -416,6 +418,7 @@ mod tests {
             ("io_recv_errors_total", 4),
             ("io_busy_poll_served_total", 5),
             ("io_busy_poll_missed_total", 6),
+            ("io_unresolved_total", 7),
         ] {
             assert!(
                 text.contains(&format!(

@@ -21,14 +21,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::Guard;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use proto::audit::AuditTable;
 use proto::datapath::{Counters, Datapath, Mode, Verdict};
 use proto::ids::ReceiverIndex;
-use proto::session::{Confirmations, RxSession, SessionTable, TxCounters};
+use proto::policy::CompiledPolicy;
+use proto::route::RouteTable;
+use proto::session::{Confirmations, HopId, RxSession, SessionTable, TxCounters, TxHop};
 use proto::wire::{Frame, Kind, HEADER_LEN};
 
 use crate::admission::Admission;
-use crate::io::{Action, Io};
+use crate::io::{Action, Dest, Handler, Io};
 use crate::shared::{Shared, WorkerStats};
 
 /// How long a poll waits for frames before the worker looks at its control
@@ -103,6 +107,121 @@ pub enum FromWorker {
     },
 }
 
+/// What a worker keeps from batch to batch and judges frames with.
+struct State {
+    sessions: SessionTable,
+    tx: TxCounters,
+    counters: Counters,
+    tally: Tally,
+    confirmations: Confirmations,
+    /// `None`: audit off.
+    audit: Option<AuditTable>,
+    admission: Admission,
+}
+
+/// The worker's [`Handler`] for one poll: judges each frame against the
+/// snapshots it loads at the poll's first frame, and resolves the next
+/// hops of the frames it forwarded against the same routing snapshot.
+///
+/// A verdict names its next hop by [`HopId`], which the I/O carries as a
+/// [`Dest`] (a word, returned in a register) and resolves here once per
+/// send, not per frame. The snapshot lives as long as this handler, one
+/// poll, and the I/O resolves a key only within the poll that returned it:
+/// a hop id is never looked up in a routing table other than the one it was
+/// chosen from (where it may name no hop, or another peer).
+struct Batch<'w> {
+    id: usize,
+    mode: Mode,
+    initiates: bool,
+    shared: &'w Shared,
+    control: &'w Sender<FromWorker>,
+    state: &'w mut State,
+    snapshot: Option<Snapshot>,
+}
+
+/// The policy and routing snapshots one batch is judged against.
+type Snapshot = (Guard<Arc<CompiledPolicy>>, Guard<Arc<RouteTable>>);
+
+impl Handler for Batch<'_> {
+    #[inline]
+    fn handle(&mut self, from: SocketAddr, frame: &mut [u8]) -> Action {
+        let shared = self.shared;
+        let (policy, routes) = self
+            .snapshot
+            .get_or_insert_with(|| (shared.policy.load(), shared.routes.load()));
+        let st = &mut *self.state;
+        st.tx.ensure(routes.hop_slots());
+        let verdict = Datapath {
+            mode: self.mode,
+            initiates: self.initiates,
+            policy,
+            routes,
+            sessions: &mut st.sessions,
+            tx: &mut st.tx,
+            counters: &mut st.counters,
+            confirmations: &mut st.confirmations,
+            audit: st.audit.as_mut(),
+        }
+        .process(frame);
+        match verdict {
+            Verdict::Forward { hop } => Action::Forward(Dest(hop.0)),
+            // Well-sized initiations, and in a mesh responses and cookie
+            // replies (the datapath dropped them elsewhere): the control
+            // thread parses them and drops what answers nothing it sent.
+            Verdict::Handshake(_) => {
+                // mac1, and under load mac2 and the source's fair share,
+                // before anything is copied (crate::admission).
+                let depth = self.control.len();
+                if !st.admission.judge(frame, from, depth, Instant::now()) {
+                    return Action::Consume;
+                }
+                let msg = FromWorker::Handshake {
+                    worker: self.id,
+                    from,
+                    bytes: frame.to_vec(),
+                };
+                if let Err(TrySendError::Full(_)) = self.control.try_send(msg) {
+                    st.tally.handshakes += 1;
+                }
+                Action::Consume
+            }
+            // In forward mode nothing was authenticated: the control
+            // thread only ever hears frames whose tag verified.
+            Verdict::Local
+                if self.mode != Mode::Forward && frame.first() == Some(&Kind::Control.byte0()) =>
+            {
+                let msg = FromWorker::Control {
+                    worker: self.id,
+                    index: Frame::new_unchecked(&*frame).receiver(),
+                    bytes: frame.get(HEADER_LEN..).unwrap_or_default().to_vec(),
+                };
+                st.tally.control_frames += 1;
+                if let Err(TrySendError::Full(_)) = self.control.try_send(msg) {
+                    st.tally.control += 1;
+                }
+                Action::Consume
+            }
+            Verdict::Local => {
+                if frame.first() == Some(&Kind::Control.byte0()) {
+                    st.tally.control_frames += 1;
+                } else {
+                    st.tally.keepalives += 1;
+                }
+                Action::Consume
+            }
+            Verdict::Drop(_) => Action::Consume,
+        }
+    }
+
+    /// The endpoint of next hop `dest` in this poll's routing snapshot,
+    /// which holds it: the datapath tagged the frame with its key there.
+    #[inline]
+    fn resolve(&mut self, dest: Dest) -> Option<SocketAddr> {
+        let (_, routes) = self.snapshot.as_ref()?;
+        routes.hop(HopId(dest.0)).map(TxHop::endpoint)
+    }
+}
+
 /// Runs worker `id` until `shared.stop` is set. Returns its final stats.
 pub fn run(
     id: usize,
@@ -111,15 +230,18 @@ pub fn run(
     shared: Arc<Shared>,
     inbox: Receiver<ToWorker>,
     control: Sender<FromWorker>,
-    mut admission: Admission,
+    admission: Admission,
 ) -> WorkerStats {
-    let mut sessions = SessionTable::new();
-    let mut tx = TxCounters::default();
-    let mut counters = Counters::default();
-    let mut tally = Tally::default();
-    let mut confirmations = Confirmations::new();
+    let mut st = State {
+        sessions: SessionTable::new(),
+        tx: TxCounters::default(),
+        counters: Counters::default(),
+        tally: Tally::default(),
+        confirmations: Confirmations::new(),
+        audit: shared.new_audit_table(),
+        admission,
+    };
     let mut last_publish = Instant::now();
-    let mut audit = shared.new_audit_table();
     // A relay in a mesh initiates hop handshakes with other relays, from
     // each worker's link port: only then may responses and cookie replies
     // reach the control thread.
@@ -128,9 +250,9 @@ pub fn run(
     while !shared.stop.load(Ordering::Relaxed) {
         for msg in inbox.try_iter() {
             match msg {
-                ToWorker::Install { index, session } => sessions.install(index, *session),
+                ToWorker::Install { index, session } => st.sessions.install(index, *session),
                 ToWorker::Remove { index } => {
-                    sessions.remove(index);
+                    st.sessions.remove(index);
                 }
                 ToWorker::Send { to, bytes } => {
                     if let Err(e) = io.send_to(to, &bytes) {
@@ -148,91 +270,35 @@ pub fn run(
         // The snapshots are loaded when the first frame of a batch is
         // judged, i.e. after the wait: a policy swapped while this worker
         // slept already applies to the next batch.
-        let mut snapshot = None;
-        let result = io.poll(POLL_TIMEOUT, &mut |from, frame| {
-            let (policy, routes) =
-                snapshot.get_or_insert_with(|| (shared.policy.load(), shared.routes.load()));
-            tx.ensure(routes.hop_slots());
-            let verdict = Datapath {
-                mode,
-                initiates,
-                policy,
-                routes,
-                sessions: &mut sessions,
-                tx: &mut tx,
-                counters: &mut counters,
-                confirmations: &mut confirmations,
-                audit: audit.as_mut(),
-            }
-            .process(frame);
-            match verdict {
-                Verdict::Forward { to, .. } => Action::Forward(to),
-                // Well-sized initiations, and in a mesh responses and
-                // cookie replies (the datapath dropped them elsewhere): the
-                // control thread parses them and drops what answers
-                // nothing it sent.
-                Verdict::Handshake(_) => {
-                    // mac1, and under load mac2 and the source's fair
-                    // share, before anything is copied (crate::admission).
-                    if !admission.judge(frame, from, control.len(), Instant::now()) {
-                        return Action::Consume;
-                    }
-                    let msg = FromWorker::Handshake {
-                        worker: id,
-                        from,
-                        bytes: frame.to_vec(),
-                    };
-                    if let Err(TrySendError::Full(_)) = control.try_send(msg) {
-                        tally.handshakes += 1;
-                    }
-                    Action::Consume
-                }
-                // In forward mode nothing was authenticated: the control
-                // thread only ever hears frames whose tag verified.
-                Verdict::Local
-                    if mode != Mode::Forward && frame.first() == Some(&Kind::Control.byte0()) =>
-                {
-                    let msg = FromWorker::Control {
-                        worker: id,
-                        index: Frame::new_unchecked(&*frame).receiver(),
-                        bytes: frame.get(HEADER_LEN..).unwrap_or_default().to_vec(),
-                    };
-                    tally.control_frames += 1;
-                    if let Err(TrySendError::Full(_)) = control.try_send(msg) {
-                        tally.control += 1;
-                    }
-                    Action::Consume
-                }
-                Verdict::Local => {
-                    if frame.first() == Some(&Kind::Control.byte0()) {
-                        tally.control_frames += 1;
-                    } else {
-                        tally.keepalives += 1;
-                    }
-                    Action::Consume
-                }
-                Verdict::Drop(_) => Action::Consume,
-            }
-        });
+        let mut batch = Batch {
+            id,
+            mode,
+            initiates,
+            shared: &shared,
+            control: &control,
+            state: &mut st,
+            snapshot: None,
+        };
+        let result = io.poll(POLL_TIMEOUT, &mut batch);
         if let Err(e) = result {
             tracing::error!(worker = id, error = %e, "I/O failed; worker stops");
             break;
         }
-        admission.send_cookie_replies(id, &mut io);
-        deliver_confirmations(id, &mut confirmations, &control);
+        st.admission.send_cookie_replies(id, &mut io);
+        deliver_confirmations(id, &mut st.confirmations, &control);
         if last_publish.elapsed() >= PUBLISH_EVERY {
             last_publish = Instant::now();
-            shared.publish(id, stats(&counters, &io, tally, &sessions, &admission));
-            if let Some(table) = audit.as_mut() {
+            shared.publish(id, stats(&st, &io));
+            if let Some(table) = st.audit.as_mut() {
                 shared.hand_off_audit(id, table);
             }
         }
     }
-    if let Some(table) = audit.as_mut() {
+    if let Some(table) = st.audit.as_mut() {
         shared.hand_off_audit(id, table);
     }
     let _ = io.flush();
-    let last = stats(&counters, &io, tally, &sessions, &admission);
+    let last = stats(&st, &io);
     shared.publish(id, last.clone());
     last
 }
@@ -272,22 +338,16 @@ struct Tally {
     control_frames: u64,
 }
 
-fn stats(
-    counters: &Counters,
-    io: &Io,
-    tally: Tally,
-    sessions: &SessionTable,
-    admission: &Admission,
-) -> WorkerStats {
+fn stats(st: &State, io: &Io) -> WorkerStats {
     WorkerStats {
-        datapath: counters.clone(),
+        datapath: st.counters.clone(),
         io: *io.stats(),
-        handshakes_shed: tally.handshakes,
-        control_shed: tally.control,
-        handshakes_gated: admission.counts(),
-        keepalives: tally.keepalives,
-        control_frames: tally.control_frames,
-        sessions: sessions.len(),
+        handshakes_shed: st.tally.handshakes,
+        control_shed: st.tally.control,
+        handshakes_gated: st.admission.counts(),
+        keepalives: st.tally.keepalives,
+        control_frames: st.tally.control_frames,
+        sessions: st.sessions.len(),
         cpu: thread_cpu_time(),
         thread: Some(thread_id()),
     }

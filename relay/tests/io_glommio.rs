@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use proto::wire::{Kind, HEADER_LEN};
 use relay::io::train::TrainSender;
-use relay::io::{bind_socket, Action, Backend, Grouping, Io, IoConfig, IoStats};
+use relay::io::{bind_socket, Action, Backend, Dest, Dests, Grouping, Io, IoConfig, IoStats};
 
 /// Byte 1 (the ttl) of a frame the forwarder must drop.
 const DROP: u8 = 0x01;
@@ -83,18 +83,19 @@ fn spawn_forwarder(
     let handle = thread::spawn(move || {
         let mut io = Io::new(Backend::Glommio, sock, cfg)
             .unwrap_or_else(|e| panic!("the glommio backend cannot start here: {e}"));
-        let mut handler = |_: SocketAddr, d: &mut [u8]| {
+        let n = route.len();
+        let mut handler = Dests::new(route, |_: SocketAddr, d: &mut [u8]| {
             if d.get(1) == Some(&DROP) {
                 return Action::Consume;
             }
-            let Some(&dst) = d.get(4).and_then(|&f| route.get(usize::from(f))) else {
+            let Some(flow) = d.get(4).map(|&f| usize::from(f)).filter(|&f| f < n) else {
                 return Action::Consume;
             };
             d[1] = MARK;
             let last = d.len() - 1;
             d[last] ^= 0xFF;
-            Action::Forward(dst)
-        };
+            Action::Forward(Dest(flow as u32))
+        });
         let mut idle = 0;
         while io.stats().datagrams_in < expected && idle < 100 {
             let ps = io.poll(Duration::from_millis(50), &mut handler).unwrap();
@@ -315,9 +316,10 @@ fn the_gso_option_never_splits_a_later_single_datagram() {
                 break;
             }
             seen += io
-                .poll(Duration::from_millis(50), &mut |_, _: &mut [u8]| {
-                    Action::Forward(dst)
-                })
+                .poll(
+                    Duration::from_millis(50),
+                    &mut Dests::new([dst], |_, _: &mut [u8]| Action::Forward(Dest(0))),
+                )
                 .unwrap()
                 .received;
         }

@@ -12,7 +12,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use relay::io::train::TrainSender;
-use relay::io::{bind_socket, Action, Backend, Grouping, Io, IoConfig, IoStats};
+use relay::io::{
+    bind_socket, Action, Backend, Dest, Dests, Grouping, Handler, Io, IoConfig, IoStats,
+};
 
 const BACKENDS: [Backend; 2] = [Backend::Uring, Backend::Mmsg];
 /// Backends for the cases where no GRO run arrives (single datagrams, or
@@ -91,8 +93,8 @@ fn fill(d: &mut [u8], flow: u8, seq: u32, drop: bool) {
 /// last byte of the others (an in-place rewrite the receiver checks).
 /// `work` is spent busy per datagram, to make the forwarder slower than the
 /// sender.
-fn forward_to(dst: SocketAddr, work: Duration) -> impl FnMut(SocketAddr, &mut [u8]) -> Action {
-    move |_src, d: &mut [u8]| {
+fn forward_to(dst: SocketAddr, work: Duration) -> impl Handler + Send {
+    Dests::new([dst], move |_src, d: &mut [u8]| {
         if !work.is_zero() {
             let t = Instant::now();
             while t.elapsed() < work {
@@ -105,8 +107,8 @@ fn forward_to(dst: SocketAddr, work: Duration) -> impl FnMut(SocketAddr, &mut [u
         d[0] = MARK;
         let last = d.len() - 1;
         d[last] ^= 0xFF;
-        Action::Forward(dst)
-    }
+        Action::Forward(Dest(0))
+    })
 }
 
 /// Runs a forwarder thread until it has received `expected` datagrams or
@@ -129,7 +131,7 @@ fn spawn_forwarder_with<H>(
     mut handler: H,
 ) -> (SocketAddr, thread::JoinHandle<(Backend, IoStats)>)
 where
-    H: FnMut(SocketAddr, &mut [u8]) -> Action + Send + 'static,
+    H: Handler + Send + 'static,
 {
     let sock = bind_socket(localhost(), &cfg).unwrap();
     let addr = sock.local_addr().unwrap();
@@ -398,19 +400,22 @@ fn mixed_destinations_scenario(backend: Backend, cfg: IoConfig) -> IoStats {
     ];
     let rounds = 6;
     let expected_in: usize = trains.iter().map(|t| t.1).sum::<usize>() * rounds;
-    let route = dsts.clone();
-    let handler = move |_: SocketAddr, d: &mut [u8]| {
+    let handler = Dests::new(dsts.clone(), move |_: SocketAddr, d: &mut [u8]| {
         if d.first() == Some(&DROP) {
             return Action::Consume;
         }
-        let Some(&dst) = d.get(1).and_then(|&f| route.get(usize::from(f))) else {
+        let Some(flow) = d
+            .get(1)
+            .map(|&f| usize::from(f))
+            .filter(|&f| f < MIXED_DSTS)
+        else {
             return Action::Consume;
         };
         d[0] = MARK;
         let last = d.len() - 1;
         d[last] ^= 0xFF;
-        Action::Forward(dst)
-    };
+        Action::Forward(Dest(flow as u32))
+    });
     let (fwd_addr, fwd) = spawn_forwarder_with(backend, cfg, expected_in as u64, handler);
     let sock = bind_socket(localhost(), &IoConfig::default()).unwrap();
     let sender = Io::new(Backend::Mmsg, sock, IoConfig::default()).unwrap();
@@ -585,6 +590,64 @@ fn consume_sends_nothing() {
     }
 }
 
+/// A destination key means what that poll's handler resolves it to, and
+/// nothing more: the same key in the next poll, resolved by another handler
+/// to another address, goes there; nothing gathered in one poll is sent
+/// again, or joined by a datagram, in the next.
+#[test]
+fn a_destination_key_is_resolved_within_its_own_poll_only() {
+    for backend in NO_RUNS {
+        if !backend_available(backend) {
+            continue;
+        }
+        let (rx_a, rx_b) = (receiver(), receiver());
+        let (a, b) = (rx_a.local_addr().unwrap(), rx_b.local_addr().unwrap());
+        let sock = bind_socket(localhost(), &IoConfig::default()).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let mut io = make_io(backend, sock, IoConfig::default()).unwrap();
+        let tx = UdpSocket::bind(localhost()).unwrap();
+        // Round r: three datagrams filled with r, all forwarded to key 7,
+        // which resolves to `a`, then `b`, then `a` again.
+        for (round, to) in [a, b, a].into_iter().enumerate() {
+            for _ in 0..3 {
+                tx.send_to(&[round as u8; 100], addr).unwrap();
+            }
+            let mut handler = Dests::new([to; 8], |_, _: &mut [u8]| Action::Forward(Dest(7)));
+            let mut seen = 0;
+            for _ in 0..100 {
+                if seen == 3 {
+                    break;
+                }
+                seen += io
+                    .poll(Duration::from_millis(50), &mut handler)
+                    .unwrap()
+                    .received;
+            }
+            assert_eq!(seen, 3, "{backend}: round {round}");
+        }
+        io.flush().unwrap();
+        assert_eq!(io.stats().unresolved, 0, "{backend}");
+        let want: [(&UdpSocket, &[u8]); 2] = [(&rx_a, &[0, 0, 0, 2, 2, 2]), (&rx_b, &[1, 1, 1])];
+        for (rx, want) in want {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 128];
+            for _ in want {
+                let (n, _) = rx.recv_from(&mut buf).expect("a forwarded datagram");
+                assert_eq!(n, 100, "{backend}");
+                got.push(buf[0]);
+            }
+            got.sort_unstable();
+            assert_eq!(got, want, "{backend}");
+            rx.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            assert!(
+                rx.recv_from(&mut buf).is_err(),
+                "{backend}: a datagram sent twice, or to the wrong poll's address"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_second_socket_is_received_from_and_forwards_leave_from_the_first() {
     for backend in BACKENDS {
@@ -615,9 +678,10 @@ fn a_second_socket_is_received_from_and_forwards_leave_from_the_first() {
                 break;
             }
             seen += io
-                .poll(Duration::from_millis(20), &mut |_, _: &mut [u8]| {
-                    Action::Forward(dst)
-                })
+                .poll(
+                    Duration::from_millis(20),
+                    &mut Dests::new([dst], |_, _: &mut [u8]| Action::Forward(Dest(0))),
+                )
                 .unwrap()
                 .received;
         }
@@ -1015,10 +1079,10 @@ fn forward_rate_1400() {
             .spawn(move || {
                 pin(1);
                 let mut io = Io::new(backend, fwd_sock, bench_config()).unwrap();
-                let mut handler = move |_: SocketAddr, d: &mut [u8]| {
+                let mut handler = Dests::new([rx_addr], |_: SocketAddr, d: &mut [u8]| {
                     d[0] ^= 1;
-                    Action::Forward(rx_addr)
-                };
+                    Action::Forward(Dest(0))
+                });
                 // Warm up until traffic flows, then measure.
                 while io.stats().datagrams_in == 0 {
                     io.poll(Duration::from_millis(100), &mut handler).unwrap();
@@ -1197,12 +1261,13 @@ fn grouping_slice(
             ..IoConfig::default()
         };
         let mut io = Io::new(backend, fwd_sock, cfg).unwrap();
-        let mut handler = move |_: SocketAddr, d: &mut [u8]| {
+        let n = dst_addrs.len();
+        let mut handler = Dests::new(dst_addrs, move |_: SocketAddr, d: &mut [u8]| {
             if d[0] == DROP {
                 return Action::Consume;
             }
-            Action::Forward(dst_addrs[usize::from(d[1]) % dst_addrs.len()])
-        };
+            Action::Forward(Dest((usize::from(d[1]) % n) as u32))
+        });
         let warm = Instant::now();
         while warm.elapsed() < Duration::from_millis(200) {
             io.poll(Duration::from_millis(20), &mut handler).unwrap();

@@ -1,5 +1,5 @@
-//! What both backends do with a received run: hand each datagram to the
-//! per-frame callback and group the forwarded ones for sending; and the
+//! What every backend does with a received run: hand each datagram to the
+//! per-frame [`Handler`] and gather the forwarded ones for sending; and the
 //! deadline arithmetic of their poll loops.
 
 use std::net::SocketAddr;
@@ -9,16 +9,109 @@ use super::config::Grouping;
 use super::gather::Gather;
 use super::stats::PollStats;
 
+/// Where a forwarded datagram goes, as the handler names it: a word-sized
+/// key (a relay worker's next-hop id), resolved to an address by
+/// [`Handler::resolve`] once per send, not per datagram.
+///
+/// A key names one destination for the duration of one [`super::Io::poll`]
+/// only: the backends send (and forget) everything gathered in a poll
+/// before it returns, so a key is never resolved, nor joined to a send, in
+/// a poll other than the one whose handler returned it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Dest(pub u32);
+
 /// What the per-frame logic decided about one datagram.
+///
+/// A word (the tag and a [`Dest`]): returned in a register, per datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// Send the datagram (as the callback left it, same length) there.
-    Forward(SocketAddr),
+    /// Send the datagram (as the handler left it, same length) to the
+    /// destination this key resolves to.
+    Forward(Dest),
     /// Nothing to send (dropped, or answered by other means).
     Consume,
 }
 
-/// Hands each datagram of one received run to `handle` and records the
+const _: () = assert!(std::mem::size_of::<Action>() <= 8);
+
+/// The per-frame logic an [`super::Io::poll`] runs: judge each datagram,
+/// and say where a forwarded one's key leads.
+///
+/// `resolve` is called when the gather opens a send for a key: once per
+/// key and poll while its newest send is known (a send that is full or
+/// closed passes its address on to the next one for the same key), and at
+/// most once per send otherwise. Always within the poll in which `handle`
+/// returned the key, after that `handle` call. Datagrams for different keys
+/// never share a send, even when the keys resolve to one address; order is
+/// kept per key.
+///
+/// A closure `FnMut(SocketAddr, &mut [u8]) -> Action` is a handler that
+/// resolves nothing: for receivers that only consume (a datagram it
+/// forwards is dropped and counted in [`super::IoStats::unresolved`]). A
+/// handler with fixed destinations is a [`Dests`].
+pub trait Handler {
+    /// Judges one datagram from `from`, possibly rewriting it in place.
+    fn handle(&mut self, from: SocketAddr, datagram: &mut [u8]) -> Action;
+
+    /// The address `dest` (returned by `handle` in this poll) stands for;
+    /// `None` drops the datagrams of the send being opened (counted in
+    /// [`super::IoStats::unresolved`]).
+    fn resolve(&mut self, dest: Dest) -> Option<SocketAddr>;
+}
+
+impl<F> Handler for F
+where
+    F: FnMut(SocketAddr, &mut [u8]) -> Action,
+{
+    #[inline]
+    fn handle(&mut self, from: SocketAddr, datagram: &mut [u8]) -> Action {
+        self(from, datagram)
+    }
+
+    #[inline]
+    fn resolve(&mut self, _: Dest) -> Option<SocketAddr> {
+        None
+    }
+}
+
+/// A handler whose destinations are a fixed list: `Dest(i)` is the `i`th
+/// address of `addrs` (a bare hop's single destination, a test's
+/// receivers), held as any `AsRef<[SocketAddr]>` (an array, a `Vec`, a
+/// slice).
+#[derive(Debug)]
+pub struct Dests<A, F> {
+    addrs: A,
+    handle: F,
+}
+
+impl<A, F> Dests<A, F>
+where
+    A: AsRef<[SocketAddr]>,
+    F: FnMut(SocketAddr, &mut [u8]) -> Action,
+{
+    /// `handle` judges the datagrams; the keys it returns index `addrs`.
+    pub fn new(addrs: A, handle: F) -> Self {
+        Self { addrs, handle }
+    }
+}
+
+impl<A, F> Handler for Dests<A, F>
+where
+    A: AsRef<[SocketAddr]>,
+    F: FnMut(SocketAddr, &mut [u8]) -> Action,
+{
+    #[inline]
+    fn handle(&mut self, from: SocketAddr, datagram: &mut [u8]) -> Action {
+        (self.handle)(from, datagram)
+    }
+
+    #[inline]
+    fn resolve(&mut self, dest: Dest) -> Option<SocketAddr> {
+        self.addrs.as_ref().get(dest.0 as usize).copied()
+    }
+}
+
+/// Hands each datagram of one received run to `handler` and records the
 /// forwarded ones in `gather`.
 ///
 /// `run` is the payload of one receive: a single datagram, or with
@@ -27,26 +120,29 @@ pub enum Action {
 /// lies in, for the sends.
 ///
 /// With [`Grouping::Compact`], a forwarded datagram for the same
-/// destination as the forwarded one before it in this run is moved down
-/// to follow it when a dropped datagram lay between (the one copy that
+/// destination key as the forwarded one before it in this run is moved
+/// down to follow it when a dropped datagram lay between (the one copy that
 /// grouping costs).
-pub(crate) fn dispatch_run<F>(
+pub(crate) fn dispatch_run<H>(
     run: &mut [u8],
     buf: u32,
     src: SocketAddr,
     segment: Option<usize>,
-    handle: &mut F,
+    handler: &mut H,
     gather: &mut Gather,
     ps: &mut PollStats,
 ) where
-    F: FnMut(SocketAddr, &mut [u8]) -> Action,
+    H: Handler + ?Sized,
 {
     if run.is_empty() {
         // A zero-length datagram is still a datagram.
         ps.received += 1;
-        if let Action::Forward(dst) = handle(src, run) {
-            gather.push(dst, buf, run.as_ptr() as usize, 0);
-            ps.forwarded += 1;
+        if let Action::Forward(dest) = handler.handle(src, run) {
+            if gather.push(dest, buf, run.as_ptr() as usize, 0, |d| handler.resolve(d)) {
+                ps.forwarded += 1;
+            } else {
+                ps.unresolved += 1;
+            }
         }
         return;
     }
@@ -58,7 +154,7 @@ pub(crate) fn dispatch_run<F>(
     let compact = gather.grouping() == Grouping::Compact;
     // Compact: the destination of the last forwarded datagram of this run
     // and where it ends.
-    let mut tail: Option<(SocketAddr, usize)> = None;
+    let mut tail: Option<(Dest, usize)> = None;
     let base = run.as_ptr() as usize;
     let mut off = 0;
     while off < run.len() {
@@ -66,19 +162,24 @@ pub(crate) fn dispatch_run<F>(
         let len = end - off;
         ps.received += 1;
         ps.received_bytes += len;
-        if let Action::Forward(dst) = handle(src, &mut run[off..end]) {
+        if let Action::Forward(dest) = handler.handle(src, &mut run[off..end]) {
             let mut at = off;
             if compact {
                 if let Some((d, t)) = tail {
-                    if d == dst && t < off {
+                    if d == dest && t < off {
                         run.copy_within(off..end, t);
                         at = t;
                     }
                 }
-                tail = Some((dst, at + len));
             }
-            gather.push(dst, buf, base + at, len);
-            ps.forwarded += 1;
+            if gather.push(dest, buf, base + at, len, |d| handler.resolve(d)) {
+                if compact {
+                    tail = Some((dest, at + len));
+                }
+                ps.forwarded += 1;
+            } else {
+                ps.unresolved += 1;
+            }
         }
         off = end;
     }
@@ -94,6 +195,7 @@ pub(crate) fn remaining(deadline: Option<Instant>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::limits::MAX_GSO_SEGMENTS;
 
     #[test]
     fn dispatch_splits_runs_and_groups_forwards() {
@@ -108,16 +210,16 @@ mod tests {
             7,
             src,
             Some(100),
-            &mut |from, d: &mut [u8]| {
+            &mut Dests::new([dst], |from, d: &mut [u8]| {
                 assert_eq!(from, src);
                 seen.push(d.len());
                 d[0] = 0xff;
                 if d.len() == 100 {
-                    Action::Forward(dst)
+                    Action::Forward(Dest(0))
                 } else {
                     Action::Consume
                 }
-            },
+            }),
             &mut gather,
             &mut ps,
         );
@@ -128,6 +230,7 @@ mod tests {
         );
         assert_eq!(gather.sends().len(), 1);
         assert_eq!(gather.sends()[0].count, 2);
+        assert_eq!(gather.sends()[0].dst, dst);
         assert_eq!((run[0], run[100], run[200]), (0xff, 0xff, 0xff));
     }
 
@@ -142,7 +245,7 @@ mod tests {
             0,
             src,
             None,
-            &mut |_, _: &mut [u8]| Action::Forward(src),
+            &mut Dests::new([src], |_, _: &mut [u8]| Action::Forward(Dest(0))),
             &mut gather,
             &mut ps,
         );
@@ -151,7 +254,7 @@ mod tests {
             0,
             src,
             Some(5),
-            &mut |_, _: &mut [u8]| Action::Forward(src),
+            &mut Dests::new([src], |_, _: &mut [u8]| Action::Forward(Dest(0))),
             &mut gather,
             &mut ps,
         );
@@ -174,13 +277,13 @@ mod tests {
             0,
             src,
             Some(10),
-            &mut |_, d: &mut [u8]| {
+            &mut Dests::new([dst], |_, d: &mut [u8]| {
                 if d[0] == 1 {
                     Action::Consume
                 } else {
-                    Action::Forward(dst)
+                    Action::Forward(Dest(0))
                 }
-            },
+            }),
             &mut gather,
             &mut ps,
         );
@@ -191,5 +294,150 @@ mod tests {
         assert_eq!(t.addr, base);
         let sent: Vec<u8> = run[..40].iter().step_by(10).copied().collect();
         assert_eq!(sent, [0, 2, 3, 4]);
+    }
+
+    /// Forwards datagram `i` (a byte holding its index) to key `i % 3`;
+    /// keys 0 and 1 resolve to one address, key 2 to another. Counts the
+    /// resolves.
+    struct Counting {
+        addrs: [SocketAddr; 3],
+        resolved: Vec<Dest>,
+    }
+
+    impl Handler for Counting {
+        fn handle(&mut self, _: SocketAddr, d: &mut [u8]) -> Action {
+            Action::Forward(Dest(u32::from(d[0]) % 3))
+        }
+
+        fn resolve(&mut self, dest: Dest) -> Option<SocketAddr> {
+            self.resolved.push(dest);
+            self.addrs.get(dest.0 as usize).copied()
+        }
+    }
+
+    /// `count` datagrams of 10 bytes, datagram `i` filled with `i`.
+    fn indexed(count: u8) -> Vec<u8> {
+        (0..count).flat_map(|i| [i; 10]).collect()
+    }
+
+    #[test]
+    fn keys_resolve_once_per_batch_not_per_datagram_and_never_merge() {
+        let src: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let (x, y): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:7".parse().unwrap(),
+            "127.0.0.1:8".parse().unwrap(),
+        );
+        let mut handler = Counting {
+            addrs: [x, x, y],
+            resolved: Vec::new(),
+        };
+        // 240 datagrams in two runs: 80 per key, more than one send holds.
+        let mut runs = [indexed(120), indexed(120)];
+        let mut gather = Gather::new(256, true, Grouping::Gather);
+        let mut ps = PollStats::default();
+        for (buf, run) in runs.iter_mut().enumerate() {
+            dispatch_run(
+                run,
+                buf as u32,
+                src,
+                Some(10),
+                &mut handler,
+                &mut gather,
+                &mut ps,
+            );
+        }
+        assert_eq!((ps.received, ps.forwarded, ps.unresolved), (240, 240, 0));
+        assert_eq!(
+            handler.resolved,
+            [Dest(0), Dest(1), Dest(2)],
+            "one resolve per key for the whole batch"
+        );
+        let sends: Vec<(Dest, SocketAddr, usize)> = gather
+            .sends()
+            .iter()
+            .map(|s| (s.dest, s.dst, s.count))
+            .collect();
+        // Per key: a full send, then the rest, with the address passed on.
+        assert_eq!(
+            sends,
+            [
+                (Dest(0), x, MAX_GSO_SEGMENTS),
+                (Dest(1), x, MAX_GSO_SEGMENTS),
+                (Dest(2), y, MAX_GSO_SEGMENTS),
+                (Dest(0), x, 80 - MAX_GSO_SEGMENTS),
+                (Dest(1), x, 80 - MAX_GSO_SEGMENTS),
+                (Dest(2), y, 80 - MAX_GSO_SEGMENTS),
+            ],
+            "keys 0 and 1 share an address, never a send"
+        );
+        // Each key's datagrams in arrival order: (buffer, first byte).
+        for key in 0..3u8 {
+            let mut got = Vec::new();
+            for s in gather.sends().iter().filter(|s| s.dest == Dest(key.into())) {
+                for t in gather.stretches(s) {
+                    let bytes = &runs[t.buf as usize];
+                    let off = t.addr - bytes.as_ptr() as usize;
+                    got.extend(
+                        bytes[off..off + t.len]
+                            .iter()
+                            .step_by(10)
+                            .map(|&b| (t.buf, b)),
+                    );
+                }
+            }
+            let want: Vec<(u32, u8)> = (0..2u32)
+                .flat_map(|buf| (0..120u8).filter(|i| i % 3 == key).map(move |i| (buf, i)))
+                .collect();
+            assert_eq!(got, want, "key {key}");
+        }
+    }
+
+    #[test]
+    fn without_the_table_keys_resolve_at_most_once_per_send() {
+        let src: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let x: SocketAddr = "127.0.0.1:7".parse().unwrap();
+        let mut handler = Counting {
+            addrs: [x; 3],
+            resolved: Vec::new(),
+        };
+        let mut run = indexed(9);
+        let mut gather = Gather::new(16, true, Grouping::Contiguous);
+        let mut ps = PollStats::default();
+        dispatch_run(
+            &mut run,
+            0,
+            src,
+            Some(10),
+            &mut handler,
+            &mut gather,
+            &mut ps,
+        );
+        // Keys 0 1 2 0 1 2 0 1 2: every datagram opens a send.
+        assert_eq!(gather.sends().len(), 9);
+        assert_eq!(handler.resolved.len(), 9);
+    }
+
+    #[test]
+    fn an_unresolved_key_is_counted_not_sent() {
+        let src: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let mut run = [0u8; 30];
+        let mut gather = Gather::new(8, true, Grouping::Compact);
+        let mut ps = PollStats::default();
+        // A closure resolves nothing.
+        let mut consume_only = |_: SocketAddr, _: &mut [u8]| Action::Forward(Dest(0));
+        dispatch_run(
+            &mut run,
+            0,
+            src,
+            Some(10),
+            &mut consume_only,
+            &mut gather,
+            &mut ps,
+        );
+        // Nor does a list without the key.
+        let mut short = Dests::new([src], |_, _: &mut [u8]| Action::Forward(Dest(1)));
+        dispatch_run(&mut [], 0, src, None, &mut short, &mut gather, &mut ps);
+        assert_eq!((ps.received, ps.forwarded, ps.unresolved), (4, 0, 4));
+        assert!(gather.sends().is_empty());
     }
 }

@@ -10,16 +10,22 @@
 //! forwarded ones, or datagrams for other next hops between them, no longer
 //! splits a send; nothing is copied.
 //!
-//! Order per destination is kept: a datagram only ever joins the newest
-//! send for its destination, and sends are listed in the order they were
-//! opened, which is the order the backends submit them in.
+//! Destinations are the handler's word-sized keys ([`Dest`]), compared as
+//! integers per datagram; a key is resolved to its address once, when the
+//! first send for it in the batch is opened (a later send for the same key
+//! takes the address from the one before), and the address is stored in
+//! the send for the backends. Two keys with one address are two
+//! destinations here: their datagrams never share a send.
+//!
+//! Order per destination key is kept: a datagram only ever joins the newest
+//! send for its key, and sends are listed in the order they were opened,
+//! which is the order the backends submit them in.
 //!
 //! Everything is allocated up front: the sends and stretches (at most one
-//! per datagram of a batch) and a small open-addressing table from
-//! destination to its open send, cleared by a generation count. A
-//! destination the table cannot hold (more than it has room for in one
-//! batch) only costs grouping: its datagrams then open sends of their own,
-//! still in order.
+//! per datagram of a batch) and a small open-addressing table from key to
+//! its open send, cleared by a generation count. A key the table cannot
+//! hold (more than it has room for in one batch) only costs grouping (and
+//! a resolve): its datagrams then open sends of their own, still in order.
 //!
 //! [`Grouping::Contiguous`] keeps the grouping from before (only datagrams
 //! back to back in one buffer share a send) and [`Grouping::Compact`] adds
@@ -29,6 +35,7 @@
 use std::net::SocketAddr;
 
 use super::config::Grouping;
+use super::dispatch::Dest;
 use super::limits::{MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD};
 
 /// End of a stretch chain.
@@ -56,8 +63,10 @@ pub(crate) struct Stretch {
 /// shorter), `len` bytes in all, in `stretches` pieces, for `dst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct GatherSend {
-    /// Destination of every datagram in it.
+    /// Destination of every datagram in it, as the handler resolved `dest`.
     pub(crate) dst: SocketAddr,
+    /// The handler's key for it.
+    pub(crate) dest: Dest,
     /// Size of every datagram but possibly the last.
     pub(crate) segment: usize,
     /// Datagrams.
@@ -90,10 +99,10 @@ impl GatherSend {
     }
 }
 
-/// A destination's newest send in this batch.
+/// A destination key's newest send in this batch.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
-    dst: SocketAddr,
+    dest: Dest,
     send: u32,
     /// Valid when equal to [`Gather::generation`].
     generation: u32,
@@ -106,9 +115,9 @@ pub(crate) struct Gather {
     stretches: Vec<Stretch>,
     table: Box<[Slot]>,
     generation: u32,
-    /// The last datagram's destination and its send: most datagrams go
+    /// The last datagram's destination key and its send: most datagrams go
     /// where the one before went.
-    last: Option<(SocketAddr, u32)>,
+    last: Option<(Dest, u32)>,
     max_segments: usize,
     grouping: Grouping,
 }
@@ -120,7 +129,7 @@ impl Gather {
     /// `grouping` says.
     pub(crate) fn new(capacity: usize, gso: bool, grouping: Grouping) -> Self {
         let empty = Slot {
-            dst: SocketAddr::from(([0, 0, 0, 0], 0)),
+            dest: Dest(0),
             send: NONE,
             generation: 0,
         };
@@ -150,10 +159,27 @@ impl Gather {
         self.grouping
     }
 
-    /// Adds one forwarded datagram of `len` bytes at `addr` in buffer `buf`.
-    pub(crate) fn push(&mut self, dst: SocketAddr, buf: u32, addr: usize, len: usize) {
+    /// Adds one forwarded datagram of `len` bytes at `addr` in buffer
+    /// `buf`, for the destination `dest`. When it opens a send and no
+    /// earlier send of this batch for `dest` is known, `resolve` gives the
+    /// address; `false` (nothing added) if that gives none.
+    #[inline]
+    pub(crate) fn push<R>(
+        &mut self,
+        dest: Dest,
+        buf: u32,
+        addr: usize,
+        len: usize,
+        resolve: R,
+    ) -> bool
+    where
+        R: FnOnce(Dest) -> Option<SocketAddr>,
+    {
         let k = self.stretches.len() as u32;
-        if let Some(i) = self.open_send(dst) {
+        // The address of `dest`'s newest send, when that one cannot take
+        // this datagram.
+        let mut known = None;
+        if let Some(i) = self.open_send(dest) {
             let s = &mut self.sends[i];
             if s.accepts(len, self.max_segments) {
                 let tail = &mut self.stretches[s.tail as usize];
@@ -161,7 +187,7 @@ impl Gather {
                     tail.len += len;
                     s.len += len;
                     s.count += 1;
-                    return;
+                    return true;
                 }
                 if self.grouping == Grouping::Gather {
                     tail.next = k;
@@ -175,10 +201,14 @@ impl Gather {
                         buf,
                         next: NONE,
                     });
-                    return;
+                    return true;
                 }
             }
+            known = Some(s.dst);
         }
+        let Some(dst) = known.or_else(|| resolve(dest)) else {
+            return false;
+        };
         self.stretches.push(Stretch {
             addr,
             len,
@@ -188,6 +218,7 @@ impl Gather {
         let i = self.sends.len() as u32;
         self.sends.push(GatherSend {
             dst,
+            dest,
             segment: len,
             count: 1,
             len,
@@ -195,7 +226,8 @@ impl Gather {
             head: k,
             tail: k,
         });
-        self.record(dst, i);
+        self.record(dest, i);
+        true
     }
 
     /// The sends built so far, in the order they were opened.
@@ -226,69 +258,65 @@ impl Gather {
         self.generation += 1;
     }
 
-    /// The send a datagram for `dst` may join: the newest for `dst` (with
+    /// The send a datagram for `dest` may join: the newest for `dest` (with
     /// `Contiguous` or `Compact`, only the very last send).
-    fn open_send(&mut self, dst: SocketAddr) -> Option<usize> {
+    #[inline]
+    fn open_send(&mut self, dest: Dest) -> Option<usize> {
         if let Some((d, i)) = self.last {
-            if d == dst {
+            if d == dest {
                 return Some(i as usize);
             }
         }
         if self.grouping != Grouping::Gather {
             return None;
         }
-        let home = home(&dst);
+        let home = home(dest);
         for p in 0..PROBES {
             let slot = &self.table[(home + p) & (TABLE - 1)];
             if slot.generation != self.generation {
                 return None;
             }
-            if slot.dst == dst {
+            if slot.dest == dest {
                 let i = slot.send as usize;
-                self.last = Some((dst, slot.send));
+                self.last = Some((dest, slot.send));
                 return (i < self.sends.len()).then_some(i);
             }
         }
         None
     }
 
-    /// `send` is now the newest send for `dst`.
-    fn record(&mut self, dst: SocketAddr, send: u32) {
-        self.last = Some((dst, send));
+    /// `send` is now the newest send for `dest`.
+    fn record(&mut self, dest: Dest, send: u32) {
+        self.last = Some((dest, send));
         if self.grouping != Grouping::Gather {
             return;
         }
-        let home = home(&dst);
+        let home = home(dest);
         let mut at = home & (TABLE - 1);
         for p in 0..PROBES {
             let k = (home + p) & (TABLE - 1);
             let slot = &self.table[k];
-            if slot.generation != self.generation || slot.dst == dst {
+            if slot.generation != self.generation || slot.dest == dest {
                 at = k;
                 break;
             }
         }
-        // No room within the probes: the home slot's destination loses its
-        // entry, and its next datagram opens a send of its own.
+        // No room within the probes: the home slot's key loses its entry,
+        // and its next datagram opens a send of its own.
         self.table[at] = Slot {
-            dst,
+            dest,
             send,
             generation: self.generation,
         };
     }
 }
 
-/// The home slot of `dst` in the destination table.
-fn home(dst: &SocketAddr) -> usize {
-    let key = match dst {
-        SocketAddr::V4(a) => u64::from(u32::from(*a.ip())) << 16 | u64::from(a.port()),
-        SocketAddr::V6(a) => {
-            let ip = u128::from(*a.ip());
-            (ip as u64 ^ (ip >> 64) as u64).rotate_left(16) ^ u64::from(a.port())
-        }
-    };
-    // Fibonacci hashing: the top bits of the product.
-    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize
+/// The home slot of `dest` in the destination table.
+#[inline]
+fn home(dest: Dest) -> usize {
+    // Fibonacci hashing: the top bits of the product (consecutive keys, a
+    // relay's hop ids, land far apart).
+    (u64::from(dest.0).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize
 }
 
 const _: () = assert!(TABLE == 1 << 8, "home() yields 8 bits");
@@ -323,6 +351,14 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
+    /// Pushes a datagram for the key `port`, which resolves to `a(port)`.
+    fn push(g: &mut Gather, port: u16, buf: u32, addr: usize, len: usize) {
+        let pushed = g.push(Dest(u32::from(port)), buf, addr, len, |d| {
+            u16::try_from(d.0).ok().map(a)
+        });
+        assert!(pushed, "every key resolves");
+    }
+
     /// A send as (dst port, segment, count, [(buf, addr, len)]).
     type Layout = (u16, usize, usize, Vec<(u32, usize, usize)>);
 
@@ -343,15 +379,15 @@ mod tests {
     fn drops_and_interleaved_destinations_do_not_split_sends() {
         let mut g = Gather::new(64, true, Grouping::Gather);
         // Buffer 0: A A (dropped) A B A B; buffer 1: B A A.
-        g.push(a(1), 0, 0, 100);
-        g.push(a(1), 0, 100, 100);
-        g.push(a(1), 0, 300, 100);
-        g.push(a(2), 0, 400, 100);
-        g.push(a(1), 0, 500, 100);
-        g.push(a(2), 0, 600, 100);
-        g.push(a(2), 1, 0, 100);
-        g.push(a(1), 1, 100, 100);
-        g.push(a(1), 1, 200, 60);
+        push(&mut g, 1, 0, 0, 100);
+        push(&mut g, 1, 0, 100, 100);
+        push(&mut g, 1, 0, 300, 100);
+        push(&mut g, 2, 0, 400, 100);
+        push(&mut g, 1, 0, 500, 100);
+        push(&mut g, 2, 0, 600, 100);
+        push(&mut g, 2, 1, 0, 100);
+        push(&mut g, 1, 1, 100, 100);
+        push(&mut g, 1, 1, 200, 60);
         assert_eq!(
             layout(&g),
             [
@@ -370,11 +406,11 @@ mod tests {
     #[test]
     fn contiguous_grouping_splits_like_before() {
         let mut g = Gather::new(64, true, Grouping::Contiguous);
-        g.push(a(1), 0, 0, 100);
-        g.push(a(1), 0, 100, 100);
-        g.push(a(1), 0, 300, 100); // gap
-        g.push(a(2), 0, 400, 100); // other destination
-        g.push(a(1), 0, 500, 100); // back again
+        push(&mut g, 1, 0, 0, 100);
+        push(&mut g, 1, 0, 100, 100);
+        push(&mut g, 1, 0, 300, 100); // gap
+        push(&mut g, 2, 0, 400, 100); // other destination
+        push(&mut g, 1, 0, 500, 100); // back again
         assert_eq!(
             g.sends().iter().map(|s| s.count).collect::<Vec<_>>(),
             [2, 1, 1, 1]
@@ -385,12 +421,12 @@ mod tests {
     #[test]
     fn a_short_or_longer_datagram_closes_the_send_and_order_holds() {
         let mut g = Gather::new(64, true, Grouping::Gather);
-        g.push(a(1), 0, 0, 100);
-        g.push(a(1), 0, 200, 40); // short: closes
-        g.push(a(2), 0, 300, 100);
-        g.push(a(1), 0, 400, 100); // new send for 1, after the closed one
-        g.push(a(1), 0, 500, 200); // longer: new send
-        g.push(a(1), 0, 700, 200);
+        push(&mut g, 1, 0, 0, 100);
+        push(&mut g, 1, 0, 200, 40); // short: closes
+        push(&mut g, 2, 0, 300, 100);
+        push(&mut g, 1, 0, 400, 100); // new send for 1, after the closed one
+        push(&mut g, 1, 0, 500, 200); // longer: new send
+        push(&mut g, 1, 0, 700, 200);
         let l = layout(&g);
         let ports: Vec<_> = l.iter().map(|x| (x.0, x.2)).collect();
         assert_eq!(ports, [(1, 2), (2, 1), (1, 1), (1, 2)]);
@@ -408,7 +444,7 @@ mod tests {
         let mut g = Gather::new(256, true, Grouping::Gather);
         for i in 0..(MAX_GSO_SEGMENTS + 3) {
             // Every other datagram dropped: one stretch per datagram.
-            g.push(a(1), 0, i * 20, 10);
+            push(&mut g, 1, 0, i * 20, 10);
         }
         assert_eq!(
             g.sends().iter().map(|s| s.count).collect::<Vec<_>>(),
@@ -417,7 +453,7 @@ mod tests {
         assert_eq!(g.sends()[0].stretches, MAX_GSO_SEGMENTS);
         g.clear();
         for i in 0..10 {
-            g.push(a(1), i, 0, 9000);
+            push(&mut g, 1, i, 0, 9000);
         }
         assert!(g.sends().iter().all(|s| s.len <= MAX_UDP_PAYLOAD));
         assert_eq!(g.sends()[0].count, MAX_UDP_PAYLOAD / 9000);
@@ -427,16 +463,16 @@ mod tests {
     fn gso_off_and_zero_length_make_single_sends() {
         let mut g = Gather::new(8, false, Grouping::Gather);
         assert!(!g.gso_enabled());
-        g.push(a(1), 0, 0, 10);
-        g.push(a(1), 0, 10, 10);
+        push(&mut g, 1, 0, 0, 10);
+        push(&mut g, 1, 0, 10, 10);
         assert_eq!(g.sends().len(), 2);
         let mut h = Gather::new(8, true, Grouping::Gather);
-        h.push(a(1), 0, 0, 0);
-        h.push(a(1), 0, 0, 0);
+        push(&mut h, 1, 0, 0, 0);
+        push(&mut h, 1, 0, 0, 0);
         assert_eq!(h.sends().len(), 2);
         h.disable_gso();
-        h.push(a(2), 0, 0, 10);
-        h.push(a(2), 0, 10, 10);
+        push(&mut h, 2, 0, 0, 10);
+        push(&mut h, 2, 0, 10, 10);
         assert_eq!(h.sends().len(), 4);
     }
 
@@ -458,7 +494,7 @@ mod tests {
         let mut g = Gather::new(4096, true, Grouping::Gather);
         for round in 0..3u32 {
             for d in 0..100u16 {
-                g.push(a(d), round, usize::from(d) * 100, 100);
+                push(&mut g, d, round, usize::from(d) * 100, 100);
             }
         }
         assert_eq!(g.sends().len(), 100);
@@ -470,7 +506,7 @@ mod tests {
         g.clear();
         for round in 0..3u32 {
             for d in 0..1000u16 {
-                g.push(a(d), round, usize::from(d) * 100, 100);
+                push(&mut g, d, round, usize::from(d) * 100, 100);
             }
         }
         let seen = per_destination(&g);
@@ -478,9 +514,9 @@ mod tests {
         assert!(seen.values().all(|v| v == &[0, 1, 2]));
         g.clear();
         assert!(g.sends().is_empty());
-        g.push(a(5), 9, 0, 100);
-        g.push(a(6), 9, 100, 100);
-        g.push(a(5), 9, 200, 100);
+        push(&mut g, 5, 9, 0, 100);
+        push(&mut g, 6, 9, 100, 100);
+        push(&mut g, 5, 9, 200, 100);
         assert_eq!(g.sends().len(), 2, "stale table entries are not reused");
     }
 
@@ -488,14 +524,14 @@ mod tests {
     fn generation_wrap_forgets_old_entries() {
         let mut g = Gather::new(8, true, Grouping::Gather);
         g.generation = u32::MAX;
-        g.push(a(1), 0, 0, 100);
-        g.push(a(2), 0, 100, 100);
+        push(&mut g, 1, 0, 0, 100);
+        push(&mut g, 2, 0, 100, 100);
         g.clear();
         assert_eq!(g.generation, 1);
         assert!(g.table.iter().all(|s| s.generation == 0));
-        g.push(a(2), 0, 0, 100);
-        g.push(a(1), 0, 200, 100);
-        g.push(a(2), 0, 300, 100);
+        push(&mut g, 2, 0, 0, 100);
+        push(&mut g, 1, 0, 200, 100);
+        push(&mut g, 2, 0, 300, 100);
         assert_eq!(
             g.sends().iter().map(|s| s.count).collect::<Vec<_>>(),
             [2, 1]

@@ -47,7 +47,7 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::config::IoConfig;
-use super::dispatch::{dispatch_run, remaining, Action};
+use super::dispatch::{dispatch_run, remaining, Handler};
 use super::error::{errno_of, IoError};
 use super::limits::MAX_GSO_SEGMENTS;
 use super::outbound::Outbound;
@@ -238,7 +238,7 @@ impl GlommioIo {
         handle: &mut F,
     ) -> Result<PollStats, IoError>
     where
-        F: FnMut(SocketAddr, &mut [u8]) -> Action,
+        F: Handler,
     {
         let deadline = Instant::now().checked_add(timeout);
         let mut ps = PollStats::default();
@@ -304,7 +304,7 @@ impl Parts {
         ps: &mut PollStats,
     ) -> Result<(), IoError>
     where
-        F: FnMut(SocketAddr, &mut [u8]) -> Action,
+        F: Handler,
     {
         let mut used = 0;
         let mut result = Ok(());

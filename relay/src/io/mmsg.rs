@@ -7,13 +7,13 @@
 //! sends gathered from all of them are made before the buffers are
 //! received into again, so every buffer is free at the next call.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::cmsg::{self, CmsgBuf, CONTROL_LEN};
 use super::config::IoConfig;
-use super::dispatch::{dispatch_run, remaining, Action};
+use super::dispatch::{dispatch_run, remaining, Handler};
 use super::error::{errno_of, IoError};
 use super::limits::MAX_GSO_SEGMENTS;
 use super::outbound::Outbound;
@@ -129,7 +129,7 @@ impl MmsgIo {
         handle: &mut F,
     ) -> Result<PollStats, IoError>
     where
-        F: FnMut(SocketAddr, &mut [u8]) -> Action,
+        F: Handler,
     {
         let deadline = Instant::now().checked_add(timeout);
         let mut ps = PollStats::default();
@@ -148,7 +148,7 @@ impl MmsgIo {
         ps: &mut PollStats,
     ) -> Result<(), IoError>
     where
-        F: FnMut(SocketAddr, &mut [u8]) -> Action,
+        F: Handler,
     {
         let vlen = self.hdrs.len();
         let fds = [self.fd, self.link.as_ref().map_or(-1, AsRawFd::as_raw_fd)];
@@ -270,7 +270,7 @@ impl MmsgIo {
     /// Hands the datagrams received into buffer `i` to `handle`.
     fn dispatch<F>(&mut self, i: usize, handle: &mut F, ps: &mut PollStats)
     where
-        F: FnMut(SocketAddr, &mut [u8]) -> Action,
+        F: Handler,
     {
         let h = &self.hdrs[i];
         let len = (h.msg_len as usize).min(self.buffer_size);

@@ -3,11 +3,13 @@
 //!
 //! A worker thread owns one [`Io`]: one `SO_REUSEPORT` socket and one
 //! backend. [`Io::poll`] receives a batch, hands every datagram (each
-//! `UDP_GRO` segment separately) to a callback that may rewrite it in place
-//! and answers with an [`Action`], then sends the forwarded datagrams straight
-//! from the buffers they arrived in, gathered per destination across the
-//! batch: one `UDP_SEGMENT` send of equal-size datagrams, an iovec per
-//! stretch of them, wherever they lie (`gather`).
+//! `UDP_GRO` segment separately) to a [`Handler`] that may rewrite it in
+//! place and answers with an [`Action`], naming where a forwarded one goes by
+//! a word-sized key ([`Dest`]), then sends the forwarded datagrams straight
+//! from the buffers they arrived in, gathered per key across the batch: one
+//! `UDP_SEGMENT` send of equal-size datagrams, an iovec per stretch of them,
+//! wherever they lie (`gather`). The handler resolves a key to its address
+//! once per send ([`Handler::resolve`]), not per datagram.
 //!
 //! Three backends (see DESIGN.md §3):
 //! - [`Backend::Uring`]: io_uring with a multishot `RecvMsg` into a small
@@ -63,7 +65,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 pub use config::{Backend, Grouping, IoConfig, BUFFERS, MAX_BUSY_POLL};
-pub use dispatch::Action;
+pub use dispatch::{Action, Dest, Dests, Handler};
 pub use error::IoError;
 pub use limits::{MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD};
 pub use socket::bind_socket;
@@ -250,10 +252,11 @@ impl Io {
     /// segment separately, as exactly its bytes, with its source) to
     /// `handle` in arrival order, then sends those that got
     /// [`Action::Forward`] from the buffers they arrived in, gathering the
-    /// batch's equal-length datagrams for one destination, in order, into
-    /// `UDP_SEGMENT` sends (as [`IoConfig::grouping`] says). Datagrams
-    /// queued with
-    /// [`Io::send_to`] go out too.
+    /// batch's equal-length datagrams for one destination key, in order,
+    /// into `UDP_SEGMENT` sends (as [`IoConfig::grouping`] says) to the
+    /// address [`Handler::resolve`] gave for the key. Everything gathered is
+    /// sent before `poll` returns: the keys `handle` returned mean nothing
+    /// to the next poll. Datagrams queued with [`Io::send_to`] go out too.
     ///
     /// Returns early once datagrams arrived; returns with nothing received
     /// when the timeout passes. With [`IoConfig::busy_poll`], the wait
@@ -262,7 +265,7 @@ impl Io {
     /// [`IoStats`], never returned.
     pub fn poll<F>(&mut self, timeout: Duration, handle: &mut F) -> Result<PollStats, IoError>
     where
-        F: FnMut(SocketAddr, &mut [u8]) -> Action,
+        F: Handler,
     {
         match &mut self.inner {
             Inner::Uring(u) => u.poll(timeout, handle),

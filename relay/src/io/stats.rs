@@ -30,6 +30,9 @@ pub struct PollStats {
     pub received_bytes: usize,
     /// Datagrams the callback forwarded, now handed to the kernel.
     pub forwarded: usize,
+    /// Datagrams the callback forwarded to a destination key it then did
+    /// not resolve ([`super::Handler::resolve`]): not sent.
+    pub unresolved: usize,
     /// Sends issued for them (a GSO group counts once).
     pub send_calls: usize,
     /// Receive buffers that held a coalesced run of more than one datagram.
@@ -112,6 +115,12 @@ pub struct IoStats {
     pub empty_polls: u64,
     /// Datagrams lost to failed sends.
     pub send_dropped: u64,
+    /// Datagrams forwarded to a destination key the handler did not
+    /// resolve ([`super::Handler::resolve`]), so not sent: a handler that
+    /// only consumes forwarded one, or a relay worker's next hop was
+    /// missing from the routes it was judged with (never, by
+    /// construction).
+    pub unresolved: u64,
     /// Failed sends by `errno`.
     pub send_errors: ErrnoCounts,
     /// Times GSO was refused and groups were resent one datagram per call;
@@ -157,6 +166,7 @@ impl AddAssign<&PollStats> for IoStats {
         self.syscalls += p.syscalls as u64;
         self.gro_runs += p.gro_runs as u64;
         self.gro_segments += p.gro_segments as u64;
+        self.unresolved += p.unresolved as u64;
         match p.busy_poll {
             BusyPoll::NoSpin => {}
             BusyPoll::Served => self.busy_poll_served += 1,
@@ -197,6 +207,7 @@ impl AddAssign<&IoStats> for IoStats {
             batch_hist,
             empty_polls,
             send_dropped,
+            unresolved,
             send_errors,
             gso_fallbacks,
             recv_no_buffers,
@@ -220,6 +231,7 @@ impl AddAssign<&IoStats> for IoStats {
         }
         self.empty_polls += empty_polls;
         self.send_dropped += send_dropped;
+        self.unresolved += unresolved;
         self.send_errors += send_errors;
         self.gso_fallbacks += gso_fallbacks;
         self.recv_no_buffers += recv_no_buffers;
@@ -293,6 +305,7 @@ mod tests {
         let mut b = IoStats {
             datagrams_in: 10,
             send_dropped: 5,
+            unresolved: 12,
             recv_no_buffers: 6,
             recv_truncated: 7,
             recv_errors: 8,
@@ -306,6 +319,7 @@ mod tests {
         b.send_errors.count(libc::EAGAIN);
         a += &b;
         assert_eq!(a.datagrams_in, 11);
+        assert_eq!(a.unresolved, 12);
         assert_eq!(
             (
                 a.send_dropped,

@@ -24,7 +24,7 @@ mod slots;
 mod token;
 
 use std::mem::ManuallyDrop;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,7 @@ use self::slots::SendSlots;
 use self::token::Token;
 use super::cmsg;
 use super::config::IoConfig;
-use super::dispatch::{dispatch_run, remaining, Action};
+use super::dispatch::{dispatch_run, remaining, Handler};
 use super::error::{errno_of, IoError};
 use super::limits::MAX_GSO_SEGMENTS;
 use super::outbound::Outbound;
@@ -221,8 +221,13 @@ impl UringIo {
         handle: &mut F,
     ) -> Result<PollStats, IoError>
     where
-        F: FnMut(SocketAddr, &mut [u8]) -> Action,
+        F: Handler,
     {
+        // Empty unless the last poll failed part-way (`?` below): what it
+        // gathered is dropped, never sent now nor joined by this poll's
+        // datagrams, whose destination keys are the handler's for this
+        // poll only (`Dest`).
+        self.outbound.gather.clear();
         let deadline = Instant::now().checked_add(timeout);
         let mut ps = PollStats::default();
         let mut spin = Spin::new(self.busy_poll, timeout);
@@ -328,7 +333,7 @@ impl UringIo {
     /// Handles completions until the queue is empty or the batch is full.
     fn reap<F>(&mut self, handle: &mut F, ps: &mut PollStats)
     where
-        F: FnMut(SocketAddr, &mut [u8]) -> Action,
+        F: Handler,
     {
         while ps.received < self.batch {
             let cqe = match self.pending.take() {
@@ -349,7 +354,7 @@ impl UringIo {
     /// One completion of the multishot receive.
     fn on_recv<F>(&mut self, token: Token, cqe: &cqueue::Entry, handle: &mut F, ps: &mut PollStats)
     where
-        F: FnMut(SocketAddr, &mut [u8]) -> Action,
+        F: Handler,
     {
         let flags = cqe.flags();
         if !cqueue::more(flags) {
@@ -670,7 +675,8 @@ mod tests {
 
     use super::*;
     use crate::io::train::TrainSender;
-    use crate::io::{bind_socket, Action};
+    use crate::io::{bind_socket, Action, Dest, Dests};
+    use std::net::SocketAddr;
 
     /// Datagrams per train, their size, trains.
     const SEG: usize = 300;
@@ -750,10 +756,10 @@ mod tests {
         }
 
         let total = (TRAINS * PER_TRAIN) as u64;
-        let mut handler = |_: SocketAddr, d: &mut [u8]| match d.first() {
-            Some(0) => Action::Forward(dsts[usize::from(d[1] & 1)]),
+        let mut handler = Dests::new(&dsts[..], |_: SocketAddr, d: &mut [u8]| match d.first() {
+            Some(0) => Action::Forward(Dest(u32::from(d[1] & 1))),
             _ => Action::Consume,
-        };
+        });
         let mut turns = 0;
         while (io.stats().datagrams_in < total || io.slots.in_flight() > 0) && turns < 2000 {
             io.poll(Duration::from_millis(5), &mut handler).unwrap();

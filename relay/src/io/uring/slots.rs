@@ -314,6 +314,7 @@ mod tests {
     #[test]
     fn a_gathered_header_sends_pieces_from_several_buffers() {
         use crate::io::config::Grouping;
+        use crate::io::dispatch::Dest;
         use crate::io::gather::Gather;
 
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -325,14 +326,17 @@ mod tests {
         let b1: Vec<u8> = (0..400u32).map(|i| (4 + i / 100) as u8).collect();
         let at = |b: &Vec<u8>, k: usize| b.as_ptr() as usize + k * 100;
         let mut gather = Gather::new(16, true, Grouping::Gather);
-        gather.push(dst, 0, at(&b0, 0), 100);
-        gather.push(dst, 0, at(&b0, 1), 100);
+        let (to_dst, to_other) = (Dest(0), Dest(1));
+        let resolve = |d: Dest| Some([dst, other][d.0 as usize]);
+        let mut push = |d, buf, addr, len| assert!(gather.push(d, buf, addr, len, resolve));
+        push(to_dst, 0, at(&b0, 0), 100);
+        push(to_dst, 0, at(&b0, 1), 100);
         // 2 dropped, 3 elsewhere.
-        gather.push(other, 0, at(&b0, 3), 100);
-        gather.push(dst, 1, at(&b1, 0), 100);
-        gather.push(other, 1, at(&b1, 1), 100);
-        gather.push(dst, 1, at(&b1, 2), 100);
-        gather.push(dst, 1, at(&b1, 3), 50);
+        push(to_other, 0, at(&b0, 3), 100);
+        push(to_dst, 1, at(&b1, 0), 100);
+        push(to_other, 1, at(&b1, 1), 100);
+        push(to_dst, 1, at(&b1, 2), 100);
+        push(to_dst, 1, at(&b1, 3), 50);
         assert_eq!(gather.sends().len(), 2);
         let mut slots = SendSlots::new(1);
         let mut held = Vec::new();
