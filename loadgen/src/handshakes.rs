@@ -39,7 +39,7 @@ fn deadline_for(n: usize) -> Instant {
 
 /// Collects every datagram from `from` that one poll of `io` returns.
 fn receive(io: &mut Io, from: SocketAddr, out: &mut Vec<Vec<u8>>) -> anyhow::Result<()> {
-    io.poll(POLL, &mut |src, bytes| {
+    io.poll(POLL, &mut |src, bytes: &mut [u8]| {
         if src == from {
             out.push(bytes.to_vec());
         }

@@ -204,7 +204,7 @@ fn relay_delta(before: &RelaySide, after: &RelaySide) -> RelaySide {
 /// Drains whatever the connector's socket holds right now (`wait`: how
 /// long to wait for the first datagram). Returns datagrams received.
 fn drain(receiver: &mut Io, sink: &mut Sink, wait: Duration) -> anyhow::Result<u64> {
-    let ps = receiver.poll(wait, &mut |_, frame| {
+    let ps = receiver.poll(wait, &mut |_, frame: &mut [u8]| {
         sink.on_frame(frame);
         Action::Consume
     })?;
