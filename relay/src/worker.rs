@@ -370,3 +370,88 @@ pub fn thread_cpu_time() -> Option<Duration> {
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::handshake::{CookieChecker, GateLimits, HandshakeGate};
+    use proto::session::TxHop;
+    use proto::testkit::{Fixture, CONNECTOR_HOP};
+
+    /// The fixture's routes, with the connector's hop (id 0) at `endpoint`.
+    fn routes_to(endpoint: &str) -> RouteTable {
+        let mut routes = std::mem::take(&mut Fixture::new(2, 8).routes);
+        let hop = TxHop::new(
+            endpoint.parse().unwrap(),
+            proto::ids::ReceiverIndex(0xc0),
+            &[0xcc; 32],
+            0,
+        );
+        routes.set_hop(CONNECTOR_HOP, Arc::new(hop));
+        routes
+    }
+
+    /// A worker's handler resolves a hop id in the routing snapshot the
+    /// frame was judged with, for the whole poll, even after the control
+    /// thread swapped the table: in the new one the id could name another
+    /// peer (here: another endpoint). A poll that judged nothing has no
+    /// snapshot and resolves nothing.
+    #[test]
+    fn a_hop_resolves_in_the_snapshot_its_frame_was_judged_with() {
+        let mut fx = Fixture::new(2, 8);
+        let policy = CompiledPolicy::compile(&proto::testkit::policy_file(2, 8)).unwrap();
+        let shared = Shared::new(policy, 1);
+        shared.routes.store(Arc::new(routes_to("127.0.0.1:9")));
+        let now = Instant::now();
+        let cookies = CookieChecker::new(&[1; 32], [2; 32], now);
+        let mut st = State {
+            sessions: std::mem::take(&mut fx.sessions),
+            tx: TxCounters::default(),
+            counters: Counters::default(),
+            tally: Tally::default(),
+            confirmations: Confirmations::new(),
+            audit: None,
+            admission: Admission::new(HandshakeGate::new(cookies, GateLimits::default(), now)),
+        };
+        let (control, _inbox) = crossbeam_channel::bounded(4);
+        let from: SocketAddr = "127.0.0.1:5".parse().unwrap();
+        let mut poll = |st: &mut State, frames: usize, swap_to: &str| {
+            let mut batch = Batch {
+                id: 0,
+                mode: Mode::Ztna,
+                initiates: false,
+                shared: &shared,
+                control: &control,
+                state: st,
+                snapshot: None,
+            };
+            let before = batch.resolve(Dest(CONNECTOR_HOP.0));
+            let mut actions = Vec::new();
+            for _ in 0..frames {
+                let mut buf = vec![0; 200];
+                fx.upstream(1, 1, &mut buf, 200);
+                actions.push(batch.handle(from, &mut buf));
+            }
+            shared.routes.store(Arc::new(routes_to(swap_to)));
+            let after = batch.resolve(Dest(CONNECTOR_HOP.0));
+            (before, actions, after)
+        };
+        let (before, actions, after) = poll(&mut st, 2, "127.0.0.1:4444");
+        assert_eq!(
+            before, None,
+            "nothing judged yet: no snapshot to resolve in"
+        );
+        assert_eq!(actions, [Action::Forward(Dest(CONNECTOR_HOP.0)); 2]);
+        assert_eq!(
+            after,
+            Some("127.0.0.1:9".parse().unwrap()),
+            "resolved in the poll's snapshot, not the table swapped in since"
+        );
+        // The next poll judges against the new table, and resolves there.
+        let (before, actions, after) = poll(&mut st, 1, "127.0.0.1:9");
+        assert_eq!(before, None);
+        assert_eq!(actions, [Action::Forward(Dest(CONNECTOR_HOP.0))]);
+        assert_eq!(after, Some("127.0.0.1:4444".parse().unwrap()));
+        assert_eq!(st.counters.forwarded, 3);
+    }
+}
