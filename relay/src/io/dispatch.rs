@@ -38,7 +38,8 @@ const _: () = assert!(std::mem::size_of::<Action>() <= 8);
 /// and say where a forwarded one's key leads.
 ///
 /// `resolve` is called when the gather opens a send for a key: once per
-/// key and poll while its newest send is known (a send that is full or
+/// key and gathered batch (a `uring` or `glommio` poll, one `recvmmsg` of
+/// `mmsg`) while the key's newest send is known (a send that is full or
 /// closed passes its address on to the next one for the same key), and at
 /// most once per send otherwise. Always within the poll in which `handle`
 /// returned the key, after that `handle` call. Datagrams for different keys
