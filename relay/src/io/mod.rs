@@ -255,8 +255,8 @@ impl Io {
     /// batch's equal-length datagrams for one destination key, in order,
     /// into `UDP_SEGMENT` sends (as [`IoConfig::grouping`] says) to the
     /// address [`Handler::resolve`] gave for the key. Everything gathered is
-    /// sent before `poll` returns: the keys `handle` returned mean nothing
-    /// to the next poll. Datagrams queued with [`Io::send_to`] go out too.
+    /// handed to the kernel (or dropped, on an error) before `poll`
+    /// returns: the keys `handle` returned mean nothing to the next poll. Datagrams queued with [`Io::send_to`] go out too.
     ///
     /// Returns early once datagrams arrived; returns with nothing received
     /// when the timeout passes. With [`IoConfig::busy_poll`], the wait
