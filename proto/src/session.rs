@@ -684,6 +684,112 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_takes_its_counters_from_one_block_until_it_runs_out() {
+        let h = hop(1);
+        let mut c = TxCounters::with_capacity(1);
+        for want in 0..COUNTER_BLOCK {
+            assert_eq!(c.next(HopId(0), &h), Some(want));
+            // One reservation from the shared counter for the whole block.
+            assert_eq!(h.counters_used(), COUNTER_BLOCK);
+        }
+        assert_eq!(c.next(HopId(0), &h), Some(COUNTER_BLOCK));
+        assert_eq!(h.counters_used(), 2 * COUNTER_BLOCK);
+    }
+
+    #[test]
+    fn a_block_lagging_by_exactly_stale_after_is_kept() {
+        let h = hop(1);
+        let mut c = TxCounters::with_capacity(1);
+        assert_eq!(c.next(HopId(0), &h), Some(0));
+        // Other workers ran the shared counter ahead: the block's next
+        // counter (1) lags it by exactly STALE_AFTER, still in the window.
+        h.next_counter.store(1 + STALE_AFTER, Ordering::Relaxed);
+        assert_eq!(c.next(HopId(0), &h), Some(1));
+        // One further and the block is thrown away.
+        h.next_counter.store(2 + STALE_AFTER + 1, Ordering::Relaxed);
+        assert_eq!(c.next(HopId(0), &h), Some(2 + STALE_AFTER + 1));
+    }
+
+    #[test]
+    fn ensure_grows_the_cache_and_never_shrinks_it() {
+        let h = hop(1);
+        let mut c = TxCounters::default();
+        c.ensure(3);
+        assert_eq!(c.next(HopId(2), &h), Some(0));
+        assert_eq!(h.counters_used(), COUNTER_BLOCK, "a block, not one counter");
+        let h = hop(2);
+        let mut c = TxCounters::with_capacity(4);
+        c.ensure(1);
+        assert_eq!(c.next(HopId(3), &h), Some(0));
+        assert_eq!(h.counters_used(), COUNTER_BLOCK, "a block, not one counter");
+    }
+
+    #[test]
+    fn a_hop_past_the_cache_takes_single_counters_up_to_the_usage_limit() {
+        let h = hop(1);
+        let mut c = TxCounters::default();
+        assert_eq!(c.next(HopId(0), &h), Some(0));
+        assert_eq!(h.counters_used(), 1, "one counter, no block");
+        h.next_counter
+            .store(HopKey::USAGE_LIMIT - 1, Ordering::Relaxed);
+        assert_eq!(c.next(HopId(0), &h), Some(HopKey::USAGE_LIMIT - 1));
+        assert_eq!(c.next(HopId(0), &h), None);
+    }
+
+    #[test]
+    fn a_reused_slot_goes_through_every_generation_before_repeating_one() {
+        let mut alloc = IndexAllocator::new();
+        let mut seen = std::collections::BTreeSet::new();
+        let generations = 1u32 << (32 - SLOT_BITS);
+        for _ in 0..generations {
+            let i = alloc.allocate().unwrap();
+            assert_eq!(i.0 & SLOT_MASK, 0);
+            assert!(seen.insert(i), "{i:?} handed out twice");
+            alloc.release(i);
+        }
+        // The generation wraps: the first index comes back only now.
+        assert!(seen.contains(&alloc.allocate().unwrap()));
+    }
+
+    #[test]
+    fn every_slot_is_handed_out_once_then_none() {
+        let mut alloc = IndexAllocator::new();
+        let mut last = None;
+        for slot in 0..=SLOT_MASK {
+            let i = alloc.allocate().unwrap();
+            assert_eq!(i.0 & SLOT_MASK, slot);
+            last = Some(i);
+        }
+        assert_eq!(alloc.allocate(), None);
+        let last = last.unwrap();
+        alloc.release(last);
+        assert_eq!(alloc.allocate().unwrap().0 & SLOT_MASK, SLOT_MASK);
+    }
+
+    #[test]
+    fn a_claimed_index_is_followed_by_its_next_generation() {
+        let claimed = ReceiverIndex((7 << SLOT_BITS) | 3);
+        let mut alloc = IndexAllocator::new();
+        assert!(alloc.claim(claimed));
+        alloc.release(claimed);
+        // The slot is reused with the generation after the claimed one, so
+        // frames for the claimed index miss the new session.
+        assert_eq!(alloc.allocate(), Some(ReceiverIndex((8 << SLOT_BITS) | 3)));
+    }
+
+    #[test]
+    fn a_full_confirmation_queue_takes_nothing_back() {
+        let mut q = Confirmations::new();
+        for i in 0..Confirmations::CAPACITY as u32 {
+            assert!(q.push(ReceiverIndex(i)));
+        }
+        assert!(!q.push(ReceiverIndex(9999)));
+        q.unpop(ReceiverIndex(9999));
+        assert_eq!(q.len(), Confirmations::CAPACITY);
+        assert_eq!(q.pop(), Some(ReceiverIndex(0)));
+    }
+
+    #[test]
     fn claim_takes_a_specific_free_index_once() {
         let mut other = IndexAllocator::new();
         let a = other.allocate().unwrap();
