@@ -6,6 +6,7 @@ use std::time::Duration;
 use proto::identity::{CaKeypair, CertificateBody};
 use proto::policy::PolicyFile;
 
+use super::health::{DEAD_AFTER, PROBE_EVERY};
 use super::*;
 
 fn certificate(ca: &CaKeypair, id: u32, role: Role) -> proto::identity::Certificate {
@@ -537,4 +538,94 @@ fn a_directory_lists_a_service_whose_connector_is_not_confirmed_yet() {
         .map(|s| (s.id, s.connector, s.connector_key))
         .collect();
     assert_eq!(entries, [(ServiceId(2), 9, [10; 32])]);
+}
+
+/// The slots of `control` that were probed, with how many probes the
+/// workers were told to send; clears the marks.
+fn probed(control: &mut Control, worker: &Receiver<ToWorker>) -> (Vec<usize>, usize) {
+    let mut slots = Vec::new();
+    for (slot, e) in control.sessions.iter_mut().enumerate() {
+        if let Some(e) = e.as_mut() {
+            if e.health.last_probe.take().is_some() {
+                slots.push(slot);
+            }
+        }
+    }
+    let sent = worker
+        .try_iter()
+        .filter(|m| matches!(m, ToWorker::Send { .. }))
+        .count();
+    (slots, sent)
+}
+
+/// Only the newest pinged session of each connector is probed, never a
+/// user's or a session that never pinged; a probe goes every
+/// `PROBE_EVERY`, not sooner.
+#[test]
+fn the_newest_pinged_session_of_a_connector_is_probed_every_probe_every() {
+    let (mut control, worker) = control();
+    let t = Instant::now();
+    let old = control.establish(0, from(), keys(2, Role::Connector, 1, t), t, true);
+    let later = t + Duration::from_secs(1);
+    let new = control.establish(0, from(), keys(2, Role::Connector, 2, later), later, true);
+    let user = control.establish(0, from(), keys(3, Role::User, 3, t), t, true);
+    let _ = worker.try_iter().count();
+    control.probe(later);
+    assert_eq!(probed(&mut control, &worker), (vec![], 0), "none pinged");
+    for slot in [old, new, user] {
+        control.sessions[slot].as_mut().unwrap().pinged = true;
+    }
+    control.probe(later);
+    assert_eq!(probed(&mut control, &worker), (vec![new], 1));
+    assert_eq!(control.stats.probes_sent, 1);
+    control.sessions[new].as_mut().unwrap().health.last_probe = Some(later);
+    control.probe(later + PROBE_EVERY - Duration::from_millis(1));
+    assert_eq!(probed(&mut control, &worker), (vec![new], 0), "not yet");
+    control.sessions[new].as_mut().unwrap().health.last_probe = Some(later);
+    control.probe(later + PROBE_EVERY);
+    assert_eq!(probed(&mut control, &worker), (vec![new], 1));
+    assert_eq!(control.stats.probes_sent, 2);
+}
+
+/// A probed peer silent for `DEAD_AFTER` is taken out of the routes once
+/// (not sooner, not again), and the first message heard from it puts it
+/// back; hearing from it keeps it in.
+#[test]
+fn a_silent_peer_is_taken_out_at_dead_after_once_and_put_back_when_heard() {
+    let (mut control, worker) = control();
+    let t = Instant::now();
+    let slot = control.establish(0, from(), keys(2, Role::Connector, 1, t), t, true);
+    control.sessions[slot].as_mut().unwrap().pinged = true;
+    let _ = worker.try_iter().count();
+    control.routes_dirty = false;
+    control.directories_dirty = false;
+    let alive = |c: &Control| c.sessions[slot].as_ref().unwrap().health.alive;
+    control.probe(t + DEAD_AFTER - Duration::from_millis(1));
+    assert!(alive(&control));
+    assert_eq!(control.stats.peers_lost, 0);
+    assert!(!control.routes_dirty && !control.directories_dirty);
+    control.probe(t + DEAD_AFTER);
+    assert!(!alive(&control));
+    assert_eq!(control.stats.peers_lost, 1);
+    assert!(control.routes_dirty && control.directories_dirty);
+    control.routes_dirty = false;
+    control.directories_dirty = false;
+    control.probe(t + 2 * DEAD_AFTER);
+    assert_eq!(control.stats.peers_lost, 1, "taken out once");
+    assert!(!control.routes_dirty);
+
+    let back = t + 3 * DEAD_AFTER;
+    control.heard(slot, back);
+    assert!(alive(&control));
+    assert!(control.routes_dirty && control.directories_dirty);
+    control.routes_dirty = false;
+    control.directories_dirty = false;
+    // Heard at `back`: alive until `back + DEAD_AFTER`.
+    control.probe(back + DEAD_AFTER - Duration::from_millis(1));
+    assert!(alive(&control));
+    control.heard(slot, back + DEAD_AFTER - Duration::from_millis(1));
+    assert!(!control.routes_dirty, "already in the routes");
+    control.probe(back + DEAD_AFTER);
+    assert!(alive(&control), "heard since");
+    assert_eq!(control.stats.peers_lost, 1);
 }
