@@ -784,6 +784,7 @@ mod tests {
             assert!(q.push(ReceiverIndex(i)));
         }
         assert!(!q.push(ReceiverIndex(9999)));
+        assert!(!q.is_empty());
         q.unpop(ReceiverIndex(9999));
         assert_eq!(q.len(), Confirmations::CAPACITY);
         assert_eq!(q.pop(), Some(ReceiverIndex(0)));
