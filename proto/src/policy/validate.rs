@@ -343,6 +343,22 @@ mod tests {
     }
 
     #[test]
+    fn names_are_one_to_max_name_len_bytes() {
+        let longest = "n".repeat(MAX_NAME_LEN);
+        let names = index_names(EntryKind::User, [(longest.as_str(), 1)].into_iter()).unwrap();
+        assert_eq!(names.get(longest.as_str()), Some(&(0, 1)));
+        let too_long = "n".repeat(MAX_NAME_LEN + 1);
+        for (bad, number) in [(too_long.as_str(), 2), ("", 2)] {
+            let e = index_names(EntryKind::User, [("a", 1), (bad, 2)].into_iter()).unwrap_err();
+            assert!(
+                matches!(&e, PolicyError::BadName { number: n, name, .. }
+                    if *n == number && name.len() == bad.len().min(MAX_NAME_LEN)),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn group_ids_fill_gaps_around_explicit_ones() {
         let text = r#"
             [[groups]]
