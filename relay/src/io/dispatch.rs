@@ -139,11 +139,7 @@ pub(crate) fn dispatch_run<H>(
         // A zero-length datagram is still a datagram.
         ps.received += 1;
         if let Action::Forward(dest) = handler.handle(src, run) {
-            if gather.push(dest, buf, run.as_ptr() as usize, 0, |d| handler.resolve(d)) {
-                ps.forwarded += 1;
-            } else {
-                ps.unresolved += 1;
-            }
+            gather_forwarded(gather, handler, ps, dest, buf, run.as_ptr() as usize, 0);
         }
         return;
     }
@@ -173,17 +169,33 @@ pub(crate) fn dispatch_run<H>(
                     }
                 }
             }
-            if gather.push(dest, buf, base + at, len, |d| handler.resolve(d)) {
-                if compact {
-                    tail = Some((dest, at + len));
-                }
-                ps.forwarded += 1;
-            } else {
-                ps.unresolved += 1;
+            if gather_forwarded(gather, handler, ps, dest, buf, base + at, len) && compact {
+                tail = Some((dest, at + len));
             }
         }
         off = end;
     }
+}
+
+/// Adds one forwarded datagram to `gather` and counts it: `forwarded`, or
+/// `unresolved` (and `false`) when its key resolves to no address.
+#[inline]
+fn gather_forwarded<H: Handler + ?Sized>(
+    gather: &mut Gather,
+    handler: &mut H,
+    ps: &mut PollStats,
+    dest: Dest,
+    buf: u32,
+    addr: usize,
+    len: usize,
+) -> bool {
+    let added = gather.push(dest, buf, addr, len, |d| handler.resolve(d));
+    if added {
+        ps.forwarded += 1;
+    } else {
+        ps.unresolved += 1;
+    }
+    added
 }
 
 /// Time left until `deadline` (`None`: wait without end, capped at a day so
