@@ -207,6 +207,10 @@ enum Command {
 }
 
 fn main() {
+    if let Err(e) = proto::hoptag::lanes::check_cpu() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     let cli = Cli::parse();
     relay::logs::init(cli.log_format);
     if let Err(e) = real_main(cli) {

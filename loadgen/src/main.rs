@@ -435,6 +435,10 @@ fn pin_self(relay_core: Option<usize>) -> Option<usize> {
 }
 
 fn main() -> ExitCode {
+    if let Err(e) = proto::hoptag::lanes::check_cpu() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -64,8 +64,9 @@
 //! deterministic MAC is enough: no separate nonce is needed.
 
 pub mod candidates;
+pub mod lanes;
 
-use crate::wire::{Frame, Kind, E2E_TAG_LEN, HOP_TAG_LEN};
+use crate::wire::{Frame, Kind, E2E_TAG_LEN, HEADER_LEN, HOP_TAG_LEN, TAGGED_LEN};
 use candidates::HopMac;
 use core::fmt;
 
@@ -150,6 +151,53 @@ impl HopKey {
     pub fn seal_frame<T: AsRef<[u8]> + AsMut<[u8]>>(&self, frame: &mut Frame<T>) {
         let tag = self.tag_frame(frame);
         frame.set_tag(&tag);
+    }
+}
+
+/// One data frame's tag input, and the key it is tagged under: a lane of
+/// [`HopKey::tag_data_lanes`].
+#[derive(Debug, Clone, Copy)]
+pub struct DataLane<'a> {
+    key: &'a HopKey,
+    input: lanes::DataInput<'a>,
+}
+
+impl<'a> DataLane<'a> {
+    /// The lane of `frame` under `key`: `None` unless `frame` is a data
+    /// frame whose body holds the end-to-end AEAD tag its hop tag binds
+    /// (anything else is tagged on its own, [`HopKey::tag_frame`]).
+    #[inline]
+    pub fn of(key: &'a HopKey, frame: Frame<&'a [u8]>) -> Option<Self> {
+        if !matches!(frame.kind(), Kind::DataUp | Kind::DataDown) {
+            return None;
+        }
+        let bytes = frame.into_inner();
+        let header = bytes.first_chunk::<TAGGED_LEN>()?;
+        let e2e_tag = bytes.get(HEADER_LEN..)?.last_chunk::<E2E_TAG_LEN>()?;
+        Some(DataLane {
+            key,
+            input: lanes::DataInput { header, e2e_tag },
+        })
+    }
+}
+
+impl HopKey {
+    /// The tag [`tag_frame`](Self::tag_frame) gives each present lane's
+    /// frame, [`lanes::LANES`] computed together ([`lanes`]). An absent
+    /// lane's tag is unspecified.
+    #[inline]
+    pub fn tag_data_lanes(
+        lanes: &[Option<DataLane<'_>>; lanes::LANES],
+    ) -> [[u8; HOP_TAG_LEN]; lanes::LANES] {
+        // An absent lane hashes a present one's input again: cheaper than a
+        // branch per lane, and the result is not read.
+        let Some(any) = lanes.iter().flatten().next() else {
+            return [[0; HOP_TAG_LEN]; lanes::LANES];
+        };
+        let lane = |i: usize| lanes[i].unwrap_or(*any);
+        let keys = core::array::from_fn(|i| &lane(i).key.mac);
+        let inputs = core::array::from_fn(|i| lane(i).input);
+        lanes::hash_data(keys, inputs).map(u64::to_le_bytes)
     }
 }
 

@@ -228,6 +228,7 @@ struct RunArgs {
 }
 
 fn main() -> Result<()> {
+    proto::hoptag::lanes::check_cpu()?;
     let cli = Cli::parse();
     let log_format = cli.log_format;
     // `run` starts logging once it has read the config (which may choose

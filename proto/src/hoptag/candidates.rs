@@ -30,7 +30,7 @@ pub const GMAC_MAX_INPUT: usize = 64;
 
 /// Length of a data frame's tag input: the tagged header and the
 /// end-to-end AEAD tag.
-const DATA_INPUT_LEN: usize = TAGGED_LEN + E2E_TAG_LEN;
+pub(crate) const DATA_INPUT_LEN: usize = TAGGED_LEN + E2E_TAG_LEN;
 
 /// A MAC that tags a frame's tag input.
 pub trait HopMac: Clone + Send + Sync + fmt::Debug {
@@ -310,6 +310,14 @@ impl SipHash24Fixed {
         let mut init_half = init;
         sip_round_head(&mut init_half);
         Self { init, init_half }
+    }
+
+    /// The state after keying and the key-only first steps of round one
+    /// ([`hash_data`](Self::hash_data) starts there; so do the lanes of
+    /// [`super::lanes`]).
+    #[inline(always)]
+    pub(crate) fn init_half(&self) -> &[u64; 4] {
+        &self.init_half
     }
 
     /// SipHash-2-4 of `header ‖ rest`.
