@@ -19,20 +19,27 @@
 //! covers ([`crate::hoptag`]): a data frame's end-to-end record header and
 //! AEAD tag, any other kind's whole body.
 //!
-//! The entry point is one call per frame, [`Datapath::process`]: a relay
-//! worker judges each frame inside its I/O backend's receive callback, where
-//! the frame still sits in the receive buffer it is sent from, against
-//! snapshots loaded once per received batch. There is no batch-of-frames
-//! entry point: one (`FrameBatch` / `process_batch`) was only ever called by
-//! its own test, and no measurement says a separate pass over a batch would
-//! pay, so it was removed.
+//! Two entry points judge frames inside a relay worker's I/O callback,
+//! where the frames still sit in the receive buffer they are sent from,
+//! against snapshots loaded once per received batch:
+//! [`Datapath::process`] one frame, [`Datapath::process_group`] several in
+//! order (the segments of one coalesced receive). The group gives the same
+//! verdicts, counters and state as one `process` per frame; it only
+//! computes the data frames' hop tags [`LANES`] at a time
+//! ([`crate::hoptag::lanes`]): first every frame's expected tag under its
+//! session's key, then each frame's checks in order, then the new tags of
+//! the frames it forwards. The tag of each frame depends on nothing the
+//! frames before it in the group change (a session's key, the frame's own
+//! bytes), so computing it early or late changes no verdict.
 
 use crate::audit::{Access, AuditTable};
 use crate::handshake::frames::{self, HandshakeKind};
+use crate::hoptag::lanes::LANES;
+use crate::hoptag::{DataLane, HopKey};
 use crate::policy::CompiledPolicy;
 use crate::route::RouteTable;
 use crate::session::{AuthFailure, Confirmations, HopId, Peer, SessionTable, TxCounters};
-use crate::wire::{self, Direction, Frame, WireError};
+use crate::wire::{self, Direction, Frame, WireError, HOP_TAG_LEN};
 
 /// How much a relay checks per frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -293,12 +300,21 @@ pub struct Datapath<'a> {
     pub audit: Option<&'a mut AuditTable>,
 }
 
-impl Datapath<'_> {
+/// Where [`Datapath::judge`] leaves a forwarded frame's new tag.
+enum Seal<'s, 'a> {
+    /// Computed and written before `judge` returns.
+    Now,
+    /// Left to the caller, which tags the frame under this hop key
+    /// (computing several frames' tags together).
+    Later(&'s mut Option<&'a HopKey>),
+}
+
+impl<'a> Datapath<'a> {
     /// Judges one frame, rewriting it in place when it is forwarded.
     #[inline]
     pub fn process(&mut self, frame: &mut [u8]) -> Verdict {
         let len = frame.len();
-        let verdict = match self.judge(frame) {
+        let verdict = match self.judge(frame, None, Seal::Now) {
             Ok(v) => v,
             Err(reason) => Verdict::Drop(reason),
         };
@@ -306,8 +322,70 @@ impl Datapath<'_> {
         verdict
     }
 
+    /// Judges `frames` in order, as [`process`](Self::process) on each in
+    /// turn would (the same verdicts, rewrites, counters and session
+    /// state), and writes `verdicts[i]` for `frames[i]`. Computes the hop
+    /// tags of up to [`LANES`] data frames together.
+    ///
+    /// `verdicts` must be at least as long as `frames`; frames beyond its
+    /// length are not judged.
     #[inline]
-    fn judge(&mut self, buf: &mut [u8]) -> Result<Verdict, DropReason> {
+    pub fn process_group(&mut self, frames: &mut [&mut [u8]], verdicts: &mut [Verdict]) {
+        debug_assert!(verdicts.len() >= frames.len());
+        for (frames, verdicts) in frames.chunks_mut(LANES).zip(verdicts.chunks_mut(LANES)) {
+            self.process_lanes(frames, verdicts);
+        }
+    }
+
+    /// [`process_group`](Self::process_group) of at most [`LANES`] frames.
+    #[inline]
+    fn process_lanes(&mut self, frames: &mut [&mut [u8]], verdicts: &mut [Verdict]) {
+        let expected = self.expected_tags(frames);
+        let mut seal: [Option<&'a HopKey>; LANES] = [None; LANES];
+        for (i, (frame, verdict)) in frames.iter_mut().zip(verdicts.iter_mut()).enumerate() {
+            let len = frame.len();
+            *verdict = match self.judge(frame, expected[i].as_ref(), Seal::Later(&mut seal[i])) {
+                Ok(v) => v,
+                Err(reason) => Verdict::Drop(reason),
+            };
+            self.counters.record(len, *verdict);
+        }
+        seal_lanes(frames, &seal);
+    }
+
+    /// The tag each data frame of `frames` (at most [`LANES`]) must carry
+    /// under the key of the session its receiver index names; `None` for
+    /// any other frame, which [`judge`](Self::judge) verifies on its own
+    /// if it needs to.
+    #[inline]
+    fn expected_tags(&self, frames: &[&mut [u8]]) -> [Option<[u8; HOP_TAG_LEN]>; LANES] {
+        let mut lanes: [Option<DataLane<'_>>; LANES] = [None; LANES];
+        if self.mode == Mode::Forward {
+            return [None; LANES];
+        }
+        for (lane, buf) in lanes.iter_mut().zip(frames) {
+            let Ok(frame) = Frame::new_checked(&**buf) else {
+                continue;
+            };
+            if let Some(session) = self.sessions.get(frame.receiver()) {
+                *lane = DataLane::of(session.key(), frame);
+            }
+        }
+        // One data frame alone gains nothing from the lanes.
+        if lanes.iter().flatten().count() < 2 {
+            return [None; LANES];
+        }
+        let tags = HopKey::tag_data_lanes(&lanes);
+        core::array::from_fn(|i| lanes[i].map(|_| tags[i]))
+    }
+
+    #[inline]
+    fn judge(
+        &mut self,
+        buf: &mut [u8],
+        expected: Option<&[u8; HOP_TAG_LEN]>,
+        seal: Seal<'_, 'a>,
+    ) -> Result<Verdict, DropReason> {
         let len = buf.len();
         let kind = wire::classify(buf).map_err(|_: WireError| DropReason::Malformed)?;
         if !kind.has_hop_header() {
@@ -327,11 +405,13 @@ impl Datapath<'_> {
             .get_mut(frame.receiver())
             .ok_or(DropReason::UnknownSession)?;
         if self.mode != Mode::Forward {
-            session.authenticate(&frame).map_err(|e| match e {
-                AuthFailure::BadTag => DropReason::BadTag,
-                AuthFailure::Replay => DropReason::Replay,
-                AuthFailure::TagLimit => DropReason::TagLimit,
-            })?;
+            session
+                .authenticate(&frame, expected)
+                .map_err(|e| match e {
+                    AuthFailure::BadTag => DropReason::BadTag,
+                    AuthFailure::Replay => DropReason::Replay,
+                    AuthFailure::TagLimit => DropReason::TagLimit,
+                })?;
         }
         // Key confirmation: the first frame that passed the tag (in
         // `forward` mode, which authenticates nothing, any frame). Queued
@@ -383,8 +463,36 @@ impl Datapath<'_> {
         let hop = self.routes.hop(hop_id).ok_or(DropReason::NoRoute)?;
         let counter = self.tx.next(hop_id, hop).ok_or(DropReason::KeyExhausted)?;
         frame.rewrite_for_next_hop(hop.remote_index(), counter);
-        hop.key().seal_frame(&mut frame);
+        match seal {
+            Seal::Now => hop.key().seal_frame(&mut frame),
+            Seal::Later(key) => *key = Some(hop.key()),
+        }
         Ok(Verdict::Forward { hop: hop_id })
+    }
+}
+
+/// Tags each frame of `frames` that `keys` gives a key (the frames a group
+/// forwards, rewritten for their next hop): the data frames together, any
+/// other kind on its own.
+#[inline]
+fn seal_lanes(frames: &mut [&mut [u8]], keys: &[Option<&HopKey>; LANES]) {
+    let mut lanes: [Option<DataLane<'_>>; LANES] = [None; LANES];
+    for ((lane, buf), key) in lanes.iter_mut().zip(frames.iter()).zip(keys) {
+        if let Some(key) = key {
+            *lane = DataLane::of(key, Frame::new_unchecked(&**buf));
+        }
+    }
+    // One data frame alone gains nothing from the lanes.
+    let together = lanes.iter().flatten().count() > 1;
+    let tags = together.then(|| HopKey::tag_data_lanes(&lanes));
+    let laned = lanes.map(|lane| together && lane.is_some());
+    for (i, (buf, key)) in frames.iter_mut().zip(keys).enumerate() {
+        let Some(key) = key else { continue };
+        let mut frame = Frame::new_unchecked(&mut **buf);
+        match &tags {
+            Some(tags) if laned[i] => frame.set_tag(&tags[i]),
+            _ => key.seal_frame(&mut frame),
+        }
     }
 }
 
@@ -1250,6 +1358,84 @@ mod tests {
         assert_eq!(fx.confirmations.pop(), Some(head));
     }
 
+    /// Frames of every kind a relay sees, one per pick `(what, user,
+    /// service, length or position, byte)`: valid data up (allowed or
+    /// denied by service) and down, replays and copies with a byte changed
+    /// of earlier frames, control frames, end-to-end handshake frames,
+    /// frames for unknown sessions, garbage.
+    fn mixed_frames(picks: &[(usize, u32, u32, usize, u8)]) -> Vec<Vec<u8>> {
+        let mut gen = Fixture::new(3, 8);
+        let mut down_counter = 0;
+        let mut frames: Vec<Vec<u8>> = Vec::new();
+        for &(what, user, service, n, byte) in picks {
+            let f = match what {
+                0 | 1 => {
+                    let mut f = vec![byte; 64 + n];
+                    let len = f.len();
+                    gen.upstream(user, service, &mut f, len);
+                    f
+                }
+                2 => {
+                    let mut f = vec![byte; 60 + n];
+                    down_counter += 1;
+                    write_frame(
+                        &mut f,
+                        Kind::DataDown,
+                        ReceiverIndex(0xc0c0),
+                        down_counter,
+                        UserId(user),
+                        ServiceId(service),
+                        &HopKey::new(&[0xcd; 32]),
+                    );
+                    f
+                }
+                3 | 4 if !frames.is_empty() => {
+                    let mut f = frames[n % frames.len()].clone();
+                    if what == 4 && !f.is_empty() {
+                        let i = usize::from(byte) % f.len();
+                        f[i] ^= 1 << (n % 8);
+                    }
+                    f
+                }
+                5 => {
+                    let kind = if byte % 2 == 0 {
+                        Kind::Control
+                    } else {
+                        Kind::E2eHandshakeUp
+                    };
+                    let mut f = vec![byte; HEADER_LEN + 8 + n % 64];
+                    let counter = 1000 + frames.len() as u64;
+                    write_frame(
+                        &mut f,
+                        kind,
+                        user_index(user),
+                        counter,
+                        UserId(user),
+                        ServiceId(service),
+                        &HopKey::new(&user_key(user)),
+                    );
+                    f
+                }
+                6 => {
+                    let mut f = vec![byte; 100];
+                    write_frame(
+                        &mut f,
+                        Kind::DataUp,
+                        ReceiverIndex(0x7777),
+                        1,
+                        UserId(user),
+                        ServiceId(service),
+                        &HopKey::new(&user_key(user)),
+                    );
+                    f
+                }
+                _ => vec![byte; n % 80],
+            };
+            frames.push(f);
+        }
+        frames
+    }
+
     proptest::proptest! {
         /// Only a frame tagged with the session's key confirms it, whatever
         /// else is sent first.
@@ -1322,6 +1508,55 @@ mod tests {
                 proptest::prop_assert!(Frame::new_checked(&buf[..]).is_ok());
             }
             proptest::prop_assert_eq!(fx.counters.frames, 1);
+        }
+    }
+
+    proptest::proptest! {
+        // Three fixtures and up to 40 frames a case: fewer cases than the
+        // default keep it to seconds in a debug build.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// A group judges its frames exactly as one call per frame does,
+        /// whatever the mix and however the frames are cut into groups:
+        /// verdicts, rewritten bytes and new tags, counters, session state
+        /// (the next replays and tag failures depend on it), audit.
+        #[test]
+        fn a_group_judges_as_frame_by_frame(
+            picks in proptest::collection::vec((0..8usize, 0u32..3, 0u32..8, 0usize..200, proptest::prelude::any::<u8>()), 0..40),
+            cuts in proptest::collection::vec(1..=9usize, 1..12),
+            mode in 0..3usize,
+        ) {
+            let mode = Mode::ALL[mode];
+            let frames = mixed_frames(&picks);
+            let (mut one, mut grouped) = (Fixture::new(3, 8), Fixture::new(3, 8));
+            one.audit = Some(crate::audit::AuditTable::new(64, 1));
+            grouped.audit = Some(crate::audit::AuditTable::new(64, 1));
+            let mut a = frames.clone();
+            let want: Vec<Verdict> = a.iter_mut().map(|f| one.datapath(mode).process(f)).collect();
+            let mut b = frames;
+            let mut got = vec![Verdict::Local; b.len()];
+            let (mut rest, mut verdicts, mut cut) = (&mut b[..], &mut got[..], cuts.iter().cycle());
+            while !rest.is_empty() {
+                let n = (*cut.next().expect("cycle")).min(rest.len());
+                let (group, tail) = rest.split_at_mut(n);
+                let (vs, vtail) = verdicts.split_at_mut(n);
+                let mut group: Vec<&mut [u8]> = group.iter_mut().map(|f| &mut f[..]).collect();
+                grouped.datapath(mode).process_group(&mut group, vs);
+                (rest, verdicts) = (tail, vtail);
+            }
+            proptest::prop_assert_eq!(&got, &want);
+            proptest::prop_assert_eq!(&b, &a);
+            proptest::prop_assert_eq!(&grouped.counters, &one.counters);
+            let audit = |fx: &Fixture| {
+                let mut e: Vec<_> = fx.audit.as_ref().expect("set").entries().map(|e| (e.user, e.service, e.access, e.counts)).collect();
+                e.sort_by_key(|e| (e.0, e.1, e.2));
+                e
+            };
+            proptest::prop_assert_eq!(audit(&grouped), audit(&one));
+            for u in 0..3 {
+                let (x, y) = (one.sessions.get(user_index(u)).expect("fixture"), grouped.sessions.get(user_index(u)).expect("fixture"));
+                proptest::prop_assert_eq!((x.frames(), x.tag_failures()), (y.frames(), y.tag_failures()));
+            }
         }
     }
 }

@@ -29,10 +29,11 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
+use crate::hoptag::candidates::ct_eq;
 use crate::hoptag::HopKey;
 use crate::ids::{ReceiverIndex, UserId};
 use crate::replay::ReplayWindow;
-use crate::wire::Frame;
+use crate::wire::{Frame, HOP_TAG_LEN};
 
 /// Counters a worker reserves from a [`TxHop`] at a time. Small next to the
 /// receiver's replay window, so blocks sent by different workers interleave
@@ -284,6 +285,12 @@ impl RxSession {
 
     /// Frames that failed this session's tag (at most
     /// [`TAG_FAILURE_LIMIT`]).
+    /// The key this session's frames are tagged under.
+    #[inline]
+    pub(crate) fn key(&self) -> &HopKey {
+        &self.key
+    }
+
     pub fn tag_failures(&self) -> u32 {
         self.tag_failures
     }
@@ -293,10 +300,15 @@ impl RxSession {
     /// counter through the replay window. Returns which check failed, if
     /// any. A session that saw [`TAG_FAILURE_LIMIT`] bad tags refuses
     /// every frame, before any MAC.
+    ///
+    /// `expected` is the frame's tag under this session's key when the
+    /// caller computed it already (with other frames' tags,
+    /// [`HopKey::tag_data_lanes`]); `None` computes it here.
     #[inline]
     pub(crate) fn authenticate<T: AsRef<[u8]>>(
         &mut self,
         frame: &Frame<T>,
+        expected: Option<&[u8; HOP_TAG_LEN]>,
     ) -> Result<(), AuthFailure> {
         let counter = frame.counter();
         if self.tag_failures >= TAG_FAILURE_LIMIT {
@@ -307,7 +319,11 @@ impl RxSession {
         if !self.window.check(counter) {
             return Err(AuthFailure::Replay);
         }
-        if !self.key.verify_frame(frame) {
+        let valid = match expected {
+            Some(tag) => ct_eq(tag, frame.tag()),
+            None => self.key.verify_frame(frame),
+        };
+        if !valid {
             self.tag_failures += 1;
             return Err(AuthFailure::BadTag);
         }
@@ -632,7 +648,7 @@ mod tests {
     }
 
     fn auth(s: &mut RxSession, frame: &[u8]) -> Result<(), AuthFailure> {
-        s.authenticate(&Frame::new_checked(frame).unwrap())
+        s.authenticate(&Frame::new_checked(frame).unwrap(), None)
     }
 
     #[test]

@@ -25,6 +25,7 @@ use arc_swap::Guard;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use proto::audit::AuditTable;
 use proto::datapath::{Counters, Datapath, Mode, Verdict};
+use proto::hoptag::lanes::LANES;
 use proto::ids::ReceiverIndex;
 use proto::policy::CompiledPolicy;
 use proto::route::RouteTable;
@@ -32,7 +33,7 @@ use proto::session::{Confirmations, HopId, RxSession, SessionTable, TxCounters, 
 use proto::wire::{Frame, Kind, HEADER_LEN};
 
 use crate::admission::Admission;
-use crate::io::{Action, Dest, Handler, Io};
+use crate::io::{Action, Dest, Handler, Io, GROUP};
 use crate::shared::{Shared, WorkerStats};
 
 /// How long a poll waits for frames before the worker looks at its control
@@ -142,16 +143,18 @@ struct Batch<'w> {
 /// The policy and routing snapshots one batch is judged against.
 type Snapshot = (Guard<Arc<CompiledPolicy>>, Guard<Arc<RouteTable>>);
 
-impl Handler for Batch<'_> {
+impl Batch<'_> {
+    /// Runs `judge` with the datapath over this poll's snapshots (loaded
+    /// at its first frame) and this worker's state.
     #[inline]
-    fn handle(&mut self, from: SocketAddr, frame: &mut [u8]) -> Action {
+    fn with_datapath<R>(&mut self, judge: impl FnOnce(&mut Datapath<'_>) -> R) -> R {
         let shared = self.shared;
         let (policy, routes) = self
             .snapshot
             .get_or_insert_with(|| (shared.policy.load(), shared.routes.load()));
         let st = &mut *self.state;
         st.tx.ensure(routes.hop_slots());
-        let verdict = Datapath {
+        judge(&mut Datapath {
             mode: self.mode,
             initiates: self.initiates,
             policy,
@@ -161,8 +164,14 @@ impl Handler for Batch<'_> {
             counters: &mut st.counters,
             confirmations: &mut st.confirmations,
             audit: st.audit.as_mut(),
-        }
-        .process(frame);
+        })
+    }
+
+    /// What the I/O does with `frame` from `from`, judged `verdict`; hands
+    /// what the control thread reads to it.
+    #[inline]
+    fn act(&mut self, from: SocketAddr, frame: &[u8], verdict: Verdict) -> Action {
+        let st = &mut *self.state;
         match verdict {
             Verdict::Forward { hop } => Action::Forward(Dest(hop.0)),
             // Well-sized initiations, and in a mesh responses and cookie
@@ -192,7 +201,7 @@ impl Handler for Batch<'_> {
             {
                 let msg = FromWorker::Control {
                     worker: self.id,
-                    index: Frame::new_unchecked(&*frame).receiver(),
+                    index: Frame::new_unchecked(frame).receiver(),
                     bytes: frame.get(HEADER_LEN..).unwrap_or_default().to_vec(),
                 };
                 st.tally.control_frames += 1;
@@ -210,6 +219,30 @@ impl Handler for Batch<'_> {
                 Action::Consume
             }
             Verdict::Drop(_) => Action::Consume,
+        }
+    }
+}
+
+// A group of the I/O fills whole groups of the datapath's tag lanes.
+const _: () = assert!(GROUP % LANES == 0);
+
+impl Handler for Batch<'_> {
+    #[inline]
+    fn handle(&mut self, from: SocketAddr, frame: &mut [u8]) -> Action {
+        let verdict = self.with_datapath(|dp| dp.process(frame));
+        self.act(from, frame, verdict)
+    }
+
+    /// The frames through [`Datapath::process_group`], which computes
+    /// their hop tags together.
+    #[inline]
+    fn handle_group(&mut self, from: SocketAddr, frames: &mut [&mut [u8]], actions: &mut [Action]) {
+        let mut verdicts = [Verdict::Local; GROUP];
+        let n = frames.len().min(GROUP);
+        let verdicts = &mut verdicts[..n];
+        self.with_datapath(|dp| dp.process_group(&mut frames[..n], verdicts));
+        for ((frame, verdict), action) in frames.iter().zip(verdicts.iter()).zip(actions) {
+            *action = self.act(from, frame, *verdict);
         }
     }
 

@@ -54,6 +54,23 @@ pub trait Handler {
     /// Judges one datagram from `from`, possibly rewriting it in place.
     fn handle(&mut self, from: SocketAddr, datagram: &mut [u8]) -> Action;
 
+    /// Judges `datagrams` (at most [`GROUP`], consecutive segments of one
+    /// received run, all from `from`) in order, as `handle` on each in turn
+    /// would, writing `actions[i]` for `datagrams[i]`. A handler that
+    /// gains from seeing several frames at once (a relay worker computes
+    /// their hop tags together) overrides it.
+    #[inline]
+    fn handle_group(
+        &mut self,
+        from: SocketAddr,
+        datagrams: &mut [&mut [u8]],
+        actions: &mut [Action],
+    ) {
+        for (datagram, action) in datagrams.iter_mut().zip(actions) {
+            *action = self.handle(from, datagram);
+        }
+    }
+
     /// The address `dest` (returned by `handle` in this poll) stands for;
     /// `None` drops the datagrams of the send being opened (counted in
     /// [`super::IoStats::unresolved`]).
@@ -112,8 +129,14 @@ where
     }
 }
 
-/// Hands each datagram of one received run to `handler` and records the
-/// forwarded ones in `gather`.
+/// Most datagrams [`dispatch_run`] hands to [`Handler::handle_group`] at
+/// once: a relay worker's datapath computes hop tags four frames at a time
+/// (`proto::hoptag::lanes::LANES`).
+pub const GROUP: usize = 4;
+
+/// Hands the datagrams of one received run to `handler` (up to [`GROUP`]
+/// at a time when the run holds several) and records the forwarded ones
+/// in `gather`.
 ///
 /// `run` is the payload of one receive: a single datagram, or with
 /// `segment` (the `UDP_GRO` size) a coalesced run of `segment`-byte
@@ -155,25 +178,46 @@ pub(crate) fn dispatch_run<H>(
     let base = run.as_ptr() as usize;
     let mut off = 0;
     while off < run.len() {
-        let end = run.len().min(off + segment);
-        let len = end - off;
-        ps.received += 1;
-        ps.received_bytes += len;
-        if let Action::Forward(dest) = handler.handle(src, &mut run[off..end]) {
-            let mut at = off;
-            if compact {
-                if let Some((d, t)) = tail {
-                    if d == dest && t < off {
-                        run.copy_within(off..end, t);
-                        at = t;
+        // The next group: up to GROUP whole segments (the last of the run
+        // possibly shorter), judged before any is gathered.
+        let mut lens = [0usize; GROUP];
+        let mut actions = [Action::Consume; GROUP];
+        let mut datagrams: [&mut [u8]; GROUP] = Default::default();
+        let mut n = 0;
+        for ((slot, len), datagram) in datagrams
+            .iter_mut()
+            .zip(&mut lens)
+            .zip(run[off..].chunks_mut(segment))
+        {
+            *len = datagram.len();
+            *slot = datagram;
+            n += 1;
+        }
+        if n == 1 {
+            actions[0] = handler.handle(src, datagrams[0]);
+        } else {
+            handler.handle_group(src, &mut datagrams[..n], &mut actions[..n]);
+        }
+        for (&len, &action) in lens[..n].iter().zip(&actions[..n]) {
+            let end = off + len;
+            ps.received += 1;
+            ps.received_bytes += len;
+            if let Action::Forward(dest) = action {
+                let mut at = off;
+                if compact {
+                    if let Some((d, t)) = tail {
+                        if d == dest && t < off {
+                            run.copy_within(off..end, t);
+                            at = t;
+                        }
                     }
                 }
+                if gather_forwarded(gather, handler, ps, dest, buf, base + at, len) && compact {
+                    tail = Some((dest, at + len));
+                }
             }
-            if gather_forwarded(gather, handler, ps, dest, buf, base + at, len) && compact {
-                tail = Some((dest, at + len));
-            }
+            off = end;
         }
-        off = end;
     }
 }
 
@@ -307,6 +351,97 @@ mod tests {
         assert_eq!(t.addr, base);
         let sent: Vec<u8> = run[..40].iter().step_by(10).copied().collect();
         assert_eq!(sent, [0, 2, 3, 4]);
+    }
+
+    /// Takes datagrams in groups and records them: datagram `i` (its first
+    /// byte `i`) is consumed when `i % 3 == 1`, else forwarded to key
+    /// `i % 2`; each one it judges gets `0xee` in its second byte.
+    #[derive(Default)]
+    struct Grouped {
+        groups: Vec<Vec<u8>>,
+        singles: Vec<u8>,
+    }
+
+    fn judged(d: &mut [u8]) -> Action {
+        d[1] = 0xee;
+        if d[0] % 3 == 1 {
+            Action::Consume
+        } else {
+            Action::Forward(Dest(u32::from(d[0] % 2)))
+        }
+    }
+
+    impl Handler for Grouped {
+        fn handle(&mut self, _: SocketAddr, d: &mut [u8]) -> Action {
+            self.singles.push(d[0]);
+            judged(d)
+        }
+
+        fn handle_group(&mut self, _: SocketAddr, ds: &mut [&mut [u8]], actions: &mut [Action]) {
+            self.groups.push(ds.iter().map(|d| d[0]).collect());
+            for (d, a) in ds.iter_mut().zip(actions) {
+                *a = judged(d);
+            }
+        }
+
+        fn resolve(&mut self, dest: Dest) -> Option<SocketAddr> {
+            Some(SocketAddr::from(([127, 0, 0, 1], 7 + dest.0 as u16)))
+        }
+    }
+
+    #[test]
+    fn a_run_goes_to_the_handler_in_groups_and_each_action_counts_for_its_own_datagram() {
+        let src: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for grouping in [Grouping::Gather, Grouping::Compact] {
+            // Eleven datagrams, the last 5 bytes long; then one alone.
+            let mut run = indexed(11);
+            run.truncate(105);
+            let mut single = [11u8; 10];
+            let mut handler = Grouped::default();
+            let mut gather = Gather::new(64, true, grouping);
+            let mut ps = PollStats::default();
+            dispatch_run(
+                &mut run,
+                0,
+                src,
+                Some(10),
+                &mut handler,
+                &mut gather,
+                &mut ps,
+            );
+            dispatch_run(
+                &mut single,
+                1,
+                src,
+                Some(10),
+                &mut handler,
+                &mut gather,
+                &mut ps,
+            );
+            assert_eq!(
+                handler.groups,
+                [vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9, 10]],
+                "whole segments, in order, at most GROUP at a time"
+            );
+            assert_eq!(handler.singles, [11], "a datagram alone is handled alone");
+            assert_eq!((ps.received, ps.forwarded, ps.received_bytes), (12, 8, 115));
+            // Per key, the forwarded datagrams in order, each as judged.
+            for key in 0..2u8 {
+                let mut got = Vec::new();
+                for s in gather.sends().iter().filter(|s| s.dest == Dest(key.into())) {
+                    for t in gather.stretches(s) {
+                        let bytes: &[u8] = if t.buf == 0 { &run } else { &single };
+                        let off = t.addr - bytes.as_ptr() as usize;
+                        for d in bytes[off..off + t.len].chunks(10) {
+                            assert_eq!(d[1], 0xee, "judged before sent");
+                            got.push(d[0]);
+                        }
+                    }
+                }
+                let want: Vec<u8> = (0..12u8).filter(|i| i % 3 != 1 && i % 2 == key).collect();
+                assert_eq!(got, want, "key {key}, {grouping:?}");
+            }
+        }
     }
 
     /// Forwards datagram `i` (a byte holding its index) to key `i % 3`;

@@ -65,7 +65,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 pub use config::{Backend, Grouping, IoConfig, BUFFERS, MAX_BUSY_POLL};
-pub use dispatch::{Action, Dest, Dests, Handler};
+pub use dispatch::{Action, Dest, Dests, Handler, GROUP};
 pub use error::IoError;
 pub use limits::{MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD};
 pub use socket::bind_socket;
