@@ -5,7 +5,10 @@
 //! untimed part of every iteration, since the replay window rightly
 //! rejects a frame seen before; only [`Rig::process_batch`] is timed
 //! (`iter_custom`): the function `scripts/instructions.sh` counts the
-//! instructions of under callgrind.
+//! instructions of under callgrind. Each case's `…/framewise` id times
+//! [`Rig::process_batch_framewise`], the same frames one at a time, so the
+//! gain of computing hop tags four frames at a time is a ratio within one
+//! run.
 
 use std::time::{Duration, Instant};
 
@@ -22,17 +25,11 @@ fn datapath(c: &mut Criterion) {
                 0 => case.mode.name().to_owned(),
                 pct => format!("{}-deny{pct}", case.mode),
             };
-            group.bench_function(id, |b| {
-                b.iter_custom(|iters| {
-                    let mut spent = Duration::ZERO;
-                    for _ in 0..iters {
-                        rig.arm();
-                        let start = Instant::now();
-                        black_box(rig.process_batch());
-                        spent += start.elapsed();
-                    }
-                    spent
-                });
+            group.bench_function(id.clone(), |b| {
+                b.iter_custom(|iters| timed(&mut rig, iters, Rig::process_batch));
+            });
+            group.bench_function(format!("{id}/framewise"), |b| {
+                b.iter_custom(|iters| timed(&mut rig, iters, Rig::process_batch_framewise));
             });
             if let Err(e) = rig.check() {
                 panic!("{e}");
@@ -40,6 +37,18 @@ fn datapath(c: &mut Criterion) {
         }
         group.finish();
     }
+}
+
+/// Time spent in `judge` over `iters` freshly armed batches.
+fn timed(rig: &mut Rig, iters: u64, judge: fn(&mut Rig) -> usize) -> Duration {
+    let mut spent = Duration::ZERO;
+    for _ in 0..iters {
+        rig.arm();
+        let start = Instant::now();
+        black_box(judge(rig));
+        spent += start.elapsed();
+    }
+    spent
 }
 
 criterion_group!(benches, datapath);

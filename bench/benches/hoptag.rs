@@ -6,14 +6,16 @@
 //! `proto::hoptag`, "What the tag covers"), given in the two pieces
 //! `HopMac::tag_parts` takes. `hoptag/chosen/...` is
 //! `proto::hoptag::HopKey`, whatever candidate it wraps, on whole frames:
-//! a 1400-byte data frame (`tag`, `verify`, `tag-batch32`; the cost does
-//! not depend on the payload's length), a control `Ping` (`control-ping`,
+//! a 1400-byte data frame (`tag`, `verify`, `tag-batch32`, and
+//! `tag-batch32-lanes` four frames at a time; the cost does not depend on
+//! the payload's length), a control `Ping` (`control-ping`,
 //! 9-byte body) and a control frame with a full 1200-byte body
 //! (`control-1200`, what a relay pays for each forged control frame of
 //! that size before it fails the tag).
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use proto::hoptag::candidates::{Blake3Keyed, GmacAesGcm, HopMac, SipHash24, SipHash24Fixed};
-use proto::hoptag::{HopKey, DATA_BOUND_LEN};
+use proto::hoptag::lanes::LANES;
+use proto::hoptag::{DataLane, HopKey, DATA_BOUND_LEN};
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
 use proto::testkit::write_frame;
 use proto::wire::{Frame, Kind, HEADER_LEN, TAGGED_LEN};
@@ -99,6 +101,22 @@ fn chosen(c: &mut Criterion) {
         b.iter(|| {
             for (f, t) in black_box(&frames).iter().zip(tags.iter_mut()) {
                 *t = key.tag_frame(&Frame::new_unchecked(&f[..]));
+            }
+            black_box(&mut tags);
+        })
+    });
+    // The same 32 frames four at a time (`proto::hoptag::lanes`), as a
+    // relay worker tags the segments of a coalesced receive.
+    let lanes: Vec<[Option<DataLane<'_>>; LANES]> = frames
+        .chunks(LANES)
+        .map(|four| {
+            core::array::from_fn(|i| DataLane::of(&key, Frame::new_unchecked(&four[i][..])))
+        })
+        .collect();
+    g.bench_function("tag-batch32-lanes", |b| {
+        b.iter(|| {
+            for (four, t) in black_box(&lanes).iter().zip(tags.chunks_mut(LANES)) {
+                t.copy_from_slice(&HopKey::tag_data_lanes(four));
             }
             black_box(&mut tags);
         })

@@ -1,11 +1,12 @@
 //! The in-memory batch datapath rig: one relay worker's state
 //! ([`proto::testkit::Fixture`]: 16 users, 64 services, one connector) and
 //! a batch of [`BATCH`] frames of one [`Case`], judged the way a relay
-//! worker judges a received batch (`relay/src/worker.rs`): per frame, the
-//! worker's counter cache is sized to the route table, a
+//! worker judges the segments of a coalesced receive
+//! (`relay/src/worker.rs`): per group of [`GROUP`] frames, the worker's
+//! counter cache is sized to the route table, a
 //! [`proto::datapath::Datapath`] is made over the worker's state and
-//! [`process`](proto::datapath::Datapath::process) judges the frame,
-//! rewriting and re-tagging it for the next hop when it is forwarded.
+//! [`process_group`](proto::datapath::Datapath::process_group) judges the
+//! frames, rewriting and re-tagging those it forwards for the next hop.
 //!
 //! Every measurement of the datapath's cost runs this rig, so they measure
 //! the same code: the criterion bench (`benches/datapath.rs`, ns per
@@ -28,6 +29,9 @@ use proto::testkit::Fixture;
 
 /// Frames per batch: what a worker judges per received batch at most.
 pub const BATCH: usize = 64;
+/// Frames per [`process_group`](proto::datapath::Datapath::process_group)
+/// call: `relay::io::GROUP`, the segments a relay worker judges together.
+pub const GROUP: usize = 4;
 /// Users of the rig's fixture.
 pub const USERS: u32 = 16;
 /// Services of the rig's fixture (every fourth one denied to everyone).
@@ -193,21 +197,54 @@ impl Rig {
         self.armed_forwards += self.last_forwards;
     }
 
-    /// Judges the armed batch as a relay worker does and returns how many
-    /// frames were forwarded. The measured part; never inlined, so
-    /// callgrind finds it by name (`bench::rig::Rig::process_batch`).
+    /// Judges the armed batch as a relay worker judges the segments of a
+    /// coalesced receive (`relay::io::GROUP` at a time through
+    /// [`process_group`](proto::datapath::Datapath::process_group), which
+    /// computes their hop tags together) and returns how many frames were
+    /// forwarded. The measured part; never inlined, so callgrind finds it
+    /// by name (`bench::rig::Rig::process_batch`).
     #[inline(never)]
     pub fn process_batch(&mut self) -> usize {
         let mode = self.case.mode;
         let fx = &mut self.fx;
-        let mut forwarded = 0;
+        for (bufs, verdicts) in self
+            .bufs
+            .chunks_mut(GROUP)
+            .zip(self.verdicts.chunks_mut(GROUP))
+        {
+            let mut group: [&mut [u8]; GROUP] = Default::default();
+            let n = bufs.len();
+            for (g, buf) in group.iter_mut().zip(bufs) {
+                *g = buf;
+            }
+            // relay/src/worker.rs, per group.
+            fx.tx.ensure(fx.routes.hop_slots());
+            fx.datapath(mode).process_group(&mut group[..n], verdicts);
+        }
+        self.forwarded()
+    }
+
+    /// [`process_batch`](Rig::process_batch) one frame at a time through
+    /// [`process`](proto::datapath::Datapath::process), as a worker judges
+    /// a datagram that arrived alone: the same verdicts, each frame's two
+    /// tags computed on their own.
+    #[inline(never)]
+    pub fn process_batch_framewise(&mut self) -> usize {
+        let mode = self.case.mode;
+        let fx = &mut self.fx;
         for (verdict, buf) in self.verdicts.iter_mut().zip(self.bufs.iter_mut()) {
             // relay/src/worker.rs, per received frame.
             fx.tx.ensure(fx.routes.hop_slots());
             *verdict = fx.datapath(mode).process(buf);
-            forwarded += usize::from(matches!(verdict, Verdict::Forward { .. }));
         }
-        forwarded
+        self.forwarded()
+    }
+
+    fn forwarded(&self) -> usize {
+        self.verdicts
+            .iter()
+            .filter(|v| matches!(v, Verdict::Forward { .. }))
+            .count()
     }
 
     /// One round: [`arm`](Rig::arm), then
