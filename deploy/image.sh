@@ -43,7 +43,10 @@ storage=(--storage-driver vfs)
 # --- 1. static binaries --------------------------------------------------------
 target_dir="${CARGO_TARGET_DIR:-$root/target}/static"
 triple=x86_64-unknown-linux-gnu
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked \
+# Static, added to the workspace's flags (.cargo/config.toml: AVX2), which
+# a RUSTFLAGS variable would replace: cargo joins --config arrays to them.
+cargo build --quiet --release --locked \
+    --config "target.$triple.rustflags = [\"-C\", \"target-feature=+crt-static\"]" \
     --target "$triple" -p relay -p agent --target-dir "$target_dir"
 work="$(mktemp -d /tmp/ztna-image.XXXXXX)"
 pids=()
