@@ -94,13 +94,23 @@ fn is_timeout(e: &std::io::Error) -> bool {
 /// and receives on one.
 #[cfg(test)]
 pub(crate) fn test_link(send_key: [u8; 32], recv_key: [u8; 32]) -> HopLink {
+    test_link_at(proto::ids::ReceiverIndex(7), send_key, recv_key)
+}
+
+/// [`test_link`] with receiver index `local_index` on this side.
+#[cfg(test)]
+pub(crate) fn test_link_at(
+    local_index: proto::ids::ReceiverIndex,
+    send_key: [u8; 32],
+    recv_key: [u8; 32],
+) -> HopLink {
     use proto::ids::ReceiverIndex;
     let pki = crate::pki::Pki::new(1_800_000_000);
     let relay = pki
         .node(1000, "relay-1", proto::identity::Role::Relay, &[])
         .expect("a relay certificate");
     HopLink::from_keys(proto::handshake::HopSessionKeys {
-        local_index: ReceiverIndex(7),
+        local_index,
         remote_index: ReceiverIndex(9),
         send_key,
         recv_key,

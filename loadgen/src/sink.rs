@@ -53,9 +53,8 @@ impl SinkCounts {
 /// names).
 #[derive(Debug)]
 pub struct Sink {
-    /// Hop sessions by receiver index − `first_link`.
-    links: Vec<HopLink>,
-    first_link: u32,
+    /// Hop sessions by receiver index ([`LinkTable`]).
+    links: LinkTable,
     check_hop: bool,
     flows: Vec<Option<FlowKey>>,
     verify_every: u64,
@@ -68,6 +67,73 @@ pub struct Sink {
 
 /// Highest latency the histogram tracks (60 s, in ns); larger saturate.
 const MAX_LATENCY_NS: u64 = 60_000_000_000;
+
+/// Hop links by receiver index, direct-mapped: slot `index & mask` of a
+/// power-of-two table, sized so that no two links share a slot. One look-up
+/// costs the same whatever the indices are (the load generator's own,
+/// consecutive, or a relay's behind a bare hop), so the sink does the same
+/// work per frame in every mode. [`HopLink::accept`] then refuses a frame
+/// whose index only shares the slot.
+#[derive(Debug, Default)]
+struct LinkTable {
+    slots: Vec<Option<HopLink>>,
+    mask: u32,
+    /// Links held.
+    len: usize,
+}
+
+impl LinkTable {
+    /// Slots at most: a relay's receiver indices differ in their low 20
+    /// bits (the session table's slot), so this size always fits them.
+    const MAX_SLOTS: usize = 1 << 20;
+
+    fn new(links: Vec<HopLink>) -> LinkTable {
+        let mut len = links.len().next_power_of_two().max(1);
+        while len < Self::MAX_SLOTS && !Self::distinct(&links, len) {
+            len *= 2;
+        }
+        let mask = (len - 1) as u32;
+        let mut slots: Vec<Option<HopLink>> = (0..len).map(|_| None).collect();
+        let mut held = 0;
+        for link in links {
+            let slot = (link.local_index().0 & mask) as usize;
+            // Distinct up to MAX_SLOTS; a later link with the same slot
+            // would only ever see WrongReceiver, so keep the first.
+            if slots[slot].is_none() {
+                slots[slot] = Some(link);
+                held += 1;
+            }
+        }
+        LinkTable {
+            slots,
+            mask,
+            len: held,
+        }
+    }
+
+    /// Whether every link has a slot of its own in a table of `len`.
+    fn distinct(links: &[HopLink], len: usize) -> bool {
+        let mask = (len - 1) as u32;
+        let mut seen = vec![false; len];
+        links.iter().all(|l| {
+            let slot = (l.local_index().0 & mask) as usize;
+            !std::mem::replace(&mut seen[slot], true)
+        })
+    }
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The link whose slot `index` falls in (it may be another index's).
+    #[inline]
+    fn get_mut(&mut self, index: proto::ids::ReceiverIndex) -> Option<&mut HopLink> {
+        self.slots
+            .get_mut((index.0 & self.mask) as usize)
+            .and_then(Option::as_mut)
+    }
+}
 
 impl Sink {
     /// A sink that checks hop frames with `link` (`None`: frames come
@@ -90,10 +156,8 @@ impl Sink {
             let i = f.receiver.0 as usize;
             by_index[i] = Some(f);
         }
-        let first_link = link.as_ref().map_or(0, |l| l.local_index().0);
         Sink {
-            links: link.into_iter().collect(),
-            first_link,
+            links: LinkTable::new(link.into_iter().collect()),
             check_hop: true,
             flows: by_index,
             verify_every,
@@ -107,8 +171,8 @@ impl Sink {
     }
 
     /// A sink for several connectors on one socket: `links` are their hop
-    /// sessions, with receiver indices `links[0]`'s and up, one apart.
-    /// Otherwise as [`Sink::new`].
+    /// sessions (any receiver indices, each its own). Otherwise as
+    /// [`Sink::new`].
     pub fn with_links(
         links: Vec<HopLink>,
         flows: Vec<FlowKey>,
@@ -116,13 +180,16 @@ impl Sink {
         epoch: Instant,
     ) -> Sink {
         let mut sink = Sink::new(None, flows, verify_every, epoch);
-        sink.first_link = links.first().map_or(0, |l| l.local_index().0);
-        debug_assert!(links
-            .iter()
-            .enumerate()
-            .all(|(k, l)| l.local_index().0 == sink.first_link + k as u32));
-        sink.links = links;
+        sink.set_links(links);
         sink
+    }
+
+    /// Checks hop frames with `links` from now on, instead of the links it
+    /// had: behind a bare hop, the users' own links reversed
+    /// ([`HopLink::reversed`]), since the frames arrive with the users'
+    /// hop tags; the same work per frame as behind a relay.
+    pub fn set_links(&mut self, links: Vec<HopLink>) {
+        self.links = LinkTable::new(links);
     }
 
     /// Counts so far.
@@ -164,10 +231,10 @@ impl Sink {
         self.lifetime += 1;
         self.counts.bytes += frame.len() as u64;
         if self.check_hop && !self.links.is_empty() {
-            let k = Frame::new_checked(&*frame)
+            let link = Frame::new_checked(&*frame)
                 .ok()
-                .and_then(|f| f.receiver().0.checked_sub(self.first_link));
-            let Some(link) = k.and_then(|k| self.links.get_mut(k as usize)) else {
+                .and_then(|f| self.links.get_mut(f.receiver()));
+            let Some(link) = link else {
                 self.counts.bad_hop += 1;
                 return;
             };
@@ -300,6 +367,44 @@ mod tests {
 
     fn link() -> HopLink {
         crate::link::test_link([0x21; 32], RECV)
+    }
+
+    /// Links at a relay's kind of receiver indices (slot in the low 20
+    /// bits, generation above), not consecutive: each frame is checked by
+    /// its own link, and an index that only shares a link's slot is a bad
+    /// hop, as is a frame under another link's key.
+    #[test]
+    fn links_at_any_receiver_indices_each_check_their_own_frames() {
+        let indices = [
+            ReceiverIndex(0x0010_0003),
+            ReceiverIndex(0x0020_0007),
+            ReceiverIndex(5),
+        ];
+        let key_of = |i: usize| [0x30 + i as u8; 32];
+        let links = indices
+            .iter()
+            .enumerate()
+            .map(|(i, &at)| crate::link::test_link_at(at, [0x21; 32], key_of(i)))
+            .collect();
+        let k = key();
+        let mut sink = Sink::with_links(links, vec![k.clone()], 1, Instant::now());
+        let on = |at: ReceiverIndex, key: [u8; 32], counter: u64| {
+            let mut f = frame(&k, k.service, counter);
+            let mut fr = Frame::new_unchecked(&mut f[..]);
+            fr.set_receiver(at);
+            fr.set_counter(counter);
+            proto::hoptag::HopKey::new(&key).seal_frame(&mut fr);
+            f
+        };
+        for (i, &at) in indices.iter().enumerate() {
+            sink.on_frame(&mut on(at, key_of(i), i as u64));
+        }
+        assert_eq!((sink.counts().frames, sink.counts().bad_hop), (3, 0));
+        // Same slot as 0x0010_0003 in any table up to 2^20 slots.
+        sink.on_frame(&mut on(ReceiverIndex(0x0030_0003), key_of(0), 10));
+        // The right index, another link's key.
+        sink.on_frame(&mut on(indices[1], key_of(2), 11));
+        assert_eq!(sink.counts().bad_hop, 2);
     }
 
     /// `frame` as the relay delivers it on `link()`'s session: receiver

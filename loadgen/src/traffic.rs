@@ -77,6 +77,13 @@ pub fn max_segments(size: usize) -> usize {
 }
 
 impl Traffic {
+    /// The users' links as the relay holds them
+    /// ([`HopLink::reversed`]): what checks the users' own hop tags on
+    /// frames that a bare hop forwarded unchanged.
+    pub fn reversed_links(&self) -> Vec<HopLink> {
+        self.links.iter().map(HopLink::reversed).collect()
+    }
+
     /// Traffic from `links[u]` (user `u` of the plan) over `flows[u]`, in
     /// the plan's sizes, with sample timestamps counted from `epoch`.
     pub fn new(

@@ -142,6 +142,25 @@ impl HopLink {
         frame
     }
 
+    /// This link as its peer holds it: receiving under this side's send
+    /// key at this side's remote index, and sending the other way; a
+    /// fresh replay window and counter. For a measurement's receiver that
+    /// checks this side's own frames after a hop that forwards them
+    /// unchanged (`loadgen`'s sink behind its bare hop), so that it does
+    /// the same work per frame as behind a relay.
+    pub fn reversed(&self) -> HopLink {
+        HopLink {
+            local_index: self.remote_index,
+            remote_index: self.local_index,
+            send: self.recv.clone(),
+            next_counter: 0,
+            recv: self.send.clone(),
+            window: ReplayWindow::default(),
+            peer: self.peer.clone(),
+            established_at: self.established_at,
+        }
+    }
+
     /// Checks a frame the relay sent on this link: shape, receiver index,
     /// replay pre-check, tag, then the counter is marked seen. A frame with
     /// a bad tag never moves the window.
@@ -253,6 +272,26 @@ mod tests {
         l.retag(&mut short);
         assert_eq!(short, [0; HEADER_LEN - 1]);
         assert_eq!(l.next_counter(), 2);
+    }
+
+    #[test]
+    fn the_reversed_link_accepts_this_sides_frames_once() {
+        let mut l = link();
+        let mut peer = l.reversed();
+        assert_eq!(peer.local_index(), l.remote_index());
+        assert_eq!(peer.remote_index(), l.local_index());
+        let mut f = vec![0u8; 80];
+        l.write_header(&mut f, Kind::DataUp, UserId(1), ServiceId(2));
+        assert_eq!(peer.accept(&f), Ok(()));
+        assert_eq!(peer.accept(&f), Err(LinkDrop::Replay));
+        assert_eq!(
+            l.accept(&f),
+            Err(LinkDrop::WrongReceiver),
+            "not for this side"
+        );
+        let mut back = vec![0u8; 80];
+        peer.write_header(&mut back, Kind::DataDown, UserId(1), ServiceId(2));
+        assert_eq!(l.accept(&back), Ok(()), "and the other way");
     }
 
     #[test]
