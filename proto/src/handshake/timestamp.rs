@@ -149,6 +149,23 @@ mod tests {
         assert_eq!(t.len(), 1);
     }
 
+    /// `len` counts the peers with a recorded timestamp, once each, and
+    /// `is_empty` says whether there is none. (Killed the cargo-mutants
+    /// survivors `len` -> 1 and `is_empty` -> `true` / `false`: the one
+    /// older test asked `len` with one peer recorded, none asked
+    /// `is_empty`.)
+    #[test]
+    fn the_table_counts_each_peer_once() {
+        let mut t = TimestampTable::new();
+        assert_eq!((t.len(), t.is_empty()), (0, true));
+        t.record(&[5; 32], 100);
+        assert_eq!((t.len(), t.is_empty()), (1, false));
+        t.record(&[5; 32], 200);
+        t.record(&[6; 32], 100);
+        t.record(&[7; 32], 100);
+        assert_eq!((t.len(), t.is_empty()), (3, false));
+    }
+
     #[test]
     fn fresh_means_within_the_skew_of_now_and_not_before_the_start() {
         let start = 10_000 * S;
