@@ -407,6 +407,54 @@ mod tests {
         ));
     }
 
+    /// The reader refuses a name or group of 0 bytes or longer than its
+    /// cap and parses the longest legal ones: `from_bytes` checks the
+    /// lengths itself, not only `issue` and `verify` (which check a body,
+    /// never bytes). (Killed the cargo-mutants survivors in
+    /// `Reader::string`: `len == 0 || len > max` -> `&&`, and `>` -> `==`
+    /// and `>=`.)
+    #[test]
+    fn parsed_names_and_groups_are_one_byte_to_their_caps() {
+        // Encoded directly: `issue` refuses the out-of-range fields.
+        let parse = |name: String, groups: Vec<String>| {
+            let mut body = body();
+            body.name = name;
+            body.groups = groups;
+            let cert = Certificate {
+                body,
+                signature: [3; SIGNATURE_LEN],
+            };
+            (Certificate::from_bytes(&cert.to_bytes()), cert)
+        };
+        let longest = parse(
+            "n".repeat(MAX_NAME_LEN),
+            vec!["g".repeat(MAX_GROUP_LEN); MAX_GROUPS],
+        );
+        assert_eq!(longest.0, Ok(longest.1));
+        let shortest = parse("n".into(), vec!["g".into()]);
+        assert_eq!(shortest.0, Ok(shortest.1));
+        let out_of_range = |field| {
+            Err(CertError::BadField {
+                field,
+                why: "length out of range",
+            })
+        };
+        let g = || vec!["g".to_string()];
+        assert_eq!(parse(String::new(), g()).0, out_of_range("name"));
+        assert_eq!(
+            parse("n".repeat(MAX_NAME_LEN + 1), g()).0,
+            out_of_range("name")
+        );
+        assert_eq!(
+            parse("n".into(), vec![String::new()]).0,
+            out_of_range("groups")
+        );
+        assert_eq!(
+            parse("n".into(), vec!["g".repeat(MAX_GROUP_LEN + 1)]).0,
+            out_of_range("groups")
+        );
+    }
+
     #[test]
     fn bad_text_errors() {
         let text = ca().issue(body()).unwrap().to_text();
