@@ -1195,6 +1195,41 @@ mod tests {
         }
     }
 
+    /// Below [`FLAT_ALWAYS_ENTRIES`] the flat layout is chosen even where
+    /// by-group would be more than twice smaller: every user in its own
+    /// combination of groups, a few thousand entries. (Killed the
+    /// cargo-mutants survivors `FLAT_ALWAYS_ENTRIES = 1 >> 19`, i.e. 0,
+    /// and `||` -> `&&` in `build`'s choice: both picked by-group here; the
+    /// only layout test used a policy past the threshold.)
+    #[test]
+    fn a_policy_under_flat_always_entries_is_flat_however_its_groups_combine() {
+        let p = SynthParams {
+            users: 500,
+            services: 500,
+            groups: 200,
+            groups_per_user: 3,
+            services_per_group: 10,
+            profiles: 0,
+            direct_grants: 0,
+            connectors: 2,
+            seed: 4,
+        };
+        let file = synth::generate(&p);
+        let auto = compile(&file).unwrap();
+        assert_eq!(auto.stats().layout, Layout::Flat);
+        // What makes it a test of the threshold: a few thousand entries,
+        // more than twice the by-group size.
+        let resolved = resolve(&file).unwrap();
+        let classes = Classes::of(&resolved);
+        let flat_estimate = classes.flat_estimate(&resolved);
+        assert!(flat_estimate < 20_000, "{flat_estimate}");
+        assert!(flat_estimate > 2 * classes.by_group_size(&resolved));
+        let by_group = CompiledPolicy::compile_with_layout(&file, Layout::ByGroup).unwrap();
+        for (u, s) in synth::sample_pairs(&file, 2_000, 5) {
+            assert_eq!(auto.allowed(u, s), by_group.allowed(u, s));
+        }
+    }
+
     /// Full-size compile: minutes in a debug build, so opt-in
     /// (`cargo test --release -- --ignored`); the `policy` bench covers it.
     #[test]
