@@ -66,6 +66,20 @@ pub enum Layout {
     ByGroup,
 }
 
+impl Layout {
+    /// The layout `compile` picks for a table of `flat_entries` entries laid
+    /// out flat or `by_group_entries` laid out by group: flat under
+    /// [`FLAT_ALWAYS_ENTRIES`], and above it while flat is at most twice
+    /// the size (one probe per lookup is worth that much memory).
+    fn choose(flat_entries: usize, by_group_entries: usize) -> Layout {
+        if flat_entries <= FLAT_ALWAYS_ENTRIES || flat_entries <= 2 * by_group_entries {
+            Layout::Flat
+        } else {
+            Layout::ByGroup
+        }
+    }
+}
+
 /// What the relay needs to know about a service to forward to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceInfo {
@@ -193,13 +207,7 @@ impl CompiledPolicy {
 
         let flat_estimate = classes.flat_estimate(&resolved);
         let by_group_size = classes.by_group_size(&resolved);
-        let layout = layout.unwrap_or(
-            if flat_estimate <= FLAT_ALWAYS_ENTRIES || flat_estimate <= 2 * by_group_size {
-                Layout::Flat
-            } else {
-                Layout::ByGroup
-            },
-        );
+        let layout = layout.unwrap_or(Layout::choose(flat_estimate, by_group_size));
 
         let (class_of_user, class_count, grants) = match layout {
             Layout::Flat => build_flat(&classes, &resolved, &service_ids),
@@ -1228,6 +1236,20 @@ mod tests {
         for (u, s) in synth::sample_pairs(&file, 2_000, 5) {
             assert_eq!(auto.allowed(u, s), by_group.allowed(u, s));
         }
+    }
+
+    /// Above [`FLAT_ALWAYS_ENTRIES`], flat while it is at most twice the
+    /// by-group size, by-group beyond. (Kills `2 *` -> `2 +` and `2 /` in
+    /// the choice: no policy small enough for a debug test reaches it.)
+    #[test]
+    fn past_the_threshold_flat_wins_up_to_twice_the_by_group_size() {
+        let big = FLAT_ALWAYS_ENTRIES + 1_000;
+        assert_eq!(Layout::choose(big, big / 2 + 1), Layout::Flat);
+        assert_eq!(Layout::choose(big, big / 2), Layout::Flat);
+        assert_eq!(Layout::choose(big, big / 2 - 1), Layout::ByGroup);
+        assert_eq!(Layout::choose(big, 10), Layout::ByGroup);
+        assert_eq!(Layout::choose(FLAT_ALWAYS_ENTRIES, 10), Layout::Flat);
+        assert_eq!(Layout::choose(FLAT_ALWAYS_ENTRIES + 1, 10), Layout::ByGroup);
     }
 
     /// Full-size compile: minutes in a debug build, so opt-in
