@@ -88,6 +88,10 @@ pub(crate) struct UringIo {
     /// linked timeout), so its completion comes late.
     #[cfg(test)]
     send_delay: Option<types::Timespec>,
+    /// Tests: the ring refuses every send submission, as when
+    /// `io_uring_enter` fails while making room for one.
+    #[cfg(test)]
+    refuse_sends: bool,
 }
 
 impl std::fmt::Debug for UringIo {
@@ -272,7 +276,12 @@ impl UringIo {
             }
         }
         spin.record(&mut ps);
-        self.queue_sends(&mut ps)?;
+        if let Err(e) = self.queue_sends(&mut ps) {
+            // What this poll received and handed over still counts.
+            self.stats += &ps;
+            self.stats.record_poll(ps.received);
+            return Err(e);
+        }
         self.bufs.release_handled();
         self.bufs.publish();
         if self.submit_queued()? {
@@ -498,7 +507,23 @@ impl UringIo {
             let sqe = opcode::SendMsg::new(types::Fd(self.fd), hdr)
                 .build()
                 .user_data(Token::Send(slot).encode());
-            self.push(&sqe)?;
+            if let Err(e) = self.push_send(&sqe) {
+                // Never handed to the kernel: the slot and the references
+                // it took on its buffers go back now (no completion will
+                // come for it), and this send and the ones not queued yet
+                // are counted as dropped, not lost silently.
+                let bufs = &mut self.bufs;
+                if let Some(unsent) = self.slots.complete(slot) {
+                    unsent.release(|b| bufs.release(b));
+                }
+                let unsent: usize = self.outbound.gather.sends()[k..]
+                    .iter()
+                    .map(|s| s.count)
+                    .sum();
+                self.stats.send_dropped += unsent as u64;
+                self.outbound.gather.clear();
+                return Err(e);
+            }
             ps.send_calls += 1;
             // Counted when handed over, so the counters are current when the
             // poll returns; a failed completion takes them back.
@@ -507,6 +532,19 @@ impl UringIo {
         }
         self.outbound.gather.clear();
         Ok(())
+    }
+
+    /// Queues a send submission ([`UringIo::push`]; tests may make it
+    /// fail).
+    fn push_send(&mut self, sqe: &squeue::Entry) -> Result<(), IoError> {
+        #[cfg(test)]
+        if self.refuse_sends {
+            return Err(IoError::Sys {
+                op: "io_uring_enter",
+                source: std::io::Error::from_raw_os_error(libc::EBUSY),
+            });
+        }
+        self.push(sqe)
     }
 
     /// The send side with what it needs: used by [`super::Io::send_to`]
@@ -665,6 +703,8 @@ impl Parts {
             flags,
             #[cfg(test)]
             send_delay: None,
+            #[cfg(test)]
+            refuse_sends: false,
         }
     }
 }
@@ -787,5 +827,74 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A send the ring refuses (its submission cannot be queued) never
+    /// completes: its slot and the references it took on receive buffers
+    /// must come back at once, and its datagrams count as dropped. Without
+    /// that, every refusal would leak a slot and pin buffers for good.
+    #[test]
+    fn a_send_the_ring_refuses_gives_back_its_slot_and_buffers() {
+        let cfg = IoConfig {
+            buffers: 4,
+            ..IoConfig::default()
+        };
+        let sock = bind_socket("127.0.0.1:0".parse().unwrap(), &cfg).unwrap();
+        let fwd_addr = sock.local_addr().unwrap();
+        let mut io = match UringIo::new(sock, None, cfg) {
+            Ok(io) => io,
+            Err(f) if std::env::var("ZTNA_SKIP_URING").as_deref() == Ok("1") => {
+                eprintln!("skipping: {}", f.error);
+                return;
+            }
+            Err(f) => panic!(
+                "io_uring cannot start here: {} (ZTNA_SKIP_URING=1 skips)",
+                f.error
+            ),
+        };
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let dsts = [rx.local_addr().unwrap()];
+        let mut handler = Dests::new(&dsts[..], |_: SocketAddr, _: &mut [u8]| {
+            Action::Forward(Dest(0))
+        });
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for seq in 0..3u8 {
+            tx.send_to(&[seq; 100], fwd_addr).unwrap();
+        }
+
+        io.refuse_sends = true;
+        let mut refused = false;
+        for _ in 0..200 {
+            if io.poll(Duration::from_millis(5), &mut handler).is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "the refused send never surfaced as an error");
+        assert_eq!(io.slots.in_flight(), 0, "the refused send kept its slot");
+        let received = io.stats().datagrams_in;
+        assert!(received > 0);
+        assert_eq!(io.stats().send_dropped, received, "{:?}", io.stats());
+        assert_eq!(io.stats().datagrams_out, 0);
+
+        // Sends work again, and every buffer is back once they completed.
+        io.refuse_sends = false;
+        tx.send_to(&[9; 100], fwd_addr).unwrap();
+        let mut turns = 0;
+        while (io.stats().datagrams_out == 0 || io.slots.in_flight() > 0) && turns < 200 {
+            io.poll(Duration::from_millis(5), &mut handler).unwrap();
+            turns += 1;
+        }
+        let mut got = [0u8; 200];
+        let (n, _) = rx.recv_from(&mut got).expect("the datagram sent after");
+        assert_eq!(&got[..n], &[9; 100][..]);
+        io.poll(Duration::ZERO, &mut handler).unwrap();
+        assert_eq!(io.slots.in_flight(), 0);
+        assert_eq!(
+            io.bufs.in_ring(),
+            io.bufs.nbufs(),
+            "buffers still held after every send completed"
+        );
     }
 }
