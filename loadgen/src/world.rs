@@ -358,9 +358,16 @@ impl World {
     }
 
     /// Replaces the policy file's content (the relay reloads it when asked
-    /// or when it notices the change).
+    /// or when it notices the change), atomically as an operator should
+    /// (docs/security.md §8): written beside it, then renamed over it. A
+    /// plain rewrite lets the relay's poll read a half-written file, which
+    /// may still parse: a policy without the users past the cut, whose
+    /// sessions the reload then closes.
     pub fn write_policy(&self, text: &str) -> std::io::Result<()> {
-        std::fs::write(self.policy_path(), text)
+        let path = self.policy_path();
+        let staged = path.with_extension("toml.new");
+        std::fs::write(&staged, text)?;
+        std::fs::rename(&staged, &path)
     }
 
     /// A new identity for user `u` (certificate id = user id).
