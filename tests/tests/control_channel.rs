@@ -131,8 +131,8 @@ fn users_get_their_directory_pongs_when_current_and_pushes_after_a_reload() {
         answer_probes(&mut rig, relay);
         policy.rules[0].services.retain(|s| s != "service1");
         reload(&rig.world, &policy);
-        let pushed = receive_directory(&rig.user_socket, &mut rig.user, WAIT)
-            .unwrap_or_else(|| {
+        let pushed =
+            receive_directory(&rig.user_socket, &mut rig.user, WAIT).unwrap_or_else(|| {
                 panic!(
                     "{io}: no directory pushed after the reload; relay: {:?}",
                     rig.world.relay.shared().control_stats()
