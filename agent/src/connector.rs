@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Interest, Token};
 use proto::handshake::{E2eResponder, LocalIdentity, Trust};
+use proto::identity::Certificate;
 use proto::identity::Role;
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
-use proto::policy::Protocol;
+use proto::policy::{CompiledPolicy, PeerVerdict, Protocol};
 use proto::wire::{Frame, Kind};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::{tcp, udp};
@@ -216,10 +217,10 @@ impl Connector {
                     return;
                 }
             };
-        if self.policy.policy().is_revoked(&keys.peer.body.static_key) {
+        if let Some(why) = refuses_peer(self.policy.policy(), user, &keys.peer) {
             self.denied += 1;
             self.errors.push(format!(
-                "end-to-end session refused: the certificate of '{}' (user {}) is revoked",
+                "end-to-end session refused: the certificate of '{}' (user {}) {why}",
                 keys.peer.body.name, user.0
             ));
             return;
@@ -336,7 +337,7 @@ impl Connector {
                         .filter(|((u, s), pair)| {
                             self.permits(*u, *s).is_err()
                                 || [&pair.current, &pair.previous].into_iter().flatten().any(
-                                    |session| policy.is_revoked(&session.peer().body.static_key),
+                                    |session| refuses_peer(policy, *u, session.peer()).is_some(),
                                 )
                         })
                         .map(|(key, _)| *key)
@@ -356,6 +357,26 @@ impl Connector {
             Err(e) => self
                 .errors
                 .push(format!("{e}; the previous policy stays in force")),
+        }
+    }
+}
+
+/// Why the connector's own policy refuses `cert` as the end-to-end peer of
+/// `user` (its id, which the handshake checked against the certificate):
+/// the certificate is revoked, or the user's entry pins other static keys
+/// (`[[users]] static_keys`, docs/security.md §7b). `None`: accepted. The
+/// relay checks the same at the hop handshake; the connector checks again
+/// with its own copy, so a relay with an older policy does not decide.
+fn refuses_peer(policy: &CompiledPolicy, user: UserId, cert: &Certificate) -> Option<&'static str> {
+    let key = &cert.body.static_key;
+    if policy.is_revoked(key) {
+        return Some("is revoked");
+    }
+    match policy.admits_peer(Role::User, user.0, key) {
+        PeerVerdict::Allow => None,
+        PeerVerdict::NotListed => Some("is not a user in the connector's policy"),
+        PeerVerdict::KeyNotPinned => {
+            Some("certifies a key the connector's policy does not pin for that user")
         }
     }
 }

@@ -210,11 +210,63 @@ fn relay_restart_mid_transfer_completes_byte_exact() {
 
 #[test]
 fn a_connector_refuses_and_closes_a_certificate_its_own_policy_revokes() {
+    let _rig = connector_policy_cuts_alice_off(|alice, text| {
+        text.push_str(&format!(
+            "\n[[revoked]]\nkey = \"{}\"\nreason = \"test\"\n",
+            proto::identity::to_hex(&alice.body.static_key)
+        ));
+    });
+}
+
+#[test]
+fn a_connector_refuses_and_closes_a_user_key_its_own_policy_does_not_pin() {
+    let (w, connector) = connector_policy_cuts_alice_off(|alice, text| {
+        // Pin alice to another device's key.
+        let other = [0x11u8; 32];
+        assert_ne!(alice.body.static_key, other);
+        let entry = "name = \"alice\"\n";
+        assert!(text.contains(entry), "{text}");
+        *text = text.replace(
+            entry,
+            &format!(
+                "{entry}static_keys = [\"{}\"]\n",
+                proto::identity::to_hex(&other)
+            ),
+        );
+    });
+    // Another of alice's devices (a new key, not the pinned one), which
+    // the relay still admits: the connector refuses its end-to-end
+    // handshake.
+    let echo = free_tcp_port();
+    let _laptop = w.client("alice-laptop", ALICE, &["eng"], &[("echo", echo, "tcp")]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            echo_roundtrip(echo, b"laptop").is_err(),
+            "the unpinned key got through"
+        );
+        let st = connector.status();
+        let refused = st.as_ref().is_some_and(|s| {
+            s.errors.iter().any(|e| {
+                e.contains("the certificate of 'alice-laptop' (user 1001) certifies a key the connector's policy does not pin")
+            })
+        });
+        if refused {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refusal: {st:?}");
+    }
+}
+
+/// Alice reaches the echo service through a connector that reads its own
+/// copy of the policy; `edit` then changes that copy only (given alice's
+/// certificate), so the relay (which would close her hop session first)
+/// keeps forwarding and only the connector's check can stop her. It must
+/// close her open pair at the reload and refuse her new handshakes.
+fn connector_policy_cuts_alice_off(
+    edit: impl FnOnce(&proto::identity::Certificate, &mut String),
+) -> (World, AgentProcess) {
     let (w, _t) = world();
-    // The connector reads its own copy of the policy: revoke alice's
-    // certificate there only, so the relay (which would close her hop
-    // session first) keeps forwarding and only the connector's check can
-    // stop her.
     std::fs::copy(w.path("policy.toml"), w.path("connector-policy.toml")).unwrap();
     let (cfg, status) = w.agent_config(
         "conn-a",
@@ -232,10 +284,7 @@ fn a_connector_refuses_and_closes_a_certificate_its_own_policy_revokes() {
     let cert = std::fs::read_to_string(w.path("alice.cert")).unwrap();
     let cert = proto::identity::Certificate::from_text(&cert).unwrap();
     let mut text = std::fs::read_to_string(w.path("connector-policy.toml")).unwrap();
-    text.push_str(&format!(
-        "\n[[revoked]]\nkey = \"{}\"\nreason = \"test\"\n",
-        proto::identity::to_hex(&cert.body.static_key)
-    ));
+    edit(&cert, &mut text);
     // Write then rename, as an operator's tooling does.
     std::fs::write(w.path("connector-policy.tmp"), text).unwrap();
     std::fs::rename(
@@ -246,13 +295,10 @@ fn a_connector_refuses_and_closes_a_certificate_its_own_policy_revokes() {
     // The connector closes her sessions and refuses new ones.
     let deadline = Instant::now() + Duration::from_secs(5);
     while echo_roundtrip(echo, b"after").is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "the revoked certificate still reaches the service"
-        );
+        assert!(Instant::now() < deadline, "alice still reaches the service");
     }
-    // Because of the revocation, not by accident: the connector closed
-    // her pair at the reload and holds nothing for her.
+    // Because of the policy, not by accident: the connector closed her
+    // pair at the reload, holds nothing for her, and refused her again.
     let st = connector.wait_for("alice's pair closed", Duration::from_secs(5), |s| {
         s.services.iter().all(|p| !p.detail.contains("alice"))
     });
@@ -262,4 +308,5 @@ fn a_connector_refuses_and_closes_a_certificate_its_own_policy_revokes() {
             .contains("access revoked: closing the pair's connections"),
         "{st:?}"
     );
+    (w, connector)
 }
