@@ -366,6 +366,18 @@ mod tests {
     use super::*;
     use crate::testkit::handshake::{Nodes, HOP_PROLOGUE, NOW_NS};
 
+    /// The agent's initiation to the relay, receiver index 3, at `NOW_NS`.
+    fn start_as_agent(n: &Nodes) -> (IkInitiator, Vec<u8>) {
+        IkInitiator::start(
+            &n.agent,
+            n.relay.public_key(),
+            HOP_PROLOGUE,
+            ReceiverIndex(3),
+            NOW_NS,
+        )
+        .unwrap()
+    }
+
     /// The overhead constants are exactly what Noise adds around each
     /// message's payload: the buffer sized with them is filled to the last
     /// byte. (Killed the cargo-mutants survivors that enlarged them, e.g.
@@ -374,14 +386,7 @@ mod tests {
     #[test]
     fn noise_adds_exactly_the_overheads_the_buffers_are_sized_with() {
         let n = Nodes::new();
-        let (initiator, init) = IkInitiator::start(
-            &n.agent,
-            n.relay.public_key(),
-            HOP_PROLOGUE,
-            ReceiverIndex(3),
-            NOW_NS,
-        )
-        .unwrap();
+        let (initiator, init) = start_as_agent(&n);
         assert_eq!(
             init.len(),
             INIT_OVERHEAD + TIMESTAMP_LEN + INDEX_LEN + n.agent.cert_bytes.len()
@@ -420,14 +425,7 @@ mod tests {
         let text = format!("{:?}", n.agent);
         assert_eq!(text, r#"LocalIdentity { certificate: "alice", .. }"#);
         assert!(!text.contains(&format!("{:?}", n.agent.private_key())));
-        let (initiator, _) = IkInitiator::start(
-            &n.agent,
-            n.relay.public_key(),
-            HOP_PROLOGUE,
-            ReceiverIndex(3),
-            NOW_NS,
-        )
-        .unwrap();
+        let (initiator, _) = start_as_agent(&n);
         assert_eq!(format!("{initiator:?}"), "IkInitiator { .. }");
     }
 }

@@ -732,6 +732,22 @@ mod tests {
         }
     }
 
+    /// The backend on `sock`; `None` (the test is skipped, and says so)
+    /// only where io_uring cannot start and `ZTNA_SKIP_URING=1` allows it.
+    fn uring_or_skip(sock: UdpSocket, cfg: IoConfig) -> Option<UringIo> {
+        match UringIo::new(sock, None, cfg) {
+            Ok(io) => Some(io),
+            Err(f) if std::env::var("ZTNA_SKIP_URING").as_deref() == Ok("1") => {
+                eprintln!("skipping: {}", f.error);
+                None
+            }
+            Err(f) => panic!(
+                "io_uring cannot start here: {} (ZTNA_SKIP_URING=1 skips)",
+                f.error
+            ),
+        }
+    }
+
     /// Every send completes 20 ms late (a linked timeout in front of it)
     /// while the sender keeps the socket full and the ring has two buffers:
     /// a buffer given back while a gathered send still points into it
@@ -746,16 +762,8 @@ mod tests {
         };
         let sock = bind_socket("127.0.0.1:0".parse().unwrap(), &cfg).unwrap();
         let fwd_addr = sock.local_addr().unwrap();
-        let mut io = match UringIo::new(sock, None, cfg) {
-            Ok(io) => io,
-            Err(f) if std::env::var("ZTNA_SKIP_URING").as_deref() == Ok("1") => {
-                eprintln!("skipping: {}", f.error);
-                return;
-            }
-            Err(f) => panic!(
-                "io_uring cannot start here: {} (ZTNA_SKIP_URING=1 skips)",
-                f.error
-            ),
+        let Some(mut io) = uring_or_skip(sock, cfg) else {
+            return;
         };
         io.send_delay = Some(types::Timespec::from(Duration::from_millis(20)));
         let rxs: Vec<UdpSocket> = (0..2)
@@ -841,16 +849,8 @@ mod tests {
         };
         let sock = bind_socket("127.0.0.1:0".parse().unwrap(), &cfg).unwrap();
         let fwd_addr = sock.local_addr().unwrap();
-        let mut io = match UringIo::new(sock, None, cfg) {
-            Ok(io) => io,
-            Err(f) if std::env::var("ZTNA_SKIP_URING").as_deref() == Ok("1") => {
-                eprintln!("skipping: {}", f.error);
-                return;
-            }
-            Err(f) => panic!(
-                "io_uring cannot start here: {} (ZTNA_SKIP_URING=1 skips)",
-                f.error
-            ),
+        let Some(mut io) = uring_or_skip(sock, cfg) else {
+            return;
         };
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
