@@ -7,7 +7,7 @@
 //!
 //! # What the tag covers
 //!
-//! The tag input is the first [`TAGGED_LEN`](crate::wire::TAGGED_LEN) header bytes (version|kind, ttl,
+//! The tag input is the first [`TAGGED_LEN`] header bytes (version|kind, ttl,
 //! length, hop receiver index, hop counter, user id, service id), followed
 //! by what the kind (byte 0, itself covered) says of the body:
 //!

@@ -316,6 +316,11 @@ impl SipHash24Fixed {
     /// ([`hash_data`](Self::hash_data) starts there; so do the lanes of
     /// [`super::lanes`]).
     #[inline(always)]
+    // Only the AVX2 lanes read it (`hash_data` reads the field).
+    #[cfg_attr(
+        not(all(target_arch = "x86_64", target_feature = "avx2")),
+        allow(dead_code)
+    )]
     pub(crate) fn init_half(&self) -> &[u64; 4] {
         &self.init_half
     }

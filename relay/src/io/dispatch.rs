@@ -129,9 +129,9 @@ where
     }
 }
 
-/// Most datagrams [`dispatch_run`] hands to [`Handler::handle_group`] at
-/// once: a relay worker's datapath computes hop tags four frames at a time
-/// (`proto::hoptag::lanes::LANES`).
+/// Most datagrams the dispatch of a received run hands to
+/// [`Handler::handle_group`] at once: a relay worker's datapath computes hop
+/// tags four frames at a time (`proto::hoptag::lanes::LANES`).
 pub const GROUP: usize = 4;
 
 /// Hands the datagrams of one received run to `handler` (up to [`GROUP`]
