@@ -629,3 +629,109 @@ fn a_silent_peer_is_taken_out_at_dead_after_once_and_put_back_when_heard() {
     assert!(alive(&control), "heard since");
     assert_eq!(control.stats.peers_lost, 1);
 }
+
+/// A policy file `name` in a directory of its own, for `reload_policy`.
+fn policy_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("control-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A certificate the policy revokes gets no session and no response,
+/// even of an id it lists, and is counted (once per handshake).
+#[test]
+fn a_revoked_certificate_gets_no_session_and_is_counted() {
+    let (mut control, worker) = control();
+    let alice = node(1, Role::User, 21);
+    let file = PolicyFile::from_toml_str(&format!(
+        "[[users]]\nid = 1\nname = \"alice\"\n\n[[revoked]]\nkey = \"{}\"\n",
+        proto::identity::to_hex(&alice.certificate().body.static_key)
+    ))
+    .unwrap();
+    control
+        .shared
+        .swap_policy(CompiledPolicy::compile(&file).unwrap());
+    control.handshake(0, from(), &initiation(&alice));
+    assert_eq!(control.stats.revoked_refused, 1);
+    control.handshake(0, from(), &initiation(&alice));
+    assert_eq!(control.stats.revoked_refused, 2);
+    assert_eq!(control.stats.handshakes_ok, 0);
+    assert!(control.sessions.iter().all(Option::is_none));
+    assert!(worker.try_recv().is_err(), "no install, no response");
+}
+
+/// Each reload of the policy file advances the epoch, each refused file
+/// counts a rejection (the previous policy stays), in the stats and in
+/// the shared counters the metrics read.
+#[test]
+fn reloads_count_epochs_and_rejected_files() {
+    let (mut control, _worker) = control();
+    let path = policy_file("reloads", "[[users]]\nid = 1\nname = \"alice\"\n");
+    control.policy_source = PolicySource::new(&path);
+    // The policy the relay started with is epoch 1.
+    assert_eq!(control.stats.policy_epoch, 1);
+    let counted = |control: &Control| {
+        (
+            control.stats.policy_epoch,
+            control.stats.policy_rejected,
+            control.shared.policy_epoch.load(Ordering::Relaxed),
+            control.shared.policy_rejected.load(Ordering::Relaxed),
+        )
+    };
+    control.reload_policy();
+    assert_eq!(counted(&control), (2, 0, 2, 0));
+    control.reload_policy();
+    assert_eq!(counted(&control), (3, 0, 3, 0));
+    std::fs::write(&path, "not a policy").unwrap();
+    control.reload_policy();
+    assert_eq!(counted(&control), (3, 1, 3, 1));
+    control.reload_policy();
+    assert_eq!(counted(&control), (3, 2, 3, 2));
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
+
+/// A reload closes the sessions the new policy would not admit, each
+/// counted once under its reason: a revoked certificate's, an unlisted
+/// user's (both of its sessions), a user's whose key is no longer pinned;
+/// a listed user's and a connector's stay.
+#[test]
+fn a_reload_counts_each_closed_session_under_its_reason() {
+    let (mut control, _worker) = control();
+    let now = Instant::now();
+    // `certificate` certifies the key `[id + 1; 32]`.
+    let key = |id: u8| proto::identity::to_hex(&[id + 1; 32]);
+    let mut slots = Vec::new();
+    for (user, index) in [(1, 1), (2, 2), (2, 3), (3, 4), (4, 5)] {
+        slots.push(establish_user(&mut control, 0, user, index, now));
+    }
+    control.establish(0, from(), keys(5, Role::Connector, 6, now), now, true);
+    let path = policy_file(
+        "closes",
+        &format!(
+            "[[users]]\nid = 1\nname = \"a\"\n\n[[users]]\nid = 3\nname = \"c\"\nstatic_keys = [\"{}\"]\n\n\
+             [[users]]\nid = 4\nname = \"d\"\nstatic_keys = [\"{}\"]\n\n\
+             [[connectors]]\nid = 5\nname = \"e\"\n\n[[revoked]]\nkey = \"{}\"\n",
+            key(9),
+            key(4),
+            key(1),
+        ),
+    );
+    control.policy_source = PolicySource::new(&path);
+    control.reload_policy();
+    let s = &control.stats;
+    assert_eq!(
+        (s.revoked_closed, s.unlisted_closed, s.pinned_closed),
+        (1, 2, 1)
+    );
+    let open: Vec<usize> = (0..control.sessions.len())
+        .filter(|&i| control.sessions[i].is_some())
+        .collect();
+    assert_eq!(
+        open,
+        [slots[4], slots[4] + 1],
+        "user 4's and the connector's"
+    );
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
