@@ -735,3 +735,150 @@ fn a_reload_counts_each_closed_session_under_its_reason() {
     );
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
+
+/// The control messages `worker` was told to send, parsed from frames an
+/// agent accepts; installs and removals are skipped.
+fn sent_control(worker: &Receiver<ToWorker>) -> Vec<proto::control::ControlMessage> {
+    worker
+        .try_iter()
+        .filter_map(|m| match m {
+            ToWorker::Send { bytes, .. } => Some(bytes),
+            _ => None,
+        })
+        .map(|bytes| {
+            let frame = Frame::new_checked(&bytes[..]).expect("a frame an agent accepts");
+            assert_eq!(frame.kind(), Kind::Control);
+            proto::control::ControlMessage::parse(frame.body()).expect("a control message")
+        })
+        .collect()
+}
+
+/// A pushed directory goes to the user's newest confirmed session that
+/// has pinged, not to an older one, and only when it differs from the
+/// last one sent there: a second push with nothing changed sends nothing.
+#[test]
+fn directories_are_pushed_to_the_newest_pinged_session_once_per_change() {
+    use proto::control::ControlMessage;
+
+    let (mut control, workers) = control_over(2);
+    let now = Instant::now();
+    let later = now + Duration::from_secs(1);
+    let older = control.establish(0, from(), keys(1, Role::User, 1, now), now, true);
+    let newer = control.establish(1, from(), keys(1, Role::User, 2, later), later, true);
+    for slot in [older, newer] {
+        control.sessions[slot].as_mut().unwrap().pinged = true;
+    }
+    for w in &workers {
+        let _ = w.try_iter().count();
+    }
+    control.push_directories();
+    assert!(
+        sent_control(&workers[0]).is_empty(),
+        "not the older session"
+    );
+    let sent = sent_control(&workers[1]);
+    assert!(
+        matches!(
+            sent[..],
+            [ControlMessage::DirectoryPart {
+                part: 0,
+                parts: 1,
+                ..
+            }]
+        ),
+        "{sent:?}"
+    );
+    assert_eq!(control.stats.directories_pushed, 1);
+    assert_eq!(control.stats.directories_sent, 1);
+    control.push_directories();
+    assert!(sent_control(&workers[1]).is_empty(), "nothing changed");
+    assert_eq!(control.stats.directories_pushed, 1);
+    // Sent again once the session's last directory is another one.
+    control.sessions[newer].as_mut().unwrap().sent_digest = 1;
+    control.push_directories();
+    assert_eq!(sent_control(&workers[1]).len(), 1);
+    assert!(sent_control(&workers[0]).is_empty());
+    assert_eq!(control.stats.directories_pushed, 2);
+}
+
+/// A directory is sent with up to `MAX_SERVICES` services in up to
+/// `MAX_PARTS` parts, each part counted; one service more, or one part
+/// more, and it is not sent at all (an agent would drop it).
+#[test]
+fn directories_are_sent_up_to_max_services_and_max_parts_and_not_past_them() {
+    use proto::control::{ConnectionMode, MAX_ENTRY_LEN, MAX_NAME_LEN, MAX_PARTS, MAX_SERVICES};
+    use proto::policy::Protocol;
+
+    let (mut control, worker) = control();
+    let now = Instant::now();
+    let slot = control.establish(0, from(), keys(1, Role::User, 1, now), now, true);
+    let _ = worker.try_iter().count();
+    let directory = |n: usize, name_len: usize| {
+        let services = (0..n as u32)
+            .map(|i| ServiceEntry {
+                id: ServiceId(i + 1),
+                name: "n".repeat(name_len),
+                protocol: Protocol::Tcp,
+                port: 443,
+                connector: 7,
+                connector_key: [7; 32],
+            })
+            .collect();
+        Directory::new(ConnectionMode::OnDemand, services)
+    };
+    let sent = |control: &mut Control, d: &Directory| {
+        control.send_directory(slot, d);
+        worker
+            .try_iter()
+            .filter(|m| matches!(m, ToWorker::Send { .. }))
+            .count()
+    };
+    // Short names: the service count is the limit that counts.
+    let most = directory(MAX_SERVICES, 1);
+    let parts = most.parts(DEFAULT_MAX_BODY).len();
+    assert!(parts < usize::from(MAX_PARTS), "{parts}");
+    assert_eq!(sent(&mut control, &most), parts);
+    assert_eq!(control.stats.directories_sent, 1);
+    assert_eq!(control.stats.directory_parts_sent, parts as u64);
+    assert_eq!(sent(&mut control, &directory(MAX_SERVICES + 1, 1)), 0);
+    // The longest names: the part count is the limit.
+    let per_part = (DEFAULT_MAX_BODY - proto::control::PART_HEADER_LEN) / MAX_ENTRY_LEN;
+    let n = usize::from(MAX_PARTS) * per_part;
+    let most = directory(n, MAX_NAME_LEN);
+    assert_eq!(most.parts(DEFAULT_MAX_BODY).len(), usize::from(MAX_PARTS));
+    assert_eq!(sent(&mut control, &most), usize::from(MAX_PARTS));
+    let too_many = directory(n + 1, MAX_NAME_LEN);
+    assert_eq!(
+        too_many.parts(DEFAULT_MAX_BODY).len(),
+        usize::from(MAX_PARTS) + 1
+    );
+    assert_eq!(sent(&mut control, &too_many), 0);
+    assert_eq!(control.stats.directories_sent, 2);
+    assert_eq!(
+        control.stats.directory_parts_sent,
+        (parts + usize::from(MAX_PARTS)) as u64
+    );
+}
+
+/// A connector's ping is answered with `Pong { digest: 0 }`, each counted.
+#[test]
+fn pongs_are_sent_and_counted() {
+    use proto::control::ControlMessage;
+
+    let (mut control, worker) = control();
+    let now = Instant::now();
+    control.establish(0, from(), keys(2, Role::Connector, 1, now), now, true);
+    let _ = worker.try_iter().count();
+    let mut ping = Vec::new();
+    ControlMessage::Ping { digest: 0 }.emit(&mut ping);
+    control.control(0, ReceiverIndex(1), &ping);
+    control.control(0, ReceiverIndex(1), &ping);
+    assert_eq!(
+        sent_control(&worker),
+        [
+            ControlMessage::Pong { digest: 0 },
+            ControlMessage::Pong { digest: 0 }
+        ]
+    );
+    assert_eq!(control.stats.pongs_sent, 2);
+}
