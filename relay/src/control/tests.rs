@@ -882,3 +882,41 @@ fn pongs_are_sent_and_counted() {
     );
     assert_eq!(control.stats.pongs_sent, 2);
 }
+
+/// The relay takes a renewed certificate of its own key from its files:
+/// counted, with its end of validity, and presented by new handshakes; a
+/// file it refuses is counted once, not at every poll.
+#[test]
+fn a_renewed_certificate_is_taken_and_a_refused_file_counted_once() {
+    let (control, _worker) = control();
+    let dir = std::env::temp_dir().join(format!("control-renew-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, cert) = (dir.join("relay.key"), dir.join("relay.cert"));
+    let relay = node(1000, Role::Relay, 7);
+    let private = proto::testkit::handshake::static_keypair(7).private;
+    std::fs::write(&key, crate::keys::static_key_to_text(&private)).unwrap();
+    std::fs::write(&cert, relay.certificate().to_text()).unwrap();
+    let ca = CaKeypair::from_seed(&[0x42; 32]);
+    let files = IdentityFiles::new(&key, &cert, ca.public(), &relay);
+    let mut control = control.with_renewal(Some(files));
+    control.renew();
+    assert_eq!(control.stats.cert_renewals, 0, "unchanged");
+    let not_after = unix_nanos() / 1_000_000_000 + 7200;
+    let renewed = ca
+        .issue(CertificateBody {
+            not_after,
+            ..relay.certificate().body.clone()
+        })
+        .unwrap();
+    std::fs::write(&cert, renewed.to_text()).unwrap();
+    control.renew();
+    let s = &control.stats;
+    assert_eq!((s.cert_renewals, s.cert_not_after), (1, not_after));
+    assert_eq!(control.responder.certificate().body.not_after, not_after);
+    std::fs::write(&cert, "not a certificate").unwrap();
+    control.renew();
+    control.renew();
+    let s = &control.stats;
+    assert_eq!((s.cert_renewals, s.cert_renewals_refused), (1, 1));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
