@@ -920,3 +920,74 @@ fn a_renewed_certificate_is_taken_and_a_refused_file_counted_once() {
     assert_eq!((s.cert_renewals, s.cert_renewals_refused), (1, 1));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The control thread takes the workers' audit decisions at every loop,
+/// and writes the audit lines only once the interval is up, or at the
+/// end (`last`).
+#[test]
+fn audit_lines_are_written_when_the_interval_is_up_or_at_the_end() {
+    use crate::audit::{AuditConfig, Auditor, RelayName};
+    use proto::audit::Access;
+
+    let (mut control, _worker) = control();
+    // With the workers' hand-off slots, which `control` has none of.
+    let policy = CompiledPolicy::compile(&PolicyFile::default()).unwrap();
+    control.shared = Arc::new(Shared::new(policy, 1).with_audit(64));
+    let config = AuditConfig::default();
+    let interval = config.interval;
+    let relay = RelayName {
+        id: 1000,
+        name: "relay".into(),
+    };
+    let mut control = control.with_audit(Some(Auditor::new(config, relay)));
+    let hand_off = |control: &Control, user: u32| {
+        let mut table = control.shared.new_audit_table().unwrap();
+        table.record(UserId(user), ServiceId(1), Access::Deny, 100);
+        assert!(control.shared.hand_off_audit(0, &mut table));
+    };
+    let start = control.last_audit;
+    hand_off(&control, 1);
+    control.audit_tick(start, false);
+    assert_eq!(control.stats.audit.decisions, 1, "taken");
+    assert_eq!(
+        control.stats.audit.lines(),
+        0,
+        "written before the interval"
+    );
+    control.audit_tick(start + interval, false);
+    let written = control.stats.audit.lines();
+    assert!(written > 0, "not written at the interval");
+    hand_off(&control, 2);
+    control.audit_tick(start + interval, true);
+    assert_eq!(control.stats.audit.decisions, 2);
+    assert!(
+        control.stats.audit.lines() > written,
+        "not written at the end"
+    );
+}
+
+/// The peer relays this relay holds sessions with are published with how
+/// many sessions each (one a worker), users are not, and a relay whose
+/// sessions end is withdrawn.
+#[test]
+fn mesh_links_are_published_with_their_sessions_and_withdrawn() {
+    let (mut control, _workers) = control_over(2);
+    let now = Instant::now();
+    let a = control.establish(0, from(), keys(2000, Role::Relay, 1, now), now, true);
+    let b = control.establish(1, from(), keys(2000, Role::Relay, 2, now), now, true);
+    control.establish(0, from(), keys(1, Role::User, 3, now), now, true);
+    let key = control.sessions[a].as_ref().unwrap().static_key;
+    control.publish_mesh_links();
+    let links = control.shared.mesh_links.load();
+    let links: Vec<_> = links
+        .iter()
+        .map(|l| (l.id, l.sessions, l.static_key))
+        .collect();
+    assert_eq!(links, [(2000, 2, key)]);
+    assert_eq!(control.stats.relay_links, 1);
+    control.remove(a, "test");
+    control.remove(b, "test");
+    control.publish_mesh_links();
+    assert!(control.shared.mesh_links.load().is_empty());
+    assert_eq!(control.stats.relay_links, 0);
+}
