@@ -35,7 +35,7 @@ use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
 use crate::config::{ClientMode, ListenConfig, Transport, TunnelConfig};
-use crate::e2e::{record_receiver, E2eSession};
+use crate::e2e::{record_receiver, E2eSession, UNANSWERED_REKEY};
 use crate::flow::{FlowStatus, TcpFlow};
 use crate::netstack::{smol_now, Stack};
 use crate::pool::Packet;
@@ -98,7 +98,10 @@ impl ClientSessions {
                 by_index.remove(&s.local_index());
             }
         }
-        let wanted = self.current.as_ref().is_none_or(|s| s.should_rekey(now));
+        let wanted = self
+            .current
+            .as_mut()
+            .is_none_or(|s| s.should_rekey(now) || s.unanswered_for(now) >= UNANSWERED_REKEY);
         let due = self
             .pending
             .as_ref()

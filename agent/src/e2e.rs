@@ -28,6 +28,12 @@ use crate::pool::{HEADROOM, TAILROOM};
 /// the AEAD's confidentiality limit (`proto::aead::CONFIDENTIALITY_LIMIT`).
 pub const REKEY_AFTER_FRAMES: u64 = proto::aead::CONFIDENTIALITY_LIMIT / 2;
 
+/// Frames sent this long without one opened in return: the initiator
+/// starts a new handshake, since the peer may have lost the session (a
+/// restarted connector, or one whose policy closed it). WireGuard's
+/// keepalive timeout plus its rekey timeout (10 + 5 s).
+pub const UNANSWERED_REKEY: Duration = Duration::from_secs(15);
+
 /// Why a received data frame was not delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum OpenDrop {
@@ -53,6 +59,11 @@ pub struct E2eSession {
     recv: E2eReceiver,
     established: Instant,
     last_recv: Option<Instant>,
+    /// What [`E2eSession::unanswered_for`] saw last: when, the frames
+    /// sealed by then, and since when sends have gone unanswered.
+    looked: Instant,
+    sent_seen: u64,
+    unanswered_since: Option<Instant>,
     peer: Certificate,
 }
 
@@ -77,6 +88,9 @@ impl E2eSession {
             recv: E2eReceiver::new(&keys.recv_key),
             established: now,
             last_recv: None,
+            looked: now,
+            sent_seen: 0,
+            unanswered_since: None,
             peer: keys.peer,
         }
     }
@@ -110,6 +124,24 @@ impl E2eSession {
     pub fn should_rekey(&self, now: Instant) -> bool {
         now.duration_since(self.established) >= REKEY_AFTER_TIME
             || self.send.next_counter() >= REKEY_AFTER_FRAMES
+    }
+
+    /// How long frames sealed on this session have gone without a frame
+    /// opened in return, as seen by the calls to this (made about once a
+    /// second): a send seen with nothing opened since the last call starts
+    /// the clock, anything opened since the last call stops it.
+    pub fn unanswered_for(&mut self, now: Instant) -> Duration {
+        let heard = self.last_recv.is_some_and(|t| t >= self.looked);
+        let sent = self.send.next_counter();
+        if heard {
+            self.unanswered_since = None;
+        } else if sent != self.sent_seen {
+            self.unanswered_since.get_or_insert(now);
+        }
+        self.sent_seen = sent;
+        self.looked = now;
+        self.unanswered_since
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
     }
 
     /// Whether the keys may no longer be used at all.
@@ -305,6 +337,32 @@ mod tests {
             b.open(&mut [0u8; HEADROOM], Instant::now()),
             Err(OpenDrop::Truncated)
         );
+    }
+
+    /// The clock a restarted connector is noticed by: it starts at the
+    /// first look that sees a send with nothing opened since the look
+    /// before, keeps running over further sends, and stops at the first
+    /// look after a frame was opened.
+    #[test]
+    fn sends_without_an_answer_are_timed_until_one_is_opened() {
+        let (mut a, mut b) = pair();
+        let t0 = a.established();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(a.unanswered_for(at(1_000)), Duration::ZERO, "nothing sent");
+        frame(&mut a, b"ping");
+        assert_eq!(a.unanswered_for(at(2_000)), Duration::ZERO);
+        assert_eq!(a.unanswered_for(at(17_000)), UNANSWERED_REKEY);
+        frame(&mut a, b"again");
+        assert_eq!(a.unanswered_for(at(18_000)), Duration::from_secs(16));
+        let mut reply = frame(&mut b, b"pong");
+        a.open(&mut reply, at(18_500)).unwrap();
+        assert_eq!(a.unanswered_for(at(19_000)), Duration::ZERO, "answered");
+        // A send answered before the next look is not counted either.
+        frame(&mut a, b"more");
+        let mut reply = frame(&mut b, b"answer");
+        a.open(&mut reply, at(19_500)).unwrap();
+        assert_eq!(a.unanswered_for(at(20_000)), Duration::ZERO);
+        assert_eq!(a.unanswered_for(at(60_000)), Duration::ZERO, "no new sends");
     }
 
     #[test]

@@ -310,3 +310,44 @@ fn connector_policy_cuts_alice_off(
     );
     (w, connector)
 }
+
+#[test]
+fn a_restarted_connector_is_reached_again_without_waiting_for_the_rekey_timer() {
+    let (w, _t) = world();
+    let (cfg, status) = w.connector_config();
+    let connector = AgentProcess::spawn(&cfg, status, w.dir.path(), "conn-a", None);
+    let echo = free_tcp_port();
+    let client = w.client("alice", ALICE, &["eng"], &[("echo", echo, "tcp")]);
+    ready(&client, &connector, 1);
+    assert_eq!(echo_roundtrip(echo, b"before").unwrap(), b"before");
+
+    // The same connector (same key: the user's directory does not change)
+    // comes back without the end-to-end session the client still holds.
+    drop(connector);
+    let connector = AgentProcess::spawn(&cfg, status, w.dir.path(), "conn-a-restarted", None);
+    connector.wait_for("connector hop session", Duration::from_secs(10), |s| {
+        s.link.hop_up
+    });
+    let restarted = Instant::now();
+    let deadline = restarted + agent::e2e::UNANSWERED_REKEY + Duration::from_secs(20);
+    loop {
+        match echo_roundtrip(echo, b"after") {
+            Ok(got) => {
+                assert_eq!(got, b"after");
+                break;
+            }
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "the restarted connector is still not reached after {:?}: {e}",
+                restarted.elapsed()
+            ),
+        }
+    }
+    // By a new end-to-end handshake on unanswered sends, not the 120 s
+    // rekey timer.
+    assert!(
+        restarted.elapsed() < proto::handshake::timers::REKEY_AFTER_TIME / 2,
+        "{:?}",
+        restarted.elapsed()
+    );
+}
