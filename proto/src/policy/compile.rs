@@ -1252,6 +1252,126 @@ mod tests {
         assert_eq!(Layout::choose(FLAT_ALWAYS_ENTRIES + 1, 10), Layout::ByGroup);
     }
 
+    /// `revoked_count` is the number of `[[revoked]]` keys, none included.
+    /// (Kills run 8's `revoked_count -> 1`: the one test that asked had
+    /// one key revoked.)
+    #[test]
+    fn revoked_count_counts_every_revoked_key() {
+        let mut file = example();
+        assert_eq!(compile(&file).unwrap().revoked_count(), 0);
+        for k in [7u8, 8] {
+            file.revoked.push(super::super::model::Revoked {
+                key: crate::identity::to_hex(&[k; 32]),
+                reason: "lost".into(),
+            });
+        }
+        let p = compile(&file).unwrap();
+        assert_eq!(p.revoked_count(), 2);
+        assert!(p.is_revoked(&[7; 32]) && p.is_revoked(&[8; 32]));
+    }
+
+    /// `services` yields every service once, in file order: the relay
+    /// builds its directory from it. (Kills run 8's `services ->
+    /// iter::empty()`: no `proto` test listed the services.)
+    #[test]
+    fn services_are_listed_once_each_in_file_order() {
+        let file = example();
+        let p = compile(&file).unwrap();
+        let listed: Vec<(ServiceId, &str)> =
+            p.services().map(|s| (s.id, s.name.as_str())).collect();
+        let written: Vec<(ServiceId, &str)> = file
+            .services
+            .iter()
+            .map(|s| (s.id, s.name.as_str()))
+            .collect();
+        assert_eq!(listed, written);
+        assert_eq!(listed.len(), 4);
+    }
+
+    /// The example with one more direct-grant class: erin, in no group,
+    /// granted the ledger by name.
+    fn example_with_erin() -> PolicyFile {
+        let mut file = example();
+        file.users.push(User {
+            id: UserId(1005),
+            name: "erin".into(),
+            groups: Vec::new(),
+            static_keys: None,
+        });
+        file.rules.push(Rule {
+            users: vec!["erin".into()],
+            services: vec!["ledger".into()],
+            ..Rule::default()
+        });
+        file
+    }
+
+    /// The two sizes the layout is chosen by, worked out by hand. Flat:
+    /// per class, its groups' grants plus its direct ones, overlaps counted
+    /// twice. By-group: every grant as written, each class's direct grants,
+    /// and half an entry per unit reference (a class's groups, plus one
+    /// for its direct grants if it has any). (Kills run 8's survivors in
+    /// `by_group_size`: `-> 0`, `-> 1`, `+` -> `*` twice, `own > 0` ->
+    /// `==`, `<`, `>=`, and `refs / 2` -> `% 2`, `* 2`; the layout tests
+    /// only compared it with the flat size, by a wide margin.)
+    #[test]
+    fn layout_sizes_count_grants_as_written_and_unit_references_at_half() {
+        let sizes = |file: &PolicyFile| {
+            let r = resolve(file).unwrap();
+            let c = Classes::of(&r);
+            (c.members.len(), c.flat_estimate(&r), c.by_group_size(&r))
+        };
+        // Grants: engineering dns and git, sre all four, finance dns and
+        // ledger (8); dave's git (1). Classes: alice {engineering, sre},
+        // bob {engineering}, carol {finance}, dave {direct}: 5 references.
+        // Flat: alice 2 + 4, bob 2, carol 2, dave 1.
+        assert_eq!(sizes(&example()), (4, 11, 8 + 1 + 5 / 2));
+        // erin's ledger: one more grant and one more reference (6 / 2 is
+        // 3 where 5 / 2 was 2).
+        assert_eq!(sizes(&example_with_erin()), (5, 12, 8 + 2 + 6 / 2));
+    }
+
+    /// By group, each class's record `[n, unit_1, .., unit_n]` starts at a
+    /// multiple of its size rounded up to a power of two (at most 16
+    /// words), so a record of up to 15 units sits in one cache line.
+    /// (Kills run 8's `units.len() + 1` -> `* 1` in `build_by_group`,
+    /// which aligned records to the unit count alone: still correct
+    /// answers, so no lookup test saw it.)
+    #[test]
+    fn by_group_records_are_aligned_to_their_padded_size() {
+        let mut file = example_with_erin();
+        for (name, groups) in [
+            ("frank", &["engineering", "sre", "finance"][..]),
+            ("grace", &[][..]),
+            ("heidi", &["sre", "finance"][..]),
+        ] {
+            let id = UserId(1006 + file.users.len() as u32);
+            file.users.push(User {
+                id,
+                name: name.into(),
+                groups: groups.iter().map(|&g| g.into()).collect(),
+                static_keys: None,
+            });
+        }
+        let p = CompiledPolicy::compile_with_layout(&file, Layout::ByGroup).unwrap();
+        let Grants::ByGroup { records, .. } = &p.grants else {
+            panic!("asked for by-group");
+        };
+        let mut sizes = Vec::new();
+        for u in &file.users {
+            let start = p.user_class.get(u.id.0).unwrap() as usize;
+            let n = records[start] as usize;
+            let padded = (n + 1).next_power_of_two().min(16);
+            assert_eq!(start % padded, 0, "{}: {n} units at {start}", u.name);
+            assert_eq!(start / 16, (start + n) / 16, "{} crosses a line", u.name);
+            sizes.push(n);
+        }
+        // Records of 0 to 3 units, so of 1, 2 and 4 words padded.
+        sizes.sort_unstable();
+        sizes.dedup();
+        assert_eq!(sizes, [0, 1, 2, 3]);
+    }
+
     /// Full-size compile: minutes in a debug build, so opt-in
     /// (`cargo test --release -- --ignored`); the `policy` bench covers it.
     #[test]
