@@ -275,4 +275,80 @@ mod tests {
         assert_eq!(set.len(), 1);
         assert!(!set.contains(u32::MAX, 3));
     }
+
+    /// Open-addressing tables are at most 5/8 full and, past the smallest
+    /// size, more than 5/16 full: 1.6 to 3.2 slots per entry, as the
+    /// compiler's module documentation counts the grant set. (Kills run 8's
+    /// `/ 5` -> `* 5` in `bits_for`, which made every table 12 to 50 times
+    /// larger than it needs.)
+    #[test]
+    fn tables_hold_1_6_to_3_2_slots_per_entry() {
+        for n in 0..=5_000usize {
+            let slots = 1usize << bits_for(n);
+            assert!(8 * n <= 5 * slots, "{n} entries in {slots} slots");
+            assert!(
+                slots == 8 || 5 * slots <= 16 * n + 5,
+                "{n} entries in {slots} slots"
+            );
+        }
+        // The tables are built at that size: 1000 entries, 2048 slots.
+        assert_eq!(bits_for(1000), 11);
+        let sparse: Vec<(u32, u32)> = (0..1000).map(|i| (i * 7919 + (1 << 31), i)).collect();
+        assert_eq!(IdMap::build(&sparse).heap_bytes(), 2048 * 8);
+        let set = PairSet::build(1000, (0..1000).map(|i| (i, i)));
+        assert_eq!(set.heap_bytes(), 2048 * 8);
+    }
+
+    /// `heap_bytes` is what the map holds: 4 bytes per id in the dense
+    /// range, 8 per hashed slot. (Kills run 8's `IdMap::heap_bytes -> 0`,
+    /// `-> 1`, and `* 4`, `* 8` -> `+`, `/`: the compiler's stats tests only
+    /// compared sizes, or asked for more than zero.)
+    #[test]
+    fn maps_count_the_heap_they_hold() {
+        let dense: Vec<(u32, u32)> = (10..1000).map(|i| (i, i)).collect();
+        let d = IdMap::build(&dense);
+        assert!(d.is_dense());
+        assert_eq!(d.heap_bytes(), 990 * 4);
+        // Six ids spread over a range of 10^6: hashed in 16 slots.
+        let sparse: Vec<(u32, u32)> = (0..6).map(|i| (i * 200_000, i)).collect();
+        let h = IdMap::build(&sparse);
+        assert!(!h.is_dense());
+        assert_eq!(h.heap_bytes(), 16 * 8);
+        assert_eq!(IdMap::build(&[]).heap_bytes(), 0);
+    }
+
+    /// Id 0 is a valid id, also where another id already holds its slot.
+    /// (Kills run 8's `s >> 32` -> `s << 32` in `IdMap::build`'s
+    /// duplicate check, which read every occupied slot as holding id 0
+    /// and so dropped id 0 whenever its slot was taken.)
+    #[test]
+    fn a_hashed_map_keeps_id_zero_when_its_slot_is_taken() {
+        // Two entries: 8 slots; `home(0)` is slot 0.
+        assert_eq!((bits_for(2), home(0, 3)), (3, 0));
+        let taker = (1_000..).find(|&id| home(u64::from(id), 3) == 0).unwrap();
+        let m = IdMap::build(&[(taker, 1), (0, 2)]);
+        assert!(!m.is_dense());
+        assert_eq!((m.get(taker), m.get(0)), (Some(1), Some(2)));
+    }
+
+    /// A set grows when the next pair would make it more than 5/8 full,
+    /// and not before: 5 pairs fit 8 slots, the sixth doubles them.
+    /// (Kills run 8's `>` -> `==` and `>=`, which grew one pair early,
+    /// `len + 1` -> `len * 1`, one pair late, and `slots * 5 / 8` ->
+    /// `slots + 5 / 8` (only when full) and `slots / 5 / 8` (at every
+    /// pair): each answered right, in a table of the wrong size.)
+    #[test]
+    fn a_set_grows_only_past_five_eighths_full() {
+        for n in 0..=700u32 {
+            let mut slots = 8;
+            while n as usize > slots * 5 / 8 {
+                slots *= 2;
+            }
+            let set = PairSet::build(0, (0..n).map(|i| (i, i)));
+            assert_eq!(set.len(), n as usize);
+            assert_eq!(set.heap_bytes(), slots * 8, "{n} pairs");
+        }
+        assert_eq!(PairSet::build(0, (0..5).map(|i| (i, i))).heap_bytes(), 64);
+        assert_eq!(PairSet::build(0, (0..6).map(|i| (i, i))).heap_bytes(), 128);
+    }
 }
