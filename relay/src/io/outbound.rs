@@ -67,8 +67,7 @@ impl Outbound {
     pub(crate) fn finish_poll(&mut self, fd: RawFd, stats: &mut IoStats, ps: &mut PollStats) {
         let out = self.flush_staged(fd, stats);
         self.account(ps, out);
-        *stats += &*ps;
-        stats.record_poll(ps.received);
+        stats.add_poll(ps);
     }
 
     /// See [`super::Io::send_to`].

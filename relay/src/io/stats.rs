@@ -147,6 +147,12 @@ pub struct IoStats {
 }
 
 impl IoStats {
+    /// Adds one poll's counts and records its batch size.
+    pub(crate) fn add_poll(&mut self, p: &PollStats) {
+        *self += p;
+        self.record_poll(p.received);
+    }
+
     /// Records one poll's batch size.
     pub(crate) fn record_poll(&mut self, received: usize) {
         if received == 0 {

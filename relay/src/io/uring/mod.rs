@@ -278,8 +278,7 @@ impl UringIo {
         spin.record(&mut ps);
         if let Err(e) = self.queue_sends(&mut ps) {
             // What this poll received and handed over still counts.
-            self.stats += &ps;
-            self.stats.record_poll(ps.received);
+            self.stats.add_poll(&ps);
             return Err(e);
         }
         self.bufs.release_handled();
