@@ -59,6 +59,8 @@ pub struct ClientSessions {
     /// The session frames are sealed on.
     pub current: Option<E2eSession>,
     previous: Option<E2eSession>,
+    /// Sessions established so far (the first and every new handshake).
+    pub established: u64,
 }
 
 impl ClientSessions {
@@ -149,6 +151,7 @@ impl ClientSessions {
             by_index.remove(&old.local_index());
         }
         self.previous = self.current.replace(E2eSession::new(keys, now));
+        self.established += 1;
         Ok(true)
     }
 
@@ -801,6 +804,12 @@ impl Client {
             return Some(buf);
         };
         match session.open(&mut buf[..len], now) {
+            Ok(range) if range.is_empty() => {
+                // The connector's keepalive: the session heard from it
+                // (`E2eSession::unanswered_for`); nothing to deliver.
+                ctx.stats.keepalives_in += 1;
+                Some(buf)
+            }
             Ok(range) => match (tunnel.stack.as_mut(), self.tun.as_mut()) {
                 (Some(stack), _) => {
                     stack.dev.push_rx(Packet {
@@ -1054,6 +1063,7 @@ impl RuntimeRole for Client {
                     let _ = write!(v.detail, "{sep}{}", l.addr);
                 }
                 v.session = t.is_some_and(|t| t.sessions.current.is_some());
+                v.sessions = t.map_or(0, |t| t.sessions.established);
                 v.flows = t.map_or(0, ServiceTunnel::flows);
                 v.bytes_in = t.map_or(0, |t| {
                     t.bytes_in + t.tcp.values().map(|f| f.bytes_in).sum::<u64>()

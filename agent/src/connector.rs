@@ -35,7 +35,7 @@ use crate::flow::{FlowStatus, TcpFlow};
 use crate::inner::{classify, Inner};
 use crate::netstack::{smol_now, Stack};
 use crate::policy_watch::PolicyWatch;
-use crate::pool::Packet;
+use crate::pool::{Packet, HEADROOM};
 use crate::runtime::{header, unix_nanos, Ctx, Role as RuntimeRole};
 use crate::status::{set_text, ErrorLog, ServiceStatus, Status, StatusBoard};
 
@@ -85,6 +85,8 @@ struct Pair {
     last_active: Instant,
     bytes_in: u64,
     bytes_out: u64,
+    /// Sessions established with the user so far.
+    established: u64,
 }
 
 impl Pair {
@@ -245,11 +247,13 @@ impl Connector {
             last_active: now,
             bytes_in: 0,
             bytes_out: 0,
+            established: 0,
         });
         if let Some(old) = pair.previous.take() {
             self.by_index.remove(&old.local_index());
         }
         pair.previous = pair.current.replace(session);
+        pair.established += 1;
         pair.last_active = now;
         ctx.send_body(Kind::E2eHandshakeDown, user, service, &reply);
     }
@@ -291,6 +295,12 @@ impl Connector {
             }
         };
         pair.last_active = now;
+        if range.is_empty() {
+            // The user's keepalive: it has done its work (the session
+            // heard from the user); nothing to deliver.
+            ctx.stats.keepalives_in += 1;
+            return Some(buf);
+        }
         match classify(&buf[range.clone()]) {
             Inner::Tcp { port, syn } if pair.protocol.tcp() => {
                 if syn {
@@ -428,6 +438,7 @@ impl Pair {
             self.stack.sockets.remove(handle);
         }
         flush_tx(ctx, self, now);
+        send_keepalives(ctx, self, now);
         self.stack.poll_delay(smol)
     }
 
@@ -619,6 +630,7 @@ impl RuntimeRole for Connector {
                     None => set_text(&mut v.detail, format_args!("user {}", p.user.0)),
                 }
                 v.session = p.current.is_some();
+                v.sessions = p.established;
                 v.flows = p.flows();
                 v.bytes_in = p.bytes_in + p.tcp.values().map(|f| f.bytes_in).sum::<u64>();
                 v.bytes_out = p.bytes_out + p.tcp.values().map(|f| f.bytes_out).sum::<u64>();
@@ -774,6 +786,28 @@ fn pump_udp(
         if let Some(mut flow) = udp.remove(&token) {
             let _ = ctx.registry.deregister(&mut flow.socket);
             by_token.remove(&flow.token);
+        }
+    }
+}
+
+/// Answers a one-way flow: an empty record on each of the pair's sessions
+/// that opened frames and sent nothing back for
+/// [`PASSIVE_KEEPALIVE`](crate::e2e::PASSIVE_KEEPALIVE), so that the user's
+/// agent hears from us and keeps its session rather than handshaking
+/// again (`e2e::UNANSWERED_REKEY`). A flow with replies never needs one.
+fn send_keepalives(ctx: &mut Ctx, pair: &mut Pair, now: Instant) {
+    for session in [pair.current.as_mut(), pair.previous.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        if session.keepalive_due(now) {
+            let empty = Packet {
+                buf: ctx.pool.get(),
+                start: HEADROOM,
+                end: HEADROOM,
+            };
+            ctx.send_packet(session, Kind::DataDown, pair.user, pair.service, empty);
+            ctx.stats.keepalives_out += 1;
         }
     }
 }

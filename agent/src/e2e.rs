@@ -16,7 +16,7 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use proto::aead::{Aad, E2eReceiver, E2eSender, ReceiveError};
-use proto::handshake::timers::{REJECT_AFTER_TIME, REKEY_AFTER_TIME};
+use proto::handshake::timers::{KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_AFTER_TIME};
 use proto::handshake::E2eSessionKeys;
 use proto::identity::Certificate;
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
@@ -33,6 +33,13 @@ pub const REKEY_AFTER_FRAMES: u64 = proto::aead::CONFIDENTIALITY_LIMIT / 2;
 /// restarted connector, or one whose policy closed it). WireGuard's
 /// keepalive timeout plus its rekey timeout (10 + 5 s).
 pub const UNANSWERED_REKEY: Duration = Duration::from_secs(15);
+
+/// A frame opened and nothing sent back for this long: the receiver sends
+/// an empty record (an end-to-end keepalive), so that the sender of a
+/// one-way flow hears from it before [`UNANSWERED_REKEY`] and keeps its
+/// session. WireGuard's passive keepalive, after the same
+/// `KEEPALIVE_TIMEOUT`.
+pub const PASSIVE_KEEPALIVE: Duration = KEEPALIVE_TIMEOUT;
 
 /// Why a received data frame was not delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +66,9 @@ pub struct E2eSession {
     recv: E2eReceiver,
     established: Instant,
     last_recv: Option<Instant>,
+    /// The first frame opened since this side last sealed one: when a
+    /// passive keepalive falls due ([`E2eSession::keepalive_due`]).
+    recv_unanswered_since: Option<Instant>,
     /// What [`E2eSession::unanswered_for`] saw last: when, the frames
     /// sealed by then, and since when sends have gone unanswered.
     looked: Instant,
@@ -88,6 +98,7 @@ impl E2eSession {
             recv: E2eReceiver::new(&keys.recv_key),
             established: now,
             last_recv: None,
+            recv_unanswered_since: None,
             looked: now,
             sent_seen: 0,
             unanswered_since: None,
@@ -144,6 +155,17 @@ impl E2eSession {
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
     }
 
+    /// Whether this side should send a keepalive now: a frame was opened
+    /// [`PASSIVE_KEEPALIVE`] ago or more and nothing has been sealed since
+    /// (any frame sealed answers, so a flow with traffic both ways never
+    /// sends one). Sealing the keepalive clears it, so one is due at most
+    /// once per frame opened after it.
+    pub fn keepalive_due(&self, now: Instant) -> bool {
+        self.recv_unanswered_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= PASSIVE_KEEPALIVE)
+            && !self.expired(now)
+    }
+
     /// Whether the keys may no longer be used at all.
     pub fn expired(&self, now: Instant) -> bool {
         now.duration_since(self.established) >= REJECT_AFTER_TIME
@@ -192,6 +214,7 @@ impl E2eSession {
         };
         *tag = sealed;
         record.set_header(self.remote_index, counter);
+        self.recv_unanswered_since = None;
         frame_len
     }
 
@@ -233,6 +256,7 @@ impl E2eSession {
                 _ => OpenDrop::BadTag,
             })?;
         self.last_recv = Some(now);
+        self.recv_unanswered_since.get_or_insert(now);
         Ok(HEADROOM..end)
     }
 }
@@ -363,6 +387,35 @@ mod tests {
         a.open(&mut reply, at(19_500)).unwrap();
         assert_eq!(a.unanswered_for(at(20_000)), Duration::ZERO);
         assert_eq!(a.unanswered_for(at(60_000)), Duration::ZERO, "no new sends");
+    }
+
+    #[test]
+    fn a_keepalive_falls_due_once_after_frames_opened_and_not_answered() {
+        let (mut a, mut b) = pair();
+        let t0 = b.established();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert!(!b.keepalive_due(at(60_000)), "nothing opened");
+        // A one-way flow: the timer runs from the first frame opened, not
+        // the last, so a steady sender still hears from us.
+        for ms in [1_000, 5_000, 10_999] {
+            b.open(&mut frame(&mut a, b"one way"), at(ms)).unwrap();
+        }
+        assert!(!b.keepalive_due(at(10_999)));
+        assert!(b.keepalive_due(at(11_000)), "10 s after the first");
+        // The keepalive: an empty record, which the sender opens as one.
+        let mut keepalive = frame(&mut b, b"");
+        assert!(!b.keepalive_due(at(11_000)), "sealing answers");
+        assert!(!b.keepalive_due(at(30_000)), "nothing opened since");
+        let range = a.open(&mut keepalive, at(11_100)).unwrap();
+        assert!(range.is_empty());
+        assert_eq!(a.unanswered_for(at(12_000)), Duration::ZERO, "heard");
+        // Traffic both ways never makes one due.
+        b.open(&mut frame(&mut a, b"request"), at(40_000)).unwrap();
+        frame(&mut b, b"reply");
+        assert!(!b.keepalive_due(at(55_000)));
+        // Nor does an expired session.
+        b.open(&mut frame(&mut a, b"late"), at(56_000)).unwrap();
+        assert!(!b.keepalive_due(t0 + REJECT_AFTER_TIME));
     }
 
     #[test]

@@ -119,6 +119,20 @@ impl Collector for StatusCollector {
             None,
             l.open_dropped,
         )?;
+        counter(
+            &mut e,
+            "ztna_agent_keepalives_sent",
+            "End-to-end keepalives sent: empty records answering a flow that only came in for 10 s, so that its sender keeps the session.",
+            None,
+            l.keepalives_out,
+        )?;
+        counter(
+            &mut e,
+            "ztna_agent_keepalives_received",
+            "End-to-end keepalives received (opened; nothing delivered).",
+            None,
+            l.keepalives_in,
+        )?;
         gauge(
             &mut e,
             "ztna_agent_cert_not_after_seconds",

@@ -56,6 +56,11 @@ pub struct DataStats {
     pub send_dropped: u64,
     /// Frames received that failed the end-to-end open or named no session.
     pub open_dropped: u64,
+    /// End-to-end keepalives sent: empty records answering a one-way flow
+    /// (`e2e::PASSIVE_KEEPALIVE`).
+    pub keepalives_out: u64,
+    /// End-to-end keepalives received (opened, nothing delivered).
+    pub keepalives_in: u64,
 }
 
 /// What the roles share: the relay socket, the hop, buffers, counters.
@@ -170,6 +175,8 @@ impl Ctx {
         st.bytes_in = self.stats.bytes_in;
         st.send_dropped = self.stats.send_dropped;
         st.open_dropped = self.stats.open_dropped;
+        st.keepalives_out = self.stats.keepalives_out;
+        st.keepalives_in = self.stats.keepalives_in;
         st.cert_not_after = self.hop.certificate().body.not_after;
         st.cert_renewals = self.hop.stats.renewals;
     }

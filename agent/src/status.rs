@@ -23,6 +23,10 @@ pub struct ServiceStatus {
     pub detail: String,
     /// An end-to-end session is up.
     pub session: bool,
+    /// End-to-end sessions established so far: the first, then one per
+    /// rekey (every 2 minutes) or new handshake.
+    #[serde(default)]
+    pub sessions: u64,
     /// Open connections and UDP flows.
     pub flows: usize,
     /// Bytes from applications into the tunnel.
@@ -85,6 +89,12 @@ pub struct LinkStatus {
     pub send_dropped: u64,
     /// Frames that failed end-to-end checks.
     pub open_dropped: u64,
+    /// End-to-end keepalives sent (empty records answering a one-way flow).
+    #[serde(default)]
+    pub keepalives_out: u64,
+    /// End-to-end keepalives received.
+    #[serde(default)]
+    pub keepalives_in: u64,
     /// End of validity of the certificate in use, unix seconds.
     #[serde(default)]
     pub cert_not_after: u64,
@@ -286,13 +296,15 @@ pub fn render(s: &Status) -> String {
     }
     let _ = writeln!(
         out,
-        "  frames:      {} out / {} in ({} B / {} B); dropped: {} send, {} open",
+        "  frames:      {} out / {} in ({} B / {} B); dropped: {} send, {} open; keepalives: {} out / {} in",
         s.link.frames_out,
         s.link.frames_in,
         s.link.bytes_out,
         s.link.bytes_in,
         s.link.send_dropped,
-        s.link.open_dropped
+        s.link.open_dropped,
+        s.link.keepalives_out,
+        s.link.keepalives_in
     );
     if !s.tun.device.is_empty() {
         let t = &s.tun;

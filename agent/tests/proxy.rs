@@ -351,3 +351,61 @@ fn a_restarted_connector_is_reached_again_without_waiting_for_the_rekey_timer() 
         restarted.elapsed()
     );
 }
+
+#[test]
+fn a_one_way_udp_flow_keeps_its_session_on_the_connectors_keepalives() {
+    // A service that takes datagrams and never answers (a metrics or log
+    // collector): only the connector's keepalives come back.
+    let quiet = UdpSocket::bind("127.0.0.1:0").unwrap();
+    quiet
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut w = World::start(Mode::Ztna);
+    let mut t = Targets::basic();
+    t.extra
+        .push(("collector", "udp", quiet.local_addr().unwrap()));
+    w.write_policy(&t, true);
+    w.start_relay();
+    let connector = w.connector();
+    let listen = free_udp_port();
+    let client = w.client("alice", ALICE, &["eng"], &[("collector", listen, "udp")]);
+    ready(&client, &connector, 1);
+
+    // Past the client's unanswered-sends timer, with a margin: without
+    // keepalives it handshakes again by 16 s.
+    let run = agent::e2e::UNANSWERED_REKEY + Duration::from_secs(3);
+    let app = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let start = Instant::now();
+    let (mut sent, mut arrived) = (0u32, 0u32);
+    let mut buf = [0u8; 64];
+    let mut next = start;
+    while start.elapsed() < run {
+        // About 10 datagrams a second; the service's reads wait between.
+        if Instant::now() >= next {
+            app.send_to(format!("reading {sent}").as_bytes(), listen)
+                .unwrap();
+            sent += 1;
+            next += Duration::from_millis(100);
+        }
+        if quiet.recv(&mut buf).is_ok() {
+            arrived += 1;
+        }
+    }
+    assert!(arrived + 5 >= sent, "{arrived} of {sent} datagrams arrived");
+
+    let sessions = |s: &agent::status::Status| {
+        s.services
+            .iter()
+            .find(|v| v.name == "collector")
+            .map_or(0, |v| v.sessions)
+    };
+    let c = client.status().expect("client status");
+    assert!(
+        c.link.keepalives_in >= 1,
+        "client heard no keepalive: {c:?}"
+    );
+    assert_eq!(sessions(&c), 1, "the client handshook again: {c:?}");
+    let k = connector.status().expect("connector status");
+    assert!(k.link.keepalives_out >= 1, "{k:?}");
+    assert_eq!(sessions(&k), 1, "{k:?}");
+}
