@@ -40,8 +40,10 @@ pub const REJECT_AFTER_MESSAGES: u64 = 1 << 32;
 pub struct SessionTimers {
     established_at: Instant,
     initiator: bool,
-    last_sent: Option<Instant>,
-    last_received: Option<Instant>,
+    /// The first authenticated frame received since this side last sent:
+    /// the passive keepalive's timer runs from it (WireGuard sets the timer
+    /// on a receive when it is not already set, and clears it on a send).
+    unanswered_since: Option<Instant>,
 }
 
 impl SessionTimers {
@@ -51,19 +53,18 @@ impl SessionTimers {
         SessionTimers {
             established_at,
             initiator,
-            last_sent: None,
-            last_received: None,
+            unanswered_since: None,
         }
     }
 
     /// Records that a frame (data or keepalive) was sent at `now`.
-    pub fn on_send(&mut self, now: Instant) {
-        self.last_sent = Some(now);
+    pub fn on_send(&mut self, _now: Instant) {
+        self.unanswered_since = None;
     }
 
     /// Records that an authenticated frame was received at `now`.
     pub fn on_receive(&mut self, now: Instant) {
-        self.last_received = Some(now);
+        self.unanswered_since.get_or_insert(now);
     }
 
     /// Age of the session's keys at `now` (zero if `now` is earlier).
@@ -88,17 +89,13 @@ impl SessionTimers {
     }
 
     /// Whether to send a keepalive now: something was received, nothing
-    /// has been sent since, and [`KEEPALIVE_TIMEOUT`] has passed since that
-    /// receipt. This lets the peer know its frames arrive even when the
-    /// traffic is one-way.
+    /// has been sent since, and [`KEEPALIVE_TIMEOUT`] has passed since the
+    /// *first* such receipt (not the last: a peer sending steadily one way
+    /// must still hear from us). This lets the peer know its frames arrive
+    /// even when the traffic is one-way.
     pub fn needs_keepalive(&self, now: Instant) -> bool {
-        match self.last_received {
-            None => false,
-            Some(rx) => {
-                let answered = self.last_sent.is_some_and(|tx| tx >= rx);
-                !answered && now.saturating_duration_since(rx) >= KEEPALIVE_TIMEOUT
-            }
-        }
+        self.unanswered_since
+            .is_some_and(|rx| now.saturating_duration_since(rx) >= KEEPALIVE_TIMEOUT)
     }
 }
 
@@ -192,6 +189,14 @@ mod tests {
         assert!(!t.needs_keepalive(t0 + 30 * S), "answered");
         t.on_receive(t0 + 31 * S);
         assert!(t.needs_keepalive(t0 + 41 * S));
+        // A steady one-way sender: the timer runs from the first frame
+        // not answered, so frames every second do not hold it off.
+        t.on_send(t0 + 41 * S);
+        for s in 42..=52 {
+            t.on_receive(t0 + s * S);
+        }
+        assert!(!t.needs_keepalive(t0 + 51 * S));
+        assert!(t.needs_keepalive(t0 + 52 * S));
     }
 
     #[test]
