@@ -27,7 +27,10 @@ target=x86_64-unknown-linux-gnu
 case "$tool" in
 asan)
     export RUSTC_BOOTSTRAP=1
-    export RUSTFLAGS="-Zsanitizer=address -Cforce-frame-pointers=yes"
+    # These flags replace the workspace's (.cargo/config.toml), so AVX2 is
+    # named again: the instrumented build runs the same vector hop-tag
+    # lanes as a release build, not the scalar fallback.
+    export RUSTFLAGS="-Zsanitizer=address -Cforce-frame-pointers=yes -Ctarget-feature=+avx2"
     export RUSTDOCFLAGS="$RUSTFLAGS"
     export CARGO_TARGET_DIR="${SANITIZE_TARGET_DIR:-$PWD/target/asan}"
     # Errors abort the test binary with a report; leaks are errors too.
