@@ -84,7 +84,8 @@ pub const UNDER_LOAD_QUEUE: usize = 64;
 pub const DRAIN_FOR: Duration = Duration::from_millis(20);
 /// How often the policy file is checked for a change (a `stat`, and a
 /// hash of its content while it was modified recently; see
-/// [`crate::policy_source`]): the bound on revocation latency.
+/// [`crate::policy_source`]): with [`crate::policy_source::SETTLE`], the
+/// bound on revocation latency.
 pub const POLICY_POLL: Duration = Duration::from_millis(50);
 /// Hop sessions one identity may hold at once (the current one and those
 /// being replaced by rekeys); a new one beyond this evicts the oldest, so
@@ -331,7 +332,14 @@ impl Control {
         let mut last_policy_check = Instant::now();
         let mut last_expiry = Instant::now();
         while !self.shared.stop.load(Ordering::Relaxed) {
-            match self.inbox.recv_timeout(Duration::from_millis(50)) {
+            // A changed policy file is looked at again as soon as it may
+            // have settled, not at the next poll.
+            let wait = if self.policy_source.settling() {
+                crate::policy_source::SETTLE
+            } else {
+                Duration::from_millis(50)
+            };
+            match self.inbox.recv_timeout(wait) {
                 Ok(msg) => {
                     self.handle(msg);
                     // Drain what else is queued before publishing routes,
@@ -351,13 +359,14 @@ impl Control {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             let now = Instant::now();
+            let look = now.duration_since(last_policy_check) >= POLICY_POLL
+                || self.policy_source.settling();
             if self.shared.reload.swap(false, Ordering::Relaxed)
-                || (now.duration_since(last_policy_check) >= POLICY_POLL
-                    && self.policy_source.changed())
+                || (look && self.policy_source.changed_at(now))
             {
                 self.reload_policy();
             }
-            if now.duration_since(last_policy_check) >= POLICY_POLL {
+            if look {
                 last_policy_check = now;
             }
             if now.duration_since(last_expiry) >= Duration::from_secs(1) {

@@ -8,6 +8,14 @@
 //! it ([`RACY`], as git treats "racily clean" files), the content's hash
 //! too. A same-second rewrite of the same length is therefore never
 //! missed, and an old, unchanged file is never re-read.
+//!
+//! A change is reported only once the file has held still for [`SETTLE`]:
+//! a writer that is not atomic (an editor saving in place truncates the
+//! file, then writes it in pieces) would otherwise be read half-way, and a
+//! truncated policy that still parses is a valid policy that closes the
+//! sessions of everyone past the cut (docs/security.md §8). Writing a new
+//! file and renaming it over the old one stays the safe way; this makes
+//! the common unsafe way very unlikely to hurt.
 
 use std::hash::Hasher;
 use std::os::unix::fs::MetadataExt;
@@ -15,9 +23,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 /// A file modified less than this long ago has its content hashed by
-/// [`PolicySource::changed`]: its modification time alone cannot show a
+/// [`PolicySource::changed_at`]: its modification time alone cannot show a
 /// rewrite within the same timestamp granularity.
 pub const RACY: Duration = Duration::from_secs(3);
+
+/// How long a changed file must keep the same size, modification time and
+/// inode before [`PolicySource::changed_at`] reports the change. Adds this
+/// much (plus up to one control-loop turn) to revocation latency.
+pub const SETTLE: Duration = Duration::from_millis(10);
 
 use proto::policy::{CompiledPolicy, PolicyFile};
 
@@ -49,8 +62,11 @@ pub enum PolicyLoadError {
 pub struct PolicySource {
     path: PathBuf,
     seen: Option<Seen>,
+    /// A change seen and not yet reported: the stamp it had and since
+    /// when ([`SETTLE`]).
+    pending: Option<(Option<Stamp>, Instant)>,
     epoch: u64,
-    /// Reused for the content checks of [`PolicySource::changed`], so a
+    /// Reused for the content checks of [`PolicySource::changed_at`], so a
     /// poll allocates nothing once it has held the file.
     scratch: Vec<u8>,
 }
@@ -93,6 +109,7 @@ impl PolicySource {
         PolicySource {
             path: path.to_owned(),
             seen: None,
+            pending: None,
             epoch: 0,
             scratch: Vec::new(),
         }
@@ -126,6 +143,7 @@ impl PolicySource {
         let file = PolicyFile::from_toml_str(&text).map_err(invalid)?;
         let policy = CompiledPolicy::compile(&file).map_err(invalid)?;
         self.seen = seen;
+        self.pending = None;
         self.epoch += 1;
         Ok(Loaded {
             policy,
@@ -135,10 +153,39 @@ impl PolicySource {
     }
 
     /// Whether the file's content differs from the one last loaded (or
-    /// last rejected: a bad file is not re-read until it changes again).
-    /// See the module docs for how that is decided cheaply.
-    pub fn changed(&mut self) -> bool {
-        let now = self.stamp();
+    /// last rejected: a bad file is not re-read until it changes again),
+    /// and has kept its size, modification time and inode for [`SETTLE`]
+    /// up to `now`. The first call that sees a change starts that clock
+    /// and says `false`; [`settling`](Self::settling) then says when to
+    /// call again. See the module docs for how a change is decided
+    /// cheaply.
+    pub fn changed_at(&mut self, now: Instant) -> bool {
+        let stamp = self.stamp();
+        if !self.differs(stamp) {
+            self.pending = None;
+            return false;
+        }
+        match self.pending {
+            Some((pending, since)) if pending == stamp => {
+                now.saturating_duration_since(since) >= SETTLE
+            }
+            _ => {
+                self.pending = Some((stamp, now));
+                false
+            }
+        }
+    }
+
+    /// Whether a change was seen and waits for [`SETTLE`]: the caller
+    /// should call [`changed_at`](Self::changed_at) again that soon rather
+    /// than at its usual poll.
+    pub fn settling(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Whether the file at `now` (its stamp) differs from what was last
+    /// loaded or rejected.
+    fn differs(&mut self, now: Option<Stamp>) -> bool {
         let Some(seen) = self.seen else {
             // Never loaded: changed once the file exists.
             return now.is_some();
@@ -170,6 +217,7 @@ impl PolicySource {
     /// Remembers the current content without loading, so a file that
     /// failed to load is not retried until it changes.
     pub fn mark_seen(&mut self) {
+        self.pending = None;
         let stamp = self.stamp();
         self.seen = match (stamp, std::fs::read(&self.path)) {
             (Some(stamp), Ok(bytes)) => Some(Seen {
@@ -193,6 +241,7 @@ impl PolicySource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::ids::ServiceId;
 
     fn policy(service: &str) -> String {
         format!(
@@ -208,9 +257,18 @@ mod tests {
         std::fs::write(&path, policy("web1")).unwrap();
         let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
         let mut source = PolicySource::new(&path);
-        assert!(source.changed(), "never loaded");
+        // A change is reported once it has held still for SETTLE.
+        let mut t = Instant::now();
+        let mut changed = |source: &mut PolicySource| {
+            let first = source.changed_at(t);
+            t += SETTLE;
+            let settled = source.changed_at(t);
+            assert!(!first || settled, "a change reported at once, then not");
+            settled
+        };
+        assert!(changed(&mut source), "never loaded");
         source.load().unwrap();
-        assert!(!source.changed(), "just loaded");
+        assert!(!changed(&mut source), "just loaded");
         // Rewritten in place: same length, same modification time (as
         // within one timestamp tick), same inode.
         {
@@ -221,15 +279,55 @@ mod tests {
             f.set_modified(mtime).unwrap();
         }
         assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
-        assert!(source.changed(), "a same-tick rewrite was missed");
+        assert!(changed(&mut source), "a same-tick rewrite was missed");
         source.load().unwrap();
-        assert!(!source.changed());
+        assert!(!changed(&mut source));
         // A bad file is rejected once and not retried until it changes.
         std::fs::write(&path, "not a policy").unwrap();
-        assert!(source.changed());
+        assert!(changed(&mut source));
         assert!(source.load().is_err());
         source.mark_seen();
-        assert!(!source.changed());
+        assert!(!changed(&mut source));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_being_written_is_loaded_only_once_it_holds_still() {
+        let dir = std::env::temp_dir().join(format!("policy-settle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy.toml");
+        std::fs::write(&path, policy("web1")).unwrap();
+        let mut source = PolicySource::new(&path);
+        source.load().unwrap();
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // An editor saving in place: the file is truncated (an empty
+        // policy parses), then written in two pieces.
+        let whole = policy("web2");
+        let (head, tail) = whole.split_at(whole.len() / 2);
+        std::fs::write(&path, "").unwrap();
+        assert!(!source.changed_at(ms(0)), "truncated: not yet");
+        assert!(source.settling());
+        std::fs::write(&path, head).unwrap();
+        assert!(!source.changed_at(ms(9)), "half written: not yet");
+        // The first half held still for less than SETTLE when the rest
+        // came: its clock starts over.
+        assert!(!source.changed_at(ms(12)), "half written: not yet");
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            f.write_all(tail.as_bytes()).unwrap();
+        }
+        assert!(!source.changed_at(ms(20)), "just completed: not yet");
+        assert!(!source.changed_at(ms(29)));
+        assert!(source.changed_at(ms(30)), "complete and still for SETTLE");
+        let loaded = source.load().unwrap();
+        let name = loaded.policy.service(ServiceId(1)).map(|s| s.name.as_str());
+        assert_eq!(name, Some("web2"), "the whole file");
+        assert!(!source.settling());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
