@@ -779,7 +779,8 @@ mod tests {
     /// mesh input: this relay then took place 0 whatever its rank, so
     /// behind relay-a its own connector and relay-a's swapped places and
     /// every transit flow went to the other connector than the one chosen
-    /// upstream. The mesh tests' relays with connectors are all first.)
+    /// upstream. In the mesh tests a service has one connector in the
+    /// whole mesh, whose place in a list of one cannot matter.)
     #[test]
     fn transit_flows_pick_in_the_mesh_order_with_this_relay_at_its_rank() {
         let now = Instant::now();
