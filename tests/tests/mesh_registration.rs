@@ -80,13 +80,15 @@ fn relay_announces_its_connectors_services_and_withdraws_on_stop() {
         );
     }
 
-    // A user attaches: it is announced under this relay.
+    // A user attaches: it is announced under this relay, and the services
+    // stay announced (the routes are published again, and announcing the
+    // same services again changes nothing in etcd).
     let user_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     world
         .connect(&user_socket, &world.user_identity(3).unwrap())
         .unwrap();
-    await_view(&watch, "user announced", |v| {
-        v.relay_of_user(UserId(3)) == Some(&id)
+    await_view(&watch, "user announced, services kept", |v| {
+        v.relay_of_user(UserId(3)) == Some(&id) && v.services_of(&id).count() == 8
     });
     assert_eq!(
         view.relays_for(ServiceId(3))

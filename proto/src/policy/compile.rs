@@ -1270,6 +1270,77 @@ mod tests {
         assert!(p.is_revoked(&[7; 32]) && p.is_revoked(&[8; 32]));
     }
 
+    /// `stats` counts every structure the policy holds once, each by its
+    /// capacity: `lookup_bytes` the user map and the grants (with the
+    /// by-group records), `heap_bytes` those and everything else. The
+    /// example has something in each structure, so leaving one out,
+    /// counting one twice or scaling one wrongly changes a total.
+    /// (Kills 30 of run 10's 31 survivors of `stats`: no test compared the
+    /// byte counts with the structures, only `heap_bytes >= lookup_bytes >
+    /// 0` and one layout's lookup bytes against the other's. The 31st,
+    /// `* size_of::<ConnectionMode>()` -> `/`, is equivalent: the size is 1.)
+    #[test]
+    fn stats_add_up_every_structure_once() {
+        use core::mem::size_of;
+        for layout in [Layout::Flat, Layout::ByGroup] {
+            let t = CompiledPolicy::compile_with_layout(&example(), layout).unwrap();
+            let (grant_set, records) = match &t.grants {
+                Grants::Flat(set) => (set.heap_bytes(), 0),
+                Grants::ByGroup { records, set } => {
+                    (set.heap_bytes(), records.capacity() * size_of::<u32>())
+                }
+            };
+            let user_map = t.user_class.heap_bytes();
+            let services: Vec<usize> = t
+                .services
+                .iter()
+                .map(|s| {
+                    size_of::<ServiceInfo>()
+                        + s.name.capacity()
+                        + s.target.capacity()
+                        + s.connectors.capacity() * size_of::<u32>()
+                })
+                .collect();
+            let groups: Vec<usize> = t
+                .group_ids
+                .iter()
+                .map(|(name, _)| size_of::<(String, GroupId)>() + name.capacity())
+                .collect();
+            let rest = [
+                ("service map", t.service_index.heap_bytes()),
+                ("services", services.iter().sum()),
+                ("user ids", t.user_ids.capacity() * size_of::<u32>()),
+                (
+                    "user modes",
+                    t.user_modes.capacity() * size_of::<ConnectionMode>(),
+                ),
+                ("name starts", t.name_starts.capacity() * size_of::<usize>()),
+                ("names", t.names.capacity()),
+                ("groups", groups.iter().sum()),
+            ];
+            // Every part is there to be counted, and the services' and
+            // groups' parts are more than their fixed sizes.
+            assert!(user_map > 0 && grant_set > 0, "{layout:?}");
+            assert_eq!(records > 0, layout == Layout::ByGroup);
+            for (name, bytes) in rest {
+                assert!(bytes > 0, "{layout:?}: {name} empty");
+            }
+            assert!(services.iter().all(|&b| b > size_of::<ServiceInfo>() + 8));
+            assert!(groups.iter().all(|&b| b > size_of::<(String, GroupId)>()));
+            assert!(t.services.iter().all(|s| !s.connectors.is_empty()));
+
+            let stats = t.stats();
+            assert_eq!(stats.layout, layout);
+            assert_eq!(
+                stats.lookup_bytes,
+                user_map + grant_set + records,
+                "{layout:?}"
+            );
+            let all = stats.lookup_bytes + rest.iter().map(|(_, b)| b).sum::<usize>();
+            assert_eq!(stats.heap_bytes, all, "{layout:?}");
+        }
+    }
+
     /// `services` yields every service once, in file order: the relay
     /// builds its directory from it. (Kills run 8's `services ->
     /// iter::empty()`: no `proto` test listed the services.)

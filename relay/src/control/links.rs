@@ -524,7 +524,347 @@ impl Control {
 
 #[cfg(test)]
 mod tests {
-    use proto::identity::{key_from_hex as parse_key, to_hex};
+    use std::collections::BTreeSet;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use crossbeam_channel::{Receiver, Sender};
+    use proto::handshake::{parse, CookieChecker, HandshakeFrame};
+    use proto::identity::{key_from_hex as parse_key, to_hex, CaKeypair, Role};
+    use proto::ids::ReceiverIndex;
+    use proto::testkit::handshake::static_keypair;
+
+    use proto::ids::{ServiceId, UserId};
+    use proto::policy::{CompiledPolicy, PolicyFile};
+    use proto::route::pick;
+    use proto::session::HopId;
+
+    use super::super::tests::{control_over, from, keys, node};
+    use super::{MeshLinks, RETRY};
+    use crate::control::{connector_services, Control};
+    use crate::mesh::registry::{ConnectorRecord, RelayId, RelayRecord, ServiceRecord};
+    use crate::mesh::view::{MeshView, MeshWatch, WatchConfig};
+    use crate::worker::ToWorker;
+
+    fn id(name: &str) -> RelayId {
+        RelayId::new(name).unwrap()
+    }
+
+    fn key(seed: u8) -> [u8; 32] {
+        static_keypair(seed).public
+    }
+
+    /// A relay's record: the static key of `seed`, reached at 127.0.0.1
+    /// `port`, with `workers` link ports after it.
+    fn record(seed: u8, port: u16, workers: u16) -> RelayRecord {
+        RelayRecord {
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            region: "r".into(),
+            load: 0.0,
+            public_key: to_hex(&key(seed)),
+            started: 1,
+            links: Vec::new(),
+            link_ports: (1..=workers).map(|k| port + k).collect(),
+        }
+    }
+
+    /// Relay `me`'s side of the mesh, with the harness relay's key (seed
+    /// 7), over a watch that never connects (nothing listens at its
+    /// endpoint): the test hands it views through the sender.
+    fn mesh(me: &str) -> (MeshLinks, Sender<Arc<MeshView>>) {
+        let ca = CaKeypair::from_seed(&[0x42; 32]);
+        let watch = MeshWatch::start(WatchConfig::new("http://127.0.0.1:1"), |_| {}).unwrap();
+        let (views, rx) = crossbeam_channel::unbounded();
+        let identity = node(1000, Role::Relay, 7);
+        (
+            MeshLinks::new(id(me), identity, ca.public(), watch, rx),
+            views,
+        )
+    }
+
+    /// A control thread over `workers` workers, in the mesh as `me`
+    /// (limited to `peers` if given), that has taken `relays` as its view.
+    fn linked(
+        me: &str,
+        peers: Option<&[&str]>,
+        workers: usize,
+        relays: &[(&str, RelayRecord)],
+        now: Instant,
+    ) -> (Control, Vec<Receiver<ToWorker>>, Sender<Arc<MeshView>>) {
+        let (links, views) = mesh(me);
+        let links = links.with_peers(peers.map(|p| p.iter().map(|r| id(r)).collect()));
+        let (control, inboxes) = control_over(workers);
+        let mut control = control.with_mesh(Some(links));
+        send_view(&views, 1, relays);
+        control.mesh_tick(now);
+        (control, inboxes, views)
+    }
+
+    fn send_view(views: &Sender<Arc<MeshView>>, revision: i64, relays: &[(&str, RelayRecord)]) {
+        let relays = relays.iter().map(|(r, rec)| (id(r), rec.clone()));
+        views
+            .send(Arc::new(MeshView::of_relays(revision, relays)))
+            .unwrap();
+    }
+
+    /// The initiations a worker was asked to send from its link port.
+    fn initiations(inbox: &Receiver<ToWorker>) -> Vec<(SocketAddr, Vec<u8>)> {
+        inbox
+            .try_iter()
+            .filter_map(|m| match m {
+                ToWorker::SendFromLink { to, bytes } => Some((to, bytes)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The receiver index of the initiation pending on `link`.
+    fn pending_index(control: &Control, peer: &str, k: usize) -> Option<ReceiverIndex> {
+        let mesh = control.mesh.as_ref().unwrap();
+        let out = mesh.outbound.get(&(id(peer), k))?;
+        out.attempt.as_ref().map(|a| a.local_index())
+    }
+
+    fn at(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// Of each pair of relays the one with the lower id initiates, one
+    /// link per worker both have, each from worker `k` to the peer's
+    /// `k`-th link port; a relay admits the keys of the other relays in
+    /// its view, not its own. (Kills run 10's `<=` -> `>`, which made the
+    /// higher id initiate, so a mesh of old and new relays would hold no
+    /// link or two, and `||` -> `&&` in the skip of its own record, which
+    /// admitted its own key.)
+    #[test]
+    fn the_lower_relay_id_initiates_one_link_per_shared_worker() {
+        let relays = [
+            ("relay-a", record(21, 5000, 2)),
+            ("relay-b", record(7, 5100, 2)),
+            ("relay-c", record(23, 5200, 3)),
+        ];
+        let (control, inboxes, _views) = linked("relay-b", None, 2, &relays, Instant::now());
+        let mesh = control.mesh.as_ref().unwrap();
+        let links: Vec<_> = mesh
+            .outbound
+            .iter()
+            .map(|((r, k), out)| (r.as_str(), *k, out.to))
+            .collect();
+        assert_eq!(links, [("relay-c", 0, at(5201)), ("relay-c", 1, at(5202))]);
+        for (k, inbox) in inboxes.iter().enumerate() {
+            let to: Vec<_> = initiations(inbox).into_iter().map(|(to, _)| to).collect();
+            assert_eq!(to, [at(5201 + k as u16)], "worker {k}");
+        }
+        assert!(mesh.admits(&key(21)) && mesh.admits(&key(23)));
+        assert!(!mesh.admits(&key(7)), "its own key");
+    }
+
+    /// With `[mesh] peers`, only the peers' keys are admitted and only
+    /// they are linked. (Kills run 10's `delete !` in the peers check,
+    /// which linked every relay but the peers, and `||` -> `&&`, which
+    /// admitted relays outside the peers.)
+    #[test]
+    fn with_peers_only_the_peers_are_admitted_and_linked() {
+        let relays = [
+            ("relay-a", record(21, 5000, 1)),
+            ("relay-b", record(22, 5100, 1)),
+            ("relay-c", record(23, 5200, 1)),
+        ];
+        let (control, _inboxes, _views) =
+            linked("relay-a", Some(&["relay-c"]), 1, &relays, Instant::now());
+        let mesh = control.mesh.as_ref().unwrap();
+        let links: Vec<_> = mesh.outbound.keys().cloned().collect();
+        assert_eq!(links, [(id("relay-c"), 0)]);
+        assert!(mesh.admits(&key(23)));
+        assert!(!mesh.admits(&key(22)), "not a peer");
+        assert!(!mesh.admits(&key(21)), "its own record");
+    }
+
+    /// A new view of the same relay keeps the link's pending initiation
+    /// (no new one before [`RETRY`]); a view without the relay drops the
+    /// link and releases the initiation's receiver index. (Kills run 10's
+    /// `delete !` in `apply_view`'s `retain`, which dropped the pending
+    /// initiation of every link that stayed and kept the index of every
+    /// link that went.)
+    #[test]
+    fn a_pending_initiation_outlives_a_new_view_and_goes_with_its_relay() {
+        let now = Instant::now();
+        let a = ("relay-a", record(7, 5000, 1));
+        let b = ("relay-b", record(22, 5100, 1));
+        let (mut control, inboxes, views) =
+            linked("relay-a", None, 1, &[a.clone(), b.clone()], now);
+        assert_eq!(initiations(&inboxes[0]).len(), 1);
+        let index = pending_index(&control, "relay-b", 0).unwrap();
+
+        // The same incarnation, busier.
+        let mut busier = b.clone();
+        busier.1.load = 0.5;
+        send_view(&views, 2, &[a.clone(), busier]);
+        control.mesh_tick(now + RETRY / 2);
+        assert_eq!(pending_index(&control, "relay-b", 0), Some(index));
+        assert!(
+            initiations(&inboxes[0]).is_empty(),
+            "sent again before RETRY"
+        );
+
+        // Gone: its slot is the next one handed out.
+        send_view(&views, 3, &[a]);
+        control.mesh_tick(now + RETRY / 2);
+        assert!(control.mesh.as_ref().unwrap().outbound.is_empty());
+        let next = control.allocators[0].allocate().unwrap();
+        let slot = |i: ReceiverIndex| i.0 & ((1 << proto::session::SLOT_BITS) - 1);
+        assert_eq!(slot(next), slot(index));
+        assert_ne!(next, index);
+    }
+
+    /// A response is matched to the link whose pending initiation used
+    /// its receiver index, on the worker it arrived at. (Kills run 10's
+    /// `&&` -> `||` in `pending`, which took the first link of that worker
+    /// whatever the index: with two peers the second's response went to
+    /// the first's initiation, and the second link never came up.)
+    #[test]
+    fn a_response_is_matched_to_the_link_of_its_worker_and_index() {
+        let relays = [
+            ("relay-a", record(7, 5000, 2)),
+            ("relay-b", record(22, 5100, 2)),
+            ("relay-c", record(23, 5200, 2)),
+        ];
+        let (control, _inboxes, _views) = linked("relay-a", None, 2, &relays, Instant::now());
+        for peer in ["relay-b", "relay-c"] {
+            for k in 0..2 {
+                let index = pending_index(&control, peer, k).unwrap();
+                assert_eq!(control.pending(k, index), Some((id(peer), k)), "{peer} {k}");
+            }
+        }
+        assert_eq!(control.pending(0, ReceiverIndex(0xdead)), None);
+    }
+
+    /// A cookie reply from a peer under load is taken and the initiation
+    /// sent again at once, with a mac2 the peer accepts. (Kills run 10's
+    /// `mesh_cookie -> ()`: no test put a mesh peer under load.)
+    #[test]
+    fn a_cookie_reply_sends_the_initiation_again_with_its_cookie() {
+        let now = Instant::now();
+        let relays = [
+            ("relay-a", record(7, 5000, 1)),
+            ("relay-b", record(22, 5100, 1)),
+        ];
+        let (mut control, inboxes, _views) = linked("relay-a", None, 1, &relays, now);
+        let sent = initiations(&inboxes[0]);
+        assert_eq!(sent.len(), 1);
+        let Ok(HandshakeFrame::Init(init)) = parse(&sent[0].1) else {
+            panic!("not an initiation");
+        };
+        assert_eq!(*init.mac2, [0; 16], "no cookie yet");
+        let checker = CookieChecker::new(&key(22), [9; 32], now);
+        let source = at(5001);
+        let reply = checker.reply(init.sender, init.mac1, source, now, &mut rand::rngs::OsRng);
+        control.mesh_cookie(0, &reply, init.sender);
+
+        let again = initiations(&inboxes[0]);
+        assert_eq!(again.len(), 1, "sent again");
+        assert_eq!(again[0].0, at(5101));
+        let Ok(HandshakeFrame::Init(init)) = parse(&again[0].1) else {
+            panic!("not an initiation");
+        };
+        assert!(checker.check_mac2(init.bytes, init.mac2, source, now));
+        assert_eq!(control.stats.handshakes_rejected.total(), 0);
+    }
+
+    /// A relay lists a service's connectors in the mesh in the order every
+    /// relay lists them, itself at its rank among the relay ids, so that
+    /// a flow arriving from another relay goes on to the connector the
+    /// ingress relay picked. (Kills run 10's deleted `me` field of the
+    /// mesh input: this relay then took place 0 whatever its rank, so
+    /// behind relay-a its own connector and relay-a's swapped places and
+    /// every transit flow went to the other connector than the one chosen
+    /// upstream. In the mesh tests a service has one connector in the
+    /// whole mesh, whose place in a list of one cannot matter.)
+    #[test]
+    fn transit_flows_pick_in_the_mesh_order_with_this_relay_at_its_rank() {
+        let now = Instant::now();
+        let service = ServiceId(2);
+        let file = PolicyFile::from_toml_str(
+            r#"
+            [[connectors]]
+            id = 9
+            name = "c"
+            [[services]]
+            id = 2
+            name = "s"
+            protocol = "udp"
+            target = "[::1]:53"
+            connectors = ["c"]
+            "#,
+        )
+        .unwrap();
+        let policy = CompiledPolicy::compile(&file).unwrap();
+        // This relay is relay-b, rank 1: connector 9 here, and a link to
+        // relay-a (rank 0, certificate 30, static key [31; 32]), which
+        // reaches the service through its connector 10.
+        let (links, views) = mesh("relay-b");
+        let (control, _inboxes) = control_over(1);
+        let mut control = control.with_mesh(Some(links));
+        control
+            .routing
+            .set_connector_services(connector_services(&policy));
+        control.shared.swap_policy(policy);
+        let local = control.establish(0, from(), keys(9, Role::Connector, 1, now), now, true);
+        let link = control.establish(0, from(), keys(30, Role::Relay, 2, now), now, true);
+        let mut a = record(0, 5000, 1);
+        a.public_key = to_hex(&[31; 32]);
+        a.links = vec!["relay-b".into()];
+        let reach = ServiceRecord {
+            connectors: vec![ConnectorRecord::new(10, &[11; 32])],
+        };
+        let view =
+            MeshView::of_relays(1, [(id("relay-a"), a), (id("relay-b"), record(7, 5100, 1))])
+                .with_service(service, id("relay-a"), reach);
+        views.send(Arc::new(view)).unwrap();
+        control.mesh_tick(now);
+        control.mesh_routes();
+
+        // The mesh order: relay-a's connector 10, then this relay's 9.
+        let table = control.routing.table();
+        let mut seen = BTreeSet::new();
+        for u in 0..32 {
+            let user = UserId(u);
+            let want = match pick(user, service, 2) {
+                0 => HopId(link as u32),
+                _ => HopId(local as u32),
+            };
+            assert_eq!(
+                table.to_service_transit(service, user),
+                Some(want),
+                "user {u}"
+            );
+            seen.insert(want);
+        }
+        assert_eq!(seen.len(), 2, "both connectors picked");
+    }
+
+    /// A renewed certificate for the same key is used from the next
+    /// initiation on; one for another key is not. `Debug` shows who the
+    /// relay is and its links, no key. (Kills run 10's `renew -> ()`
+    /// and the `Debug` that printed nothing.)
+    #[test]
+    fn links_take_a_renewal_for_their_key_only_and_print_their_links() {
+        let relays = [
+            ("relay-a", record(7, 5000, 1)),
+            ("relay-b", record(22, 5100, 1)),
+        ];
+        let (mut control, _inboxes, _views) = linked("relay-a", None, 1, &relays, Instant::now());
+        let mesh = control.mesh.as_mut().unwrap();
+        mesh.renew(node(1001, Role::Relay, 7));
+        assert_eq!(mesh.identity.certificate().body.id, 1001);
+        mesh.renew(node(1002, Role::Relay, 8));
+        assert_eq!(mesh.identity.certificate().body.id, 1001, "another key");
+        assert_eq!(
+            format!("{mesh:?}"),
+            r#"MeshLinks { me: RelayId("relay-a"), peers: 1, outbound: [(RelayId("relay-b"), 0)] }"#
+        );
+    }
 
     #[test]
     fn record_keys_parse_as_hex_or_not_at_all() {

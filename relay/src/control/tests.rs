@@ -30,7 +30,7 @@ fn control() -> (Control, Receiver<ToWorker>) {
 }
 
 /// A control thread over `n` workers, whose inboxes the test reads.
-fn control_over(n: usize) -> (Control, Vec<Receiver<ToWorker>>) {
+pub(super) fn control_over(n: usize) -> (Control, Vec<Receiver<ToWorker>>) {
     let (control, workers, _inbox) = control_with_inbox(n);
     (control, workers)
 }
@@ -64,7 +64,7 @@ fn control_with_inbox(n: usize) -> (Control, Vec<Receiver<ToWorker>>, Sender<Fro
 
 /// A node with the real key pair of `seed`, certified by the harness's CA
 /// (valid now, by the wall clock).
-fn node(id: u32, role: Role, seed: u8) -> proto::handshake::LocalIdentity {
+pub(super) fn node(id: u32, role: Role, seed: u8) -> proto::handshake::LocalIdentity {
     let ca = CaKeypair::from_seed(&[0x42; 32]);
     let kp = proto::testkit::handshake::static_keypair(seed);
     let now = unix_nanos() / 1_000_000_000;
@@ -100,7 +100,7 @@ fn initiation(node: &proto::handshake::LocalIdentity) -> Vec<u8> {
 }
 
 /// Session keys for the peer `id` of `role`, received under `index`.
-fn keys(id: u32, role: Role, index: u32, now: Instant) -> HopSessionKeys {
+pub(super) fn keys(id: u32, role: Role, index: u32, now: Instant) -> HopSessionKeys {
     let ca = CaKeypair::from_seed(&[0x42; 32]);
     HopSessionKeys {
         local_index: ReceiverIndex(index),
@@ -136,7 +136,7 @@ fn removed(worker: &Receiver<ToWorker>) -> Vec<u32> {
         .collect()
 }
 
-fn from() -> SocketAddr {
+pub(super) fn from() -> SocketAddr {
     "127.0.0.1:4000".parse().unwrap()
 }
 

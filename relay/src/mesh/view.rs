@@ -140,6 +140,33 @@ impl MeshView {
     }
 }
 
+#[cfg(test)]
+impl MeshView {
+    /// A view of these relays (and nothing else) at `revision`: for the
+    /// control thread's tests, which hand it views without an etcd.
+    pub(crate) fn of_relays(
+        revision: i64,
+        relays: impl IntoIterator<Item = (RelayId, RelayRecord)>,
+    ) -> MeshView {
+        MeshView {
+            revision,
+            relays: relays.into_iter().collect(),
+            ..MeshView::default()
+        }
+    }
+
+    /// The same view, where `relay` also reaches `service`.
+    pub(crate) fn with_service(
+        mut self,
+        service: ServiceId,
+        relay: RelayId,
+        record: ServiceRecord,
+    ) -> MeshView {
+        self.reach.entry(service).or_default().insert(relay, record);
+        self
+    }
+}
+
 /// A record that was skipped (unknown key shape or unparsable value).
 #[derive(Debug)]
 struct Skip;
