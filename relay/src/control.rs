@@ -42,6 +42,7 @@ mod reject;
 #[cfg(test)]
 mod tests;
 
+pub use health::{DEAD_AFTER, PROBE_EVERY};
 pub use links::{MeshLinks, RETRY as MESH_RETRY};
 pub use reject::{HandshakeReject, HandshakeRejects};
 

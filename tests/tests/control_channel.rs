@@ -11,9 +11,13 @@ use std::time::{Duration, Instant};
 
 use loadgen::world::{World, WorldConfig, CONNECTOR_ID};
 use proto::control::{ConnectionMode, ControlMessage, Directory, ServiceEntry};
+use proto::datapath::DropReason;
 use proto::ids::ServiceId;
 use proto::policy::{PolicyFile, Protocol};
-use tests::{backends, receive_control, receive_directory, send_control, Rig, USER};
+use proto::wire::{Frame, Kind};
+use tests::{
+    await_until, backends, payload, receive_control, receive_directory, send_control, Rig, USER,
+};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -263,4 +267,79 @@ fn a_ping_flood_is_cut_to_the_burst() {
         == ControlMessage::Pong {
             digest: directory.digest
         }));
+}
+
+/// Whether a data frame reaches the rig's connector within `within`
+/// (the relay's probes, which arrive there too, are passed over).
+fn data_arrives(rig: &mut Rig, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let got = rig.connector_receive(1, left);
+        if got
+            .iter()
+            .any(|f| Frame::new_checked(&f[..]).is_ok_and(|f| f.kind() == Kind::DataUp))
+        {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn a_connector_that_stops_answering_probes_leaves_the_routes_and_its_answer_brings_it_back() {
+    let mut rig = Rig::start(relay::io::Backend::Mmsg).unwrap();
+    let relay = rig.world.relay_addr();
+    let service = ServiceId(2);
+    // Its first ping makes the relay probe it from now on.
+    let ping0 = ControlMessage::Ping { digest: 0 };
+    send_control(
+        &rig.connector_socket,
+        &mut rig.connector,
+        relay,
+        CONNECTOR_ID,
+        &ping0,
+    );
+    let last_heard = Instant::now();
+    assert_eq!(
+        receive_control(&rig.connector_socket, &mut rig.connector, 1, WAIT),
+        [ControlMessage::Pong { digest: 0 }]
+    );
+    let f = rig.user_frame(service, &payload(64, 1));
+    rig.send_from_user(&f);
+    assert!(data_arrives(&mut rig, WAIT), "routed");
+
+    // Silent from now on: the relay's probes go unanswered, and after
+    // DEAD_AFTER its frames find no route.
+    let took = await_until("the silent connector out of the routes", WAIT, || {
+        let f = rig.user_frame(service, &payload(64, 2));
+        rig.send_from_user(&f);
+        rig.counters().dropped(DropReason::NoRoute) > 0
+    });
+    let out_after = last_heard.elapsed();
+    assert!(
+        out_after >= relay::control::DEAD_AFTER,
+        "taken out {out_after:?} after it was last heard ({took:?} of sending)"
+    );
+    // Queued at the connector meanwhile: the frames sent before it was
+    // taken out, and the probes it left unanswered.
+    let queued = rig.connector_receive(usize::MAX, Duration::from_millis(1));
+    let probes = queued
+        .iter()
+        .filter(|f| Frame::new_checked(&f[..]).is_ok_and(|f| f.kind() == Kind::Control))
+        .count();
+    assert!(probes >= 2, "probes unanswered: {probes}");
+
+    // One answer and it carries traffic again.
+    send_control(
+        &rig.connector_socket,
+        &mut rig.connector,
+        relay,
+        CONNECTOR_ID,
+        &ping0,
+    );
+    await_until("the connector back in the routes", WAIT, || {
+        let f = rig.user_frame(service, &payload(64, 3));
+        rig.send_from_user(&f);
+        data_arrives(&mut rig, Duration::from_millis(20))
+    });
 }
