@@ -39,20 +39,45 @@ pub const VECTOR: bool = cfg!(all(target_arch = "x86_64", target_feature = "avx2
 /// The CPU feature this build's vector lanes need and the CPU lacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "this build uses {0} instructions (the workspace's .cargo/config.toml turns them on), \
-     and this CPU does not have them: rebuild with RUSTFLAGS=\"\" (which replaces \
-     those flags) to run here"
+    "this build uses {0} instructions (the workspace's .cargo/config.toml turns AVX2 on; \
+     RUSTFLAGS such as -C target-cpu=native turn on more), and this CPU does not have \
+     them: rebuild on this machine, or with RUSTFLAGS=\"\" (which replaces those flags) \
+     to run anywhere"
 )]
 pub struct MissingCpuFeature(pub &'static str);
 
-/// Whether this CPU has what [`hash_data`] was compiled for. A binary
-/// calls it first thing in `main`, so that on an older CPU it stops with
-/// an error that says how to rebuild, rather than an illegal instruction
-/// at the first frame.
+/// Whether this CPU has what [`hash_data`] was compiled for: AVX2 in the
+/// workspace's build, and the AVX-512 extensions of x86-64-v4 when a build
+/// for a newer CPU (`-C target-cpu=native` on one that has them, or
+/// `-C target-cpu=x86-64-v4`) turned them on; with AVX-512VL the lanes'
+/// rotations are one instruction each (`vprolq`). A binary calls it first
+/// thing in `main`, so that on an older CPU it stops with an error that
+/// says how to rebuild, rather than an illegal instruction at the first
+/// frame.
 pub fn check_cpu() -> Result<(), MissingCpuFeature> {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     if !std::arch::is_x86_feature_detected!("avx2") {
         return Err(MissingCpuFeature("AVX2"));
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        return Err(MissingCpuFeature("AVX-512F"));
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512vl"))]
+    if !std::arch::is_x86_feature_detected!("avx512vl") {
+        return Err(MissingCpuFeature("AVX-512VL"));
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512bw"))]
+    if !std::arch::is_x86_feature_detected!("avx512bw") {
+        return Err(MissingCpuFeature("AVX-512BW"));
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512dq"))]
+    if !std::arch::is_x86_feature_detected!("avx512dq") {
+        return Err(MissingCpuFeature("AVX-512DQ"));
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512cd"))]
+    if !std::arch::is_x86_feature_detected!("avx512cd") {
+        return Err(MissingCpuFeature("AVX-512CD"));
     }
     Ok(())
 }
@@ -252,7 +277,10 @@ mod tests {
         // instructions it lacks would not have got this far.
         assert_eq!(check_cpu(), Ok(()));
         let msg = MissingCpuFeature("AVX2").to_string();
-        assert!(msg.contains("AVX2") && msg.contains("RUSTFLAGS"), "{msg}");
+        assert!(
+            msg.contains("AVX2") && msg.contains("RUSTFLAGS=\"\"") && msg.contains("native"),
+            "{msg}"
+        );
     }
 
     proptest! {
