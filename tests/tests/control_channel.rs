@@ -54,10 +54,22 @@ fn reload(world: &World, policy: &PolicyFile) {
     }
 }
 
+/// Sends `msg` from the rig's connector to its relay.
+fn from_connector(rig: &mut Rig, msg: &ControlMessage) {
+    let relay = rig.world.relay_addr();
+    send_control(
+        &rig.connector_socket,
+        &mut rig.connector,
+        relay,
+        CONNECTOR_ID,
+        msg,
+    );
+}
+
 /// Answers the keepalive probes queued for the rig's connector, as a real
 /// connector does, so the relay keeps it in the routes however slowly the
 /// test runs (it takes silent connectors out after 1.5 s).
-fn answer_probes(rig: &mut Rig, relay: std::net::SocketAddr) {
+fn answer_probes(rig: &mut Rig) {
     let got = receive_control(
         &rig.connector_socket,
         &mut rig.connector,
@@ -67,13 +79,7 @@ fn answer_probes(rig: &mut Rig, relay: std::net::SocketAddr) {
     for m in got {
         assert_eq!(m, ControlMessage::Ping { digest: 0 }, "a probe");
         let pong = ControlMessage::Pong { digest: 0 };
-        send_control(
-            &rig.connector_socket,
-            &mut rig.connector,
-            relay,
-            CONNECTOR_ID,
-            &pong,
-        );
+        from_connector(rig, &pong);
     }
 }
 
@@ -88,13 +94,7 @@ fn users_get_their_directory_pongs_when_current_and_pushes_after_a_reload() {
 
         // A connector's ping gets a pong, and nothing else.
         let ping0 = ControlMessage::Ping { digest: 0 };
-        send_control(
-            &rig.connector_socket,
-            &mut rig.connector,
-            relay,
-            CONNECTOR_ID,
-            &ping0,
-        );
+        from_connector(&mut rig, &ping0);
         assert_eq!(
             receive_control(&rig.connector_socket, &mut rig.connector, 1, WAIT),
             [ControlMessage::Pong { digest: 0 }],
@@ -132,7 +132,7 @@ fn users_get_their_directory_pongs_when_current_and_pushes_after_a_reload() {
         );
 
         // Revoke service 1: the new directory arrives without a ping.
-        answer_probes(&mut rig, relay);
+        answer_probes(&mut rig);
         policy.rules[0].services.retain(|s| s != "service1");
         reload(&rig.world, &policy);
         let pushed =
@@ -151,7 +151,7 @@ fn users_get_their_directory_pongs_when_current_and_pushes_after_a_reload() {
         assert_ne!(pushed.digest, directory.digest);
 
         // A stale digest is answered with the current directory.
-        answer_probes(&mut rig, relay);
+        answer_probes(&mut rig);
         send_control(&rig.user_socket, &mut rig.user, relay, USER.0, &current);
         assert_eq!(
             receive_directory(&rig.user_socket, &mut rig.user, WAIT),
@@ -288,17 +288,10 @@ fn data_arrives(rig: &mut Rig, within: Duration) -> bool {
 #[test]
 fn a_connector_that_stops_answering_probes_leaves_the_routes_and_its_answer_brings_it_back() {
     let mut rig = Rig::start(relay::io::Backend::Mmsg).unwrap();
-    let relay = rig.world.relay_addr();
     let service = ServiceId(2);
     // Its first ping makes the relay probe it from now on.
     let ping0 = ControlMessage::Ping { digest: 0 };
-    send_control(
-        &rig.connector_socket,
-        &mut rig.connector,
-        relay,
-        CONNECTOR_ID,
-        &ping0,
-    );
+    from_connector(&mut rig, &ping0);
     let last_heard = Instant::now();
     assert_eq!(
         receive_control(&rig.connector_socket, &mut rig.connector, 1, WAIT),
@@ -330,13 +323,7 @@ fn a_connector_that_stops_answering_probes_leaves_the_routes_and_its_answer_brin
     assert!(probes >= 2, "probes unanswered: {probes}");
 
     // One answer and it carries traffic again.
-    send_control(
-        &rig.connector_socket,
-        &mut rig.connector,
-        relay,
-        CONNECTOR_ID,
-        &ping0,
-    );
+    from_connector(&mut rig, &ping0);
     await_until("the connector back in the routes", WAIT, || {
         let f = rig.user_frame(service, &payload(64, 3));
         rig.send_from_user(&f);
