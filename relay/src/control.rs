@@ -333,14 +333,16 @@ impl Control {
         let mut last_policy_check = Instant::now();
         let mut last_expiry = Instant::now();
         while !self.shared.stop.load(Ordering::Relaxed) {
-            // A changed policy file is looked at again as soon as it may
-            // have settled, not at the next poll.
+            // Wait for messages only until the policy file is due a look
+            // (a message that wakes the loop early must not push the poll
+            // back by a whole wait), and a changed file is looked at again
+            // as soon as it may have settled.
             let wait = if self.policy_source.settling() {
                 crate::policy_source::SETTLE
             } else {
-                Duration::from_millis(50)
+                POLICY_POLL.saturating_sub(last_policy_check.elapsed())
             };
-            match self.inbox.recv_timeout(wait) {
+            match self.inbox.recv_timeout(wait.min(Duration::from_millis(50))) {
                 Ok(msg) => {
                     self.handle(msg);
                     // Drain what else is queued before publishing routes,
