@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use proto::aead::{Aad, E2eReceiver, E2eSender, ReceiveError};
 use proto::handshake::timers::{KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_AFTER_TIME};
-use proto::handshake::E2eSessionKeys;
+use proto::handshake::{E2eSessionKeys, PassiveKeepalive};
 use proto::identity::Certificate;
 use proto::ids::{ReceiverIndex, ServiceId, UserId};
 use proto::wire::{E2eRecord, Frame, Kind, E2E_TAG_LEN, HEADER_LEN};
@@ -37,8 +37,7 @@ pub const UNANSWERED_REKEY: Duration = Duration::from_secs(15);
 /// A frame opened and nothing sent back for this long: the receiver sends
 /// an empty record (an end-to-end keepalive), so that the sender of a
 /// one-way flow hears from it before [`UNANSWERED_REKEY`] and keeps its
-/// session. WireGuard's passive keepalive, after the same
-/// `KEEPALIVE_TIMEOUT`.
+/// session ([`PassiveKeepalive`], WireGuard's rule).
 pub const PASSIVE_KEEPALIVE: Duration = KEEPALIVE_TIMEOUT;
 
 /// Why a received data frame was not delivered.
@@ -66,9 +65,9 @@ pub struct E2eSession {
     recv: E2eReceiver,
     established: Instant,
     last_recv: Option<Instant>,
-    /// The first frame opened since this side last sealed one: when a
-    /// passive keepalive falls due ([`E2eSession::keepalive_due`]).
-    recv_unanswered_since: Option<Instant>,
+    /// When a keepalive falls due ([`E2eSession::keepalive_due`]): frames
+    /// opened count as received, frames sealed as sent.
+    keepalive: PassiveKeepalive,
     /// What [`E2eSession::unanswered_for`] saw last: when, the frames
     /// sealed by then, and since when sends have gone unanswered.
     looked: Instant,
@@ -98,7 +97,7 @@ impl E2eSession {
             recv: E2eReceiver::new(&keys.recv_key),
             established: now,
             last_recv: None,
-            recv_unanswered_since: None,
+            keepalive: PassiveKeepalive::default(),
             looked: now,
             sent_seen: 0,
             unanswered_since: None,
@@ -161,9 +160,7 @@ impl E2eSession {
     /// sends one). Sealing the keepalive clears it, so one is due at most
     /// once per frame opened after it.
     pub fn keepalive_due(&self, now: Instant) -> bool {
-        self.recv_unanswered_since
-            .is_some_and(|t| now.saturating_duration_since(t) >= PASSIVE_KEEPALIVE)
-            && !self.expired(now)
+        self.keepalive.due(now) && !self.expired(now)
     }
 
     /// Whether the keys may no longer be used at all.
@@ -214,7 +211,7 @@ impl E2eSession {
         };
         *tag = sealed;
         record.set_header(self.remote_index, counter);
-        self.recv_unanswered_since = None;
+        self.keepalive.on_send();
         frame_len
     }
 
@@ -256,7 +253,7 @@ impl E2eSession {
                 _ => OpenDrop::BadTag,
             })?;
         self.last_recv = Some(now);
-        self.recv_unanswered_since.get_or_insert(now);
+        self.keepalive.on_receive(now);
         Ok(HEADROOM..end)
     }
 }

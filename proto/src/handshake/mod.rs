@@ -39,7 +39,7 @@ pub use gate::{Gate, GateDrop, GateLimits, HandshakeGate};
 pub use hop::{HopInitiator, HopResponder, HopSessionKeys, InitOutcome};
 pub use ik::{LocalIdentity, StaticKeypair, Trust, NOISE_PARAMS};
 pub use rate_limiter::RateLimiter;
-pub use timers::SessionTimers;
+pub use timers::{PassiveKeepalive, SessionTimers};
 pub use timestamp::{Freshness, MAX_CLOCK_SKEW};
 
 use std::net::IpAddr;

@@ -40,10 +40,38 @@ pub const REJECT_AFTER_MESSAGES: u64 = 1 << 32;
 pub struct SessionTimers {
     established_at: Instant,
     initiator: bool,
-    /// The first authenticated frame received since this side last sent:
-    /// the passive keepalive's timer runs from it (WireGuard sets the timer
-    /// on a receive when it is not already set, and clears it on a send).
+    keepalive: PassiveKeepalive,
+}
+
+/// WireGuard's passive keepalive: when a frame was received and nothing
+/// has been sent since for [`KEEPALIVE_TIMEOUT`], send a keepalive, so the
+/// peer knows its frames arrive even when the traffic is one-way.
+///
+/// The timer runs from the *first* frame received since this side last
+/// sent (WireGuard sets it on a receive when it is not already set, and
+/// clears it on a send), not the last: a peer sending steadily one way must
+/// still hear from us.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassiveKeepalive {
     unanswered_since: Option<Instant>,
+}
+
+impl PassiveKeepalive {
+    /// Records that this side sent a frame (data or keepalive).
+    pub fn on_send(&mut self) {
+        self.unanswered_since = None;
+    }
+
+    /// Records that an authenticated frame was received at `now`.
+    pub fn on_receive(&mut self, now: Instant) {
+        self.unanswered_since.get_or_insert(now);
+    }
+
+    /// Whether to send a keepalive at `now`.
+    pub fn due(&self, now: Instant) -> bool {
+        self.unanswered_since
+            .is_some_and(|rx| now.saturating_duration_since(rx) >= KEEPALIVE_TIMEOUT)
+    }
 }
 
 impl SessionTimers {
@@ -53,18 +81,18 @@ impl SessionTimers {
         SessionTimers {
             established_at,
             initiator,
-            unanswered_since: None,
+            keepalive: PassiveKeepalive::default(),
         }
     }
 
     /// Records that a frame (data or keepalive) was sent at `now`.
     pub fn on_send(&mut self, _now: Instant) {
-        self.unanswered_since = None;
+        self.keepalive.on_send();
     }
 
     /// Records that an authenticated frame was received at `now`.
     pub fn on_receive(&mut self, now: Instant) {
-        self.unanswered_since.get_or_insert(now);
+        self.keepalive.on_receive(now);
     }
 
     /// Age of the session's keys at `now` (zero if `now` is earlier).
@@ -88,14 +116,9 @@ impl SessionTimers {
             || received >= REJECT_AFTER_MESSAGES
     }
 
-    /// Whether to send a keepalive now: something was received, nothing
-    /// has been sent since, and [`KEEPALIVE_TIMEOUT`] has passed since the
-    /// *first* such receipt (not the last: a peer sending steadily one way
-    /// must still hear from us). This lets the peer know its frames arrive
-    /// even when the traffic is one-way.
+    /// Whether to send a keepalive now ([`PassiveKeepalive`]).
     pub fn needs_keepalive(&self, now: Instant) -> bool {
-        self.unanswered_since
-            .is_some_and(|rx| now.saturating_duration_since(rx) >= KEEPALIVE_TIMEOUT)
+        self.keepalive.due(now)
     }
 }
 
